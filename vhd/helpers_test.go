@@ -217,3 +217,5 @@ func accepted(t testing.TB, info *Info) {
 		t.Fatalf("refused: %v; findings: %v", *r, info.Findings)
 	}
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
