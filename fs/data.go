@@ -1,0 +1,291 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// dataNode is image.vhd (scratch nil), or a scratch file in the image
+// directory. A scratch file renamed onto image.vhd serves as the image's
+// data until the kernel looks image.vhd up again.
+type dataNode struct {
+	node
+	scratch *store.Upload
+}
+
+var _ = (gofs.NodeGetattrer)((*dataNode)(nil))
+var _ = (gofs.NodeSetattrer)((*dataNode)(nil))
+var _ = (gofs.NodeOpener)((*dataNode)(nil))
+var _ = (gofs.NodeGetxattrer)((*dataNode)(nil))
+var _ = (gofs.NodeSetxattrer)((*dataNode)(nil))
+var _ = (gofs.NodeListxattrer)((*dataNode)(nil))
+var _ = (gofs.NodeRemovexattrer)((*dataNode)(nil))
+
+func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image, out *fuse.EntryOut) *gofs.Inode {
+	n := &dataNode{node: node{fsys: f, id: im.ID}}
+	n.fillDataAttr(im, &out.Attr)
+	if !im.Status.Sealed() {
+		out.SetAttrTimeout(0)
+	}
+	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
+}
+
+func (f *FS) scratchInode(ctx context.Context, parent *gofs.Inode, im *store.Image, u *store.Upload, out *fuse.EntryOut) *gofs.Inode {
+	n := &dataNode{node: node{fsys: f, id: im.ID}, scratch: u}
+	n.fillDataAttr(im, &out.Attr)
+	out.SetEntryTimeout(0)
+	out.SetAttrTimeout(0)
+	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(u.Slot())})
+}
+
+// isScratch reports whether this node is a scratch file not (yet) renamed
+// onto image.vhd.
+func (n *dataNode) isScratch() bool {
+	return n.scratch != nil && n.scratch.Name() != ""
+}
+
+// fillDataAttr fills size, mode and owner: sealed data is 0444 and its
+// size is the record's; an upload in progress is 0644 with the staged size.
+func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
+	n.fillAttr(im, a)
+	a.Nlink = 1
+	var size int64
+	switch {
+	case n.isScratch():
+		size = n.scratch.Size()
+		a.Mode = syscall.S_IFREG | 0o644
+	case im.Status.Sealed():
+		size = im.Size
+		a.Mode = syscall.S_IFREG | 0o444
+		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
+	default:
+		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
+			size = u.Size()
+		}
+		a.Mode = syscall.S_IFREG | 0o644
+		a.Nlink = 2
+	}
+	a.Size = uint64(size)
+	a.Blocks = uint64(size+511) / 512
+	a.Blksize = 1 << 20
+}
+
+func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	im := n.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	n.fillDataAttr(im, &out.Attr)
+	if n.scratch != nil || !im.Status.Sealed() {
+		out.SetTimeout(0)
+	}
+	return 0
+}
+
+// Setattr: truncate works on uploads; after sealing every change (size,
+// mode, owner, times) is EPERM, root included. Before sealing, mode, owner
+// and time changes are accepted and ignored (cp -p, rsync -t).
+func (n *dataNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	im := n.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	c := caller(ctx)
+	if size, ok := in.GetSize(); ok {
+		var err error
+		switch {
+		case isUpload(f):
+			err = f.(*uploadHandle).u.Truncate(int64(size))
+		case n.isScratch():
+			err = n.scratch.Truncate(int64(size))
+		default:
+			var u *store.Upload
+			if u, err = n.fsys.st.OpenWrite(c, n.id, false); err == nil {
+				err = u.Truncate(int64(size))
+				if rerr := n.fsys.st.Release(u); err == nil {
+					err = rerr
+				}
+			}
+		}
+		if err != nil {
+			return toErrno(err)
+		}
+	} else if !n.isScratch() {
+		if im.Status.Sealed() {
+			return syscall.EPERM
+		}
+		if c.UID != 0 && c.UID != im.Owner {
+			return syscall.EPERM
+		}
+	}
+	if im = n.image(); im == nil {
+		return syscall.ENOENT
+	}
+	n.fillDataAttr(im, &out.Attr)
+	out.SetTimeout(0)
+	return 0
+}
+
+func isUpload(f gofs.FileHandle) bool {
+	h, ok := f.(*uploadHandle)
+	return ok && h.write
+}
+
+func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	c := caller(ctx)
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	trunc := flags&syscall.O_TRUNC != 0
+	st := n.fsys.st
+	if n.isScratch() {
+		if write {
+			if err := st.Reopen(c, n.scratch, trunc); err != nil {
+				return nil, 0, toErrno(err)
+			}
+		}
+		return &uploadHandle{st: st, u: n.scratch, write: write}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	if write {
+		u, err := st.OpenWrite(c, n.id, trunc)
+		if err != nil {
+			return nil, 0, toErrno(err)
+		}
+		return &uploadHandle{st: st, u: u, write: true}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	f, err := st.OpenRead(c, n.id)
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	if f == nil {
+		return &pendingHandle{st: st, id: n.id}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	return &sealedHandle{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// sealedHandle reads sealed data. Where the kernel offers passthrough it
+// reads the backing file itself and Read is never called.
+type sealedHandle struct {
+	f *os.File
+}
+
+var _ = (gofs.FilePassthroughFder)((*sealedHandle)(nil))
+var _ = (gofs.FileReader)((*sealedHandle)(nil))
+var _ = (gofs.FileReleaser)((*sealedHandle)(nil))
+
+func (h *sealedHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true }
+
+func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
+}
+
+func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
+	return toErrno(h.f.Close())
+}
+
+// uploadHandle reads and writes a staged upload (image.vhd or a scratch
+// file). Closing the last write handle of image.vhd seals the upload
+// (store.Flush), so close(2) returns after the status is final.
+type uploadHandle struct {
+	st    *store.Store
+	u     *store.Upload
+	write bool
+	once  sync.Once
+}
+
+var _ = (gofs.FileReader)((*uploadHandle)(nil))
+var _ = (gofs.FileWriter)((*uploadHandle)(nil))
+var _ = (gofs.FileFlusher)((*uploadHandle)(nil))
+var _ = (gofs.FileReleaser)((*uploadHandle)(nil))
+var _ = (gofs.FileFsyncer)((*uploadHandle)(nil))
+
+func (h *uploadHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.u.ReadAt(dest, off)
+	if n > 0 || isEOF(err) {
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	return nil, toErrno(err)
+}
+
+func (h *uploadHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if !h.write {
+		return 0, syscall.EBADF
+	}
+	n, err := h.u.WriteAt(data, off)
+	return uint32(n), toErrno(err)
+}
+
+func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
+	if !h.write {
+		return 0
+	}
+	return toErrno(h.st.Flush(h.u))
+}
+
+func (h *uploadHandle) Release(ctx context.Context) syscall.Errno {
+	if !h.write {
+		return 0
+	}
+	var err error
+	h.once.Do(func() { err = h.st.Release(h.u) })
+	return toErrno(err)
+}
+
+func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return toErrno(h.u.Sync())
+}
+
+// pendingHandle reads an image that was not sealed when it was opened:
+// the upload in progress, or the sealed data once the upload is sealed.
+type pendingHandle struct {
+	st *store.Store
+	id string
+
+	mu sync.Mutex
+	f  *os.File // sealed data, opened on first read after the seal
+}
+
+var _ = (gofs.FileReader)((*pendingHandle)(nil))
+var _ = (gofs.FileReleaser)((*pendingHandle)(nil))
+
+func (h *pendingHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.f == nil {
+		if u := h.st.CurrentUpload(h.id); u != nil {
+			n, err := u.ReadAt(dest, off)
+			if n > 0 || isEOF(err) {
+				return fuse.ReadResultData(dest[:n]), 0
+			}
+			return nil, toErrno(err)
+		}
+		f, err := h.st.OpenRead(caller(ctx), h.id)
+		if err != nil {
+			return nil, toErrno(err)
+		}
+		if f == nil {
+			return fuse.ReadResultData(nil), 0 // queued: no data yet
+		}
+		h.f = f
+	}
+	n, err := h.f.ReadAt(dest, off)
+	if n > 0 || isEOF(err) {
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	return nil, toErrno(err)
+}
+
+func (h *pendingHandle) Release(ctx context.Context) syscall.Errno {
+	if h.f != nil {
+		h.f.Close()
+	}
+	return 0
+}
+
+func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }

@@ -1,0 +1,154 @@
+// Package fs is the FUSE face of an imagefs store: the node tree of
+// ../shared/docs/layout.md, built on go-fuse's fs API. It stays thin: each
+// handler turns a kernel request into one store call and maps the store's
+// error to an errno (errno.go); the rules live in store/.
+//
+// Inode numbers are the store's stable numbers (Image.Ino), so image.vhd
+// under images/<name>/ and by-id/<id>/ is one inode and numbers survive a
+// remount. Sealed data is served by FUSE passthrough where the kernel
+// allows it (reads never reach this process), else from the data file with
+// the kernel page cache kept across opens (FOPEN_KEEP_CACHE): sealed bytes
+// never change. Property files are opened with FOPEN_DIRECT_IO and their
+// attributes are not cached, so a value set through an xattr is read at
+// once through the file and the other way round.
+package fs
+
+import (
+	"context"
+	"log"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// Inode numbers of the fixed directories.
+const (
+	inoRoot       = 1
+	inoImages     = 2
+	inoByID       = 3
+	inoByProperty = 4
+)
+
+// cacheTimeout is how long the kernel may cache entries and attributes of
+// directories and data files. Changes made through the mount update the
+// kernel's caches themselves; property files are never cached.
+const cacheTimeout = time.Second
+
+// Options configure a mount.
+type Options struct {
+	AllowOther bool   // let other users use the mount (needs user_allow_other for non-root)
+	Debug      bool   // log every FUSE request and reply
+	Source     string // shown as the mount's source in df and /proc/mounts
+	ReadOnly   bool
+}
+
+// FS is a mounted store.
+type FS struct {
+	st       *store.Store
+	server   *fuse.Server
+	rootNode *rootNode
+}
+
+// Mount serves st at mountpoint and returns once the mount is ready. As
+// root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
+// Wait to serve until unmounted, Unmount to stop.
+func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
+	f := &FS{st: st}
+	root := &rootNode{fsys: f}
+	f.rootNode = root
+	sec, zero := cacheTimeout, time.Duration(0)
+	mopts := []string{"default_permissions"}
+	if o.ReadOnly {
+		mopts = append(mopts, "ro")
+	}
+	src := o.Source
+	if src == "" {
+		src = st.Dir()
+	}
+	opts := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:           o.AllowOther,
+			Debug:                o.Debug,
+			FsName:               src,
+			Name:                 "imagefs",
+			DirectMount:          true,
+			MaxWrite:             1 << 20,
+			Options:              mopts,
+			IgnoreSecurityLabels: true,
+			ExtraCapabilities:    fuse.CAP_HANDLE_KILLPRIV_V2,
+			Logger:               log.New(os.Stderr, "fuse: ", 0),
+		},
+		EntryTimeout:    &sec,
+		AttrTimeout:     &sec,
+		NegativeTimeout: &zero,
+		RootStableAttr:  &gofs.StableAttr{Ino: inoRoot},
+	}
+	server, err := gofs.Mount(mountpoint, root, opts)
+	if err != nil {
+		return nil, err
+	}
+	f.server = server
+	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		slog.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
+	} else if os.Geteuid() != 0 {
+		slog.Warn("FUSE passthrough needs CAP_SYS_ADMIN; sealed data is read through imagefs")
+	}
+	return f, nil
+}
+
+// Wait serves requests until the filesystem is unmounted.
+func (f *FS) Wait() { f.server.Wait() }
+
+// Unmount unmounts the filesystem; Wait then returns.
+func (f *FS) Unmount() error { return f.server.Unmount() }
+
+// rootNode is MOUNTPOINT/: images/, by-id/, by-property/.
+type rootNode struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
+var _ = (gofs.NodeStatfser)((*rootNode)(nil))
+var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
+
+func (r *rootNode) OnAdd(ctx context.Context) {
+	add := func(name string, node gofs.InodeEmbedder, ino uint64) {
+		ch := r.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino})
+		r.AddChild(name, ch, false)
+	}
+	add("images", &imagesDir{fsys: r.fsys}, inoImages)
+	add("by-id", &byIDDir{fsys: r.fsys}, inoByID)
+	add("by-property", &byPropertyDir{}, inoByProperty)
+}
+
+func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	return 0
+}
+
+func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	st, err := r.fsys.st.Statfs()
+	if err != nil {
+		return toErrno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}
+
+// byPropertyDir is by-property/: the filter views (empty until the catalog
+// index exists).
+type byPropertyDir struct {
+	gofs.Inode
+}
+
+var _ = (gofs.NodeReaddirer)((*byPropertyDir)(nil))
+
+func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	return gofs.NewListDirStream(nil), 0
+}

@@ -1,0 +1,134 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// imagesDir is images/: one directory per image, named by the image's
+// name. mkdir creates an image, rmdir deletes one, rename renames one.
+type imagesDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ = (gofs.NodeLookuper)((*imagesDir)(nil))
+var _ = (gofs.NodeReaddirer)((*imagesDir)(nil))
+var _ = (gofs.NodeMkdirer)((*imagesDir)(nil))
+var _ = (gofs.NodeRmdirer)((*imagesDir)(nil))
+var _ = (gofs.NodeRenamer)((*imagesDir)(nil))
+var _ = (gofs.NodeGetattrer)((*imagesDir)(nil))
+
+func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	// Anyone may create an image; only the owner deletes or renames it
+	// (the store checks), like /tmp.
+	out.Mode = syscall.S_IFDIR | syscall.S_ISVTX | 0o777
+	return 0
+}
+
+func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im := d.fsys.st.Lookup(name)
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
+}
+
+func (d *imagesDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ims := d.fsys.st.List()
+	ents := make([]fuse.DirEntry, len(ims))
+	for i, im := range ims {
+		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotDir), Mode: syscall.S_IFDIR}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im, err := d.fsys.st.Create(caller(ctx), name)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
+}
+
+func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	im := d.fsys.st.Lookup(name)
+	if im == nil {
+		return syscall.ENOENT
+	}
+	if err := d.fsys.st.Delete(caller(ctx), im.ID); err != nil {
+		return toErrno(err)
+	}
+	d.fsys.forgetImage(im)
+	return 0
+}
+
+func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if _, ok := newParent.(*imagesDir); !ok {
+		return syscall.EXDEV
+	}
+	if flags != 0 {
+		return syscall.EINVAL // RENAME_EXCHANGE/NOREPLACE: names are unique anyway
+	}
+	im := d.fsys.st.Lookup(name)
+	if im == nil {
+		return syscall.ENOENT
+	}
+	return toErrno(d.fsys.st.Rename(caller(ctx), im.ID, newName))
+}
+
+// byIDDir is by-id/: the same images under their ids, the stable path.
+type byIDDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ = (gofs.NodeLookuper)((*byIDDir)(nil))
+var _ = (gofs.NodeReaddirer)((*byIDDir)(nil))
+
+func (d *byIDDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im := d.fsys.st.Get(name)
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	return d.fsys.imageDirInode(ctx, &d.Inode, im, true, out), 0
+}
+
+func (d *byIDDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ims := d.fsys.st.List()
+	ents := make([]fuse.DirEntry, len(ims))
+	for i, im := range ims {
+		ents[i] = fuse.DirEntry{Name: im.ID, Ino: im.Ino(store.SlotByIDDir), Mode: syscall.S_IFDIR}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+// imageDirInode returns the inode of an image directory under images/
+// (byID false) or by-id/ and fills out.
+func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Image, byID bool, out *fuse.EntryOut) *gofs.Inode {
+	slot := uint32(store.SlotDir)
+	if byID {
+		slot = store.SlotByIDDir
+	}
+	n := &imageDir{node: node{fsys: f, id: im.ID}, byID: byID}
+	n.fillAttr(im, &out.Attr)
+	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})
+}
+
+// forgetImage drops a deleted image's directory entries from the kernel's
+// caches (the other tree's entry is not known to the kernel as removed).
+func (f *FS) forgetImage(im *store.Image) {
+	go func() {
+		f.byIDInode().NotifyEntry(im.ID)
+	}()
+}
+
+func (f *FS) byIDInode() *gofs.Inode {
+	return f.root().GetChild("by-id")
+}
+
+func (f *FS) root() *gofs.Inode { return f.rootNode.EmbeddedInode() }

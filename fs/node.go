@@ -1,0 +1,206 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+	"github.com/imagefs/imagefs/xattr"
+)
+
+// node is what every per-image node knows: the store and the image id.
+type node struct {
+	gofs.Inode
+	fsys *FS
+	id   string
+}
+
+// image returns the current record, or nil once deleted.
+func (n *node) image() *store.Image { return n.fsys.st.Get(n.id) }
+
+// fillAttr fills the attributes shared by an image's nodes: owner and
+// times from the record.
+func (n *node) fillAttr(im *store.Image, a *fuse.Attr) {
+	a.Uid = im.Owner
+	t := im.UpdatedAt
+	a.SetTimes(&t, &t, &t)
+}
+
+// Extended attributes: property k is "user.k" on the image directory and
+// on image.vhd (see package xattr).
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	key, ok := xattr.Key(attr)
+	im := n.image()
+	if !ok || im == nil {
+		return 0, syscall.ENODATA
+	}
+	v, ok := im.Property(key)
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	return xattr.Copy(dest, []byte(v))
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	im := n.image()
+	if im == nil {
+		return 0, syscall.ENOENT
+	}
+	return xattr.Copy(dest, xattr.List(im.Keys()))
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	key, ok := xattr.Key(attr)
+	if !ok {
+		return syscall.EOPNOTSUPP
+	}
+	mode, errno := xattr.Mode(flags)
+	if errno != 0 {
+		return errno
+	}
+	return xattrErrno(n.fsys.st.SetProperty(caller(ctx), n.id, key, string(data), mode))
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	key, ok := xattr.Key(attr)
+	if !ok {
+		return syscall.ENODATA
+	}
+	return xattrErrno(n.fsys.st.RemoveProperty(caller(ctx), n.id, key))
+}
+
+// xattrErrno maps a store error for an xattr call: a missing key is
+// ENODATA there, not ENOENT.
+func xattrErrno(err error) syscall.Errno {
+	if errors.Is(err, store.ErrNotFound) {
+		return syscall.ENODATA
+	}
+	return toErrno(err)
+}
+
+// imageDir is images/<name>/ or by-id/<id>/: image.vhd, properties/ and
+// any scratch files (uploads in progress under other names).
+type imageDir struct {
+	node
+	byID bool
+}
+
+var _ = (gofs.NodeLookuper)((*imageDir)(nil))
+var _ = (gofs.NodeReaddirer)((*imageDir)(nil))
+var _ = (gofs.NodeGetattrer)((*imageDir)(nil))
+var _ = (gofs.NodeCreater)((*imageDir)(nil))
+var _ = (gofs.NodeUnlinker)((*imageDir)(nil))
+var _ = (gofs.NodeRenamer)((*imageDir)(nil))
+var _ = (gofs.NodeGetxattrer)((*imageDir)(nil))
+var _ = (gofs.NodeSetxattrer)((*imageDir)(nil))
+var _ = (gofs.NodeListxattrer)((*imageDir)(nil))
+var _ = (gofs.NodeRemovexattrer)((*imageDir)(nil))
+
+func (d *imageDir) fillDirAttr(im *store.Image, a *fuse.Attr) {
+	d.fillAttr(im, a)
+	a.Mode = syscall.S_IFDIR | 0o755
+	a.Nlink = 3
+}
+
+func (d *imageDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	im := d.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	d.fillDirAttr(im, &out.Attr)
+	return 0
+}
+
+func (d *imageDir) propsSlot() uint32 {
+	if d.byID {
+		return store.SlotByIDPropsDir
+	}
+	return store.SlotPropsDir
+}
+
+func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im := d.image()
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	switch name {
+	case store.ImageDataName:
+		return d.fsys.dataInode(ctx, &d.Inode, im, out), 0
+	case "properties":
+		p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
+		d.fillDirAttr(im, &out.Attr)
+		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
+	}
+	u := d.fsys.st.Scratch(d.id, name)
+	if u == nil {
+		return nil, syscall.ENOENT
+	}
+	return d.fsys.scratchInode(ctx, &d.Inode, im, u, out), 0
+}
+
+func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	im := d.image()
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	ents := []fuse.DirEntry{
+		{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG},
+		{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR},
+	}
+	for _, name := range d.fsys.st.ScratchNames(d.id) {
+		if u := d.fsys.st.Scratch(d.id, name); u != nil {
+			ents = append(ents, fuse.DirEntry{Name: name, Ino: im.Ino(u.Slot()), Mode: syscall.S_IFREG})
+		}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+// Create makes a scratch file: an upload under another name that a rename
+// onto image.vhd completes (rsync, qemu-img convert).
+func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	u, err := d.fsys.st.CreateScratch(caller(ctx), d.id, name)
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	im := d.image()
+	if im == nil {
+		d.fsys.st.Release(u)
+		return nil, nil, 0, syscall.ENOENT
+	}
+	ch := d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
+	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true}, 0, 0
+}
+
+func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if name == store.ImageDataName {
+		return toErrno(d.fsys.st.DiscardUpload(caller(ctx), d.id))
+	}
+	if name == "properties" {
+		return syscall.EISDIR
+	}
+	return toErrno(d.fsys.st.RemoveScratch(caller(ctx), d.id, name))
+}
+
+func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*imageDir)
+	if !ok || np.id != d.id {
+		return syscall.EXDEV
+	}
+	if name == store.ImageDataName || name == "properties" || newName == "properties" {
+		return syscall.EPERM
+	}
+	if flags&^uint32(1) != 0 { // only RENAME_NOREPLACE
+		return syscall.EINVAL
+	}
+	if flags&1 != 0 && (newName == store.ImageDataName || d.fsys.st.Scratch(d.id, newName) != nil) {
+		return syscall.EEXIST
+	}
+	// After a rename onto image.vhd the kernel maps that name to the
+	// scratch file's inode; scratch entries are never cached, so the next
+	// lookup gets the image's own (stable, shared) data inode.
+	return toErrno(d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName))
+}

@@ -1,0 +1,246 @@
+package fs
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// propsDir is <image>/properties/: one file per property. Creating a file
+// adds a custom property, removing one deletes it.
+type propsDir struct {
+	node
+}
+
+var _ = (gofs.NodeLookuper)((*propsDir)(nil))
+var _ = (gofs.NodeReaddirer)((*propsDir)(nil))
+var _ = (gofs.NodeGetattrer)((*propsDir)(nil))
+var _ = (gofs.NodeCreater)((*propsDir)(nil))
+var _ = (gofs.NodeUnlinker)((*propsDir)(nil))
+var _ = (gofs.NodeRenamer)((*propsDir)(nil))
+
+func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	im := d.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	d.fillAttr(im, &out.Attr)
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	return 0
+}
+
+func (d *propsDir) propInode(ctx context.Context, im *store.Image, key string, out *fuse.EntryOut) *gofs.Inode {
+	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: key}
+	p.fillPropAttr(im, &out.Attr)
+	out.SetAttrTimeout(0)
+	out.SetEntryTimeout(0)
+	return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.PropertyIno(key)})
+}
+
+func (d *propsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im := d.image()
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	if _, ok := im.Property(name); !ok {
+		return nil, syscall.ENOENT
+	}
+	return d.propInode(ctx, im, name, out), 0
+}
+
+func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	im := d.image()
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	keys := im.Keys()
+	ents := make([]fuse.DirEntry, len(keys))
+	for i, k := range keys {
+		ents[i] = fuse.DirEntry{Name: k, Ino: im.PropertyIno(k), Mode: syscall.S_IFREG}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+// Create adds a custom property with an empty value; the writes that
+// follow set it when the file is closed.
+func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	c := caller(ctx)
+	if err := d.fsys.st.SetProperty(c, d.id, name, "", store.SetCreate); err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	im := d.image()
+	if im == nil {
+		return nil, nil, 0, syscall.ENOENT
+	}
+	ch := d.propInode(ctx, im, name, out)
+	return ch, &propHandle{st: d.fsys.st, c: c, id: d.id, key: name, write: true}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	return toErrno(d.fsys.st.RemoveProperty(caller(ctx), d.id, name))
+}
+
+func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+// propNode is one property file: its content is the value and a newline.
+type propNode struct {
+	node
+	key string
+}
+
+var _ = (gofs.NodeGetattrer)((*propNode)(nil))
+var _ = (gofs.NodeSetattrer)((*propNode)(nil))
+var _ = (gofs.NodeOpener)((*propNode)(nil))
+
+func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
+	p.fillAttr(im, a)
+	v, _ := im.Property(p.key)
+	a.Size = uint64(len(v) + 1)
+	a.Blocks = (a.Size + 511) / 512
+	a.Nlink = 1
+	a.Mode = syscall.S_IFREG | 0o644
+	if store.IsSystemKey(p.key) {
+		a.Mode = syscall.S_IFREG | 0o444
+	}
+}
+
+func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	im := p.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	if _, ok := im.Property(p.key); !ok {
+		return syscall.ENOENT
+	}
+	p.fillPropAttr(im, &out.Attr)
+	out.SetTimeout(0)
+	return 0
+}
+
+// Setattr: truncate sets the value to its first size bytes; other
+// changes are refused on system properties and ignored on the rest.
+func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	c := caller(ctx)
+	if err := p.fsys.st.CheckSet(c, p.id, p.key); err != nil {
+		return toErrno(err)
+	}
+	if size, ok := in.GetSize(); ok {
+		if h, ok := f.(*propHandle); ok && h.write {
+			h.truncate(int(size))
+		} else {
+			im := p.image()
+			if im == nil {
+				return syscall.ENOENT
+			}
+			v, _ := im.Property(p.key)
+			v += "\n"
+			if int(size) < len(v) {
+				v = v[:size]
+			}
+			if err := p.fsys.st.SetProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
+				return toErrno(err)
+			}
+		}
+	}
+	return p.Getattr(ctx, f, out)
+}
+
+func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	im := p.image()
+	if im == nil {
+		return nil, 0, syscall.ENOENT
+	}
+	v, ok := im.Property(p.key)
+	if !ok {
+		return nil, 0, syscall.ENOENT
+	}
+	h := &propHandle{st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key}
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		if err := p.fsys.st.CheckSet(h.c, p.id, p.key); err != nil {
+			return nil, 0, toErrno(err)
+		}
+		h.write = true
+		if flags&syscall.O_TRUNC != 0 {
+			h.dirty = true
+			return h, fuse.FOPEN_DIRECT_IO, 0
+		}
+	}
+	h.buf = []byte(v + "\n")
+	return h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// stripNewline removes the one trailing newline that echo adds.
+func stripNewline(v string) string { return strings.TrimSuffix(v, "\n") }
+
+// propHandle buffers a property file: reads see the value at open, writes
+// build a new value that is set when the file is closed (flush), so the
+// close reports a value the rules refuse.
+type propHandle struct {
+	st    *store.Store
+	c     store.Caller
+	id    string
+	key   string
+	write bool
+
+	mu    sync.Mutex
+	buf   []byte
+	dirty bool
+}
+
+var _ = (gofs.FileReader)((*propHandle)(nil))
+var _ = (gofs.FileWriter)((*propHandle)(nil))
+var _ = (gofs.FileFlusher)((*propHandle)(nil))
+
+func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off >= int64(len(h.buf)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	n := copy(dest, h.buf[off:])
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	end := off + int64(len(data))
+	if end > store.MaxValueBytes+1 {
+		return 0, syscall.E2BIG
+	}
+	if end > int64(len(h.buf)) {
+		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	}
+	copy(h.buf[off:], data)
+	h.dirty = true
+	return uint32(len(data)), 0
+}
+
+func (h *propHandle) truncate(size int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if size < len(h.buf) {
+		h.buf = h.buf[:size]
+	} else {
+		h.buf = append(h.buf, make([]byte, size-len(h.buf))...)
+	}
+	h.dirty = true
+}
+
+func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.write || !h.dirty {
+		return 0
+	}
+	h.dirty = false
+	return toErrno(h.st.SetProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
+}

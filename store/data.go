@@ -1,0 +1,91 @@
+package store
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DataBackend keeps sealed image data files: complete, verified VHDs that
+// are never written again. Uploads are staged locally by the Store and
+// handed over whole at seal. The local backend keeps each as a read-only
+// file; a later backend (OpenStack Swift) would keep objects and a local
+// read cache behind the same methods.
+type DataBackend interface {
+	// Put takes the complete, fsynced staging file at path and stores it as
+	// the sealed data of image id. On success the staging file is gone.
+	Put(id, path string) error
+	// Open returns the sealed data of id, opened read-only. Errors wrap
+	// ErrNotFound when id has no sealed data.
+	Open(id string) (*os.File, error)
+	// Remove deletes the sealed data of id; open files keep reading it.
+	Remove(id string) error
+	// List returns the ids that have sealed data.
+	List() ([]string, error)
+}
+
+// localData keeps sealed data as DIR/<id>.vhd, mode 0444.
+type localData struct {
+	dir string
+}
+
+// NewLocalData returns a DataBackend storing files under dir, which it
+// creates if missing.
+func NewLocalData(dir string) (DataBackend, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return &localData{dir: dir}, nil
+}
+
+func (d *localData) path(id string) string { return filepath.Join(d.dir, id+".vhd") }
+
+func (d *localData) Put(id, path string) error {
+	if err := os.Chmod(path, 0o444); err != nil {
+		return err
+	}
+	if err := os.Rename(path, d.path(id)); err != nil {
+		return err
+	}
+	return syncDir(d.dir)
+}
+
+func (d *localData) Open(id string) (*os.File, error) {
+	f, err := os.Open(d.path(id))
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("%w: sealed data of %s: %v", ErrNotFound, id, err)
+	}
+	return f, err
+}
+
+func (d *localData) Remove(id string) error {
+	err := os.Remove(d.path(id))
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return syncDir(d.dir)
+}
+
+func (d *localData) List() ([]string, error) {
+	ents, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), ".vhd"); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

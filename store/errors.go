@@ -1,0 +1,34 @@
+package store
+
+import "errors"
+
+// Errors returned by the store. Each is wrapped with a message naming the
+// image, key or rule; test with errors.Is. fs/ maps each to one errno.
+var (
+	// ErrNotFound: no such image, property or scratch file (ENOENT).
+	ErrNotFound = errors.New("not found")
+	// ErrExists: the name or key is taken (EEXIST).
+	ErrExists = errors.New("already exists")
+	// ErrImmutable: sealed image data or a system-maintained property; nobody
+	// may change it, root included (EPERM).
+	ErrImmutable = errors.New("immutable")
+	// ErrPermission: the caller is not allowed to do this (EACCES).
+	ErrPermission = errors.New("permission denied")
+	// ErrNotPermitted: the operation is refused by policy (EPERM), for
+	// example deleting a protected image.
+	ErrNotPermitted = errors.New("operation not permitted")
+	// ErrInvalid: a value or name breaks a rule (EINVAL).
+	ErrInvalid = errors.New("invalid")
+	// ErrTooBig: a value exceeds its size limit (E2BIG).
+	ErrTooBig = errors.New("too big")
+	// ErrQuota: too many properties on one image (ENOSPC).
+	ErrQuota = errors.New("quota exceeded")
+	// ErrRefused: the uploaded data is not an acceptable VHD; the image
+	// is now killed (EINVAL at the writer's close).
+	ErrRefused = errors.New("upload refused")
+	// ErrBusy: the object is in use in a way that forbids the change (EBUSY).
+	ErrBusy = errors.New("busy")
+	// ErrCatalog: the catalog (Pebble) failed to read or commit; nothing
+	// was changed (EIO).
+	ErrCatalog = errors.New("catalog error")
+)

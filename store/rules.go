@@ -1,0 +1,122 @@
+package store
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on names, keys and values (Glance's defaults where it has one).
+const (
+	MaxNameBytes  = 255   // image name and property key length in bytes
+	MaxValueBytes = 65535 // custom property value length in bytes
+	// DefaultPropertyQuota is Glance's image_property_quota default.
+	DefaultPropertyQuota = 128
+)
+
+// ValidName checks an image name: 1-255 bytes, no '/', no NUL, not "."
+// or "..". Errors wrap ErrInvalid.
+func ValidName(name string) error {
+	switch {
+	case name == "" || len(name) > MaxNameBytes:
+		return fmt.Errorf("%w: name must be 1-%d bytes, got %d", ErrInvalid, MaxNameBytes, len(name))
+	case strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("%w: name %q contains '/' or NUL", ErrInvalid, name)
+	case name == "." || name == "..":
+		return fmt.Errorf("%w: name %q is reserved", ErrInvalid, name)
+	}
+	return nil
+}
+
+// ValidKey checks a custom property key: 1-255 bytes of printable
+// characters without '/'. Errors wrap ErrInvalid.
+func ValidKey(key string) error {
+	if key == "" || len(key) > MaxNameBytes {
+		return fmt.Errorf("%w: key must be 1-%d bytes, got %d", ErrInvalid, MaxNameBytes, len(key))
+	}
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalid, key)
+	}
+	for _, r := range key {
+		if r == '/' || !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: key %q contains %q (printable characters other than '/' only)", ErrInvalid, key, r)
+		}
+	}
+	return nil
+}
+
+// checkValue validates value for key against the key's type. Errors wrap
+// ErrInvalid or ErrTooBig and name the key and the rule.
+func checkValue(key, value string) error {
+	bad := func(rule string) error {
+		return fmt.Errorf("%w: %s=%q: %s", ErrInvalid, key, value, rule)
+	}
+	switch key {
+	case KeyMinRAM, KeyMinDisk:
+		n, err := strconv.ParseInt(value, 10, 64)
+		if err != nil || n < 0 {
+			return bad("must be an integer >= 0")
+		}
+	case KeyProtected:
+		if value != "true" && value != "false" {
+			return bad("must be true or false")
+		}
+	case KeyVisibility:
+		switch value {
+		case "private", "shared", "community", "public":
+		default:
+			return bad("must be private, shared, community or public")
+		}
+	case KeyName:
+		return ValidName(value)
+	default:
+		if len(value) > MaxValueBytes {
+			return fmt.Errorf("%w: %s: value is %d bytes, limit %d", ErrTooBig, key, len(value), MaxValueBytes)
+		}
+	}
+	return nil
+}
+
+// applyValue sets a validated core or custom value on a cloned record.
+func applyValue(im *Image, key, value string) {
+	switch key {
+	case KeyName:
+		im.Name = value
+	case KeyMinRAM:
+		im.MinRAM, _ = strconv.ParseInt(value, 10, 64)
+	case KeyMinDisk:
+		im.MinDisk, _ = strconv.ParseInt(value, 10, 64)
+	case KeyProtected:
+		im.Protected = value == "true"
+	case KeyVisibility:
+		im.Visibility = value
+	default:
+		setExtra(im, key, value)
+	}
+}
+
+// setExtra sets an extra (custom or system) value, giving a new key its
+// inode slot.
+func setExtra(im *Image, key, value string) {
+	if im.Extra == nil {
+		im.Extra = map[string]string{}
+	}
+	if im.Slots == nil {
+		im.Slots = map[string]uint32{}
+	}
+	if _, ok := im.Slots[key]; !ok {
+		if im.NextSlot < slotExtraBase {
+			im.NextSlot = slotExtraBase
+		}
+		im.Slots[key] = im.NextSlot
+		im.NextSlot++
+	}
+	im.Extra[key] = value
+}
+
+func deleteExtra(im *Image, key string) {
+	delete(im.Extra, key)
+	delete(im.Slots, key)
+}

@@ -1,0 +1,476 @@
+// Package store is the imagefs catalog and its rules: image records and
+// properties in Pebble, staged uploads, and sealed data files behind a
+// DataBackend. It has no FUSE imports; fs/ translates kernel requests into
+// calls here and maps the errors (errors.go) to errnos.
+//
+// Locking: Store.mu guards images, byName, live and nextIno. Upload.mu
+// guards one upload's file, size and hashes. Lock order: Upload.mu before
+// Store.mu; never hold Store.mu while doing data I/O other than a catalog
+// commit. Published *Image values are immutable snapshots, read without a
+// lock once obtained.
+package store
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// logger receives one line per significant event. SetLogger replaces it.
+var logger = slog.Default()
+
+// SetLogger sets the logger used by the store.
+func SetLogger(l *slog.Logger) { logger = l }
+
+// Caller identifies who asks: the uid and gid of the calling process.
+type Caller struct {
+	UID, GID uint32
+}
+
+// Root is the superuser caller.
+var Root = Caller{}
+
+// IsRoot reports whether the caller is uid 0.
+func (c Caller) IsRoot() bool { return c.UID == 0 }
+
+// Options configure a Store.
+type Options struct {
+	// PropertyQuota limits the properties of one image (core ones
+	// included); 0 means DefaultPropertyQuota.
+	PropertyQuota int
+	// Data keeps sealed data; nil means local files under STORE/data.
+	Data DataBackend
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store is an open image store: STORE/catalog (Pebble), STORE/staging
+// (uploads in progress) and the sealed data.
+type Store struct {
+	dir     string
+	staging string
+	cat     *catalog
+	data    DataBackend
+	opts    Options
+
+	mu      sync.Mutex
+	images  map[string]*Image // id -> current snapshot
+	byName  map[string]string // name -> id
+	live    map[string]*liveImage
+	nextIno uint64
+	seq     uint64 // staging file names
+}
+
+// liveImage is the in-memory state of an image's uploads.
+type liveImage struct {
+	upload      *Upload            // image.vhd upload in progress, or nil
+	scratch     map[string]*Upload // scratch files by name
+	nextScratch uint32
+}
+
+// Open opens (creating if missing) the store in dir and reconciles it
+// after an unclean stop: uploads that were in flight become killed and
+// leftover staging files are removed.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.PropertyQuota <= 0 {
+		opts.PropertyQuota = DefaultPropertyQuota
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "staging")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create store %s: %w", dir, err)
+		}
+	}
+	if opts.Data == nil {
+		d, err := NewLocalData(filepath.Join(dir, "data"))
+		if err != nil {
+			return nil, fmt.Errorf("create store %s: %w", dir, err)
+		}
+		opts.Data = d
+	}
+	cat, err := openCatalog(filepath.Join(dir, "catalog"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{
+		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
+		data: opts.Data, opts: opts,
+		images: map[string]*Image{}, byName: map[string]string{},
+		live: map[string]*liveImage{},
+	}
+	if err := s.load(); err != nil {
+		cat.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) load() error {
+	err := s.cat.loadAll(func(im *Image) error {
+		s.images[im.ID] = im
+		s.byName[im.Name] = im.ID
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if s.nextIno, err = s.cat.nextInoBase(); err != nil {
+		return err
+	}
+	return s.reconcile()
+}
+
+// reconcile repairs what an unclean stop can leave: in-flight uploads
+// (status saving) become killed, staging files are removed, and sealed data
+// files without an active record (a crash between data and catalog commit)
+// are removed.
+func (s *Store) reconcile() error {
+	t := s.cat.begin()
+	dirty := false
+	for _, im := range s.images {
+		if im.Status == StatusSaving {
+			c := im.clone()
+			c.Status = StatusKilled
+			setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
+			c.UpdatedAt = s.opts.Now().UTC()
+			t.putImage(c)
+			s.images[c.ID] = c
+			dirty = true
+			logger.Warn("upload interrupted by restart", "id", c.ID, "name", c.Name)
+		}
+	}
+	if dirty {
+		if err := t.commit(); err != nil {
+			return err
+		}
+	} else {
+		t.b.Close()
+	}
+	ents, err := os.ReadDir(s.staging)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		os.Remove(filepath.Join(s.staging, e.Name()))
+	}
+	ids, err := s.data.List()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if im, ok := s.images[id]; !ok || !im.Status.Sealed() {
+			logger.Warn("removing sealed data without an active record", "id", id)
+			s.data.Remove(id)
+		}
+	}
+	return nil
+}
+
+// Close closes the catalog. Uploads still open are abandoned (they become
+// killed at the next Open).
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.live {
+		if l.upload != nil {
+			l.upload.abandon()
+		}
+		for _, u := range l.scratch {
+			u.abandon()
+		}
+	}
+	return s.cat.close()
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Statfs reports the figures of the filesystem holding the store.
+func (s *Store) Statfs() (syscall.Statfs_t, error) {
+	var st syscall.Statfs_t
+	err := syscall.Statfs(s.dir, &st)
+	return st, err
+}
+
+// Get returns the image with id, or nil.
+func (s *Store) Get(id string) *Image {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.images[id]
+}
+
+// Lookup returns the image named name, or nil.
+func (s *Store) Lookup(name string) *Image {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.images[s.byName[name]]
+}
+
+// List returns every image, sorted by name.
+func (s *Store) List() []*Image {
+	s.mu.Lock()
+	out := make([]*Image, 0, len(s.images))
+	for _, im := range s.images {
+		out = append(out, im)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Image) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// mayModify checks that c owns im or is root. Errors wrap ErrPermission.
+func mayModify(c Caller, im *Image) error {
+	if c.IsRoot() || c.UID == im.Owner {
+		return nil
+	}
+	return fmt.Errorf("%w: uid %d does not own image %s (owner %d)", ErrPermission, c.UID, im.ID, im.Owner)
+}
+
+// Create makes a new image named name owned by c: a v4 UUID, status
+// queued, visibility private, min_ram and min_disk 0, not protected.
+// Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
+func (s *Store) Create(c Caller, name string) (*Image, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	now := s.opts.Now().UTC().Truncate(time.Second)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.byName[name]; ok {
+		return nil, fmt.Errorf("%w: image name %q", ErrExists, name)
+	}
+	im := &Image{
+		ID: uuid.NewString(), InoBase: s.nextIno << inoShift, Name: name,
+		Status: StatusQueued, Owner: c.UID, Visibility: "private",
+		Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
+		NextSlot: slotExtraBase,
+	}
+	t := s.cat.begin()
+	t.putImage(im)
+	t.putName(name, im.ID)
+	t.putSeqIno(s.nextIno + 1)
+	if err := t.commit(); err != nil {
+		return nil, err
+	}
+	s.nextIno++
+	s.images[im.ID] = im
+	s.byName[name] = im.ID
+	logger.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
+	return im, nil
+}
+
+// publish commits im (and the name index changes of a rename) and makes it
+// the current snapshot. Must hold s.mu.
+func (s *Store) publish(im *Image, oldName string) error {
+	t := s.cat.begin()
+	t.putImage(im)
+	if oldName != im.Name {
+		t.deleteName(oldName)
+		t.putName(im.Name, im.ID)
+	}
+	if err := t.commit(); err != nil {
+		return err
+	}
+	s.images[im.ID] = im
+	if oldName != im.Name {
+		delete(s.byName, oldName)
+		s.byName[im.Name] = im.ID
+	}
+	return nil
+}
+
+func (s *Store) getLocked(id string) (*Image, error) {
+	im := s.images[id]
+	if im == nil {
+		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+	}
+	return im, nil
+}
+
+// Rename gives image id the name newName. Errors: ErrNotFound,
+// ErrPermission, ErrInvalid, ErrExists, ErrCatalog.
+func (s *Store) Rename(c Caller, id, newName string) error {
+	return s.SetProperty(c, id, KeyName, newName, SetAny)
+}
+
+// SetMode says whether SetProperty may create or replace a value, as the
+// flags of setxattr(2).
+type SetMode int
+
+const (
+	SetAny     SetMode = iota // create or replace
+	SetCreate                 // fail with ErrExists if the key exists (XATTR_CREATE)
+	SetReplace                // fail with ErrNotFound if it does not (XATTR_REPLACE)
+)
+
+// SetProperty sets key to value on image id for caller c. Errors:
+// ErrNotFound (image, or key with SetReplace), ErrExists (SetCreate, or a
+// taken name), ErrImmutable (system key), ErrPermission (not the owner),
+// ErrInvalid/ErrTooBig (the key's rule), ErrQuota, ErrCatalog. A rejected
+// write changes nothing.
+func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
+		return err
+	}
+	if err := s.checkSet(c, im, key, value, mode); err != nil {
+		logger.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+		return err
+	}
+	next := im.clone()
+	applyValue(next, key, value)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publish(next, im.Name); err != nil {
+		return err
+	}
+	logger.Info("property changed", "id", id, "key", key, "uid", c.UID)
+	return nil
+}
+
+func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) error {
+	if IsSystemKey(key) {
+		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
+	}
+	if err := mayModify(c, im); err != nil {
+		return err
+	}
+	if !IsCoreKey(key) {
+		if err := ValidKey(key); err != nil {
+			return err
+		}
+	}
+	if err := checkValue(key, value); err != nil {
+		return err
+	}
+	_, exists := im.Property(key)
+	switch {
+	case mode == SetCreate && exists:
+		return fmt.Errorf("%w: property %s", ErrExists, key)
+	case mode == SetReplace && !exists:
+		return fmt.Errorf("%w: property %s", ErrNotFound, key)
+	}
+	if key == KeyVisibility && value == "public" && !c.IsRoot() && im.Visibility != "public" {
+		return fmt.Errorf("%w: only root may make an image public", ErrNotPermitted)
+	}
+	if key == KeyName && value != im.Name {
+		if _, taken := s.byName[value]; taken {
+			return fmt.Errorf("%w: image name %q", ErrExists, value)
+		}
+	}
+	if !exists && len(coreKeys)+len(im.Extra) >= s.opts.PropertyQuota {
+		return fmt.Errorf("%w: image %s has %d properties, limit %d", ErrQuota, im.ID, len(coreKeys)+len(im.Extra), s.opts.PropertyQuota)
+	}
+	if !exists && im.NextSlot >= SlotScratchBase {
+		return fmt.Errorf("%w: image %s has used all property inode slots", ErrQuota, im.ID)
+	}
+	return nil
+}
+
+// RemoveProperty deletes custom property key. Errors: ErrNotFound,
+// ErrImmutable (system key), ErrNotPermitted (core key), ErrPermission,
+// ErrCatalog.
+func (s *Store) RemoveProperty(c Caller, id, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case IsSystemKey(key):
+		err = fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
+	case IsCoreKey(key):
+		err = fmt.Errorf("%w: core property %s cannot be removed", ErrNotPermitted, key)
+	default:
+		err = mayModify(c, im)
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := im.Extra[key]; !ok {
+		return fmt.Errorf("%w: property %s", ErrNotFound, key)
+	}
+	next := im.clone()
+	deleteExtra(next, key)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publish(next, im.Name); err != nil {
+		return err
+	}
+	logger.Info("property removed", "id", id, "key", key, "uid", c.UID)
+	return nil
+}
+
+// Delete removes image id: its record, its name and its data. Readers
+// that have the data open keep reading the same bytes until they close.
+// Errors: ErrNotFound, ErrPermission, ErrNotPermitted (protected),
+// ErrCatalog.
+func (s *Store) Delete(c Caller, id string) error {
+	s.mu.Lock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = mayModify(c, im)
+	}
+	if err == nil && im.Protected {
+		err = fmt.Errorf("%w: image %s is protected", ErrNotPermitted, id)
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	t := s.cat.begin()
+	t.deleteImage(id)
+	t.deleteName(im.Name)
+	if err := t.commit(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	delete(s.images, id)
+	delete(s.byName, im.Name)
+	l := s.live[id]
+	delete(s.live, id)
+	s.mu.Unlock()
+
+	if l != nil {
+		if l.upload != nil {
+			l.upload.abandon()
+		}
+		for _, u := range l.scratch {
+			u.abandon()
+		}
+	}
+	if im.Status.Sealed() {
+		if err := s.data.Remove(id); err != nil {
+			logger.Error("removing data of deleted image", "id", id, "err", err)
+		}
+	}
+	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
+	return nil
+}
+
+// CheckSet reports whether c may set key on image id at all (system key,
+// ownership), before any value is known: for opening a property file for
+// writing. Errors: as SetProperty.
+func (s *Store) CheckSet(c Caller, id, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
+		return err
+	}
+	if IsSystemKey(key) {
+		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
+	}
+	return mayModify(c, im)
+}

@@ -1,0 +1,626 @@
+package store
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ImageDataName is the name of the image data file in an image directory.
+const ImageDataName = "image.vhd"
+
+// Upload is one staged data file being written: the upload of an image's
+// image.vhd, or a scratch file in its directory (never sealed itself; a
+// rename onto image.vhd completes the upload with it).
+//
+// Writes that arrive in order (each at the end of what came before, or
+// past it leaving a hole of zeros) are hashed as they arrive, so a seal does
+// not re-read the data; any other write falls back to one hashing pass at
+// seal.
+type Upload struct {
+	s    *Store
+	id   string
+	slot uint32 // scratch inode slot; 0 for image.vhd
+	path string
+
+	// Guarded by mu.
+	mu      sync.Mutex
+	name    string // scratch name, "" once it is the image's upload
+	f       *os.File
+	size    int64
+	writers int
+	dirty   bool      // modified since the last seal attempt
+	hash    *hashPipe // nil once writes went out of order
+	state   uploadState
+}
+
+type uploadState int
+
+const (
+	uploadOpen      uploadState = iota
+	uploadSealed                // data moved to the DataBackend
+	uploadAbandoned             // image deleted or upload replaced
+)
+
+func (s *Store) newUpload(id, name string, slot uint32) (*Upload, error) {
+	s.seq++
+	path := filepath.Join(s.staging, fmt.Sprintf("%s.%d.%d", id, time.Now().UnixNano(), s.seq))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create staging file: %w", err)
+	}
+	return &Upload{s: s, id: id, name: name, slot: slot, path: path, f: f, hash: newHashPipe()}, nil
+}
+
+// Name returns the scratch file's name, or "" once it is (or always was)
+// the image's upload.
+func (u *Upload) Name() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.name
+}
+
+// Slot returns the inode slot of a scratch file (0 for image.vhd).
+func (u *Upload) Slot() uint32 { return u.slot }
+
+// Size returns the staged size in bytes.
+func (u *Upload) Size() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.size
+}
+
+func (u *Upload) usable() error {
+	switch u.state {
+	case uploadSealed:
+		return fmt.Errorf("%w: image %s is sealed", ErrImmutable, u.id)
+	case uploadAbandoned:
+		return fmt.Errorf("%w: upload of image %s was deleted or replaced", ErrNotFound, u.id)
+	}
+	return nil
+}
+
+// WriteAt writes p at off. Errors: ErrImmutable once sealed, ErrNotFound
+// once abandoned, the staging file's I/O errors (ENOSPC) as they are.
+func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.usable(); err != nil {
+		return 0, err
+	}
+	if err := u.touch(); err != nil {
+		return 0, err
+	}
+	n, err := u.f.WriteAt(p, off)
+	end := off + int64(n)
+	if u.hash != nil {
+		switch {
+		case off >= u.hash.n && u.hash.n >= u.size:
+			// In order: anything between the hashed end and off is a hole.
+			u.hash.zeros(off - u.hash.n)
+			u.hash.write(p[:n])
+		default:
+			u.dropHash()
+		}
+	}
+	u.size = max(u.size, end)
+	return n, err
+}
+
+// dropHash abandons in-order hashing; the seal hashes in one pass.
+func (u *Upload) dropHash() {
+	if u.hash != nil {
+		u.hash.stop()
+		u.hash = nil
+	}
+}
+
+// touch marks the upload modified and moves the image to saving. Must
+// hold u.mu.
+func (u *Upload) touch() error {
+	if u.dirty || u.name != "" {
+		u.dirty = true
+		return nil
+	}
+	if err := u.s.setStatus(u.id, StatusSaving, ""); err != nil {
+		return err
+	}
+	u.dirty = true
+	return nil
+}
+
+// ReadAt reads staged data at off.
+func (u *Upload) ReadAt(p []byte, off int64) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.state == uploadAbandoned {
+		return 0, fmt.Errorf("%w: upload of image %s", ErrNotFound, u.id)
+	}
+	if u.f == nil {
+		return 0, io.EOF
+	}
+	return u.f.ReadAt(p, off)
+}
+
+// Truncate sets the staged size (ftruncate). Extending leaves a hole of
+// zeros.
+func (u *Upload) Truncate(size int64) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.truncateLocked(size)
+}
+
+func (u *Upload) truncateLocked(size int64) error {
+	if err := u.usable(); err != nil {
+		return err
+	}
+	if size == u.size {
+		return nil
+	}
+	if err := u.touch(); err != nil {
+		return err
+	}
+	if err := u.f.Truncate(size); err != nil {
+		return err
+	}
+	if size == 0 {
+		u.dropHash()
+		u.hash = newHashPipe()
+	} else if u.hash != nil && size < u.hash.n {
+		u.dropHash()
+	}
+	u.size = size
+	return nil
+}
+
+// Sync flushes the staged data to disk (fsync).
+func (u *Upload) Sync() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.f == nil {
+		return nil
+	}
+	return u.f.Sync()
+}
+
+// abandon closes and removes the staging file. Must not hold u.mu.
+func (u *Upload) abandon() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.state != uploadOpen {
+		return
+	}
+	u.state = uploadAbandoned
+	u.dropHash()
+	u.f.Close()
+	os.Remove(u.path)
+}
+
+// setStatus moves image id to status st (with a kill reason for killed),
+// if it is not there already.
+func (s *Store) setStatus(id string, st Status, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
+		return err
+	}
+	if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
+		return nil
+	}
+	next := im.clone()
+	next.Status = st
+	if st == StatusKilled {
+		setExtra(next, KeyKillReason, reason)
+	} else {
+		deleteExtra(next, KeyKillReason)
+	}
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	return s.publish(next, im.Name)
+}
+
+func (s *Store) liveLocked(id string) *liveImage {
+	l := s.live[id]
+	if l == nil {
+		l = &liveImage{scratch: map[string]*Upload{}}
+		s.live[id] = l
+	}
+	return l
+}
+
+// writable checks that c may upload data to im. Must hold s.mu.
+func writable(c Caller, im *Image) error {
+	if im.Status.Sealed() {
+		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, im.ID, im.Status)
+	}
+	return mayModify(c, im)
+}
+
+// OpenWrite opens image id's data for writing by c, starting an upload if
+// none is in progress; trunc discards staged data (O_TRUNC). Every
+// successful OpenWrite must be paired with Release. Errors: ErrNotFound,
+// ErrImmutable (sealed), ErrPermission.
+func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
+	s.mu.Lock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = writable(c, im)
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	l := s.liveLocked(id)
+	u := l.upload
+	if u == nil {
+		if u, err = s.newUpload(id, "", 0); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		l.upload = u
+	}
+	s.mu.Unlock()
+
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.usable(); err != nil {
+		return nil, err
+	}
+	if trunc {
+		if err := u.truncateLocked(0); err != nil {
+			return nil, err
+		}
+	}
+	u.writers++
+	return u, nil
+}
+
+// CurrentUpload returns the image's upload in progress, or nil.
+func (s *Store) CurrentUpload(id string) *Upload {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[id]; l != nil {
+		return l.upload
+	}
+	return nil
+}
+
+// Flush is called when a write handle of u is closed (close(2) of one file
+// descriptor). When it is the only write handle and the data changed, the
+// upload is checked and sealed now, so that when close(2) returns the
+// image is active or killed. Errors: ErrRefused (the image is now killed;
+// the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
+func (s *Store) Flush(u *Upload) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.writers == 1 && u.dirty && u.name == "" && u.state == uploadOpen {
+		return s.seal(u)
+	}
+	return nil
+}
+
+// Release ends one write handle opened by OpenWrite or CreateScratch.
+func (s *Store) Release(u *Upload) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.writers--
+	if u.writers == 0 && u.dirty && u.name == "" && u.state == uploadOpen {
+		return s.seal(u)
+	}
+	return nil
+}
+
+// seal checks the staged data and, when it is an acceptable VHD, hashes
+// it, hands it to the DataBackend and commits the record (checksum,
+// hashes, size, virtual_size, VHD facts, status active) in one synced
+// batch. A refused upload makes the image killed with the reason. Must
+// hold u.mu.
+func (s *Store) seal(u *Upload) error {
+	u.dirty = false
+	start := time.Now()
+	facts, vsize, refusal, err := inspectVHD(u.f, u.size)
+	if err != nil {
+		return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
+	}
+	if refusal != "" {
+		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
+		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %s", ErrRefused, refusal)
+	}
+	rehashed := u.hash == nil
+	if rehashed {
+		u.hash = newHashPipe()
+		if err := u.hash.readFrom(io.NewSectionReader(u.f, 0, u.size)); err != nil {
+			u.dropHash()
+			return fmt.Errorf("hash staged data of %s: %w", u.id, err)
+		}
+	} else if u.hash.n < u.size {
+		u.hash.zeros(u.size - u.hash.n)
+	}
+	md5hex, shahex := u.hash.finish()
+	u.hash = nil
+	if err := u.f.Sync(); err != nil {
+		return fmt.Errorf("sync staged data of %s: %w", u.id, err)
+	}
+	if err := s.data.Put(u.id, u.path); err != nil {
+		u.hash = nil
+		return fmt.Errorf("store sealed data of %s: %w", u.id, err)
+	}
+	u.f.Close()
+	u.f = nil
+	u.state = uploadSealed
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[u.id]; l != nil && l.upload == u {
+		l.upload = nil
+	}
+	im, err := s.getLocked(u.id)
+	if err != nil {
+		s.data.Remove(u.id) // deleted while sealing
+		return err
+	}
+	next := im.clone()
+	next.Status = StatusActive
+	next.Checksum = md5hex
+	next.OSHashAlgo = "sha512"
+	next.OSHashValue = shahex
+	next.Size = u.size
+	next.VirtualSize = vsize
+	deleteExtra(next, KeyKillReason)
+	for _, k := range slices.Sorted(mapsKeys(facts)) {
+		setExtra(next, k, facts[k])
+	}
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publish(next, im.Name); err != nil {
+		// The record still says saving: the next Open kills it and removes
+		// the data; nothing half-sealed is ever served.
+		return err
+	}
+	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
+		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+func mapsKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// OpenRead opens the sealed data of image id for reading by c. For an
+// image not yet sealed it returns (nil, nil): read the CurrentUpload, if
+// any. Errors: ErrNotFound, ErrPermission (deactivated image and c is not
+// root, or a killed image).
+func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
+	im := s.Get(id)
+	if im == nil {
+		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+	}
+	switch im.Status {
+	case StatusActive:
+	case StatusDeactivated:
+		if !c.IsRoot() {
+			return nil, fmt.Errorf("%w: image %s is deactivated", ErrPermission, id)
+		}
+	case StatusKilled:
+		return nil, fmt.Errorf("%w: image %s is killed: %s", ErrPermission, id, im.Extra[KeyKillReason])
+	default:
+		return nil, nil
+	}
+	return s.data.Open(id)
+}
+
+// DiscardUpload drops the staged data of an unsealed image (unlink of
+// image.vhd before it is sealed); the image returns to queued. Errors:
+// ErrImmutable (sealed), ErrPermission, ErrNotFound.
+func (s *Store) DiscardUpload(c Caller, id string) error {
+	s.mu.Lock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = writable(c, im)
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	var u *Upload
+	if l := s.live[id]; l != nil {
+		u, l.upload = l.upload, nil
+	}
+	s.mu.Unlock()
+	if u != nil {
+		u.abandon()
+	}
+	return s.setStatus(id, StatusQueued, "")
+}
+
+// CreateScratch creates the scratch file name in image id's directory,
+// opened for writing (pair with Release). Errors: ErrExists, ErrInvalid,
+// ErrImmutable (sealed image), ErrPermission, ErrNotFound.
+func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
+	if err := validScratchName(name); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = writable(c, im)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := s.liveLocked(id)
+	if _, ok := l.scratch[name]; ok {
+		return nil, fmt.Errorf("%w: scratch file %s", ErrExists, name)
+	}
+	u, err := s.newUpload(id, name, SlotScratchBase+l.nextScratch)
+	if err != nil {
+		return nil, err
+	}
+	l.nextScratch++
+	u.writers = 1
+	l.scratch[name] = u
+	return u, nil
+}
+
+func validScratchName(name string) error {
+	if name == ImageDataName || name == "properties" {
+		return fmt.Errorf("%w: %s is reserved", ErrExists, name)
+	}
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Scratch returns the scratch file name of image id, or nil.
+func (s *Store) Scratch(id, name string) *Upload {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[id]; l != nil {
+		return l.scratch[name]
+	}
+	return nil
+}
+
+// ScratchNames lists the scratch files of image id, sorted.
+func (s *Store) ScratchNames(id string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[id]; l != nil {
+		return slices.Sorted(func(yield func(string) bool) {
+			for k := range l.scratch {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+	}
+	return nil
+}
+
+// Reopen opens upload u (a scratch file) for writing again (pair with
+// Release); trunc discards its data. Errors: ErrNotFound (deleted),
+// ErrImmutable (sealed), ErrPermission.
+func (s *Store) Reopen(c Caller, u *Upload, trunc bool) error {
+	s.mu.Lock()
+	im, err := s.getLocked(u.id)
+	if err == nil {
+		err = writable(c, im)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.usable(); err != nil {
+		return err
+	}
+	if trunc {
+		if err := u.truncateLocked(0); err != nil {
+			return err
+		}
+	}
+	u.writers++
+	return nil
+}
+
+// RemoveScratch deletes a scratch file.
+func (s *Store) RemoveScratch(c Caller, id, name string) error {
+	s.mu.Lock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = mayModify(c, im)
+	}
+	var u *Upload
+	if err == nil {
+		l := s.live[id]
+		if l != nil {
+			u = l.scratch[name]
+		}
+		if u == nil {
+			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, name)
+		} else {
+			delete(l.scratch, name)
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	u.abandon()
+	return nil
+}
+
+// RenameScratch renames scratch file from to to in image id's directory.
+// Renaming onto image.vhd completes the upload with the scratch file's
+// data: it is checked and sealed now if no writer still has it open.
+// Errors: as CreateScratch, plus ErrRefused from the seal.
+func (s *Store) RenameScratch(c Caller, id, from, to string) error {
+	if to != ImageDataName {
+		if err := validScratchName(to); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	im, err := s.getLocked(id)
+	if err == nil {
+		err = mayModify(c, im)
+	}
+	if err == nil && to == ImageDataName {
+		err = writable(c, im)
+	}
+	l := s.live[id]
+	var u *Upload
+	if err == nil {
+		if l != nil {
+			u = l.scratch[from]
+		}
+		if u == nil {
+			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
+		}
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	delete(l.scratch, from)
+	var replaced *Upload
+	if to == ImageDataName {
+		replaced, l.upload = l.upload, u
+	} else {
+		replaced, l.scratch[to] = l.scratch[to], u
+	}
+	s.mu.Unlock()
+	if replaced != nil {
+		replaced.abandon()
+	}
+
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if to != ImageDataName {
+		u.name = to
+		return nil
+	}
+	u.name = ""
+	if err := u.touch(); err != nil {
+		return err
+	}
+	if u.writers == 0 && u.state == uploadOpen {
+		return s.seal(u)
+	}
+	return nil
+}
