@@ -150,14 +150,14 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 				return nil, 0, toErrno(err)
 			}
 		}
-		return &uploadHandle{st: st, u: n.scratch, write: write}, fuse.FOPEN_DIRECT_IO, 0
+		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx)}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	if write {
 		u, err := st.OpenWrite(c, n.id, trunc)
 		if err != nil {
 			return nil, 0, toErrno(err)
 		}
-		return &uploadHandle{st: st, u: u, write: true}, fuse.FOPEN_DIRECT_IO, 0
+		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx)}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	f, err := st.OpenRead(c, n.id)
 	if err != nil {
@@ -193,10 +193,11 @@ func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
 // file). Closing the last write handle of image.vhd seals the upload
 // (store.Flush), so close(2) returns after the status is final.
 type uploadHandle struct {
-	st    *store.Store
-	u     *store.Upload
-	write bool
-	once  sync.Once
+	st     *store.Store
+	u      *store.Upload
+	write  bool
+	opener uint32 // process (thread group) that opened the handle
+	once   sync.Once
 }
 
 var _ = (gofs.FileReader)((*uploadHandle)(nil))
@@ -221,8 +222,12 @@ func (h *uploadHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 	return uint32(n), toErrno(err)
 }
 
+// Flush seals when the process that opened the file closes it. A child
+// that inherited the descriptor (the writers of a shell redirection)
+// closing its copy does not end the upload; if the opener closed first,
+// the last Release seals.
 func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
-	if !h.write {
+	if !h.write || callerProcess(ctx) != h.opener {
 		return 0
 	}
 	return toErrno(h.st.Flush(h.u))

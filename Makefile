@@ -1,0 +1,49 @@
+# imagefs: build, run, test.
+#   make run     build and mount a default store on ./run/mnt (foreground; Ctrl-C unmounts)
+#   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
+#   make bench   benchmarks (long; not part of make test)
+#   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
+
+GO       ?= go
+BIN      ?= ./imagefs
+STORE    ?= ./run/store
+MNT      ?= ./run/mnt
+FUZZTIME ?= 3m
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build run test unit integration race bench fuzz vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/imagefs
+
+run: build
+	@mkdir -p $(STORE) $(MNT)
+	@echo "imagefs: serving $(STORE) at $(MNT); in another shell: mkdir $(MNT)/images/NAME && cp FILE.vhd $(MNT)/images/NAME/image.vhd"
+	@echo "imagefs: stop with Ctrl-C, or: umount $(MNT)"
+	$(BIN) mount $(STORE) $(MNT)
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test ./store/... ./xattr/... ./vhd/... ./fs/... ./cmd/...
+
+integration:
+	$(GO) test -count=1 -timeout 20m ./integration/...
+
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+race:
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 60m ./store/... ./integration/...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME) ./vhd/
+
+clean:
+	rm -f $(BIN)
