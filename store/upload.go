@@ -98,12 +98,12 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 	n, err := u.f.WriteAt(p, off)
 	end := off + int64(n)
 	if u.hash != nil {
-		switch {
-		case off >= u.hash.n && u.hash.n >= u.size:
-			// In order: anything between the hashed end and off is a hole.
+		// While hashing in order, nothing at or past hash.n was ever
+		// written: a write there leaves a hole of zeros before it.
+		if off >= u.hash.n {
 			u.hash.zeros(off - u.hash.n)
 			u.hash.write(p[:n])
-		default:
+		} else {
 			u.dropHash()
 		}
 	}
