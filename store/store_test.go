@@ -30,7 +30,7 @@ func fixedVHD(t testing.TB, dataSize int) []byte {
 	require.NoError(t, err)
 	f := b[dataSize:]
 	copy(f[0:], "conectix")
-	binary.BigEndian.PutUint32(f[8:], 2)          // Features: reserved bit
+	binary.BigEndian.PutUint32(f[8:], 2)           // Features: reserved bit
 	binary.BigEndian.PutUint32(f[12:], 0x00010000) // File Format Version
 	binary.BigEndian.PutUint64(f[16:], ^uint64(0)) // Data Offset (fixed)
 	copy(f[28:], "test")
@@ -42,7 +42,7 @@ func fixedVHD(t testing.TB, dataSize int) []byte {
 	binary.BigEndian.PutUint16(f[56:], uint16(dataSize/512/17/4))
 	f[58], f[59] = 4, 17
 	binary.BigEndian.PutUint32(f[60:], 2) // Disk Type: fixed
-	_, err = rand.Read(f[68:84])           // Unique Id
+	_, err = rand.Read(f[68:84])          // Unique Id
 	require.NoError(t, err)
 	var sum uint32
 	for _, c := range f {
