@@ -83,9 +83,11 @@ func (i *Info) CreatorVersionString() string {
 // bytes in stored order (as vhdiinfo prints it), for example
 // "787bb12d-a507-4d8e-8f08-2ad2e2148e32" (VHD spec §Hard Disk Footer Format,
 // Unique Id).
-func (i *Info) UniqueIDString() string { return uuidString(i.UniqueID) }
+func (i *Info) UniqueIDString() string { return FormatUUID(i.UniqueID) }
 
-func uuidString(u [16]byte) string {
+// FormatUUID formats a 16-byte Unique Id or Parent Unique ID as a UUID in
+// the 8-4-4-4-12 lower-case hex form, bytes in stored order.
+func FormatUUID(u [16]byte) string {
 	var b [36]byte
 	hex.Encode(b[0:8], u[0:4])
 	b[8] = '-'

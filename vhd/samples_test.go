@@ -84,7 +84,7 @@ func TestSamples(t *testing.T) {
 func TestSampleChildParent(t *testing.T) {
 	info := inspectBytes(t, sample(t, "win8-child.vhd"))
 	d := info.Dynamic
-	if d == nil || d.ParentName != `C:\Users\sergi\Downloads\win8.vhd` || uuidString(d.ParentUniqueID) != "adb71975-4b5b-0b40-b025-d06dab31b26f" {
+	if d == nil || d.ParentName != `C:\Users\sergi\Downloads\win8.vhd` || FormatUUID(d.ParentUniqueID) != "adb71975-4b5b-0b40-b025-d06dab31b26f" {
 		t.Fatalf("parent facts %+v", d)
 	}
 	// Parent locators of the child lie inside the file: nothing but the
