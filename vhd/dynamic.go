@@ -13,7 +13,8 @@ import (
 // spec §Dynamic Disk Header Format).
 const DynamicHeaderSize = 1024
 
-// HeaderVersion is the only dynamic header Header Version the spec defines.
+// HeaderVersion is the only Header Version the spec defines (VHD spec
+// §Dynamic Disk Header Format, Header Version).
 const HeaderVersion uint32 = 0x00010000
 
 // UnusedBlock is the Block Allocation Table entry of a block that is not

@@ -4,7 +4,11 @@ import (
 	"fmt"
 )
 
-// Severity ranks a Finding. The zero value is not a valid severity.
+// Severity ranks a Finding: how imagefs treats a file that breaks a rule.
+// Invalid covers breaches of the VHD spec (§Hard Disk Footer Format,
+// §Dynamic Disk Header Format, §Block Allocation Table and Data Blocks);
+// Unsafe and Warning are imagefs's upload policy. The zero value is not a
+// valid severity.
 type Severity int
 
 const (
@@ -54,7 +58,9 @@ func (s *Severity) UnmarshalText(b []byte) error {
 	return fmt.Errorf("vhd: unknown severity %q", b)
 }
 
-// Finding is one problem found in a VHD file.
+// Finding is one problem found in a VHD file. Its Message names the VHD
+// spec field at fault by its spec name (§Hard Disk Footer Format, §Dynamic
+// Disk Header Format, §Block Allocation Table and Data Blocks).
 type Finding struct {
 	Severity Severity `json:"severity"`
 	// Rule is a stable short kebab-case id (see Rules), for example
@@ -71,7 +77,9 @@ func (f Finding) String() string {
 	return fmt.Sprintf("%s: %s: %s", f.Severity, f.Rule, f.Message)
 }
 
-// Rule describes one check that Inspect makes.
+// Rule describes one check that Inspect makes on the structures of the VHD
+// spec (§Hard Disk Footer Format, §Dynamic Disk Header Format, §Block
+// Allocation Table and Data Blocks, Appendix: CHS Calculation).
 type Rule struct {
 	ID       string
 	Severity Severity
@@ -140,8 +148,8 @@ func (i *Info) add(id, format string, args ...any) {
 }
 
 // Refusal returns the reason the upload must be refused: the first Invalid
-// finding, else the first Unsafe one, else nil when the disk is acceptable.
-// The returned pointer refers to a copy.
+// finding (a breach of the VHD spec), else the first Unsafe one, else nil
+// when the disk is acceptable. The returned pointer refers to a copy.
 func (i *Info) Refusal() *Finding {
 	for _, s := range []Severity{Invalid, Unsafe} {
 		for _, f := range i.Findings {
@@ -154,7 +162,9 @@ func (i *Info) Refusal() *Finding {
 	return nil
 }
 
-// Warnings returns the Warning findings, in order; nil when there are none.
+// Warnings returns the Warning findings (accepted disks that some consumer
+// may read differently, e.g. VHD spec Appendix: CHS Calculation vs Current
+// Size), in order; nil when there are none.
 func (i *Info) Warnings() []Finding {
 	var w []Finding
 	for _, f := range i.Findings {
@@ -165,7 +175,7 @@ func (i *Info) Warnings() []Finding {
 	return w
 }
 
-// Has reports whether a finding with rule id was made.
+// Has reports whether a finding with rule id (see Rules) was made.
 func (i *Info) Has(id string) bool {
 	for _, f := range i.Findings {
 		if f.Rule == id {

@@ -27,16 +27,21 @@ const (
 )
 
 // FileFormatVersion is the only File Format Version the spec defines
-// (major 1, minor 0).
+// (major 1, minor 0) (VHD spec §Hard Disk Footer Format, File Format
+// Version).
 const FileFormatVersion uint32 = 0x00010000
 
 // NoDataOffset is the Data Offset of a fixed disk's footer and of the
-// dynamic disk header: all 64 bits set.
+// dynamic disk header: all 64 bits set (VHD spec §Hard Disk Footer Format,
+// Data Offset; §Dynamic Disk Header Format, Data Offset, where the spec's
+// text says 0xFFFFFFFF but Microsoft's tools and qemu write and expect all
+// 64 bits).
 const NoDataOffset uint64 = 0xFFFFFFFFFFFFFFFF
 
-// MaxSize is the largest Current Size the VHD format allows: 2040 GiB
-// (0xFF000000 sectors of 512 bytes, qemu's VHD_MAX_SECTORS and Hyper-V's
-// limit).
+// MaxSize is the largest Current Size imagefs accepts, in bytes: 2040 GiB
+// (0xFF000000 sectors of 512 bytes). The 2006 spec sets no limit of its own
+// (§Hard Disk Footer Format, Current Size); 2040 GiB is the VHD limit of
+// Hyper-V and of qemu (VHD_MAX_SECTORS).
 const MaxSize uint64 = 2040 << 30
 
 // vhdEpoch is the origin of Time Stamp: 2000-01-01 00:00:00 UTC.
@@ -67,7 +72,8 @@ func (t DiskType) String() string {
 	return fmt.Sprintf("unknown(%d)", uint32(t))
 }
 
-// MarshalText encodes t as its String form.
+// MarshalText encodes t as its String form ("fixed", "dynamic",
+// "differencing", "unknown(N)"); it never fails.
 func (t DiskType) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
 
 // Footer field offsets (VHD spec §Hard Disk Footer Format).
@@ -225,9 +231,9 @@ func (f *footer) check(i *Info, now time.Time) {
 	}
 }
 
-// ClockSkew is how far in the future a footer Time Stamp may be before
-// Inspect warns ("future-timestamp"): the uploading host's clock may run
-// ahead of ours.
+// ClockSkew is how far in the future a footer Time Stamp (VHD spec §Hard
+// Disk Footer Format, Time Stamp) may be before Inspect warns
+// ("future-timestamp"): the uploading host's clock may run ahead of ours.
 const ClockSkew = 10 * time.Minute
 
 // fourCC renders a 4-byte footer code as text: trailing NULs are dropped,

@@ -4,8 +4,9 @@ import (
 	"fmt"
 )
 
-// SectorSize is the VHD sector size in bytes: geometry, sizes and block
-// offsets are counted in 512-byte sectors.
+// SectorSize is the VHD sector size in bytes: geometry, Block Allocation
+// Table entries and sector bitmaps count 512-byte sectors (VHD spec §Block
+// Allocation Table and Data Blocks; Appendix: CHS Calculation).
 const SectorSize = 512
 
 // Geometry is the footer's Disk Geometry field: cylinders, heads and
@@ -18,17 +19,21 @@ type Geometry struct {
 }
 
 // MaxGeometry is the largest geometry the spec's CHS algorithm yields,
-// 65535/16/255 (about 127 GiB); disks at least that large carry it, and qemu
-// reads such disks by Current Size whatever their creator.
+// 65535/16/255, addressing 136899993600 bytes (about 127 GiB) (VHD spec
+// Appendix: CHS Calculation); larger disks carry it, qemu writes it for
+// force_size disks, and qemu reads any disk that carries it by Current Size.
+// Do not modify it.
 var MaxGeometry = Geometry{Cylinders: 65535, Heads: 16, SectorsPerTrack: 255}
 
-// Size returns the bytes the geometry addresses: C*H*S*512. It cannot
-// overflow: the largest is 65535*255*255*512 bytes.
+// Size returns the bytes the geometry addresses: C*H*S*512 (VHD spec
+// Appendix: CHS Calculation). It cannot overflow: the largest is
+// 65535*255*255*512 bytes.
 func (g Geometry) Size() uint64 {
 	return uint64(g.Cylinders) * uint64(g.Heads) * uint64(g.SectorsPerTrack) * SectorSize
 }
 
-// String returns "C/H/S", for example "963/5/17".
+// String returns the geometry as "C/H/S", for example "963/5/17" (VHD spec
+// §Hard Disk Footer Format, Disk Geometry).
 func (g Geometry) String() string {
 	return fmt.Sprintf("%d/%d/%d", g.Cylinders, g.Heads, g.SectorsPerTrack)
 }
@@ -73,14 +78,16 @@ func GeometryForSize(size uint64) Geometry {
 // is "vpc " (Virtual PC) or "qemu" (qemu without force_size); qemu before
 // 10.0 (legacy true) sizes by geometry every creator except "win "
 // (Hyper-V), "qem2" (qemu with force_size), "d2v " (Disk2vhd), "CTXS"
-// (XenConverter) and "tap\0" (XenServer).
+// (XenConverter) and "tap\0" (XenServer). (VHD spec §Hard Disk Footer
+// Format, Creator Application and Disk Geometry.)
 func (i *Info) QemuUsesGeometry(legacy bool) bool {
 	return qemuUsesGeometry(i.CreatorApplicationRaw, i.Geometry, legacy)
 }
 
 // QemuVirtualSize returns the virtual size in bytes that qemu reports for
 // this disk (qemu-img info "virtual-size"): GeometrySize or CurrentSize, per
-// QemuUsesGeometry.
+// QemuUsesGeometry (VHD spec §Hard Disk Footer Format, Current Size and Disk
+// Geometry).
 func (i *Info) QemuVirtualSize(legacy bool) uint64 {
 	if i.QemuUsesGeometry(legacy) {
 		return i.GeometrySize

@@ -85,8 +85,10 @@ func (i *Info) CreatorVersionString() string {
 // Unique Id).
 func (i *Info) UniqueIDString() string { return FormatUUID(i.UniqueID) }
 
-// FormatUUID formats a 16-byte Unique Id or Parent Unique ID as a UUID in
-// the 8-4-4-4-12 lower-case hex form, bytes in stored order.
+// FormatUUID formats a 16-byte Unique Id or Parent Unique ID (VHD spec §Hard
+// Disk Footer Format, Unique Id; §Dynamic Disk Header Format, Parent Unique
+// ID) as a UUID in the 8-4-4-4-12 lower-case hex form, bytes in stored
+// order.
 func FormatUUID(u [16]byte) string {
 	var b [36]byte
 	hex.Encode(b[0:8], u[0:4])
