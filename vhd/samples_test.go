@@ -76,7 +76,7 @@ func TestSamples(t *testing.T) {
 					t.Errorf("QemuUsesGeometry(%v) = %v, want %v", legacy, !s.qemuGeometry, s.qemuGeometry)
 				}
 			}
-			crossCheck(t, path, info)
+			t.Run("tools", func(t *testing.T) { crossCheck(t, path, info) })
 		})
 	}
 }
