@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/imagefs/imagefs/fs"
@@ -42,6 +43,7 @@ func runMount(args []string) int {
 	debug := fl.Bool("debug", false, "log every FUSE request and reply to stderr")
 	readOnly := fl.Bool("read-only", false, "mount read-only: every change fails with EROFS")
 	quota := fl.Int("property-quota", store.DefaultPropertyQuota, "maximum number of properties per image")
+	cpuProfile := fl.String("cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
 	help := fl.BoolP("help", "h", false, "show this help")
 	fl.Usage = func() {
 		fmt.Fprint(os.Stderr, mountHelp)
@@ -66,6 +68,18 @@ func runMount(args []string) int {
 		return 2
 	}
 	storeDir, mnt := fl.Arg(0), fl.Arg(1)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	st, err := store.Open(storeDir, store.Options{PropertyQuota: *quota})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imagefs mount: open store: %v\n", err)
