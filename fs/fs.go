@@ -52,13 +52,21 @@ type FS struct {
 	st       *store.Store
 	server   *fuse.Server
 	rootNode *rootNode
+	started  time.Time // times of the fixed directories
+}
+
+// fixedDirAttr fills the attributes of a fixed directory.
+func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
+	a.Mode = syscall.S_IFDIR | mode
+	a.Nlink = 2
+	a.SetTimes(&f.started, &f.started, &f.started)
 }
 
 // Mount serves st at mountpoint and returns once the mount is ready. As
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st}
+	f := &FS{st: st, started: time.Now()}
 	root := &rootNode{fsys: f}
 	f.rootNode = root
 	sec, zero := cacheTimeout, time.Duration(0)
@@ -80,7 +88,13 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 			MaxWrite:             1 << 20,
 			Options:              mopts,
 			IgnoreSecurityLabels: true,
-			ExtraCapabilities:    fuse.CAP_HANDLE_KILLPRIV_V2,
+			// ATOMIC_O_TRUNC: open(O_TRUNC) reaches Open with the flag
+			// and the file handle. Without it the kernel opens without
+			// O_TRUNC and then sends a SETATTR size 0 with no handle,
+			// which sets a property to "" at once (refused for typed
+			// keys: `echo 1024 > properties/min_ram` failed with EINVAL)
+			// and leaves the old value's tail after a shorter new one.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_ATOMIC_O_TRUNC,
 			Logger:               log.New(os.Stderr, "fuse: ", 0),
 		},
 		EntryTimeout:    &sec,
@@ -124,11 +138,11 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	}
 	add("images", &imagesDir{fsys: r.fsys}, inoImages)
 	add("by-id", &byIDDir{fsys: r.fsys}, inoByID)
-	add("by-property", &byPropertyDir{}, inoByProperty)
+	add("by-property", &byPropertyDir{fsys: r.fsys}, inoByProperty)
 }
 
 func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
+	r.fsys.fixedDirAttr(&out.Attr, 0o755)
 	return 0
 }
 
@@ -145,9 +159,16 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 // index exists).
 type byPropertyDir struct {
 	gofs.Inode
+	fsys *FS
 }
 
 var _ = (gofs.NodeReaddirer)((*byPropertyDir)(nil))
+var _ = (gofs.NodeGetattrer)((*byPropertyDir)(nil))
+
+func (d *byPropertyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.fixedDirAttr(&out.Attr, 0o755)
+	return 0
+}
 
 func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	return gofs.NewListDirStream(nil), 0

@@ -26,7 +26,7 @@ var _ = (gofs.NodeGetattrer)((*imagesDir)(nil))
 func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	// Anyone may create an image; only the owner deletes or renames it
 	// (the store checks), like /tmp.
-	out.Mode = syscall.S_IFDIR | syscall.S_ISVTX | 0o777
+	d.fsys.fixedDirAttr(&out.Attr, syscall.S_ISVTX|0o777)
 	return 0
 }
 
@@ -89,6 +89,12 @@ type byIDDir struct {
 
 var _ = (gofs.NodeLookuper)((*byIDDir)(nil))
 var _ = (gofs.NodeReaddirer)((*byIDDir)(nil))
+var _ = (gofs.NodeGetattrer)((*byIDDir)(nil))
+
+func (d *byIDDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.fixedDirAttr(&out.Attr, 0o755)
+	return 0
+}
 
 func (d *byIDDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	im := d.fsys.st.Get(name)
