@@ -95,7 +95,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 			// keys: `echo 1024 > properties/min_ram` failed with EINVAL)
 			// and leaves the old value's tail after a shorter new one.
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_ATOMIC_O_TRUNC,
-			Logger:               log.New(os.Stderr, "fuse: ", 0),
+			Logger:            log.New(os.Stderr, "fuse: ", 0),
 		},
 		EntryTimeout:    &sec,
 		AttrTimeout:     &sec,
