@@ -33,7 +33,7 @@ func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image,
 	n := &dataNode{node: node{fsys: f, id: im.ID}}
 	n.fillDataAttr(im, &out.Attr)
 	if !im.Status.Sealed() {
-		out.SetAttrTimeout(0)
+		out.SetAttrTimeout(uncached)
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
 }
@@ -41,8 +41,8 @@ func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image,
 func (f *FS) scratchInode(ctx context.Context, parent *gofs.Inode, im *store.Image, u *store.Upload, out *fuse.EntryOut) *gofs.Inode {
 	n := &dataNode{node: node{fsys: f, id: im.ID}, scratch: u}
 	n.fillDataAttr(im, &out.Attr)
-	out.SetEntryTimeout(0)
-	out.SetAttrTimeout(0)
+	out.SetEntryTimeout(uncached)
+	out.SetAttrTimeout(uncached)
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(u.Slot())})
 }
 
@@ -85,7 +85,7 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	}
 	n.fillDataAttr(im, &out.Attr)
 	if n.scratch != nil || !im.Status.Sealed() {
-		out.SetTimeout(0)
+		out.SetTimeout(uncached)
 	}
 	return 0
 }
@@ -130,7 +130,7 @@ func (n *dataNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		return syscall.ENOENT
 	}
 	n.fillDataAttr(im, &out.Attr)
-	out.SetTimeout(0)
+	out.SetTimeout(uncached)
 	return 0
 }
 

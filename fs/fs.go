@@ -39,6 +39,13 @@ const (
 // kernel's caches themselves; property files are never cached.
 const cacheTimeout = time.Second
 
+// uncached is the timeout of entries and attributes the kernel must not
+// cache (property files, scratch files, data being uploaded). go-fuse
+// replaces a zero timeout with the mount's default (cacheTimeout), so
+// "do not cache" has to be the shortest non-zero time; the kernel rounds
+// it up to one jiffy.
+const uncached = time.Nanosecond
+
 // Options configure a mount.
 type Options struct {
 	AllowOther bool   // let other users use the mount (needs user_allow_other for non-root)

@@ -38,8 +38,8 @@ func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 func (d *propsDir) propInode(ctx context.Context, im *store.Image, key string, out *fuse.EntryOut) *gofs.Inode {
 	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: key}
 	p.fillPropAttr(im, &out.Attr)
-	out.SetAttrTimeout(0)
-	out.SetEntryTimeout(0)
+	out.SetAttrTimeout(uncached)
+	out.SetEntryTimeout(uncached)
 	return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.PropertyIno(key)})
 }
 
@@ -121,7 +121,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	p.fillPropAttr(im, &out.Attr)
-	out.SetTimeout(0)
+	out.SetTimeout(uncached)
 	return 0
 }
 
