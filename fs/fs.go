@@ -60,6 +60,8 @@ type FS struct {
 	server   *fuse.Server
 	rootNode *rootNode
 	started  time.Time // times of the fixed directories
+	// allowOther: other users use the mount; image entries are not cached.
+	allowOther bool
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -73,7 +75,7 @@ func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st, started: time.Now()}
+	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther}
 	root := &rootNode{fsys: f}
 	f.rootNode = root
 	sec, zero := cacheTimeout, time.Duration(0)

@@ -31,7 +31,7 @@ func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.At
 }
 
 func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.fsys.st.Lookup(name)
+	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}
@@ -39,7 +39,7 @@ func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 }
 
 func (d *imagesDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	ims := d.fsys.st.List()
+	ims := d.fsys.st.ListFor(caller(ctx))
 	ents := make([]fuse.DirEntry, len(ims))
 	for i, im := range ims {
 		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotDir), Mode: syscall.S_IFDIR}
@@ -56,7 +56,7 @@ func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 }
 
 func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
-	im := d.fsys.st.Lookup(name)
+	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -74,7 +74,7 @@ func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.Inod
 	if flags != 0 {
 		return syscall.EINVAL // RENAME_EXCHANGE/NOREPLACE: names are unique anyway
 	}
-	im := d.fsys.st.Lookup(name)
+	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -97,7 +97,7 @@ func (d *byIDDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 }
 
 func (d *byIDDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.fsys.st.Get(name)
+	im := d.fsys.st.GetFor(caller(ctx), name)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}
@@ -105,7 +105,7 @@ func (d *byIDDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 func (d *byIDDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	ims := d.fsys.st.List()
+	ims := d.fsys.st.ListFor(caller(ctx))
 	ents := make([]fuse.DirEntry, len(ims))
 	for i, im := range ims {
 		ents[i] = fuse.DirEntry{Name: im.ID, Ino: im.Ino(store.SlotByIDDir), Mode: syscall.S_IFDIR}
@@ -121,7 +121,13 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 		slot = store.SlotByIDDir
 	}
 	n := &imageDir{node: node{fsys: f, id: im.ID}, byID: byID}
-	n.fillAttr(im, &out.Attr)
+	n.fillDirAttr(im, &out.Attr)
+	if f.allowOther {
+		// The kernel shares cached entries between users; with several
+		// users every walk through an image directory asks the daemon, which
+		// applies the caller's visibility.
+		out.SetEntryTimeout(uncached)
+	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})
 }
 

@@ -29,6 +29,16 @@ func (n *node) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.SetTimes(&t, &t, &t)
 }
 
+// modeFor returns perm as is for an image others may use, and without
+// the group and other bits for a private one (0755 -> 0700). Mode bits
+// only show the visibility; the store enforces it.
+func modeFor(im *store.Image, perm uint32) uint32 {
+	if im.OthersMayRead() {
+		return perm
+	}
+	return perm & 0o700
+}
+
 // Extended attributes: property k is "user.k" on the image directory and
 // on image.vhd (see package xattr).
 
@@ -102,7 +112,7 @@ var _ = (gofs.NodeRemovexattrer)((*imageDir)(nil))
 
 func (d *imageDir) fillDirAttr(im *store.Image, a *fuse.Attr) {
 	d.fillAttr(im, a)
-	a.Mode = syscall.S_IFDIR | 0o755
+	a.Mode = syscall.S_IFDIR | modeFor(im, 0o755)
 	a.Nlink = 3
 }
 

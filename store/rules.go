@@ -92,6 +92,8 @@ func applyValue(im *Image, key, value string) {
 		im.Protected = value == "true"
 	case KeyVisibility:
 		im.Visibility = value
+	case KeyStatus:
+		im.Status = Status(value)
 	default:
 		setExtra(im, key, value)
 	}

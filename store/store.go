@@ -340,11 +340,19 @@ func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error
 }
 
 func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) error {
+	if key == KeyStatus {
+		return checkStatusChange(c, im, value)
+	}
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
 	}
 	if err := mayModify(c, im); err != nil {
 		return err
+	}
+	if key == KeyMembers {
+		if err := checkMembers(value); err != nil {
+			return err
+		}
 	}
 	if !IsCoreKey(key) {
 		if err := ValidKey(key); err != nil {
@@ -468,6 +476,9 @@ func (s *Store) CheckSet(c Caller, id, key string) error {
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
+	}
+	if key == KeyStatus && c.IsRoot() && im.Status.Sealed() {
+		return nil // root may deactivate or reactivate
 	}
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)

@@ -403,7 +403,7 @@ func mapsKeys(m map[string]string) func(func(string) bool) {
 // any. Errors: ErrNotFound, ErrPermission (deactivated image and c is not
 // root, or a killed image).
 func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
-	im := s.Get(id)
+	im := s.GetFor(c, id)
 	if im == nil {
 		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
 	}
