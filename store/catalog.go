@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -27,6 +29,10 @@ type catalog struct {
 
 func openCatalog(dir string) (*catalog, error) {
 	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) ||
+		(err != nil && strings.Contains(err.Error(), "lock held")) {
+		return nil, fmt.Errorf("%w: catalog %s is locked by another process (is the store mounted?)", ErrBusy, dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCatalog, dir, err)
 	}
@@ -52,6 +58,21 @@ func (c *catalog) loadAll(fn func(*Image) error) error {
 		if err := fn(im); err != nil {
 			return err
 		}
+	}
+	return it.Error()
+}
+
+// loadNames reads the name index.
+func (c *catalog) loadNames(fn func(name, id string)) error {
+	it, err := c.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixName), UpperBound: []byte("name0"),
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCatalog, err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		fn(string(it.Key()[len(prefixName):]), string(it.Value()))
 	}
 	return it.Error()
 }

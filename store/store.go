@@ -50,6 +50,8 @@ type Options struct {
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// checkOnly opens without the repair at open (for Check).
+	checkOnly bool
 }
 
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
@@ -127,51 +129,23 @@ func (s *Store) load() error {
 	if s.nextIno, err = s.cat.nextInoBase(); err != nil {
 		return err
 	}
+	if s.opts.checkOnly {
+		return nil
+	}
 	return s.reconcile()
 }
 
-// reconcile repairs what an unclean stop can leave: in-flight uploads
-// (status saving) become killed, staging files are removed, and sealed data
-// files without an active record (a crash between data and catalog commit)
-// are removed.
+// reconcile repairs what an unclean stop can leave (see Check): in-flight
+// uploads (status saving) become killed, staging files are removed, a seal
+// whose record did not commit is completed from its data, and data files
+// of no image are moved to STORE/lost+found.
 func (s *Store) reconcile() error {
-	t := s.cat.begin()
-	dirty := false
-	for _, im := range s.images {
-		if im.Status == StatusSaving {
-			c := im.clone()
-			c.Status = StatusKilled
-			setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
-			c.UpdatedAt = s.opts.Now().UTC()
-			t.putImage(c)
-			s.images[c.ID] = c
-			dirty = true
-			logger.Warn("upload interrupted by restart", "id", c.ID, "name", c.Name)
-		}
-	}
-	if dirty {
-		if err := t.commit(); err != nil {
-			return err
-		}
-	} else {
-		t.b.Close()
-	}
-	ents, err := os.ReadDir(s.staging)
+	r, err := s.check(CheckOptions{Repair: true, quick: true})
 	if err != nil {
 		return err
 	}
-	for _, e := range ents {
-		os.Remove(filepath.Join(s.staging, e.Name()))
-	}
-	ids, err := s.data.List()
-	if err != nil {
-		return err
-	}
-	for _, id := range ids {
-		if im, ok := s.images[id]; !ok || !im.Status.Sealed() {
-			logger.Warn("removing sealed data without an active record", "id", id)
-			s.data.Remove(id)
-		}
+	for _, p := range r.Problems {
+		logger.Warn("store repaired at open", "problem", p.Kind, "id", p.ID, "detail", p.Detail, "repaired", p.Repaired)
 	}
 	return nil
 }

@@ -366,19 +366,7 @@ func (s *Store) seal(u *Upload) error {
 		s.data.Remove(u.id) // deleted while sealing
 		return err
 	}
-	next := im.clone()
-	next.Status = StatusActive
-	next.Checksum = md5hex
-	next.OSHashAlgo = "sha512"
-	next.OSHashValue = shahex
-	next.Size = u.size
-	next.VirtualSize = vsize
-	deleteExtra(next, KeyKillReason)
-	for _, k := range slices.Sorted(mapsKeys(facts)) {
-		setExtra(next, k, facts[k])
-	}
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
+	if err := s.publish(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
 		// The record still says saving: the next Open kills it and removes
 		// the data; nothing half-sealed is ever served.
 		return err
@@ -386,6 +374,24 @@ func (s *Store) seal(u *Upload) error {
 	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
 		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// sealRecord returns im sealed: status active with its hashes, sizes and
+// VHD facts.
+func (s *Store) sealRecord(im *Image, md5hex, shahex string, size, vsize int64, facts map[string]string) *Image {
+	next := im.clone()
+	next.Status = StatusActive
+	next.Checksum = md5hex
+	next.OSHashAlgo = "sha512"
+	next.OSHashValue = shahex
+	next.Size = size
+	next.VirtualSize = vsize
+	deleteExtra(next, KeyKillReason)
+	for _, k := range slices.Sorted(mapsKeys(facts)) {
+		setExtra(next, k, facts[k])
+	}
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	return next
 }
 
 func mapsKeys(m map[string]string) func(func(string) bool) {

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/imagefs/imagefs/store"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+)
+
+const fsckHelp = `Usage: imagefs fsck [OPTIONS] STORE
+
+Check an imagefs store that is not mounted: the catalog against the data
+files. Reports interrupted uploads, leftover staging files, seals whose
+catalog record did not commit, data files of no image (orphans), images
+whose data is missing or has the wrong size, writable data files, and a
+name index that disagrees with the records.
+
+With --repair, fixes what can be fixed without losing data: interrupted
+uploads become killed, staging leftovers are removed, uncommitted seals are
+verified and completed, orphans are moved to STORE/lost+found, data files
+are made read-only and the name index is rewritten.
+
+With --verify-data, re-hashes every sealed image and compares it with its
+checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
+disk. Shows a progress bar on a terminal and plain lines otherwise.
+
+Exit status: 0 all is well (or every problem was repaired), 1 problems
+remain, 2 the store could not be checked (not a store, or mounted).
+
+Options:
+`
+
+const fsckExamples = `
+Examples:
+  imagefs fsck /var/lib/imagefs
+  imagefs fsck --repair --verify-data /var/lib/imagefs
+`
+
+func init() {
+	register("fsck", "check (and repair) a store that is not mounted", runFsck)
+}
+
+func runFsck(args []string) int {
+	fl := pflag.NewFlagSet("fsck", pflag.ContinueOnError)
+	repair := fl.Bool("repair", false, "fix what can be fixed without losing data")
+	verify := fl.Bool("verify-data", false, "re-hash every sealed image against checksum and os_hash_value")
+	asJSON := fl.Bool("json", false, "print the report as JSON")
+	help := fl.BoolP("help", "h", false, "show this help")
+	fl.Usage = func() {
+		fmt.Fprint(os.Stderr, fsckHelp)
+		fl.PrintDefaults()
+		fmt.Fprint(os.Stderr, fsckExamples)
+	}
+	if err := fl.Parse(args); err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
+		return 2
+	}
+	if *help {
+		fl.SetOutput(os.Stdout)
+		fmt.Print(fsckHelp)
+		fl.PrintDefaults()
+		fmt.Print(fsckExamples)
+		return 0
+	}
+	if fl.NArg() != 1 {
+		fmt.Fprintf(os.Stderr, "imagefs fsck: want one STORE, got %d arguments\n", fl.NArg())
+		fl.Usage()
+		return 2
+	}
+	opts := store.CheckOptions{Repair: *repair, VerifyData: *verify}
+	if *verify {
+		opts.Progress = progress()
+	}
+	r, err := store.Check(fl.Arg(0), opts)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
+		return 2
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+	} else {
+		for _, p := range r.Problems {
+			fmt.Println(p)
+		}
+		fmt.Printf("%d images, %d sealed, %d verified, %d problems\n", r.Images, r.Sealed, r.Verified, len(r.Problems))
+	}
+	if !r.OK() {
+		return 1
+	}
+	return 0
+}
+
+// progress returns a progress callback: a bar on a terminal, a plain line
+// every 10% otherwise.
+func progress() func(done, total int64) {
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		var bar *progressbar.ProgressBar
+		return func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.DefaultBytes(total, "verifying")
+			}
+			bar.Set64(done)
+		}
+	}
+	next, last := int64(0), int64(-1)
+	start := time.Now()
+	return func(done, total int64) {
+		if total == 0 || done == last || done*10/total < next && done != total {
+			return
+		}
+		last = done
+		fmt.Fprintf(os.Stderr, "verified %d of %d bytes (%d%%) in %s\n", done, total, done*100/total, time.Since(start).Round(time.Millisecond))
+		next = done*10/total + 1
+	}
+}

@@ -1,0 +1,335 @@
+package store
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Kinds of problem Check reports.
+const (
+	ProblemInterrupted    = "interrupted-upload" // status saving with no writer (repair: killed)
+	ProblemStaging        = "staging-leftover"   // staging file of no upload (repair: removed)
+	ProblemUncommitted    = "uncommitted-seal"   // sealed data whose record did not commit (repair: verified and sealed)
+	ProblemOrphanData     = "orphan-data"        // data file of no image (repair: moved to STORE/lost+found)
+	ProblemMissingData    = "missing-data"       // active image without its data file
+	ProblemSizeMismatch   = "size-mismatch"      // data file size differs from the record's size
+	ProblemDataMode       = "data-mode"          // data file writable on the backing filesystem (repair: chmod 0444)
+	ProblemNameIndex      = "name-index"         // name index disagrees with the records (repair: rewritten)
+	ProblemRecord         = "record"             // a record breaks an invariant (unknown status, active without checksum)
+	ProblemChecksum       = "checksum-mismatch"  // --verify-data: data does not hash to checksum/os_hash_value
+	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
+)
+
+// Problem is one inconsistency found by Check.
+type Problem struct {
+	Kind     string `json:"kind"`
+	ID       string `json:"id,omitempty"`
+	Detail   string `json:"detail"`
+	Repaired bool   `json:"repaired"`
+}
+
+func (p Problem) String() string {
+	s := p.Kind + ": "
+	if p.ID != "" {
+		s += p.ID + ": "
+	}
+	s += p.Detail
+	if p.Repaired {
+		s += " (repaired)"
+	}
+	return s
+}
+
+// CheckOptions select what Check does.
+type CheckOptions struct {
+	// Repair fixes what can be fixed without losing data.
+	Repair bool
+	// VerifyData re-hashes every sealed image against checksum and
+	// os_hash_value.
+	VerifyData bool
+	// Progress, if set, is called as verification advances: bytes done
+	// and total over all sealed images.
+	Progress func(done, total int64)
+	// quick skips the per-file checks (for the repair at every Open).
+	quick bool
+}
+
+// CheckReport is what Check found.
+type CheckReport struct {
+	Images   int       `json:"images"`
+	Sealed   int       `json:"sealed"`
+	Verified int       `json:"verified"`
+	Problems []Problem `json:"problems"`
+}
+
+// OK reports whether every problem found was repaired.
+func (r *CheckReport) OK() bool {
+	for _, p := range r.Problems {
+		if !p.Repaired {
+			return false
+		}
+	}
+	return true
+}
+
+// Check opens the store in dir (which must not be mounted: the catalog
+// is locked while imagefs serves it) and checks the catalog against the
+// data files. Errors are for a store that cannot be read at all.
+func Check(dir string, opts CheckOptions) (*CheckReport, error) {
+	if _, err := os.Stat(filepath.Join(dir, "catalog")); err != nil {
+		return nil, fmt.Errorf("%s is not an imagefs store: %w", dir, err)
+	}
+	s, err := Open(dir, Options{checkOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.check(opts)
+}
+
+// check runs the checks on a loaded store that serves no requests yet.
+func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
+	r := &CheckReport{Images: len(s.images)}
+	add := func(kind, id, detail string, repaired bool) {
+		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail, Repaired: repaired})
+	}
+	now := s.opts.Now().UTC().Truncate(time.Second)
+
+	dataIDs, err := s.data.List()
+	if err != nil {
+		return nil, fmt.Errorf("list data files: %w", err)
+	}
+	hasData := map[string]bool{}
+	for _, id := range dataIDs {
+		hasData[id] = true
+	}
+
+	// Records.
+	ids := slices.Sorted(func(yield func(string) bool) {
+		for id := range s.images {
+			if !yield(id) {
+				return
+			}
+		}
+	})
+	var sealed []*Image
+	for _, id := range ids {
+		im := s.images[id]
+		switch im.Status {
+		case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated:
+		default:
+			add(ProblemRecord, id, fmt.Sprintf("unknown status %q", im.Status), false)
+			continue
+		}
+		if hasData[id] && !im.Status.Sealed() {
+			// A crash between moving the data into place and committing
+			// the record: finish the seal from the data itself.
+			err := opts.Repair && s.completeSeal(im) == nil
+			add(ProblemUncommitted, id, fmt.Sprintf("sealed data present but status is %s", im.Status), err)
+			if err {
+				sealed = append(sealed, s.images[id])
+			}
+			continue
+		}
+		if im.Status == StatusSaving {
+			repaired := false
+			if opts.Repair {
+				c := im.clone()
+				c.Status = StatusKilled
+				setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
+				c.UpdatedAt = now
+				repaired = s.publish(c, im.Name) == nil
+			}
+			add(ProblemInterrupted, id, "upload was in flight when imagefs stopped", repaired)
+			continue
+		}
+		if !im.Status.Sealed() {
+			continue
+		}
+		if im.Checksum == "" || im.OSHashValue == "" || im.Size < 0 {
+			add(ProblemRecord, id, "sealed image without checksum, os_hash_value or size", false)
+		}
+		if !hasData[id] {
+			add(ProblemMissingData, id, "the data file is missing", false)
+			continue
+		}
+		sealed = append(sealed, im)
+	}
+	r.Sealed = len(sealed)
+
+	// Data files.
+	for _, id := range dataIDs {
+		if _, ok := s.images[id]; !ok {
+			add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
+		}
+	}
+	for _, im := range sealed {
+		if opts.quick {
+			break
+		}
+		f, err := s.data.Open(im.ID)
+		if err != nil {
+			add(ProblemMissingData, im.ID, err.Error(), false)
+			continue
+		}
+		fi, err := f.Stat()
+		if err == nil && fi.Size() != im.Size {
+			add(ProblemSizeMismatch, im.ID, fmt.Sprintf("data file is %d bytes, record says %d", fi.Size(), im.Size), false)
+		}
+		if err == nil && fi.Mode().Perm()&0o222 != 0 {
+			add(ProblemDataMode, im.ID, fmt.Sprintf("data file mode is %o, want 0444", fi.Mode().Perm()), opts.Repair && f.Chmod(0o444) == nil)
+		}
+		f.Close()
+	}
+
+	// Staging leftovers: nothing is uploading while the store is checked.
+	if ents, err := os.ReadDir(s.staging); err == nil {
+		for _, e := range ents {
+			add(ProblemStaging, "", e.Name(), opts.Repair && os.Remove(filepath.Join(s.staging, e.Name())) == nil)
+		}
+	}
+
+	if opts.quick {
+		return r, nil
+	}
+
+	// Name index.
+	names := map[string]string{}
+	if err := s.cat.loadNames(func(name, id string) { names[name] = id }); err != nil {
+		return nil, err
+	}
+	fix := s.cat.begin()
+	bad := 0
+	for name, id := range names {
+		if im := s.images[id]; im == nil || im.Name != name {
+			add(ProblemNameIndex, id, fmt.Sprintf("name %q points to an image that does not have it", name), opts.Repair)
+			fix.deleteName(name)
+			bad++
+		}
+	}
+	byName := map[string]string{}
+	for _, id := range ids {
+		im := s.images[id]
+		if other, dup := byName[im.Name]; dup {
+			add(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other), false)
+			continue
+		}
+		byName[im.Name] = id
+		if names[im.Name] != id {
+			add(ProblemNameIndex, id, fmt.Sprintf("name %q missing from the name index", im.Name), opts.Repair)
+			fix.putName(im.Name, id)
+			bad++
+		}
+	}
+	if opts.Repair && bad > 0 {
+		if err := fix.commit(); err != nil {
+			return nil, err
+		}
+	} else {
+		fix.b.Close()
+	}
+
+	if opts.VerifyData {
+		s.verify(sealed, opts, add, r)
+	}
+	return r, nil
+}
+
+// verify re-hashes sealed data.
+func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, detail string, repaired bool), r *CheckReport) {
+	var total, done int64
+	for _, im := range sealed {
+		total += im.Size
+	}
+	for _, im := range sealed {
+		f, err := s.data.Open(im.ID)
+		if err != nil {
+			add(ProblemVerifyReadFail, im.ID, err.Error(), false)
+			continue
+		}
+		p := newHashPipe()
+		err = p.readFrom(&progressReader{r: f, fn: func(n int64) {
+			done += n
+			if opts.Progress != nil {
+				opts.Progress(done, total)
+			}
+		}})
+		f.Close()
+		if err != nil {
+			p.stop()
+			add(ProblemVerifyReadFail, im.ID, err.Error(), false)
+			continue
+		}
+		md5hex, shahex := p.finish()
+		r.Verified++
+		if md5hex != im.Checksum || shahex != im.OSHashValue {
+			add(ProblemChecksum, im.ID, fmt.Sprintf("data hashes to md5 %s, record says %s (bit rot or tampering on the backing disk)", md5hex, im.Checksum), false)
+		}
+	}
+}
+
+type progressReader struct {
+	r  io.Reader
+	fn func(int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.fn(int64(n))
+	return n, err
+}
+
+// completeSeal finishes a seal whose record did not commit: the data is
+// checked and hashed again and the record made active. If the data is not
+// an acceptable VHD the image is killed and the data moved aside.
+func (s *Store) completeSeal(im *Image) error {
+	f, err := s.data.Open(im.ID)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	facts, vsize, refusal, err := inspectVHD(f, fi.Size())
+	if err != nil {
+		return err
+	}
+	if refusal != "" {
+		if err := s.moveToLostFound(im.ID); err != nil {
+			return err
+		}
+		c := im.clone()
+		c.Status = StatusKilled
+		setExtra(c, KeyKillReason, refusal)
+		return s.publish(c, im.Name)
+	}
+	p := newHashPipe()
+	if err := p.readFrom(f); err != nil {
+		p.stop()
+		return err
+	}
+	md5hex, shahex := p.finish()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.publish(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
+}
+
+// moveToLostFound moves the data file of id out of the data area into
+// STORE/lost+found (local backend only), losing nothing.
+func (s *Store) moveToLostFound(id string) error {
+	ld, ok := s.data.(*localData)
+	if !ok {
+		return fmt.Errorf("lost+found needs the local data backend")
+	}
+	dir := filepath.Join(s.dir, "lost+found")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Rename(ld.path(id), filepath.Join(dir, id+".vhd"))
+}
