@@ -214,6 +214,8 @@ func TestRefusedUploadIsKilledAndRetried(t *testing.T) {
 	assert.NotEmpty(t, got.Extra[KeyKillReason])
 	_, err = s.OpenRead(alice, im.ID)
 	assert.ErrorIs(t, err, ErrPermission, "killed data is not readable")
+	ents, _ := os.ReadDir(filepath.Join(s.Dir(), "staging"))
+	assert.Empty(t, ents, "a refused upload gives its space back")
 
 	require.NoError(t, upload(t, s, alice, im.ID, data, 1<<20))
 	got = s.Get(im.ID)

@@ -191,6 +191,11 @@ func (u *Upload) Sync() error {
 func (u *Upload) abandon() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.discard()
+}
+
+// discard closes and removes the staging file. Must hold u.mu.
+func (u *Upload) discard() {
 	if u.state != uploadOpen {
 		return
 	}
@@ -331,6 +336,13 @@ func (s *Store) seal(u *Upload) error {
 		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
 			return err
 		}
+		// Give the space back; a new upload starts from scratch.
+		u.discard()
+		s.mu.Lock()
+		if l := s.live[u.id]; l != nil && l.upload == u {
+			l.upload = nil
+		}
+		s.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrRefused, refusal)
 	}
 	rehashed := u.hash == nil
