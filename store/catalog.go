@@ -17,6 +17,8 @@ import (
 //	img/<id>    -> JSON Image record
 //	name/<name> -> id (names are unique)
 //	seq/ino     -> next inode base, uint64 big-endian
+//	prop/<key>\x00<value>\x00<id> -> "" (property index, see index.go)
+//	meta/propindex -> property index version
 const (
 	prefixImage = "img/"
 	prefixName  = "name/"

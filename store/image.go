@@ -188,6 +188,7 @@ const (
 	SlotPropsDir     = 3 // images/<name>/properties
 	SlotByIDDir      = 4 // by-id/<id>
 	SlotByIDPropsDir = 5 // by-id/<id>/properties
+	SlotViewLink     = 6 // the symlink by-property/<key>/<value>/<name> (one inode in every view)
 	slotCoreBase     = 16
 	slotExtraBase    = 64
 	// SlotScratchBase starts the in-memory slots of scratch files.

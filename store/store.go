@@ -132,6 +132,9 @@ func (s *Store) load() error {
 	if s.opts.checkOnly {
 		return nil
 	}
+	if err := s.ensureIndex(); err != nil {
+		return err
+	}
 	return s.reconcile()
 }
 
@@ -231,6 +234,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	}
 	t := s.cat.begin()
 	t.putImage(im)
+	t.reindex(nil, im)
 	t.putName(name, im.ID)
 	t.putSeqIno(s.nextIno + 1)
 	if err := t.commit(); err != nil {
@@ -248,6 +252,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 func (s *Store) publish(im *Image, oldName string) error {
 	t := s.cat.begin()
 	t.putImage(im)
+	t.reindex(s.images[im.ID], im)
 	if oldName != im.Name {
 		t.deleteName(oldName)
 		t.putName(im.Name, im.ID)
@@ -413,6 +418,7 @@ func (s *Store) Delete(c Caller, id string) error {
 	}
 	t := s.cat.begin()
 	t.deleteImage(id)
+	t.reindex(im, nil)
 	t.deleteName(im.Name)
 	if err := t.commit(); err != nil {
 		s.mu.Unlock()
