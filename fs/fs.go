@@ -163,22 +163,3 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	out.FromStatfsT(&st)
 	return 0
 }
-
-// byPropertyDir is by-property/: the filter views (empty until the catalog
-// index exists).
-type byPropertyDir struct {
-	gofs.Inode
-	fsys *FS
-}
-
-var _ = (gofs.NodeReaddirer)((*byPropertyDir)(nil))
-var _ = (gofs.NodeGetattrer)((*byPropertyDir)(nil))
-
-func (d *byPropertyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.fsys.fixedDirAttr(&out.Attr, 0o755)
-	return 0
-}
-
-func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	return gofs.NewListDirStream(nil), 0
-}

@@ -1,0 +1,295 @@
+package fs
+
+import (
+	"context"
+	"hash/fnv"
+	"strings"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// The filter views (../shared/docs/layout.md, "Filter views"):
+//
+//	by-property/                  the keys in use
+//	  <key>/                      the values of key in use
+//	    <escaped value>/          one symlink per image with key = value
+//	      <image name> -> ../../../by-id/<id>
+//
+// Every listing and lookup is answered from the store's property index
+// (store/index.go), so it costs time in proportion to what it lists, not
+// to the catalog, and applies the caller's visibility as images/ does
+// (store.Visible with ViewList): a private image of another user, its keys
+// and its values never appear. Nothing here is cached by the kernel
+// (uncached entry and attribute timeouts, no directory cache), so after a
+// property changes the next ls shows the image under its new value only.
+
+// ViewName returns the directory name of property value v in
+// by-property/<key>/: '%' becomes %25 and '/' %2F (as layout.md says),
+// NUL %00, and the whole values "." and ".." %2E and %2E%2E, which cannot
+// be names otherwise. Every other byte stays as it is.
+func ViewName(v string) string {
+	switch v {
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
+	if !strings.ContainsAny(v, "%/\x00") {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		switch v[i] {
+		case '%':
+			b.WriteString("%25")
+		case '/':
+			b.WriteString("%2F")
+		case 0:
+			b.WriteString("%00")
+		default:
+			b.WriteByte(v[i])
+		}
+	}
+	return b.String()
+}
+
+// ParseViewName returns the value whose ViewName is name; ok is false when
+// name is no value's ViewName (another spelling such as %2f or %41 does not
+// alias a value).
+func ParseViewName(name string) (v string, ok bool) {
+	if !strings.Contains(name, "%") {
+		return name, name != "." && name != ".."
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		if name[i] != '%' {
+			b.WriteByte(name[i])
+			continue
+		}
+		if i+2 >= len(name) {
+			return "", false
+		}
+		switch name[i+1 : i+3] {
+		case "25":
+			b.WriteByte('%')
+		case "2F":
+			b.WriteByte('/')
+		case "00":
+			b.WriteByte(0)
+		case "2E":
+			b.WriteByte('.')
+		default:
+			return "", false
+		}
+		i += 2
+	}
+	v = b.String()
+	return v, ViewName(v) == name
+}
+
+// Listed reports whether value v has a directory in by-property/<key>/:
+// not empty and a name of at most 255 bytes once escaped.
+func Listed(v string) bool { return v != "" && len(ViewName(v)) <= store.MaxNameBytes }
+
+// listedKey reports whether key can be a directory name in by-property/.
+func listedKey(key string) bool { return key != "." && key != ".." && key != "" }
+
+// viewIno returns the inode number of a view directory: a hash of its
+// path with the top bit set, so it never meets an image's range
+// (InoBase | slot, far below 2^63).
+func viewIno(parts ...string) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	ino := h.Sum64() | 1<<63
+	if ino == ^uint64(0) {
+		ino-- // reserved by go-fuse
+	}
+	return ino
+}
+
+// viewDirAttr fills the attributes of a view directory (read-only, owned
+// by root, the mount's times) and keeps the kernel from caching them.
+func (f *FS) viewDirAttr(a *fuse.Attr) {
+	f.fixedDirAttr(a, 0o555)
+}
+
+func uncachedEntry(out *fuse.EntryOut) {
+	out.SetEntryTimeout(uncached)
+	out.SetAttrTimeout(uncached)
+}
+
+// byPropertyDir is by-property/: one directory per property key in use.
+type byPropertyDir struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ = (gofs.NodeLookuper)((*byPropertyDir)(nil))
+var _ = (gofs.NodeReaddirer)((*byPropertyDir)(nil))
+var _ = (gofs.NodeGetattrer)((*byPropertyDir)(nil))
+
+func (d *byPropertyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.fixedDirAttr(&out.Attr, 0o755)
+	return 0
+}
+
+func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	keys, err := d.fsys.st.ViewKeys(caller(ctx), Listed)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	ents := make([]fuse.DirEntry, 0, len(keys))
+	for _, k := range keys {
+		if listedKey(k) {
+			ents = append(ents, fuse.DirEntry{Name: k, Ino: viewIno(k), Mode: syscall.S_IFDIR})
+		}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ok, err := d.fsys.st.ViewHasKey(caller(ctx), name, Listed)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	if !ok || !listedKey(name) {
+		return nil, syscall.ENOENT
+	}
+	d.fsys.viewDirAttr(&out.Attr)
+	uncachedEntry(out)
+	n := &viewKeyDir{fsys: d.fsys, key: name}
+	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(name)}), 0
+}
+
+// viewKeyDir is by-property/<key>/: one directory per value in use.
+type viewKeyDir struct {
+	gofs.Inode
+	fsys *FS
+	key  string
+}
+
+var _ = (gofs.NodeLookuper)((*viewKeyDir)(nil))
+var _ = (gofs.NodeReaddirer)((*viewKeyDir)(nil))
+var _ = (gofs.NodeGetattrer)((*viewKeyDir)(nil))
+
+func (d *viewKeyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.viewDirAttr(&out.Attr)
+	out.SetTimeout(uncached)
+	return 0
+}
+
+func (d *viewKeyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	values, err := d.fsys.st.ViewValues(caller(ctx), d.key, Listed)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	ents := make([]fuse.DirEntry, len(values))
+	for i, v := range values {
+		ents[i] = fuse.DirEntry{Name: ViewName(v), Ino: viewIno(d.key, v), Mode: syscall.S_IFDIR}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	v, ok := ParseViewName(name)
+	if !ok || !Listed(v) {
+		return nil, syscall.ENOENT
+	}
+	ok, err := d.fsys.st.ViewHasValue(caller(ctx), d.key, v)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	d.fsys.viewDirAttr(&out.Attr)
+	uncachedEntry(out)
+	n := &viewValueDir{fsys: d.fsys, key: d.key, value: v}
+	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(d.key, v)}), 0
+}
+
+// viewValueDir is by-property/<key>/<value>/: a symlink per image, named
+// by the image's name.
+type viewValueDir struct {
+	gofs.Inode
+	fsys       *FS
+	key, value string
+}
+
+var _ = (gofs.NodeLookuper)((*viewValueDir)(nil))
+var _ = (gofs.NodeReaddirer)((*viewValueDir)(nil))
+var _ = (gofs.NodeGetattrer)((*viewValueDir)(nil))
+
+func (d *viewValueDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.viewDirAttr(&out.Attr)
+	out.SetTimeout(uncached)
+	return 0
+}
+
+func (d *viewValueDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ims, err := d.fsys.st.ViewImages(caller(ctx), d.key, d.value)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	ents := make([]fuse.DirEntry, len(ims))
+	for i, im := range ims {
+		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotViewLink), Mode: syscall.S_IFLNK}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	im := d.fsys.st.LookupFor(caller(ctx), name)
+	if im == nil {
+		return nil, syscall.ENOENT
+	}
+	if v, ok := im.Property(d.key); !ok || v != d.value {
+		return nil, syscall.ENOENT
+	}
+	l := &viewLink{fsys: d.fsys, id: im.ID}
+	l.fillAttr(im, &out.Attr)
+	uncachedEntry(out)
+	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotViewLink)}), 0
+}
+
+// viewLink is the symlink to by-id/<id>. It has one inode per image,
+// whichever view it is reached through.
+type viewLink struct {
+	gofs.Inode
+	fsys *FS
+	id   string
+}
+
+var _ = (gofs.NodeReadlinker)((*viewLink)(nil))
+var _ = (gofs.NodeGetattrer)((*viewLink)(nil))
+
+func (l *viewLink) target() string { return "../../../by-id/" + l.id }
+
+func (l *viewLink) fillAttr(im *store.Image, a *fuse.Attr) {
+	a.Mode = syscall.S_IFLNK | 0o777
+	a.Size = uint64(len(l.target()))
+	a.Nlink = 1
+	a.Uid = im.Owner
+	t := im.UpdatedAt
+	a.SetTimes(&t, &t, &t)
+}
+
+func (l *viewLink) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	im := l.fsys.st.Get(l.id)
+	if im == nil {
+		return syscall.ENOENT
+	}
+	l.fillAttr(im, &out.Attr)
+	out.SetTimeout(uncached)
+	return 0
+}
+
+func (l *viewLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(l.target()), 0
+}
