@@ -229,6 +229,19 @@ func (m *fsMount) stop() {
 	m.cmd = nil
 }
 
+// crash kills the daemon with SIGKILL (no clean unmount, no catalog
+// close) and lazily unmounts the dead mount, as an operator would.
+func (m *fsMount) crash() {
+	m.t.Helper()
+	m.cmd.Process.Kill()
+	<-m.done
+	if r := execCmd("umount", "-l", m.Mnt); r.err != nil {
+		m.t.Errorf("umount -l after SIGKILL: %s", r)
+	}
+	liveMounts.Delete(m.Mnt)
+	m.cmd = nil
+}
+
 // remount stops the daemon and starts a new one on the same store.
 func (m *fsMount) remount() {
 	m.t.Helper()

@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -345,4 +348,158 @@ func TestRmdirGoneFromByIDAtOnce(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestCrashDuringUpload SIGKILLs the daemon while cp is writing: after a
+// restart the image is killed with a reason (never active), no staged
+// data is left, an image sealed before the crash is intact, and a new cp
+// works.
+func TestCrashDuringUpload(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "getfattr", "cmp")
+	fx := makeVHD(t, 20*mib, "fixed")
+	sealedID := m.mkimage("sealed")
+	run(t, "cp", fx.Path, m.dataFile("sealed"))
+	m.checkSealed(t, "sealed", fx)
+	id := m.mkimage("torn")
+
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cp := exec.Command("cp", fifo, m.dataFile("torn"))
+	if err := cp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- cp.Wait() }()
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data[:len(data)/2]); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if fi, err := os.Stat(m.dataFile("torn")); err == nil && fi.Size() >= int64(len(data)/2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cp did not write half the image within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	m.crash()
+	w.Close()
+	select {
+	case err := <-cpDone:
+		if err == nil {
+			t.Errorf("cp into a crashed mount exited 0")
+		}
+	case <-time.After(10 * time.Second):
+		cp.Process.Kill()
+		<-cpDone
+		t.Errorf("cp still running 10 s after the daemon was killed")
+	}
+
+	m.start()
+	m.checkKilled(t, "torn")
+	if got := m.prop("torn", "id"); got != id {
+		t.Errorf("torn image id %q, want %q", got, id)
+	}
+	if ents, err := os.ReadDir(filepath.Join(m.Store, "staging")); err != nil || len(ents) != 0 {
+		t.Errorf("STORE/staging after restart: %v %v", ents, err)
+	}
+	if _, err := os.Stat(m.backing(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("sealed data for the torn upload: %v", err)
+	}
+	m.checkSealed(t, "sealed", fx)
+	cmp(t, fx.Path, m.backing(sealedID))
+	run(t, "cp", fx.Path, m.dataFile("torn"))
+	m.checkSealed(t, "torn", fx)
+}
+
+// TestByIDStableWhileNamesMove reads by-id/<id>/image.vhd over and over
+// while the names of that image and others are swapped, deleted and
+// reused: every read gives the image's own bytes (or ENOENT), never
+// another image's.
+func TestByIDStableWhileNamesMove(t *testing.T) {
+	m := mount(t)
+	fa, fb := makeVHD(t, 3*mib, "fixed"), makeVHD(t, 3*mib, "dynamic")
+	ida, idb := m.mkimage("a"), m.mkimage("b")
+	run(t, "cp", fa.Path, m.dataFile("a"))
+	run(t, "cp", fb.Path, m.dataFile("b"))
+	wantA, err := os.ReadFile(fa.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantB, err := os.ReadFile(fb.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	moverDone := make(chan error, 1)
+	go func() {
+		var err error
+		defer func() { moverDone <- err }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Swap the names a and b; make and delete a third image
+			// under a name that was just used.
+			steps := []func() error{
+				func() error { return os.Rename(m.images("a"), m.images("tmp")) },
+				func() error { return os.Rename(m.images("b"), m.images("a")) },
+				func() error { return os.Rename(m.images("tmp"), m.images("b")) },
+				func() error { return os.Mkdir(m.images("tmp"), 0o755) },
+				func() error { return syscall.Rmdir(m.images("tmp")) },
+			}
+			for _, step := range steps {
+				if err = step(); err != nil {
+					err = fmt.Errorf("mover round %d: %w", i, err)
+					return
+				}
+			}
+		}
+	}()
+	reads := 0
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); reads++ {
+		for _, c := range []struct {
+			id   string
+			want []byte
+		}{{ida, wantA}, {idb, wantB}} {
+			got, err := os.ReadFile(m.byID(c.id, "image.vhd"))
+			if err != nil {
+				t.Fatalf("read by-id/%s/image.vhd while names move: %v", c.id, err)
+			}
+			if !bytes.Equal(got, c.want) {
+				t.Fatalf("by-id/%s/image.vhd gave other bytes (%d bytes) while names moved", c.id, len(got))
+			}
+		}
+	}
+	close(stop)
+	if err := <-moverDone; err != nil {
+		t.Fatal(err)
+	}
+	// Reads through images/<name> follow the current name.
+	for name, id := range map[string]string{"a": m.prop("a", "id"), "b": m.prop("b", "id")} {
+		want := wantA
+		if id == idb {
+			want = wantB
+		}
+		got, err := os.ReadFile(m.dataFile(name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("images/%s/image.vhd (id %s): %d bytes, %v; not that image's data", name, id, len(got), err)
+		}
+	}
+	t.Logf("%d reads of each image while names moved", reads)
 }
