@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/imagefs/imagefs/fs"
+	"github.com/imagefs/imagefs/xattr"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+)
+
+const lsHelp = `Usage: imagefs ls [OPTIONS] MOUNTPOINT
+
+List the images of a mounted imagefs that you can see, one row per image,
+as a table like 'glance image-list': name, id, status, size, created_at and
+any --column asked for.
+
+imagefs ls only reads the mounted filesystem, as any user may: with
+--property KEY=VALUE it lists MOUNTPOINT/by-property/KEY/VALUE/ (answered
+from the catalog's index, in time proportional to the matches, not to the
+catalog) and reads the other properties of those images as the extended
+attributes user.KEY of MOUNTPOINT/by-id/<id>. Further --property filters
+are checked against those attributes. Without --property it lists
+MOUNTPOINT/by-id/. A value that has no view directory (empty, or longer
+than 255 bytes once '/' and '%' are escaped) is found by reading every
+image's property instead.
+
+A property an image does not have shows as empty (null in --json).
+
+Options:
+`
+
+const lsExamples = `
+Sorting: values that are both integers (size, min_ram) compare as numbers,
+others as strings; images without the property come last; ties go by name.
+
+Exit status:
+  0  listed (also when no image matches)
+  1  the mount could not be read (the reason is on stderr)
+  2  usage error
+
+Examples:
+  imagefs ls /mnt/images
+  imagefs ls /mnt/images --property os_distro=superos
+  imagefs ls /mnt/images -p os_distro=superos -p status=active --sort created_at:desc
+  imagefs ls /mnt/images --column os_version --column min_ram --sort size:desc
+  imagefs ls /mnt/images --property visibility=public --json | jq -r '.[].id'
+`
+
+func init() {
+	register("ls", "list the images of a mount, filtered by properties", runLs)
+}
+
+// lsDefaultColumns are the columns of every listing, in order.
+var lsDefaultColumns = []string{"name", "id", "status", "size", "created_at"}
+
+type lsFilter struct{ key, value string }
+
+type lsOptions struct {
+	mnt      string
+	filters  []lsFilter
+	sortKey  string
+	sortDesc bool
+	columns  []string
+	json     bool
+}
+
+func runLs(args []string) int {
+	fl := pflag.NewFlagSet("ls", pflag.ContinueOnError)
+	props := fl.StringArrayP("property", "p", nil, "only images with property KEY equal to VALUE: `KEY=VALUE` (repeatable; all must match)")
+	sortBy := fl.StringP("sort", "s", "name:asc", "sort by a property: `KEY[:asc|desc]`")
+	cols := fl.StringArrayP("column", "c", nil, "add a column for property `KEY` (repeatable)")
+	asJSON := fl.Bool("json", false, "print a JSON array of objects (column -> value or null) instead of a table")
+	help := fl.BoolP("help", "h", false, "show this help")
+	fl.SetOutput(io.Discard)
+	printHelp := func(w io.Writer) {
+		fl.SetOutput(w)
+		fmt.Fprint(w, lsHelp)
+		fl.PrintDefaults()
+		fmt.Fprint(w, lsExamples)
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "imagefs ls: "+format+"\n", a...)
+		fmt.Fprintf(os.Stderr, "Try 'imagefs ls --help' for more information.\n")
+		return 2
+	}
+	if err := fl.Parse(args); err != nil {
+		return usageErr("%v", err)
+	}
+	if *help {
+		printHelp(os.Stdout)
+		return 0
+	}
+	if fl.NArg() != 1 {
+		return usageErr("want one MOUNTPOINT, got %d arguments", fl.NArg())
+	}
+	o := lsOptions{mnt: fl.Arg(0), json: *asJSON}
+	for _, p := range *props {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			return usageErr("--property %q: want KEY=VALUE", p)
+		}
+		if err := checkLsKey(k); err != nil {
+			return usageErr("--property %q: %v", p, err)
+		}
+		o.filters = append(o.filters, lsFilter{k, v})
+	}
+	key, dir, _ := strings.Cut(*sortBy, ":")
+	switch dir {
+	case "", "asc":
+	case "desc":
+		o.sortDesc = true
+	default:
+		return usageErr("--sort %q: want KEY, KEY:asc or KEY:desc", *sortBy)
+	}
+	if err := checkLsKey(key); err != nil {
+		return usageErr("--sort %q: %v", *sortBy, err)
+	}
+	o.sortKey = key
+	o.columns = slices.Clone(lsDefaultColumns)
+	for _, c := range *cols {
+		if err := checkLsKey(c); err != nil {
+			return usageErr("--column %q: %v", c, err)
+		}
+		if !slices.Contains(o.columns, c) {
+			o.columns = append(o.columns, c)
+		}
+	}
+
+	rows, err := lsRows(o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs ls: %v\n", err)
+		return 1
+	}
+	w := bufio.NewWriter(os.Stdout)
+	if o.json {
+		writeLsJSON(w, o.columns, rows)
+	} else {
+		writeLsTable(w, o.columns, rows)
+	}
+	if err := w.Flush(); err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs ls: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func checkLsKey(k string) error {
+	if k == "" || k == "." || k == ".." || strings.ContainsAny(k, "/\x00") {
+		return fmt.Errorf("%q is not a property key", k)
+	}
+	return nil
+}
+
+// lsRow is one image: column values, nil when the image lacks the property.
+type lsRow map[string]*string
+
+// lsRows finds the images that pass every filter and reads their columns.
+func lsRows(o lsOptions) ([]lsRow, error) {
+	if fi, err := os.Stat(filepath.Join(o.mnt, "by-property")); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not an imagefs mount (no by-property/): %v", o.mnt, err)
+	}
+	ids, rest, err := lsCandidates(o.mnt, o.filters)
+	if err != nil {
+		return nil, err
+	}
+	need := slices.Clone(o.columns)
+	if !slices.Contains(need, o.sortKey) {
+		need = append(need, o.sortKey)
+	}
+	var rows []lsRow
+next:
+	for _, id := range ids {
+		dir := filepath.Join(o.mnt, "by-id", id)
+		for _, f := range rest {
+			v, err := readProperty(dir, f.key)
+			if errors.Is(err, syscall.ENOENT) {
+				continue next // deleted meanwhile
+			}
+			if err != nil {
+				return nil, err
+			}
+			if v == nil || *v != f.value {
+				continue next
+			}
+		}
+		row := lsRow{}
+		for _, k := range need {
+			v, err := readProperty(dir, k)
+			if errors.Is(err, syscall.ENOENT) {
+				continue next
+			}
+			if err != nil {
+				return nil, err
+			}
+			row[k] = v
+		}
+		rows = append(rows, row)
+	}
+	sortLsRows(rows, o.sortKey, o.sortDesc)
+	return rows, nil
+}
+
+// lsCandidates returns the ids the first filter admits (from its view
+// directory) and the filters still to check; without a usable first
+// filter, every id under by-id/.
+func lsCandidates(mnt string, filters []lsFilter) ([]string, []lsFilter, error) {
+	if len(filters) == 0 || !fs.Listed(filters[0].value) {
+		ents, err := os.ReadDir(filepath.Join(mnt, "by-id"))
+		if err != nil {
+			return nil, nil, err
+		}
+		ids := make([]string, len(ents))
+		for i, e := range ents {
+			ids[i] = e.Name()
+		}
+		return ids, filters, nil
+	}
+	f := filters[0]
+	view := filepath.Join(mnt, "by-property", f.key, fs.ViewName(f.value))
+	ents, err := os.ReadDir(view)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil // no image has it
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(view, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // renamed or changed meanwhile
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		ids = append(ids, filepath.Base(target))
+	}
+	return ids, filters[1:], nil
+}
+
+// readProperty returns property key of the image directory dir (nil when
+// the image does not have it), read as the extended attribute user.key.
+// ENOENT means the image is gone.
+func readProperty(dir, key string) (*string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Getxattr(dir, xattr.Name(key), buf)
+		switch {
+		case err == nil:
+			v := string(buf[:n])
+			return &v, nil
+		case errors.Is(err, unix.ENODATA):
+			return nil, nil
+		case errors.Is(err, unix.ERANGE):
+			size, err := unix.Getxattr(dir, xattr.Name(key), nil)
+			if err != nil {
+				continue // changed meanwhile: start again
+			}
+			buf = make([]byte, size)
+		default:
+			return nil, &os.PathError{Op: "getxattr " + xattr.Name(key), Path: dir, Err: err}
+		}
+	}
+}
+
+// sortLsRows sorts by key: integers as numbers, strings otherwise;
+// missing values last; ties by name, then id.
+func sortLsRows(rows []lsRow, key string, desc bool) {
+	str := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	slices.SortStableFunc(rows, func(a, b lsRow) int {
+		va, vb := a[key], b[key]
+		switch {
+		case va == nil && vb == nil:
+		case va == nil:
+			return 1
+		case vb == nil:
+			return -1
+		default:
+			c := compareValues(*va, *vb)
+			if desc {
+				c = -c
+			}
+			if c != 0 {
+				return c
+			}
+		}
+		return cmp.Or(cmp.Compare(str(a["name"]), str(b["name"])), cmp.Compare(str(a["id"]), str(b["id"])))
+	})
+}
+
+func compareValues(a, b string) int {
+	na, ea := strconv.ParseInt(a, 10, 64)
+	nb, eb := strconv.ParseInt(b, 10, 64)
+	if ea == nil && eb == nil {
+		return cmp.Compare(na, nb)
+	}
+	return cmp.Compare(a, b)
+}
+
+// writeLsTable prints rows as a box table, as glance (prettytable) does.
+// Control characters in values are shown escaped so a row stays one line.
+func writeLsTable(w io.Writer, columns []string, rows []lsRow) {
+	cell := func(r lsRow, c string) string {
+		v := r[c]
+		if v == nil {
+			return ""
+		}
+		if strings.IndexFunc(*v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			q := strconv.Quote(*v)
+			return q[1 : len(q)-1]
+		}
+		return *v
+	}
+	width := make([]int, len(columns))
+	for i, c := range columns {
+		width[i] = displayWidth(c)
+		for _, r := range rows {
+			width[i] = max(width[i], displayWidth(cell(r, c)))
+		}
+	}
+	rule := func() {
+		for _, n := range width {
+			fmt.Fprint(w, "+", strings.Repeat("-", n+2))
+		}
+		fmt.Fprintln(w, "+")
+	}
+	line := func(cells []string) {
+		for i, s := range cells {
+			fmt.Fprint(w, "| ", s, strings.Repeat(" ", width[i]-displayWidth(s)+1))
+		}
+		fmt.Fprintln(w, "|")
+	}
+	rule()
+	line(columns)
+	rule()
+	for _, r := range rows {
+		cells := make([]string, len(columns))
+		for i, c := range columns {
+			cells[i] = cell(r, c)
+		}
+		line(cells)
+	}
+	rule()
+}
+
+func displayWidth(s string) int { return len([]rune(s)) }
+
+// writeLsJSON prints rows as a JSON array of objects whose keys are the
+// columns, in column order.
+func writeLsJSON(w io.Writer, columns []string, rows []lsRow) {
+	if len(rows) == 0 {
+		fmt.Fprintln(w, "[]")
+		return
+	}
+	fmt.Fprintln(w, "[")
+	for i, r := range rows {
+		fmt.Fprint(w, "  {")
+		for j, c := range columns {
+			k, _ := json.Marshal(c)
+			v, _ := json.Marshal(r[c]) // nil -> null
+			if j > 0 {
+				fmt.Fprint(w, ", ")
+			}
+			fmt.Fprintf(w, "%s: %s", k, v)
+		}
+		fmt.Fprint(w, "}")
+		if i < len(rows)-1 {
+			fmt.Fprint(w, ",")
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "]")
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func sp(s string) *string { return &s }
+
+func TestLsSort(t *testing.T) {
+	rows := []lsRow{
+		{"name": sp("b"), "id": sp("2"), "size": sp("100")},
+		{"name": sp("a"), "id": sp("1"), "size": sp("9")},
+		{"name": sp("c"), "id": sp("3"), "size": nil},
+		{"name": sp("d"), "id": sp("4"), "size": sp("100")},
+	}
+	names := func() string {
+		var out []string
+		for _, r := range rows {
+			out = append(out, *r["name"])
+		}
+		return strings.Join(out, " ")
+	}
+	sortLsRows(rows, "size", false)
+	assert.Equal(t, "a b d c", names(), "numbers as numbers, missing last, ties by name")
+	sortLsRows(rows, "size", true)
+	assert.Equal(t, "b d a c", names())
+	sortLsRows(rows, "name", true)
+	assert.Equal(t, "d c b a", names())
+}
+
+func TestLsOutput(t *testing.T) {
+	cols := []string{"name", "id", "os_distro"}
+	rows := []lsRow{
+		{"name": sp("superos-2024.1"), "id": sp("da45"), "os_distro": sp("superos")},
+		{"name": sp("two\nlines"), "id": sp("0b9e"), "os_distro": nil},
+	}
+	var b bytes.Buffer
+	writeLsTable(&b, cols, rows)
+	assert.Equal(t, `+----------------+------+-----------+
+| name           | id   | os_distro |
++----------------+------+-----------+
+| superos-2024.1 | da45 | superos   |
+| two\nlines     | 0b9e |           |
++----------------+------+-----------+
+`, b.String())
+
+	b.Reset()
+	writeLsJSON(&b, cols, rows)
+	var got []map[string]any
+	require.NoError(t, json.Unmarshal(b.Bytes(), &got), b.String())
+	assert.Equal(t, []map[string]any{
+		{"name": "superos-2024.1", "id": "da45", "os_distro": "superos"},
+		{"name": "two\nlines", "id": "0b9e", "os_distro": nil},
+	}, got)
+	assert.True(t, strings.HasPrefix(b.String(), "[\n  {\"name\": \"superos-2024.1\", \"id\""), "columns in order:\n%s", b.String())
+
+	b.Reset()
+	writeLsJSON(&b, cols, nil)
+	assert.Equal(t, "[]\n", b.String())
+}
+
+func TestLsUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"a", "b"},
+		{"--property", "novalue", "/mnt"},
+		{"--property", "a/b=c", "/mnt"},
+		{"--sort", "size:up", "/mnt"},
+		{"--column", "", "/mnt"},
+	} {
+		assert.Equal(t, 2, runLs(args), "%q", args)
+	}
+	assert.Equal(t, 1, runLs([]string{t.TempDir()}), "not a mount")
+}
