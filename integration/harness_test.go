@@ -120,6 +120,9 @@ type fsMount struct {
 	Store string
 	Mnt   string
 	log   string
+	// Args are more arguments of imagefs mount, before STORE (such as
+	// --allow-other); set them, then remount.
+	Args []string
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process has exited
@@ -168,7 +171,7 @@ func (m *fsMount) start() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== imagefs mount %s %s\n", m.Store, m.Mnt)
-	cmd := exec.Command(binary, "mount", m.Store, m.Mnt)
+	cmd := exec.Command(binary, append(append([]string{"mount"}, m.Args...), m.Store, m.Mnt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group; if the test binary dies the daemon gets SIGTERM
 	// and unmounts itself.
