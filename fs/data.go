@@ -78,10 +78,22 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 	a.Blksize = 1 << 20
 }
 
+// renamed reports whether this node is a scratch file that was renamed
+// onto image.vhd: the name now leads to the image's own data inode.
+func (n *dataNode) renamed() bool {
+	return n.scratch != nil && n.scratch.Name() == ""
+}
+
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := n.image()
 	if im == nil {
 		return syscall.ENOENT
+	}
+	if f == nil && n.renamed() {
+		// stat(2) through a kernel entry that still maps image.vhd to
+		// the scratch inode: ESTALE makes the kernel look the name up
+		// again (LOOKUP_REVAL) and retry with the image's inode.
+		return syscall.ESTALE
 	}
 	n.fillDataAttr(im, &out.Attr)
 	if n.scratch != nil || !im.Status.Sealed() {
@@ -144,6 +156,9 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	trunc := flags&syscall.O_TRUNC != 0
 	st := n.fsys.st
+	if n.renamed() {
+		return nil, 0, syscall.ESTALE // as in Getattr: open retries with the image's inode
+	}
 	if n.isScratch() {
 		if write {
 			if err := st.Reopen(c, n.scratch, trunc); err != nil {

@@ -209,8 +209,18 @@ func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if flags&1 != 0 && (newName == store.ImageDataName || d.fsys.st.Scratch(d.id, newName) != nil) {
 		return syscall.EEXIST
 	}
-	// After a rename onto image.vhd the kernel maps that name to the
-	// scratch file's inode; scratch entries are never cached, so the next
-	// lookup gets the image's own (stable, shared) data inode.
-	return toErrno(d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName))
+	scratch := d.GetChild(name)
+	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName); err != nil {
+		return toErrno(err)
+	}
+	if newName == store.ImageDataName && scratch != nil {
+		// The kernel now maps image.vhd to the scratch file's inode, and
+		// may keep that entry for a jiffy or two even uncached. Drop the
+		// inode's cached attributes (no directory lock is needed, unlike
+		// an entry notification during a rename): the next stat asks
+		// Getattr, whose ESTALE makes the kernel look image.vhd up again
+		// and find the image's own inode, the one by-id/<id>/image.vhd has.
+		scratch.NotifyContent(-1, 0)
+	}
+	return 0
 }
