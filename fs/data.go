@@ -241,9 +241,20 @@ func (h *uploadHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 // that inherited the descriptor (the writers of a shell redirection)
 // closing its copy does not end the upload; if the opener closed first,
 // the last Release seals.
+//
+// For a scratch file the opener's close ends this handle's writing: it
+// is counted out now, not at RELEASE, which the kernel sends only after
+// close(2) has returned. Otherwise a rename onto image.vhd right after the
+// close (rsync's receiver, a Go program) could still see a writer and
+// leave the image queued until the RELEASE arrived.
 func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 	if !h.write || callerProcess(ctx) != h.opener {
 		return 0
+	}
+	if h.u.Name() != "" {
+		var err error
+		h.once.Do(func() { err = h.st.Release(h.u) })
+		return toErrno(err)
 	}
 	return toErrno(h.st.Flush(h.u))
 }
