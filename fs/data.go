@@ -61,16 +61,16 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 	switch {
 	case n.isScratch():
 		size = n.scratch.Size()
-		a.Mode = syscall.S_IFREG | modeFor(im, 0o644)
+		a.Mode = syscall.S_IFREG | 0o644
 	case im.Status.Sealed():
 		size = im.Size
-		a.Mode = syscall.S_IFREG | modeFor(im, 0o444)
+		a.Mode = syscall.S_IFREG | 0o444
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
 	default:
 		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
 			size = u.Size()
 		}
-		a.Mode = syscall.S_IFREG | modeFor(im, 0o644)
+		a.Mode = syscall.S_IFREG | 0o644
 		a.Nlink = 2
 	}
 	a.Size = uint64(size)

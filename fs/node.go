@@ -29,9 +29,13 @@ func (n *node) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.SetTimes(&t, &t, &t)
 }
 
-// modeFor returns perm as is for an image others may use, and without
-// the group and other bits for a private one (0755 -> 0700). Mode bits
-// only show the visibility; the store enforces it.
+// modeFor returns a directory's perm as is for an image others may use,
+// and without the group and other bits for a private one (0755 -> 0700).
+// Mode bits only show the visibility; the store enforces it. Files keep
+// the modes layout.md gives them (sealed data and system properties
+// 0444, the rest 0644): the 0700 directories above them already keep
+// other users out, and rsync --inplace -p --chmod=F444 must find a sealed
+// image.vhd at 0444.
 func modeFor(im *store.Image, perm uint32) uint32 {
 	if im.OthersMayRead() {
 		return perm

@@ -106,9 +106,9 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 	a.Size = uint64(len(v) + 1)
 	a.Blocks = (a.Size + 511) / 512
 	a.Nlink = 1
-	a.Mode = syscall.S_IFREG | modeFor(im, 0o644)
+	a.Mode = syscall.S_IFREG | 0o644
 	if store.IsSystemKey(p.key) {
-		a.Mode = syscall.S_IFREG | modeFor(im, 0o444)
+		a.Mode = syscall.S_IFREG | 0o444
 	}
 }
 
