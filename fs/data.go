@@ -165,14 +165,14 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 				return nil, 0, toErrno(err)
 			}
 		}
-		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx)}, fuse.FOPEN_DIRECT_IO, 0
+		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	if write {
 		u, err := st.OpenWrite(c, n.id, trunc)
 		if err != nil {
 			return nil, 0, toErrno(err)
 		}
-		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx)}, fuse.FOPEN_DIRECT_IO, 0
+		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	f, err := st.OpenRead(c, n.id)
 	if err != nil {
@@ -211,7 +211,8 @@ type uploadHandle struct {
 	st     *store.Store
 	u      *store.Upload
 	write  bool
-	opener uint32 // process (thread group) that opened the handle
+	opener uint32      // process (thread group) that opened the handle
+	node   *gofs.Inode // the file's inode
 	once   sync.Once
 }
 
@@ -256,7 +257,16 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		h.once.Do(func() { err = h.st.Release(h.u) })
 		return toErrno(err)
 	}
-	return toErrno(h.st.Flush(h.u))
+	err := h.st.Flush(h.u)
+	if h.node != nil {
+		// A seal or a kill changes the mode and size: drop the attributes
+		// the kernel fetched before the close (it keeps even "uncached"
+		// ones for a jiffy or two), so that a stat right after close(2)
+		// sees 0444. Without this rsync --inplace -p --chmod=F444 could
+		// see the old 0644, chmod the sealed file and exit 23.
+		h.node.NotifyContent(-1, 0)
+	}
+	return toErrno(err)
 }
 
 func (h *uploadHandle) Release(ctx context.Context) syscall.Errno {

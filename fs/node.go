@@ -186,7 +186,7 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 		return nil, nil, 0, syscall.ENOENT
 	}
 	ch := d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
-	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx)}, 0, 0
+	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, 0, 0
 }
 
 func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
