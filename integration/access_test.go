@@ -1,0 +1,689 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Tests of issue #4, access control (layout.md "Who sees what",
+// concepts.md "Visibility"): with --allow-other, other users do not see
+// private images at all, read public ones, use community ones by id only,
+// see shared ones once they are members; only the owner (or root) changes
+// properties or deletes an image; root deactivates and reactivates.
+//
+// Other users act through sysHelper: this test binary, run as that user
+// with setpriv, makes one system call and reports its errno by name, so
+// the tests assert errnos rather than the wording of some tool.
+
+const (
+	userA = "1001" // owns the images
+	userB = "1002" // another user
+	userC = "1003" // a third user, never a member
+)
+
+// sysHelperEnv makes the test binary a one-syscall helper (sysHelperMain)
+// instead of running tests.
+const sysHelperEnv = "IMAGEFS_SYSCALL_HELPER"
+
+func init() {
+	if os.Getenv(sysHelperEnv) == "1" {
+		os.Exit(sysHelperMain(os.Args[1:]))
+	}
+}
+
+// sysHelperMain performs one operation and prints its output on stdout.
+// On failure it prints "ERRNO step" (for example "EACCES open") on stderr
+// and exits 1; on a usage error it exits 2.
+func sysHelperMain(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: OP PATH [ARG...]")
+		return 2
+	}
+	out, step, err := sysOp(args[0], args[1], args[2:])
+	os.Stdout.Write(out)
+	if err != nil {
+		var en syscall.Errno
+		if !errors.As(err, &en) {
+			fmt.Fprintf(os.Stderr, "EUNKNOWN %s %v\n", step, err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "%s %s\n", unix.ErrnoName(en), step)
+		return 1
+	}
+	return 0
+}
+
+// sysOp performs op on path and returns its output, the step that failed
+// and the error.
+func sysOp(op, path string, args []string) ([]byte, string, error) {
+	arg := func(i int) string {
+		if i < len(args) {
+			return args[i]
+		}
+		return ""
+	}
+	switch op {
+	case "stat": // lstat: "mode(octal) uid size"
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil {
+			return nil, "lstat", err
+		}
+		return fmt.Appendf(nil, "%o %d %d\n", st.Mode&0o7777, st.Uid, st.Size), "", nil
+	case "ls": // one name per line
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, "open", errnoOrErr(err)
+		}
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			return nil, "getdents", errnoOrErr(err)
+		}
+		slices.Sort(names)
+		var b bytes.Buffer
+		for _, n := range names {
+			b.WriteString(n + "\n")
+		}
+		return b.Bytes(), "", nil
+	case "read": // the file's bytes
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, "open", errnoOrErr(err)
+		}
+		defer f.Close()
+		b, err := io.ReadAll(f)
+		if err != nil {
+			return b, "read", errnoOrErr(err)
+		}
+		return b, "", nil
+	case "write", "create": // open (O_TRUNC, or O_CREAT|O_EXCL), write, close
+		flags := os.O_WRONLY | os.O_TRUNC
+		if op == "create" {
+			flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+		}
+		f, err := os.OpenFile(path, flags, 0o644)
+		if err != nil {
+			return nil, "open", errnoOrErr(err)
+		}
+		if _, err := f.WriteString(arg(0)); err != nil {
+			f.Close()
+			return nil, "write", errnoOrErr(err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, "close", errnoOrErr(err)
+		}
+		return nil, "", nil
+	case "truncate":
+		n, _ := strconv.ParseInt(arg(0), 10, 64)
+		return nil, "truncate", syscall.Truncate(path, n)
+	case "mkdir":
+		return nil, "mkdir", syscall.Mkdir(path, 0o755)
+	case "rmdir":
+		return nil, "rmdir", syscall.Rmdir(path)
+	case "unlink":
+		return nil, "unlink", syscall.Unlink(path)
+	case "rename":
+		return nil, "rename", syscall.Rename(path, arg(0))
+	case "chmod":
+		n, _ := strconv.ParseUint(arg(0), 8, 32)
+		return nil, "chmod", syscall.Chmod(path, uint32(n))
+	case "getxattr":
+		buf := make([]byte, 1<<17)
+		n, err := unix.Lgetxattr(path, arg(0), buf)
+		if err != nil {
+			return nil, "getxattr", err
+		}
+		return buf[:n], "", nil
+	case "listxattr":
+		buf := make([]byte, 1<<17)
+		n, err := unix.Llistxattr(path, buf)
+		if err != nil {
+			return nil, "listxattr", err
+		}
+		names := strings.Split(strings.TrimSuffix(string(buf[:n]), "\x00"), "\x00")
+		return []byte(strings.Join(names, "\n") + "\n"), "", nil
+	case "setxattr":
+		return nil, "setxattr", unix.Lsetxattr(path, arg(0), []byte(arg(1)), 0)
+	case "removexattr":
+		return nil, "removexattr", unix.Lremovexattr(path, arg(0))
+	}
+	return nil, "usage", fmt.Errorf("unknown op %q", op)
+}
+
+// errnoByName returns the errno named name ("EACCES"), or 0.
+func errnoByName(name string) syscall.Errno {
+	for e := syscall.Errno(1); e < 256; e++ {
+		if unix.ErrnoName(e) == name {
+			return e
+		}
+	}
+	return 0
+}
+
+func errnoOrErr(err error) error {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return en
+	}
+	return err
+}
+
+// sysHelper is where a copy of this test binary lies that other users may
+// run (the go-build directory is 0700).
+func sysHelper(t testing.TB) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "syshelper")
+	copyFile(t, self, dst)
+	if err := os.Chmod(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	chmodPathForOthers(t, dst)
+	return dst
+}
+
+// sysResult is what one helper call did: its output and errno (0 for
+// success) and the step that failed.
+type sysResult struct {
+	out   string
+	errno syscall.Errno
+	step  string
+	raw   result
+}
+
+func (r sysResult) String() string {
+	if r.errno == 0 {
+		return "success"
+	}
+	return fmt.Sprintf("%s at %s", unix.ErrnoName(r.errno), r.step)
+}
+
+// actor runs helper operations as one user.
+type actor struct {
+	t      testing.TB
+	helper string
+	uid    string
+	caps   bool // with CAP_DAC_OVERRIDE and CAP_FOWNER: no kernel mode checks
+}
+
+// as returns an actor for uid (with the helper of m).
+func (a *accessMount) as(uid string) actor { return actor{t: a.t, helper: a.helper, uid: uid} }
+
+// withCaps returns u with CAP_DAC_OVERRIDE and CAP_FOWNER (still not uid
+// 0): the kernel's mode and sticky-bit checks pass, so the request reaches
+// imagefs, which must refuse it by itself.
+func (u actor) withCaps() actor { u.caps = true; return u }
+
+func (u actor) name() string {
+	s := "uid " + u.uid
+	if u.caps {
+		s += "+caps"
+	}
+	return s
+}
+
+// do runs op path args as the user and returns what happened.
+func (u actor) do(op, path string, args ...string) sysResult {
+	pargs := []string{"--reuid=" + u.uid, "--regid=" + u.uid, "--clear-groups"}
+	if u.caps {
+		pargs = append(pargs, "--inh-caps=+dac_override,+fowner", "--ambient-caps=+dac_override,+fowner")
+	}
+	pargs = append(pargs, "env", sysHelperEnv+"=1", u.helper, op, path)
+	r := execCmd("setpriv", append(pargs, args...)...)
+	res := sysResult{out: r.stdout, raw: r}
+	if r.code == 1 {
+		f := strings.Fields(r.stderr)
+		if len(f) >= 2 {
+			res.step = f[1]
+			if en := errnoByName(f[0]); en != 0 {
+				res.errno = en
+			}
+		}
+	}
+	if r.err != nil && res.errno == 0 {
+		u.t.Fatalf("%s: %s %s: helper failed: %s", u.name(), op, path, r)
+	}
+	return res
+}
+
+// must runs op and fails the test unless it succeeds; it returns the
+// output.
+func (u actor) must(op, path string, args ...string) string {
+	u.t.Helper()
+	r := u.do(op, path, args...)
+	if r.errno != 0 {
+		u.t.Fatalf("%s: %s %s %q: %s", u.name(), op, path, args, r)
+	}
+	return r.out
+}
+
+// want runs op and checks that it fails with one of the errnos.
+func (u actor) want(op, path string, args []string, errnos ...syscall.Errno) {
+	u.t.Helper()
+	r := u.do(op, path, args...)
+	if !slices.Contains(errnos, r.errno) {
+		var names []string
+		for _, e := range errnos {
+			names = append(names, unix.ErrnoName(e))
+		}
+		u.t.Errorf("%s: %s %s %q: %s, want %s", u.name(), op, path, args, r, strings.Join(names, " or "))
+	}
+}
+
+// ls lists dir as the user (nil when the listing fails).
+func (u actor) ls(dir string) []string {
+	u.t.Helper()
+	return strings.Fields(u.must("ls", dir))
+}
+
+// accessMount is a mount with --allow-other that other users can reach,
+// and the helper they run.
+type accessMount struct {
+	*fsMount
+	t      testing.TB
+	helper string
+}
+
+// mountAllowOther mounts with --allow-other and the extra arguments.
+func mountAllowOther(t *testing.T, args ...string) *accessMount {
+	t.Helper()
+	requireTools(t, "setpriv")
+	m := mount(t)
+	m.Args = append([]string{"--allow-other"}, args...)
+	m.remount()
+	chmodPathForOthers(t, m.Mnt)
+	return &accessMount{fsMount: m, t: t, helper: sysHelper(t)}
+}
+
+// sharedFixture makes a small dynamic VHD that other users can read.
+func sharedFixture(t *testing.T) vhdFixture {
+	t.Helper()
+	fx := makeVHD(t, 3*mib, "dynamic")
+	if err := os.Chmod(fx.Path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chmodPathForOthers(t, fx.Path)
+	return fx
+}
+
+// ownedImage makes images/<name> as uid with a custom property
+// os_distro=superos and fx uploaded by uid with cp; it returns the id.
+func (a *accessMount) ownedImage(uid, name string, fx vhdFixture) string {
+	a.t.Helper()
+	mustAsUser(a.t, uid, `mkdir "$1" && cp "$2" "$1/image.vhd" && echo superos > "$1/properties/os_distro"`,
+		a.images(name), fx.Path)
+	if got := a.prop(name, "owner"); got != uid {
+		a.t.Fatalf("images/%s: owner %q, want %s", name, got, uid)
+	}
+	if got := a.prop(name, "status"); got != "active" {
+		a.t.Fatalf("images/%s: status %q, want active", name, got)
+	}
+	return a.prop(name, "id")
+}
+
+// snapshot reads every property of images/<name> as root.
+func (a *accessMount) snapshot(name string) map[string]string {
+	a.t.Helper()
+	dir := a.images(name, "properties")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		a.t.Fatalf("ls %s: %v", dir, err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		out[e.Name()] = readProp(a.t, filepath.Join(dir, e.Name()))
+	}
+	return out
+}
+
+// unchanged fails the test if images/<name>'s properties differ from
+// before.
+func (a *accessMount) unchanged(name string, before map[string]string, what string) {
+	a.t.Helper()
+	after := a.snapshot(name)
+	for k, v := range before {
+		if after[k] != v {
+			a.t.Errorf("after %s: properties/%s = %q, was %q", what, k, after[k], v)
+		}
+	}
+	for k, v := range after {
+		if _, ok := before[k]; !ok {
+			a.t.Errorf("after %s: new property %s = %q", what, k, v)
+		}
+	}
+}
+
+// wantHidden checks that u reaches nothing of images/<name> (and
+// by-id/<id>): not listed, and every path is ENOENT, for looking at it and
+// for changing it.
+func wantHidden(t *testing.T, a *accessMount, u actor, name, id string) {
+	t.Helper()
+	if got := u.ls(a.images()); slices.Contains(got, name) {
+		t.Errorf("%s: ls images/ = %q lists %s", u.name(), got, name)
+	}
+	if got := u.ls(filepath.Join(a.Mnt, "by-id")); slices.Contains(got, id) {
+		t.Errorf("%s: ls by-id/ = %q lists %s", u.name(), got, id)
+	}
+	for _, dir := range []string{a.images(name), a.byID(id)} {
+		for _, p := range []string{dir, filepath.Join(dir, "image.vhd"), filepath.Join(dir, "properties"),
+			filepath.Join(dir, "properties", "min_ram"), filepath.Join(dir, "properties", "os_distro")} {
+			u.want("stat", p, nil, syscall.ENOENT)
+		}
+		u.want("ls", dir, nil, syscall.ENOENT)
+		u.want("ls", filepath.Join(dir, "properties"), nil, syscall.ENOENT)
+		u.want("read", filepath.Join(dir, "image.vhd"), nil, syscall.ENOENT)
+		u.want("read", filepath.Join(dir, "properties", "name"), nil, syscall.ENOENT)
+		u.want("getxattr", filepath.Join(dir, "image.vhd"), []string{"user.name"}, syscall.ENOENT)
+		u.want("getxattr", dir, []string{"user.name"}, syscall.ENOENT)
+		u.want("write", filepath.Join(dir, "properties", "min_ram"), []string{"64"}, syscall.ENOENT)
+		u.want("create", filepath.Join(dir, "properties", "stolen"), []string{"x"}, syscall.ENOENT)
+		u.want("unlink", filepath.Join(dir, "properties", "os_distro"), nil, syscall.ENOENT)
+		u.want("setxattr", filepath.Join(dir, "image.vhd"), []string{"user.min_ram", "64"}, syscall.ENOENT)
+		u.want("setxattr", dir, []string{"user.os_distro", "other"}, syscall.ENOENT)
+		u.want("removexattr", dir, []string{"user.os_distro"}, syscall.ENOENT)
+		u.want("write", filepath.Join(dir, "image.vhd"), []string{"x"}, syscall.ENOENT)
+		u.want("truncate", filepath.Join(dir, "image.vhd"), []string{"0"}, syscall.ENOENT)
+		u.want("rmdir", dir, nil, syscall.ENOENT)
+	}
+	u.want("rename", a.images(name), []string{a.images(name + "-stolen")}, syscall.ENOENT)
+}
+
+// TestAccessPrivate: another user neither lists nor reaches a private
+// image, by name or by id, and every attempt to read, change or delete it
+// is ENOENT and changes nothing; the owner and root see it all.
+func TestAccessPrivate(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-private", fx)
+	before := a.snapshot("a-private")
+	if before["visibility"] != "private" {
+		t.Fatalf("new image: visibility %q, want private", before["visibility"])
+	}
+	A, B := a.as(userA), a.as(userB)
+
+	wantHidden(t, a, B, "a-private", id)
+	// Without the kernel's mode checks (CAP_DAC_OVERRIDE, CAP_FOWNER)
+	// imagefs still shows uid 1002 nothing.
+	wantHidden(t, a, B.withCaps(), "a-private", id)
+	a.unchanged("a-private", before, "uid 1002's attempts")
+	cmp(t, fx.Path, a.dataFile("a-private"))
+	if got := a.prop("a-private", "os_distro"); got != "superos" {
+		t.Errorf("os_distro = %q after uid 1002's attempts", got)
+	}
+
+	// The owner and root list it and read it by both paths.
+	for _, u := range []actor{A, a.as("0")} {
+		if got := u.ls(a.images()); !slices.Contains(got, "a-private") {
+			t.Errorf("%s: ls images/ = %q, lacks a-private", u.name(), got)
+		}
+		if got := u.ls(filepath.Join(a.Mnt, "by-id")); !slices.Contains(got, id) {
+			t.Errorf("%s: ls by-id/ = %q, lacks %s", u.name(), got, id)
+		}
+		for _, p := range []string{a.dataFile("a-private"), a.byID(id, "image.vhd")} {
+			if got := u.must("read", p); got != string(mustRead(t, fx.Path)) {
+				t.Errorf("%s: read %s: %d bytes differ from the upload", u.name(), p, len(got))
+			}
+		}
+		if got := u.must("read", a.byID(id, "properties", "os_distro")); got != "superos\n" {
+			t.Errorf("%s: by-id/%s/properties/os_distro = %q", u.name(), id, got)
+		}
+	}
+
+	// The name is still taken for everyone: mkdir by uid 1002 fails and
+	// creates nothing.
+	B.want("mkdir", a.images("a-private"), nil, syscall.EEXIST)
+	a.unchanged("a-private", before, "uid 1002's mkdir")
+}
+
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// wantListed checks that u lists images/<name> and by-id/<id> and reads
+// the data (the same bytes as src) and a property through both paths.
+func wantListed(t *testing.T, a *accessMount, u actor, name, id, src string) {
+	t.Helper()
+	if got := u.ls(a.images()); !slices.Contains(got, name) {
+		t.Errorf("%s: ls images/ = %q, lacks %s", u.name(), got, name)
+	}
+	if got := u.ls(filepath.Join(a.Mnt, "by-id")); !slices.Contains(got, id) {
+		t.Errorf("%s: ls by-id/ = %q, lacks %s", u.name(), got, id)
+	}
+	wantUsableByID(t, a, u, id, src)
+	if got := u.must("read", a.dataFile(name)); got != string(mustRead(t, src)) {
+		t.Errorf("%s: images/%s/image.vhd: %d bytes that differ from the upload", u.name(), name, len(got))
+	}
+	if got := u.must("read", a.propFile(name, "id")); got != id+"\n" {
+		t.Errorf("%s: images/%s/properties/id = %q", u.name(), name, got)
+	}
+}
+
+// wantUsableByID checks that u reads by-id/<id>: data (the bytes of src),
+// a property file and an xattr.
+func wantUsableByID(t *testing.T, a *accessMount, u actor, id, src string) {
+	t.Helper()
+	if got := u.must("read", a.byID(id, "image.vhd")); got != string(mustRead(t, src)) {
+		t.Errorf("%s: by-id/%s/image.vhd: %d bytes that differ from the upload", u.name(), id, len(got))
+	}
+	if got := u.must("read", a.byID(id, "properties", "os_distro")); got != "superos\n" {
+		t.Errorf("%s: by-id/%s/properties/os_distro = %q", u.name(), id, got)
+	}
+	if got := u.must("getxattr", a.byID(id, "image.vhd"), "user.id"); got != id {
+		t.Errorf("%s: getfattr user.id by-id/%s/image.vhd = %q", u.name(), id, got)
+	}
+}
+
+// TestAccessPublic: only root makes an image public (the owner gets
+// EPERM, by file and by xattr, and the value stays); then every user lists
+// it under images/ and by-id/ and reads the same bytes.
+func TestAccessPublic(t *testing.T) {
+	a := mountAllowOther(t)
+	requireTools(t, "setfattr")
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-public", fx)
+	A, B := a.as(userA), a.as(userB)
+
+	A.want("write", a.propFile("a-public", "visibility"), []string{"public\n"}, syscall.EPERM)
+	A.want("setxattr", a.images("a-public"), []string{"user.visibility", "public"}, syscall.EPERM)
+	// On the sealed image.vhd (0444) the kernel refuses the owner's
+	// setxattr before imagefs sees it (EACCES): user.* attributes need
+	// write permission on the file.
+	A.want("setxattr", a.dataFile("a-public"), []string{"user.visibility", "public"}, syscall.EPERM, syscall.EACCES)
+	if r := asUser(userA, `setfattr -n user.visibility -v public "$1"`, a.images("a-public")); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+		t.Errorf("uid 1001: setfattr -n user.visibility -v public: %s, want EPERM", r)
+	}
+	if got := a.prop("a-public", "visibility"); got != "private" {
+		t.Fatalf("visibility = %q after the owner's refused attempts, want private", got)
+	}
+	wantHidden(t, a, B, "a-public", id)
+
+	writeProp(t, a.fsMount, "a-public", "visibility", "public")
+	for _, u := range []actor{B, a.as(userC), A} {
+		wantListed(t, a, u, "a-public", id, fx.Path)
+	}
+	if got := B.ls(a.view("os_distro", "superos")); !slices.Equal(got, []string{"a-public"}) {
+		t.Errorf("uid 1002: ls by-property/os_distro/superos = %q, want [a-public]", got)
+	}
+	cmp(t, fx.Path, a.dataFile("a-public"))
+	// cmp(1) as another user, as the issue puts it.
+	mustAsUser(t, userB, `cmp "$1" "$2" && cmp "$1" "$3"`, fx.Path, a.dataFile("a-public"), a.byID(id, "image.vhd"))
+}
+
+// TestAccessCommunity: a community image is usable by id by everyone
+// (data, properties, xattrs) but listed only for its owner (and root);
+// images/<name> is ENOENT for the others.
+func TestAccessCommunity(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-community", fx)
+	A, B := a.as(userA), a.as(userB)
+	A.must("write", a.propFile("a-community", "visibility"), "community\n")
+	if got := a.prop("a-community", "visibility"); got != "community" {
+		t.Fatalf("visibility = %q after the owner wrote community", got)
+	}
+
+	for _, u := range []actor{B, B.withCaps(), a.as(userC)} {
+		wantUsableByID(t, a, u, id, fx.Path)
+		if got := u.must("read", a.byID(id, "properties", "visibility")); got != "community\n" {
+			t.Errorf("%s: by-id/%s/properties/visibility = %q", u.name(), id, got)
+		}
+		u.must("stat", a.byID(id))
+		if got := u.ls(a.byID(id)); !slices.Equal(got, []string{"image.vhd", "properties"}) {
+			t.Errorf("%s: ls by-id/%s = %q", u.name(), id, got)
+		}
+		if got := u.ls(a.images()); slices.Contains(got, "a-community") {
+			t.Errorf("%s: ls images/ = %q lists a community image", u.name(), got)
+		}
+		if got := u.ls(filepath.Join(a.Mnt, "by-id")); slices.Contains(got, id) {
+			t.Errorf("%s: ls by-id/ = %q lists a community image", u.name(), got)
+		}
+		for _, p := range []string{a.images("a-community"), a.dataFile("a-community"), a.propFile("a-community", "id")} {
+			u.want("stat", p, nil, syscall.ENOENT)
+		}
+		u.want("read", a.dataFile("a-community"), nil, syscall.ENOENT)
+		// Usable is not writable.
+		u.want("write", a.byID(id, "properties", "min_ram"), []string{"64\n"}, syscall.EACCES, syscall.EPERM)
+		u.want("rmdir", a.images("a-community"), nil, syscall.ENOENT)
+	}
+	for _, u := range []actor{A, a.as("0")} {
+		wantListed(t, a, u, "a-community", id, fx.Path)
+	}
+}
+
+// TestAccessShared: a shared image is hidden from others until the owner
+// adds their uid to properties/members; then they list and read it, while
+// a user who is not a member still sees nothing. Taking the uid out hides
+// it again.
+func TestAccessShared(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-shared", fx)
+	A, B, C := a.as(userA), a.as(userB), a.as(userC)
+	A.must("write", a.propFile("a-shared", "visibility"), "shared\n")
+	wantHidden(t, a, B, "a-shared", id)
+
+	// As the issue writes it: printf '1002\n' > properties/members.
+	mustAsUser(t, userA, `printf '1002\n' > "$1"`, a.propFile("a-shared", "members"))
+	if got := a.prop("a-shared", "members"); got != "1002" {
+		t.Fatalf("members = %q, want 1002", got)
+	}
+	wantListed(t, a, B, "a-shared", id, fx.Path)
+	mustAsUser(t, userB, `cmp "$1" "$2"`, fx.Path, a.dataFile("a-shared"))
+	wantHidden(t, a, C, "a-shared", id)
+	// A member reads but does not change it or its members.
+	B.want("write", a.propFile("a-shared", "members"), []string{"1002\n1003\n"}, syscall.EACCES, syscall.EPERM)
+	B.withCaps().want("write", a.propFile("a-shared", "members"), []string{"1002\n1003\n"}, syscall.EACCES)
+	B.want("rmdir", a.images("a-shared"), nil, syscall.EACCES, syscall.EPERM)
+	B.withCaps().want("rmdir", a.images("a-shared"), nil, syscall.EACCES)
+	if got := a.prop("a-shared", "members"); got != "1002" {
+		t.Errorf("members = %q after the member's attempts, want 1002", got)
+	}
+	wantHidden(t, a, C, "a-shared", id)
+
+	// members is one decimal uid per line.
+	A.want("write", a.propFile("a-shared", "members"), []string{"bob\n"}, syscall.EINVAL)
+	if got := a.prop("a-shared", "members"); got != "1002" {
+		t.Errorf("members = %q after an invalid value, want 1002", got)
+	}
+
+	A.must("write", a.propFile("a-shared", "members"), "1003\n")
+	wantListed(t, a, C, "a-shared", id, fx.Path)
+	wantHidden(t, a, B, "a-shared", id)
+}
+
+// TestAccessNonOwnerChanges: a user who sees an image (public) but does
+// not own it changes nothing: property files (by name and by id),
+// xattrs, custom properties, the name (mv) and the image itself (rmdir)
+// fail with EACCES or EPERM, from the kernel's mode checks or, with those
+// checks bypassed (CAP_DAC_OVERRIDE, CAP_FOWNER), from imagefs itself.
+// The owner then does each of these.
+func TestAccessNonOwnerChanges(t *testing.T) {
+	a := mountAllowOther(t)
+	requireTools(t, "setfattr")
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-img", fx)
+	writeProp(t, a.fsMount, "a-img", "visibility", "public")
+	before := a.snapshot("a-img")
+	A, B := a.as(userA), a.as(userB)
+
+	for _, u := range []actor{B, B.withCaps()} {
+		t.Run(strings.ReplaceAll(u.name(), " ", "-"), func(t *testing.T) {
+			u.t = t
+			for _, dir := range []string{a.images("a-img"), a.byID(id)} {
+				props := filepath.Join(dir, "properties")
+				for _, k := range []string{"min_ram", "name", "visibility", "protected", "os_distro"} {
+					u.want("write", filepath.Join(props, k), []string{"1\n"}, syscall.EACCES, syscall.EPERM)
+					u.want("truncate", filepath.Join(props, k), []string{"0"}, syscall.EACCES, syscall.EPERM)
+				}
+				u.want("create", filepath.Join(props, "new_key"), []string{"x\n"}, syscall.EACCES, syscall.EPERM)
+				u.want("unlink", filepath.Join(props, "os_distro"), nil, syscall.EACCES, syscall.EPERM)
+				u.want("rename", filepath.Join(props, "os_distro"), []string{filepath.Join(props, "os_version")}, syscall.EACCES, syscall.EPERM)
+				for _, p := range []string{dir, filepath.Join(dir, "image.vhd")} {
+					u.want("setxattr", p, []string{"user.min_ram", "1"}, syscall.EACCES, syscall.EPERM)
+					u.want("setxattr", p, []string{"user.os_distro", "other"}, syscall.EACCES, syscall.EPERM)
+					u.want("setxattr", p, []string{"user.new_key", "x"}, syscall.EACCES, syscall.EPERM)
+					u.want("removexattr", p, []string{"user.os_distro"}, syscall.EACCES, syscall.EPERM)
+				}
+				u.want("create", filepath.Join(dir, "scratch.vhd"), []string{"x"}, syscall.EACCES, syscall.EPERM)
+			}
+			u.want("rename", a.images("a-img"), []string{a.images("b-img")}, syscall.EACCES, syscall.EPERM)
+			u.want("rmdir", a.images("a-img"), nil, syscall.EACCES, syscall.EPERM)
+			a.unchanged("a-img", before, u.name()+"'s attempts")
+			cmp(t, fx.Path, a.byID(id, "image.vhd"))
+		})
+	}
+	// The shell tools tell the user.
+	for _, script := range []string{
+		`echo 1 > "$1/properties/min_ram"`,
+		`setfattr -n user.os_distro -v other "$1/image.vhd"`,
+		`setfattr -x user.os_distro "$1"`,
+		`rm -f "$1/properties/os_distro"`,
+		`mv "$1" "$1-moved"`,
+		`rmdir "$1"`,
+	} {
+		r := asUser(userB, script, a.images("a-img"))
+		if r.code == 0 || !(strings.Contains(r.stderr, "Permission denied") || strings.Contains(r.stderr, "Operation not permitted")) {
+			t.Errorf("uid 1002: %s: %s, want EACCES or EPERM", script, r)
+		}
+	}
+	a.unchanged("a-img", before, "uid 1002's shell tools")
+
+	// The owner does it all.
+	A.must("write", a.propFile("a-img", "min_ram"), "512\n")
+	A.must("setxattr", a.images("a-img"), "user.os_version", "2024.1")
+	A.must("unlink", a.propFile("a-img", "os_distro"))
+	A.must("rename", a.images("a-img"), a.images("a-renamed"))
+	got := a.snapshot("a-renamed")
+	if got["min_ram"] != "512" || got["os_version"] != "2024.1" || got["name"] != "a-renamed" || got["id"] != id {
+		t.Errorf("after the owner's changes: min_ram %q os_version %q name %q id %q", got["min_ram"], got["os_version"], got["name"], got["id"])
+	}
+	if _, ok := got["os_distro"]; ok {
+		t.Errorf("os_distro still there after the owner removed it")
+	}
+	A.must("rmdir", a.images("a-renamed"))
+	for _, p := range []string{a.images("a-renamed"), a.byID(id), a.backing(id)} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after the owner's rmdir: lstat %s: %v, want ENOENT", p, err)
+		}
+	}
+}
