@@ -193,6 +193,9 @@ type propHandle struct {
 	mu    sync.Mutex
 	buf   []byte
 	dirty bool
+	// tooBig: a write went past the longest value; the close reports
+	// E2BIG and sets nothing (not the part written before).
+	tooBig bool
 }
 
 var _ = (gofs.FileReader)((*propHandle)(nil))
@@ -214,6 +217,7 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	defer h.mu.Unlock()
 	end := off + int64(len(data))
 	if end > store.MaxValueBytes+1 {
+		h.tooBig = true
 		return 0, syscall.E2BIG
 	}
 	if end > int64(len(h.buf)) {
@@ -242,5 +246,8 @@ func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	h.dirty = false
+	if h.tooBig {
+		return syscall.E2BIG
+	}
 	return toErrno(h.st.SetProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
 }
