@@ -147,6 +147,7 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	case "properties":
 		p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
 		d.fillDirAttr(im, &out.Attr)
+		out.SetAttrTimeout(uncached) // its mode follows visibility (propsDir.Getattr)
 		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
 	}
 	u := d.fsys.st.Scratch(d.id, name)

@@ -32,6 +32,9 @@ func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	d.fillAttr(im, &out.Attr)
 	out.Mode = syscall.S_IFDIR | modeFor(im, 0o755)
 	out.Nlink = 2
+	// Not cached: a visibility change through a property file or an xattr
+	// changes the mode (0700 <-> 0755), and ls -l must show it at once.
+	out.SetTimeout(uncached)
 	return 0
 }
 
