@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,8 +108,8 @@ func sysOp(op, path string, args []string) ([]byte, string, error) {
 			return b, "read", errnoOrErr(err)
 		}
 		return b, "", nil
-	case "write", "create": // open (O_TRUNC, or O_CREAT|O_EXCL), write, close
-		flags := os.O_WRONLY | os.O_TRUNC
+	case "write", "create": // open (as sh's >, or O_CREAT|O_EXCL), write, close
+		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 		if op == "create" {
 			flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
 		}
@@ -686,4 +687,409 @@ func TestAccessNonOwnerChanges(t *testing.T) {
 			t.Errorf("after the owner's rmdir: lstat %s: %v, want ENOENT", p, err)
 		}
 	}
+}
+
+// TestAccessInvalidValues: values that break their rule fail with the
+// errno of the README's table (EINVAL, E2BIG) through the file and the
+// xattr, and change nothing; a value of exactly 65535 bytes is accepted.
+func TestAccessInvalidValues(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	a.ownedImage(userA, "a-img", fx)
+	A := a.as(userA)
+	dir := a.images("a-img")
+	props := filepath.Join(dir, "properties")
+	// Every key below exists before it is written: a new property file
+	// is created with an empty value at open, before the value is known.
+	A.must("write", filepath.Join(props, "members"), "1005\n")
+
+	for _, c := range []struct{ key, value string }{
+		{"min_ram", "-1"}, {"min_ram", "abc"}, {"min_ram", "1.5"}, {"min_ram", ""},
+		{"min_disk", "-1"}, {"min_disk", "abc"},
+		{"protected", "yes"}, {"protected", "True"}, {"protected", ""},
+		{"visibility", "everyone"}, {"visibility", "Public"}, {"visibility", ""},
+		{"name", ""}, {"name", "a/b"}, {"name", "."}, {"name", ".."}, {"name", strings.Repeat("n", 256)},
+		{"members", "bob"}, {"members", "-5"},
+	} {
+		before := a.snapshot("a-img")
+		what := fmt.Sprintf("%s=%q", c.key, c.value)
+		A.want("write", filepath.Join(props, c.key), []string{c.value + "\n"}, syscall.EINVAL)
+		if c.value != "" { // setxattr of an empty value: see below
+			A.want("setxattr", dir, []string{"user." + c.key, c.value}, syscall.EINVAL)
+		}
+		a.unchanged("a-img", before, what)
+	}
+	// An empty value through setxattr is refused for the typed keys too.
+	for _, k := range []string{"min_ram", "protected", "visibility", "name"} {
+		A.want("setxattr", dir, []string{"user." + k, ""}, syscall.EINVAL)
+	}
+
+	// Bad image names at mkdir and rename.
+	for _, bad := range []string{strings.Repeat("n", 256)} {
+		A.want("mkdir", a.images(bad), nil, syscall.EINVAL)
+		A.want("rename", dir, []string{a.images(bad)}, syscall.EINVAL)
+	}
+	// Bad custom keys: not printable.
+	before := a.snapshot("a-img")
+	A.want("create", filepath.Join(props, "bad\x01key"), []string{"x\n"}, syscall.EINVAL)
+	A.want("setxattr", dir, []string{"user.bad\tkey", "x"}, syscall.EINVAL)
+	a.unchanged("a-img", before, "bad keys")
+
+	// Values over 65535 bytes: E2BIG, existing value kept.
+	big := strings.Repeat("v", 65536)
+	A.want("write", filepath.Join(props, "os_distro"), []string{big}, syscall.E2BIG)
+	A.want("write", filepath.Join(props, "os_distro"), []string{big + "\n"}, syscall.E2BIG)
+	A.want("setxattr", dir, []string{"user.os_distro", big}, syscall.E2BIG)
+	A.want("setxattr", dir, []string{"user.new_key", big}, syscall.E2BIG)
+	a.unchanged("a-img", before, "values of 65536 bytes")
+	// A shell sees the E2BIG of the write. (Not checked here: the value
+	// it leaves. The shell's redirection closes a duplicate of the
+	// descriptor right after open(O_TRUNC), and that close sets the
+	// property to the empty value before the first write.)
+	if r := asUser(userA, `head -c 70000 /dev/zero | tr '\0' v > "$1"`, filepath.Join(props, "os_version")); r.code == 0 || !strings.Contains(r.stderr, "Argument list too long") {
+		t.Errorf("uid 1001: 70000 bytes > properties/os_version: %s, want E2BIG (Argument list too long)", r)
+	}
+
+	// 65535 bytes is the limit, not over it.
+	max := strings.Repeat("m", 65535)
+	A.must("write", filepath.Join(props, "os_distro"), max+"\n")
+	A.must("setxattr", dir, "user.os_version", max)
+	if got := a.prop("a-img", "os_distro"); got != max {
+		t.Errorf("os_distro: %d bytes after writing 65535", len(got))
+	}
+	if got := a.prop("a-img", "os_version"); got != max {
+		t.Errorf("os_version: %d bytes after setxattr of 65535", len(got))
+	}
+}
+
+// TestAccessPropertyQuota: with --property-quota 20 an image holds 20
+// properties (17 core, 3 custom); a 21st fails with ENOSPC through a new
+// file or an xattr and is not created; changing existing values still
+// works, and removing one makes room.
+func TestAccessPropertyQuota(t *testing.T) {
+	a := mountAllowOther(t, "--property-quota", "20")
+	A := a.as(userA)
+	A.must("mkdir", a.images("q"))
+	props := a.images("q", "properties")
+	// The quota counts the 17 core properties, set or not: a queued image
+	// shows 12 files (no checksum, hashes or sizes yet) and takes 3
+	// custom properties.
+	n := len(a.snapshot("q"))
+	for i := 17; i < 20; i++ {
+		A.must("create", filepath.Join(props, fmt.Sprintf("k%d", i)), "v\n")
+	}
+	before := a.snapshot("q")
+	if len(before) != n+3 {
+		t.Fatalf("%d properties after adding 3 to %d, want %d", len(before), n, n+3)
+	}
+	A.want("create", filepath.Join(props, "one_too_many"), []string{"v\n"}, syscall.ENOSPC)
+	A.want("setxattr", a.images("q"), []string{"user.one_too_many", "v"}, syscall.ENOSPC)
+	a.as("0").want("setxattr", a.images("q"), []string{"user.root_too", "v"}, syscall.ENOSPC)
+	if r := asUser(userA, `echo v > "$1"`, filepath.Join(props, "via_shell")); r.code == 0 || !strings.Contains(r.stderr, "No space left on device") {
+		t.Errorf("uid 1001: echo v > properties/via_shell at the quota: %s, want ENOSPC", r)
+	}
+	a.unchanged("q", before, "properties over the quota")
+
+	// Existing values change; a removed one makes room.
+	A.must("write", filepath.Join(props, "k17"), "changed\n")
+	A.must("write", filepath.Join(props, "min_ram"), "64\n")
+	A.must("unlink", filepath.Join(props, "k18"))
+	A.must("setxattr", a.images("q"), "user.now_fits", "v")
+	got := a.snapshot("q")
+	if len(got) != n+3 || got["k17"] != "changed" || got["now_fits"] != "v" {
+		t.Errorf("after changes at the quota: %d properties, k17=%q now_fits=%q", len(got), got["k17"], got["now_fits"])
+	}
+}
+
+// TestAccessProtected: a protected image cannot be deleted, by rmdir or
+// rm -rf, by its owner or root: the image, its data and its core
+// properties survive. (rm -r unlinks the files it can on its way: custom
+// property files; see the README.) Once protected is false, rmdir
+// deletes it.
+func TestAccessProtected(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-prot", fx)
+	A := a.as(userA)
+	A.must("write", a.propFile("a-prot", "protected"), "true\n")
+	A.must("write", a.propFile("a-prot", "os_version"), "2024.1\n")
+	before := a.snapshot("a-prot")
+	if before["protected"] != "true" {
+		t.Fatalf("protected = %q", before["protected"])
+	}
+
+	A.want("rmdir", a.images("a-prot"), nil, syscall.EPERM)
+	a.as("0").want("rmdir", a.images("a-prot"), nil, syscall.EPERM)
+	for _, u := range []string{userA, "0"} {
+		r := asUser(u, `rm -rf "$1"`, a.images("a-prot"))
+		if r.code == 0 {
+			t.Errorf("uid %s: rm -rf of a protected image exited 0", u)
+		}
+		if !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Errorf("uid %s: rm -rf stderr %q, want EPERM (Operation not permitted)", u, r.stderr)
+		}
+	}
+	if r := asUser(userA, `rmdir "$1"`, a.images("a-prot")); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+		t.Errorf("uid 1001: rmdir of a protected image: %s, want EPERM", r)
+	}
+
+	// The image, its data and its core properties survive.
+	for _, p := range []string{a.images("a-prot"), a.byID(id), a.backing(id)} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("after rm -rf: %v", err)
+		}
+	}
+	cmp(t, fx.Path, a.dataFile("a-prot"))
+	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+	after := a.snapshot("a-prot")
+	for k, v := range before {
+		if after[k] != v && (slices.Contains(systemKeys, k) || slices.Contains(ownerKeys, k)) {
+			t.Errorf("after rm -rf: core property %s = %q, was %q", k, after[k], v)
+		}
+	}
+	var lost []string
+	for _, k := range []string{"os_distro", "os_version"} {
+		if _, ok := after[k]; !ok {
+			lost = append(lost, k)
+		}
+	}
+	// Known and documented (README, "Immutable after sealing"): rm -r
+	// unlinks the custom property files before it reaches the immutable
+	// ones and the protected directory.
+	t.Logf("custom properties removed by rm -rf of the protected image: %q", lost)
+
+	A.must("write", a.propFile("a-prot", "protected"), "false\n")
+	A.must("rmdir", a.images("a-prot"))
+	for _, p := range []string{a.images("a-prot"), a.byID(id), a.backing(id)} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after rmdir of the unprotected image: lstat %s: %v, want ENOENT", p, err)
+		}
+	}
+}
+
+// TestAccessDeactivated: root deactivates an active image by writing
+// properties/status; then nobody but root reads its data (EACCES), while
+// its properties stay readable; only root may deactivate or reactivate
+// (others: EACCES from the 0444 mode, EPERM from imagefs), and no other
+// status can be written, root included (EPERM).
+func TestAccessDeactivated(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-img", fx)
+	writeProp(t, a.fsMount, "a-img", "visibility", "public")
+	A, B, root := a.as(userA), a.as(userB), a.as("0")
+
+	writeProp(t, a.fsMount, "a-img", "status", "deactivated")
+	if got := a.prop("a-img", "status"); got != "deactivated" {
+		t.Fatalf("status = %q after root wrote deactivated", got)
+	}
+	for _, u := range []actor{A, B, A.withCaps()} {
+		for _, p := range []string{a.dataFile("a-img"), a.byID(id, "image.vhd")} {
+			u.want("read", p, nil, syscall.EACCES)
+		}
+		if got := u.must("read", a.propFile("a-img", "status")); got != "deactivated\n" {
+			t.Errorf("%s: properties/status = %q", u.name(), got)
+		}
+		if got := u.must("read", a.byID(id, "properties", "checksum")); got != fx.MD5+"\n" {
+			t.Errorf("%s: properties/checksum = %q", u.name(), got)
+		}
+		if got := u.must("getxattr", a.images("a-img"), "user.os_distro"); got != "superos" {
+			t.Errorf("%s: user.os_distro = %q", u.name(), got)
+		}
+	}
+	if r := asUser(userA, `cat "$1" > /dev/null`, a.dataFile("a-img")); r.code == 0 || !strings.Contains(r.stderr, "Permission denied") {
+		t.Errorf("uid 1001: cat of a deactivated image: %s, want EACCES", r)
+	}
+	if got := root.must("read", a.dataFile("a-img")); got != string(mustRead(t, fx.Path)) {
+		t.Errorf("root: deactivated image.vhd: %d bytes that differ from the upload", len(got))
+	}
+	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+
+	// Only root reactivates; the owner cannot, nor deactivate again.
+	for _, u := range []actor{A, B} {
+		u.want("write", a.propFile("a-img", "status"), []string{"active\n"}, syscall.EACCES, syscall.EPERM)
+	}
+	A.withCaps().want("write", a.propFile("a-img", "status"), []string{"active\n"}, syscall.EPERM)
+	A.withCaps().want("setxattr", a.images("a-img"), []string{"user.status", "active"}, syscall.EPERM)
+	for _, st := range []string{"killed", "queued", "saving", "pending_delete", "deleted", "deactivated", "Active", ""} {
+		root.want("write", a.propFile("a-img", "status"), []string{st + "\n"}, syscall.EPERM)
+	}
+	if got := a.prop("a-img", "status"); got != "deactivated" {
+		t.Fatalf("status = %q after refused writes, want deactivated", got)
+	}
+
+	writeProp(t, a.fsMount, "a-img", "status", "active")
+	if got := A.must("read", a.dataFile("a-img")); got != string(mustRead(t, fx.Path)) {
+		t.Errorf("uid 1001: reactivated image.vhd: %d bytes that differ from the upload", len(got))
+	}
+	B.must("read", a.byID(id, "image.vhd"))
+	for _, u := range []actor{A, B} {
+		u.want("write", a.propFile("a-img", "status"), []string{"deactivated\n"}, syscall.EACCES, syscall.EPERM)
+	}
+	A.withCaps().want("write", a.propFile("a-img", "status"), []string{"deactivated\n"}, syscall.EPERM)
+	for _, st := range []string{"killed", "queued", "saving", "pending_delete", "deleted", "active"} {
+		root.want("write", a.propFile("a-img", "status"), []string{st + "\n"}, syscall.EPERM)
+		root.want("setxattr", a.images("a-img"), []string{"user.status", st}, syscall.EPERM)
+	}
+	if got := a.prop("a-img", "status"); got != "active" {
+		t.Errorf("status = %q after refused writes, want active", got)
+	}
+	// The xattr view deactivates too.
+	root.must("setxattr", a.dataFile("a-img"), "user.status", "deactivated")
+	A.want("read", a.dataFile("a-img"), nil, syscall.EACCES)
+	root.must("setxattr", a.images("a-img"), "user.status", "active")
+	A.must("read", a.dataFile("a-img"))
+
+	// An image that is not active cannot be deactivated.
+	A.must("mkdir", a.images("queued"))
+	root.want("write", a.propFile("queued", "status"), []string{"deactivated\n"}, syscall.EPERM)
+	if got := a.prop("queued", "status"); got != "queued" {
+		t.Errorf("queued image: status %q after a refused deactivation", got)
+	}
+}
+
+// TestAccessDeleteWhileReading: rmdir of an image whose data is open
+// removes it from images/, by-id/ and by-property/ at once; the reader
+// reads the rest of the same bytes; after its close the data file is gone.
+func TestAccessDeleteWhileReading(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	id := a.ownedImage(userA, "a-img", fx)
+	src := mustRead(t, fx.Path)
+	view := a.view("os_distro", "superos")
+	if got := a.as(userA).ls(view); !slices.Equal(got, []string{"a-img"}) {
+		t.Fatalf("ls by-property/os_distro/superos = %q", got)
+	}
+
+	f, err := os.Open(a.byID(id, "image.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	half := make([]byte, len(src)/2)
+	if _, err := io.ReadFull(f, half); err != nil {
+		t.Fatal(err)
+	}
+	a.as(userA).must("rmdir", a.images("a-img"))
+
+	for _, u := range []actor{a.as(userA), a.as("0")} {
+		if got := u.ls(a.images()); slices.Contains(got, "a-img") {
+			t.Errorf("%s: ls images/ right after rmdir = %q", u.name(), got)
+		}
+		if got := u.ls(filepath.Join(a.Mnt, "by-id")); slices.Contains(got, id) {
+			t.Errorf("%s: ls by-id/ right after rmdir = %q", u.name(), got)
+		}
+		if r := u.do("ls", view); r.errno != syscall.ENOENT && strings.TrimSpace(r.out) != "" {
+			t.Errorf("%s: ls by-property/os_distro/superos right after rmdir: %s %q", u.name(), r, r.out)
+		}
+		for _, p := range []string{a.images("a-img"), a.byID(id), a.byID(id, "image.vhd"), filepath.Join(view, "a-img")} {
+			u.want("stat", p, nil, syscall.ENOENT)
+		}
+	}
+	for _, p := range []string{a.images("a-img"), a.byID(id), a.byID(id, "image.vhd"), filepath.Join(view, "a-img")} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("lstat %s right after rmdir: %v, want ENOENT", p, err)
+		}
+	}
+
+	rest, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("reading the rest after rmdir: %v", err)
+	}
+	if got := append(half, rest...); !bytes.Equal(got, src) {
+		t.Errorf("read across the rmdir: %d bytes that differ from the upload (%d bytes)", len(got), len(src))
+	}
+	if err := f.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if _, err := os.Lstat(a.backing(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("STORE/data/%s.vhd after the reader closed: %v, want ENOENT", id, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(a.Store, "data"))
+	for _, e := range ents {
+		if strings.Contains(e.Name(), id) {
+			t.Errorf("STORE/data/%s left behind", e.Name())
+		}
+	}
+}
+
+// TestAccessModes: ls -l shows the owner's uid and the visibility in the
+// mode bits: a private image's directory and properties/ are 0700, any
+// other visibility's 0755. Files keep the modes layout.md gives them for
+// every visibility (sealed data and system properties 0444, the rest
+// 0644: 3a109ee); the 0700 directories keep others from reaching them.
+func TestAccessModes(t *testing.T) {
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	for _, vis := range []string{"private", "shared", "community", "public"} {
+		t.Run(vis, func(t *testing.T) {
+			id := a.ownedImage(userA, vis, fx)
+			writeProp(t, a.fsMount, vis, "visibility", vis)
+			dirMode := "drwxr-xr-x"
+			if vis == "private" {
+				dirMode = "drwx------"
+			}
+			want := map[string]string{
+				a.images(vis):                      dirMode,
+				a.byID(id):                         dirMode,
+				a.images(vis, "properties"):        dirMode,
+				a.byID(id, "properties"):           dirMode,
+				a.dataFile(vis):                    "-r--r--r--",
+				a.byID(id, "image.vhd"):            "-r--r--r--",
+				a.propFile(vis, "id"):              "-r--r--r--",
+				a.propFile(vis, "checksum"):        "-r--r--r--",
+				a.propFile(vis, "vhd_disk_type"):   "-r--r--r--",
+				a.propFile(vis, "min_ram"):         "-rw-r--r--",
+				a.propFile(vis, "visibility"):      "-rw-r--r--",
+				a.propFile(vis, "os_distro"):       "-rw-r--r--",
+				a.byID(id, "properties", "name"):   "-rw-r--r--",
+				a.byID(id, "properties", "status"): "-r--r--r--",
+			}
+			// The mode of a directory looked up just before the change
+			// may be cached for one jiffy (the "uncached" timeout, 1 ns,
+			// rounded up by the kernel): wait for that, no longer.
+			waitMode(t, a.images(vis, "properties"), dirMode)
+			waitMode(t, a.byID(id, "properties"), dirMode)
+			users := []string{"0", userA}
+			if vis == "public" {
+				users = append(users, userB)
+			}
+			for p, mode := range want {
+				for _, uid := range users {
+					f := strings.Fields(mustAsUser(t, uid, `ls -lnd "$1"`, p))
+					if len(f) < 4 || f[0] != mode || f[2] != userA {
+						t.Errorf("uid %s: ls -lnd %s: %q, want mode %s owner %s", uid, p[len(a.Mnt)+1:], f, mode, userA)
+					}
+				}
+			}
+		})
+	}
+}
+
+// waitMode waits up to 50 ms (a few jiffies) for ls -ld path to show
+// mode; the caller then checks it as each user.
+func waitMode(t testing.TB, path, mode string) {
+	t.Helper()
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for {
+		fi, err := os.Lstat(path)
+		if err == nil && fileModeString(fi.Mode()) == mode || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// fileModeString is ls -l's mode column for m.
+func fileModeString(m os.FileMode) string {
+	s := []byte("-rwxrwxrwx")
+	if m.IsDir() {
+		s[0] = 'd'
+	}
+	for i := 0; i < 9; i++ {
+		if m.Perm()&(1<<uint(8-i)) == 0 {
+			s[i+1] = '-'
+		}
+	}
+	return string(s)
 }
