@@ -50,6 +50,8 @@ type Options struct {
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// Events receives the store's events (for metrics); nil means none.
+	Events Observer
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
 }
@@ -149,6 +151,9 @@ func (s *Store) reconcile() error {
 	}
 	for _, p := range r.Problems {
 		logger.Warn("store repaired at open", "problem", p.Kind, "id", p.ID, "detail", p.Detail, "repaired", p.Repaired)
+		if p.Kind == ProblemInterrupted && p.Repaired {
+			s.emit(Event{Kind: EventKilled, ID: p.ID, Reason: p.Detail})
+		}
 	}
 	return nil
 }
@@ -244,6 +249,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	s.images[im.ID] = im
 	s.byName[name] = im.ID
 	logger.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
+	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
 }
 
@@ -444,6 +450,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		}
 	}
 	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
+	s.emit(Event{Kind: EventDeleted, ID: id})
 	return nil
 }
 

@@ -35,6 +35,7 @@ type Upload struct {
 	writers int
 	dirty   bool      // modified since the last seal attempt
 	hash    *hashPipe // nil once writes went out of order
+	started bool      // "upload started" was logged
 	state   uploadState
 }
 
@@ -128,6 +129,10 @@ func (u *Upload) touch() error {
 	}
 	if err := u.s.setStatus(u.id, StatusSaving, ""); err != nil {
 		return err
+	}
+	if !u.started {
+		u.started = true
+		logger.Info("upload started", "id", u.id)
 	}
 	u.dirty = true
 	return nil
@@ -336,6 +341,7 @@ func (s *Store) seal(u *Upload) error {
 		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
 			return err
 		}
+		s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
 		// Give the space back; a new upload starts from scratch.
 		u.discard()
 		s.mu.Lock()
@@ -385,6 +391,7 @@ func (s *Store) seal(u *Upload) error {
 	}
 	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
 		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
+	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
 	return nil
 }
 
@@ -459,6 +466,7 @@ func (s *Store) DiscardUpload(c Caller, id string) error {
 	s.mu.Unlock()
 	if u != nil {
 		u.abandon()
+		logger.Info("upload discarded", "id", id, "uid", c.UID)
 	}
 	return s.setStatus(id, StatusQueued, "")
 }
