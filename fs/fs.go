@@ -15,7 +15,6 @@ package fs
 
 import (
 	"context"
-	"log"
 	"log/slog"
 	"os"
 	"syscall"
@@ -52,6 +51,13 @@ type Options struct {
 	Debug      bool   // log every FUSE request and reply
 	Source     string // shown as the mount's source in df and /proc/mounts
 	ReadOnly   bool
+	// Logger receives go-fuse's messages (and with Debug its request
+	// trace, at level debug); nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics, when set, counts and times every request (metrics.go).
+	Metrics *Metrics
+	// MountOptions are more options for mount(2), such as "noexec".
+	MountOptions []string
 }
 
 // FS is a mounted store.
@@ -83,6 +89,16 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	if o.ReadOnly {
 		mopts = append(mopts, "ro")
 	}
+	mopts = append(mopts, o.MountOptions...)
+	lg := o.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	fuseLevel := slog.LevelWarn // go-fuse logs only problems without Debug
+	if o.Debug {
+		fuseLevel = slog.LevelDebug
+	}
+	fuseLog := slog.NewLogLogger(lg.With("component", "fuse").Handler(), fuseLevel)
 	src := o.Source
 	if src == "" {
 		src = st.Dir()
@@ -104,22 +120,33 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 			// keys: `echo 1024 > properties/min_ram` failed with EINVAL)
 			// and leaves the old value's tail after a shorter new one.
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_ATOMIC_O_TRUNC,
-			Logger:            log.New(os.Stderr, "fuse: ", 0),
+			Logger:            fuseLog,
 		},
+		Logger:          fuseLog,
 		EntryTimeout:    &sec,
 		AttrTimeout:     &sec,
 		NegativeTimeout: &zero,
 		RootStableAttr:  &gofs.StableAttr{Ino: inoRoot},
 	}
-	server, err := gofs.Mount(mountpoint, root, opts)
+	raw := gofs.NewNodeFS(root, opts)
+	if o.Metrics != nil {
+		o.Metrics.SetStore(st)
+		raw = o.Metrics.Wrap(raw)
+	}
+	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		// As gofs.Mount: the serve loop ends by itself.
 		return nil, err
 	}
 	f.server = server
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
-		slog.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
+		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
 	} else if os.Geteuid() != 0 {
-		slog.Warn("FUSE passthrough needs CAP_SYS_ADMIN; sealed data is read through imagefs")
+		lg.Warn("FUSE passthrough needs CAP_SYS_ADMIN; sealed data is read through imagefs")
 	}
 	return f, nil
 }
