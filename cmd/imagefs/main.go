@@ -5,11 +5,14 @@
 //
 //	imagefs mount [flags] STORE MOUNTPOINT
 //	imagefs inspect [--json] FILE...
+//	imagefs fsck [flags] STORE
 //	imagefs version
+//	imagefs STORE MOUNTPOINT [-o OPTIONS]   (mount helper: mount(8), fstab)
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sort"
 )
@@ -28,36 +31,83 @@ func register(name, summary string, run func(args []string) int) {
 	commands[name] = command{summary: summary, run: run}
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "Usage: imagefs COMMAND [ARGS]\n\nServe a catalog of VHD virtual machine images as a FUSE filesystem.\n\nCommands:\n")
+const helpTop = `Usage: imagefs COMMAND [ARGS]
+       imagefs STORE MOUNTPOINT [-o OPTIONS] [-f]
+
+Serve a catalog of VHD virtual machine images as a FUSE filesystem: one
+directory per image under images/ and by-id/, the data as image.vhd, the
+properties as files and user.* extended attributes.
+
+Commands:
+`
+
+const helpHelper = `
+The second form is the mount helper. mount(8) and /etc/fstab mount a
+filesystem of type fuse.imagefs through mount.fuse3 (package fuse3), which
+runs 'imagefs STORE MOUNTPOINT -o OPTIONS' with imagefs found on PATH. It
+mounts as 'imagefs mount -o OPTIONS STORE MOUNTPOINT' does, then goes to the
+background once the mount is ready and exits 0; if the mount fails it exits
+1 with the reason. -f or -o foreground keeps it in the foreground. Without
+log_file=, the background daemon logs to the systemd journal when started
+by systemd, else to syslog.
+
+`
+
+const helpTail = `
+Options:
+  -h, --help     show this help and exit
+      --version  print version and build information and exit
+
+Examples:
+  imagefs mount /var/lib/imagefs /mnt/images            # foreground
+  mount -t fuse.imagefs -o allow_other /var/lib/imagefs /mnt/images
+  umount /mnt/images
+  # /etc/fstab:
+  /var/lib/imagefs  /mnt/images  fuse.imagefs  allow_other,nofail  0  0
+
+Exit status:
+  0  success
+  1  failure (the mount failed; a command's own meaning, see its --help)
+  2  usage error
+
+Run 'imagefs COMMAND --help' for a command's options.
+`
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, helpTop)
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'imagefs COMMAND --help' for a command's options.\n")
+	fmt.Fprint(w, helpHelper)
+	fmt.Fprint(w, optionsHelp)
+	fmt.Fprint(w, helpTail)
 }
 
 func main() {
 	if len(os.Args) < 2 {
-		usage()
+		usage(os.Stderr)
 		os.Exit(2)
 	}
 	name := os.Args[1]
 	switch name {
 	case "-h", "--help", "help":
-		usage()
+		usage(os.Stdout)
 		os.Exit(0)
 	case "--version":
 		name = "version"
 	}
 	c, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "imagefs: unknown command %q\n", name)
-		usage()
+		// imagefs STORE MOUNTPOINT [-o OPTIONS]: mount.fuse3 runs this.
+		if h, ok := parseHelperArgs(os.Args[1:]); ok {
+			os.Exit(runHelper(h))
+		}
+		fmt.Fprintf(os.Stderr, "imagefs: unknown command %q\nTry 'imagefs --help'.\n", name)
 		os.Exit(2)
 	}
 	os.Exit(c.run(os.Args[2:]))

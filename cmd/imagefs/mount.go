@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 
@@ -13,14 +15,27 @@ import (
 	"github.com/spf13/pflag"
 )
 
-const mountHelp = `Usage: imagefs mount [OPTIONS] STORE MOUNTPOINT
+const mountHelp = `Usage: imagefs mount [OPTIONS] [-o MOUNTOPTS] STORE MOUNTPOINT
 
 Serve the image store STORE (a directory, created if missing) at MOUNTPOINT
-in the foreground until the filesystem is unmounted (umount MOUNTPOINT,
-fusermount3 -u MOUNTPOINT) or imagefs receives SIGINT or SIGTERM, then
-unmount cleanly and close the catalog.
+(an existing directory) in the foreground until the filesystem is unmounted
+(umount MOUNTPOINT, fusermount3 -u MOUNTPOINT) or imagefs receives SIGINT
+or SIGTERM, then unmount cleanly and close the catalog.
 
 As root imagefs mounts directly; as another user it uses fusermount3.
+df -T shows the mount as type fuse.imagefs with STORE as its source.
+
+Logs go to stderr (or --log-file), one line per event: image created,
+upload started, sealed (with checksum), refused and killed (with reason),
+deleted, property changed (with uid), mount and unmount. --debug adds
+go-fuse's trace of every FUSE request at level DEBUG.
+
+With --metrics-addr, imagefs serves Prometheus metrics at
+http://ADDR/metrics: requests, errors and latency per FUSE operation, bytes
+read and written, seals, killed uploads and images by status.
+
+When $NOTIFY_SOCKET is set (a systemd Type=notify service), imagefs tells
+systemd READY=1 once the mount is ready.
 
 Options:
 `
@@ -28,81 +43,192 @@ Options:
 const mountExamples = `
 Examples:
   imagefs mount /var/lib/imagefs /mnt/images
+  imagefs mount -o ro,allow_other /var/lib/imagefs /mnt/images
+  imagefs mount --log-format json --metrics-addr 127.0.0.1:9477 /var/lib/imagefs /mnt/images
   mkdir /mnt/images/images/superos-2024.1
   cp superos.vhd /mnt/images/images/superos-2024.1/image.vhd
   cat /mnt/images/images/superos-2024.1/properties/status
+
+  To mount from /etc/fstab or with mount(8), see imagefs --help.
+
+Exit status:
+  0  served, then unmounted cleanly
+  1  the mount failed (the reason is on stderr)
+  2  usage error
 `
 
 func init() {
 	register("mount", "serve a store at a mountpoint (foreground)", runMount)
 }
 
-func runMount(args []string) int {
+// mountFlags returns the flag set of imagefs mount, filling c.
+func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl := pflag.NewFlagSet("mount", pflag.ContinueOnError)
-	allowOther := fl.Bool("allow-other", false, "let other users use the mount (non-root mounters need user_allow_other in /etc/fuse.conf)")
-	debug := fl.Bool("debug", false, "log every FUSE request and reply to stderr")
-	readOnly := fl.Bool("read-only", false, "mount read-only: every change fails with EROFS")
-	quota := fl.Int("property-quota", store.DefaultPropertyQuota, "maximum number of properties per image")
-	cpuProfile := fl.String("cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
-	help := fl.BoolP("help", "h", false, "show this help")
-	fl.Usage = func() {
-		fmt.Fprint(os.Stderr, mountHelp)
-		fl.PrintDefaults()
-		fmt.Fprint(os.Stderr, mountExamples)
+	fl.SortFlags = false
+	fl.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (non-root mounters need user_allow_other in /etc/fuse.conf)")
+	fl.BoolVar(&c.readOnly, "read-only", false, "mount read-only: every change fails with EROFS")
+	fl.IntVar(&c.quota, "property-quota", c.quota, "allow at most `N` properties per image")
+	fl.StringArrayVarP(opts, "options", "o", nil, "comma-separated mount options `OPTS` (see below)")
+	fl.StringVar(&c.logFormat, "log-format", c.logFormat, "write log lines in `FORMAT`: text or json")
+	fl.StringVar(&c.logFile, "log-file", "", "append logs to `FILE` instead of stderr")
+	fl.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics (loopback only, e.g. 127.0.0.1:9477)")
+	fl.BoolVar(&c.debug, "debug", false, "log every FUSE request and reply (level DEBUG)")
+	fl.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
+	fl.IntVar(&c.readyFD, "ready-fd", 0, "the mount helper's pipe (internal)")
+	fl.MarkHidden("ready-fd")
+	return fl
+}
+
+func runMount(args []string) int {
+	c := defaultMountConfig()
+	var opts []string
+	fl := mountFlags(c, &opts)
+	help := fl.BoolP("help", "h", false, "show this help and exit")
+	printHelp := func(w *os.File) {
+		fmt.Fprint(w, mountHelp)
+		printFlags(w, fl)
+		fmt.Fprint(w, "\n"+optionsHelp)
+		fmt.Fprint(w, mountExamples)
 	}
+	fl.Usage = func() {}
 	if err := fl.Parse(args); err != nil {
-		fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
-		fl.Usage()
+		fmt.Fprintf(os.Stderr, "imagefs mount: %v\nTry 'imagefs mount --help'.\n", err)
 		return 2
 	}
 	if *help {
-		fl.SetOutput(os.Stdout)
-		fmt.Print(mountHelp)
-		fl.PrintDefaults()
-		fmt.Print(mountExamples)
+		printHelp(os.Stdout)
 		return 0
 	}
-	if fl.NArg() != 2 {
-		fmt.Fprintf(os.Stderr, "imagefs mount: want STORE and MOUNTPOINT, got %d arguments\n", fl.NArg())
-		fl.Usage()
+	for _, o := range opts {
+		if err := c.applyOptions(o); err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
+			return 2
+		}
+	}
+	if err := c.check(); err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
 		return 2
 	}
-	storeDir, mnt := fl.Arg(0), fl.Arg(1)
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if fl.NArg() != 2 {
+		fmt.Fprintf(os.Stderr, "imagefs mount: want STORE and MOUNTPOINT, got %d arguments\nTry 'imagefs mount --help'.\n", fl.NArg())
+		return 2
+	}
+	c.store, c.mountpoint = fl.Arg(0), fl.Arg(1)
+	if c.readyFD != 0 {
+		return serveDaemon(c)
+	}
+	return serve(c, func(err error) {
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
-			return 1
+			return
+		}
+		sdNotify("READY=1")
+	})
+}
+
+// serve mounts c.store at c.mountpoint and serves until unmounted. It
+// calls ready exactly once: with nil once the mount is ready, or with the
+// error that stopped it before that. It returns the exit status.
+func serve(c *mountConfig, ready func(error)) int {
+	logged := false // logs go elsewhere than stderr: log failures too
+	fail := func(err error) int {
+		if logged {
+			slog.Error("mount failed", "store", c.store, "mountpoint", c.mountpoint, "err", err)
+		}
+		ready(err)
+		return 1
+	}
+	var err error
+	if c.store, err = filepath.Abs(c.store); err != nil {
+		ready(err)
+		return 1
+	}
+	if c.mountpoint, err = filepath.Abs(c.mountpoint); err != nil {
+		ready(err)
+		return 1
+	}
+	w, closeLog, err := logOutput(c)
+	if err != nil {
+		ready(err)
+		return 1
+	}
+	defer closeLog()
+	logged = w != os.Stderr
+	lg := newLogger(w, c.logFormat, c.debug)
+	installLogger(lg)
+
+	// A SIGTERM while mounting unmounts once the mount is up.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if err := checkMountpoint(c.mountpoint); err != nil {
+		return fail(err)
+	}
+	var metrics *fs.Metrics
+	var events store.Observer
+	var ms *metricsServer
+	if c.metricsAddr != "" {
+		ln, err := listenMetrics(c.metricsAddr)
+		if err != nil {
+			return fail(err)
+		}
+		defer ln.Close()
+		metrics = fs.NewMetrics()
+		events = metrics
+		ms = startMetrics(ln, metrics)
+		defer ms.stop()
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return fail(err)
 		}
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(os.Stderr, "imagefs mount: %v\n", err)
-			return 1
+			return fail(err)
 		}
 		defer pprof.StopCPUProfile()
 	}
-	st, err := store.Open(storeDir, store.Options{PropertyQuota: *quota})
+	st, err := store.Open(c.store, store.Options{PropertyQuota: c.quota, Events: events})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "imagefs mount: open store: %v\n", err)
-		return 1
+		return fail(fmt.Errorf("open store: %w", err))
 	}
 	defer st.Close()
-	fsys, err := fs.Mount(st, mnt, fs.Options{AllowOther: *allowOther, Debug: *debug, ReadOnly: *readOnly})
+	fsys, err := fs.Mount(st, c.mountpoint, fs.Options{
+		AllowOther: c.allowOther, Debug: c.debug, ReadOnly: c.readOnly,
+		Source: c.source, Logger: lg, Metrics: metrics, MountOptions: c.mountOpts,
+	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "imagefs mount: mount %s: %v\n", mnt, err)
-		return 1
+		return fail(fmt.Errorf("mount %s: %w", c.mountpoint, err))
 	}
-	slog.Info("mounted", "store", storeDir, "mountpoint", mnt)
+	slog.Info("mounted", "store", c.store, "mountpoint", c.mountpoint,
+		"read_only", c.readOnly, "allow_other", c.allowOther, "pid", os.Getpid())
+	ready(nil)
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		sig := <-sigs
 		slog.Info("unmounting", "signal", sig.String())
+		sdNotify("STOPPING=1")
 		if err := fsys.Unmount(); err != nil {
-			slog.Error("unmount failed; is the mount busy? (fusermount3 -u / umount -l)", "mountpoint", mnt, "err", err)
+			slog.Error("unmount failed; is the mount busy? (fusermount3 -u / umount -l)", "mountpoint", c.mountpoint, "err", err)
 		}
 	}()
 	fsys.Wait()
-	slog.Info("unmounted", "mountpoint", mnt)
+	slog.Info("unmounted", "mountpoint", c.mountpoint)
 	return 0
+}
+
+// checkMountpoint fails unless mnt is a directory, before anything is
+// created: a mistyped mountpoint must not leave a new store behind.
+func checkMountpoint(mnt string) error {
+	fi, err := os.Stat(mnt)
+	switch {
+	case errors.Is(err, syscall.ENOTCONN):
+		return fmt.Errorf("mountpoint %s: %w (a dead FUSE mount: fusermount3 -u %s or umount -l %s first)", mnt, syscall.ENOTCONN, mnt, mnt)
+	case err != nil:
+		return fmt.Errorf("mountpoint: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("mountpoint %s: not a directory", mnt)
+	}
+	return nil
 }

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/imagefs/imagefs/store"
+)
+
+// mountConfig is everything a mount needs, from flags (imagefs mount) or
+// from -o option lists (both forms).
+type mountConfig struct {
+	store, mountpoint string
+
+	allowOther bool
+	debug      bool
+	readOnly   bool
+	foreground bool // the mount-helper form: stay in the foreground
+	quota      int
+	source     string   // fsname=: the source shown by df (default: STORE)
+	mountOpts  []string // passed on to mount(2): noexec
+
+	logFormat   string // text or json
+	logFile     string // append logs here instead of stderr
+	metricsAddr string // serve Prometheus metrics here (loopback only)
+	cpuProfile  string
+
+	// readyFD is the daemon child's end of the pipe to the mount helper
+	// that started it (hidden flag --ready-fd); 0 in the foreground.
+	readyFD int
+}
+
+func defaultMountConfig() *mountConfig {
+	return &mountConfig{quota: store.DefaultPropertyQuota, logFormat: "text"}
+}
+
+// optionsHelp documents the -o options (mount --help, imagefs --help).
+const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later options win):
+  allow_other          let other users use the mount (= --allow-other)
+  ro | rw              read-only (every change fails with EROFS) or read-write
+  debug                log every FUSE request and reply (= --debug)
+  property_quota=N     maximum properties per image (= --property-quota)
+  foreground           mount helper: stay in the foreground, log to stderr
+  log_format=text|json log line format (= --log-format)
+  log_file=PATH        append logs to PATH (= --log-file)
+  metrics_addr=ADDR    serve Prometheus metrics at http://ADDR/metrics (= --metrics-addr)
+  fsname=NAME          the source shown by df and /proc/mounts (default: STORE)
+  noexec               forbid executing files from the mount
+  Ignored, for fstab and mount(8): defaults, auto, noauto, user, nouser,
+  users, owner, group, nofail, _netdev, comment=..., x-*, suid, nosuid, dev,
+  nodev, exec, atime, noatime, relatime, strictatime, lazytime, diratime,
+  sync, async, dirsync, default_permissions, setuid=..., drop_privileges.
+  imagefs always mounts nosuid,nodev.
+`
+
+// ignoredOptions are accepted and have no effect: generic mount(8) and
+// fstab options, those mount.fuse3 handles itself, and flags imagefs
+// always sets.
+var ignoredOptions = map[string]bool{
+	"defaults": true, "auto": true, "noauto": true, "user": true, "nouser": true,
+	"users": true, "owner": true, "group": true, "nofail": true, "_netdev": true,
+	"suid": true, "nosuid": true, "dev": true, "nodev": true, "exec": true,
+	"atime": true, "noatime": true, "relatime": true, "norelatime": true,
+	"strictatime": true, "nostrictatime": true, "lazytime": true, "nolazytime": true,
+	"diratime": true, "nodiratime": true, "iversion": true, "noiversion": true,
+	"sync": true, "async": true, "dirsync": true, "silent": true, "loud": true,
+	"mand": true, "nomand": true, "default_permissions": true, "drop_privileges": true,
+}
+
+// ignoredPrefixes are option prefixes accepted and ignored: userspace
+// options of mount(8) and systemd, and mount.fuse3's own.
+var ignoredPrefixes = []string{"x-", "comment=", "setuid=", "helper="}
+
+// applyOptions applies a comma-separated -o list to c.
+func (c *mountConfig) applyOptions(list string) error {
+	for _, opt := range strings.Split(list, ",") {
+		if err := c.applyOption(strings.TrimSpace(opt)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *mountConfig) applyOption(opt string) error {
+	key, val, hasVal := strings.Cut(opt, "=")
+	key = strings.ReplaceAll(key, "-", "_")
+	needVal := func() error {
+		if !hasVal || val == "" {
+			return fmt.Errorf("mount option %s needs a value (%s=...)", key, key)
+		}
+		return nil
+	}
+	switch {
+	case opt == "":
+		return nil
+	case ignoredOptions[opt]:
+		return nil
+	}
+	for _, p := range ignoredPrefixes {
+		if strings.HasPrefix(opt, p) {
+			return nil
+		}
+	}
+	switch key {
+	case "allow_other":
+		c.allowOther = true
+	case "ro":
+		c.readOnly = true
+	case "rw":
+		c.readOnly = false
+	case "debug":
+		c.debug = true
+	case "foreground":
+		c.foreground = true
+	case "noexec":
+		c.mountOpts = append(c.mountOpts, "noexec")
+	case "property_quota":
+		if err := needVal(); err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("mount option property_quota=%s: want a positive number", val)
+		}
+		c.quota = n
+	case "log_format":
+		if err := needVal(); err != nil {
+			return err
+		}
+		c.logFormat = val
+	case "log_file":
+		if err := needVal(); err != nil {
+			return err
+		}
+		c.logFile = val
+	case "metrics_addr":
+		if err := needVal(); err != nil {
+			return err
+		}
+		c.metricsAddr = val
+	case "fsname":
+		if err := needVal(); err != nil {
+			return err
+		}
+		c.source = val
+	case "allow_root":
+		return fmt.Errorf("mount option allow_root is not supported (it is libfuse's); use allow_other")
+	default:
+		return fmt.Errorf("unknown mount option %q (see imagefs mount --help)", opt)
+	}
+	return nil
+}
+
+// check validates values that flags and options share.
+func (c *mountConfig) check() error {
+	switch c.logFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log format %q: want text or json", c.logFormat)
+	}
+	if c.quota <= 0 {
+		return fmt.Errorf("property quota %d: want a positive number", c.quota)
+	}
+	return nil
+}
