@@ -408,8 +408,9 @@ func mustParseViewName(t testing.TB, dir string) string {
 	return v
 }
 
-// TestViewsAfterRemount: after a mix of changes and a remount, by-property/
-// equals what a full scan of every image's properties computes.
+// TestViewsAfterRemount: after a mix of changes and a remount, and after
+// a kill -9, by-property/ equals what a full scan of every image's
+// properties computes.
 func TestViewsAfterRemount(t *testing.T) {
 	m := mount(t)
 	distros := []string{"superos", "hyperos", "a/b%c", "", strings.Repeat("x", 300)}
@@ -444,6 +445,19 @@ func TestViewsAfterRemount(t *testing.T) {
 	check("before remount")
 	m.remount()
 	check("after remount")
+
+	// Every change is committed with its index entries in one synced
+	// batch: after a kill -9 right after changes, the views still equal
+	// the properties.
+	writeProp(t, m, "img-a", "os_distro", "hyperos")
+	writeProp(t, m, "img-f", "os_distro", "superos/2")
+	run(t, "rmdir", m.images("img-g"))
+	m.crash()
+	m.start()
+	check("after kill -9 and restart")
+	if got := m.viewNames(t, "os_distro", "superos/2"); !slices.Equal(got, []string{"img-f"}) {
+		t.Errorf("after kill -9: by-property/os_distro/superos%%2F2 = %q, want [img-f]", got)
+	}
 }
 
 // TestImagefsLs: imagefs ls filters with --property (through by-property/
