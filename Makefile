@@ -3,15 +3,18 @@
 #   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
 #   make bench   benchmarks (long; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
+#   make man     write docs/imagefs.1 from the help texts
+#   make install install imagefs and its man page under PREFIX (/usr/local), where mount(8) finds it
 
 GO       ?= go
 BIN      ?= ./imagefs
 STORE    ?= ./run/store
 MNT      ?= ./run/mnt
 FUZZTIME ?= 3m
+PREFIX   ?= /usr/local
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test unit integration race bench fuzz vet clean
+.PHONY: all build run test unit integration race bench fuzz vet clean man install
 
 all: build
 
@@ -44,6 +47,13 @@ bench:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME) ./vhd/
+
+man: build
+	sh docs/mkman.sh $(BIN) > docs/imagefs.1
+
+install: build man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/imagefs
+	install -D -m 0644 docs/imagefs.1 $(DESTDIR)$(PREFIX)/share/man/man1/imagefs.1
 
 clean:
 	rm -f $(BIN)

@@ -29,8 +29,10 @@ With --verify-data, re-hashes every sealed image and compares it with its
 checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
 disk. Shows a progress bar on a terminal and plain lines otherwise.
 
-Exit status: 0 all is well (or every problem was repaired), 1 problems
-remain, 2 the store could not be checked (not a store, or mounted).
+Exit status:
+  0  all is well (or every problem was repaired)
+  1  problems remain
+  2  the store could not be checked (not a store, or mounted)
 
 Options:
 `
@@ -53,7 +55,7 @@ func runFsck(args []string) int {
 	help := fl.BoolP("help", "h", false, "show this help")
 	fl.Usage = func() {
 		fmt.Fprint(os.Stderr, fsckHelp)
-		fl.PrintDefaults()
+		printFlags(os.Stderr, fl)
 		fmt.Fprint(os.Stderr, fsckExamples)
 	}
 	if err := fl.Parse(args); err != nil {
@@ -63,7 +65,7 @@ func runFsck(args []string) int {
 	if *help {
 		fl.SetOutput(os.Stdout)
 		fmt.Print(fsckHelp)
-		fl.PrintDefaults()
+		printFlags(os.Stdout, fl)
 		fmt.Print(fsckExamples)
 		return 0
 	}

@@ -87,7 +87,7 @@ func runLs(args []string) int {
 	printHelp := func(w io.Writer) {
 		fl.SetOutput(w)
 		fmt.Fprint(w, lsHelp)
-		fl.PrintDefaults()
+		printFlags(w, fl)
 		fmt.Fprint(w, lsExamples)
 	}
 	usageErr := func(format string, a ...any) int {

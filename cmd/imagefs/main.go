@@ -44,7 +44,9 @@ Commands:
 const helpHelper = `
 The second form is the mount helper. mount(8) and /etc/fstab mount a
 filesystem of type fuse.imagefs through mount.fuse3 (package fuse3), which
-runs 'imagefs STORE MOUNTPOINT -o OPTIONS' with imagefs found on PATH. It
+runs 'imagefs STORE MOUNTPOINT -o OPTIONS' through /bin/sh. mount(8) clears
+PATH for its helpers, so install imagefs in the shell's default path
+(/usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin or /bin). It
 mounts as 'imagefs mount -o OPTIONS STORE MOUNTPOINT' does, then goes to the
 background once the mount is ready and exits 0; if the mount fails it exits
 1 with the reason. -f or -o foreground keeps it in the foreground. Without

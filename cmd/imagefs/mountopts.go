@@ -37,21 +37,21 @@ func defaultMountConfig() *mountConfig {
 
 // optionsHelp documents the -o options (mount --help, imagefs --help).
 const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later options win):
-  allow_other          let other users use the mount (= --allow-other)
-  ro | rw              read-only (every change fails with EROFS) or read-write
-  debug                log every FUSE request and reply (= --debug)
-  property_quota=N     maximum properties per image (= --property-quota)
-  foreground           mount helper: stay in the foreground, log to stderr
-  log_format=text|json log line format (= --log-format)
-  log_file=PATH        append logs to PATH (= --log-file)
-  metrics_addr=ADDR    serve Prometheus metrics at http://ADDR/metrics (= --metrics-addr)
-  fsname=NAME          the source shown by df and /proc/mounts (default: STORE)
-  noexec               forbid executing files from the mount
-  Ignored, for fstab and mount(8): defaults, auto, noauto, user, nouser,
-  users, owner, group, nofail, _netdev, comment=..., x-*, suid, nosuid, dev,
-  nodev, exec, atime, noatime, relatime, strictatime, lazytime, diratime,
-  sync, async, dirsync, default_permissions, setuid=..., drop_privileges.
-  imagefs always mounts nosuid,nodev.
+  allow_other           let other users use the mount (= --allow-other)
+  ro, rw                read-only (every change fails with EROFS), read-write
+  debug                 log every FUSE request and reply (= --debug)
+  property_quota=N      allow at most N properties per image
+  foreground            mount helper: stay in the foreground, log to stderr
+  log_format=FORMAT     text or json (= --log-format)
+  log_file=PATH         append logs to PATH (= --log-file)
+  metrics_addr=ADDR     serve Prometheus metrics at http://ADDR/metrics
+  fsname=NAME           the source shown by df and /proc/mounts (default STORE)
+  noexec                forbid executing files from the mount
+  Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
+  user, nouser, users, owner, group, nofail, _netdev, comment=..., x-*,
+  suid, nosuid, dev, nodev, exec, atime, noatime, relatime, strictatime,
+  lazytime, diratime, sync, async, dirsync, default_permissions, setuid=...,
+  drop_privileges. imagefs always mounts nosuid,nodev.
 `
 
 // ignoredOptions are accepted and have no effect: generic mount(8) and
