@@ -168,6 +168,9 @@ func orEmpty(s string) string {
 // serveDaemon is the daemon the mount helper started: it serves in the
 // background and reports through fd c.readyFD whether the mount is ready.
 func serveDaemon(c *mountConfig) int {
+	// Not inherited by what the daemon runs (fusermount3): the helper
+	// waits for every writer to close the pipe.
+	syscall.CloseOnExec(c.readyFD)
 	pipe := os.NewFile(uintptr(c.readyFD), "ready-pipe")
 	signal.Ignore(syscall.SIGHUP)
 	return serve(c, func(err error) {
