@@ -8,11 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // binary is the imagefs binary TestMain builds; skipReason is set when the
@@ -127,6 +131,7 @@ type fsMount struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process has exited
 	err  error         // exit error, valid after done
+	conn string        // FUSE connection id (fusectl), for a last-resort abort
 }
 
 // mount starts imagefs on a fresh store in a temporary directory and
@@ -198,6 +203,66 @@ func (m *fsMount) start() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(m.Mnt, &st); err == nil {
+		m.conn = strconv.FormatUint(uint64(unix.Minor(st.Dev)), 10)
+	}
+	// The mount appears in /proc/self/mounts before the daemon has
+	// finished mounting (go-fuse's INIT and its first request) and
+	// installed its SIGTERM handler; a SIGTERM in that window kills it
+	// while its main thread waits for its own FUSE reply, which leaves
+	// an unkillable process. Wait until it says it is mounted.
+	for !mountedLine.Match(readFile(m.log)) {
+		select {
+		case <-m.done:
+			m.t.Fatalf("imagefs exited while mounting: %v", m.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("imagefs did not log that %s is mounted within 10 s", m.Mnt)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mountedLine matches the daemon's "mounted" log line, text or JSON.
+var mountedLine = regexp.MustCompile(`(^|[^a-z])mounted([^a-z]|$)`)
+
+func readFile(path string) []byte {
+	b, _ := os.ReadFile(path)
+	return b
+}
+
+// exited waits up to d for the daemon to exit.
+func (m *fsMount) exited(d time.Duration) bool {
+	select {
+	case <-m.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// kill SIGKILLs the daemon and waits for it; if it still does not exit
+// (stuck waiting for a reply of its own mount), it aborts the FUSE
+// connection through fusectl and waits again. It never blocks for more
+// than about 20 s.
+func (m *fsMount) kill() {
+	m.cmd.Process.Kill()
+	if m.exited(10 * time.Second) {
+		return
+	}
+	m.t.Errorf("imagefs pid %d did not exit within 10 s of SIGKILL; aborting FUSE connection %s", m.cmd.Process.Pid, m.conn)
+	const ctl = "/sys/fs/fuse/connections"
+	if m.conn != "" {
+		if _, err := os.Stat(filepath.Join(ctl, m.conn)); err != nil {
+			exec.Command("mount", "-t", "fusectl", "fusectl", ctl).Run()
+		}
+		os.WriteFile(filepath.Join(ctl, m.conn, "abort"), []byte("1"), 0o200)
+	}
+	if !m.exited(10 * time.Second) {
+		m.t.Errorf("imagefs pid %d is still running; giving up on it", m.cmd.Process.Pid)
+	}
 }
 
 // stop unmounts: SIGTERM, then (after 10 s) umount -l and SIGKILL. It
@@ -220,8 +285,7 @@ func (m *fsMount) stop() {
 		case <-time.After(10 * time.Second):
 			t.Errorf("imagefs did not exit within 10 s of SIGTERM; umount -l and SIGKILL")
 			exec.Command("umount", "-l", m.Mnt).Run()
-			m.cmd.Process.Kill()
-			<-m.done
+			m.kill()
 		}
 	}
 	if isMounted(m.Mnt) {
@@ -236,8 +300,7 @@ func (m *fsMount) stop() {
 // close) and lazily unmounts the dead mount, as an operator would.
 func (m *fsMount) crash() {
 	m.t.Helper()
-	m.cmd.Process.Kill()
-	<-m.done
+	m.kill()
 	if r := execCmd("umount", "-l", m.Mnt); r.err != nil {
 		m.t.Errorf("umount -l after SIGKILL: %s", r)
 	}
