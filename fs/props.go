@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,7 +83,7 @@ func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode u
 		return nil, nil, 0, syscall.ENOENT
 	}
 	ch := d.propInode(ctx, im, name, out)
-	return ch, &propHandle{st: d.fsys.st, c: c, id: d.id, key: name, write: true}, fuse.FOPEN_DIRECT_IO, 0
+	return ch, &propHandle{st: d.fsys.st, c: c, id: d.id, key: name, write: true, created: true}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -195,15 +196,24 @@ type propHandle struct {
 
 	mu    sync.Mutex
 	buf   []byte
-	dirty bool
+	dirty bool // the buffer differs from what was last set
+	// written: data was written since the value was last set. A close
+	// without writes (the shell closing its copy of a truncated file
+	// before echo writes) sets nothing; Release sets a truncation alone.
+	written bool
 	// tooBig: a write went past the longest value; the close reports
 	// E2BIG and sets nothing (not the part written before).
 	tooBig bool
+	// created: this handle created the property (an empty value);
+	// refused: a write was refused. Release removes a property that was
+	// created and never got a value.
+	created, refused, set bool
 }
 
 var _ = (gofs.FileReader)((*propHandle)(nil))
 var _ = (gofs.FileWriter)((*propHandle)(nil))
 var _ = (gofs.FileFlusher)((*propHandle)(nil))
+var _ = (gofs.FileReleaser)((*propHandle)(nil))
 
 func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
@@ -223,11 +233,22 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 		h.tooBig = true
 		return 0, syscall.E2BIG
 	}
-	if end > int64(len(h.buf)) {
-		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	buf := h.buf
+	if end > int64(len(buf)) {
+		buf = append(buf, make([]byte, end-int64(len(buf)))...)
 	}
-	copy(h.buf[off:], data)
-	h.dirty = true
+	copy(buf[off:], data)
+	// A write that completes a line (echo's) is checked now, so that the
+	// writer sees EINVAL even where the shell ignores close errors.
+	if buf[len(buf)-1] == '\n' {
+		if err := store.CheckValue(h.key, stripNewline(string(buf))); err != nil {
+			h.refused = true
+			slog.Warn("property write refused", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
+			return 0, toErrno(err)
+		}
+	}
+	h.buf = buf
+	h.dirty, h.written = true, true
 	return uint32(len(data)), 0
 }
 
@@ -245,12 +266,45 @@ func (h *propHandle) truncate(size int) {
 func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.refused || h.tooBig {
+		// A refused write leaves the value as it was: not truncated, and
+		// a property this handle created with no value is removed again.
+		if h.created && !h.set {
+			h.created = false
+			h.st.RemoveProperty(h.c, h.id, h.key)
+		}
+		if h.tooBig {
+			return syscall.E2BIG
+		}
+		return 0
+	}
+	if !h.written {
+		return 0
+	}
+	return h.commit()
+}
+
+// Release sets a value that was truncated but never written (": > f")
+// and removes a property this handle created but never gave a value.
+func (h *propHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.refused || h.tooBig {
+		return 0 // handled at Flush
+	}
+	return h.commit()
+}
+
+// commit sets the buffered value if it changed. Must hold h.mu.
+func (h *propHandle) commit() syscall.Errno {
 	if !h.write || !h.dirty {
 		return 0
 	}
-	h.dirty = false
+	h.dirty, h.written = false, false
 	if h.tooBig {
 		return syscall.E2BIG
 	}
-	return toErrno(h.st.SetProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
+	errno := toErrno(h.st.SetProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
+	h.set = h.set || errno == 0
+	return errno
 }

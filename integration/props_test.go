@@ -125,18 +125,20 @@ func TestPropertyFiles(t *testing.T) {
 		if got := m.prop("props", "min_disk"); got != "77" {
 			t.Errorf("min_disk after os.WriteFile = %q", got)
 		}
-		// A value the rules refuse fails at close and changes nothing. (A
-		// shell loses that error: it writes through a copy of the
-		// descriptor and closes the one it opened before the write.)
+		// A value the rules refuse fails at the write that completes the
+		// line (so that a shell's echo reports it too) and changes nothing.
 		f, err := os.OpenFile(props+"/min_ram", os.O_WRONLY|os.O_TRUNC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.WriteString("abc\n"); err != nil {
-			t.Fatal(err)
+		_, err = f.WriteString("abc\n")
+		wantErrno(t, "writing abc to min_ram", err, syscall.EINVAL)
+		if err := f.Close(); err != nil {
+			t.Errorf("close after a refused write: %v", err)
 		}
-		wantErrno(t, "close after writing abc to min_ram", f.Close(), syscall.EINVAL)
-		shErr(`echo abc > "$1"`, props+"/min_ram")
+		if r := shErr(`echo abc > "$1"`, props+"/min_ram"); r.code == 0 {
+			t.Errorf("sh: echo abc > properties/min_ram exited 0; want the refused write reported")
+		}
 		if got := m.prop("props", "min_ram"); got != "2048" {
 			t.Errorf("min_ram after a refused write = %q, want 2048", got)
 		}

@@ -168,6 +168,19 @@ func (im *Image) Property(key string) (string, bool) {
 	return v, ok
 }
 
+// customCount counts the properties the owner added (not core, not
+// system-maintained): what the property quota limits, as Glance's
+// image_property_quota does.
+func (im *Image) customCount() int {
+	n := 0
+	for k := range im.Extra {
+		if !IsSystemKey(k) {
+			n++
+		}
+	}
+	return n
+}
+
 // Keys lists the keys the image has: core keys in a fixed order, then
 // extras sorted.
 func (im *Image) Keys() []string {

@@ -71,6 +71,8 @@ func checkValue(key, value string) error {
 		}
 	case KeyName:
 		return ValidName(value)
+	case KeyMembers:
+		return checkMembers(value)
 	default:
 		if len(value) > MaxValueBytes {
 			return fmt.Errorf("%w: %s: value is %d bytes, limit %d", ErrTooBig, key, len(value), MaxValueBytes)
@@ -78,6 +80,11 @@ func checkValue(key, value string) error {
 	}
 	return nil
 }
+
+// CheckValue reports whether value obeys the rule of key (its type and
+// size), without regard to who sets it. Errors wrap ErrInvalid or
+// ErrTooBig and name the key and the rule.
+func CheckValue(key, value string) error { return checkValue(key, value) }
 
 // applyValue sets a validated core or custom value on a cloned record.
 func applyValue(im *Image, key, value string) {

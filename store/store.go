@@ -334,11 +334,7 @@ func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) e
 	if err := mayModify(c, im); err != nil {
 		return err
 	}
-	if key == KeyMembers {
-		if err := checkMembers(value); err != nil {
-			return err
-		}
-	}
+
 	if !IsCoreKey(key) {
 		if err := ValidKey(key); err != nil {
 			return err
@@ -362,8 +358,8 @@ func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) e
 			return fmt.Errorf("%w: image name %q", ErrExists, value)
 		}
 	}
-	if !exists && len(coreKeys)+len(im.Extra) >= s.opts.PropertyQuota {
-		return fmt.Errorf("%w: image %s has %d properties, limit %d", ErrQuota, im.ID, len(coreKeys)+len(im.Extra), s.opts.PropertyQuota)
+	if n := im.customCount(); !exists && n >= s.opts.PropertyQuota {
+		return fmt.Errorf("%w: image %s has %d custom properties, limit %d", ErrQuota, im.ID, n, s.opts.PropertyQuota)
 	}
 	if !exists && im.NextSlot >= SlotScratchBase {
 		return fmt.Errorf("%w: image %s has used all property inode slots", ErrQuota, im.ID)

@@ -283,7 +283,7 @@ func TestPropertiesRules(t *testing.T) {
 }
 
 func TestPropertyQuota(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{PropertyQuota: len(coreKeys) + 2})
+	s, err := Open(t.TempDir(), Options{PropertyQuota: 2})
 	require.NoError(t, err)
 	defer s.Close()
 	im, _ := s.Create(alice, "img")

@@ -29,8 +29,7 @@ func inspectVHD(r io.ReaderAt, size int64) (facts map[string]string, virtualSize
 	}
 	facts = map[string]string{
 		KeyVHDDiskType: info.DiskType.String(),
-		KeyVHDCreator: fmt.Sprintf("%s %s (%s)", strings.TrimSpace(info.CreatorApplication),
-			info.CreatorVersionString(), strings.TrimSpace(info.CreatorHostOS)),
+		KeyVHDCreator:  creator(info),
 		KeyVHDUniqueID: info.UniqueIDString(),
 	}
 	var warns []string
@@ -41,4 +40,14 @@ func inspectVHD(r io.ReaderAt, size int64) (facts map[string]string, virtualSize
 		facts[KeyVHDWarnings] = strings.Join(warns, "\n")
 	}
 	return facts, int64(info.CurrentSize), "", nil
+}
+
+// creator formats the footer's Creator Application, Creator Version and
+// Creator Host OS, e.g. "qemu 5.3 (Wi2k)" or "tap 1.3".
+func creator(info *vhd.Info) string {
+	c := strings.TrimSpace(info.CreatorApplication) + " " + info.CreatorVersionString()
+	if os := strings.TrimSpace(info.CreatorHostOS); os != "" {
+		c += " (" + os + ")"
+	}
+	return c
 }
