@@ -32,8 +32,9 @@ var _ = (gofs.NodeRemovexattrer)((*dataNode)(nil))
 func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image, out *fuse.EntryOut) *gofs.Inode {
 	n := &dataNode{node: node{fsys: f, id: im.ID}}
 	n.fillDataAttr(im, &out.Attr)
-	if !im.Status.Sealed() {
-		out.SetAttrTimeout(uncached)
+	out.SetEntryTimeout(cacheTimeout)
+	if im.Status.Sealed() {
+		out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
 }
@@ -96,8 +97,8 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ESTALE
 	}
 	n.fillDataAttr(im, &out.Attr)
-	if n.scratch != nil || !im.Status.Sealed() {
-		out.SetTimeout(uncached)
+	if n.scratch == nil && im.Status.Sealed() {
+		out.SetTimeout(cacheTimeout)
 	}
 	return 0
 }

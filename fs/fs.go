@@ -39,11 +39,11 @@ const (
 const cacheTimeout = time.Second
 
 // uncached is the timeout of entries and attributes the kernel must not
-// cache (property files, scratch files, data being uploaded). go-fuse
-// replaces a zero timeout with the mount's default (cacheTimeout), so
-// "do not cache" has to be the shortest non-zero time; the kernel rounds
-// it up to one jiffy.
-const uncached = time.Nanosecond
+// cache (property files, scratch files, views, data being uploaded). The
+// mount sets no default timeouts (go-fuse would put its default in place
+// of a zero), so zero means zero and every node that may be cached says so
+// with cacheTimeout.
+const uncached = time.Duration(0)
 
 // Options configure a mount.
 type Options struct {
@@ -84,7 +84,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther}
 	root := &rootNode{fsys: f}
 	f.rootNode = root
-	sec, zero := cacheTimeout, time.Duration(0)
+	zero := time.Duration(0)
 	mopts := []string{"default_permissions"}
 	if o.ReadOnly {
 		mopts = append(mopts, "ro")
@@ -123,8 +123,6 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 			Logger:            fuseLog,
 		},
 		Logger:          fuseLog,
-		EntryTimeout:    &sec,
-		AttrTimeout:     &sec,
 		NegativeTimeout: &zero,
 		RootStableAttr:  &gofs.StableAttr{Ino: inoRoot},
 	}
@@ -179,6 +177,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 
 func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	r.fsys.fixedDirAttr(&out.Attr, 0o755)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 

@@ -27,6 +27,7 @@ func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.At
 	// Anyone may create an image; only the owner deletes or renames it
 	// (the store checks), like /tmp.
 	d.fsys.fixedDirAttr(&out.Attr, syscall.S_ISVTX|0o777)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
@@ -93,6 +94,7 @@ var _ = (gofs.NodeGetattrer)((*byIDDir)(nil))
 
 func (d *byIDDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.fixedDirAttr(&out.Attr, 0o755)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
@@ -122,13 +124,28 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 	}
 	n := &imageDir{node: node{fsys: f, id: im.ID}, byID: byID}
 	n.fillDirAttr(im, &out.Attr)
-	if f.allowOther {
-		// The kernel shares cached entries between users; with several
-		// users every walk through an image directory asks the daemon, which
-		// applies the caller's visibility.
-		out.SetEntryTimeout(uncached)
+	out.SetAttrTimeout(cacheTimeout)
+	if !f.allowOther {
+		// With several users (--allow-other) the entry is not cached: the
+		// kernel shares cached entries between users, so every walk through
+		// an image directory asks the daemon, which applies the caller's
+		// visibility.
+		out.SetEntryTimeout(cacheTimeout)
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})
+}
+
+// setProperty sets a property through a property file or an xattr. A
+// name change made that way (not by rename(2), which the kernel tracks
+// itself) drops the kernel's entry of the old name, so images/<old> stops
+// resolving at once.
+func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMode) error {
+	old := f.st.Get(id)
+	err := f.st.SetProperty(c, id, key, value, mode)
+	if err == nil && key == store.KeyName && old != nil && old.Name != value {
+		go f.root().GetChild("images").NotifyEntry(old.Name)
+	}
+	return err
 }
 
 // forgetImage drops a deleted image's directory entries from the kernel's

@@ -76,7 +76,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno != 0 {
 		return errno
 	}
-	return xattrErrno(n.fsys.st.SetProperty(caller(ctx), n.id, key, string(data), mode))
+	return xattrErrno(n.fsys.setProperty(caller(ctx), n.id, key, string(data), mode))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -126,6 +126,7 @@ func (d *imageDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	d.fillDirAttr(im, &out.Attr)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
@@ -147,6 +148,7 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	case "properties":
 		p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
 		d.fillDirAttr(im, &out.Attr)
+		out.SetEntryTimeout(cacheTimeout)
 		out.SetAttrTimeout(uncached) // its mode follows visibility (propsDir.Getattr)
 		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
 	}

@@ -83,7 +83,7 @@ func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode u
 		return nil, nil, 0, syscall.ENOENT
 	}
 	ch := d.propInode(ctx, im, name, out)
-	return ch, &propHandle{st: d.fsys.st, c: c, id: d.id, key: name, write: true, created: true}, fuse.FOPEN_DIRECT_IO, 0
+	return ch, &propHandle{fsys: d.fsys, st: d.fsys.st, c: c, id: d.id, key: name, write: true, created: true}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -149,7 +149,7 @@ func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			if int(size) < len(v) {
 				v = v[:size]
 			}
-			if err := p.fsys.st.SetProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
+			if err := p.fsys.setProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
 				return toErrno(err)
 			}
 		}
@@ -166,7 +166,7 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if !ok {
 		return nil, 0, syscall.ENOENT
 	}
-	h := &propHandle{st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key}
+	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		if err := p.fsys.st.CheckSet(h.c, p.id, p.key); err != nil {
 			return nil, 0, toErrno(err)
@@ -188,6 +188,7 @@ func stripNewline(v string) string { return strings.TrimSuffix(v, "\n") }
 // build a new value that is set when the file is closed (flush), so the
 // close reports a value the rules refuse.
 type propHandle struct {
+	fsys  *FS
 	st    *store.Store
 	c     store.Caller
 	id    string
@@ -304,7 +305,7 @@ func (h *propHandle) commit() syscall.Errno {
 	if h.tooBig {
 		return syscall.E2BIG
 	}
-	errno := toErrno(h.st.SetProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
+	errno := toErrno(h.fsys.setProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
 	h.set = h.set || errno == 0
 	return errno
 }

@@ -385,6 +385,9 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	default:
 		err = mayModify(c, im)
 	}
+	if err == nil && im.Protected {
+		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, id)
+	}
 	if err != nil {
 		return err
 	}

@@ -306,8 +306,11 @@ func TestRenameDeleteProtected(t *testing.T) {
 	_, err := s.Create(alice, "a")
 	require.NoError(t, err)
 
+	require.NoError(t, s.SetProperty(alice, b.ID, "os_distro", "superos", SetAny))
 	require.NoError(t, s.SetProperty(alice, b.ID, KeyProtected, "true", SetAny))
 	assert.ErrorIs(t, s.Delete(Root, b.ID), ErrNotPermitted)
+	assert.ErrorIs(t, s.RemoveProperty(alice, b.ID, "os_distro"), ErrNotPermitted, "a protected image keeps its properties")
+	assert.NoError(t, s.SetProperty(alice, b.ID, "os_distro", "superos2", SetAny), "values still change")
 	require.NoError(t, s.SetProperty(alice, b.ID, KeyProtected, "false", SetAny))
 	assert.ErrorIs(t, s.Delete(bob, b.ID), ErrPermission)
 	require.NoError(t, s.Delete(alice, b.ID))
