@@ -4,7 +4,8 @@
 // calls here and maps the errors (errors.go) to errnos.
 //
 // Locking: Store.mu guards images, byName, live and nextIno. Upload.mu
-// guards one upload's file, size and hashes. Lock order: Upload.mu before
+// guards one upload's file, size and hashes; liveImage.sealMu makes the
+// seals of one image take turns. Lock order: Upload.mu, liveImage.sealMu,
 // Store.mu; never hold Store.mu while doing data I/O other than a catalog
 // commit. Published *Image values are immutable snapshots, read without a
 // lock once obtained.
@@ -78,6 +79,10 @@ type liveImage struct {
 	upload      *Upload            // image.vhd upload in progress, or nil
 	scratch     map[string]*Upload // scratch files by name
 	nextScratch uint32
+	// sealMu is held through a seal, from the check that the image is not
+	// sealed to the commit (see Store.seal). Lock order: Upload.mu, then
+	// sealMu, then Store.mu.
+	sealMu sync.Mutex
 }
 
 // Open opens (creating if missing) the store in dir and reconciles it

@@ -210,14 +210,18 @@ func (u *Upload) discard() {
 	os.Remove(u.path)
 }
 
-// setStatus moves image id to status st (with a kill reason for killed),
-// if it is not there already.
+// setStatus moves image id to status st (queued, saving or killed, with a
+// kill reason), if it is not there already. A sealed image never goes back:
+// ErrImmutable (an upload that lost a race with another's seal).
 func (s *Store) setStatus(id string, st Status, reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
+	}
+	if im.Status.Sealed() {
+		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, id, im.Status)
 	}
 	if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
 		return nil
@@ -231,6 +235,15 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	return s.publish(next, im.Name)
+}
+
+// dropUpload forgets u as image id's upload, if it still is.
+func (s *Store) dropUpload(u *Upload) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[u.id]; l != nil && l.upload == u {
+		l.upload = nil
+	}
 }
 
 func (s *Store) liveLocked(id string) *liveImage {
@@ -329,9 +342,30 @@ func (s *Store) Release(u *Upload) error {
 // hashes, size, virtual_size, VHD facts, status active) in one synced
 // batch. A refused upload makes the image killed with the reason. Must
 // hold u.mu.
+//
+// An image may have several uploads at once (an upload detached by a
+// discard or replaced by a rename is still sealing when the next one
+// starts), so the seals of one image take turns (liveImage.sealMu), and
+// an image found sealed when this one's turn comes refuses it: sealed
+// data is never replaced.
 func (s *Store) seal(u *Upload) error {
 	u.dirty = false
 	start := time.Now()
+	s.mu.Lock()
+	l := s.live[u.id]
+	s.mu.Unlock()
+	if l != nil {
+		l.sealMu.Lock()
+		defer l.sealMu.Unlock()
+	}
+	if im := s.Get(u.id); l == nil || im == nil || im.Status.Sealed() {
+		u.discard()
+		s.dropUpload(u)
+		if im == nil {
+			return fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
+		}
+		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
+	}
 	facts, vsize, refusal, err := inspectVHD(u.f, u.size)
 	if err != nil {
 		return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
@@ -643,6 +677,9 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	}
 	u.name = ""
 	if err := u.touch(); err != nil {
+		// Sealed meanwhile by image.vhd's own writer: this upload is void.
+		u.discard()
+		s.dropUpload(u)
 		return err
 	}
 	if u.writers == 0 && u.state == uploadOpen {
