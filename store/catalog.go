@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // The catalog's Pebble key space. Every change that belongs together (a
@@ -25,12 +27,52 @@ const (
 	keySeqIno   = "seq/ino"
 )
 
+// A failed commit. Pebble cannot take back a batch whose WAL write
+// failed: it is already in the memtable (readable), the WAL writer keeps
+// the error, and Pebble reports it through Logger.Fatalf. So imagefs keeps
+// Pebble from meeting a full disk (a commit needs its batch plus headroom
+// free on the catalog's filesystem, or fails with ENOSPC before Pebble
+// sees it), and when a commit fails all the same (an I/O error, a disk
+// that filled meanwhile) the catalog is marked broken: that commit and
+// every later one fail with ErrCatalog (EIO), and the catalog is no
+// longer read, so the failed batch is never seen. The in-memory records
+// never took the change. At the next Open, Pebble replays its WAL up to
+// the last complete record.
+const (
+	// catalogHeadroom is the free space a commit that may grow the
+	// catalog (a new image, a property value up to 64 KiB) leaves on the
+	// catalog's filesystem: room for Pebble's WAL and a memtable flush.
+	catalogHeadroom = 8 << 20
+	// smallHeadroom is what a small commit that must not wait for space
+	// (a seal, a status change, a delete that frees space) leaves.
+	smallHeadroom = 1 << 20
+)
+
 type catalog struct {
-	db *pebble.DB
+	db  *pebble.DB
+	dir string
+	// broken is the commit failure after which the catalog is neither
+	// written nor read until the store is opened again; nil while healthy.
+	// Guarded by Store.mu (every commit and read runs under it, or at load).
+	broken error
 }
 
-func openCatalog(dir string) (*catalog, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+// freeSpace returns the bytes available to imagefs on the filesystem
+// holding dir (a variable for tests).
+var freeSpace = func(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
+	opts := &pebble.Options{Logger: quietLogger{}}
+	if fs != nil {
+		opts.FS = fs
+	}
+	db, err := pebble.Open(dir, opts)
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) ||
 		(err != nil && strings.Contains(err.Error(), "lock held")) {
 		return nil, fmt.Errorf("%w: catalog %s is locked by another process (is the store mounted?)", ErrBusy, dir)
@@ -38,10 +80,41 @@ func openCatalog(dir string) (*catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCatalog, dir, err)
 	}
-	return &catalog{db: db}, nil
+	return &catalog{db: db, dir: dir}, nil
 }
 
-func (c *catalog) close() error { return c.db.Close() }
+// usable returns ErrCatalog once a commit has failed.
+func (c *catalog) usable() error {
+	if c.broken != nil {
+		return fmt.Errorf("%w: the catalog failed earlier (%v); unmount and mount the store again", ErrCatalog, c.broken)
+	}
+	return nil
+}
+
+// close closes Pebble. After a failed commit Pebble may retry a failed
+// flush for as long as the disk stays full, so close then gives up after
+// a few seconds rather than hang the unmount: the WAL holds every commit
+// that succeeded.
+func (c *catalog) close() error {
+	if c.broken == nil {
+		return c.db.Close()
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("%w: close: %v", ErrCatalog, r)
+			}
+		}()
+		done <- c.db.Close()
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("%w: close did not finish within 5 s after a failed commit", ErrCatalog)
+	}
+}
 
 // loadAll reads every image record.
 func (c *catalog) loadAll(fn func(*Image) error) error {
@@ -94,10 +167,23 @@ func (c *catalog) nextInoBase() (uint64, error) {
 // txn collects the writes of one change; commit applies them atomically
 // and durably.
 type txn struct {
+	c *catalog
 	b *pebble.Batch
+	// headroom is the free space the commit must leave (catalogHeadroom
+	// unless small was called).
+	headroom int64
 }
 
-func (c *catalog) begin() *txn { return &txn{b: c.db.NewBatch()} }
+func (c *catalog) begin() *txn {
+	return &txn{c: c, b: c.db.NewBatch(), headroom: catalogHeadroom}
+}
+
+// small marks a commit that needs only smallHeadroom: it changes a
+// record's status or removes one.
+func (t *txn) small() *txn {
+	t.headroom = smallHeadroom
+	return t
+}
 
 func (t *txn) putImage(im *Image) {
 	v, err := json.Marshal(im)
@@ -119,8 +205,34 @@ func (t *txn) putSeqIno(next uint64) {
 	_ = t.b.Set([]byte(keySeqIno), v[:], nil)
 }
 
-func (t *txn) commit() error {
+// commit applies the batch atomically and durably, or changes nothing and
+// returns an error: ENOSPC (wrapped) when the catalog's filesystem lacks
+// the batch plus headroom, ErrCatalog when the catalog failed, now or
+// earlier (see catalog). Failures are logged.
+func (t *txn) commit() (err error) {
 	defer t.b.Close()
+	defer func() {
+		if err != nil {
+			logger.Error("catalog commit failed; nothing was changed", "err", err)
+		}
+	}()
+	if err := t.c.usable(); err != nil {
+		return err
+	}
+	need := int64(t.b.Len()) + t.headroom
+	if free, err := freeSpace(t.c.dir); err == nil && free < need {
+		return fmt.Errorf("catalog %s: %w: %d bytes free, a commit needs %d", t.c.dir, syscall.ENOSPC, free, need)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(pebbleFatal)
+			if !ok {
+				panic(r)
+			}
+			t.c.broken = errors.New(string(f))
+			err = fmt.Errorf("%w: commit: %s", ErrCatalog, f)
+		}
+	}()
 	if err := t.b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("%w: commit: %v", ErrCatalog, err)
 	}
@@ -134,7 +246,13 @@ func (quietLogger) Infof(string, ...any) {}
 func (quietLogger) Errorf(format string, args ...any) {
 	logger.Error(fmt.Sprintf("pebble: "+format, args...))
 }
+// Fatalf panics with a pebbleFatal: a commit recovers it (txn.commit); in
+// Pebble's background work it ends the daemon, which the next Open
+// recovers from like any crash.
 func (quietLogger) Fatalf(format string, args ...any) {
 	logger.Error(fmt.Sprintf("pebble fatal: "+format, args...))
-	panic(fmt.Sprintf(format, args...))
+	panic(pebbleFatal(fmt.Sprintf(format, args...)))
 }
+
+// pebbleFatal is the panic value of quietLogger.Fatalf.
+type pebbleFatal string

@@ -142,7 +142,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 				c.Status = StatusKilled
 				setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
 				c.UpdatedAt = now
-				repaired = s.publish(c, im.Name) == nil
+				repaired = s.publishSmall(c, im.Name) == nil
 			}
 			add(ProblemInterrupted, id, "upload was in flight when imagefs stopped", repaired)
 			continue
@@ -307,7 +307,7 @@ func (s *Store) completeSeal(im *Image) error {
 		c := im.clone()
 		c.Status = StatusKilled
 		setExtra(c, KeyKillReason, refusal)
-		return s.publish(c, im.Name)
+		return s.publishSmall(c, im.Name)
 	}
 	p := newHashPipe()
 	if err := p.readFrom(f); err != nil {
@@ -317,7 +317,7 @@ func (s *Store) completeSeal(im *Image) error {
 	md5hex, shahex := p.finish()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.publish(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
+	return s.publishSmall(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
 }
 
 // moveToLostFound moves the data file of id out of the data area into

@@ -195,6 +195,9 @@ func (s *Store) rebuildIndex() error {
 }
 
 func (s *Store) propIter(lower, upper string) (*pebble.Iterator, error) {
+	if err := s.cat.usable(); err != nil {
+		return nil, err // its memtable may hold a failed batch
+	}
 	it, err := s.cat.db.NewIter(&pebble.IterOptions{LowerBound: []byte(lower), UpperBound: []byte(upper)})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCatalog, err)

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/google/uuid"
 )
 
@@ -55,6 +56,9 @@ type Options struct {
 	Events Observer
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
+	// catalogFS is the filesystem Pebble uses (tests inject errors); nil
+	// means the OS's.
+	catalogFS vfs.FS
 }
 
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
@@ -107,7 +111,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	cat, err := openCatalog(filepath.Join(dir, "catalog"))
+	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.catalogFS)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +265,16 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 // publish commits im (and the name index changes of a rename) and makes it
 // the current snapshot. Must hold s.mu.
 func (s *Store) publish(im *Image, oldName string) error {
-	t := s.cat.begin()
+	return s.publishTxn(s.cat.begin(), im, oldName)
+}
+
+// publishSmall is publish for a change of status (a seal, a kill): it
+// needs only smallHeadroom of free space. Must hold s.mu.
+func (s *Store) publishSmall(im *Image, oldName string) error {
+	return s.publishTxn(s.cat.begin().small(), im, oldName)
+}
+
+func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
 	t.putImage(im)
 	t.reindex(s.images[im.ID], im)
 	if oldName != im.Name {
@@ -402,7 +415,7 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	next := im.clone()
 	deleteExtra(next, key)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
+	if err := s.publishSmall(next, im.Name); err != nil {
 		return err
 	}
 	logger.Info("property removed", "id", id, "key", key, "uid", c.UID)
@@ -426,7 +439,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		s.mu.Unlock()
 		return err
 	}
-	t := s.cat.begin()
+	t := s.cat.begin().small()
 	t.deleteImage(id)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)

@@ -234,7 +234,7 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 		deleteExtra(next, KeyKillReason)
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	return s.publish(next, im.Name)
+	return s.publishSmall(next, im.Name)
 }
 
 // dropUpload forgets u as image id's upload, if it still is.
@@ -372,17 +372,14 @@ func (s *Store) seal(u *Upload) error {
 	}
 	if refusal != "" {
 		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
+		// Give the space back first (a refused upload is often one that
+		// filled the disk); a new upload starts from scratch.
+		u.discard()
+		s.dropUpload(u)
 		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
-			return err
+			return err // still saving: the next Open kills it
 		}
 		s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
-		// Give the space back; a new upload starts from scratch.
-		u.discard()
-		s.mu.Lock()
-		if l := s.live[u.id]; l != nil && l.upload == u {
-			l.upload = nil
-		}
-		s.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrRefused, refusal)
 	}
 	rehashed := u.hash == nil
@@ -418,9 +415,21 @@ func (s *Store) seal(u *Upload) error {
 		s.data.Remove(u.id) // deleted while sealing
 		return err
 	}
-	if err := s.publish(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
-		// The record still says saving: the next Open kills it and removes
-		// the data; nothing half-sealed is ever served.
+	if err := s.publishSmall(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
+		// The writer's close fails: take the data back so that nothing
+		// half-sealed stays (a delete would leave it as an orphan), and kill
+		// the image if the catalog takes that; if not, it is still saving
+		// and the next Open kills it.
+		if rerr := s.data.Remove(u.id); rerr != nil {
+			logger.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
+		}
+		killed := im.clone()
+		killed.Status = StatusKilled
+		setExtra(killed, KeyKillReason, "the seal could not be recorded in the catalog; upload again")
+		killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if s.publishSmall(killed, im.Name) == nil {
+			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: killed.Extra[KeyKillReason]})
+		}
 		return err
 	}
 	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
