@@ -180,9 +180,10 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, toErrno(err)
 	}
 	if f == nil {
-		return &pendingHandle{st: st, id: n.id}, fuse.FOPEN_DIRECT_IO, 0
+		return &pendingHandle{st: st, id: n.id}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
-	return &sealedHandle{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+	// Readers have nothing to do at close: no FLUSH request.
+	return &sealedHandle{f: f}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // sealedHandle reads sealed data. Where the kernel offers passthrough it

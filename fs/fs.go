@@ -105,14 +105,13 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	}
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:           o.AllowOther,
-			Debug:                o.Debug,
-			FsName:               src,
-			Name:                 "imagefs",
-			DirectMount:          true,
-			MaxWrite:             1 << 20,
-			Options:              mopts,
-			IgnoreSecurityLabels: true,
+			AllowOther:  o.AllowOther,
+			Debug:       o.Debug,
+			FsName:      src,
+			Name:        "imagefs",
+			DirectMount: true,
+			MaxWrite:    1 << 20,
+			Options:     mopts,
 			// ATOMIC_O_TRUNC: open(O_TRUNC) reaches Open with the flag
 			// and the file handle. Without it the kernel opens without
 			// O_TRUNC and then sends a SETATTR size 0 with no handle,
@@ -164,6 +163,7 @@ type rootNode struct {
 var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
 var _ = (gofs.NodeStatfser)((*rootNode)(nil))
 var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
+var _ = (gofs.NodeLookuper)((*rootNode)(nil))
 
 func (r *rootNode) OnAdd(ctx context.Context) {
 	add := func(name string, node gofs.InodeEmbedder, ino uint64) {
@@ -173,6 +173,25 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	add("images", &imagesDir{fsys: r.fsys}, inoImages)
 	add("by-id", &byIDDir{fsys: r.fsys}, inoByID)
 	add("by-property", &byPropertyDir{fsys: r.fsys}, inoByProperty)
+}
+
+// Lookup finds the fixed directories, with cached entries and attributes.
+// Without it go-fuse answers for them with no timeouts (the mount sets no
+// default), and every path walk asked the daemon for images/ again (a
+// LOOKUP and a GETATTR): four requests per file for ls -l images/.
+func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := r.GetChild(name)
+	if ch == nil {
+		return nil, syscall.ENOENT
+	}
+	var a fuse.AttrOut
+	if errno := ch.Operations().(gofs.NodeGetattrer).Getattr(ctx, nil, &a); errno != 0 {
+		return nil, errno
+	}
+	out.Attr = a.Attr
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
+	return ch, 0
 }
 
 func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -46,10 +46,17 @@ func modeFor(im *store.Image, perm uint32) uint32 {
 // Extended attributes: property k is "user.k" on the image directory and
 // on image.vhd (see package xattr).
 
+// Getxattr answers EOPNOTSUPP for names outside user.* (ACLs, security
+// labels, capabilities), as filesystems without those namespaces do, and
+// as Setxattr does. ls -l and cp -a then take the mount as having none
+// and stop asking: ENODATA made ls -l ask three times per file.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	key, ok := xattr.Key(attr)
+	if !ok {
+		return 0, syscall.EOPNOTSUPP
+	}
 	im := n.image()
-	if !ok || im == nil {
+	if im == nil {
 		return 0, syscall.ENODATA
 	}
 	v, ok := im.Property(key)

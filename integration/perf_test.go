@@ -1,0 +1,69 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestRequestsPerFile counts the FUSE requests of the commands the
+// performance suite times (TestBenchSuite, make bench), through the
+// daemon's metrics, so that a change that makes each file cost more round
+// trips again shows here and not only as a slower benchmark:
+//   - ls -l images/ costs no request per image: READDIRPLUS gives the
+//     entries and attributes, images/ itself is cached, and the ACL and
+//     security label getxattr calls of ls are EOPNOTSUPP, after which ls
+//     stops asking (ENODATA made it ask three times per image);
+//   - closing a file opened read-only (a property file, sealed data) sends
+//     no FLUSH.
+func TestRequestsPerFile(t *testing.T) {
+	requireTools(t, "ls", "grep", "cat")
+	m := mount(t)
+	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
+	m.remount()
+	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
+	if match == nil {
+		t.Fatalf("no metrics address in the log")
+	}
+	addr := match[1]
+	const n = 40
+	for i := range n {
+		run(t, "mkdir", m.images(fmt.Sprintf("img-%02d", i)))
+	}
+	fx := makeVHD(t, 2*mib, "fixed")
+	run(t, "cp", fx.Path, m.dataFile("img-00"))
+
+	requests := func(ops ...string) (sum float64) {
+		got := scrape(t, addr)
+		for _, op := range ops {
+			sum += got[fmt.Sprintf(`imagefs_fuse_requests_total{op=%q}`, op)]
+		}
+		return sum
+	}
+	perFile := []string{"lookup", "getattr", "getxattr", "listxattr"}
+
+	sh(t, `ls -l "$1" >/dev/null`, m.images()) // the first look may ask for each image
+	before := requests(perFile...)
+	sh(t, `ls -l "$1" >/dev/null`, m.images())
+	if got := requests(perFile...) - before; got >= n/4 {
+		t.Errorf("ls -l images/ with %d images: %v lookup/getattr/getxattr requests, want fewer than %d", n, got, n/4)
+	}
+
+	for _, name := range []string{"security.selinux", "system.posix_acl_access", "trusted.x"} {
+		_, err := unix.Getxattr(m.images("img-01"), name, make([]byte, 64))
+		wantErrno(t, "getxattr "+name, err, unix.EOPNOTSUPP)
+	}
+	_, err := unix.Getxattr(m.images("img-01"), "user.no_such_key", make([]byte, 64))
+	wantErrno(t, "getxattr user.no_such_key", err, unix.ENODATA)
+
+	before = requests("flush")
+	out := sh(t, `cd "$1" && grep -l -x queued images/*/properties/status | wc -l && cat images/img-00/image.vhd >/dev/null`, m.Mnt)
+	if strings.TrimSpace(out) != fmt.Sprint(n-1) {
+		t.Errorf("grep -l found %q images, want %d", out, n-1)
+	}
+	if got := requests("flush") - before; got != 0 {
+		t.Errorf("reading %d property files and the sealed data sent %v FLUSH requests, want none", n, got)
+	}
+}
