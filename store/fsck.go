@@ -20,6 +20,10 @@ const (
 	ProblemDataMode       = "data-mode"          // data file writable on the backing filesystem (repair: chmod 0444)
 	ProblemNameIndex      = "name-index"         // name index disagrees with the records (repair: rewritten)
 	ProblemRecord         = "record"             // a record breaks an invariant (unknown status, active without checksum)
+	ProblemStaleHashes    = "stale-hashes"       // an image that is not sealed has checksum, hashes or size (repair: cleared)
+	ProblemKillReason     = "kill-reason"        // a sealed image still has imagefs_kill_reason (repair: removed)
+	ProblemInode          = "inode"              // two images share an inode range, or the next range is in use (repair: next range moved on)
+	ProblemPropertyIndex  = "property-index"     // the property index disagrees with the records (repair: rebuilt)
 	ProblemChecksum       = "checksum-mismatch"  // --verify-data: data does not hash to checksum/os_hash_value
 	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
 )
@@ -148,10 +152,29 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 			continue
 		}
 		if !im.Status.Sealed() {
+			if im.Checksum != "" || im.OSHashValue != "" || im.OSHashAlgo != "" || im.Size >= 0 || im.VirtualSize >= 0 {
+				repaired := false
+				if opts.Repair {
+					c := im.clone()
+					c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
+					repaired = s.publishSmall(c, im.Name) == nil
+				}
+				add(ProblemStaleHashes, id, fmt.Sprintf("status %s but checksum %q, size %d: hashes of data it does not have", im.Status, im.Checksum, im.Size), repaired)
+			}
 			continue
 		}
 		if im.Checksum == "" || im.OSHashValue == "" || im.Size < 0 {
-			add(ProblemRecord, id, "sealed image without checksum, os_hash_value or size", false)
+			add(ProblemRecord, id, fmt.Sprintf("%s image without checksum, os_hash_value or size: its data cannot be verified (upload it again as a new image)", im.Status), false)
+		}
+		if _, ok := im.Extra[KeyKillReason]; ok {
+			repaired := false
+			if opts.Repair {
+				c := im.clone()
+				deleteExtra(c, KeyKillReason)
+				repaired = s.publishSmall(c, im.Name) == nil
+			}
+			add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
+			im = s.images[id]
 		}
 		if !hasData[id] {
 			add(ProblemMissingData, id, "the data file is missing", false)
@@ -233,6 +256,35 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 		fix.b.Close()
 	}
 
+	// Inode ranges: one per image, all below the next one handed out.
+	byIno := map[uint64]string{}
+	maxBase := uint64(0)
+	for _, id := range ids {
+		im := s.images[id]
+		base := im.InoBase >> inoShift
+		if other, dup := byIno[base]; dup {
+			add(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other), false)
+		}
+		byIno[base] = id
+		maxBase = max(maxBase, base)
+	}
+	if len(ids) > 0 && s.nextIno <= maxBase {
+		repaired := false
+		if opts.Repair {
+			t := s.cat.begin().small()
+			t.putSeqIno(maxBase + 1)
+			if repaired = t.commit() == nil; repaired {
+				s.nextIno = maxBase + 1
+			}
+		}
+		add(ProblemInode, "", fmt.Sprintf("the next inode range %d is already in use (highest %d)", s.nextIno, maxBase), repaired)
+	}
+
+	// Property index.
+	if err := s.CheckIndex(); err != nil {
+		add(ProblemPropertyIndex, "", err.Error(), opts.Repair && s.rebuildIndex() == nil)
+	}
+
 	if opts.VerifyData {
 		s.verify(sealed, opts, add, r)
 	}
@@ -243,9 +295,13 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, detail string, repaired bool), r *CheckReport) {
 	var total, done int64
 	for _, im := range sealed {
-		total += im.Size
+		total += max(im.Size, 0)
 	}
 	for _, im := range sealed {
+		if im.Checksum == "" && im.OSHashValue == "" {
+			done += max(im.Size, 0)
+			continue // nothing to verify against (reported as ProblemRecord)
+		}
 		f, err := s.data.Open(im.ID)
 		if err != nil {
 			add(ProblemVerifyReadFail, im.ID, err.Error(), false)
@@ -266,7 +322,7 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 		}
 		md5hex, shahex := p.finish()
 		r.Verified++
-		if md5hex != im.Checksum || shahex != im.OSHashValue {
+		if (im.Checksum != "" && md5hex != im.Checksum) || (im.OSHashValue != "" && shahex != im.OSHashValue) {
 			add(ProblemChecksum, im.ID, fmt.Sprintf("data hashes to md5 %s, record says %s (bit rot or tampering on the backing disk)", md5hex, im.Checksum), false)
 		}
 	}

@@ -17,13 +17,18 @@ const fsckHelp = `Usage: imagefs fsck [OPTIONS] STORE
 Check an imagefs store that is not mounted: the catalog against the data
 files. Reports interrupted uploads, leftover staging files, seals whose
 catalog record did not commit, data files of no image (orphans), images
-whose data is missing or has the wrong size, writable data files, and a
-name index that disagrees with the records.
+whose data is missing or has the wrong size, writable data files, records
+whose status and properties disagree (an active image without checksum, an
+unsealed one with hashes, a sealed one with a kill reason), colliding
+inode ranges, and a name index or property index (by-property/) that
+disagrees with the records.
 
 With --repair, fixes what can be fixed without losing data: interrupted
 uploads become killed, staging leftovers are removed, uncommitted seals are
 verified and completed, orphans are moved to STORE/lost+found, data files
-are made read-only and the name index is rewritten.
+are made read-only, stale hashes and kill reasons are cleared, the next
+inode range is moved past those in use, and the name and property indexes
+are rewritten. Every mount does the first four by itself.
 
 With --verify-data, re-hashes every sealed image and compares it with its
 checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
