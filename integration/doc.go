@@ -13,6 +13,7 @@
 //
 //	go test -count=1 ./integration/
 //
-// IMAGEFS_RACE=1 builds the daemon with the race detector; a race the
-// daemon reports fails the test that was running.
+// go test -race ./integration/ (or IMAGEFS_RACE=1) builds the daemon with
+// the race detector too; a race the daemon reports fails the test that was
+// running.
 package integration

@@ -50,7 +50,7 @@ func testMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	binary = filepath.Join(dir, "imagefs")
 	args := []string{"build", "-o", binary}
-	if os.Getenv("IMAGEFS_RACE") == "1" {
+	if raceEnabled || os.Getenv("IMAGEFS_RACE") == "1" {
 		args = append(args, "-race")
 	}
 	build := exec.Command("go", append(args, "./cmd/imagefs")...)
