@@ -1,7 +1,7 @@
 # imagefs: build, run, test.
 #   make run     build and mount a default store on ./run/mnt (foreground; Ctrl-C unmounts)
 #   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
-#   make bench   benchmarks (long; not part of make test)
+#   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 10 min; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
 #   make man     write docs/imagefs.1 from the help texts
 #   make install install imagefs and its man page under PREFIX (/usr/local), where mount(8) finds it
@@ -12,6 +12,9 @@ STORE    ?= ./run/store
 MNT      ?= ./run/mnt
 FUZZTIME ?= 3m
 PREFIX   ?= /usr/local
+BENCH_OUT ?= bench-out
+# Benchmark catalogs (100,000 images take minutes to build), kept between runs.
+IMAGEFS_BENCH_DIR ?= $(CURDIR)/$(BENCH_OUT)/catalogs
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: all build run test unit integration race bench fuzz vet clean man install
@@ -42,8 +45,13 @@ test: vet
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...
 
+# One package at a time: the suite's ratios need the machine to itself.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 60m ./store/... ./integration/...
+	@mkdir -p $(BENCH_OUT) $(IMAGEFS_BENCH_DIR)
+	IMAGEFS_BENCH_DIR=$(IMAGEFS_BENCH_DIR) $(GO) test -run '^$$' -bench . -benchtime 1s -timeout 30m ./store/ 2>&1 | tee $(BENCH_OUT)/store.txt && grep -q '^ok' $(BENCH_OUT)/store.txt
+	IMAGEFS_BENCH_DIR=$(IMAGEFS_BENCH_DIR) $(GO) test -v -count=1 -run '^TestBenchSuite$$' -bench . -benchtime 3x -timeout 40m ./integration/ \
+		-args -bench-suite -bench-out $(CURDIR)/$(BENCH_OUT)/bench.md 2>&1 | tee $(BENCH_OUT)/integration.txt && grep -q '^ok' $(BENCH_OUT)/integration.txt
+	@echo; cat $(BENCH_OUT)/bench.md
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME) ./vhd/

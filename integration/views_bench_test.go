@@ -84,7 +84,7 @@ func BenchmarkViewsMount(b *testing.B) {
 
 // benchTrees returns a store of n images and the local tree of the same
 // records, building them unless IMAGEFS_BENCH_DIR has them.
-func benchTrees(b *testing.B, n int) (storeDir, local string) {
+func benchTrees(b testing.TB, n int) (storeDir, local string) {
 	b.Helper()
 	root := os.Getenv("IMAGEFS_BENCH_DIR")
 	if root == "" {
