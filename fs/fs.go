@@ -68,6 +68,8 @@ type FS struct {
 	started  time.Time // times of the fixed directories
 	// allowOther: other users use the mount; image entries are not cached.
 	allowOther bool
+	// usage says which images the kernel still uses (reaper.go).
+	usage usage
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -140,6 +142,9 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 		return nil, err
 	}
 	f.server = server
+	done := make(chan struct{})
+	go func() { server.Wait(); close(done) }()
+	go f.reapLoop(done)
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
 		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
 	} else if os.Geteuid() != 0 {

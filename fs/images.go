@@ -132,6 +132,7 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 		// visibility.
 		out.SetEntryTimeout(cacheTimeout)
 	}
+	f.usage.touch(im.ID)
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})
 }
 

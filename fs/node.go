@@ -18,8 +18,13 @@ type node struct {
 	id   string
 }
 
-// image returns the current record, or nil once deleted.
-func (n *node) image() *store.Image { return n.fsys.st.Get(n.id) }
+// image returns the current record, or nil once deleted. Every request
+// about an image asks for it, so it also records that the image is in use
+// (reaper.go).
+func (n *node) image() *store.Image {
+	n.fsys.usage.touch(n.id)
+	return n.fsys.st.Get(n.id)
+}
 
 // fillAttr fills the attributes shared by an image's nodes: owner and
 // times from the record.

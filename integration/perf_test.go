@@ -2,8 +2,10 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,5 +67,45 @@ func TestRequestsPerFile(t *testing.T) {
 	}
 	if got := requests("flush") - before; got != 0 {
 		t.Errorf("reading %d property files and the sealed data sent %v FLUSH requests, want none", n, got)
+	}
+}
+
+// TestReaper: the kernel keeps every inode it has looked up, and the
+// daemon a node for each, until memory runs short; the daemon's reaper
+// (fs/reaper.go) makes the kernel drop the image directories beyond the
+// most recently used 1,024 (FORGET follows), and those images stay usable:
+// the next access looks them up again.
+func TestReaper(t *testing.T) {
+	requireTools(t, "ls")
+	m := mount(t)
+	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
+	m.remount()
+	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
+	if match == nil {
+		t.Fatalf("no metrics address in the log")
+	}
+	addr := match[1]
+	const n, known = 1200, 1024
+	for i := range n {
+		if err := os.Mkdir(m.images(fmt.Sprintf("img-%04d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh(t, `ls -l "$1" >/dev/null`, m.images())
+	forgets := func() float64 { return scrape(t, addr)[`imagefs_fuse_requests_total{op="forget"}`] }
+	deadline := time.Now().Add(15 * time.Second)
+	for forgets() < n-known {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v FORGET requests 15 s after looking up %d images, want at least %d", forgets(), n, n-known)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, name := range []string{"img-0000", "img-0599", fmt.Sprintf("img-%04d", n-1)} {
+		if got := m.prop(name, "name"); got != name {
+			t.Errorf("properties/name of %s after the reaper = %q", name, got)
+		}
+	}
+	if got := strings.Count(run(t, "ls", m.images()), "\n"); got != n {
+		t.Errorf("ls images/ lists %d images after the reaper, want %d", got, n)
 	}
 }
