@@ -222,6 +222,14 @@ func serve(c *mountConfig, ready func(error)) int {
 // created: a mistyped mountpoint must not leave a new store behind.
 func checkMountpoint(mnt string) error {
 	fi, err := os.Stat(mnt)
+	if err == nil {
+		// The kernel may answer stat of a dead FUSE mount from its cache
+		// for a second; statfs always asks the daemon.
+		var st syscall.Statfs_t
+		if serr := syscall.Statfs(mnt, &st); errors.Is(serr, syscall.ENOTCONN) {
+			err = serr
+		}
+	}
 	switch {
 	case errors.Is(err, syscall.ENOTCONN):
 		return fmt.Errorf("mountpoint %s: %w (a dead FUSE mount: fusermount3 -u %s or umount -l %s first)", mnt, syscall.ENOTCONN, mnt, mnt)
