@@ -546,7 +546,10 @@ func benchRead(t *testing.T, tab *benchTable, m *fsMount, id string, size int64)
 		"imagefs":  m.byID(id, "image.vhd"),
 		"loopback": filepath.Join(peer.mnt, id+".vhd"),
 	}
+	// Each run takes the three in another order (rotate), so that none
+	// always runs first after the caches were dropped or last.
 	order := []string{"direct", "imagefs", "loopback"}
+	rotate := func(r int) []string { return append(slices.Clone(order[r%3:]), order[:r%3]...) }
 	mib := float64(size) / (1 << 20)
 	add := func(name string, res map[string][]float64, unit string, target float64, note string) {
 		tab.add(figure{name: name, unit: unit, higher: true, value: median(res["imagefs"]),
@@ -558,8 +561,8 @@ func benchRead(t *testing.T, tab *benchTable, m *fsMount, id string, size int64)
 		readAll(t, paths[k])
 	}
 	res := map[string][]float64{}
-	for range *benchRuns {
-		for _, k := range order {
+	for r := range *benchRuns {
+		for _, k := range rotate(r) {
 			res[k] = append(res[k], mib/readAll(t, paths[k]).Seconds())
 		}
 	}
@@ -567,8 +570,8 @@ func benchRead(t *testing.T, tab *benchTable, m *fsMount, id string, size int64)
 
 	// Cold sequential read.
 	res = map[string][]float64{}
-	for range max(1, (*benchRuns+1)/2) {
-		for _, k := range order {
+	for r := range max(1, (*benchRuns+1)/2) {
+		for _, k := range rotate(r) {
 			dropCaches(t)
 			res[k] = append(res[k], mib/readAll(t, paths[k]).Seconds())
 		}
@@ -580,8 +583,8 @@ func benchRead(t *testing.T, tab *benchTable, m *fsMount, id string, size int64)
 		readAll(t, paths[k])
 	}
 	res = map[string][]float64{}
-	for range max(1, (*benchRuns+1)/2) {
-		for _, k := range order {
+	for r := range max(1, (*benchRuns+1)/2) {
+		for _, k := range rotate(r) {
 			var wg sync.WaitGroup
 			start := time.Now()
 			for range 8 {
@@ -604,14 +607,16 @@ func benchRead(t *testing.T, tab *benchTable, m *fsMount, id string, size int64)
 	const ops = 100_000
 	res = map[string][]float64{}
 	for r := range *benchRuns {
-		for _, k := range order {
+		for _, k := range rotate(r) {
 			res[k] = append(res[k], ops/randomReads(t, paths[k], size, ops, uint64(r)).Seconds())
 		}
 	}
 	add("random 4 KiB reads (pread at 4 KiB-aligned offsets, one reader, warm)", res, "ops/s", 0.9, "")
 
 	// Daemon memory over open/close cycles of the sealed data, after as
-	// many to warm up (the Go heap settles).
+	// many to warm up (the Go heap settles), in a daemon that did not
+	// upload before (its heap would still shrink towards its idle size).
+	m.remount()
 	rss0 := benchCycles(t, m, 10_000, func(int) { openClose(t, paths["imagefs"]) })
 	rss1 := benchCycles(t, m, 10_000, func(int) { openClose(t, paths["imagefs"]) })
 	tab.add(figure{name: "daemon RSS growth over 10,000 open/read/close of sealed image.vhd", unit: "MiB",
