@@ -63,6 +63,9 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 	case n.isScratch():
 		size = n.scratch.Size()
 		a.Mode = syscall.S_IFREG | 0o644
+		if n.scratch.Removed() {
+			a.Nlink = 0 // fstat of an open file that was removed or renamed over
+		}
 	case im.Status.Sealed():
 		size = im.Size
 		a.Mode = syscall.S_IFREG | 0o444

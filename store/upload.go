@@ -83,6 +83,15 @@ func (u *Upload) Name() string {
 	return u.name
 }
 
+// Removed reports whether the upload was abandoned: its scratch file was
+// removed or renamed over, or its image deleted. Open handles still read
+// it; stat of them shows no links.
+func (u *Upload) Removed() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.state == uploadAbandoned
+}
+
 // Slot returns the inode slot of a scratch file (0 for image.vhd).
 func (u *Upload) Slot() uint32 { return u.slot }
 
