@@ -550,3 +550,69 @@ func TestStaleMountpoint(t *testing.T) {
 		t.Errorf("images/kept after the restart: status %q", got)
 	}
 }
+
+// TestFsckCommand: imagefs fsck on a clean store, with --verify-data
+// (plain progress lines when stderr is not a terminal, a progress bar when
+// it is), on a damaged data file, on a mounted store and on a directory
+// that is no store, with the exit statuses its help gives.
+func TestFsckCommand(t *testing.T) {
+	m := mount(t)
+	fx := makeVHD(t, 6*mib, "dynamic")
+	id := m.mkimage("img")
+	run(t, "cp", fx.Path, m.dataFile("img"))
+	m.mkimage("queued")
+
+	r := execCmd(binary, "fsck", m.Store)
+	if r.code != 2 || !strings.Contains(r.stderr, "mounted") {
+		t.Errorf("fsck of a mounted store: want exit 2 saying it is mounted, got %s", r)
+	}
+	m.stop()
+
+	r = execCmd(binary, "fsck", "--verify-data", m.Store)
+	if r.code != 0 || !strings.Contains(r.stdout, "2 images, 1 sealed, 1 verified, 0 problems") {
+		t.Errorf("fsck --verify-data of a clean store: %s", r)
+	}
+	if !strings.Contains(r.stderr, "(100%)") || strings.Contains(r.stderr, "\r") || strings.Contains(r.stderr, "\x1b") {
+		t.Errorf("fsck --verify-data without a terminal: want plain progress lines ending at 100%%, got %q", r.stderr)
+	}
+	if _, err := exec.LookPath("script"); err == nil {
+		// script(1) gives fsck a terminal: a progress bar, redrawn in place.
+		r = execCmd("script", "-qec", binary+" fsck --verify-data "+m.Store, "/dev/null")
+		if r.code != 0 || !strings.Contains(r.stdout, "verifying") || !strings.Contains(r.stdout, "\r") {
+			t.Errorf("fsck --verify-data on a terminal: want a progress bar, got %q", r.stdout)
+		}
+	}
+
+	// Bit rot in the data file: found by --verify-data only, not repairable.
+	p := m.backing(id)
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("rot"), 3*mib)
+	f.Close()
+	rep := fsckJSON(t, m.Store)
+	if rep.code != 1 || len(rep.Problems) != 1 || rep.Problems[0].Kind != "data-mode" {
+		t.Errorf("fsck of a writable data file: exit %d, %v", rep.code, rep.Problems)
+	}
+	rep = fsckJSON(t, m.Store, "--repair", "--verify-data")
+	var kinds []string
+	for _, p := range rep.Problems {
+		kinds = append(kinds, p.Kind)
+	}
+	slices.Sort(kinds)
+	if rep.code != 1 || !slices.Equal(kinds, []string{"checksum-mismatch", "data-mode"}) {
+		t.Errorf("fsck --repair --verify-data of a damaged file: exit %d, %v", rep.code, rep.Problems)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o444 {
+		t.Errorf("data file mode after --repair: %v %v", fi.Mode(), err)
+	}
+
+	r = execCmd(binary, "fsck", t.TempDir())
+	if r.code != 2 || !strings.Contains(r.stderr, "not an imagefs store") {
+		t.Errorf("fsck of a directory that is no store: %s", r)
+	}
+}
