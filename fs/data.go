@@ -90,6 +90,13 @@ func (n *dataNode) renamed() bool {
 
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := n.image()
+	if h, ok := f.(*sealedHandle); ok && im == nil {
+		// fstat of data opened before the image was deleted: the
+		// reader keeps its file, with no links left.
+		n.fillDataAttr(h.im, &out.Attr)
+		out.Nlink = 0
+		return 0
+	}
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -178,21 +185,20 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
+	im := n.image()
 	f, err := st.OpenRead(c, n.id)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	if f == nil {
-		return &pendingHandle{st: st, id: n.id}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
-	}
 	// Readers have nothing to do at close: no FLUSH request.
-	return &sealedHandle{f: f}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	return &sealedHandle{f: f, im: im}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // sealedHandle reads sealed data. Where the kernel offers passthrough it
 // reads the backing file itself and Read is never called.
 type sealedHandle struct {
-	f *os.File
+	f  *os.File
+	im *store.Image // the record at open: fstat works after a delete
 }
 
 var _ = (gofs.FilePassthroughFder)((*sealedHandle)(nil))
@@ -204,6 +210,9 @@ func (h *sealedHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true 
 func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
 }
+
+// Fsync has nothing to do: sealed data is durable.
+func (h *sealedHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
 
 func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
 	return toErrno(h.f.Close())
@@ -287,51 +296,5 @@ func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return toErrno(h.u.Sync())
 }
 
-// pendingHandle reads an image that was not sealed when it was opened:
-// the upload in progress, or the sealed data once the upload is sealed.
-type pendingHandle struct {
-	st *store.Store
-	id string
-
-	mu sync.Mutex
-	f  *os.File // sealed data, opened on first read after the seal
-}
-
-var _ = (gofs.FileReader)((*pendingHandle)(nil))
-var _ = (gofs.FileReleaser)((*pendingHandle)(nil))
-
-func (h *pendingHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.f == nil {
-		if u := h.st.CurrentUpload(h.id); u != nil {
-			n, err := u.ReadAt(dest, off)
-			if n > 0 || isEOF(err) {
-				return fuse.ReadResultData(dest[:n]), 0
-			}
-			return nil, toErrno(err)
-		}
-		f, err := h.st.OpenRead(caller(ctx), h.id)
-		if err != nil {
-			return nil, toErrno(err)
-		}
-		if f == nil {
-			return fuse.ReadResultData(nil), 0 // queued: no data yet
-		}
-		h.f = f
-	}
-	n, err := h.f.ReadAt(dest, off)
-	if n > 0 || isEOF(err) {
-		return fuse.ReadResultData(dest[:n]), 0
-	}
-	return nil, toErrno(err)
-}
-
-func (h *pendingHandle) Release(ctx context.Context) syscall.Errno {
-	if h.f != nil {
-		h.f.Close()
-	}
-	return 0
-}
 
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }

@@ -48,6 +48,16 @@ func modeFor(im *store.Image, perm uint32) uint32 {
 	return perm & 0o700
 }
 
+// Fsync hands the request to the open file (an upload syncs its staged
+// data, a property handle sets its value); otherwise there is nothing to
+// do: catalog commits are synced and sealed data is durable.
+func (n *node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
+	if s, ok := f.(gofs.FileFsyncer); ok {
+		return s.Fsync(ctx, flags)
+	}
+	return 0
+}
+
 // Extended attributes: property k is "user.k" on the image directory and
 // on image.vhd (see package xattr).
 
@@ -156,6 +166,9 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	switch name {
 	case store.ImageDataName:
+		if !d.fsys.st.DataPresent(d.id) {
+			return nil, syscall.ENOENT // removed; a writer creates it again
+		}
 		return d.fsys.dataInode(ctx, &d.Inode, im, out), 0
 	case "properties":
 		p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
@@ -177,8 +190,10 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 		return nil, syscall.ENOENT
 	}
 	ents := []fuse.DirEntry{
-		{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG},
 		{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR},
+	}
+	if d.fsys.st.DataPresent(d.id) {
+		ents = append(ents, fuse.DirEntry{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG})
 	}
 	for _, name := range d.fsys.st.ScratchNames(d.id) {
 		if u := d.fsys.st.Scratch(d.id, name); u != nil {
@@ -191,6 +206,21 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // Create makes a scratch file: an upload under another name that a rename
 // onto image.vhd completes (rsync, qemu-img convert).
 func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if name == store.ImageDataName {
+		// image.vhd was removed (cp --remove-destination, install, mv
+		// across filesystems unlink it first): create it again.
+		u, err := d.fsys.st.OpenWrite(caller(ctx), d.id, true)
+		if err != nil {
+			return nil, nil, 0, toErrno(err)
+		}
+		im := d.image()
+		if im == nil {
+			d.fsys.st.Release(u)
+			return nil, nil, 0, syscall.ENOENT
+		}
+		ch := d.fsys.dataInode(ctx, &d.Inode, im, out)
+		return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, fuse.FOPEN_DIRECT_IO, 0
+	}
 	u, err := d.fsys.st.CreateScratch(caller(ctx), d.id, name)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)

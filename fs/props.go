@@ -220,6 +220,7 @@ var _ = (gofs.FileReader)((*propHandle)(nil))
 var _ = (gofs.FileWriter)((*propHandle)(nil))
 var _ = (gofs.FileFlusher)((*propHandle)(nil))
 var _ = (gofs.FileReleaser)((*propHandle)(nil))
+var _ = (gofs.FileFsyncer)((*propHandle)(nil))
 
 func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
@@ -247,7 +248,7 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	// A write that completes a line (echo's) is checked now, so that the
 	// writer sees EINVAL even where the shell ignores close errors.
 	if buf[len(buf)-1] == '\n' {
-		if err := store.CheckValue(h.key, stripNewline(string(buf))); err != nil {
+		if err := h.st.CheckProperty(h.c, h.id, h.key, stripNewline(string(buf))); err != nil {
 			h.refused = true
 			slog.Warn("property write refused", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
 			return 0, toErrno(err)
@@ -285,6 +286,21 @@ func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	if !h.written {
+		return 0
+	}
+	errno := h.commit()
+	if errno != 0 && h.created && !h.set {
+		h.created = false
+		h.st.RemoveProperty(h.c, h.id, h.key)
+	}
+	return errno
+}
+
+// Fsync sets what was written so far (an editor's write, fsync, close).
+func (h *propHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.written || h.refused || h.tooBig {
 		return 0
 	}
 	return h.commit()

@@ -59,7 +59,7 @@ func TestConcurrentStore(t *testing.T) {
 	// expected reports whether err is one of the store's refusals, which
 	// any operation may meet when others change the same image.
 	expected := func(err error) bool {
-		for _, e := range []error{ErrNotFound, ErrExists, ErrImmutable, ErrRefused, ErrNotPermitted, ErrInvalid} {
+		for _, e := range []error{ErrNotFound, ErrExists, ErrImmutable, ErrRefused, ErrNotPermitted, ErrInvalid, ErrBusy} {
 			if errors.Is(err, e) {
 				return true
 			}

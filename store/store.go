@@ -81,6 +81,10 @@ type Store struct {
 // liveImage is the in-memory state of an image's uploads.
 type liveImage struct {
 	upload      *Upload            // image.vhd upload in progress, or nil
+	// unlinked: image.vhd of this unsealed image was removed (rm, or the
+	// unlink before cp --remove-destination, install, mv across
+	// filesystems) and not created again yet.
+	unlinked    bool
 	scratch     map[string]*Upload // scratch files by name
 	nextScratch uint32
 	// sealMu is held through a seal, from the check that the image is not
@@ -469,6 +473,19 @@ func (s *Store) Delete(c Caller, id string) error {
 	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
 	s.emit(Event{Kind: EventDeleted, ID: id})
 	return nil
+}
+
+// CheckProperty reports whether c may set key to value on image id: every
+// rule SetProperty applies, without changing anything (for a property
+// file's write, before its close).
+func (s *Store) CheckProperty(c Caller, id, key, value string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
+		return err
+	}
+	return s.checkSet(c, im, key, value, SetAny)
 }
 
 // CheckSet reports whether c may set key on image id at all (system key,

@@ -92,6 +92,13 @@ func (u *Upload) Removed() bool {
 	return u.state == uploadAbandoned
 }
 
+// Writers returns how many write handles the upload has open.
+func (u *Upload) Writers() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.writers
+}
+
 // Slot returns the inode slot of a scratch file (0 for image.vhd).
 func (u *Upload) Slot() uint32 { return u.slot }
 
@@ -343,13 +350,30 @@ func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 	if err := u.usable(); err != nil {
 		return nil, err
 	}
+	if u.writers > 0 {
+		// Two writers at once (two cp into one image) would interleave
+		// their bytes into a VHD that is neither; the first one wins.
+		return nil, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
+	}
 	if trunc {
 		if err := u.truncateLocked(0); err != nil {
 			return nil, err
 		}
 	}
 	u.writers++
+	s.mu.Lock()
+	l.unlinked = false
+	s.mu.Unlock()
 	return u, nil
+}
+
+// DataPresent reports whether image id shows its image.vhd: always, but
+// for an unsealed image whose image.vhd was removed and not created again.
+func (s *Store) DataPresent(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.live[id]
+	return l == nil || !l.unlinked
 }
 
 // CurrentUpload returns the image's upload in progress, or nil.
@@ -534,7 +558,10 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 	case StatusKilled:
 		return nil, fmt.Errorf("%w: image %s is killed: %s", ErrPermission, id, im.Extra[KeyKillReason])
 	default:
-		return nil, nil
+		// Only sealed bits are ever handed out for reading: a hypervisor
+		// must not boot half an upload. The writer reads its own data
+		// through its write handle.
+		return nil, fmt.Errorf("%w: image %s is %s: only an active image can be read", ErrPermission, id, im.Status)
 	}
 	return s.data.Open(id)
 }
@@ -552,10 +579,17 @@ func (s *Store) DiscardUpload(c Caller, id string) error {
 		s.mu.Unlock()
 		return err
 	}
-	var u *Upload
-	if l := s.live[id]; l != nil {
-		u, l.upload = l.upload, nil
+	l := s.liveLocked(id)
+	u := l.upload
+	s.mu.Unlock()
+	if u != nil && u.Writers() > 0 { // Upload.mu is taken before Store.mu
+		return fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
 	}
+	s.mu.Lock()
+	if l.upload == u {
+		l.upload = nil
+	}
+	l.unlinked = true
 	s.mu.Unlock()
 	if u != nil {
 		u.abandon()
@@ -720,6 +754,7 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	var replaced *Upload
 	if to == ImageDataName {
 		replaced, l.upload = l.upload, u
+		l.unlinked = false
 	} else {
 		replaced, l.scratch[to] = l.scratch[to], u
 	}
