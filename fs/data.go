@@ -296,5 +296,4 @@ func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return toErrno(h.u.Sync())
 }
 
-
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }

@@ -277,6 +277,7 @@ func (quietLogger) Infof(string, ...any) {}
 func (quietLogger) Errorf(format string, args ...any) {
 	logger.Error(fmt.Sprintf("pebble: "+format, args...))
 }
+
 // Fatalf panics with a pebbleFatal: a commit recovers it (txn.commit); in
 // Pebble's background work it ends the daemon, which the next Open
 // recovers from like any crash.

@@ -80,7 +80,7 @@ type Store struct {
 
 // liveImage is the in-memory state of an image's uploads.
 type liveImage struct {
-	upload      *Upload            // image.vhd upload in progress, or nil
+	upload *Upload // image.vhd upload in progress, or nil
 	// unlinked: image.vhd of this unsealed image was removed (rm, or the
 	// unlink before cp --remove-destination, install, mv across
 	// filesystems) and not created again yet.
