@@ -90,8 +90,14 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 	return toErrno(d.fsys.st.RemoveProperty(caller(ctx), d.id, name))
 }
 
+// Rename of a file onto a key within properties/ sets the key to the
+// file's value and removes the file (sed -i, write-temp-then-rename).
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	np, ok := newParent.(*propsDir)
+	if !ok || np.id != d.id || flags != 0 {
+		return syscall.EPERM
+	}
+	return toErrno(d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName))
 }
 
 // propNode is one property file: its content is the value and a newline.

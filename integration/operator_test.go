@@ -161,3 +161,37 @@ func TestShellEchoReportsRefusals(t *testing.T) {
 		t.Errorf("echo killed > properties/status exited 0")
 	}
 }
+
+// TestEditPropertyByRename: editors and sed -i save by writing a
+// temporary file and renaming it over the original; in properties/ that
+// sets the key and leaves no temporary property behind.
+func TestEditPropertyByRename(t *testing.T) {
+	m := mount(t)
+	m.mkimage("e")
+	props := m.images("e", "properties")
+	run(t, "sed", "-i", "s/0/2048/", m.propFile("e", "min_ram"))
+	if got := m.prop("e", "min_ram"); got != "2048" {
+		t.Errorf("min_ram after sed -i: %q", got)
+	}
+	sh(t, `T=$(mktemp -p "$1" .tmpXXXX) && echo 512 > "$T" && mv "$T" "$1/min_disk"`, props)
+	if got := m.prop("e", "min_disk"); got != "512" {
+		t.Errorf("min_disk after mktemp+mv: %q", got)
+	}
+	ents, err := os.ReadDir(props)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp") || strings.HasPrefix(e.Name(), "sed") {
+			t.Errorf("temporary property left behind: %s", e.Name())
+		}
+	}
+	// A refused value does not get in by a rename either.
+	sh(t, `echo abc > "$1/tmpval"`, props)
+	if r := shErr(`mv "$1/tmpval" "$1/min_ram"`, props); r.code == 0 {
+		t.Errorf("mv of abc onto min_ram exited 0")
+	}
+	if got := m.prop("e", "min_ram"); got != "2048" {
+		t.Errorf("min_ram after a refused rename: %q", got)
+	}
+}

@@ -399,6 +399,22 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRemove(c, im, key); err != nil {
+		return err
+	}
+	next := im.clone()
+	deleteExtra(next, key)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publishSmall(next, im.Name); err != nil {
+		return err
+	}
+	logger.Info("property removed", "id", id, "key", key, "uid", c.UID)
+	return nil
+}
+
+// checkRemove reports whether c may remove property key of im.
+func checkRemove(c Caller, im *Image, key string) error {
+	var err error
 	switch {
 	case IsSystemKey(key):
 		err = fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
@@ -408,7 +424,7 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 		err = mayModify(c, im)
 	}
 	if err == nil && im.Protected {
-		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, id)
+		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
 	if err != nil {
 		return err
@@ -416,13 +432,35 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	if _, ok := im.Extra[key]; !ok {
 		return fmt.Errorf("%w: property %s", ErrNotFound, key)
 	}
-	next := im.clone()
-	deleteExtra(next, key)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishSmall(next, im.Name); err != nil {
+	return nil
+}
+
+// RenameProperty gives key to the value of custom property from and
+// removes from, in one commit: how editors and `sed -i` save a file (write
+// a temporary file, rename it over the original). Errors: as
+// RemoveProperty for from and SetProperty for to.
+func (s *Store) RenameProperty(c Caller, id, from, to string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(id)
+	if err != nil {
 		return err
 	}
-	logger.Info("property removed", "id", id, "key", key, "uid", c.UID)
+	if err := checkRemove(c, im, from); err != nil {
+		return err
+	}
+	value := im.Extra[from]
+	next := im.clone()
+	deleteExtra(next, from)
+	if err := s.checkSet(c, next, to, value, SetAny); err != nil {
+		return err
+	}
+	applyValue(next, to, value)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publish(next, im.Name); err != nil {
+		return err
+	}
+	logger.Info("property renamed", "id", id, "from", from, "key", to, "uid", c.UID)
 	return nil
 }
 

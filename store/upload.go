@@ -34,6 +34,7 @@ type Upload struct {
 	size    int64
 	writers int
 	dirty   bool      // modified since the last seal attempt
+	warned  bool      // a scratch file's close was logged
 	hash    *hashPipe // nil once writes went out of order
 	started bool      // "upload started" was logged
 	state   uploadState
@@ -407,6 +408,12 @@ func (s *Store) Release(u *Upload) error {
 	u.writers--
 	if u.writers == 0 && u.dirty && u.name == "" && u.state == uploadOpen {
 		return s.seal(u)
+	}
+	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
+		// cp FILE images/NAME/ lands here: say what happens to it.
+		u.warned = true
+		logger.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
+			"id", u.id, "file", u.name, "size", u.size)
 	}
 	return nil
 }
