@@ -491,17 +491,22 @@ func (s *Store) Delete(c Caller, id string) error {
 	}
 	delete(s.images, id)
 	delete(s.byName, im.Name)
-	l := s.live[id]
+	// The uploads to abandon, read while holding s.mu: a DiscardUpload
+	// that looked the liveImage up before may still write to it.
+	var uploads []*Upload
+	if l := s.live[id]; l != nil {
+		if l.upload != nil {
+			uploads = append(uploads, l.upload)
+		}
+		for _, u := range l.scratch {
+			uploads = append(uploads, u)
+		}
+	}
 	delete(s.live, id)
 	s.mu.Unlock()
 
-	if l != nil {
-		if l.upload != nil {
-			l.upload.abandon()
-		}
-		for _, u := range l.scratch {
-			u.abandon()
-		}
+	for _, u := range uploads {
+		u.abandon()
 	}
 	if im.Status.Sealed() {
 		if err := s.data.Remove(id); err != nil {
