@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // BenchmarkViews measures the property index against the catalog size:
@@ -89,7 +91,7 @@ func benchCatalog(b *testing.B, tag string, n int) *Store {
 		dir = filepath.Join(root, fmt.Sprintf("views-%s-%d-index%s", tag, n, indexVersion))
 	}
 	done := filepath.Join(dir, "complete")
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{catalogFS: noSyncFS{vfs.Default}})
 	if err != nil {
 		b.Fatal(err)
 	}
