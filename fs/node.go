@@ -206,22 +206,17 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // Create makes a scratch file: an upload under another name that a rename
 // onto image.vhd completes (rsync, qemu-img convert).
 func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	if name == store.ImageDataName {
-		// image.vhd was removed (cp --remove-destination, install, mv
-		// across filesystems unlink it first): create it again.
-		u, err := d.fsys.st.OpenWrite(caller(ctx), d.id, true)
-		if err != nil {
-			return nil, nil, 0, toErrno(err)
-		}
-		im := d.image()
-		if im == nil {
-			d.fsys.st.Release(u)
-			return nil, nil, 0, syscall.ENOENT
-		}
-		ch := d.fsys.dataInode(ctx, &d.Inode, im, out)
-		return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, fuse.FOPEN_DIRECT_IO, 0
+	c := caller(ctx)
+	data := name == store.ImageDataName
+	var u *store.Upload
+	var err error
+	if data {
+		// image.vhd was removed (cp --remove-destination and mv across
+		// filesystems unlink it first): create it again.
+		u, err = d.fsys.st.OpenWrite(c, d.id, true)
+	} else {
+		u, err = d.fsys.st.CreateScratch(c, d.id, name)
 	}
-	u, err := d.fsys.st.CreateScratch(caller(ctx), d.id, name)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
@@ -230,8 +225,14 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 		d.fsys.st.Release(u)
 		return nil, nil, 0, syscall.ENOENT
 	}
-	ch := d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
-	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, 0, 0
+	var ch *gofs.Inode
+	var fuseFlags uint32
+	if data {
+		ch, fuseFlags = d.fsys.dataInode(ctx, &d.Inode, im, out), fuse.FOPEN_DIRECT_IO
+	} else {
+		ch = d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
+	}
+	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, fuseFlags, 0
 }
 
 func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
