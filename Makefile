@@ -49,7 +49,7 @@ race:
 bench:
 	@mkdir -p $(BENCH_OUT) $(IMAGEFS_BENCH_DIR)
 	IMAGEFS_BENCH_DIR=$(IMAGEFS_BENCH_DIR) $(GO) test -run '^$$' -bench . -benchtime 1s -timeout 30m ./store/ 2>&1 | tee $(BENCH_OUT)/store.txt && grep -q '^ok' $(BENCH_OUT)/store.txt
-	IMAGEFS_BENCH_DIR=$(IMAGEFS_BENCH_DIR) $(GO) test -v -count=1 -run '^TestBenchSuite$$' -bench . -benchtime 1x -timeout 40m ./integration/ \
+	IMAGEFS_BENCH_DIR=$(IMAGEFS_BENCH_DIR) $(GO) test -v -count=1 -run '^TestBenchSuite$$' -bench . -benchtime 3x -timeout 40m ./integration/ \
 		-args -bench-suite -bench-out $(abspath $(BENCH_OUT))/bench.md 2>&1 | tee $(BENCH_OUT)/integration.txt && grep -q '^ok' $(BENCH_OUT)/integration.txt
 	@echo; cat $(BENCH_OUT)/bench.md
 
