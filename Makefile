@@ -1,7 +1,7 @@
 # imagefs: build, run, test.
 #   make run     build and mount a default store on ./run/mnt (foreground; Ctrl-C unmounts)
 #   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
-#   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 10 min; not part of make test)
+#   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 12 min; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
 #   make man     write docs/imagefs.1 from the help texts
 #   make install install imagefs and its man page under PREFIX (/usr/local), where mount(8) finds it
