@@ -319,20 +319,24 @@ func (m *fsMount) remount() {
 }
 
 // isMounted reports whether mnt is a mountpoint in /proc/self/mounts.
-func isMounted(mnt string) bool {
+func isMounted(mnt string) bool { return mountFields(mnt) != nil }
+
+// mountFields returns the fields of mnt's line in /proc/self/mounts, or
+// nil when it is not mounted.
+func mountFields(mnt string) []string {
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
-		return false
+		return nil
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) > 1 && unescapeMount(fields[1]) == mnt {
-			return true
+		if len(fields) > 3 && unescapeMount(fields[1]) == mnt {
+			return fields
 		}
 	}
-	return false
+	return nil
 }
 
 // unescapeMount undoes the octal escapes (\040 for a space) of

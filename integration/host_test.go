@@ -7,7 +7,6 @@ package integration
 // and a hypervisor's qemu tools reading by-id/<id>/image.vhd.
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -157,17 +156,8 @@ func dfTypeSource(t *testing.T, mnt string) (string, string) {
 
 // mountOptions returns the options of mnt in /proc/self/mounts.
 func mountOptions(mnt string) []string {
-	f, err := os.Open("/proc/self/mounts")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 3 && unescapeMount(fields[1]) == mnt {
-			return strings.Split(fields[3], ",")
-		}
+	if f := mountFields(mnt); f != nil {
+		return strings.Split(f[3], ",")
 	}
 	return nil
 }
