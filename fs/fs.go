@@ -9,8 +9,10 @@
 // allows it (reads never reach this process), else from the data file with
 // the kernel page cache kept across opens (FOPEN_KEEP_CACHE): sealed bytes
 // never change. Property files are opened with FOPEN_DIRECT_IO and their
-// attributes are not cached, so a value set through an xattr is read at
-// once through the file and the other way round.
+// attributes and pages are cached until the image's record changes: every
+// change drops them from the kernel before the request that made it
+// replies (invalidate.go), so a value set through an xattr is read at once
+// through the file and the other way round.
 package fs
 
 import (
@@ -34,12 +36,13 @@ const (
 )
 
 // cacheTimeout is how long the kernel may cache entries and attributes of
-// directories and data files. Changes made through the mount update the
-// kernel's caches themselves; property files are never cached.
+// the fixed directories and data files. Changes made through the mount
+// update the kernel's caches themselves. Image directories and property
+// files are cached untilChanged (invalidate.go).
 const cacheTimeout = time.Second
 
 // uncached is the timeout of entries and attributes the kernel must not
-// cache (property files, scratch files, views, data being uploaded). The
+// cache (scratch files, views, data being uploaded). The
 // mount sets no default timeouts (go-fuse would put its default in place
 // of a zero), so zero means zero and every node that may be cached says so
 // with cacheTimeout.
@@ -58,7 +61,16 @@ type Options struct {
 	Metrics *Metrics
 	// MountOptions are more options for mount(2), such as "noexec".
 	MountOptions []string
+	// CacheNodes is about how many files and directories of images the
+	// kernel may keep before the least recently used images are dropped
+	// (reaper.go); 0 means DefaultCacheNodes.
+	CacheNodes int
 }
+
+// DefaultCacheNodes is Options.CacheNodes by default: about 32 MB of
+// daemon memory, enough for grep over one property of 10,000 images to
+// stay cached between runs.
+const DefaultCacheNodes = 40_000
 
 // FS is a mounted store.
 type FS struct {
@@ -70,6 +82,8 @@ type FS struct {
 	allowOther bool
 	// usage says which images the kernel still uses (reaper.go).
 	usage usage
+	// cacheNodes is Options.CacheNodes (reaper.go).
+	cacheNodes int
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -83,7 +97,10 @@ func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther}
+	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes}
+	if f.cacheNodes <= 0 {
+		f.cacheNodes = DefaultCacheNodes
+	}
 	root := &rootNode{fsys: f}
 	f.rootNode = root
 	zero := time.Duration(0)
@@ -145,6 +162,8 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
+	st.OnChange(f.invalidate)
+	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
 		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
 	} else if os.Geteuid() != 0 {

@@ -124,13 +124,15 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 	}
 	n := &imageDir{node: node{fsys: f, id: im.ID}, byID: byID}
 	n.fillDirAttr(im, &out.Attr)
-	out.SetAttrTimeout(cacheTimeout)
+	out.SetAttrTimeout(untilChanged)
 	if !f.allowOther {
 		// With several users (--allow-other) the entry is not cached: the
 		// kernel shares cached entries between users, so every walk through
 		// an image directory asks the daemon, which applies the caller's
-		// visibility.
-		out.SetEntryTimeout(cacheTimeout)
+		// visibility. Otherwise it is kept until the image is renamed or
+		// deleted, which drop it (the kernel itself for rename(2) and
+		// rmdir(2); setProperty and forgetImage otherwise).
+		out.SetEntryTimeout(untilChanged)
 	}
 	f.usage.touch(im.ID)
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})

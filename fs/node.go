@@ -148,7 +148,7 @@ func (d *imageDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	d.fillDirAttr(im, &out.Attr)
-	out.SetTimeout(cacheTimeout)
+	out.SetTimeout(untilChanged)
 	return 0
 }
 
@@ -173,8 +173,8 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	case "properties":
 		p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
 		d.fillDirAttr(im, &out.Attr)
-		out.SetEntryTimeout(cacheTimeout)
-		out.SetAttrTimeout(uncached) // its mode follows visibility (propsDir.Getattr)
+		out.SetEntryTimeout(untilChanged)
+		out.SetAttrTimeout(untilChanged)
 		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
 	}
 	u := d.fsys.st.Scratch(d.id, name)

@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // propsDir is <image>/properties/: one file per property. Creating a file
@@ -33,17 +35,17 @@ func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	d.fillAttr(im, &out.Attr)
 	out.Mode = syscall.S_IFDIR | modeFor(im, 0o755)
 	out.Nlink = 2
-	// Not cached: a visibility change through a property file or an xattr
-	// changes the mode (0700 <-> 0755), and ls -l must show it at once.
-	out.SetTimeout(uncached)
+	// A visibility change changes the mode (0700 <-> 0755): invalidate
+	// drops it then, so ls -l shows it at once.
+	out.SetTimeout(untilChanged)
 	return 0
 }
 
 func (d *propsDir) propInode(ctx context.Context, im *store.Image, key string, out *fuse.EntryOut) *gofs.Inode {
 	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: key}
 	p.fillPropAttr(im, &out.Attr)
-	out.SetAttrTimeout(uncached)
-	out.SetEntryTimeout(uncached)
+	out.SetAttrTimeout(untilChanged)
+	out.SetEntryTimeout(untilChanged)
 	return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.PropertyIno(key)})
 }
 
@@ -92,18 +94,55 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 
 // Rename of a file onto a key within properties/ sets the key to the
 // file's value and removes the file (sed -i, write-temp-then-rename).
+// RENAME_NOREPLACE (mv to a new name) is honoured; RENAME_EXCHANGE is not
+// supported (EINVAL).
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*propsDir)
-	if !ok || np.id != d.id || flags != 0 {
+	if !ok || np.id != d.id {
 		return syscall.EPERM
 	}
-	return toErrno(d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName))
+	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
+		return syscall.EINVAL
+	}
+	if flags&unix.RENAME_NOREPLACE != 0 {
+		if im := d.image(); im != nil {
+			if _, ok := im.Property(newName); ok {
+				return syscall.EEXIST
+			}
+		}
+	}
+	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName); err != nil {
+		return toErrno(err)
+	}
+	if ch := d.GetChild(name); ch != nil {
+		if p, ok := ch.Operations().(*propNode); ok {
+			// The kernel moves this inode to newName, whose file is
+			// another inode: see propNode.moved. Its attributes go, so
+			// that stat asks Getattr.
+			p.moved.Store(true)
+			ch.NotifyContent(-1, 0)
+		}
+	}
+	return 0
 }
 
 // propNode is one property file: its content is the value and a newline.
 type propNode struct {
 	node
 	key string
+	// moved: this file was renamed (propsDir.Rename). The kernel's entry
+	// of the new name leads here until it is looked up again, but the
+	// new name's file is another inode (PropertyIno): Getattr and Open by
+	// path answer ESTALE, which makes the kernel look it up again.
+	moved atomic.Bool
+
+	// served is the value the last read through the page cache got
+	// (servedOK: one did since the pages were last dropped). An open
+	// whose value differs drops the pages the kernel may still keep:
+	// invalidate reaches only inodes under a directory the kernel knows.
+	mu       sync.Mutex
+	served   string
+	servedOK bool
 }
 
 var _ = (gofs.NodeGetattrer)((*propNode)(nil))
@@ -123,6 +162,9 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 }
 
 func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f == nil && p.moved.Load() {
+		return syscall.ESTALE
+	}
 	im := p.image()
 	if im == nil {
 		return syscall.ENOENT
@@ -131,7 +173,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	p.fillPropAttr(im, &out.Attr)
-	out.SetTimeout(uncached)
+	out.SetTimeout(untilChanged)
 	return 0
 }
 
@@ -164,6 +206,9 @@ func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 }
 
 func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if p.moved.Load() {
+		return nil, 0, syscall.ESTALE
+	}
 	im := p.image()
 	if im == nil {
 		return nil, 0, syscall.ENOENT
@@ -172,7 +217,7 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if !ok {
 		return nil, 0, syscall.ENOENT
 	}
-	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key}
+	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key, node: p}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		if err := p.fsys.st.CheckSet(h.c, p.id, p.key); err != nil {
 			return nil, 0, toErrno(err)
@@ -185,25 +230,61 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	h.buf = []byte(v + "\n")
 	if !h.write {
-		// A reader's close has nothing to do: no FLUSH request (one
-		// round trip less per file for grep over properties/).
-		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+		// A reader goes through the page cache, kept across opens while
+		// the value stays (invalidate drops it when it changes), and its
+		// close has nothing to do: no FLUSH request. grep over
+		// properties/ costs an OPEN (and a RELEASE the kernel does not
+		// wait for) per file.
+		fl := uint32(fuse.FOPEN_NOFLUSH)
+		if p.keepCache(v) {
+			fl |= fuse.FOPEN_KEEP_CACHE
+		}
+		return h, fl, 0
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// keepCache reports whether pages the kernel may keep of this file hold
+// value v; if not, the open drops them (no FOPEN_KEEP_CACHE) and the next
+// read records what it serves.
+func (p *propNode) keepCache(v string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.servedOK || p.served == v {
+		return true
+	}
+	p.servedOK = false
+	return false
+}
+
+// serve records that a read through the page cache got value v.
+func (p *propNode) serve(v string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.servedOK && p.served != v {
+		// Pages of two values: let the next open drop them all.
+		p.served = "\x00mixed"
+		return
+	}
+	p.served, p.servedOK = v, true
 }
 
 // stripNewline removes the one trailing newline that echo adds.
 func stripNewline(v string) string { return strings.TrimSuffix(v, "\n") }
 
-// propHandle buffers a property file: reads see the value at open, writes
-// build a new value that is set when the file is closed (flush), so the
-// close reports a value the rules refuse.
+// propHandle is an open property file. A reader reads the current value
+// (through the page cache, which invalidate keeps current); once the
+// property is gone it reads the value it had at open, as an unlinked file
+// keeps its data. A writer's writes build a new value in buf that is set
+// when the file is closed (flush), so the close reports a value the rules
+// refuse; it reads its own buffer.
 type propHandle struct {
 	fsys  *FS
 	st    *store.Store
 	c     store.Caller
 	id    string
 	key   string
+	node  *propNode
 	write bool
 
 	mu    sync.Mutex
@@ -229,6 +310,26 @@ var _ = (gofs.FileReleaser)((*propHandle)(nil))
 var _ = (gofs.FileFsyncer)((*propHandle)(nil))
 
 func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if !h.write {
+		// Pages filled from an older value would outlive the change that
+		// dropped them (a read of an open file after the change).
+		var b []byte
+		if im := h.st.Get(h.id); im != nil {
+			if v, ok := im.Property(h.key); ok {
+				h.node.serve(v)
+				b = []byte(v + "\n")
+			}
+		}
+		if b == nil {
+			h.mu.Lock()
+			b = h.buf
+			h.mu.Unlock()
+		}
+		if off >= int64(len(b)) {
+			return fuse.ReadResultData(nil), 0
+		}
+		return fuse.ReadResultData(b[off:min(off+int64(len(dest)), int64(len(b)))]), 0
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if off >= int64(len(h.buf)) {

@@ -7,21 +7,30 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
 
 // The kernel keeps every inode it has looked up until memory runs short,
-// and go-fuse keeps a node (about 450 bytes with its maps) for each. After
-// ls -lR over 100,000 images that was 1.7 million nodes and 1.4 GB of
-// daemon memory, for as long as the kernel did not need the memory. The
-// reaper bounds it: every reapEvery, when the kernel knows more than
-// maxKnownImages image directories under images/ or by-id/, it drops the
-// entries of those the daemon has served nothing for since the last
-// round, least recently used first, down to maxKnownImages. The kernel
-// then drops them with everything under them and sends FORGET, and go-fuse
+// and go-fuse keeps a node (about 800 bytes of daemon memory with its
+// maps) for each. After ls -lR over 100,000 images that was 1.7 million
+// nodes and 1.4 GB of daemon memory, for as long as the kernel did not
+// need the memory. The reaper bounds it: every reapEvery, when the nodes
+// under image directories the kernel knows (estimated from a sample of
+// them) are more than Options.CacheNodes, it drops the entries of the image
+// directories under images/ or by-id/ that the daemon has served nothing
+// for since the last round, least recently used first, until about 90% of
+// them are left, keeping maxKnownImages at least. The kernel then
+// drops them with everything under them and sends FORGET, and go-fuse
 // frees the nodes. A later access looks them up again; open files are not
 // affected. After a large reap the freed memory goes back to the system.
+//
+// The budget is in nodes, not images, so that grep over one property of
+// 10,000 images (three nodes each) stays cached between runs, while ls -lR
+// (twenty nodes an image) is cut back to a couple of thousand images.
 const (
 	maxKnownImages = 1024
+	reapSample     = 256 // image directories sampled to estimate the nodes
 	reapEvery      = 2 * time.Second
 	// freeAfterReap is how many image directories reaped since the memory
 	// was last given back make the reaper give it back (a full GC) once
@@ -82,15 +91,34 @@ func (f *FS) reap() int {
 	round := f.usage.round.Add(1)
 	reaped := 0
 	known := map[string]bool{}
-	for _, tree := range []string{"images", "by-id"} {
-		dir := f.root().GetChild(tree)
-		kids := dir.Children()
+	trees := []*gofs.Inode{f.root().GetChild("images"), f.byIDInode()}
+	kids := make([]map[string]*gofs.Inode, len(trees))
+	images, sampled, nodes := 0, 0, 0
+	for i, dir := range trees {
+		kids[i] = dir.Children()
+		images += len(kids[i])
+		for _, ch := range kids[i] {
+			if sampled == reapSample {
+				break
+			}
+			sampled++
+			nodes += subtreeNodes(ch)
+		}
+	}
+	keep := images // how many image directories to keep, both trees
+	if sampled > 0 {
+		perImage := float64(nodes) / float64(sampled)
+		if est := perImage * float64(images); est > float64(f.cacheNodes) {
+			keep = max(maxKnownImages, int(0.9*float64(f.cacheNodes)/perImage))
+		}
+	}
+	for i, dir := range trees {
 		type entry struct {
 			name string
 			last int64
 		}
 		var idle []entry
-		for name, ch := range kids {
+		for name, ch := range kids[i] {
 			d, ok := ch.Operations().(*imageDir)
 			if !ok {
 				continue
@@ -100,8 +128,9 @@ func (f *FS) reap() int {
 				idle = append(idle, entry{name, last})
 			}
 		}
-		excess := len(kids) - maxKnownImages
-		if excess <= 0 {
+		// This tree's share of what is kept.
+		excess := len(kids[i]) - max(maxKnownImages, keep*len(kids[i])/max(images, 1))
+		if keep >= images || excess <= 0 {
 			continue
 		}
 		slices.SortFunc(idle, func(a, b entry) int { return cmp.Compare(a.last, b.last) })
@@ -119,4 +148,17 @@ func (f *FS) reap() int {
 		return true
 	})
 	return reaped
+}
+
+// subtreeNodes counts the nodes go-fuse keeps for an image directory: it,
+// its files and properties/ with its files.
+func subtreeNodes(d *gofs.Inode) int {
+	n := 1
+	for name, ch := range d.Children() {
+		n++
+		if name == "properties" {
+			n += len(ch.Children())
+		}
+	}
+	return n
 }

@@ -21,7 +21,7 @@ import (
 //   - closing a file opened read-only (a property file, sealed data) sends
 //     no FLUSH.
 func TestRequestsPerFile(t *testing.T) {
-	requireTools(t, "ls", "grep", "cat")
+	requireTools(t, "ls", "grep", "cat", "setfattr")
 	m := mount(t)
 	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
 	m.remount()
@@ -68,17 +68,45 @@ func TestRequestsPerFile(t *testing.T) {
 	if got := requests("flush") - before; got != 0 {
 		t.Errorf("reading %d property files and the sealed data sent %v FLUSH requests, want none", n, got)
 	}
+
+	// grep again: entries, attributes and pages of property files stay
+	// cached until the image changes, so each file costs its OPEN and
+	// nothing else. (The run right after a read may ask GETATTR once per
+	// file: the kernel drops the cached atime after a READ.)
+	grep := func() {
+		out := sh(t, `cd "$1" && grep -l -x queued images/*/properties/status | wc -l`, m.Mnt)
+		if strings.TrimSpace(out) != fmt.Sprint(n-1) {
+			t.Errorf("grep -l found %q images, want %d", out, n-1)
+		}
+	}
+	grep()
+	before, opens := requests("lookup", "getattr", "read"), requests("open")
+	grep()
+	if got := requests("lookup", "getattr", "read") - before; got >= n/4 {
+		t.Errorf("grep -l again over %d property files: %v lookup/getattr/read requests, want fewer than %d", n, got, n/4)
+	}
+	if got := requests("open") - opens; got != n {
+		t.Errorf("grep -l again over %d property files: %v OPEN requests, want %d", n, got, n)
+	}
+	// A change through an xattr is read at once all the same.
+	for _, v := range []string{"abc", "xyz"} {
+		run(t, "setfattr", "-n", "user.os_distro", "-v", v, m.images("img-05"))
+		if got := m.prop("img-05", "os_distro"); got != v {
+			t.Errorf("os_distro after setfattr = %q, want %q", got, v)
+		}
+	}
 }
 
 // TestReaper: the kernel keeps every inode it has looked up, and the
 // daemon a node for each, until memory runs short; the daemon's reaper
-// (fs/reaper.go) makes the kernel drop the image directories beyond the
-// most recently used 1,024 (FORGET follows), and those images stay usable:
-// the next access looks them up again.
+// (fs/reaper.go) lets the kernel keep --cache-nodes of them, and beyond
+// that makes it drop the image directories beyond the most recently used
+// 1,024 (FORGET follows). Those images stay usable: the next access looks
+// them up again.
 func TestReaper(t *testing.T) {
 	requireTools(t, "ls")
 	m := mount(t)
-	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
+	m.Args = []string{"--metrics-addr", "127.0.0.1:0", "--cache-nodes", "2000"}
 	m.remount()
 	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
 	if match == nil {
@@ -91,8 +119,16 @@ func TestReaper(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sh(t, `ls -l "$1" >/dev/null`, m.images())
 	forgets := func() float64 { return scrape(t, addr)[`imagefs_fuse_requests_total{op="forget"}`] }
+	// 1,200 image directories and nothing under them: within the budget
+	// of 2,000 nodes, kept through two rounds of the reaper (2 s each).
+	sh(t, `ls -l "$1" >/dev/null`, m.images())
+	time.Sleep(4500 * time.Millisecond)
+	if got := forgets(); got != 0 {
+		t.Errorf("%v FORGET requests after ls -l of %d images (%d nodes allowed), want none", got, n, 2000)
+	}
+	// ls -lR: twenty nodes an image, far beyond the budget.
+	sh(t, `ls -lR "$1" >/dev/null`, m.images())
 	deadline := time.Now().Add(15 * time.Second)
 	for forgets() < n-known {
 		if time.Now().After(deadline) {

@@ -7,7 +7,7 @@
 // guards one upload's file, size and hashes; liveImage.sealMu makes the
 // seals of one image take turns. Lock order: Upload.mu, liveImage.sealMu,
 // Store.mu; never hold Store.mu while doing data I/O other than a catalog
-// commit. Published *Image values are immutable snapshots, read without a
+// commit. Store.deliverMu (changes.go) is taken with none of these held. Published *Image values are immutable snapshots, read without a
 // lock once obtained.
 package store
 
@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,6 +77,14 @@ type Store struct {
 	live    map[string]*liveImage
 	nextIno uint64
 	seq     uint64 // staging file names
+
+	// The change hook (changes.go): changes committed and not yet
+	// delivered (guarded by mu), how many (pending plus those being
+	// delivered), and who delivers.
+	pending   []Change
+	npending  atomic.Int64
+	deliverMu sync.Mutex
+	onChange  atomic.Pointer[func(Change)]
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -235,6 +244,7 @@ func mayModify(c Caller, im *Image) error {
 // queued, visibility private, min_ram and min_disk 0, not protected.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
+	defer s.deliver()
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
@@ -259,6 +269,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 		return nil, err
 	}
 	s.nextIno++
+	s.noteChange(nil, im)
 	s.images[im.ID] = im
 	s.byName[name] = im.ID
 	logger.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
@@ -288,6 +299,7 @@ func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
 	if err := t.commit(); err != nil {
 		return err
 	}
+	s.noteChange(s.images[im.ID], im)
 	s.images[im.ID] = im
 	if oldName != im.Name {
 		delete(s.byName, oldName)
@@ -326,6 +338,7 @@ const (
 // ErrInvalid/ErrTooBig (the key's rule), ErrQuota, ErrCatalog. A rejected
 // write changes nothing.
 func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error {
+	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
@@ -393,6 +406,7 @@ func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) e
 // ErrImmutable (system key), ErrNotPermitted (core key), ErrPermission,
 // ErrCatalog.
 func (s *Store) RemoveProperty(c Caller, id, key string) error {
+	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
@@ -440,6 +454,7 @@ func checkRemove(c Caller, im *Image, key string) error {
 // a temporary file, rename it over the original). Errors: as
 // RemoveProperty for from and SetProperty for to.
 func (s *Store) RenameProperty(c Caller, id, from, to string) error {
+	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
@@ -469,6 +484,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 // Errors: ErrNotFound, ErrPermission, ErrNotPermitted (protected),
 // ErrCatalog.
 func (s *Store) Delete(c Caller, id string) error {
+	defer s.deliver()
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -489,6 +505,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		s.mu.Unlock()
 		return err
 	}
+	s.noteChange(im, nil)
 	delete(s.images, id)
 	delete(s.byName, im.Name)
 	// The uploads to abandon, read while holding s.mu: a DiscardUpload

@@ -123,6 +123,7 @@ func (u *Upload) usable() error {
 // WriteAt writes p at off. Errors: ErrImmutable once sealed, ErrNotFound
 // once abandoned, the staging file's I/O errors (ENOSPC) as they are.
 func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
+	defer u.s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if err := u.usable(); err != nil {
@@ -212,6 +213,7 @@ func (u *Upload) ReadAt(p []byte, off int64) (int, error) {
 // Truncate sets the staged size (ftruncate). Extending leaves a hole of
 // zeros.
 func (u *Upload) Truncate(size int64) error {
+	defer u.s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.truncateLocked(size)
@@ -326,6 +328,7 @@ func writable(c Caller, im *Image) error {
 // successful OpenWrite must be paired with Release. Errors: ErrNotFound,
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
+	defer s.deliver()
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -393,6 +396,7 @@ func (s *Store) CurrentUpload(id string) *Upload {
 // image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
 func (s *Store) Flush(u *Upload) error {
+	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.writers == 1 && u.dirty && u.name == "" && u.state == uploadOpen {
@@ -403,6 +407,7 @@ func (s *Store) Flush(u *Upload) error {
 
 // Release ends one write handle opened by OpenWrite or CreateScratch.
 func (s *Store) Release(u *Upload) error {
+	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.writers--
@@ -577,6 +582,7 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 // image.vhd before it is sealed); the image returns to queued. Errors:
 // ErrImmutable (sealed), ErrPermission, ErrNotFound.
 func (s *Store) DiscardUpload(c Caller, id string) error {
+	defer s.deliver()
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -675,6 +681,7 @@ func (s *Store) ScratchNames(id string) []string {
 // Release); trunc discards its data. Errors: ErrNotFound (deleted),
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) Reopen(c Caller, u *Upload, trunc bool) error {
+	defer s.deliver()
 	s.mu.Lock()
 	im, err := s.getLocked(u.id)
 	if err == nil {
@@ -730,6 +737,7 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 // data: it is checked and sealed now if no writer still has it open.
 // Errors: as CreateScratch, plus ErrRefused from the seal.
 func (s *Store) RenameScratch(c Caller, id, from, to string) error {
+	defer s.deliver()
 	if to != ImageDataName {
 		if err := validScratchName(to); err != nil {
 			return err

@@ -68,6 +68,7 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (non-root mounters need user_allow_other in /etc/fuse.conf)")
 	fl.BoolVar(&c.readOnly, "read-only", false, "mount read-only: every change fails with EROFS")
 	fl.IntVar(&c.quota, "property-quota", c.quota, "allow at most `N` properties per image")
+	fl.IntVar(&c.cacheNodes, "cache-nodes", c.cacheNodes, "let the kernel keep about `N` files and directories of images (about 800 bytes of daemon memory each); beyond that the least recently used images are dropped")
 	fl.StringArrayVarP(opts, "options", "o", nil, "comma-separated mount options `OPTS` (see below)")
 	fl.StringVar(&c.logFormat, "log-format", c.logFormat, "write log lines in `FORMAT`: text or json")
 	fl.StringVar(&c.logFile, "log-file", "", "append logs to `FILE` instead of stderr")
@@ -197,6 +198,7 @@ func serve(c *mountConfig, ready func(error)) int {
 	fsys, err := fs.Mount(st, c.mountpoint, fs.Options{
 		AllowOther: c.allowOther, Debug: c.debug, ReadOnly: c.readOnly,
 		Source: c.source, Logger: lg, Metrics: metrics, MountOptions: c.mountOpts,
+		CacheNodes: c.cacheNodes,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("mount %s: %w", c.mountpoint, err))

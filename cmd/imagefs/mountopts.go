@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/imagefs/imagefs/fs"
 	"github.com/imagefs/imagefs/store"
 )
 
@@ -18,6 +19,7 @@ type mountConfig struct {
 	readOnly   bool
 	foreground bool // the mount-helper form: stay in the foreground
 	quota      int
+	cacheNodes int      // nodes the kernel may keep under image directories
 	source     string   // fsname=: the source shown by df (default: STORE)
 	mountOpts  []string // passed on to mount(2): noexec
 
@@ -32,7 +34,7 @@ type mountConfig struct {
 }
 
 func defaultMountConfig() *mountConfig {
-	return &mountConfig{quota: store.DefaultPropertyQuota, logFormat: "text"}
+	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text"}
 }
 
 // optionsHelp documents the -o options (mount --help, imagefs --help).
@@ -41,6 +43,8 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   ro, rw                read-only (every change fails with EROFS), read-write
   debug                 log every FUSE request and reply (= --debug)
   property_quota=N      allow at most N properties per image
+  cache_nodes=N         let the kernel keep about N files and directories
+                        of images (= --cache-nodes)
   foreground            mount helper: stay in the foreground, log to stderr
   log_format=FORMAT     text or json (= --log-format)
   log_file=PATH         append logs to PATH (= --log-file)
@@ -124,6 +128,15 @@ func (c *mountConfig) applyOption(opt string) error {
 			return fmt.Errorf("mount option property_quota=%s: want a positive number", val)
 		}
 		c.quota = n
+	case "cache_nodes":
+		if err := needVal(); err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("mount option cache_nodes=%s: want a positive number", val)
+		}
+		c.cacheNodes = n
 	case "log_format":
 		if err := needVal(); err != nil {
 			return err

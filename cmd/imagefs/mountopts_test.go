@@ -9,13 +9,13 @@ import (
 func TestApplyOptions(t *testing.T) {
 	c := defaultMountConfig()
 	// What mount(8) and mount.fuse3 pass for an fstab line.
-	list := "rw,allow_other,nofail,_netdev,noatime,x-systemd.requires=local-fs.target,comment=imagefs,defaults,noauto,nosuid,nodev,dev,suid,ro,property_quota=64,log_format=json,log_file=/var/log/imagefs.log,metrics-addr=127.0.0.1:9477,noexec,fsname=images,debug,foreground"
+	list := "rw,allow_other,nofail,_netdev,noatime,x-systemd.requires=local-fs.target,comment=imagefs,defaults,noauto,nosuid,nodev,dev,suid,ro,property_quota=64,cache_nodes=5000,log_format=json,log_file=/var/log/imagefs.log,metrics-addr=127.0.0.1:9477,noexec,fsname=images,debug,foreground"
 	if err := c.applyOptions(list); err != nil {
 		t.Fatal(err)
 	}
 	want := &mountConfig{
 		allowOther: true, readOnly: true, debug: true, foreground: true, quota: 64,
-		source: "images", mountOpts: []string{"noexec"},
+		cacheNodes: 5000, source: "images", mountOpts: []string{"noexec"},
 		logFormat: "json", logFile: "/var/log/imagefs.log", metricsAddr: "127.0.0.1:9477",
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -36,6 +36,7 @@ func TestApplyOptionsErrors(t *testing.T) {
 		"property_quota=x":   "want a positive number",
 		"property_quota=0":   "want a positive number",
 		"property_quota":     "needs a value",
+		"cache_nodes=-1":     "want a positive number",
 		"log_file=":          "needs a value",
 		"allow_root":         "not supported",
 		"allow_other,ro,foo": `unknown mount option "foo"`,
