@@ -8,8 +8,9 @@
 // remount. Sealed data is served by FUSE passthrough where the kernel
 // allows it (reads never reach this process), else from the data file with
 // the kernel page cache kept across opens (FOPEN_KEEP_CACHE): sealed bytes
-// never change. Property files are opened with FOPEN_DIRECT_IO and their
-// attributes and pages are cached until the image's record changes: every
+// never change. The entries and attributes of image directories and
+// property files, and the pages of property files read through the page
+// cache, are kept until the image's record changes: every
 // change drops them from the kernel before the request that made it
 // replies (invalidate.go), so a value set through an xattr is read at once
 // through the file and the other way round.

@@ -55,6 +55,7 @@ func TestCacheFollowsXattrAndFile(t *testing.T) {
 // value after a change (its pages were dropped), as with a file rewritten
 // in place.
 func TestCacheOpenReader(t *testing.T) {
+	requireTools(t, "setfattr")
 	m := mount(t)
 	m.mkimage("img")
 	run(t, "setfattr", "-n", "user.k", "-v", "one", m.images("img"))
