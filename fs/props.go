@@ -136,10 +136,10 @@ type propNode struct {
 	// path answer ESTALE, which makes the kernel look it up again.
 	moved atomic.Bool
 
-	// served is the value the last read through the page cache got
-	// (servedOK: one did since the pages were last dropped). An open
-	// whose value differs drops the pages the kernel may still keep:
-	// invalidate reaches only inodes under a directory the kernel knows.
+	// served is the value the kernel's pages were last filled with, by a
+	// read or by cacheForOpen (servedOK: they were, since they were last
+	// dropped). An open whose value differs replaces them: invalidate
+	// reaches only inodes under a directory the kernel knows.
 	mu       sync.Mutex
 	served   string
 	servedOK bool
@@ -235,26 +235,52 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		// close has nothing to do: no FLUSH request. grep over
 		// properties/ costs an OPEN (and a RELEASE the kernel does not
 		// wait for) per file.
-		fl := uint32(fuse.FOPEN_NOFLUSH)
-		if p.keepCache(v) {
-			fl |= fuse.FOPEN_KEEP_CACHE
-		}
-		return h, fl, 0
+		return h, fuse.FOPEN_NOFLUSH | p.cacheForOpen(v), 0
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// keepCache reports whether pages the kernel may keep of this file hold
-// value v; if not, the open drops them (no FOPEN_KEEP_CACHE) and the next
-// read records what it serves.
-func (p *propNode) keepCache(v string) bool {
+// cacheForOpen makes the kernel's pages of this file hold value v and
+// returns FOPEN_KEEP_CACHE; where it cannot, it returns 0 and the open
+// drops the pages (the reads then ask Read). When the pages were last
+// filled with v, they are kept as they are. Otherwise v is stored into
+// them now (FUSE_NOTIFY_STORE), so the reader's first read needs no READ
+// request, and the kernel does not drop the cached atime after it (which
+// cost a GETATTR per file in the next grep).
+func (p *propNode) cacheForOpen(v string) uint32 {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.servedOK || p.served == v {
-		return true
+	hit := p.servedOK && p.served == v
+	p.mu.Unlock()
+	if hit {
+		return fuse.FOPEN_KEEP_CACHE
 	}
-	p.servedOK = false
-	return false
+	// Not under p.mu: the store waits for reads of these pages in
+	// flight, and their Read takes p.mu.
+	if errno := p.WriteCache(0, []byte(v+"\n")); errno != 0 {
+		p.mu.Lock()
+		p.servedOK = false
+		p.mu.Unlock()
+		return 0
+	}
+	// A change committed after v was read may have dropped the pages
+	// before v was stored: drop them again.
+	if im := p.fsys.st.Get(p.id); im == nil || !hasValue(im, p.key, v) {
+		p.NotifyContent(0, 0)
+		p.mu.Lock()
+		p.servedOK = false
+		p.mu.Unlock()
+		return 0
+	}
+	p.mu.Lock()
+	p.served, p.servedOK = v, true // every page up to the end is v's now
+	p.mu.Unlock()
+	return fuse.FOPEN_KEEP_CACHE
+}
+
+// hasValue reports whether property key of im is v.
+func hasValue(im *store.Image, key, v string) bool {
+	cur, ok := im.Property(key)
+	return ok && cur == v
 }
 
 // serve records that a read through the page cache got value v.
