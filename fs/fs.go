@@ -9,11 +9,11 @@
 // allows it (reads never reach this process), else from the data file with
 // the kernel page cache kept across opens (FOPEN_KEEP_CACHE): sealed bytes
 // never change. The entries and attributes of image directories and
-// property files, and the pages of property files read through the page
-// cache, are kept until the image's record changes: every
-// change drops them from the kernel before the request that made it
-// replies (invalidate.go), so a value set through an xattr is read at once
-// through the file and the other way round.
+// property files, and the pages of property files, are kept until the
+// image's record changes: every change drops them from the kernel before
+// the request that made it replies (invalidate.go), so a value set
+// through an xattr is read at once through the file and the other way
+// round.
 package fs
 
 import (

@@ -7,8 +7,9 @@
 // guards one upload's file, size and hashes; liveImage.sealMu makes the
 // seals of one image take turns. Lock order: Upload.mu, liveImage.sealMu,
 // Store.mu; never hold Store.mu while doing data I/O other than a catalog
-// commit. Store.deliverMu (changes.go) is taken with none of these held. Published *Image values are immutable snapshots, read without a
-// lock once obtained.
+// commit. Store.deliverMu (changes.go) is taken with none of these held.
+// Published *Image values are immutable snapshots, read without a lock
+// once obtained.
 package store
 
 import (
