@@ -46,7 +46,7 @@ const cacheTimeout = time.Second
 // cache (scratch files, views, data being uploaded). The
 // mount sets no default timeouts (go-fuse would put its default in place
 // of a zero), so zero means zero and every node that may be cached says so
-// with cacheTimeout.
+// with cacheTimeout or untilChanged.
 const uncached = time.Duration(0)
 
 // Options configure a mount.
