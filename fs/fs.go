@@ -20,6 +20,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -85,6 +86,9 @@ type FS struct {
 	usage usage
 	// cacheNodes is Options.CacheNodes (reaper.go).
 	cacheNodes int
+	// imageLocks order invalidate against the page stores of opens
+	// (imageLock).
+	imageLocks [64]sync.Mutex
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"hash/fnv"
+	"sync"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -36,6 +38,9 @@ const untilChanged = time.Hour
 // for a store change, so this cannot deadlock.
 func (f *FS) invalidate(c store.Change) {
 	id := c.ID()
+	l := f.imageLock(id) // see propNode.cacheForOpen
+	l.Lock()
+	defer l.Unlock()
 	var dirs []*gofs.Inode
 	add := func(d *gofs.Inode) {
 		if d == nil {
@@ -59,7 +64,8 @@ func (f *FS) invalidate(c store.Change) {
 	if c.New != nil && (c.Old == nil || c.New.Name != c.Old.Name) {
 		add(images.GetChild(c.New.Name))
 	}
-	// Property files are one inode under both trees: notify each once.
+	// Property files are one inode under both trees: their content is
+	// notified once, the entry of a removed one under each tree.
 	var done map[*gofs.Inode]bool
 	for _, d := range dirs {
 		d.NotifyContent(-1, 0)
@@ -69,6 +75,15 @@ func (f *FS) invalidate(c store.Change) {
 				continue
 			}
 			for entry, p := range ch.Children() {
+				key := entry
+				if pn, ok := p.Operations().(*propNode); ok {
+					key = pn.key
+				}
+				was, had := value(c.Old, key)
+				is, has := value(c.New, key)
+				if had && !has && c.New != nil {
+					go ch.NotifyEntry(entry)
+				}
 				if done[p] {
 					continue
 				}
@@ -76,23 +91,22 @@ func (f *FS) invalidate(c store.Change) {
 					done = map[*gofs.Inode]bool{}
 				}
 				done[p] = true
-				key := entry
-				if pn, ok := p.Operations().(*propNode); ok {
-					key = pn.key
-				}
-				was, had := value(c.Old, key)
-				is, has := value(c.New, key)
 				if was == is && had == has {
 					p.NotifyContent(-1, 0)
-					continue
-				}
-				p.NotifyContent(0, 0)
-				if had && !has && c.New != nil {
-					go ch.NotifyEntry(entry)
+				} else {
+					p.NotifyContent(0, 0)
 				}
 			}
 		}
 	}
+}
+
+// imageLock returns the lock that orders invalidate against
+// propNode.cacheForOpen for image id (one of a fixed set, by hash).
+func (f *FS) imageLock(id string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &f.imageLocks[h.Sum32()%uint32(len(f.imageLocks))]
 }
 
 // value returns property key of im (nil: none).

@@ -170,10 +170,21 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	if _, ok := im.Property(p.key); !ok {
+		if f == nil {
+			return syscall.ESTALE // see propNode.Open
+		}
 		return syscall.ENOENT
 	}
 	p.fillPropAttr(im, &out.Attr)
 	out.SetTimeout(untilChanged)
+	if h, ok := f.(*propHandle); ok && h.write {
+		// fstat of a file being written: the size of what the close will
+		// set, not cached.
+		if size, dirty := h.pending(); dirty {
+			out.Size, out.Blocks = uint64(size), uint64(size+511)/512
+			out.SetTimeout(uncached)
+		}
+	}
 	return 0
 }
 
@@ -186,20 +197,24 @@ func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	}
 	if size, ok := in.GetSize(); ok {
 		if h, ok := f.(*propHandle); ok && h.write {
+			// ftruncate(2) of an open file (truncate -s): its value is
+			// set when the file is closed, as a write's; until then the
+			// size is the handle's, and not cached (the close may refuse
+			// the value).
 			h.truncate(int(size))
-		} else {
-			im := p.image()
-			if im == nil {
-				return syscall.ENOENT
-			}
-			v, _ := im.Property(p.key)
-			v += "\n"
-			if int(size) < len(v) {
-				v = v[:size]
-			}
-			if err := p.fsys.setProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
-				return toErrno(err)
-			}
+			return p.Getattr(ctx, f, out)
+		}
+		im := p.image()
+		if im == nil {
+			return syscall.ENOENT
+		}
+		v, _ := im.Property(p.key)
+		v += "\n"
+		if int(size) < len(v) {
+			v = v[:size]
+		}
+		if err := p.fsys.setProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
+			return toErrno(err)
 		}
 	}
 	return p.Getattr(ctx, f, out)
@@ -215,7 +230,12 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	v, ok := im.Property(p.key)
 	if !ok {
-		return nil, 0, syscall.ENOENT
+		// The kernel's entry outlived the property (removed under the
+		// other tree, or through an xattr, and invalidate's entry
+		// notification has not run yet): ESTALE makes the kernel look
+		// the name up again (LOOKUP_REVAL), find it gone, and an
+		// O_CREAT open create it anew.
+		return nil, 0, syscall.ESTALE
 	}
 	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key, node: p}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
@@ -252,35 +272,36 @@ func (p *propNode) cacheForOpen(v string) uint32 {
 	hit := p.servedOK && p.served == v
 	p.mu.Unlock()
 	if hit {
+		// A change after v was read drops the pages itself.
 		return fuse.FOPEN_KEEP_CACHE
 	}
-	// Not under p.mu: the store waits for reads of these pages in
-	// flight, and their Read takes p.mu.
-	if errno := p.WriteCache(0, []byte(v+"\n")); errno != 0 {
-		p.mu.Lock()
-		p.servedOK = false
-		p.mu.Unlock()
+	// The value is read and stored under the image's lock, which
+	// invalidate holds too: a change committed after this read drops
+	// the pages after they are stored, never before (which would leave
+	// an older value in them for every reader). Not under p.mu: the
+	// store waits for reads of these pages in flight, and their Read
+	// takes p.mu.
+	l := p.fsys.imageLock(p.id)
+	l.Lock()
+	defer l.Unlock()
+	im := p.fsys.st.Get(p.id)
+	if im == nil {
 		return 0
 	}
-	// A change committed after v was read may have dropped the pages
-	// before v was stored: drop them again.
-	if im := p.fsys.st.Get(p.id); im == nil || !hasValue(im, p.key, v) {
-		p.NotifyContent(0, 0)
+	cur, ok := im.Property(p.key)
+	if !ok {
+		return 0
+	}
+	if errno := p.WriteCache(0, []byte(cur+"\n")); errno != 0 {
 		p.mu.Lock()
 		p.servedOK = false
 		p.mu.Unlock()
 		return 0
 	}
 	p.mu.Lock()
-	p.served, p.servedOK = v, true // every page up to the end is v's now
+	p.served, p.servedOK = cur, true // every page up to the end is cur's now
 	p.mu.Unlock()
 	return fuse.FOPEN_KEEP_CACHE
-}
-
-// hasValue reports whether property key of im is v.
-func hasValue(im *store.Image, key, v string) bool {
-	cur, ok := im.Property(key)
-	return ok && cur == v
 }
 
 // serve records that a read through the page cache got value v.
@@ -392,6 +413,16 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(len(data)), 0
 }
 
+// pending returns the size of the value the close will set and whether
+// there is one.
+func (h *propHandle) pending() (int, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.buf), h.dirty
+}
+
+// truncate is ftruncate(2) of the handle: it counts as a write, so the
+// close sets the value.
 func (h *propHandle) truncate(size int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -400,7 +431,7 @@ func (h *propHandle) truncate(size int) {
 	} else {
 		h.buf = append(h.buf, make([]byte, size-len(h.buf))...)
 	}
-	h.dirty = true
+	h.dirty, h.written = true, true
 }
 
 func (h *propHandle) Flush(ctx context.Context) syscall.Errno {

@@ -3,7 +3,10 @@ package integration
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -162,4 +165,167 @@ func lsInode(t *testing.T, dir, name string) string {
 	}
 	t.Fatalf("ls -i %s lists no %s", dir, name)
 	return ""
+}
+
+// TestCacheRemovedUnderOtherTree: a property removed under by-id/ (or
+// through setfattr -x) can be created again at once under images/, where
+// the kernel still had its entry.
+func TestCacheRemovedUnderOtherTree(t *testing.T) {
+	requireTools(t, "setfattr", "cat", "rm", "sh")
+	m := mount(t)
+	id := m.mkimage("img")
+	props, byID := m.images("img", "properties"), m.byID(id, "properties")
+	var err error
+	for i, remove := range []string{`rm "$2/j"`, `setfattr -x user.j "$3"`} {
+		sh(t, `echo v1 > "$1/j" && cat "$1/j" "$2/j" >/dev/null`, props, byID)
+		sh(t, remove, props, byID, m.images("img"))
+		sh(t, `echo v2 > "$1/j"`, props) // exits 1 with ENOENT when the entry is stale
+		for _, p := range []string{props + "/j", byID + "/j"} {
+			if got := run(t, "cat", p); got != "v2\n" {
+				t.Errorf("case %d: cat %s = %q, want %q", i, p, got, "v2\n")
+			}
+		}
+	}
+	// The same without a process start between the calls: no time for
+	// a background entry notification to land first.
+	for i := range 200 {
+		v := fmt.Sprintf("v%d\n", i)
+		if _, err := os.ReadFile(props + "/j"); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			err = os.Remove(byID + "/j")
+		} else {
+			err = unix.Removexattr(m.images("img"), "user.j")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(props+"/j", []byte(v), 0o644); err != nil {
+			t.Fatalf("round %d: creating the property again: %v", i, err)
+		}
+		if got := string(readFile(byID + "/j")); got != v {
+			t.Fatalf("round %d: %q, want %q", i, got, v)
+		}
+	}
+}
+
+// TestCacheTruncateOpenFile: truncate -s (ftruncate of an open file) sets
+// the value when the file is closed, and the size is right at once, so an
+// append that follows lands after the new end (it landed at the old one,
+// leaving NULs in the value).
+func TestCacheTruncateOpenFile(t *testing.T) {
+	requireTools(t, "truncate", "sh", "stat")
+	m := mount(t)
+	m.mkimage("img")
+	f := m.propFile("img", "t")
+	for range 20 {
+		sh(t, `echo abcde > "$1" && truncate -s 0 "$1" && echo xy >> "$1"`, f)
+		// The empty value reads as "\n" (every value is followed by a
+		// newline), and the append comes after it.
+		if got := string(readFile(f)); got != "\nxy\n" {
+			t.Fatalf("after truncate -s 0 and an append: %q, want %q", got, "\nxy\n")
+		}
+		if got := strings.TrimSpace(run(t, "stat", "-c", "%s", f)); got != "4" {
+			t.Fatalf("stat size %s, want 4", got)
+		}
+	}
+	// The size the ftruncate reply gives is the handle's.
+	fd, err := os.OpenFile(f, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := fd.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != 0 {
+		t.Errorf("fstat after ftruncate(0): size %d, want 0", fi.Size())
+	}
+	if err := fd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(readFile(f)); got != "\n" {
+		t.Errorf("after ftruncate(0) and close: %q, want %q (the empty value)", got, "\n")
+	}
+}
+
+// TestCacheNoOlderValue: while one writer sets ever larger values through
+// an xattr, no reader, with a file held open or opening it afresh, ever
+// reads a value older than one whose setxattr had returned before the
+// read began. (Opens store the value in the kernel's pages; a store that
+// raced with a change used to put an older value back for everyone.)
+func TestCacheNoOlderValue(t *testing.T) {
+	m := mount(t)
+	id := m.mkimage("img")
+	dir := m.images("img")
+	paths := []string{m.propFile("img", "c"), m.byID(id, "properties", "c")}
+	if err := unix.Setxattr(dir, "user.c", []byte("00000"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var published atomic.Int64
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	type stale struct{ before, got int64 }
+	errs := make(chan stale, 100)
+	read := func(r int) {
+		defer wg.Done()
+		var held *os.File
+		if r < 2 {
+			f, err := os.Open(paths[r%2])
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			held = f
+		}
+		buf := make([]byte, 64)
+		for !stop.Load() {
+			before := published.Load()
+			var b []byte
+			if held != nil {
+				n, _ := held.ReadAt(buf, 0)
+				b = buf[:n]
+			} else {
+				var err error
+				if b, err = os.ReadFile(paths[r%2]); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			got, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				continue // an empty read: the file is being replaced
+			}
+			if got < before {
+				select {
+				case errs <- stale{before, got}:
+				default:
+				}
+			}
+		}
+	}
+	for r := range 6 {
+		wg.Add(1)
+		go read(r)
+	}
+	for i := int64(1); i <= 1500; i++ {
+		if err := unix.Setxattr(dir, "user.c", []byte(fmt.Sprintf("%05d", i)), 0); err != nil {
+			t.Fatal(err)
+		}
+		published.Store(i)
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	n := 0
+	for e := range errs {
+		if n++; n <= 3 {
+			t.Errorf("read %d after %d was set", e.got, e.before)
+		}
+	}
 }
