@@ -119,24 +119,19 @@ func (c *mountConfig) applyOption(opt string) error {
 		c.foreground = true
 	case "noexec":
 		c.mountOpts = append(c.mountOpts, "noexec")
-	case "property_quota":
+	case "property_quota", "cache_nodes":
 		if err := needVal(); err != nil {
 			return err
 		}
 		n, err := strconv.Atoi(val)
 		if err != nil || n <= 0 {
-			return fmt.Errorf("mount option property_quota=%s: want a positive number", val)
+			return fmt.Errorf("mount option %s=%s: want a positive number", key, val)
 		}
-		c.quota = n
-	case "cache_nodes":
-		if err := needVal(); err != nil {
-			return err
+		if key == "property_quota" {
+			c.quota = n
+		} else {
+			c.cacheNodes = n
 		}
-		n, err := strconv.Atoi(val)
-		if err != nil || n <= 0 {
-			return fmt.Errorf("mount option cache_nodes=%s: want a positive number", val)
-		}
-		c.cacheNodes = n
 	case "log_format":
 		if err := needVal(); err != nil {
 			return err
