@@ -56,13 +56,19 @@ func (f *FS) invalidate(c store.Change) {
 		}
 		dirs = append(dirs, d)
 	}
-	add(f.byIDInode().GetChild(id))
+	child := func(dir *gofs.Inode, name string) *gofs.Inode {
+		if dir == nil {
+			return nil
+		}
+		return dir.GetChild(name)
+	}
+	add(child(f.byIDInode(), id))
 	images := f.root().GetChild("images")
 	if c.Old != nil {
-		add(images.GetChild(c.Old.Name))
+		add(child(images, c.Old.Name))
 	}
 	if c.New != nil && (c.Old == nil || c.New.Name != c.Old.Name) {
-		add(images.GetChild(c.New.Name))
+		add(child(images, c.New.Name))
 	}
 	// Property files are one inode under both trees: their content is
 	// notified once, the entry of a removed one under each tree.

@@ -425,3 +425,32 @@ func TestRandomPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedRemovals: rmdir and unlink of what cannot be removed fail
+// with EPERM and leave it there. (go-fuse answers OK for a directory
+// without an rmdir of its own and forgets the child: rmdir MNT/by-id made
+// by-id/ vanish until the next mount.)
+func TestRefusedRemovals(t *testing.T) {
+	requireTools(t, "setfattr")
+	m := mount(t)
+	id := m.mkimage("img")
+	run(t, "setfattr", "-n", "user.os_distro", "-v", "superos", m.images("img"))
+	view := filepath.Join(m.Mnt, "by-property", "os_distro", "superos")
+	for _, p := range []string{
+		filepath.Join(m.Mnt, "by-id"), filepath.Join(m.Mnt, "images"), filepath.Join(m.Mnt, "by-property"),
+		m.byID(id), m.images("img", "properties"), m.byID(id, "properties"),
+		filepath.Join(m.Mnt, "by-property", "os_distro"), view,
+	} {
+		wantErrno(t, "rmdir "+p, syscall.Rmdir(p), syscall.EPERM)
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("after rmdir %s: %v", p, err)
+		}
+	}
+	wantErrno(t, "unlink of a view's link", syscall.Unlink(filepath.Join(view, "img")), syscall.EPERM)
+	if _, err := os.Stat(filepath.Join(view, "img", "image.vhd")); err != nil {
+		t.Errorf("after unlink of the view's link: %v", err)
+	}
+	if got := m.prop("img", "id"); got != id {
+		t.Errorf("properties/id = %q", got)
+	}
+}
