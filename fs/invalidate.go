@@ -31,7 +31,8 @@ const untilChanged = time.Hour
 // pages. Entries of removed properties are dropped in the background:
 // that needs the lock of properties/, which the kernel may hold for the
 // very request being served (unlink, rename, create). Until then the old
-// entry leads to an inode whose Getattr and Open answer ENOENT.
+// entry leads to an inode whose Getattr and Open by path answer ESTALE,
+// which makes the kernel look the name up again.
 //
 // The store calls it with no store lock held. A notification that drops
 // pages waits for reads of those pages in flight; those reads never wait
