@@ -1,12 +1,18 @@
 # imagefs: build, run, test.
 #   make run     build and mount a default store on ./run/mnt (foreground; Ctrl-C unmounts)
+#   make start   the same in the background: returns once ./run/mnt is mounted
+#   make stop    unmount ./run/mnt and wait until the daemon has released the store
 #   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
+#   run, start and test first install the Debian packages they need that are
+#   missing (scripts/deps.sh; apt-get as root).
 #   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 12 min; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
 #   make man     write docs/imagefs.1 from the help texts
-#   make install install imagefs and its man page under PREFIX (/usr/local), where mount(8) finds it
+#   make install install the built ./imagefs and its man page under PREFIX (/usr/local), where
+#                mount(8) finds it; never builds: make build, then sudo make install
 
-GO       ?= go
+# go, or Go's default install when go is not on PATH.
+GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN      ?= ./imagefs
 STORE    ?= ./run/store
 MNT      ?= ./run/mnt
@@ -16,19 +22,39 @@ BENCH_OUT ?= bench-out
 # Benchmark catalogs (100,000 images take minutes to build), kept between runs.
 IMAGEFS_BENCH_DIR ?= $(abspath $(BENCH_OUT))/catalogs
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LOG      ?= ./run/imagefs.log
+# The integration tests run go themselves.
+export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all build run test unit integration race bench fuzz vet clean man install
+.PHONY: all build run start stop deps-run deps-test test unit integration race bench fuzz vet clean man install
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/imagefs
 
-run: build
-	@mkdir -p $(STORE) $(MNT)
+deps-run:
+	@sh scripts/deps.sh run
+
+deps-test:
+	@sh scripts/deps.sh test
+
+# The mountpoint's mkdir stays quiet: on a dead mount (a killed daemon) it
+# fails, and imagefs's own message says what to do.
+run: deps-run build
+	@mkdir -p $(STORE); mkdir -p $(MNT) 2>/dev/null || true
 	@echo "imagefs: serving $(STORE) at $(MNT); in another shell: mkdir $(MNT)/images/NAME && cp FILE.vhd $(MNT)/images/NAME/image.vhd"
-	@echo "imagefs: stop with Ctrl-C, or: umount $(MNT)"
+	@echo "imagefs: stop with Ctrl-C, or: $(BIN) umount $(MNT)"
 	$(BIN) mount $(STORE) $(MNT)
+
+# The mount helper form: returns once the mount is ready; logs to $(LOG).
+start: deps-run build
+	@mkdir -p $(STORE) $(dir $(LOG)); mkdir -p $(MNT) 2>/dev/null || true
+	$(BIN) $(STORE) $(MNT) -o log_file=$(LOG)
+	@echo "imagefs: serving $(STORE) at $(MNT), logging to $(LOG); stop with: make stop"
+
+stop:
+	$(BIN) umount $(MNT)
 
 vet:
 	$(GO) vet ./...
@@ -39,7 +65,7 @@ unit:
 integration:
 	$(GO) test -count=1 -timeout 20m ./integration/...
 
-test: vet
+test: deps-test vet
 	$(GO) test -count=1 -timeout 20m ./...
 
 race:
@@ -59,9 +85,14 @@ fuzz:
 man: build
 	sh docs/mkman.sh $(BIN) > docs/imagefs.1
 
-install: build man
+# install never builds (sudo's PATH has no go): it installs the binary that
+# make build made, and its man page, made from that binary's help.
+install:
+	@test -x $(BIN) || { echo "make install: $(BIN) is missing: run 'make build' first (as yourself, where go is on PATH), then 'sudo make install'" >&2; exit 1; }
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/imagefs
-	install -D -m 0644 docs/imagefs.1 $(DESTDIR)$(PREFIX)/share/man/man1/imagefs.1
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	sh docs/mkman.sh $(BIN) > $(DESTDIR)$(PREFIX)/share/man/man1/imagefs.1
+	chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/imagefs.1
 
 clean:
 	rm -f $(BIN)

@@ -120,6 +120,15 @@ func daemonize(c *mountConfig, opts []string) int {
 		return 1
 	}
 	args := []string{"mount", "--ready-fd=3"}
+	if c.logFile != "" {
+		// The daemon runs in /: a relative log_file= is the caller's.
+		if c.logFile, err = filepath.Abs(c.logFile); err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs: log file: %v\n", err)
+			return 1
+		}
+		opts = withoutOption(opts, "log_file")
+		args = append(args, "--log-file", c.logFile)
+	}
 	for _, o := range opts {
 		args = append(args, "-o", o)
 	}
@@ -156,6 +165,25 @@ func daemonize(c *mountConfig, opts []string) int {
 		fmt.Fprintf(os.Stderr, "imagefs: the daemon exited before the mount was ready (%v)%s\n", err, orEmpty(line))
 		return 1
 	}
+}
+
+// withoutOption returns the -o lists opts without the options named key
+// (key=... or key-with-dashes=...), dropping lists left empty.
+func withoutOption(opts []string, key string) []string {
+	var out []string
+	for _, list := range opts {
+		var keep []string
+		for _, o := range strings.Split(list, ",") {
+			k, _, _ := strings.Cut(strings.TrimSpace(o), "=")
+			if strings.ReplaceAll(k, "-", "_") != key {
+				keep = append(keep, o)
+			}
+		}
+		if len(keep) > 0 {
+			out = append(out, strings.Join(keep, ","))
+		}
+	}
+	return out
 }
 
 func orEmpty(s string) string {

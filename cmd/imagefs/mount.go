@@ -195,7 +195,7 @@ func serve(c *mountConfig, ready func(error)) int {
 		return fail(fmt.Errorf("open store: %w", err))
 	}
 	defer st.Close()
-	fsys, err := fs.Mount(st, c.mountpoint, fs.Options{
+	fsys, err := mountFS(st, c, fs.Options{
 		AllowOther: c.allowOther, Debug: c.debug, ReadOnly: c.readOnly,
 		Source: c.source, Logger: lg, Metrics: metrics, MountOptions: c.mountOpts,
 		CacheNodes: c.cacheNodes,
@@ -207,12 +207,17 @@ func serve(c *mountConfig, ready func(error)) int {
 		"read_only", c.readOnly, "allow_other", c.allowOther, "pid", os.Getpid())
 	ready(nil)
 
+	// Every SIGINT or SIGTERM tries to unmount: one that fails (the
+	// mount is busy) is logged, and the next signal tries again.
 	go func() {
-		sig := <-sigs
-		slog.Info("unmounting", "signal", sig.String())
-		sdNotify("STOPPING=1")
-		if err := fsys.Unmount(); err != nil {
-			slog.Error("unmount failed; is the mount busy? (fusermount3 -u / umount -l)", "mountpoint", c.mountpoint, "err", err)
+		for sig := range sigs {
+			slog.Info("unmounting", "signal", sig.String())
+			sdNotify("STOPPING=1")
+			if err := fsys.Unmount(); err != nil {
+				slog.Error("unmount failed; is the mount busy? Stop its users and send SIGTERM again (or umount -l)", "mountpoint", c.mountpoint, "signal", sig.String(), "err", err)
+				continue
+			}
+			return
 		}
 	}()
 	fsys.Wait()

@@ -1,0 +1,35 @@
+#!/bin/sh
+# deps.sh run|test: install the Debian packages that `make run` (run) or
+# `make test` and .ci/run (test) need, if any is missing. Installs with
+# apt-get as root; otherwise says what to install and exits 1. Does
+# nothing (not even apt-get update) when everything is there.
+set -eu
+
+case "${1:-test}" in
+run)	pairs="fuse3:fusermount3" ;;
+test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qemu-utils:qemu-img
+	       rsync:rsync 7zip:7zz libvhdi-utils:vhdiinfo util-linux:setpriv mount:mount" ;;
+*)	echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
+# mount.fuse3 and friends live in /sbin, which a normal user's PATH may lack.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+need=""
+for pc in $pairs; do
+	pkg=${pc%%:*} cmd=${pc#*:}
+	command -v "$cmd" >/dev/null 2>&1 && continue
+	case " $need " in *" $pkg "*) ;; *) need="$need $pkg" ;; esac
+done
+[ -z "$need" ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+	echo "deps: installing missing Debian packages:$need" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $need >/dev/null
+	exit 0
+fi
+echo "deps: missing Debian packages:$need" >&2
+echo "deps: install them first: sudo apt-get install -y$need" >&2
+exit 1
