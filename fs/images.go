@@ -46,7 +46,7 @@ func (d *imagesDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno)
 	for i, im := range ims {
 		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotDir), Mode: syscall.S_IFDIR}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -113,7 +113,7 @@ func (d *byIDDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for i, im := range ims {
 		ents[i] = fuse.DirEntry{Name: im.ID, Ino: im.Ino(store.SlotByIDDir), Mode: syscall.S_IFDIR}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 // imageDirInode returns the inode of an image directory under images/

@@ -200,7 +200,7 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 			ents = append(ents, fuse.DirEntry{Name: name, Ino: im.Ino(u.Slot()), Mode: syscall.S_IFREG})
 		}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 // Create makes a scratch file: an upload under another name that a rename

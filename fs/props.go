@@ -70,7 +70,7 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	for i, k := range keys {
 		ents[i] = fuse.DirEntry{Name: k, Ino: im.PropertyIno(k), Mode: syscall.S_IFREG}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 // Create adds a custom property with an empty value; the writes that

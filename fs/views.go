@@ -150,7 +150,7 @@ func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Er
 			ents = append(ents, fuse.DirEntry{Name: k, Ino: viewIno(k), Mode: syscall.S_IFDIR})
 		}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -193,7 +193,7 @@ func (d *viewKeyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno
 	for i, v := range values {
 		ents[i] = fuse.DirEntry{Name: ViewName(v), Ino: viewIno(d.key, v), Mode: syscall.S_IFDIR}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -241,7 +241,7 @@ func (d *viewValueDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Err
 	for i, im := range ims {
 		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotViewLink), Mode: syscall.S_IFLNK}
 	}
-	return gofs.NewListDirStream(ents), 0
+	return withDots(&d.Inode, ents), 0
 }
 
 func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

@@ -122,5 +122,5 @@ func devMode(path string) string {
 	if err := unix.Stat(path, &st); err != nil {
 		return err.Error()
 	}
-	return fmt.Sprintf("%s owned by uid %d", os.FileMode(st.Mode&0o777).String()[1:], st.Uid)
+	return fmt.Sprintf("%s owned by uid %d", os.FileMode(st.Mode & 0o777).String()[1:], st.Uid)
 }
