@@ -6,6 +6,7 @@
 //	imagefs mount [flags] STORE MOUNTPOINT
 //	imagefs inspect [--json] FILE...
 //	imagefs fsck [flags] STORE
+//	imagefs umount [--timeout D] MOUNTPOINT
 //	imagefs version
 //	imagefs STORE MOUNTPOINT [-o OPTIONS]   (mount helper: mount(8), fstab)
 package main
@@ -64,6 +65,7 @@ Examples:
   imagefs mount /var/lib/imagefs /mnt/images            # foreground
   mount -t fuse.imagefs -o allow_other /var/lib/imagefs /mnt/images
   umount /mnt/images
+  imagefs umount /mnt/images && imagefs fsck /var/lib/imagefs   # waits for the daemon
   # /etc/fstab:
   /var/lib/imagefs  /mnt/images  fuse.imagefs  allow_other,nofail  0  0
 

@@ -19,8 +19,12 @@ const mountHelp = `Usage: imagefs mount [OPTIONS] [-o MOUNTOPTS] STORE MOUNTPOIN
 
 Serve the image store STORE (a directory, created if missing) at MOUNTPOINT
 (an existing directory) in the foreground until the filesystem is unmounted
-(umount MOUNTPOINT, fusermount3 -u MOUNTPOINT) or imagefs receives SIGINT
-or SIGTERM, then unmount cleanly and close the catalog.
+(imagefs umount MOUNTPOINT, which waits until imagefs has exited; umount
+MOUNTPOINT; fusermount3 -u MOUNTPOINT) or imagefs receives SIGINT or
+SIGTERM, then unmount cleanly and close the catalog. A signal while the
+mount is busy (a process has a file or its working directory under it) is
+logged and changes nothing; the next SIGINT or SIGTERM tries again.
+Relative paths are taken from the working directory.
 
 As root imagefs mounts directly; as another user it uses fusermount3.
 df -T shows the mount as type fuse.imagefs with STORE as its source.

@@ -47,7 +47,8 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
                         of images (= --cache-nodes)
   foreground            mount helper: stay in the foreground, log to stderr
   log_format=FORMAT     text or json (= --log-format)
-  log_file=PATH         append logs to PATH (= --log-file)
+  log_file=PATH         append logs to PATH (= --log-file; a relative PATH is
+                        taken from the working directory, in both forms)
   metrics_addr=ADDR     serve Prometheus metrics at http://ADDR/metrics
   fsname=NAME           the source shown by df and /proc/mounts (default STORE)
   noexec                forbid executing files from the mount
