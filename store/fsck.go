@@ -465,15 +465,20 @@ func (s *Store) completeSeal(im *Image) error {
 }
 
 // moveToLostFound moves the data file of id out of the data area into
-// STORE/lost+found (local backend only), losing nothing.
+// STORE/lost+found (local backend only), losing nothing; it is 0400
+// there, whatever its mode was.
 func (s *Store) moveToLostFound(id string) error {
 	ld, ok := s.data.(*localData)
 	if !ok {
 		return fmt.Errorf("lost+found needs the local data backend")
 	}
 	dir := filepath.Join(s.dir, "lost+found")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, modeDir); err != nil {
 		return err
 	}
-	return os.Rename(ld.path(id), filepath.Join(dir, id+".vhd"))
+	dst := filepath.Join(dir, id+".vhd")
+	if err := os.Rename(ld.path(id), dst); err != nil {
+		return err
+	}
+	return os.Chmod(dst, modeDataFile)
 }
