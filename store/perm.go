@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -24,10 +25,25 @@ const (
 // privateFS is the OS filesystem for Pebble with every directory created
 // 0700 and every file 0600, whatever the process umask: Pebble creates
 // its files 0666 and directories 0755, and keeps creating WAL, SST,
-// MANIFEST and OPTIONS files while the store is mounted.
+// MANIFEST and OPTIONS files while the store is mounted. A file is created
+// 0600 before Pebble opens it (so a crash leaves no file others could
+// read), and made 0600 again once open (a file reused or left by an older
+// imagefs).
 type privateFS struct{ vfs.FS }
 
 func (p privateFS) Unwrap() vfs.FS { return p.FS }
+
+// precreate creates name empty and 0600 unless it exists.
+func precreate(name string) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, modeFile)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
 
 // private makes the file f just created or opened for writing 0600.
 func private(f vfs.File, err error) (vfs.File, error) {
@@ -41,11 +57,22 @@ func private(f vfs.File, err error) (vfs.File, error) {
 	return f, nil
 }
 
+// Create is vfs's Create (which replaces an existing file) with the new
+// file 0600 from the start.
 func (p privateFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return private(p.FS.Create(name, c))
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := precreate(name); err != nil {
+		return nil, err
+	}
+	return private(p.FS.OpenReadWrite(name, c))
 }
 
 func (p privateFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	if err := precreate(name); err != nil {
+		return nil, err
+	}
 	return private(p.FS.OpenReadWrite(name, c, opts...))
 }
 
@@ -56,6 +83,9 @@ func (p privateFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategor
 func (p privateFS) MkdirAll(dir string, _ os.FileMode) error { return p.FS.MkdirAll(dir, modeDir) }
 
 func (p privateFS) Lock(name string) (io.Closer, error) {
+	if err := precreate(name); err != nil {
+		return nil, err
+	}
 	l, err := p.FS.Lock(name)
 	if err == nil {
 		if err := os.Chmod(name, modeFile); err != nil {
