@@ -190,3 +190,38 @@ func TestInterruptedDeleteRemovesData(t *testing.T) {
 	assert.Equal(t, 1, r.LostFound)
 	assert.Equal(t, int64(len("orphan")), r.LostFoundBytes)
 }
+
+// TestDeleteDuringUploadRemovesLateData: an image deleted while its
+// upload is in flight may still get its data stored by a seal that was
+// past its checks (upload.go removes it again, but a crash may come
+// first); that data is removed at the next Open, not kept in lost+found.
+// A delete with no upload and no data leaves no tombstone.
+func TestDeleteDuringUploadRemovesLateData(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	im, _ := s.Create(alice, "uploading")
+	u, err := s.OpenWrite(alice, im.ID, false)
+	require.NoError(t, err)
+	_, err = u.WriteAt([]byte("partial"), 0)
+	require.NoError(t, err)
+	queued, _ := s.Create(alice, "queued")
+	require.NoError(t, s.Delete(alice, im.ID))
+	require.NoError(t, s.Delete(alice, queued.ID))
+	tombs, err := s.cat.loadTombstones()
+	require.NoError(t, err)
+	assert.Equal(t, map[string]bool{im.ID: true}, tombs)
+	require.NoError(t, s.Close())
+	// What a seal past its checks stores before it sees the delete.
+	late := filepath.Join(dir, "data", im.ID+".vhd")
+	require.NoError(t, os.WriteFile(late, fixedVHD(t, 1<<20), 0o400))
+
+	s = openStore(t, dir)
+	defer s.Close()
+	_, err = os.Stat(late)
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Stat(filepath.Join(dir, "lost+found", im.ID+".vhd"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	tombs, err = s.cat.loadTombstones()
+	require.NoError(t, err)
+	assert.Empty(t, tombs)
+}

@@ -504,9 +504,11 @@ func (s *Store) Delete(c Caller, id string) error {
 	t.deleteImage(id)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)
-	if im.Status.Sealed() {
-		// Until the data file is gone: a crash before that leaves data
-		// the next Open removes, not an orphan for lost+found.
+	if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
+		// Until the data file is gone (or, for an upload in flight whose
+		// seal may still store data, until the next Open): a crash before
+		// that leaves data the next Open removes, not an orphan for
+		// lost+found.
 		t.putTombstone(id)
 	}
 	if err := t.commit(); err != nil {
