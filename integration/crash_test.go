@@ -36,7 +36,7 @@ var (
 
 // repairable are the problems an unclean stop may leave and every mount
 // (or fsck --repair) repairs.
-var repairable = []string{"interrupted-upload", "staging-leftover", "uncommitted-seal", "orphan-data"}
+var repairable = []string{"interrupted-upload", "staging-leftover", "uncommitted-seal", "orphan-data", "deleted-data"}
 
 // crashState is what the test knows must hold across crashes.
 type crashState struct {
@@ -166,7 +166,7 @@ func crashIteration(t *testing.T, m *fsMount, fx crashFixtures, st *crashState, 
 				t.Errorf("iteration %d: fsck after SIGKILL: unexpected problem %+v", iter, p)
 			}
 		}
-		if rep.code != 0 && len(rep.Problems) == 0 || rep.code > 1 {
+		if (rep.code != 0) != (len(rep.Problems) > 0) || len(rep.Problems) > 0 && rep.code != 3 {
 			t.Errorf("iteration %d: fsck exit %d with problems %v", iter, rep.code, rep.Problems)
 		}
 	case 1:
@@ -494,10 +494,11 @@ type fsckReport struct {
 	Sealed   int `json:"sealed"`
 	Verified int `json:"verified"`
 	Problems []struct {
-		Kind     string `json:"kind"`
-		ID       string `json:"id"`
-		Detail   string `json:"detail"`
-		Repaired bool   `json:"repaired"`
+		Kind       string `json:"kind"`
+		ID         string `json:"id"`
+		Detail     string `json:"detail"`
+		Repairable bool   `json:"repairable"`
+		Repaired   bool   `json:"repaired"`
 	} `json:"problems"`
 }
 
@@ -511,7 +512,7 @@ func fsckJSON(t testing.TB, store string, args ...string) fsckReport {
 		t.Fatalf("imagefs fsck --json %v: %v\n%s", args, err, r)
 	}
 	rep.code = r.code
-	if r.code >= 2 {
+	if r.code == 2 || r.code > 3 {
 		t.Errorf("imagefs fsck %v could not check the store: %s", args, r)
 	}
 	return rep
@@ -585,7 +586,7 @@ func TestFsckCommand(t *testing.T) {
 
 	// Bit rot in the data file: found by --verify-data only, not repairable.
 	p := m.backing(id)
-	if err := os.Chmod(p, 0o644); err != nil {
+	if err := os.Chmod(p, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.OpenFile(p, os.O_WRONLY, 0)
@@ -595,7 +596,8 @@ func TestFsckCommand(t *testing.T) {
 	f.WriteAt([]byte("rot"), 3*mib)
 	f.Close()
 	rep := fsckJSON(t, m.Store)
-	if rep.code != 1 || len(rep.Problems) != 1 || rep.Problems[0].Kind != "data-mode" {
+	// Writable: repairable, and plain fsck says so (exit 3).
+	if rep.code != 3 || len(rep.Problems) != 1 || rep.Problems[0].Kind != "data-mode" || !rep.Problems[0].Repairable {
 		t.Errorf("fsck of a writable data file: exit %d, %v", rep.code, rep.Problems)
 	}
 	rep = fsckJSON(t, m.Store, "--repair", "--verify-data")
@@ -607,7 +609,7 @@ func TestFsckCommand(t *testing.T) {
 	if rep.code != 1 || !slices.Equal(kinds, []string{"checksum-mismatch", "data-mode"}) {
 		t.Errorf("fsck --repair --verify-data of a damaged file: exit %d, %v", rep.code, rep.Problems)
 	}
-	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o444 {
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o400 {
 		t.Errorf("data file mode after --repair: %v %v", fi.Mode(), err)
 	}
 

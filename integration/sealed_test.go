@@ -12,7 +12,7 @@ import (
 
 // TestSealedImmutable checks that after sealing every change to image.vhd
 // fails with EPERM for root, through both paths, with system calls and
-// with the shell tools, that the mode is 0444 (the backing file's too) and
+// with the shell tools, that the mode is 0444 (the backing file 0400) and
 // that the bytes and checksum do not change.
 func TestSealedImmutable(t *testing.T) {
 	m := mount(t)
@@ -79,8 +79,8 @@ func TestSealedImmutable(t *testing.T) {
 	}
 	wantErrno(t, "create a scratch file in a sealed image", err, syscall.EPERM)
 
-	if fi, err := os.Stat(m.backing(id)); err != nil || fi.Mode() != 0o444 {
-		t.Errorf("STORE/data/%s.vhd: mode %v (%v), want -r--r--r--", id, fi.Mode(), err)
+	if fi, err := os.Stat(m.backing(id)); err != nil || fi.Mode() != 0o400 {
+		t.Errorf("STORE/data/%s.vhd: mode %v (%v), want -r--------", id, fi.Mode(), err)
 	}
 	cmp(t, fx.Path, m.backing(id))
 	// Nothing changed.
@@ -94,7 +94,8 @@ func TestSealedImmutable(t *testing.T) {
 
 // TestSealedModes checks the modes layout.md gives: a sealed image.vhd is
 // 0444, system-maintained property files are 0444, the ones the owner
-// edits 0644, for a private image (the default) and a public one.
+// edits 0644, for a private image (the default) and a public one; the
+// backing file in STORE/data is 0400 (the daemon's user only).
 func TestSealedModes(t *testing.T) {
 	m := mount(t)
 	fx := makeVHD(t, 2*mib, "fixed")
@@ -107,7 +108,7 @@ func TestSealedModes(t *testing.T) {
 			want := map[string]os.FileMode{
 				m.dataFile(vis):                0o444,
 				m.byID(id, "image.vhd"):        0o444,
-				m.backing(id):                  0o444,
+				m.backing(id):                  0o400,
 				m.propFile(vis, "custom_key"):  0o644,
 				m.byID(id, "properties", "id"): 0o444,
 			}

@@ -23,10 +23,13 @@ import (
 //	seq/ino     -> next inode base, uint64 big-endian
 //	prop/<key>\x00<value>\x00<id> -> "" (property index, see index.go)
 //	meta/propindex -> property index version
+//	del/<id>    -> "" (tombstone: the image's delete committed, its
+//	               data file may still exist; see Store.Delete)
 const (
-	prefixImage = "img/"
-	prefixName  = "name/"
-	keySeqIno   = "seq/ino"
+	prefixImage     = "img/"
+	prefixName      = "name/"
+	keySeqIno       = "seq/ino"
+	prefixTombstone = "del/"
 )
 
 // A failed commit. Pebble cannot take back a batch whose WAL write
@@ -70,7 +73,7 @@ var freeSpace = func(dir string) (int64, error) {
 }
 
 func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
-	opts := &pebble.Options{Logger: quietLogger{}}
+	opts := &pebble.Options{Logger: quietLogger{}, FS: privateFS{vfs.Default}}
 	if fs != nil {
 		opts.FS = fs
 	}
@@ -183,6 +186,23 @@ func (c *catalog) loadNames(fn func(name, id string)) error {
 	return it.Error()
 }
 
+// loadTombstones returns the ids whose delete committed while their data
+// may remain (see Store.Delete).
+func (c *catalog) loadTombstones() (map[string]bool, error) {
+	it, err := c.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefixTombstone), UpperBound: []byte("del0"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCatalog, err)
+	}
+	defer it.Close()
+	out := map[string]bool{}
+	for it.First(); it.Valid(); it.Next() {
+		out[string(it.Key()[len(prefixTombstone):])] = true
+	}
+	return out, it.Error()
+}
+
 func (c *catalog) nextInoBase() (uint64, error) {
 	v, closer, err := c.db.Get([]byte(keySeqIno))
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -203,6 +223,8 @@ type txn struct {
 	// headroom is the free space the commit must leave (catalogHeadroom
 	// unless small was called).
 	headroom int64
+	// noSync: commit without waiting for the disk (see lazy).
+	noSync bool
 }
 
 func (c *catalog) begin() *txn {
@@ -213,6 +235,13 @@ func (c *catalog) begin() *txn {
 // record's status or removes one.
 func (t *txn) small() *txn {
 	t.headroom = smallHeadroom
+	return t
+}
+
+// lazy marks a commit that need not be durable when it returns: one
+// whose loss in a crash the next Open repairs (dropping a tombstone).
+func (t *txn) lazy() *txn {
+	t.noSync = true
 	return t
 }
 
@@ -229,6 +258,10 @@ func (t *txn) deleteImage(id string) { _ = t.b.Delete([]byte(prefixImage+id), ni
 func (t *txn) putName(name, id string) { _ = t.b.Set([]byte(prefixName+name), []byte(id), nil) }
 
 func (t *txn) deleteName(name string) { _ = t.b.Delete([]byte(prefixName+name), nil) }
+
+func (t *txn) putTombstone(id string) { _ = t.b.Set([]byte(prefixTombstone+id), nil, nil) }
+
+func (t *txn) deleteTombstone(id string) { _ = t.b.Delete([]byte(prefixTombstone+id), nil) }
 
 func (t *txn) putSeqIno(next uint64) {
 	var v [8]byte
@@ -264,7 +297,11 @@ func (t *txn) commit() (err error) {
 			err = fmt.Errorf("%w: commit: %s", ErrCatalog, f)
 		}
 	}()
-	if err := t.b.Commit(pebble.Sync); err != nil {
+	wo := pebble.Sync
+	if t.noSync {
+		wo = pebble.NoSync
+	}
+	if err := t.b.Commit(wo); err != nil {
 		return fmt.Errorf("%w: commit: %v", ErrCatalog, err)
 	}
 	return nil

@@ -25,15 +25,16 @@ type DataBackend interface {
 	List() ([]string, error)
 }
 
-// localData keeps sealed data as DIR/<id>.vhd, mode 0444.
+// localData keeps sealed data as DIR/<id>.vhd, mode 0400 (the daemon's
+// user reads it; no one writes it).
 type localData struct {
 	dir string
 }
 
 // NewLocalData returns a DataBackend storing files under dir, which it
-// creates if missing.
+// creates (0700) if missing.
 func NewLocalData(dir string) (DataBackend, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, modeDir); err != nil {
 		return nil, err
 	}
 	return &localData{dir: dir}, nil
@@ -42,7 +43,7 @@ func NewLocalData(dir string) (DataBackend, error) {
 func (d *localData) path(id string) string { return filepath.Join(d.dir, id+".vhd") }
 
 func (d *localData) Put(id, path string) error {
-	if err := os.Chmod(path, 0o444); err != nil {
+	if err := os.Chmod(path, modeDataFile); err != nil {
 		return err
 	}
 	if err := os.Rename(path, d.path(id)); err != nil {

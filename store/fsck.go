@@ -15,9 +15,11 @@ const (
 	ProblemStaging        = "staging-leftover"   // staging file of no upload (repair: removed)
 	ProblemUncommitted    = "uncommitted-seal"   // sealed data whose record did not commit (repair: verified and sealed)
 	ProblemOrphanData     = "orphan-data"        // data file of no image (repair: moved to STORE/lost+found)
+	ProblemDeletedData    = "deleted-data"       // data file of an image whose delete committed (repair: removed)
 	ProblemMissingData    = "missing-data"       // active image without its data file
 	ProblemSizeMismatch   = "size-mismatch"      // data file size differs from the record's size
-	ProblemDataMode       = "data-mode"          // data file writable on the backing filesystem (repair: chmod 0444)
+	ProblemDataMode       = "data-mode"          // data file writable on the backing filesystem (repair: chmod 0400)
+	ProblemStoreMode      = "store-mode"         // group or others may read the store (repair: directories 0700, files 0600, data 0400)
 	ProblemNameIndex      = "name-index"         // name index disagrees with the records (repair: rewritten)
 	ProblemRecord         = "record"             // a record breaks an invariant (unknown status, active without checksum)
 	ProblemStaleHashes    = "stale-hashes"       // an image that is not sealed has checksum, hashes or size (repair: cleared)
@@ -28,12 +30,26 @@ const (
 	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
 )
 
-// Problem is one inconsistency found by Check.
+// repairable are the kinds of problem Check with Repair fixes (save the
+// two collisions it reports as not repairable: a name or an inode range
+// used by two images).
+var repairable = map[string]bool{
+	ProblemInterrupted: true, ProblemStaging: true, ProblemUncommitted: true,
+	ProblemOrphanData: true, ProblemDeletedData: true, ProblemDataMode: true,
+	ProblemStoreMode: true, ProblemNameIndex: true, ProblemStaleHashes: true,
+	ProblemKillReason: true, ProblemInode: true, ProblemPropertyIndex: true,
+}
+
+// Problem is one inconsistency found by Check. Repairable says whether
+// Check with Repair fixes it (and every mount, for the kinds Open
+// repairs); the others need the operator (restore the data file, or
+// delete the image).
 type Problem struct {
-	Kind     string `json:"kind"`
-	ID       string `json:"id,omitempty"`
-	Detail   string `json:"detail"`
-	Repaired bool   `json:"repaired"`
+	Kind       string `json:"kind"`
+	ID         string `json:"id,omitempty"`
+	Detail     string `json:"detail"`
+	Repairable bool   `json:"repairable"`
+	Repaired   bool   `json:"repaired"`
 }
 
 func (p Problem) String() string {
@@ -42,8 +58,11 @@ func (p Problem) String() string {
 		s += p.ID + ": "
 	}
 	s += p.Detail
-	if p.Repaired {
+	switch {
+	case p.Repaired:
 		s += " (repaired)"
+	case p.Repairable:
+		s += " (--repair fixes this)"
 	}
 	return s
 }
@@ -62,18 +81,33 @@ type CheckOptions struct {
 	quick bool
 }
 
-// CheckReport is what Check found.
+// CheckReport is what Check found. LostFound and LostFoundBytes count
+// the files in STORE/lost+found and their bytes: data no record explains,
+// kept for the operator (not a problem; see imagefs fsck).
 type CheckReport struct {
-	Images   int       `json:"images"`
-	Sealed   int       `json:"sealed"`
-	Verified int       `json:"verified"`
-	Problems []Problem `json:"problems"`
+	Images         int       `json:"images"`
+	Sealed         int       `json:"sealed"`
+	Verified       int       `json:"verified"`
+	Problems       []Problem `json:"problems"`
+	LostFound      int       `json:"lost_found"`
+	LostFoundBytes int64     `json:"lost_found_bytes"`
 }
 
 // OK reports whether every problem found was repaired.
 func (r *CheckReport) OK() bool {
 	for _, p := range r.Problems {
 		if !p.Repaired {
+			return false
+		}
+	}
+	return true
+}
+
+// Repairable reports whether every problem not repaired is one that Check
+// with Repair fixes (true when there are none).
+func (r *CheckReport) Repairable() bool {
+	for _, p := range r.Problems {
+		if !p.Repaired && !p.Repairable {
 			return false
 		}
 	}
@@ -99,7 +133,11 @@ func Check(dir string, opts CheckOptions) (*CheckReport, error) {
 func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	r := &CheckReport{Images: len(s.images)}
 	add := func(kind, id, detail string, repaired bool) {
-		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail, Repaired: repaired})
+		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail, Repairable: repairable[kind], Repaired: repaired})
+	}
+	// manual adds a problem of a repairable kind that Repair cannot fix.
+	manual := func(kind, id, detail string) {
+		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail})
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
 
@@ -184,10 +222,42 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	}
 	r.Sealed = len(sealed)
 
-	// Data files.
+	// Data files: of an image, of a deleted image (removed), or of no
+	// record at all (kept in lost+found).
+	tombs, err := s.cat.loadTombstones()
+	if err != nil {
+		return nil, err
+	}
 	for _, id := range dataIDs {
-		if _, ok := s.images[id]; !ok {
+		switch _, ok := s.images[id]; {
+		case ok:
+		case tombs[id]:
+			repaired := opts.Repair && s.data.Remove(id) == nil
+			if repaired {
+				delete(hasData, id)
+			}
+			add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
+		default:
 			add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
+		}
+	}
+	if opts.Repair {
+		// Tombstones whose data is gone, or (never written so) whose
+		// image still has a record, have done their work.
+		t := s.cat.begin().small()
+		n := 0
+		for id := range tombs {
+			if !hasData[id] || s.images[id] != nil {
+				t.deleteTombstone(id)
+				n++
+			}
+		}
+		if n > 0 {
+			if err := t.commit(); err != nil {
+				return nil, err
+			}
+		} else {
+			t.b.Close()
 		}
 	}
 	for _, im := range sealed {
@@ -204,7 +274,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 			add(ProblemSizeMismatch, im.ID, fmt.Sprintf("data file is %d bytes, record says %d", fi.Size(), im.Size), false)
 		}
 		if err == nil && fi.Mode().Perm()&0o222 != 0 {
-			add(ProblemDataMode, im.ID, fmt.Sprintf("data file mode is %o, want 0444", fi.Mode().Perm()), opts.Repair && f.Chmod(0o444) == nil)
+			add(ProblemDataMode, im.ID, fmt.Sprintf("data file mode is %04o, want 0400", fi.Mode().Perm()), opts.Repair && f.Chmod(modeDataFile) == nil)
 		}
 		f.Close()
 	}
@@ -216,8 +286,26 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 		}
 	}
 
+	// Permissions: at Open only when STORE or one of its directories
+	// lets others in (a private directory keeps its files private).
+	if !opts.quick || looseStore(s.dir) {
+		if what, ok := tighten(s.dir, opts.Repair); what != "" {
+			add(ProblemStoreMode, "", what, opts.Repair && ok)
+		}
+	}
+
 	if opts.quick {
 		return r, nil
+	}
+
+	// What lost+found holds.
+	if ents, err := os.ReadDir(filepath.Join(s.dir, "lost+found")); err == nil {
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+				r.LostFound++
+				r.LostFoundBytes += fi.Size()
+			}
+		}
 	}
 
 	// Name index.
@@ -238,7 +326,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	for _, id := range ids {
 		im := s.images[id]
 		if other, dup := byName[im.Name]; dup {
-			add(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other), false)
+			manual(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other))
 			continue
 		}
 		byName[im.Name] = id
@@ -263,7 +351,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 		im := s.images[id]
 		base := im.InoBase >> inoShift
 		if other, dup := byIno[base]; dup {
-			add(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other), false)
+			manual(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other))
 		}
 		byIno[base] = id
 		maxBase = max(maxBase, base)
@@ -377,15 +465,20 @@ func (s *Store) completeSeal(im *Image) error {
 }
 
 // moveToLostFound moves the data file of id out of the data area into
-// STORE/lost+found (local backend only), losing nothing.
+// STORE/lost+found (local backend only), losing nothing; it is 0400
+// there, whatever its mode was.
 func (s *Store) moveToLostFound(id string) error {
 	ld, ok := s.data.(*localData)
 	if !ok {
 		return fmt.Errorf("lost+found needs the local data backend")
 	}
 	dir := filepath.Join(s.dir, "lost+found")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, modeDir); err != nil {
 		return err
 	}
-	return os.Rename(ld.path(id), filepath.Join(dir, id+".vhd"))
+	dst := filepath.Join(dir, id+".vhd")
+	if err := os.Rename(ld.path(id), dst); err != nil {
+		return err
+	}
+	return os.Chmod(dst, modeDataFile)
 }

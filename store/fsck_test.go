@@ -54,14 +54,14 @@ func TestCheckFindsAndRepairs(t *testing.T) {
 	// Bit rot in one image, a missing data file, an orphan, a writable
 	// data file and a leftover staging file.
 	p := filepath.Join(data, rot.ID+".vhd")
-	require.NoError(t, os.Chmod(p, 0o644))
+	require.NoError(t, os.Chmod(p, 0o600))
 	f, err := os.OpenFile(p, os.O_WRONLY, 0)
 	require.NoError(t, err)
 	_, err = f.WriteAt([]byte{0xff, 0xfe}, 4096)
 	require.NoError(t, err)
 	f.Close()
 	require.NoError(t, os.Remove(filepath.Join(data, gone.ID+".vhd")))
-	require.NoError(t, os.WriteFile(filepath.Join(data, "0a0a0a0a-0000-4000-8000-000000000000.vhd"), []byte("orphan"), 0o444))
+	require.NoError(t, os.WriteFile(filepath.Join(data, "0a0a0a0a-0000-4000-8000-000000000000.vhd"), []byte("orphan"), 0o400))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "staging", inflight.ID+".1.1"), []byte("partial"), 0o600))
 
 	r, err := Check(dir, CheckOptions{VerifyData: true})

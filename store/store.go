@@ -103,9 +103,11 @@ type liveImage struct {
 	sealMu sync.Mutex
 }
 
-// Open opens (creating if missing) the store in dir and reconciles it
-// after an unclean stop: uploads that were in flight become killed and
-// leftover staging files are removed.
+// Open opens (creating if missing, for the daemon's user only: directories
+// 0700, files 0600, sealed data 0400) the store in dir and reconciles it
+// after an unclean stop: uploads that were in flight become killed,
+// leftover staging files are removed, the data of deleted images is
+// removed, and a store that group or others can read is made private.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.PropertyQuota <= 0 {
 		opts.PropertyQuota = DefaultPropertyQuota
@@ -114,7 +116,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	for _, d := range []string{dir, filepath.Join(dir, "staging")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, modeDir); err != nil {
 			return nil, fmt.Errorf("create store %s: %w", dir, err)
 		}
 	}
@@ -502,6 +504,13 @@ func (s *Store) Delete(c Caller, id string) error {
 	t.deleteImage(id)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)
+	if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
+		// Until the data file is gone (or, for an upload in flight whose
+		// seal may still store data, until the next Open): a crash before
+		// that leaves data the next Open removes, not an orphan for
+		// lost+found.
+		t.putTombstone(id)
+	}
 	if err := t.commit(); err != nil {
 		s.mu.Unlock()
 		return err
@@ -528,7 +537,14 @@ func (s *Store) Delete(c Caller, id string) error {
 	}
 	if im.Status.Sealed() {
 		if err := s.data.Remove(id); err != nil {
-			logger.Error("removing data of deleted image", "id", id, "err", err)
+			logger.Error("removing data of deleted image (the next mount removes it)", "id", id, "err", err)
+		} else {
+			// Not durable: a tombstone without data is dropped at Open.
+			s.mu.Lock()
+			t := s.cat.begin().small().lazy()
+			t.deleteTombstone(id)
+			t.commit() // a failure is logged; the next Open drops it
+			s.mu.Unlock()
 		}
 	}
 	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)

@@ -176,7 +176,7 @@ func TestSealInOrderAndOutOfOrder(t *testing.T) {
 			defer f.Close()
 			fi, err := f.Stat()
 			require.NoError(t, err)
-			assert.Equal(t, os.FileMode(0o444), fi.Mode().Perm(), "sealed data is read-only on the backing filesystem")
+			assert.Equal(t, os.FileMode(0o400), fi.Mode().Perm(), "sealed data is read-only on the backing filesystem, for the daemon's user only")
 			got := make([]byte, len(data))
 			_, err = f.ReadAt(got, 0)
 			require.NoError(t, err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/imagefs/imagefs/store"
@@ -16,19 +17,29 @@ const fsckHelp = `Usage: imagefs fsck [OPTIONS] STORE
 
 Check an imagefs store that is not mounted: the catalog against the data
 files. Reports interrupted uploads, leftover staging files, seals whose
-catalog record did not commit, data files of no image (orphans), images
-whose data is missing or has the wrong size, writable data files, records
-whose status and properties disagree (an active image without checksum, an
+catalog record did not commit, data files of no image (orphans) and of
+deleted images, images whose data is missing or has the wrong size,
+writable data files, a store that group or others can read, records whose
+status and properties disagree (an active image without checksum, an
 unsealed one with hashes, a sealed one with a kill reason), colliding
 inode ranges, and a name index or property index (by-property/) that
-disagrees with the records.
+disagrees with the records. Each problem --repair fixes is marked
+"(--repair fixes this)". Also says how many files STORE/lost+found holds.
 
 With --repair, fixes what can be fixed without losing data: interrupted
 uploads become killed, staging leftovers are removed, uncommitted seals are
-verified and completed, orphans are moved to STORE/lost+found, data files
-are made read-only, stale hashes and kill reasons are cleared, the next
-inode range is moved past those in use, and the name and property indexes
-are rewritten. Every mount does the first four by itself.
+verified and completed, orphans are moved to STORE/lost+found, the data of
+deleted images is removed, the store is made private (directories 0700,
+files 0600, data files 0400), stale hashes and kill reasons are cleared,
+the next inode range is moved past those in use, and the name and property
+indexes are rewritten. Every mount does the first six by itself. Missing
+or damaged data (missing-data, size-mismatch, checksum-mismatch), broken
+records and two images with one name or inode range need the operator:
+restore the data file from a backup, or delete the image.
+
+STORE/lost+found keeps data files no record explains (never removed by
+imagefs): look at them with imagefs inspect, then remove them with
+rm STORE/lost+found/*.vhd.
 
 With --verify-data, re-hashes every sealed image and compares it with its
 checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
@@ -36,8 +47,9 @@ disk. Shows a progress bar on a terminal and plain lines otherwise.
 
 Exit status:
   0  all is well (or every problem was repaired)
-  1  problems remain
+  1  problems remain that --repair does not fix (or a repair failed)
   2  the store could not be checked (not a store, or mounted)
+  3  without --repair: problems found, all of which --repair fixes
 
 Options:
 `
@@ -97,11 +109,35 @@ func runFsck(args []string) int {
 			fmt.Println(p)
 		}
 		fmt.Printf("%d images, %d sealed, %d verified, %d problems\n", r.Images, r.Sealed, r.Verified, len(r.Problems))
+		fixable, manual := 0, 0
+		for _, p := range r.Problems {
+			switch {
+			case p.Repaired:
+			case p.Repairable && !*repair:
+				fixable++
+			default:
+				manual++
+			}
+		}
+		if fixable > 0 {
+			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, fl.Arg(0))
+		}
+		if manual > 0 {
+			fmt.Printf("%d of them need you: restore the data file from a backup, or delete the image\n", manual)
+		}
+		if r.LostFound > 0 {
+			lf := filepath.Join(fl.Arg(0), "lost+found")
+			fmt.Printf("%s holds %d files (%d bytes) of data no image record explains: look at them with imagefs inspect, then empty it with rm %s/*.vhd\n",
+				lf, r.LostFound, r.LostFoundBytes, lf)
+		}
 	}
-	if !r.OK() {
-		return 1
+	switch {
+	case r.OK():
+		return 0
+	case !*repair && r.Repairable():
+		return 3
 	}
-	return 0
+	return 1
 }
 
 // progress returns a progress callback: a bar on a terminal, a plain line
