@@ -89,12 +89,15 @@ func (n *dataNode) renamed() bool {
 }
 
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	im := n.image()
+	im := n.imageFor(ctx)
 	if h, ok := f.(*sealedHandle); ok && im == nil {
-		// fstat of data opened before the image was deleted: the
-		// reader keeps its file, with no links left.
+		// fstat of data opened before the image was deleted (or before
+		// the caller's access was revoked): the reader keeps its file,
+		// as it was at open.
 		n.fillDataAttr(h.im, &out.Attr)
-		out.Nlink = 0
+		if n.fsys.st.Get(n.id) == nil {
+			out.Nlink = 0 // no links left
+		}
 		return 0
 	}
 	if im == nil {
@@ -171,10 +174,14 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.ESTALE // as in Getattr: open retries with the image's inode
 	}
 	if n.isScratch() {
+		var err error
 		if write {
-			if err := st.Reopen(c, n.scratch, trunc); err != nil {
-				return nil, 0, toErrno(err)
-			}
+			err = st.Reopen(c, n.scratch, trunc)
+		} else {
+			err = st.OpenUploadRead(c, n.scratch) // unsealed: the owner's only
+		}
+		if err != nil {
+			return nil, 0, toErrno(err)
 		}
 		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}

@@ -26,10 +26,23 @@ func (n *node) image() *store.Image {
 	return n.fsys.st.Get(n.id)
 }
 
-// fillAttr fills the attributes shared by an image's nodes: owner and
-// times from the record.
+// imageFor returns the current record if the caller of ctx may see the
+// image, or nil once it is deleted or when the caller no longer may (its
+// access was revoked: removed from members, or the visibility changed).
+// Requests about an image through a descriptor or cwd held since before a
+// revocation then answer ENOENT, as for an image the caller never saw. The
+// view is by id, the widest (a descriptor may have come either way). Like
+// image, it records that the image is in use.
+func (n *node) imageFor(ctx context.Context) *store.Image {
+	n.fsys.usage.touch(n.id)
+	return n.fsys.st.GetFor(caller(ctx), n.id)
+}
+
+// fillAttr fills the attributes shared by an image's nodes: owner, group
+// and times from the record.
 func (n *node) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.Uid = im.Owner
+	a.Gid = im.GID
 	t := im.UpdatedAt
 	a.SetTimes(&t, &t, &t)
 }
@@ -64,15 +77,16 @@ func (n *node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 // Getxattr answers EOPNOTSUPP for names outside user.* (ACLs, security
 // labels, capabilities), as filesystems without those namespaces do, and
 // as Setxattr does. ls -l and cp -a then take the mount as having none
-// and stop asking: ENODATA made ls -l ask three times per file.
+// and stop asking: ENODATA made ls -l ask three times per file. An image
+// deleted, or no longer visible to the caller, is ENOENT.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	key, ok := xattr.Key(attr)
 	if !ok {
 		return 0, syscall.EOPNOTSUPP
 	}
-	im := n.image()
+	im := n.imageFor(ctx)
 	if im == nil {
-		return 0, syscall.ENODATA
+		return 0, syscall.ENOENT
 	}
 	v, ok := im.Property(key)
 	if !ok {
@@ -82,7 +96,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	im := n.image()
+	im := n.imageFor(ctx)
 	if im == nil {
 		return 0, syscall.ENOENT
 	}
@@ -143,7 +157,7 @@ func (d *imageDir) fillDirAttr(im *store.Image, a *fuse.Attr) {
 }
 
 func (d *imageDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -160,7 +174,7 @@ func (d *imageDir) propsSlot() uint32 {
 }
 
 func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}
@@ -185,7 +199,7 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}

@@ -28,7 +28,7 @@ var _ = (gofs.NodeUnlinker)((*propsDir)(nil))
 var _ = (gofs.NodeRenamer)((*propsDir)(nil))
 
 func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -50,7 +50,7 @@ func (d *propsDir) propInode(ctx context.Context, im *store.Image, key string, o
 }
 
 func (d *propsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}
@@ -61,7 +61,7 @@ func (d *propsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	im := d.image()
+	im := d.imageFor(ctx)
 	if im == nil {
 		return nil, syscall.ENOENT
 	}
@@ -165,7 +165,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if f == nil && p.moved.Load() {
 		return syscall.ESTALE
 	}
-	im := p.image()
+	im := p.imageFor(ctx)
 	if im == nil {
 		return syscall.ENOENT
 	}
@@ -224,7 +224,7 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if p.moved.Load() {
 		return nil, 0, syscall.ESTALE
 	}
-	im := p.image()
+	im := p.imageFor(ctx)
 	if im == nil {
 		return nil, 0, syscall.ENOENT
 	}
@@ -249,6 +249,16 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 	}
 	h.buf = []byte(v + "\n")
+	if !h.write && !h.c.Owns(im) {
+		// The kernel's pages of this file are shared by every user, and
+		// the owner's opens fill them with the current value: a reader
+		// whose access can be revoked (a member, anyone of a public
+		// image) reads past them, so that each read asks Read, which
+		// checks the reader's access. KEEP_CACHE: the open leaves the
+		// owner's pages in place.
+		h.direct = true
+		return h, fuse.FOPEN_NOFLUSH | fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
+	}
 	if !h.write {
 		// A reader goes through the page cache, kept across opens while
 		// the value stays (invalidate drops it when it changes), and its
@@ -333,6 +343,8 @@ type propHandle struct {
 	key   string
 	node  *propNode
 	write bool
+	// direct: a reader that reads past the page cache (propNode.Open).
+	direct bool
 
 	mu    sync.Mutex
 	buf   []byte
@@ -361,9 +373,15 @@ func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		// Pages filled from an older value would outlive the change that
 		// dropped them (a read of an open file after the change).
 		var b []byte
-		if im := h.st.Get(h.id); im != nil {
+		im := h.st.GetFor(caller(ctx), h.id)
+		if im == nil && h.st.Get(h.id) != nil {
+			return nil, syscall.ENOENT // the reader's access was revoked
+		}
+		if im != nil {
 			if v, ok := im.Property(h.key); ok {
-				h.node.serve(v)
+				if !h.direct {
+					h.node.serve(v)
+				}
 				b = []byte(v + "\n")
 			}
 		}

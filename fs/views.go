@@ -276,6 +276,7 @@ func (l *viewLink) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.Size = uint64(len(l.target()))
 	a.Nlink = 1
 	a.Uid = im.Owner
+	a.Gid = im.GID
 	t := im.UpdatedAt
 	a.SetTimes(&t, &t, &t)
 }

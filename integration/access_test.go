@@ -238,13 +238,19 @@ func (u actor) name() string {
 	return s
 }
 
-// do runs op path args as the user and returns what happened.
-func (u actor) do(op, path string, args ...string) sysResult {
+// privArgs returns the arguments of setpriv that run a command as the
+// user (the command follows them).
+func (u actor) privArgs() []string {
 	pargs := []string{"--reuid=" + u.uid, "--regid=" + u.uid, "--clear-groups"}
 	if u.caps {
 		pargs = append(pargs, "--inh-caps=+dac_override,+fowner", "--ambient-caps=+dac_override,+fowner")
 	}
-	pargs = append(pargs, "env", sysHelperEnv+"=1", u.helper, op, path)
+	return pargs
+}
+
+// do runs op path args as the user and returns what happened.
+func (u actor) do(op, path string, args ...string) sysResult {
+	pargs := append(u.privArgs(), "env", sysHelperEnv+"=1", u.helper, op, path)
 	r := execCmd("setpriv", append(pargs, args...)...)
 	res := sysResult{out: r.stdout, raw: r}
 	if r.code == 1 {

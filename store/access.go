@@ -31,7 +31,7 @@ const (
 //
 // Everyone else gets ENOENT, as if the image did not exist.
 func Visible(c Caller, im *Image, v View) bool {
-	if c.IsRoot() || c.UID == im.Owner {
+	if c.Owns(im) {
 		return true
 	}
 	switch im.Visibility {
@@ -44,6 +44,11 @@ func Visible(c Caller, im *Image, v View) bool {
 	}
 	return false
 }
+
+// Owns reports whether c is im's owner or root: who sees the image
+// whatever its visibility and members say, so whose access no change can
+// revoke.
+func (c Caller) Owns(im *Image) bool { return c.IsRoot() || c.UID == im.Owner }
 
 // IsMember reports whether uid is listed in the image's members.
 func (im *Image) IsMember(uid uint32) bool {

@@ -92,6 +92,9 @@ type Image struct {
 	Name    string `json:"name"`
 	Status  Status `json:"status"`
 	Owner   uint32 `json:"owner"`
+	// GID is the group of the process that created the image, shown as
+	// the group of its files; records written before it was kept have 0.
+	GID uint32 `json:"gid,omitempty"`
 
 	Visibility string `json:"visibility"`
 	Protected  bool   `json:"protected"`

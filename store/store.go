@@ -243,8 +243,9 @@ func mayModify(c Caller, im *Image) error {
 	return fmt.Errorf("%w: uid %d does not own image %s (owner %d)", ErrPermission, c.UID, im.ID, im.Owner)
 }
 
-// Create makes a new image named name owned by c: a v4 UUID, status
-// queued, visibility private, min_ram and min_disk 0, not protected.
+// Create makes a new image named name owned by c (uid, and gid as its
+// group): a v4 UUID, status queued, visibility private, min_ram and
+// min_disk 0, not protected.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
 	defer s.deliver()
@@ -259,7 +260,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	}
 	im := &Image{
 		ID: uuid.NewString(), InoBase: s.nextIno << inoShift, Name: name,
-		Status: StatusQueued, Owner: c.UID, Visibility: "private",
+		Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: "private",
 		Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
 		NextSlot: slotExtraBase,
 	}

@@ -578,6 +578,22 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 	return s.data.Open(id)
 }
 
+// OpenUploadRead checks that c may open upload u (a scratch file, or
+// image.vhd being uploaded) for reading: only the image's owner and root
+// read unsealed data, whatever the image's visibility. Errors: ErrNotFound
+// (the image is gone, or c does not see it), ErrPermission (c sees the
+// image but does not own it).
+func (s *Store) OpenUploadRead(c Caller, u *Upload) error {
+	im := s.GetFor(c, u.id)
+	if im == nil {
+		return fmt.Errorf("%w: image %s", ErrNotFound, u.id)
+	}
+	if !c.Owns(im) {
+		return fmt.Errorf("%w: image %s: only its owner (or root) reads data not yet sealed", ErrPermission, u.id)
+	}
+	return nil
+}
+
 // DiscardUpload drops the staged data of an unsealed image (unlink of
 // image.vhd before it is sealed); the image returns to queued. Errors:
 // ErrImmutable (sealed), ErrPermission, ErrNotFound.
