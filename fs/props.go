@@ -99,6 +99,7 @@ func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode u
 	// the commit replaces.
 	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: name}
 	h := &propHandle{fsys: d.fsys, st: d.fsys.st, c: c, id: d.id, key: name, node: p, write: true, created: true, dirty: true}
+	p.creating = h
 	h.attr(im, &out.Attr)
 	out.SetAttrTimeout(uncached)
 	out.SetEntryTimeout(uncached)
@@ -161,6 +162,10 @@ type propNode struct {
 	// path answer ESTALE, which makes the kernel look it up again.
 	moved atomic.Bool
 
+	// creating: the handle of propsDir.Create that made this inode; the
+	// property exists once it committed (nil for a looked-up inode).
+	creating *propHandle
+
 	// served is the value the kernel's pages were last filled with, by a
 	// read or by cacheForOpen (servedOK: they were, since they were last
 	// dropped). An open whose value differs replaces them: invalidate
@@ -194,7 +199,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if im == nil {
 		return syscall.ENOENT
 	}
-	if h, ok := f.(*propHandle); ok && h.uncommitted() {
+	if h := p.creator(f); h != nil {
 		h.attr(im, &out.Attr) // fstat of a file Create made, not yet set
 		return 0
 	}
@@ -231,6 +236,10 @@ func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			// size is the handle's, and not cached (the close may refuse
 			// the value).
 			h.truncate(int(size))
+			return p.Getattr(ctx, f, out)
+		}
+		if h := p.creator(f); h != nil {
+			h.truncate(int(size)) // the file Create made, by path
 			return p.Getattr(ctx, f, out)
 		}
 		im := p.image()
@@ -376,15 +385,30 @@ type propHandle struct {
 	// created: this handle's file was made by Create: the property does
 	// not exist until the handle's first commit (set), which uses
 	// SetCreate. refused: a write was refused; nothing is committed.
-	created, refused, set bool
+	// released: Release ran.
+	created, refused, set, released bool
 }
 
 // uncommitted reports whether the handle's property is one Create made
-// and no commit has set yet.
+// and no commit has set yet, while the handle is open.
 func (h *propHandle) uncommitted() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.created && !h.set
+	return h.created && !h.set && !h.released
+}
+
+// creator returns the open handle of propsDir.Create whose property is
+// not committed yet, for a request on p with handle f (nil: by path, or
+// futimens, which the kernel sends without the handle), or nil.
+func (p *propNode) creator(f gofs.FileHandle) *propHandle {
+	h, ok := f.(*propHandle)
+	if !ok {
+		h = p.creating
+	}
+	if h == nil || !h.uncommitted() {
+		return nil
+	}
+	return h
 }
 
 // attr fills the attributes of a file Create made, before its commit:
@@ -522,6 +546,7 @@ func (h *propHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 func (h *propHandle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	defer func() { h.released = true }()
 	if h.refused || h.tooBig {
 		return 0 // handled at Flush
 	}
