@@ -11,13 +11,14 @@ import (
 // Limits on names, keys and values (Glance's defaults where it has one).
 const (
 	MaxNameBytes  = 255   // image name length in bytes
+	MaxValueBytes = 65535 // custom property value length in bytes
+	// DefaultPropertyQuota is Glance's image_property_quota default.
+	DefaultPropertyQuota = 128
+
 	// MaxKeyBytes is the longest custom property key: its extended
 	// attribute "user."+key must fit the kernel's 255-byte limit on
 	// attribute names (XATTR_NAME_MAX).
 	MaxKeyBytes = MaxNameBytes - len("user.")
-	MaxValueBytes = 65535 // custom property value length in bytes
-	// DefaultPropertyQuota is Glance's image_property_quota default.
-	DefaultPropertyQuota = 128
 )
 
 // ValidName checks an image name: 1-255 bytes, no '/', no NUL, no
