@@ -104,8 +104,10 @@ func TestCrashLoop(t *testing.T) {
 	st := &crashState{sealed: map[string]string{}, live: map[string]bool{}, deleting: map[string]bool{}, props: map[string]map[string][]string{}}
 	stats := crashStats{fsck: map[string]int{}}
 	start := time.Now()
+	iterations := 0
 	for i := 0; i < *crashIterations && !t.Failed(); i++ {
 		crashIteration(t, m, fx, st, r, i, &stats)
+		iterations++
 	}
 	// A clean stop, then fsck finds nothing at all.
 	m.stop()
@@ -114,7 +116,7 @@ func TestCrashLoop(t *testing.T) {
 		t.Errorf("imagefs fsck --verify-data after a clean stop: exit %d, problems %v", rep.code, rep.Problems)
 	}
 	t.Logf("%d iterations in %s: %d ops (%d uploads sealed, %d refused or failed, %d property writes), %d verified reads during the runs, %d images checked after restarts, %d active at the end; fsck after SIGKILL found %v; %d torn or lost properties",
-		*crashIterations, time.Since(start).Round(time.Millisecond), stats.ops.Load(), stats.sealed.Load(), stats.failedUploads.Load(), stats.propWrites.Load(), stats.reads.Load(), stats.checked, len(st.sealed), stats.fsck, stats.tornProps)
+		iterations, time.Since(start).Round(time.Millisecond), stats.ops.Load(), stats.sealed.Load(), stats.failedUploads.Load(), stats.propWrites.Load(), stats.reads.Load(), stats.checked, len(st.sealed), stats.fsck, stats.tornProps)
 	if stats.sealed.Load() == 0 {
 		t.Errorf("no upload was ever sealed: the loop tested nothing")
 	}
