@@ -18,7 +18,8 @@ import (
 //	ErrNotFound -> ENOENT      ErrExists -> EEXIST       ErrImmutable -> EPERM
 //	ErrPermission -> EACCES    ErrNotPermitted -> EPERM  ErrInvalid -> EINVAL
 //	ErrTooBig -> E2BIG         ErrQuota -> ENOSPC        ErrRefused -> EINVAL
-//	ErrBusy -> EBUSY           ErrCatalog -> EIO         syscall.Errno -> itself
+//	ErrBusy -> EBUSY           ErrCatalog -> EIO         ErrNoSpace -> ENOSPC
+//	syscall.Errno -> itself
 func toErrno(err error) syscall.Errno {
 	if err == nil {
 		return 0
@@ -50,6 +51,7 @@ var errnoMap = []struct {
 	{store.ErrRefused, syscall.EINVAL},
 	{store.ErrBusy, syscall.EBUSY},
 	{store.ErrCatalog, syscall.EIO},
+	{store.ErrNoSpace, syscall.ENOSPC},
 }
 
 // caller returns who made the request.

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -73,19 +74,36 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	return withDots(&d.Inode, ents), 0
 }
 
-// Create adds a custom property with an empty value; the writes that
-// follow set it when the file is closed.
+// Create opens a new custom property and commits nothing: the property
+// appears with its value, in one commit, when the file is flushed
+// (closed) or fsynced after a write, or when it is released without one
+// (touch, ": >": an empty value), and a crash before that leaves no trace
+// of it. Every rule of a new key (owner, key, quota, free space) is
+// checked here, so the open fails with the errno the commit would.
+// Until the commit the file exists only in this handle: the writer's fd
+// works (fstat, write, ftruncate), while lookups of the name answer
+// ENOENT (the entry and attributes are not cached). The commit is a
+// SetCreate: refused with EEXIST if another writer created the key
+// meanwhile.
 func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	if err := d.fsys.st.SetProperty(c, d.id, name, "", store.SetCreate); err != nil {
+	if err := d.fsys.st.CheckCreate(c, d.id, name, ""); err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
 	im := d.image()
 	if im == nil {
 		return nil, nil, 0, syscall.ENOENT
 	}
-	ch := d.propInode(ctx, im, name, out)
-	return ch, &propHandle{fsys: d.fsys, st: d.fsys.st, c: c, id: d.id, key: name, write: true, created: true}, fuse.FOPEN_DIRECT_IO, 0
+	// Not the key's inode (PropertyIno), which the commit assigns: an
+	// inode of its own (go-fuse numbers it), which the next lookup after
+	// the commit replaces.
+	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: name}
+	h := &propHandle{fsys: d.fsys, st: d.fsys.st, c: c, id: d.id, key: name, node: p, write: true, created: true, dirty: true}
+	p.creating = h
+	h.attr(im, &out.Attr)
+	out.SetAttrTimeout(uncached)
+	out.SetEntryTimeout(uncached)
+	return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFREG}), h, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -95,7 +113,8 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 // Rename of a file onto a key within properties/ sets the key to the
 // file's value and removes the file (sed -i, write-temp-then-rename).
 // RENAME_NOREPLACE (mv to a new name) is honoured; RENAME_EXCHANGE is not
-// supported (EINVAL).
+// supported (EINVAL). A value or key the new key's rule refuses is EPERM,
+// not EINVAL (see below).
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*propsDir)
 	if !ok || np.id != d.id {
@@ -112,6 +131,13 @@ func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 		}
 	}
 	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName); err != nil {
+		if errors.Is(err, store.ErrInvalid) {
+			// The value (or the new key) breaks newName's rule. rename(2)'s
+			// EINVAL means moving a directory into itself, which is what
+			// mv prints for it: EPERM says the rename is refused.
+			slog.Warn("property rename refused", "id", d.id, "from", name, "key", newName, "err", err)
+			return syscall.EPERM
+		}
 		return toErrno(err)
 	}
 	if ch := d.GetChild(name); ch != nil {
@@ -135,6 +161,10 @@ type propNode struct {
 	// new name's file is another inode (PropertyIno): Getattr and Open by
 	// path answer ESTALE, which makes the kernel look it up again.
 	moved atomic.Bool
+
+	// creating: the handle of propsDir.Create that made this inode; the
+	// property exists once it committed (nil for a looked-up inode).
+	creating *propHandle
 
 	// served is the value the kernel's pages were last filled with, by a
 	// read or by cacheForOpen (servedOK: they were, since they were last
@@ -169,6 +199,10 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if im == nil {
 		return syscall.ENOENT
 	}
+	if h := p.creator(f); h != nil {
+		h.attr(im, &out.Attr) // fstat of a file Create made, not yet set
+		return 0
+	}
 	if _, ok := im.Property(p.key); !ok {
 		if f == nil {
 			return syscall.ESTALE // see propNode.Open
@@ -202,6 +236,10 @@ func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			// size is the handle's, and not cached (the close may refuse
 			// the value).
 			h.truncate(int(size))
+			return p.Getattr(ctx, f, out)
+		}
+		if h := p.creator(f); h != nil {
+			h.truncate(int(size)) // the file Create made, by path
 			return p.Getattr(ctx, f, out)
 		}
 		im := p.image()
@@ -356,10 +394,45 @@ type propHandle struct {
 	// tooBig: a write went past the longest value; the close reports
 	// E2BIG and sets nothing (not the part written before).
 	tooBig bool
-	// created: this handle created the property (an empty value);
-	// refused: a write was refused. Release removes a property that was
-	// created and never got a value.
-	created, refused, set bool
+	// created: this handle's file was made by Create: the property does
+	// not exist until the handle's first commit (set), which uses
+	// SetCreate. refused: a write was refused; nothing is committed.
+	// released: Release ran.
+	created, refused, set, released bool
+}
+
+// uncommitted reports whether the handle's property is one Create made
+// and no commit has set yet, while the handle is open.
+func (h *propHandle) uncommitted() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.created && !h.set && !h.released
+}
+
+// creator returns the open handle of propsDir.Create whose property is
+// not committed yet, for a request on p with handle f (nil: by path, or
+// futimens, which the kernel sends without the handle), or nil.
+func (p *propNode) creator(f gofs.FileHandle) *propHandle {
+	h, ok := f.(*propHandle)
+	if !ok {
+		h = p.creating
+	}
+	if h == nil || !h.uncommitted() {
+		return nil
+	}
+	return h
+}
+
+// attr fills the attributes of a file Create made, before its commit:
+// the image's owner and times, the size of the buffered value, mode 0644,
+// not cached.
+func (h *propHandle) attr(im *store.Image, a *fuse.Attr) {
+	h.node.fillAttr(im, a)
+	size, _ := h.pending()
+	a.Size = uint64(size)
+	a.Blocks = (a.Size + 511) / 512
+	a.Nlink = 1
+	a.Mode = syscall.S_IFREG | 0o644
 }
 
 var _ = (gofs.FileReader)((*propHandle)(nil))
@@ -420,7 +493,11 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	// A write that completes a line (echo's) is checked now, so that the
 	// writer sees EINVAL even where the shell ignores close errors.
 	if buf[len(buf)-1] == '\n' {
-		if err := h.st.CheckProperty(h.c, h.id, h.key, stripNewline(string(buf))); err != nil {
+		check := h.st.CheckProperty
+		if h.created && !h.set {
+			check = h.st.CheckCreate
+		}
+		if err := check(h.c, h.id, h.key, stripNewline(string(buf))); err != nil {
 			h.refused = true
 			slog.Warn("property write refused", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
 			return 0, toErrno(err)
@@ -457,25 +534,18 @@ func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
 	defer h.mu.Unlock()
 	if h.refused || h.tooBig {
 		// A refused write leaves the value as it was: not truncated, and
-		// a property this handle created with no value is removed again.
-		if h.created && !h.set {
-			h.created = false
-			h.st.RemoveProperty(h.c, h.id, h.key)
-		}
+		// a property this handle would have created does not appear.
 		if h.tooBig {
 			return syscall.E2BIG
 		}
 		return 0
 	}
 	if !h.written {
+		// No write yet (the shell closing its copy of the file before
+		// echo writes, or touch): a new property is set at Release.
 		return 0
 	}
-	errno := h.commit()
-	if errno != 0 && h.created && !h.set {
-		h.created = false
-		h.st.RemoveProperty(h.c, h.id, h.key)
-	}
-	return errno
+	return h.commit()
 }
 
 // Fsync sets what was written so far (an editor's write, fsync, close).
@@ -488,11 +558,13 @@ func (h *propHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return h.commit()
 }
 
-// Release sets a value that was truncated but never written (": > f")
-// and removes a property this handle created but never gave a value.
+// Release sets a value that was truncated but never written (": > f"),
+// and the empty value of a property this handle created without a write
+// (touch, ": >" of a new key).
 func (h *propHandle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	defer func() { h.released = true }()
 	if h.refused || h.tooBig {
 		return 0 // handled at Flush
 	}
@@ -508,7 +580,16 @@ func (h *propHandle) commit() syscall.Errno {
 	if h.tooBig {
 		return syscall.E2BIG
 	}
-	errno := toErrno(h.fsys.setProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), store.SetAny))
+	mode := store.SetAny
+	if h.created && !h.set {
+		mode = store.SetCreate // see propsDir.Create
+	}
+	err := h.fsys.setProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), mode)
+	if err != nil && h.created && !h.set {
+		// Nothing was created: the file never existed for anyone else.
+		slog.Warn("new property not created", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
+	}
+	errno := toErrno(err)
 	h.set = h.set || errno == 0
 	return errno
 }

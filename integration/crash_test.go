@@ -49,7 +49,9 @@ type crashState struct {
 	// deleting: ids an rmdir was tried on (it may or may not have happened).
 	deleting map[string]bool
 	// props: id -> key -> the values the property may have after a crash:
-	// the last one whose write returned success, and one in flight.
+	// the last one whose write returned success (propAbsent before the
+	// first), and one in flight. The test never writes an empty value: a
+	// key present with one is a torn create.
 	props map[string]map[string][]string
 	// names is held by a worker from reading images/<name>/properties/id
 	// to its rmdir, and around every rename, so that the id recorded in
@@ -102,8 +104,10 @@ func TestCrashLoop(t *testing.T) {
 	st := &crashState{sealed: map[string]string{}, live: map[string]bool{}, deleting: map[string]bool{}, props: map[string]map[string][]string{}}
 	stats := crashStats{fsck: map[string]int{}}
 	start := time.Now()
+	iterations := 0
 	for i := 0; i < *crashIterations && !t.Failed(); i++ {
 		crashIteration(t, m, fx, st, r, i, &stats)
+		iterations++
 	}
 	// A clean stop, then fsck finds nothing at all.
 	m.stop()
@@ -111,8 +115,8 @@ func TestCrashLoop(t *testing.T) {
 	if rep.code != 0 || len(rep.Problems) != 0 {
 		t.Errorf("imagefs fsck --verify-data after a clean stop: exit %d, problems %v", rep.code, rep.Problems)
 	}
-	t.Logf("%d iterations in %s: %d ops (%d uploads sealed, %d refused or failed), %d verified reads during the runs, %d images checked after restarts, %d active at the end; fsck after SIGKILL found %v",
-		*crashIterations, time.Since(start).Round(time.Millisecond), stats.ops.Load(), stats.sealed.Load(), stats.failedUploads.Load(), stats.reads.Load(), stats.checked, len(st.sealed), stats.fsck)
+	t.Logf("%d iterations in %s: %d ops (%d uploads sealed, %d refused or failed, %d property writes), %d verified reads during the runs, %d images checked after restarts, %d active at the end; fsck after SIGKILL found %v; %d torn or lost properties",
+		iterations, time.Since(start).Round(time.Millisecond), stats.ops.Load(), stats.sealed.Load(), stats.failedUploads.Load(), stats.propWrites.Load(), stats.reads.Load(), stats.checked, len(st.sealed), stats.fsck, stats.tornProps)
 	if stats.sealed.Load() == 0 {
 		t.Errorf("no upload was ever sealed: the loop tested nothing")
 	}
@@ -120,8 +124,12 @@ func TestCrashLoop(t *testing.T) {
 
 type crashStats struct {
 	ops, sealed, failedUploads, reads atomic.Int64
+	propWrites                        atomic.Int64
 	checked                           int            // images checked after restarts
 	fsck                              map[string]int // problems fsck found after SIGKILL, by kind
+	// tornProps: properties found with a value no write gave them (an
+	// empty value of a key being created, above all); each is a failure.
+	tornProps int
 }
 
 // crashIteration runs workers against the mount, kills the daemon at a
@@ -179,7 +187,7 @@ func crashIteration(t *testing.T, m *fsMount, fx crashFixtures, st *crashState, 
 		}
 	}
 	m.start()
-	stats.checked += checkCrashInvariants(t, m, st, iter)
+	stats.checked += checkCrashInvariants(t, m, st, iter, stats)
 }
 
 // crashOp does one random operation as another process would. Errors are
@@ -252,12 +260,13 @@ func crashOp(t *testing.T, m *fsMount, fx crashFixtures, st *crashState, r *rand
 			st.props[id] = map[string][]string{}
 		}
 		prev := st.props[id][key]
-		committed := ""
+		committed := propAbsent
 		if len(prev) > 0 {
 			committed = prev[0]
 		}
 		st.props[id][key] = []string{committed, val} // either, until this write returns
 		st.mu.Unlock()
+		stats.propWrites.Add(1)
 		var err error
 		if r.IntN(2) == 0 {
 			err = os.WriteFile(filepath.Join(m.byID(id), "properties", key), []byte(val+"\n"), 0o644)
@@ -327,10 +336,14 @@ func md5File(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// propAbsent stands for "the key does not exist" among the values a
+// property may have after a crash (crashState.props).
+const propAbsent = "\x00absent"
+
 // checkCrashInvariants checks the store through a fresh mount after a
 // crash.
 // It returns how many images it checked.
-func checkCrashInvariants(t *testing.T, m *fsMount, st *crashState, iter int) int {
+func checkCrashInvariants(t *testing.T, m *fsMount, st *crashState, iter int, stats *crashStats) int {
 	t.Helper()
 	fail := func(format string, args ...any) {
 		t.Errorf("after crash %d: "+format, append([]any{iter}, args...)...)
@@ -463,13 +476,14 @@ func checkCrashInvariants(t *testing.T, m *fsMount, st *crashState, iter int) in
 			got, err := os.ReadFile(m.propFile(name, key))
 			v := strings.TrimSuffix(string(got), "\n")
 			if errors.Is(err, os.ErrNotExist) {
-				v = ""
+				v = propAbsent
 			} else if err != nil {
 				fail("read %s/%s: %v", name, key, err)
 				continue
 			}
 			if !slices.Contains(allowed, v) {
-				fail("images/%s/properties/%s = %.40q, want one of %.80q (a write that returned was lost, or an unknown value appeared)", name, key, v, allowed)
+				fail("images/%s/properties/%s = %.40q, want one of %.80q (a write that returned was lost, an unknown value appeared, or a new key was torn: present with no value)", name, key, v, allowed)
+				stats.tornProps++
 			}
 			keys[key] = []string{v}
 		}

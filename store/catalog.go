@@ -269,8 +269,23 @@ func (t *txn) putSeqIno(next uint64) {
 	_ = t.b.Set([]byte(keySeqIno), v[:], nil)
 }
 
+// check reports whether the batch could be committed now, without
+// committing it: ErrCatalog once the catalog failed, ErrNoSpace (which
+// wraps syscall.ENOSPC) when its filesystem lacks the batch plus
+// headroom.
+func (t *txn) check() error {
+	if err := t.c.usable(); err != nil {
+		return err
+	}
+	need := int64(t.b.Len()) + t.headroom
+	if free, err := freeSpace(t.c.dir); err == nil && free < need {
+		return fmt.Errorf("catalog %s: %w: %d bytes free, a commit needs %d", t.c.dir, ErrNoSpace, free, need)
+	}
+	return nil
+}
+
 // commit applies the batch atomically and durably, or changes nothing and
-// returns an error: ENOSPC (wrapped) when the catalog's filesystem lacks
+// returns an error: ErrNoSpace (see check) when the catalog's filesystem lacks
 // the batch plus headroom, ErrCatalog when the catalog failed, now or
 // earlier (see catalog). Failures are logged.
 func (t *txn) commit() (err error) {
@@ -280,12 +295,8 @@ func (t *txn) commit() (err error) {
 			logger.Error("catalog commit failed; nothing was changed", "err", err)
 		}
 	}()
-	if err := t.c.usable(); err != nil {
+	if err := t.check(); err != nil {
 		return err
-	}
-	need := int64(t.b.Len()) + t.headroom
-	if free, err := freeSpace(t.c.dir); err == nil && free < need {
-		return fmt.Errorf("catalog %s: %w: %d bytes free, a commit needs %d", t.c.dir, syscall.ENOSPC, free, need)
 	}
 	defer func() {
 		if r := recover(); r != nil {

@@ -1,6 +1,10 @@
 package store
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
 
 // Errors returned by the store. Each is wrapped with a message naming the
 // image, key or rule; test with errors.Is. fs/ maps each to one errno.
@@ -23,6 +27,9 @@ var (
 	ErrTooBig = errors.New("too big")
 	// ErrQuota: too many properties on one image (ENOSPC).
 	ErrQuota = errors.New("quota exceeded")
+	// ErrNoSpace: the catalog's filesystem lacks the free space a commit
+	// needs (ENOSPC); nothing was changed. It wraps syscall.ENOSPC.
+	ErrNoSpace = fmt.Errorf("%w", syscall.ENOSPC)
 	// ErrRefused: the uploaded data is not an acceptable VHD; the image
 	// is now killed (EINVAL at the writer's close).
 	ErrRefused = errors.New("upload refused")

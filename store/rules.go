@@ -10,14 +10,20 @@ import (
 
 // Limits on names, keys and values (Glance's defaults where it has one).
 const (
-	MaxNameBytes  = 255   // image name and property key length in bytes
+	MaxNameBytes  = 255   // image name length in bytes
 	MaxValueBytes = 65535 // custom property value length in bytes
 	// DefaultPropertyQuota is Glance's image_property_quota default.
 	DefaultPropertyQuota = 128
+
+	// MaxKeyBytes is the longest custom property key: its extended
+	// attribute "user."+key must fit the kernel's 255-byte limit on
+	// attribute names (XATTR_NAME_MAX).
+	MaxKeyBytes = MaxNameBytes - len("user.")
 )
 
-// ValidName checks an image name: 1-255 bytes, no '/', no NUL, not "."
-// or "..". Errors wrap ErrInvalid.
+// ValidName checks an image name: 1-255 bytes, no '/', no NUL, no
+// control character (bytes 0x01-0x1f and 0x7f: newline, tab, escape), not
+// "." or "..". Errors wrap ErrInvalid.
 func ValidName(name string) error {
 	switch {
 	case name == "" || len(name) > MaxNameBytes:
@@ -27,14 +33,19 @@ func ValidName(name string) error {
 	case name == "." || name == "..":
 		return fmt.Errorf("%w: name %q is reserved", ErrInvalid, name)
 	}
+	for i := 0; i < len(name); i++ {
+		if b := name[i]; b < 0x20 || b == 0x7f {
+			return fmt.Errorf("%w: name %q contains the control character %q (byte %d): names may not contain control characters", ErrInvalid, name, b, i)
+		}
+	}
 	return nil
 }
 
-// ValidKey checks a custom property key: 1-255 bytes of printable
-// characters without '/'. Errors wrap ErrInvalid.
+// ValidKey checks a custom property key: 1-250 bytes (MaxKeyBytes) of
+// printable characters without '/'. Errors wrap ErrInvalid.
 func ValidKey(key string) error {
-	if key == "" || len(key) > MaxNameBytes {
-		return fmt.Errorf("%w: key must be 1-%d bytes, got %d", ErrInvalid, MaxNameBytes, len(key))
+	if key == "" || len(key) > MaxKeyBytes {
+		return fmt.Errorf("%w: key must be 1-%d bytes (user.KEY must fit the 255-byte limit on extended attribute names), got %d", ErrInvalid, MaxKeyBytes, len(key))
 	}
 	if !utf8.ValidString(key) {
 		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalid, key)

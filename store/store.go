@@ -554,16 +554,43 @@ func (s *Store) Delete(c Caller, id string) error {
 }
 
 // CheckProperty reports whether c may set key to value on image id: every
-// rule SetProperty applies, without changing anything (for a property
-// file's write, before its close).
+// rule SetProperty applies, free space for its commit included (ErrNoSpace),
+// without changing anything (for a property file's write, before its
+// close). Errors: as SetProperty.
 func (s *Store) CheckProperty(c Caller, id, key, value string) error {
+	return s.checkProperty(c, id, key, value, SetAny)
+}
+
+// CheckCreate is CheckProperty for a key that must not exist yet
+// (SetCreate): for creating a property file, whose value is set with
+// SetCreate when the file is closed. Errors: as SetProperty.
+func (s *Store) CheckCreate(c Caller, id, key, value string) error {
+	return s.checkProperty(c, id, key, value, SetCreate)
+}
+
+func (s *Store) checkProperty(c Caller, id, key, value string, mode SetMode) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
 	}
-	return s.checkSet(c, im, key, value, SetAny)
+	if err := s.checkSet(c, im, key, value, mode); err != nil {
+		return err
+	}
+	// The commit SetProperty would make, checked against the free space
+	// it needs but not committed.
+	next := im.clone()
+	applyValue(next, key, value)
+	t := s.cat.begin()
+	defer t.b.Close()
+	t.putImage(next)
+	t.reindex(im, next)
+	if next.Name != im.Name {
+		t.deleteName(im.Name)
+		t.putName(next.Name, next.ID)
+	}
+	return t.check()
 }
 
 // CheckSet reports whether c may set key on image id at all (system key,

@@ -31,8 +31,15 @@ func Key(name string) (string, bool) {
 // Name returns the attribute name of property key.
 func Name(key string) string { return Prefix + key }
 
+// NameMax is the kernel's limit on attribute names in bytes
+// (XATTR_NAME_MAX): getxattr(2) of a longer name fails with ERANGE.
+const NameMax = 255
+
 // List returns the listxattr(2) payload for keys: each "user.<key>"
-// followed by a NUL.
+// followed by a NUL. Keys whose attribute name would exceed NameMax (a
+// catalog may hold keys of up to 255 bytes from before they were
+// refused) are left out: no getxattr could read them; their property
+// files show them.
 func List(keys []string) []byte {
 	n := 0
 	for _, k := range keys {
@@ -40,6 +47,9 @@ func List(keys []string) []byte {
 	}
 	b := make([]byte, 0, n)
 	for _, k := range keys {
+		if len(Prefix)+len(k) > NameMax {
+			continue
+		}
 		b = append(b, Prefix...)
 		b = append(b, k...)
 		b = append(b, 0)

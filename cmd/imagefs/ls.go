@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/imagefs/imagefs/fs"
+	"github.com/imagefs/imagefs/store"
 	"github.com/imagefs/imagefs/xattr"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -160,6 +161,11 @@ func checkLsKey(k string) error {
 	if k == "" || k == "." || k == ".." || strings.ContainsAny(k, "/\x00") {
 		return fmt.Errorf("%q is not a property key", k)
 	}
+	if len(k) > store.MaxKeyBytes {
+		// user.KEY would exceed the kernel's 255-byte limit on attribute
+		// names: no image can have it.
+		return fmt.Errorf("key of %d bytes: property keys are at most %d bytes (user.KEY must fit the 255-byte limit on extended attribute names)", len(k), store.MaxKeyBytes)
+	}
 	return nil
 }
 
@@ -252,10 +258,11 @@ func lsCandidates(mnt string, filters []lsFilter) ([]string, []lsFilter, error) 
 
 // readProperty returns property key of the image directory dir (nil when
 // the image does not have it), read as the extended attribute user.key.
-// ENOENT means the image is gone.
+// ENOENT means the image is gone. A value that keeps growing between the
+// size query and the read fails after a few tries rather than loop.
 func readProperty(dir, key string) (*string, error) {
 	buf := make([]byte, 256)
-	for {
+	for try := 0; ; try++ {
 		n, err := unix.Getxattr(dir, xattr.Name(key), buf)
 		switch {
 		case err == nil:
@@ -263,12 +270,17 @@ func readProperty(dir, key string) (*string, error) {
 			return &v, nil
 		case errors.Is(err, unix.ENODATA):
 			return nil, nil
-		case errors.Is(err, unix.ERANGE):
+		case errors.Is(err, unix.ERANGE) && try < 3:
+			// The value is longer than buf: ask its size. An ERANGE
+			// here is the name's (too long), which no retry cures.
 			size, err := unix.Getxattr(dir, xattr.Name(key), nil)
-			if err != nil {
-				continue // changed meanwhile: start again
+			if errors.Is(err, unix.ENODATA) {
+				return nil, nil
 			}
-			buf = make([]byte, size)
+			if err != nil {
+				return nil, &os.PathError{Op: "getxattr " + xattr.Name(key), Path: dir, Err: err}
+			}
+			buf = make([]byte, size+size/2+256) // room if it grows meanwhile
 		default:
 			return nil, &os.PathError{Op: "getxattr " + xattr.Name(key), Path: dir, Err: err}
 		}
