@@ -173,3 +173,15 @@ func CatalogLines(ims []*store.Image) []byte {
 	}
 	return b.Bytes()
 }
+
+var _ = (gofs.NodeReaddirer)((*rootNode)(nil))
+
+// Readdir lists the root's fixed directories. go-fuse would list every
+// child it knows, .catalog too once looked up (it is found, not listed).
+func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	return gofs.NewListDirStream([]fuse.DirEntry{
+		{Name: "by-id", Mode: syscall.S_IFDIR, Ino: inoByID},
+		{Name: "by-property", Mode: syscall.S_IFDIR, Ino: inoByProperty},
+		{Name: "images", Mode: syscall.S_IFDIR, Ino: inoImages},
+	}), 0
+}
