@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"syscall"
@@ -156,22 +155,40 @@ func (n *catalogFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, 
 }
 
 // CatalogLines returns the content of a catalog file listing ims: one
-// JSON object per image and line, every property (Image.Keys) as a
-// string, keys sorted. A value that is not valid UTF-8 shows its invalid
+// JSON object per image and line, every property (Image.Keys, in that
+// order) as a string. A value that is not valid UTF-8 shows its invalid
 // bytes as U+FFFD.
 func CatalogLines(ims []*store.Image) []byte {
-	var b bytes.Buffer
-	b.Grow(len(ims) * 512)
+	b := make([]byte, 0, len(ims)*512)
 	for _, im := range ims {
-		m := make(map[string]string, 16)
-		for _, k := range im.Keys() {
-			m[k], _ = im.Property(k)
+		b = append(b, '{')
+		for i, k := range im.Keys() {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			v, _ := im.Property(k)
+			b = appendJSONString(b, k)
+			b = append(b, ':')
+			b = appendJSONString(b, v)
 		}
-		line, _ := json.Marshal(m) // sorted keys; cannot fail for strings
-		b.Write(line)
-		b.WriteByte('\n')
+		b = append(b, "}\n"...)
 	}
-	return b.Bytes()
+	return b
+}
+
+// appendJSONString appends s as a JSON string: as it is when it is
+// printable ASCII without '"' or '\\' (names, ids, times, numbers),
+// else as encoding/json writes it.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // cannot fail for a string
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 var _ = (gofs.NodeReaddirer)((*rootNode)(nil))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -215,16 +216,63 @@ func lsCatalog(mnt string, filters []lsFilter) ([]map[string]string, error) {
 	}
 	defer f.Close()
 	var out []map[string]string
-	dec := json.NewDecoder(bufio.NewReaderSize(f, 1<<20))
-	for {
-		var rec map[string]string
-		if err := dec.Decode(&rec); err == io.EOF {
-			return out, nil
-		} else if err != nil {
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<30)
+	for sc.Scan() {
+		rec, err := parseCatalogLine(sc.Bytes())
+		if err != nil {
 			return nil, fmt.Errorf("%s: %v", path, err)
 		}
 		out = append(out, rec)
 	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return out, nil
+}
+
+// parseCatalogLine decodes one catalog line, a JSON object of strings.
+// Lines without a backslash (no escapes: most) are split directly, about
+// ten times faster than encoding/json; the others go to encoding/json.
+func parseCatalogLine(line []byte) (map[string]string, error) {
+	rec := make(map[string]string, 16)
+	if bytes.IndexByte(line, '\\') < 0 {
+		str := func(i int) (string, int, bool) {
+			if i >= len(line) || line[i] != '"' {
+				return "", 0, false
+			}
+			j := bytes.IndexByte(line[i+1:], '"')
+			if j < 0 {
+				return "", 0, false
+			}
+			return string(line[i+1 : i+1+j]), i + j + 2, true
+		}
+		i := 1
+		ok := len(line) >= 2 && line[0] == '{'
+		for ok && i < len(line) && line[i] != '}' {
+			var k, v string
+			if k, i, ok = str(i); !ok || i >= len(line) || line[i] != ':' {
+				ok = false
+				break
+			}
+			if v, i, ok = str(i + 1); !ok || i >= len(line) {
+				ok = false
+				break
+			}
+			rec[k] = v
+			if line[i] == ',' {
+				i++
+			}
+		}
+		if ok && i == len(line)-1 {
+			return rec, nil
+		}
+		clear(rec)
+	}
+	if err := json.Unmarshal(line, &rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // sortLsRows sorts by key: integers as numbers, strings otherwise;
@@ -258,6 +306,9 @@ func sortLsRows(rows []lsRow, key string, desc bool) {
 }
 
 func compareValues(a, b string) int {
+	if !maybeInt(a) || !maybeInt(b) { // ParseInt's errors cost an allocation each
+		return cmp.Compare(a, b)
+	}
 	na, ea := strconv.ParseInt(a, 10, 64)
 	nb, eb := strconv.ParseInt(b, 10, 64)
 	if ea == nil && eb == nil {
@@ -367,4 +418,13 @@ func writeLsJSON(w io.Writer, columns []string, rows []lsRow) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w, "]")
+}
+
+// maybeInt reports whether s may parse as a decimal integer: a digit, or
+// a sign then a digit, first.
+func maybeInt(s string) bool {
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	return s != "" && s[0] >= '0' && s[0] <= '9'
 }
