@@ -20,11 +20,12 @@ import (
 //     sees no image there any more, and of by-property/<key> once no
 //     value of it is left.
 //
-// Only entries the kernel has are reached (go-fuse keeps a child for each
-// entry the kernel holds). Joining a view needs nothing: the kernel keeps
-// no negative entries (NegativeTimeout 0), and listings are never cached.
-// With --allow-other no entry is cached (viewEntry); the attributes still
-// are.
+// "The mount's user" is the mounting user, or with --allow-other
+// store.Anyone, as for viewEntry: entries are cached there only while
+// every user sees them. Only entries the kernel has are reached (go-fuse
+// keeps a child for each entry the kernel holds). Joining a view needs
+// nothing: the kernel keeps no negative entries (NegativeTimeout 0), and
+// listings are never cached.
 func (f *FS) invalidateViews(c store.Change) {
 	bp := f.root().GetChild("by-property")
 	if bp == nil || c.Old == nil {
@@ -43,27 +44,28 @@ func (f *FS) invalidateViews(c store.Change) {
 		if !Listed(was) {
 			continue
 		}
+		is, has := value(c.New, k)
+		stays := access && has && is == was && c.New.Name == c.Old.Name
 		vd := kd.GetChild(ViewName(was))
-		if vd == nil {
+		if vd != nil {
+			if link := vd.GetChild(c.Old.Name); link != nil {
+				if !notified {
+					link.NotifyContent(-1, 0) // attributes only
+					notified = true
+				}
+				if !stays {
+					dropEntry(vd, c.Old.Name)
+				}
+			}
+		}
+		if stays {
 			continue
 		}
-		link := vd.GetChild(c.Old.Name)
-		if link != nil && !notified {
-			link.NotifyContent(-1, 0) // attributes only
-			notified = true
-		}
-		is, has := value(c.New, k)
-		if access && has && is == was && c.New.Name == c.Old.Name {
-			continue // still in this view
-		}
-		if link != nil {
-			dropEntry(vd, c.Old.Name)
-		}
-		if f.allowOther {
-			continue // view entries are not cached
-		}
+		// The key can be left empty only with the value.
 		if ok, err := f.st.ViewHasValue(viewer, k, was); err == nil && !ok {
-			dropEntry(kd, ViewName(was))
+			if vd != nil {
+				dropEntry(kd, ViewName(was))
+			}
 			if ok, err := f.st.ViewHasKey(viewer, k, Listed); err == nil && !ok {
 				dropEntry(bp, k)
 			}
@@ -89,8 +91,12 @@ func (f *FS) invalidateViews(c store.Change) {
 	}
 }
 
-// viewer is who uses a mount without --allow-other: the kernel lets only
-// the mounting user in, and the daemon runs as that user.
+// viewer is whom the kernel's cached view entries serve: without
+// --allow-other the mounting user (the kernel lets no other in, and the
+// daemon runs as that user); with it every user (store.Anyone).
 func (f *FS) viewer() store.Caller {
+	if f.allowOther {
+		return store.Anyone
+	}
 	return store.Caller{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
 }

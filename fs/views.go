@@ -27,8 +27,8 @@ import (
 // directory cache). Entries and attributes are kept untilChanged, and
 // viewcache.go drops them when an image leaves a view, so after a property
 // changes the next ls shows the image under its new value only; with
-// --allow-other the entries are not cached (the kernel shares them between
-// users), as for image directories. A listing is READDIRPLUS: one request
+// --allow-other only the entries every user sees (of public images) are
+// cached: the kernel shares them between users. A listing is READDIRPLUS: one request
 // per few dozen entries, after which ls -l finds every link's attributes
 // in the kernel, and its target too (the mount caches symlinks: a link's
 // target is its image's id and never changes).
@@ -128,15 +128,36 @@ func (f *FS) viewDirAttr(a *fuse.Attr) {
 
 // viewEntry sets the timeouts of a view's entry: the attributes are kept
 // until changed (invalidateViews drops them); the entry too, unless other
-// users use the mount (--allow-other), whose walks must reach Lookup to
-// have their own visibility applied.
-func (f *FS) viewEntry(out *fuse.EntryOut) {
+// users use the mount (--allow-other) and the entry is not one every user
+// sees (public: store.Anyone sees it). The kernel shares cached entries
+// between users: the walks of the others must reach Lookup to have their
+// own visibility applied.
+func (f *FS) viewEntry(out *fuse.EntryOut, public bool) {
 	out.SetAttrTimeout(untilChanged)
-	if f.allowOther {
+	if f.allowOther && !public {
 		out.SetEntryTimeout(uncached)
 	} else {
 		out.SetEntryTimeout(untilChanged)
 	}
+}
+
+// publicKey and publicValue report, on a mount with --allow-other,
+// whether every user sees by-property/key (or key/value); false otherwise
+// (the answer is not needed).
+func (f *FS) publicKey(key string) bool {
+	if !f.allowOther {
+		return false
+	}
+	ok, err := f.st.ViewHasKey(store.Anyone, key, Listed)
+	return err == nil && ok
+}
+
+func (f *FS) publicValue(key, value string) bool {
+	if !f.allowOther {
+		return false
+	}
+	ok, err := f.st.ViewHasValue(store.Anyone, key, value)
+	return err == nil && ok
 }
 
 // noXattr answers getxattr on a view directory or link: EOPNOTSUPP for
@@ -200,7 +221,7 @@ func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		return nil, syscall.ENOENT
 	}
 	d.fsys.viewDirAttr(&out.Attr)
-	d.fsys.viewEntry(out)
+	d.fsys.viewEntry(out, d.fsys.publicKey(name))
 	n := &viewKeyDir{fsys: d.fsys, key: name}
 	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(name)}), 0
 }
@@ -248,7 +269,7 @@ func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		return nil, syscall.ENOENT
 	}
 	d.fsys.viewDirAttr(&out.Attr)
-	d.fsys.viewEntry(out)
+	d.fsys.viewEntry(out, d.fsys.publicValue(d.key, v))
 	n := &viewValueDir{fsys: d.fsys, key: d.key, value: v}
 	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(d.key, v)}), 0
 }
@@ -294,7 +315,7 @@ func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryO
 	}
 	l := &viewLink{fsys: d.fsys, id: im.ID}
 	l.fillAttr(im, &out.Attr)
-	d.fsys.viewEntry(out)
+	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ViewList))
 	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotViewLink)}), 0
 }
 

@@ -258,3 +258,52 @@ func TestViewListingCost(t *testing.T) {
 		t.Errorf("du -s by-property/ = %q, want 0 bytes (links have no blocks)", out)
 	}
 }
+
+// TestViewCacheAllowOther: with --allow-other the kernel, which shares
+// cached entries between users, keeps the view entries of public images
+// only (every user sees them), and drops them when the image stops being
+// public; a private image's entries, looked up by root or its owner, are
+// never served to another user from the kernel's cache.
+func TestViewCacheAllowOther(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "setpriv", "ls", "stat")
+	m.Args = []string{"--allow-other"}
+	m.remount()
+	chmodPathForOthers(t, m.Mnt)
+	const alice, bob = "1001", "1002"
+	mustAsUser(t, alice, `mkdir "$1" && echo cachedos > "$1/properties/os_distro"`, m.images("pub"))
+	mustAsUser(t, alice, `mkdir "$1" && echo secretos > "$1/properties/os_distro"`, m.images("priv"))
+	writeProp(t, m, "pub", "visibility", "public") // root only
+	mustAsUser(t, alice, `echo private > "$1"`, m.propFile("priv", "visibility"))
+
+	view := filepath.Join(m.Mnt, "by-property", "os_distro")
+	hidden := func(uid string, paths ...string) {
+		t.Helper()
+		for _, p := range paths {
+			if r := asUser(uid, `stat "$1"`, p); r.err == nil {
+				t.Errorf("uid %s: stat %s succeeded, want ENOENT", uid, p)
+			}
+		}
+	}
+	// Root and the owner look the private image's paths up (ls -l: every
+	// entry and link); the other user still finds none of them.
+	sh(t, `ls -lR "$1" >/dev/null`, view)
+	mustAsUser(t, alice, `ls -lR "$1" >/dev/null`, view)
+	hidden(bob, filepath.Join(view, "secretos"), filepath.Join(view, "secretos", "priv"))
+	if got := strings.Fields(mustAsUser(t, bob, `ls "$1"`, view)); !slices.Equal(got, []string{"cachedos"}) {
+		t.Errorf("uid %s: ls by-property/os_distro = %q, want [cachedos]", bob, got)
+	}
+
+	// The public image: every user reads its link.
+	link := filepath.Join(view, "cachedos", "pub")
+	for _, uid := range []string{bob, alice} {
+		if out := mustAsUser(t, uid, `ls -l "$1"`, link); !strings.Contains(out, "-> ../../../by-id/") {
+			t.Errorf("uid %s: ls -l %s = %q", uid, link, out)
+		}
+	}
+	// It stops being public: gone for the other user at once, from the
+	// link up to the key, while the owner still sees it.
+	mustAsUser(t, alice, `echo private > "$1"`, m.propFile("pub", "visibility"))
+	hidden(bob, link, filepath.Join(view, "cachedos"), view)
+	mustAsUser(t, alice, `stat "$1" >/dev/null`, link)
+}

@@ -31,6 +31,9 @@ const (
 //
 // Everyone else gets ENOENT, as if the image did not exist.
 func Visible(c Caller, im *Image, v View) bool {
+	if c.UID == Anyone.UID {
+		return im.Visibility == "public"
+	}
 	if c.IsRoot() || c.UID == im.Owner {
 		return true
 	}
@@ -44,6 +47,12 @@ func Visible(c Caller, im *Image, v View) bool {
 	}
 	return false
 }
+
+// Anyone stands for every user at once: it sees what all users see, the
+// public images (by list and by id), for what is shared between users,
+// such as the kernel's cached entries of a mount with --allow-other. Its
+// uid is (uid_t)-1, which no process can have.
+var Anyone = Caller{UID: ^uint32(0), GID: ^uint32(0)}
 
 // IsMember reports whether uid is listed in the image's members.
 func (im *Image) IsMember(uid uint32) bool {
