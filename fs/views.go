@@ -28,10 +28,10 @@ import (
 // viewcache.go drops them when an image leaves a view, so after a property
 // changes the next ls shows the image under its new value only; with
 // --allow-other only the entries every user sees (of public images) are
-// cached: the kernel shares them between users. A listing is READDIRPLUS: one request
-// per few dozen entries, after which ls -l finds every link's attributes
-// in the kernel, and its target too (the mount caches symlinks: a link's
-// target is its image's id and never changes).
+// cached: the kernel shares them between users. A listing is READDIRPLUS,
+// one request per few dozen entries, after which ls -l finds every link's
+// attributes in the kernel, and its target too (the mount caches
+// symlinks: a link's target is its image's id and never changes).
 
 // ViewName returns the directory name of property value v in
 // by-property/<key>/: '%' becomes %25 and '/' %2F (as layout.md says),
