@@ -1,8 +1,6 @@
 package fs
 
 import (
-	"context"
-	"sort"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -23,22 +21,4 @@ func withDots(n *gofs.Inode, ents []fuse.DirEntry) gofs.DirStream {
 		fuse.DirEntry{Name: ".", Ino: self, Mode: syscall.S_IFDIR},
 		fuse.DirEntry{Name: "..", Ino: parent, Mode: syscall.S_IFDIR})
 	return gofs.NewListDirStream(append(all, ents...))
-}
-
-var _ = (gofs.NodeReaddirer)((*rootNode)(nil))
-
-// Readdir lists the root: ".", "..", images/, by-id/, by-property/.
-func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	children := r.Children()
-	names := make([]string, 0, len(children))
-	for name := range children {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	ents := make([]fuse.DirEntry, len(names))
-	for i, name := range names {
-		ch := children[name]
-		ents[i] = fuse.DirEntry{Name: name, Ino: ch.StableAttr().Ino, Mode: ch.Mode()}
-	}
-	return withDots(&r.Inode, ents), 0
 }

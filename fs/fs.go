@@ -144,6 +144,9 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 			// and leaves the old value's tail after a shorter new one.
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_ATOMIC_O_TRUNC,
 			Logger:            fuseLog,
+			// The only symlinks are the views' links, whose target (the
+			// image's id) never changes: ls -l reads each once.
+			EnableSymlinkCaching: true,
 		},
 		Logger:          fuseLog,
 		NegativeTimeout: &zero,
@@ -167,7 +170,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
-	st.OnChange(f.invalidate)
+	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c) })
 	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
 		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")
@@ -209,6 +212,12 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 // default), and every path walk asked the daemon for images/ again (a
 // LOOKUP and a GETATTR): four requests per file for ls -l images/.
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == CatalogDir { // catalog.go: found, not listed
+		r.fsys.fixedDirAttr(&out.Attr, 0o555)
+		out.SetEntryTimeout(cacheTimeout)
+		out.SetAttrTimeout(cacheTimeout)
+		return r.NewInode(ctx, &catalogDir{fsys: r.fsys}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: catalogIno()}), 0
+	}
 	ch := r.GetChild(name)
 	if ch == nil {
 		return nil, syscall.ENOENT

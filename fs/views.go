@@ -9,6 +9,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"github.com/imagefs/imagefs/xattr"
 )
 
 // The filter views (../shared/docs/layout.md, "Filter views"):
@@ -22,9 +23,15 @@ import (
 // (store/index.go), so it costs time in proportion to what it lists, not
 // to the catalog, and applies the caller's visibility as images/ does
 // (store.Visible with ViewList): a private image of another user, its keys
-// and its values never appear. Nothing here is cached by the kernel
-// (uncached entry and attribute timeouts, no directory cache), so after a
-// property changes the next ls shows the image under its new value only.
+// and its values never appear. Listings are never cached by the kernel (no
+// directory cache). Entries and attributes are kept untilChanged, and
+// viewcache.go drops them when an image leaves a view, so after a property
+// changes the next ls shows the image under its new value only; with
+// --allow-other only the entries every user sees (of public images) are
+// cached: the kernel shares them between users. A listing is READDIRPLUS,
+// one request per few dozen entries, after which ls -l finds every link's
+// attributes in the kernel, and its target too (the mount caches
+// symlinks: a link's target is its image's id and never changes).
 
 // ViewName returns the directory name of property value v in
 // by-property/<key>/: '%' becomes %25 and '/' %2F (as layout.md says),
@@ -119,14 +126,66 @@ func (f *FS) viewDirAttr(a *fuse.Attr) {
 	f.fixedDirAttr(a, 0o555)
 }
 
-func uncachedEntry(out *fuse.EntryOut) {
-	out.SetEntryTimeout(uncached)
-	out.SetAttrTimeout(uncached)
+// viewEntry sets the timeouts of a view's entry: the attributes are kept
+// until changed (invalidateViews drops them); the entry too, unless other
+// users use the mount (--allow-other) and the entry is not one every user
+// sees (public: store.Anyone sees it). The kernel shares cached entries
+// between users: the walks of the others must reach Lookup to have their
+// own visibility applied.
+func (f *FS) viewEntry(out *fuse.EntryOut, public bool) {
+	out.SetAttrTimeout(untilChanged)
+	if f.allowOther && !public {
+		out.SetEntryTimeout(uncached)
+	} else {
+		out.SetEntryTimeout(untilChanged)
+	}
+}
+
+// publicKey and publicValue report, on a mount with --allow-other,
+// whether every user sees by-property/key (or key/value); false otherwise
+// (the answer is not needed).
+func (f *FS) publicKey(key string) bool {
+	if !f.allowOther {
+		return false
+	}
+	ok, err := f.st.ViewHasKey(store.Anyone, key, Listed)
+	return err == nil && ok
+}
+
+func (f *FS) publicValue(key, value string) bool {
+	if !f.allowOther {
+		return false
+	}
+	ok, err := f.st.ViewHasValue(store.Anyone, key, value)
+	return err == nil && ok
+}
+
+// noXattr answers getxattr on a view directory or link: EOPNOTSUPP for
+// names outside user.*, so that ls -l stops asking for security labels
+// and ACLs after the first link (it asked once per link), and ENODATA for
+// user.* (views carry no properties).
+func noXattr(attr string) syscall.Errno {
+	if _, ok := xattr.Key(attr); ok {
+		return syscall.ENODATA
+	}
+	return syscall.EOPNOTSUPP
+}
+
+// viewXattr gives the view directories and links noXattr and no names.
+type viewXattr struct{}
+
+func (viewXattr) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, noXattr(attr)
+}
+
+func (viewXattr) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return 0, 0
 }
 
 // byPropertyDir is by-property/: one directory per property key in use.
 type byPropertyDir struct {
 	gofs.Inode
+	viewXattr
 	fsys *FS
 }
 
@@ -162,7 +221,7 @@ func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		return nil, syscall.ENOENT
 	}
 	d.fsys.viewDirAttr(&out.Attr)
-	uncachedEntry(out)
+	d.fsys.viewEntry(out, d.fsys.publicKey(name))
 	n := &viewKeyDir{fsys: d.fsys, key: name}
 	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(name)}), 0
 }
@@ -170,6 +229,7 @@ func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 // viewKeyDir is by-property/<key>/: one directory per value in use.
 type viewKeyDir struct {
 	gofs.Inode
+	viewXattr
 	fsys *FS
 	key  string
 }
@@ -180,7 +240,7 @@ var _ = (gofs.NodeGetattrer)((*viewKeyDir)(nil))
 
 func (d *viewKeyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.viewDirAttr(&out.Attr)
-	out.SetTimeout(uncached)
+	out.SetTimeout(untilChanged)
 	return 0
 }
 
@@ -209,7 +269,7 @@ func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		return nil, syscall.ENOENT
 	}
 	d.fsys.viewDirAttr(&out.Attr)
-	uncachedEntry(out)
+	d.fsys.viewEntry(out, d.fsys.publicValue(d.key, v))
 	n := &viewValueDir{fsys: d.fsys, key: d.key, value: v}
 	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: viewIno(d.key, v)}), 0
 }
@@ -218,6 +278,7 @@ func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 // by the image's name.
 type viewValueDir struct {
 	gofs.Inode
+	viewXattr
 	fsys       *FS
 	key, value string
 }
@@ -228,7 +289,7 @@ var _ = (gofs.NodeGetattrer)((*viewValueDir)(nil))
 
 func (d *viewValueDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.viewDirAttr(&out.Attr)
-	out.SetTimeout(uncached)
+	out.SetTimeout(untilChanged)
 	return 0
 }
 
@@ -254,7 +315,7 @@ func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryO
 	}
 	l := &viewLink{fsys: d.fsys, id: im.ID}
 	l.fillAttr(im, &out.Attr)
-	uncachedEntry(out)
+	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ViewList))
 	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotViewLink)}), 0
 }
 
@@ -262,6 +323,7 @@ func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryO
 // whichever view it is reached through.
 type viewLink struct {
 	gofs.Inode
+	viewXattr
 	fsys *FS
 	id   string
 }
@@ -275,6 +337,11 @@ func (l *viewLink) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.Mode = syscall.S_IFLNK | 0o777
 	a.Size = uint64(len(l.target()))
 	a.Nlink = 1
+	// No blocks, as a local file system's short symlinks (the target is
+	// in the inode): without Blksize go-fuse would count a 4 KiB block
+	// and du would add 4 KiB per link of every view.
+	a.Blksize = 4096
+	a.Blocks = 0
 	a.Uid = im.Owner
 	a.Gid = im.GID
 	t := im.UpdatedAt
@@ -287,7 +354,7 @@ func (l *viewLink) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ENOENT
 	}
 	l.fillAttr(im, &out.Attr)
-	out.SetTimeout(uncached)
+	out.SetTimeout(untilChanged)
 	return 0
 }
 

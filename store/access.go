@@ -31,6 +31,9 @@ const (
 //
 // Everyone else gets ENOENT, as if the image did not exist.
 func Visible(c Caller, im *Image, v View) bool {
+	if c.UID == Anyone.UID {
+		return im.Visibility == "public"
+	}
 	if c.Owns(im) {
 		return true
 	}
@@ -49,6 +52,12 @@ func Visible(c Caller, im *Image, v View) bool {
 // whatever its visibility and members say, so whose access no change can
 // revoke.
 func (c Caller) Owns(im *Image) bool { return c.IsRoot() || c.UID == im.Owner }
+
+// Anyone stands for every user at once: it sees what all users see, the
+// public images (by list and by id), for what is shared between users,
+// such as the kernel's cached entries of a mount with --allow-other. Its
+// uid is (uid_t)-1, which no process can have.
+var Anyone = Caller{UID: ^uint32(0), GID: ^uint32(0)}
 
 // IsMember reports whether uid is listed in the image's members.
 func (im *Image) IsMember(uid uint32) bool {

@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,13 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/imagefs/imagefs/fs"
 	"github.com/imagefs/imagefs/store"
-	"github.com/imagefs/imagefs/xattr"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 )
 
 const lsHelp = `Usage: imagefs ls [OPTIONS] MOUNTPOINT
@@ -27,17 +24,21 @@ List the images of a mounted imagefs that you can see, one row per image,
 as a table like 'glance image-list': name, id, status, size, created_at and
 any --column asked for.
 
-imagefs ls only reads the mounted filesystem, as any user may: with
---property KEY=VALUE it lists MOUNTPOINT/by-property/KEY/VALUE/ (answered
-from the catalog's index, in time proportional to the matches, not to the
-catalog) and reads the other properties of those images as the extended
-attributes user.KEY of MOUNTPOINT/by-id/<id>. Further --property filters
-are checked against those attributes. Without --property it lists
-MOUNTPOINT/by-id/. A value that has no view directory (empty, or longer
-than 255 bytes once '/' and '%' are escaped) is found by reading every
-image's property instead.
+imagefs ls only reads the mounted filesystem, as any user may, in one
+pass: with --property KEY=VALUE it reads the catalog file
+MOUNTPOINT/.catalog/by-property/KEY/VALUE, the records of the images of
+the view by-property/KEY/VALUE/ (answered from the catalog's index, in
+time proportional to the matches, not to the catalog); without it,
+MOUNTPOINT/.catalog/images, every image you see. The daemon fills them for
+you by the visibility rules of the tree. Further --property filters are
+checked against those records. A value that has no view directory
+(empty, or longer than 255 bytes once '/' and '%' are escaped) is found
+in .catalog/images.
 
-A property an image does not have shows as empty (null in --json).
+A property an image does not have shows as empty (null in --json). In
+--json, size, virtual_size, min_ram and min_disk are numbers and
+protected and os_hidden booleans, as in Glance's image JSON; other
+values are strings.
 
 Options:
 `
@@ -177,7 +178,7 @@ func lsRows(o lsOptions) ([]lsRow, error) {
 	if fi, err := os.Stat(filepath.Join(o.mnt, "by-property")); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%s is not an imagefs mount (no by-property/): %v", o.mnt, err)
 	}
-	ids, rest, err := lsCandidates(o.mnt, o.filters)
+	records, err := lsCatalog(o.mnt, o.filters)
 	if err != nil {
 		return nil, err
 	}
@@ -187,30 +188,17 @@ func lsRows(o lsOptions) ([]lsRow, error) {
 	}
 	var rows []lsRow
 next:
-	for _, id := range ids {
-		dir := filepath.Join(o.mnt, "by-id", id)
-		for _, f := range rest {
-			v, err := readProperty(dir, f.key)
-			if errors.Is(err, syscall.ENOENT) {
-				continue next // deleted meanwhile
-			}
-			if err != nil {
-				return nil, err
-			}
-			if v == nil || *v != f.value {
+	for _, rec := range records {
+		for _, f := range o.filters {
+			if v, ok := rec[f.key]; !ok || v != f.value {
 				continue next
 			}
 		}
 		row := lsRow{}
 		for _, k := range need {
-			v, err := readProperty(dir, k)
-			if errors.Is(err, syscall.ENOENT) {
-				continue next
+			if v, ok := rec[k]; ok {
+				row[k] = &v
 			}
-			if err != nil {
-				return nil, err
-			}
-			row[k] = v
 		}
 		rows = append(rows, row)
 	}
@@ -218,73 +206,79 @@ next:
 	return rows, nil
 }
 
-// lsCandidates returns the ids the first filter admits (from its view
-// directory) and the filters still to check; without a usable first
-// filter, every id under by-id/.
-func lsCandidates(mnt string, filters []lsFilter) ([]string, []lsFilter, error) {
-	if len(filters) == 0 || !fs.Listed(filters[0].value) {
-		ents, err := os.ReadDir(filepath.Join(mnt, "by-id"))
-		if err != nil {
-			return nil, nil, err
-		}
-		ids := make([]string, len(ents))
-		for i, e := range ents {
-			ids[i] = e.Name()
-		}
-		return ids, filters, nil
+// lsCatalog reads, in one pass, the records of the images the first
+// filter admits (the catalog file of its view) or, without a usable first
+// filter, of every image the caller sees: MOUNTPOINT/.catalog/ (see
+// fs.CatalogDir), which the daemon fills for the caller by the rules of
+// the tree.
+func lsCatalog(mnt string, filters []lsFilter) ([]map[string]string, error) {
+	path := filepath.Join(mnt, fs.CatalogDir, "images")
+	if len(filters) > 0 && fs.Listed(filters[0].value) {
+		path = filepath.Join(mnt, fs.CatalogDir, "by-property", filters[0].key, fs.ViewName(filters[0].value))
 	}
-	f := filters[0]
-	view := filepath.Join(mnt, "by-property", f.key, fs.ViewName(f.value))
-	ents, err := os.ReadDir(view)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil // no image has it
-	}
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var ids []string
-	for _, e := range ents {
-		target, err := os.Readlink(filepath.Join(view, e.Name()))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // renamed or changed meanwhile
-		}
+	defer f.Close()
+	var out []map[string]string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<30)
+	for sc.Scan() {
+		rec, err := parseCatalogLine(sc.Bytes())
 		if err != nil {
-			return nil, nil, err
+			return nil, fmt.Errorf("%s: %v", path, err)
 		}
-		ids = append(ids, filepath.Base(target))
+		out = append(out, rec)
 	}
-	return ids, filters[1:], nil
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return out, nil
 }
 
-// readProperty returns property key of the image directory dir (nil when
-// the image does not have it), read as the extended attribute user.key.
-// ENOENT means the image is gone. A value that keeps growing between the
-// size query and the read fails after a few tries rather than loop.
-func readProperty(dir, key string) (*string, error) {
-	buf := make([]byte, 256)
-	for try := 0; ; try++ {
-		n, err := unix.Getxattr(dir, xattr.Name(key), buf)
-		switch {
-		case err == nil:
-			v := string(buf[:n])
-			return &v, nil
-		case errors.Is(err, unix.ENODATA):
-			return nil, nil
-		case errors.Is(err, unix.ERANGE) && try < 3:
-			// The value is longer than buf: ask its size. An ERANGE
-			// here is the name's (too long), which no retry cures.
-			size, err := unix.Getxattr(dir, xattr.Name(key), nil)
-			if errors.Is(err, unix.ENODATA) {
-				return nil, nil
+// parseCatalogLine decodes one catalog line, a JSON object of strings.
+// Lines without a backslash (no escapes: most) are split directly, about
+// ten times faster than encoding/json; the others go to encoding/json.
+func parseCatalogLine(line []byte) (map[string]string, error) {
+	rec := make(map[string]string, 16)
+	if bytes.IndexByte(line, '\\') < 0 {
+		str := func(i int) (string, int, bool) {
+			if i >= len(line) || line[i] != '"' {
+				return "", 0, false
 			}
-			if err != nil {
-				return nil, &os.PathError{Op: "getxattr " + xattr.Name(key), Path: dir, Err: err}
+			j := bytes.IndexByte(line[i+1:], '"')
+			if j < 0 {
+				return "", 0, false
 			}
-			buf = make([]byte, size+size/2+256) // room if it grows meanwhile
-		default:
-			return nil, &os.PathError{Op: "getxattr " + xattr.Name(key), Path: dir, Err: err}
+			return string(line[i+1 : i+1+j]), i + j + 2, true
 		}
+		i := 1
+		ok := len(line) >= 2 && line[0] == '{'
+		for ok && i < len(line) && line[i] != '}' {
+			var k, v string
+			if k, i, ok = str(i); !ok || i >= len(line) || line[i] != ':' {
+				ok = false
+				break
+			}
+			if v, i, ok = str(i + 1); !ok || i >= len(line) {
+				ok = false
+				break
+			}
+			rec[k] = v
+			if line[i] == ',' {
+				i++
+			}
+		}
+		if ok && i == len(line)-1 {
+			return rec, nil
+		}
+		clear(rec)
 	}
+	if err := json.Unmarshal(line, &rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // sortLsRows sorts by key: integers as numbers, strings otherwise;
@@ -318,6 +312,9 @@ func sortLsRows(rows []lsRow, key string, desc bool) {
 }
 
 func compareValues(a, b string) int {
+	if !maybeInt(a) || !maybeInt(b) { // ParseInt's errors cost an allocation each
+		return cmp.Compare(a, b)
+	}
 	na, ea := strconv.ParseInt(a, 10, 64)
 	nb, eb := strconv.ParseInt(b, 10, 64)
 	if ea == nil && eb == nil {
@@ -374,8 +371,36 @@ func writeLsTable(w io.Writer, columns []string, rows []lsRow) {
 
 func displayWidth(s string) int { return len([]rune(s)) }
 
+// lsJSONTypes are the properties --json prints as numbers or booleans,
+// as Glance's image JSON does; every other value is a string.
+var lsJSONTypes = map[string]string{
+	"size": "number", "virtual_size": "number", "min_ram": "number", "min_disk": "number",
+	"protected": "bool", "os_hidden": "bool",
+}
+
+// lsJSONValue returns the JSON of value v of column c: null when absent,
+// a number or boolean for the typed properties when v is one, else a
+// string.
+func lsJSONValue(c string, v *string) []byte {
+	if v == nil {
+		return []byte("null")
+	}
+	switch lsJSONTypes[c] {
+	case "number":
+		if _, err := strconv.ParseInt(*v, 10, 64); err == nil {
+			return []byte(*v)
+		}
+	case "bool":
+		if *v == "true" || *v == "false" {
+			return []byte(*v)
+		}
+	}
+	b, _ := json.Marshal(*v)
+	return b
+}
+
 // writeLsJSON prints rows as a JSON array of objects whose keys are the
-// columns, in column order.
+// columns, in column order; values as lsJSONValue gives them.
 func writeLsJSON(w io.Writer, columns []string, rows []lsRow) {
 	if len(rows) == 0 {
 		fmt.Fprintln(w, "[]")
@@ -386,7 +411,7 @@ func writeLsJSON(w io.Writer, columns []string, rows []lsRow) {
 		fmt.Fprint(w, "  {")
 		for j, c := range columns {
 			k, _ := json.Marshal(c)
-			v, _ := json.Marshal(r[c]) // nil -> null
+			v := lsJSONValue(c, r[c])
 			if j > 0 {
 				fmt.Fprint(w, ", ")
 			}
@@ -399,4 +424,13 @@ func writeLsJSON(w io.Writer, columns []string, rows []lsRow) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w, "]")
+}
+
+// maybeInt reports whether s may parse as a decimal integer: a digit, or
+// a sign then a digit, first.
+func maybeInt(s string) bool {
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	return s != "" && s[0] >= '0' && s[0] <= '9'
 }

@@ -78,3 +78,24 @@ func TestLsUsageErrors(t *testing.T) {
 	}
 	assert.Equal(t, 1, runLs([]string{t.TempDir()}), "not a mount")
 }
+
+// TestParseCatalogLine: the direct split and encoding/json agree, and a
+// malformed line is an error.
+func TestParseCatalogLine(t *testing.T) {
+	for _, line := range []string{
+		`{"id":"a","name":"x y","size":"2560"}`,
+		`{"name":"q\"uote","v":"back\\slash","nl":"a\nb"}`,
+		`{}`,
+		`{"name":"ünï ✓","e":""}`,
+	} {
+		got, err := parseCatalogLine([]byte(line))
+		require.NoError(t, err, line)
+		var want map[string]string
+		require.NoError(t, json.Unmarshal([]byte(line), &want))
+		assert.Equal(t, want, got, line)
+	}
+	for _, line := range []string{`{"a":"b"`, `{"a":1}`, `["a"]`, `{"a" "b"}`, ``} {
+		_, err := parseCatalogLine([]byte(line))
+		assert.Error(t, err, line)
+	}
+}
