@@ -190,8 +190,12 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	// Readers have nothing to do at close: no FLUSH request.
-	return &sealedHandle{f: f, im: im}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	// Readers have nothing to do at close: no FLUSH request
+	// (FOPEN_NOFLUSH, in every case of backings.open).
+	h := &sealedHandle{f: f, im: im}
+	flags, release := n.fsys.backings.open(ctx, n.id, int(f.Fd()))
+	h.release = release
+	return h, flags, 0
 }
 
 // sealedHandle reads sealed data. Where the kernel offers passthrough it
@@ -199,13 +203,13 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 type sealedHandle struct {
 	f  *os.File
 	im *store.Image // the record at open: fstat works after a delete
+	// release gives back the handle's reference to the image's
+	// passthrough backing file (passthrough.go); nil without one.
+	release func()
 }
 
-var _ = (gofs.FilePassthroughFder)((*sealedHandle)(nil))
 var _ = (gofs.FileReader)((*sealedHandle)(nil))
 var _ = (gofs.FileReleaser)((*sealedHandle)(nil))
-
-func (h *sealedHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true }
 
 func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
@@ -215,6 +219,9 @@ func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 func (h *sealedHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
 
 func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
+	if h.release != nil {
+		h.release()
+	}
 	return toErrno(h.f.Close())
 }
 
