@@ -32,9 +32,13 @@ var _ = (gofs.NodeRemovexattrer)((*dataNode)(nil))
 func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image, out *fuse.EntryOut) *gofs.Inode {
 	n := &dataNode{node: node{fsys: f, id: im.ID}}
 	n.fillDataAttr(im, &out.Attr)
-	out.SetEntryTimeout(cacheTimeout)
 	if im.Status.Sealed() {
+		out.SetEntryTimeout(cacheTimeout)
 		out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
+	} else {
+		// An upload's entry goes when the upload is killed
+		// (store.DataVisible): not cached.
+		out.SetEntryTimeout(uncached)
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
 }
@@ -71,11 +75,11 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 		a.Mode = syscall.S_IFREG | 0o444
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
 	default:
+		// Only images/<name>/ shows an upload (store.DataVisible).
 		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
 			size = u.Size()
 		}
 		a.Mode = syscall.S_IFREG | 0o644
-		a.Nlink = 2
 	}
 	a.Size = uint64(size)
 	a.Blocks = uint64(size+511) / 512
