@@ -168,8 +168,11 @@ func isUpload(f gofs.FileHandle) bool {
 
 func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	trunc := flags&syscall.O_TRUNC != 0
+	// O_TRUNC truncates whatever the access mode (ATOMIC_O_TRUNC brings
+	// it here): O_RDONLY|O_TRUNC is a write like any other, EPERM on
+	// sealed data.
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY || trunc
 	st := n.fsys.st
 	if n.renamed() {
 		return nil, 0, syscall.ESTALE // as in Getattr: open retries with the image's inode

@@ -95,3 +95,43 @@ func TestByIDDataSealedOrENOENT(t *testing.T) {
 		t.Errorf("ls by-id/%s after the upload = %v, want image.vhd", kid, names)
 	}
 }
+
+// TestSealedOpenRdonlyTrunc: open(O_RDONLY|O_TRUNC) of a sealed image.vhd
+// is a change like any other: EPERM, root included, through both trees,
+// and nothing changes (issue 12 item 7). With ATOMIC_O_TRUNC the flag
+// reaches the daemon's Open, which took it for a read.
+func TestSealedOpenRdonlyTrunc(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "cmp")
+	fx := makeVHD(t, 2*mib, "fixed")
+	id := m.mkimage("trunc")
+	run(t, "cp", fx.Path, m.dataFile("trunc"))
+	m.checkSealed(t, "trunc", fx)
+	for _, p := range []string{m.dataFile("trunc"), m.byID(id, "image.vhd")} {
+		fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_TRUNC, 0)
+		if err == nil {
+			syscall.Close(fd)
+		}
+		wantErrno(t, "open O_RDONLY|O_TRUNC "+p[len(m.Mnt)+1:], err, syscall.EPERM)
+	}
+	m.checkSealed(t, "trunc", fx)
+	// Unsealed, O_RDONLY|O_TRUNC is a writer too: while another writer
+	// has the upload open, EBUSY, and the upload goes on.
+	m.mkimage("upload")
+	w, err := os.OpenFile(m.dataFile("upload"), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(m.dataFile("upload"), syscall.O_RDONLY|syscall.O_TRUNC, 0)
+	if err == nil {
+		syscall.Close(fd)
+	}
+	wantErrno(t, "open O_RDONLY|O_TRUNC while a writer has the upload open", err, syscall.EBUSY)
+	if got := fileSize(t, m.dataFile("upload")); got != int64(len("partial")) {
+		t.Errorf("upload size %d after the refused O_TRUNC, want %d", got, len("partial"))
+	}
+}
