@@ -57,12 +57,21 @@ func (n *dataNode) isScratch() bool {
 	return n.scratch != nil && n.scratch.Name() != ""
 }
 
-// fillDataAttr fills size, mode and owner: sealed data is 0444 and its
-// size is the record's; an upload in progress is 0644 with the staged size.
+// fillDataAttr fills size, blocks, mode and owner: sealed data is 0444,
+// its size is the record's and its blocks those the data file occupies
+// (fewer than the size where it has holes: du, and sparse-aware tools,
+// see them); an upload in progress is 0644 with the staged size.
 func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
+	n.fillDataAttrFile(im, a, nil)
+}
+
+// fillDataAttrFile is fillDataAttr with the data file open as f (nil:
+// not open).
+func (n *dataNode) fillDataAttrFile(im *store.Image, a *fuse.Attr, f *os.File) {
 	n.fillAttr(im, a)
 	a.Nlink = 1
 	var size int64
+	blocks := int64(-1)
 	switch {
 	case n.isScratch():
 		size = n.scratch.Size()
@@ -74,6 +83,12 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 		size = im.Size
 		a.Mode = syscall.S_IFREG | 0o444
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
+		var st syscall.Stat_t
+		if f != nil && syscall.Fstat(int(f.Fd()), &st) == nil {
+			blocks = st.Blocks
+		} else if b, err := n.fsys.st.DataBlocks(im.ID); err == nil {
+			blocks = b
+		}
 	default:
 		// Only images/<name>/ shows an upload (store.DataVisible).
 		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
@@ -82,7 +97,10 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 		a.Mode = syscall.S_IFREG | 0o644
 	}
 	a.Size = uint64(size)
-	a.Blocks = uint64(size+511) / 512
+	if blocks < 0 {
+		blocks = (size + 511) / 512
+	}
+	a.Blocks = uint64(blocks)
 	a.Blksize = 1 << 20
 }
 
@@ -94,10 +112,11 @@ func (n *dataNode) renamed() bool {
 
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := n.image()
-	if h, ok := f.(*sealedHandle); ok && im == nil {
+	h, _ := f.(*sealedHandle)
+	if h != nil && im == nil {
 		// fstat of data opened before the image was deleted: the
 		// reader keeps its file, with no links left.
-		n.fillDataAttr(h.im, &out.Attr)
+		n.fillDataAttrFile(h.im, &out.Attr, h.f)
 		out.Nlink = 0
 		return 0
 	}
@@ -110,7 +129,11 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		// again (LOOKUP_REVAL) and retry with the image's inode.
 		return syscall.ESTALE
 	}
-	n.fillDataAttr(im, &out.Attr)
+	var df *os.File
+	if h != nil {
+		df = h.f
+	}
+	n.fillDataAttrFile(im, &out.Attr, df)
 	if n.scratch == nil && im.Status.Sealed() {
 		out.SetTimeout(cacheTimeout)
 	}
@@ -217,9 +240,24 @@ type sealedHandle struct {
 
 var _ = (gofs.FileReader)((*sealedHandle)(nil))
 var _ = (gofs.FileReleaser)((*sealedHandle)(nil))
+var _ = (gofs.FileLseeker)((*sealedHandle)(nil))
 
 func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other
+// whences itself) from the data file, whose holes are those of the
+// upload: sparse-aware tools (cp --sparse=auto, qemu-img map and convert,
+// rsync -S) skip the holes of a mostly empty image. Errors as lseek(2)'s:
+// ENXIO past the end or when no data follows.
+func (h *sealedHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	// The descriptor's own offset does not matter: Read uses pread.
+	n, err := syscall.Seek(int(h.f.Fd()), int64(off), int(whence))
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	return uint64(n), 0
 }
 
 // Fsync has nothing to do: sealed data is durable.

@@ -24,3 +24,11 @@ func (s *Store) DataVisible(im *Image, byID bool) bool {
 	}
 	return s.DataPresent(im.ID)
 }
+
+// DataBlocks returns the 512-byte blocks the sealed data of image id
+// occupies in the DataBackend: st_blocks of image.vhd, fewer than its size
+// when the data file has holes (a mostly empty fixed VHD). Errors wrap
+// ErrNotFound when id has no sealed data.
+func (s *Store) DataBlocks(id string) (int64, error) {
+	return s.data.Blocks(id)
+}
