@@ -112,11 +112,10 @@ func (n *dataNode) renamed() bool {
 
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := n.image()
-	h, _ := f.(*sealedHandle)
-	if h != nil && im == nil {
+	if h, ok := f.(*sealedHandle); ok && im == nil {
 		// fstat of data opened before the image was deleted: the
 		// reader keeps its file, with no links left.
-		n.fillDataAttrFile(h.im, &out.Attr, h.f)
+		n.fillDataAttr(h.im, &out.Attr)
 		out.Nlink = 0
 		return 0
 	}
@@ -129,8 +128,8 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		// again (LOOKUP_REVAL) and retry with the image's inode.
 		return syscall.ESTALE
 	}
-	var df *os.File
-	if h != nil {
+	var df *os.File // the open data file: its blocks, without a path lookup
+	if h, ok := f.(*sealedHandle); ok {
 		df = h.f
 	}
 	n.fillDataAttrFile(im, &out.Attr, df)
