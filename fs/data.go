@@ -32,9 +32,13 @@ var _ = (gofs.NodeRemovexattrer)((*dataNode)(nil))
 func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image, out *fuse.EntryOut) *gofs.Inode {
 	n := &dataNode{node: node{fsys: f, id: im.ID}}
 	n.fillDataAttr(im, &out.Attr)
-	out.SetEntryTimeout(cacheTimeout)
 	if im.Status.Sealed() {
+		out.SetEntryTimeout(cacheTimeout)
 		out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
+	} else {
+		// An upload's entry goes when the upload is killed
+		// (store.DataVisible): not cached.
+		out.SetEntryTimeout(uncached)
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
 }
@@ -53,12 +57,21 @@ func (n *dataNode) isScratch() bool {
 	return n.scratch != nil && n.scratch.Name() != ""
 }
 
-// fillDataAttr fills size, mode and owner: sealed data is 0444 and its
-// size is the record's; an upload in progress is 0644 with the staged size.
+// fillDataAttr fills size, blocks, mode and owner: sealed data is 0444,
+// its size is the record's and its blocks those the data file occupies
+// (fewer than the size where it has holes: du, and sparse-aware tools,
+// see them); an upload in progress is 0644 with the staged size.
 func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
+	n.fillDataAttrFile(im, a, nil)
+}
+
+// fillDataAttrFile is fillDataAttr with the data file open as f (nil:
+// not open).
+func (n *dataNode) fillDataAttrFile(im *store.Image, a *fuse.Attr, f *os.File) {
 	n.fillAttr(im, a)
 	a.Nlink = 1
 	var size int64
+	blocks := int64(-1)
 	switch {
 	case n.isScratch():
 		size = n.scratch.Size()
@@ -70,15 +83,24 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 		size = im.Size
 		a.Mode = syscall.S_IFREG | 0o444
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
+		var st syscall.Stat_t
+		if f != nil && syscall.Fstat(int(f.Fd()), &st) == nil {
+			blocks = st.Blocks
+		} else if b, err := n.fsys.st.DataBlocks(im.ID); err == nil {
+			blocks = b
+		}
 	default:
+		// Only images/<name>/ shows an upload (store.DataVisible).
 		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
 			size = u.Size()
 		}
 		a.Mode = syscall.S_IFREG | 0o644
-		a.Nlink = 2
 	}
 	a.Size = uint64(size)
-	a.Blocks = uint64(size+511) / 512
+	if blocks < 0 {
+		blocks = (size + 511) / 512
+	}
+	a.Blocks = uint64(blocks)
 	a.Blksize = 1 << 20
 }
 
@@ -109,7 +131,11 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		// again (LOOKUP_REVAL) and retry with the image's inode.
 		return syscall.ESTALE
 	}
-	n.fillDataAttr(im, &out.Attr)
+	var df *os.File // the open data file: its blocks, without a path lookup
+	if h, ok := f.(*sealedHandle); ok {
+		df = h.f
+	}
+	n.fillDataAttrFile(im, &out.Attr, df)
 	if n.scratch == nil && im.Status.Sealed() {
 		out.SetTimeout(cacheTimeout)
 	}
@@ -167,8 +193,11 @@ func isUpload(f gofs.FileHandle) bool {
 
 func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	trunc := flags&syscall.O_TRUNC != 0
+	// O_TRUNC truncates whatever the access mode (ATOMIC_O_TRUNC brings
+	// it here): O_RDONLY|O_TRUNC is a write like any other, EPERM on
+	// sealed data.
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY || trunc
 	st := n.fsys.st
 	if n.renamed() {
 		return nil, 0, syscall.ESTALE // as in Getattr: open retries with the image's inode
@@ -197,8 +226,12 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	// Readers have nothing to do at close: no FLUSH request.
-	return &sealedHandle{f: f, im: im}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	// Readers have nothing to do at close: no FLUSH request
+	// (FOPEN_NOFLUSH, in every case of backings.open).
+	h := &sealedHandle{f: f, im: im}
+	flags, release := n.fsys.backings.open(ctx, n.id, int(f.Fd()))
+	h.release = release
+	return h, flags, 0
 }
 
 // sealedHandle reads sealed data. Where the kernel offers passthrough it
@@ -206,22 +239,40 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 type sealedHandle struct {
 	f  *os.File
 	im *store.Image // the record at open: fstat works after a delete
+	// release gives back the handle's reference to the image's
+	// passthrough backing file (passthrough.go); nil without one.
+	release func()
 }
 
-var _ = (gofs.FilePassthroughFder)((*sealedHandle)(nil))
 var _ = (gofs.FileReader)((*sealedHandle)(nil))
 var _ = (gofs.FileReleaser)((*sealedHandle)(nil))
-
-func (h *sealedHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true }
+var _ = (gofs.FileLseeker)((*sealedHandle)(nil))
 
 func (h *sealedHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	return fuse.ReadResultFd(h.f.Fd(), off, len(dest)), 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other
+// whences itself) from the data file, whose holes are those of the
+// upload: sparse-aware tools (cp --sparse=auto, qemu-img map and convert,
+// rsync -S) skip the holes of a mostly empty image. Errors as lseek(2)'s:
+// ENXIO past the end or when no data follows.
+func (h *sealedHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	// The descriptor's own offset does not matter: Read uses pread.
+	n, err := syscall.Seek(int(h.f.Fd()), int64(off), int(whence))
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	return uint64(n), 0
 }
 
 // Fsync has nothing to do: sealed data is durable.
 func (h *sealedHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
 
 func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
+	if h.release != nil {
+		h.release()
+	}
 	return toErrno(h.f.Close())
 }
 

@@ -89,6 +89,9 @@ type FS struct {
 	// imageLocks order invalidate against the page stores of opens
 	// (imageLock).
 	imageLocks [64]sync.Mutex
+	// backings are the passthrough backing files of sealed data
+	// (passthrough.go).
+	backings backings
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -153,6 +156,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 		RootStableAttr:  &gofs.StableAttr{Ino: inoRoot},
 	}
 	raw := gofs.NewNodeFS(root, opts)
+	raw = &passthroughRaw{RawFileSystem: raw, b: &f.backings}
 	if o.Metrics != nil {
 		o.Metrics.SetStore(st)
 		raw = o.Metrics.Wrap(raw)
@@ -161,6 +165,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.backings.setServer(server)
 	go server.Serve()
 	if err := server.WaitMount(); err != nil {
 		// As gofs.Mount: the serve loop ends by itself.

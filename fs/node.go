@@ -180,8 +180,8 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	switch name {
 	case store.ImageDataName:
-		if !d.fsys.st.DataPresent(d.id) {
-			return nil, syscall.ENOENT // removed; a writer creates it again
+		if !d.fsys.st.DataVisible(im, d.byID) {
+			return nil, syscall.ENOENT // none (yet); a writer creates it
 		}
 		return d.fsys.dataInode(ctx, &d.Inode, im, out), 0
 	case "properties":
@@ -206,7 +206,7 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	ents := []fuse.DirEntry{
 		{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR},
 	}
-	if d.fsys.st.DataPresent(d.id) {
+	if d.fsys.st.DataVisible(im, d.byID) {
 		ents = append(ents, fuse.DirEntry{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG})
 	}
 	for _, name := range d.fsys.st.ScratchNames(d.id) {

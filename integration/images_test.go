@@ -229,6 +229,9 @@ func TestRemountPersistence(t *testing.T) {
 				s.inodes["properties/"+k] = inode(t, m.propFile(name, k))
 			}
 			for _, p := range []string{"", "image.vhd", "properties"} {
+				if p == "image.vhd" && name == "queued" {
+					continue // by-id/<id>/image.vhd exists once sealed
+				}
 				s.inodes["images/"+p] = inode(t, m.images(name, p))
 				s.inodes["by-id/"+p] = inode(t, m.byID(id, p))
 			}

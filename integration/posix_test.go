@@ -459,7 +459,7 @@ func TestRefusedRemovals(t *testing.T) {
 		}
 	}
 	wantErrno(t, "unlink of a view's link", syscall.Unlink(filepath.Join(view, "img")), syscall.EPERM)
-	if _, err := os.Stat(filepath.Join(view, "img", "image.vhd")); err != nil {
+	if _, err := os.Stat(filepath.Join(view, "img", "properties")); err != nil {
 		t.Errorf("after unlink of the view's link: %v", err)
 	}
 	if got := m.prop("img", "id"); got != id {

@@ -179,7 +179,7 @@ func TestStress(t *testing.T) {
 		if r.IntN(2) == 0 {
 			err = os.WriteFile(m.byID(propID, "properties", own), []byte(v+"\n"), 0o644)
 		} else {
-			err = unix.Setxattr(m.byID(propID, "image.vhd"), "user."+own, []byte(v), 0)
+			err = unix.Setxattr(m.byID(propID), "user."+own, []byte(v), 0)
 		}
 		if err != nil {
 			fail("set %s: %v", own, err)
@@ -188,7 +188,7 @@ func TestStress(t *testing.T) {
 		lastMu.Lock()
 		last[own] = v
 		lastMu.Unlock()
-		expect("setxattr shared", unix.Setxattr(m.byID(propID, "image.vhd"), "user.shared", []byte(v), 0))
+		expect("setxattr shared", unix.Setxattr(m.byID(propID), "user.shared", []byte(v), 0))
 	})
 
 	done := make(chan struct{})

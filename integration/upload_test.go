@@ -80,7 +80,8 @@ func (m *fsMount) checkKilled(t testing.TB, name string) string {
 	if strings.TrimSpace(reason) == "" {
 		t.Errorf("imagefs_kill_reason is empty")
 	}
-	x := run(t, "getfattr", "--only-values", "-n", "user.imagefs_kill_reason", m.dataFile(name))
+	// On the directory: a killed image shows no image.vhd.
+	x := run(t, "getfattr", "--only-values", "-n", "user.imagefs_kill_reason", m.images(name))
 	if x != reason {
 		t.Errorf("getfattr user.imagefs_kill_reason = %q, file says %q", x, reason)
 	}

@@ -1,10 +1,12 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // DataBackend keeps sealed image data files: complete, verified VHDs that
@@ -19,6 +21,10 @@ type DataBackend interface {
 	// Open returns the sealed data of id, opened read-only. Errors wrap
 	// ErrNotFound when id has no sealed data.
 	Open(id string) (*os.File, error)
+	// Blocks returns the 512-byte blocks the sealed data of id occupies
+	// (as st_blocks: a file with holes occupies fewer than its size).
+	// Errors wrap ErrNotFound when id has no sealed data.
+	Blocks(id string) (int64, error)
 	// Remove deletes the sealed data of id; open files keep reading it.
 	Remove(id string) error
 	// List returns the ids that have sealed data.
@@ -89,4 +95,15 @@ func syncDir(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+func (d *localData) Blocks(id string) (int64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(d.path(id), &st); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return 0, fmt.Errorf("%w: sealed data of %s: %v", ErrNotFound, id, err)
+		}
+		return 0, err
+	}
+	return st.Blocks, nil
 }

@@ -1,0 +1,34 @@
+package store
+
+// DataVisible reports whether the directory of image im lists image.vhd
+// (and looks it up): images/<name>/ when byID is false, by-id/<id>/ when
+// true.
+//
+// Sealed data (active, deactivated) is listed in both. by-id/<id>/image.vhd
+// is the sealed bytes or ENOENT, so it lists nothing else. images/<name>/
+// lists the upload target of an unsealed image as DataPresent says, but
+// not that of a killed image: its upload was refused and discarded, there
+// are no bytes to show, and a writer creates image.vhd again (O_CREAT, as
+// cp does) to upload anew; from then on (the image is killed until the
+// first byte arrives) the new upload is listed.
+func (s *Store) DataVisible(im *Image, byID bool) bool {
+	switch {
+	case im == nil:
+		return false
+	case im.Status.Sealed():
+		return true
+	case byID:
+		return false
+	case im.Status == StatusKilled:
+		return s.CurrentUpload(im.ID) != nil
+	}
+	return s.DataPresent(im.ID)
+}
+
+// DataBlocks returns the 512-byte blocks the sealed data of image id
+// occupies in the DataBackend: st_blocks of image.vhd, fewer than its size
+// when the data file has holes (a mostly empty fixed VHD). Errors wrap
+// ErrNotFound when id has no sealed data.
+func (s *Store) DataBlocks(id string) (int64, error) {
+	return s.data.Blocks(id)
+}
