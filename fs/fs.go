@@ -89,6 +89,8 @@ type FS struct {
 	// imageLocks order invalidate against the page stores of opens
 	// (imageLock).
 	imageLocks [64]sync.Mutex
+	// ghosts are images deleted by an unlink of image.vhd (delete.go).
+	ghosts ghosts
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.

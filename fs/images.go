@@ -35,6 +35,13 @@ func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.At
 func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
+		if g := d.fsys.ghostNamed(ctx, name); g != nil {
+			// The process that deleted the image by unlinking its
+			// image.vhd goes on to rmdir the directory (delete.go).
+			n := &imageDir{node: node{fsys: d.fsys, id: g.im.ID}}
+			n.ghostDirAttr(g, &out.Attr)
+			return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: g.im.Ino(store.SlotDir)}), 0
+		}
 		return nil, syscall.ENOENT
 	}
 	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
@@ -58,6 +65,17 @@ func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 }
 
 func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if ch := d.GetChild(name); ch != nil {
+		if n, ok := ch.Operations().(*imageDir); ok && n.image() == nil {
+			// The process that deleted the image by unlinking its
+			// image.vhd removes its directory (delete.go); the catalog
+			// is not asked, the name may be another image's by now.
+			if g := d.fsys.ghostFor(ctx, n.id); g != nil {
+				d.fsys.dropGhost(n.id, g)
+				return 0
+			}
+		}
+	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
 		return syscall.ENOENT

@@ -30,6 +30,11 @@ var _ = (gofs.NodeRenamer)((*propsDir)(nil))
 func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := d.image()
 	if im == nil {
+		if g := d.fsys.ghostFor(ctx, d.id); g != nil {
+			d.ghostDirAttr(g, &out.Attr) // see delete.go
+			out.SetTimeout(uncached)
+			return 0
+		}
 		return syscall.ENOENT
 	}
 	d.fillAttr(im, &out.Attr)
@@ -63,6 +68,9 @@ func (d *propsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	im := d.image()
 	if im == nil {
+		if d.fsys.ghostFor(ctx, d.id) != nil {
+			return gofs.NewListDirStream(nil), 0 // see delete.go
+		}
 		return nil, syscall.ENOENT
 	}
 	keys := im.Keys()

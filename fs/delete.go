@@ -1,0 +1,280 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/store"
+)
+
+// Deleting an image the way tools delete a directory tree.
+//
+// rm -r and find -delete (gnulib fts) read a directory, keep it open and
+// remove its entries with unlinkat(dirfd, name) in the order read, then
+// the directory itself. An image directory lists image.vhd first, and an
+// unlink of image.vhd by a process that holds that image directory open
+// (an OPENDIR of it by the same process, not yet released) deletes the
+// image: record, name and data, in one commit, exactly as rmdir does. If
+// the delete is refused (protected, not the owner, a read-only mount) the
+// unlink fails with that error and nothing changes; the tool goes on to
+// properties/, whose files it cannot remove either (a protected image's
+// properties cannot be removed, and neither can another user's), and
+// reports the refusal.
+//
+// A bare unlink(path) of image.vhd by a process without the directory
+// open is what cp -f, install, mv across filesystems and
+// cp --remove-destination do before they create the file again: it never
+// deletes an image (EPERM on sealed data; the discard of an unsealed
+// upload).
+//
+// After the delete the tool goes on: it opens properties/, removes what
+// it lists, removes properties/ and then the image directory. For the
+// process that deleted the image (and for ghostTTL at most) the deleted
+// image's directory stays a ghost: it reads as empty, its properties/
+// reads as empty, rmdir of properties/ and of images/<name> succeeds
+// (without touching the catalog), so the tool exits 0. Every other
+// process finds the image gone at once.
+
+// ghostTTL is how long the deleting process may walk the deleted image's
+// directory.
+const ghostTTL = 30 * time.Second
+
+// ghost is an image deleted by an unlink of its image.vhd, seen by the
+// process that deleted it until it removes the directory.
+type ghost struct {
+	im   *store.Image // the record before the delete
+	tgid uint32       // the deleting process
+}
+
+// ghosts are the deleted images that are still ghosts, by id.
+type ghosts struct {
+	mu sync.Mutex
+	m  map[string]*ghost
+}
+
+// add makes im a ghost for process tgid; after ghostTTL it is dropped,
+// and so is the kernel's entry of images/<name> if it still leads to it.
+func (f *FS) addGhost(im *store.Image, tgid uint32) {
+	g := &ghost{im: im, tgid: tgid}
+	f.ghosts.mu.Lock()
+	if f.ghosts.m == nil {
+		f.ghosts.m = map[string]*ghost{}
+	}
+	f.ghosts.m[im.ID] = g
+	f.ghosts.mu.Unlock()
+	time.AfterFunc(ghostTTL, func() {
+		if f.dropGhost(im.ID, g) {
+			images := f.root().GetChild("images")
+			if ch := images.GetChild(im.Name); ch != nil {
+				if d, ok := ch.Operations().(*imageDir); ok && d.id == im.ID {
+					dropEntry(images, im.Name)
+				}
+			}
+		}
+	})
+}
+
+// dropGhost forgets ghost g of image id; it reports whether g was still
+// there.
+func (f *FS) dropGhost(id string, g *ghost) bool {
+	f.ghosts.mu.Lock()
+	defer f.ghosts.mu.Unlock()
+	if f.ghosts.m[id] != g {
+		return false
+	}
+	delete(f.ghosts.m, id)
+	return true
+}
+
+// ghostFor returns the record of deleted image id if the caller is the
+// process that deleted it (and the ghost has not expired), else nil.
+func (f *FS) ghostFor(ctx context.Context, id string) *ghost {
+	f.ghosts.mu.Lock()
+	g := f.ghosts.m[id]
+	f.ghosts.mu.Unlock()
+	if g == nil || callerProcess(ctx) != g.tgid {
+		return nil
+	}
+	return g
+}
+
+// ghostNamed returns the ghost named name of the caller, or nil.
+func (f *FS) ghostNamed(ctx context.Context, name string) *ghost {
+	f.ghosts.mu.Lock()
+	var g *ghost
+	for _, x := range f.ghosts.m {
+		if x.im.Name == name {
+			g = x
+			break
+		}
+	}
+	f.ghosts.mu.Unlock()
+	if g == nil || callerProcess(ctx) != g.tgid {
+		return nil
+	}
+	return g
+}
+
+// holders counts the open directory handles of an image directory by the
+// pid (thread id) that opened them.
+type holders struct {
+	mu   sync.Mutex
+	pids map[uint32]int
+}
+
+func (h *holders) add(pid uint32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pids == nil {
+		h.pids = map[uint32]int{}
+	}
+	h.pids[pid]++
+}
+
+func (h *holders) remove(pid uint32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pids[pid]--; h.pids[pid] <= 0 {
+		delete(h.pids, pid)
+	}
+}
+
+// heldBy reports whether process tgid (thread pid) holds the directory
+// open. The thread ids of the opens are mapped to their processes only
+// here, so an OPENDIR costs no /proc read.
+func (h *holders) heldBy(pid, tgid uint32) bool {
+	h.mu.Lock()
+	pids := make([]uint32, 0, len(h.pids))
+	for p := range h.pids {
+		pids = append(pids, p)
+	}
+	h.mu.Unlock()
+	for _, p := range pids {
+		if p == pid || p == tgid || tgidOf(p) == tgid {
+			return true
+		}
+	}
+	return false
+}
+
+// tgidOf returns the process (thread group) of thread pid, or 0.
+func tgidOf(pid uint32) uint32 {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := strings.Cut(string(b), "\nTgid:\t")
+	if !ok {
+		return 0
+	}
+	line, _, _ := strings.Cut(rest, "\n")
+	n, err := strconv.ParseUint(line, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
+}
+
+var _ = (gofs.NodeOpendirHandler)((*imageDir)(nil))
+
+// OpendirHandle opens an image directory for reading, and counts the
+// opener among the directory's holders until the handle is released.
+func (d *imageDir) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	var pid uint32
+	if c, ok := fuse.FromContext(ctx); ok {
+		pid = c.Pid
+	}
+	d.holders.add(pid)
+	return &imageDirHandle{d: d, pid: pid}, 0, 0
+}
+
+// heldByCaller reports whether the calling process holds d open.
+func (d *imageDir) heldByCaller(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	return d.holders.heldBy(c.Pid, callerProcess(ctx))
+}
+
+// imageDirHandle is an open image directory: go-fuse's directory stream
+// of Readdir, plus the holder count.
+type imageDirHandle struct {
+	d    *imageDir
+	pid  uint32
+	ds   gofs.DirStream
+	once sync.Once
+}
+
+var _ = (gofs.FileReaddirenter)((*imageDirHandle)(nil))
+var _ = (gofs.FileSeekdirer)((*imageDirHandle)(nil))
+var _ = (gofs.FileReleasedirer)((*imageDirHandle)(nil))
+
+func (h *imageDirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.ds == nil {
+		ds, errno := h.d.Readdir(ctx)
+		if errno != 0 {
+			return nil, errno
+		}
+		h.ds = ds
+	}
+	if !h.ds.HasNext() {
+		return nil, 0
+	}
+	e, errno := h.ds.Next()
+	return &e, errno
+}
+
+// Seekdir repositions the stream, as go-fuse's own directory handle does.
+func (h *imageDirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if h.ds == nil {
+		ds, errno := h.d.Readdir(ctx)
+		if errno != 0 {
+			return errno
+		}
+		h.ds = ds
+	}
+	if sd, ok := h.ds.(gofs.FileSeekdirer); ok {
+		return sd.Seekdir(ctx, off)
+	}
+	return syscall.ENOTSUP
+}
+
+func (h *imageDirHandle) Releasedir(ctx context.Context, flags uint32) {
+	h.once.Do(func() {
+		if h.ds != nil {
+			h.ds.Close()
+		}
+		h.d.holders.remove(h.pid)
+	})
+}
+
+// deleteByUnlink deletes the image of d: the unlink of its image.vhd by a
+// process that holds d open (see above).
+func (d *imageDir) deleteByUnlink(ctx context.Context) syscall.Errno {
+	im := d.image()
+	if im == nil {
+		return syscall.ENOENT
+	}
+	if err := d.fsys.st.Delete(caller(ctx), im.ID); err != nil {
+		return toErrno(err)
+	}
+	d.fsys.addGhost(im, callerProcess(ctx))
+	d.fsys.forgetImage(im)
+	return 0
+}
+
+// ghostDirAttr fills the attributes of a ghost's directory (image
+// directory or properties/): as before the delete, with no links left.
+func (n *node) ghostDirAttr(g *ghost, a *fuse.Attr) {
+	n.fillAttr(g.im, a)
+	a.Mode = syscall.S_IFDIR | modeFor(g.im, 0o755)
+	a.Nlink = 0
+}
