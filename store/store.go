@@ -498,7 +498,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		s.mu.Unlock()
 		return err
 	}
-	t := s.cat.begin().small()
+	t := s.cat.begin().frees()
 	t.deleteImage(id)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)
@@ -531,6 +531,7 @@ func (s *Store) Delete(c Caller, id string) error {
 			logger.Error("removing data of deleted image", "id", id, "err", err)
 		}
 	}
+	s.cat.refillReserve()
 	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
 	s.emit(Event{Kind: EventDeleted, ID: id})
 	return nil
