@@ -8,6 +8,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // imagesDir is images/: one directory per image, named by the image's
@@ -91,8 +92,12 @@ func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.Inod
 	if _, ok := newParent.(*imagesDir); !ok {
 		return syscall.EXDEV
 	}
-	if flags != 0 {
-		return syscall.EINVAL // RENAME_EXCHANGE/NOREPLACE: names are unique anyway
+	// RENAME_NOREPLACE (mv -n, mv --no-clobber, mv's first try) asks for
+	// what every rename here does: the store never replaces another
+	// image, a taken name is EEXIST. RENAME_EXCHANGE and RENAME_WHITEOUT
+	// are not supported.
+	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
+		return syscall.EINVAL
 	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {

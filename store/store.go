@@ -317,7 +317,9 @@ func (s *Store) getLocked(id string) (*Image, error) {
 	return im, nil
 }
 
-// Rename gives image id the name newName. Errors: ErrNotFound,
+// Rename gives image id the name newName. It never replaces another
+// image: a taken name is ErrExists, checked and changed under one lock,
+// so it is also rename(2) with RENAME_NOREPLACE. Errors: ErrNotFound,
 // ErrPermission, ErrInvalid, ErrExists, ErrCatalog.
 func (s *Store) Rename(c Caller, id, newName string) error {
 	return s.SetProperty(c, id, KeyName, newName, SetAny)
