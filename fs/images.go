@@ -62,7 +62,9 @@ func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
+	ino := d.fsys.imageDirInode(ctx, &d.Inode, im, false, out)
+	noteMade(ino, im, callerProcess(ctx)) // copyin.go
+	return ino, 0
 }
 
 func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {

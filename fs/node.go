@@ -126,6 +126,8 @@ type imageDir struct {
 	// holders are the processes that have this directory open
 	// (delete.go).
 	holders holders
+	// made: this directory was made by mkdir (copyin.go).
+	made made
 }
 
 var _ = (gofs.NodeLookuper)((*imageDir)(nil))
