@@ -105,21 +105,26 @@ func (f *FS) ghostFor(ctx context.Context, id string) *ghost {
 	return g
 }
 
-// ghostNamed returns the ghost named name of the caller, or nil.
+// ghostNamed returns the caller's ghost named name, or nil.
 func (f *FS) ghostNamed(ctx context.Context, name string) *ghost {
 	f.ghosts.mu.Lock()
-	var g *ghost
-	for _, x := range f.ghosts.m {
-		if x.im.Name == name {
-			g = x
-			break
+	var named []*ghost
+	for _, g := range f.ghosts.m {
+		if g.im.Name == name {
+			named = append(named, g)
 		}
 	}
 	f.ghosts.mu.Unlock()
-	if g == nil || callerProcess(ctx) != g.tgid {
+	if len(named) == 0 {
 		return nil
 	}
-	return g
+	tgid := callerProcess(ctx)
+	for _, g := range named {
+		if g.tgid == tgid {
+			return g
+		}
+	}
+	return nil
 }
 
 // holders counts the open directory handles of an image directory by the

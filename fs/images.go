@@ -68,16 +68,12 @@ func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 }
 
 func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if ch := d.GetChild(name); ch != nil {
-		if n, ok := ch.Operations().(*imageDir); ok && n.image() == nil {
-			// The process that deleted the image by unlinking its
-			// image.vhd removes its directory (delete.go); the catalog
-			// is not asked, the name may be another image's by now.
-			if g := d.fsys.ghostFor(ctx, n.id); g != nil {
-				d.fsys.dropGhost(n.id, g)
-				return 0
-			}
-		}
+	if g := d.fsys.ghostNamed(ctx, name); g != nil {
+		// The process that deleted the image by unlinking its image.vhd
+		// removes its directory (delete.go); the catalog is not asked:
+		// the name may be another image's by now.
+		d.fsys.dropGhost(g.im.ID, g)
+		return 0
 	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
