@@ -198,3 +198,21 @@ func TestDeleteNotByCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteByOwner: a non-root owner deletes their own images with each
+// tool (the kernel's mode and sticky-bit checks apply to the deleted
+// image's directory as before the delete).
+func TestDeleteByOwner(t *testing.T) {
+	requireTools(t, "rm", "find", "rmdir", "yes")
+	a := mountAllowOther(t)
+	fx := sharedFixture(t)
+	for _, tool := range deleteTools {
+		name := "a-" + strings.ReplaceAll(tool.name, " ", "")
+		id := a.ownedImage(userA, name, fx)
+		r := asUser(userA, tool.script, a.images(name))
+		if r.err != nil || strings.Contains(r.stderr, "cannot") || (tool.name != "rm -ri" && r.stderr != "") {
+			t.Errorf("uid 1001: %s of their image: %s, want exit 0 and no message", tool.name, r)
+		}
+		wantDeleted(t, a.fsMount, "uid 1001: "+tool.name, name, id)
+	}
+}
