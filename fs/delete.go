@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,11 +23,11 @@ import (
 // unlink of image.vhd by a process that holds that image directory open
 // (an OPENDIR of it by the same process, not yet released) deletes the
 // image: record, name and data, in one commit, exactly as rmdir does. If
-// the delete is refused (protected, not the owner, a read-only mount) the
-// unlink fails with that error and nothing changes; the tool goes on to
-// properties/, whose files it cannot remove either (a protected image's
-// properties cannot be removed, and neither can another user's), and
-// reports the refusal.
+// the delete is refused (protected, not the owner, a read-only mount; and
+// always under by-id/, where images are not deleted) the unlink fails with
+// that error and nothing changes; the tool goes on to properties/, whose
+// files that process then cannot remove either (the same error, for
+// ghostTTL), and reports the refusal.
 //
 // A bare unlink(path) of image.vhd by a process without the directory
 // open is what cp -f, install, mv across filesystems and
@@ -125,6 +126,57 @@ func (f *FS) ghostNamed(ctx context.Context, name string) *ghost {
 		}
 	}
 	return nil
+}
+
+// refusals are the deletes by unlink refused, by image id: the process
+// and the error, until when.
+type refusals struct {
+	mu sync.Mutex
+	m  map[string][]refusal
+}
+
+type refusal struct {
+	tgid  uint32
+	errno syscall.Errno
+	until time.Time
+}
+
+// refuse records that process tgid's delete of image id was refused with
+// errno.
+func (f *FS) refuse(id string, tgid uint32, errno syscall.Errno) {
+	now := time.Now()
+	f.refused.mu.Lock()
+	defer f.refused.mu.Unlock()
+	if f.refused.m == nil {
+		f.refused.m = map[string][]refusal{}
+	}
+	for k, rs := range f.refused.m { // drop the expired ones
+		rs = slices.DeleteFunc(rs, func(r refusal) bool { return now.After(r.until) })
+		if len(rs) == 0 {
+			delete(f.refused.m, k)
+		} else {
+			f.refused.m[k] = rs
+		}
+	}
+	f.refused.m[id] = append(f.refused.m[id], refusal{tgid: tgid, errno: errno, until: now.Add(ghostTTL)})
+}
+
+// refusedFor returns the error of the caller's refused delete of image
+// id, or 0.
+func (f *FS) refusedFor(ctx context.Context, id string) syscall.Errno {
+	f.refused.mu.Lock()
+	rs := slices.Clone(f.refused.m[id])
+	f.refused.mu.Unlock()
+	if len(rs) == 0 {
+		return 0
+	}
+	tgid, now := callerProcess(ctx), time.Now()
+	for _, r := range rs {
+		if r.tgid == tgid && now.Before(r.until) {
+			return r.errno
+		}
+	}
+	return 0
 }
 
 // holders counts the open directory handles of an image directory by the
@@ -262,14 +314,23 @@ func (h *imageDirHandle) Releasedir(ctx context.Context, flags uint32) {
 }
 
 // deleteByUnlink deletes the image of d: the unlink of its image.vhd by a
-// process that holds d open (see above).
+// process that holds d open (see above). Under by-id/, where images are
+// not deleted (rmdir by-id/<id> is EPERM), it is refused with EPERM.
+// After a refusal, that process's removals of the image's property files
+// fail with the same error for ghostTTL: rm -r goes on into properties/
+// after the refusal, and must not strip what it could not delete.
 func (d *imageDir) deleteByUnlink(ctx context.Context) syscall.Errno {
 	im := d.image()
 	if im == nil {
 		return syscall.ENOENT
 	}
-	if err := d.fsys.st.Delete(caller(ctx), im.ID); err != nil {
-		return toErrno(err)
+	errno := syscall.EPERM
+	if !d.byID {
+		errno = toErrno(d.fsys.st.Delete(caller(ctx), im.ID))
+	}
+	if errno != 0 {
+		d.fsys.refuse(im.ID, callerProcess(ctx), errno)
+		return errno
 	}
 	d.fsys.addGhost(im, callerProcess(ctx))
 	d.fsys.forgetImage(im)

@@ -89,8 +89,10 @@ type FS struct {
 	// imageLocks order invalidate against the page stores of opens
 	// (imageLock).
 	imageLocks [64]sync.Mutex
-	// ghosts are images deleted by an unlink of image.vhd (delete.go).
-	ghosts ghosts
+	// ghosts are images deleted by an unlink of image.vhd, refused the
+	// deletes refused that way (delete.go).
+	ghosts  ghosts
+	refused refusals
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.

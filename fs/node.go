@@ -265,13 +265,16 @@ func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
 		return 0 // went with the image the caller deleted (a scratch file)
 	}
 	if name == store.ImageDataName {
-		if !d.byID && d.heldByCaller(ctx) {
+		if d.heldByCaller(ctx) {
 			return d.deleteByUnlink(ctx)
 		}
 		return toErrno(d.fsys.st.DiscardUpload(caller(ctx), d.id))
 	}
 	if name == "properties" {
 		return syscall.EISDIR
+	}
+	if errno := d.fsys.refusedFor(ctx, d.id); errno != 0 {
+		return errno // rm -r goes on after a refused delete (delete.go)
 	}
 	return toErrno(d.fsys.st.RemoveScratch(caller(ctx), d.id, name))
 }

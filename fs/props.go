@@ -97,6 +97,9 @@ func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode u
 }
 
 func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if errno := d.fsys.refusedFor(ctx, d.id); errno != 0 {
+		return errno // rm -r goes on after a refused delete (delete.go)
+	}
 	return toErrno(d.fsys.st.RemoveProperty(caller(ctx), d.id, name))
 }
 

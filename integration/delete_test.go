@@ -153,6 +153,17 @@ func TestDeleteRefused(t *testing.T) {
 	try("uid 1002", "--reuid="+userB+" --regid="+userB+" --clear-groups", "Permission denied", "Operation not permitted")
 	try("uid 1002+caps", "--reuid="+userB+" --regid="+userB+" --clear-groups --inh-caps=+dac_override,+fowner --ambient-caps=+dac_override,+fowner", "Permission denied")
 
+	// Under by-id/ images are not deleted (rmdir by-id/<id> is EPERM),
+	// and rm -r or find -delete there remove nothing on their way.
+	before := a.snapshot("a-img")
+	for _, tool := range deleteTools {
+		r := shErr(tool.script, a.byID(id))
+		if r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Errorf("root: %s of by-id/<id>: %s, want EPERM", tool.name, r)
+		}
+		survives("root: "+tool.name+" of by-id/<id>", before)
+	}
+
 	// Protected: its owner and root.
 	a.as(userA).must("write", a.propFile("a-img", "protected"), "true\n")
 	try("uid 1001, protected", "--reuid="+userA+" --regid="+userA+" --clear-groups", "Operation not permitted")
