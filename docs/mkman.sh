@@ -37,7 +37,7 @@ uploads in progress
 .I STORE/data/ID.vhd
 sealed image data, mode 0444
 .TP
-.I STORE/reserve
+.I STORE/catalog/imagefs-reserve
 1 MiB kept free for deletes on a full disk
 .SH SEE ALSO
 .BR mount (8),

@@ -53,8 +53,8 @@ const (
 	// deleteHeadroom is what a delete leaves: it frees space, so it must
 	// work on a full disk. When the disk has less free than that, the
 	// delete first gives back the store's reserve (reserveSize bytes in
-	// STORE/reserve, kept for this), commits, and the reserve is made
-	// again once there is room.
+	// STORE/catalog/imagefs-reserve, kept for this), commits, and the
+	// reserve is made again once there is room.
 	deleteHeadroom = 64 << 10
 	reserveSize    = 1 << 20
 )
@@ -66,7 +66,8 @@ type catalog struct {
 	// written nor read until the store is opened again; nil while healthy.
 	// Guarded by Store.mu (every commit and read runs under it, or at load).
 	broken error
-	// reserve is the path of the space kept for deletes (deleteHeadroom);
+	// reserve is the path of the space kept for deletes (deleteHeadroom;
+	// made at Open, not by a check);
 	// reserveMu orders its release and its refill.
 	reserve   string
 	reserveMu sync.Mutex
@@ -95,18 +96,25 @@ func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCatalog, dir, err)
 	}
-	c := &catalog{db: db, dir: dir, reserve: filepath.Join(filepath.Dir(dir), "reserve")}
-	c.refillReserve()
-	return c, nil
+	return &catalog{db: db, dir: dir, reserve: filepath.Join(dir, reserveName)}, nil
 }
 
-// refillReserve makes STORE/reserve (reserveSize bytes) if it is missing
-// or short and the disk has room for it and a commit's headroom besides.
-// Best effort: without it, a delete on a full disk fails with ENOSPC.
+// reserveName is the file in the catalog's directory that keeps
+// reserveSize bytes for deletes (Pebble ignores files whose names it does
+// not know).
+const reserveName = "imagefs-reserve"
+
+// refillReserve makes STORE/catalog/imagefs-reserve (reserveSize bytes,
+// mode 0600) if it is missing or short and the disk has room for it and a
+// commit's headroom besides. Best effort: without it, a delete on a full
+// disk fails with ENOSPC.
 func (c *catalog) refillReserve() {
 	c.reserveMu.Lock()
 	defer c.reserveMu.Unlock()
 	if fi, err := os.Stat(c.reserve); err == nil && fi.Size() >= reserveSize {
+		if fi.Mode().Perm() != 0o600 {
+			os.Chmod(c.reserve, 0o600)
+		}
 		return
 	}
 	if free, err := freeSpace(c.dir); err != nil || free < reserveSize+catalogHeadroom {
@@ -128,7 +136,7 @@ func (c *catalog) refillReserve() {
 	}
 }
 
-// releaseReserve removes STORE/reserve; it reports whether there was one.
+// releaseReserve removes the reserve; it reports whether there was one.
 func (c *catalog) releaseReserve() bool {
 	c.reserveMu.Lock()
 	defer c.reserveMu.Unlock()

@@ -157,6 +157,7 @@ func (s *Store) load() error {
 	if s.opts.checkOnly {
 		return nil
 	}
+	s.cat.refillReserve()
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
