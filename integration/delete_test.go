@@ -227,3 +227,20 @@ func TestDeleteByOwner(t *testing.T) {
 		wantDeleted(t, a.fsMount, "uid 1001: "+tool.name, name, id)
 	}
 }
+
+// TestDeleteByFindName: find NAME -name image.vhd -delete deletes the
+// image (an unlink of image.vhd by a process walking the directory) and
+// the name is free at once for another process's mkdir, though find never
+// removed the directory (mkdir makes the kernel look the cached entry up
+// again: LOOKUP_EXCL).
+func TestDeleteByFindName(t *testing.T) {
+	requireTools(t, "find")
+	m := mount(t)
+	fx := makeVHD(t, 2*mib, "fixed")
+	id := makeImageIn(t, m, "img", "active", fx)
+	run(t, "find", m.images("img"), "-name", "image.vhd", "-delete")
+	wantDeleted(t, m, "find -name image.vhd -delete", "img", id)
+	m.mkimage("img")
+	run(t, "cp", fx.Path, m.dataFile("img"))
+	m.checkSealed(t, "img", fx)
+}
