@@ -6,6 +6,7 @@
 //	imagefs mount [flags] STORE MOUNTPOINT
 //	imagefs inspect [--json] FILE...
 //	imagefs fsck [flags] STORE
+//	imagefs restore [--name NAME] BACKUP_DIR... MOUNTPOINT
 //	imagefs version
 //	imagefs STORE MOUNTPOINT [-o OPTIONS]   (mount helper: mount(8), fstab)
 package main
