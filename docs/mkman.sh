@@ -36,6 +36,9 @@ uploads in progress
 .TP
 .I STORE/data/ID.vhd
 sealed image data, mode 0444
+.TP
+.I STORE/catalog/imagefs-reserve
+1 MiB kept free for deletes on a full disk
 .SH SEE ALSO
 .BR mount (8),
 .BR fstab (5),

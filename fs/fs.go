@@ -92,6 +92,10 @@ type FS struct {
 	// backings are the passthrough backing files of sealed data
 	// (passthrough.go).
 	backings backings
+	// ghosts are images deleted by an unlink of image.vhd, refused the
+	// deletes refused that way (delete.go).
+	ghosts  ghosts
+	refused refusals
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.

@@ -8,6 +8,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // imagesDir is images/: one directory per image, named by the image's
@@ -35,6 +36,13 @@ func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.At
 func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
+		if g := d.fsys.ghostNamed(ctx, name); g != nil {
+			// The process that deleted the image by unlinking its
+			// image.vhd goes on to rmdir the directory (delete.go).
+			n := &imageDir{node: node{fsys: d.fsys, id: g.im.ID}}
+			n.ghostDirAttr(g, &out.Attr)
+			return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: g.im.Ino(store.SlotDir)}), 0
+		}
 		return nil, syscall.ENOENT
 	}
 	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
@@ -54,10 +62,19 @@ func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fu
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
+	ino := d.fsys.imageDirInode(ctx, &d.Inode, im, false, out)
+	noteMade(ino, im, callerProcess(ctx)) // copyin.go
+	return ino, 0
 }
 
 func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if g := d.fsys.ghostNamed(ctx, name); g != nil {
+		// The process that deleted the image by unlinking its image.vhd
+		// removes its directory (delete.go); the catalog is not asked:
+		// the name may be another image's by now.
+		d.fsys.dropGhost(g.im.ID, g)
+		return 0
+	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
 		return syscall.ENOENT
@@ -73,8 +90,12 @@ func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.Inod
 	if _, ok := newParent.(*imagesDir); !ok {
 		return syscall.EXDEV
 	}
-	if flags != 0 {
-		return syscall.EINVAL // RENAME_EXCHANGE/NOREPLACE: names are unique anyway
+	// RENAME_NOREPLACE (mv -n, mv --no-clobber, mv's first try) asks for
+	// what every rename here does: the store never replaces another
+	// image, a taken name is EEXIST. RENAME_EXCHANGE and RENAME_WHITEOUT
+	// are not supported.
+	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
+		return syscall.EINVAL
 	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {

@@ -137,6 +137,11 @@ func xattrErrno(err error) syscall.Errno {
 type imageDir struct {
 	node
 	byID bool
+	// holders are the processes that have this directory open
+	// (delete.go).
+	holders holders
+	// made: this directory was made by mkdir (copyin.go).
+	made made
 }
 
 var _ = (gofs.NodeLookuper)((*imageDir)(nil))
@@ -159,6 +164,11 @@ func (d *imageDir) fillDirAttr(im *store.Image, a *fuse.Attr) {
 func (d *imageDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := d.imageFor(ctx)
 	if im == nil {
+		if g := d.fsys.ghostFor(ctx, d.id); g != nil && !d.byID {
+			d.ghostDirAttr(g, &out.Attr)
+			out.SetTimeout(uncached)
+			return 0
+		}
 		return syscall.ENOENT
 	}
 	d.fillDirAttr(im, &out.Attr)
@@ -176,6 +186,12 @@ func (d *imageDir) propsSlot() uint32 {
 func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	im := d.imageFor(ctx)
 	if im == nil {
+		if g := d.fsys.ghostFor(ctx, d.id); g != nil && !d.byID && name == "properties" {
+			// rm -r goes on into properties/ of the image it deleted.
+			d.ghostDirAttr(g, &out.Attr)
+			p := &propsDir{node: node{fsys: d.fsys, id: d.id}}
+			return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: g.im.Ino(d.propsSlot())}), 0
+		}
 		return nil, syscall.ENOENT
 	}
 	switch name {
@@ -198,17 +214,22 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	return d.fsys.scratchInode(ctx, &d.Inode, im, u, out), 0
 }
 
+// Readdir lists image.vhd first: rm -r and find -delete remove entries in
+// the order read, and their unlink of image.vhd deletes the image before
+// they reach the property files (delete.go).
 func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	im := d.imageFor(ctx)
 	if im == nil {
+		if g := d.fsys.ghostFor(ctx, d.id); g != nil && !d.byID {
+			return gofs.NewListDirStream(nil), 0
+		}
 		return nil, syscall.ENOENT
 	}
-	ents := []fuse.DirEntry{
-		{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR},
-	}
+	var ents []fuse.DirEntry
 	if d.fsys.st.DataVisible(im, d.byID) {
 		ents = append(ents, fuse.DirEntry{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG})
 	}
+	ents = append(ents, fuse.DirEntry{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR})
 	for _, name := range d.fsys.st.ScratchNames(d.id) {
 		if u := d.fsys.st.Scratch(d.id, name); u != nil {
 			ents = append(ents, fuse.DirEntry{Name: name, Ino: im.Ino(u.Slot()), Mode: syscall.S_IFREG})
@@ -249,12 +270,25 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, fuseFlags, 0
 }
 
+// Unlink of image.vhd deletes the image when the caller holds this
+// directory open (rm -r, find -delete: see delete.go); otherwise it
+// discards an unsealed upload (cp --remove-destination, install, mv
+// across filesystems) and is EPERM on sealed data.
 func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if d.image() == nil && !d.byID && d.fsys.ghostFor(ctx, d.id) != nil {
+		return 0 // went with the image the caller deleted (a scratch file)
+	}
 	if name == store.ImageDataName {
+		if d.heldByCaller(ctx) {
+			return d.deleteByUnlink(ctx)
+		}
 		return toErrno(d.fsys.st.DiscardUpload(caller(ctx), d.id))
 	}
 	if name == "properties" {
 		return syscall.EISDIR
+	}
+	if errno := d.fsys.refusedFor(ctx, d.id); errno != 0 {
+		return errno // rm -r goes on after a refused delete (delete.go)
 	}
 	return toErrno(d.fsys.st.RemoveScratch(caller(ctx), d.id, name))
 }

@@ -31,6 +31,11 @@ var _ = (gofs.NodeRenamer)((*propsDir)(nil))
 func (d *propsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	im := d.imageFor(ctx)
 	if im == nil {
+		if g := d.fsys.ghostFor(ctx, d.id); g != nil {
+			d.ghostDirAttr(g, &out.Attr) // see delete.go
+			out.SetTimeout(uncached)
+			return 0
+		}
 		return syscall.ENOENT
 	}
 	d.fillAttr(im, &out.Attr)
@@ -64,6 +69,9 @@ func (d *propsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	im := d.imageFor(ctx)
 	if im == nil {
+		if d.fsys.ghostFor(ctx, d.id) != nil {
+			return gofs.NewListDirStream(nil), 0 // see delete.go
+		}
 		return nil, syscall.ENOENT
 	}
 	keys := im.Keys()
@@ -107,6 +115,9 @@ func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode u
 }
 
 func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if errno := d.fsys.refusedFor(ctx, d.id); errno != 0 {
+		return errno // rm -r goes on after a refused delete (delete.go)
+	}
 	return toErrno(d.fsys.st.RemoveProperty(caller(ctx), d.id, name))
 }
 

@@ -16,8 +16,15 @@ func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno { retur
 
 func (d *byIDDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
 
-// Rmdir of properties/ (the only directory in an image directory).
-func (d *imageDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+// Rmdir of properties/ (the only directory in an image directory): EPERM,
+// but for the process that just deleted the image by unlinking its
+// image.vhd (delete.go), for which the directory is gone already.
+func (d *imageDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if name == "properties" && !d.byID && d.image() == nil && d.fsys.ghostFor(ctx, d.id) != nil {
+		return 0
+	}
+	return syscall.EPERM
+}
 
 func (d *byPropertyDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
 

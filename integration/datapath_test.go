@@ -32,8 +32,9 @@ func wantNoData(t *testing.T, m *fsMount, dir, what string) {
 // TestByIDDataSealedOrENOENT: by-id/<id>/image.vhd is the sealed bytes or
 // ENOENT (issue 13 item 21). A queued image and an upload in progress show
 // no image.vhd under by-id/ (images/<name>/image.vhd is the upload's
-// target); a killed image shows none in either tree, and cp creates it
-// again to upload anew.
+// target); a killed image shows none under by-id/, an empty upload target
+// under images/ (unreadable: EACCES; rm -r finds it first, see
+// delete_test.go), and cp uploads anew.
 func TestByIDDataSealedOrENOENT(t *testing.T) {
 	m := mount(t)
 	requireTools(t, "cp", "cmp", "stat")
@@ -75,7 +76,8 @@ func TestByIDDataSealedOrENOENT(t *testing.T) {
 		t.Errorf("sealed: by-id/%s/image.vhd has %s links, want 2", id, got)
 	}
 
-	// A killed image: no image.vhd in either tree.
+	// A killed image: no image.vhd under by-id/, an empty, unreadable
+	// upload target under images/.
 	kid := m.mkimage("killed")
 	notVHD := filepath.Join(t.TempDir(), "not.vhd")
 	if err := os.WriteFile(notVHD, []byte(strings.Repeat("not a vhd\n", 100000)), 0o644); err != nil {
@@ -87,7 +89,15 @@ func TestByIDDataSealedOrENOENT(t *testing.T) {
 	m.checkKilled(t, "killed")
 	time.Sleep(20 * time.Millisecond) // the kernel keeps even an uncached entry for a jiffy
 	wantNoData(t, m, m.byID(kid), "killed")
-	wantNoData(t, m, m.images("killed"), "killed")
+	if names := dirNames(t, m.images("killed")); !slices.Contains(names, "image.vhd") {
+		t.Errorf("killed: ls images/killed = %v, want image.vhd (the upload target)", names)
+	}
+	if fd, err := syscall.Open(m.dataFile("killed"), syscall.O_RDONLY, 0); err == nil {
+		syscall.Close(fd)
+		t.Errorf("killed: images/killed/image.vhd opened for reading")
+	} else {
+		wantErrno(t, "killed: open images/killed/image.vhd", err, syscall.EACCES)
+	}
 	// Re-upload into the killed image with cp: it creates image.vhd.
 	run(t, "cp", fx.Path, m.dataFile("killed"))
 	m.checkSealed(t, "killed", fx)

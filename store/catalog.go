@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -49,8 +51,15 @@ const (
 	// catalog's filesystem: room for Pebble's WAL and a memtable flush.
 	catalogHeadroom = 8 << 20
 	// smallHeadroom is what a small commit that must not wait for space
-	// (a seal, a status change, a delete that frees space) leaves.
+	// (a seal, a status change) leaves.
 	smallHeadroom = 1 << 20
+	// deleteHeadroom is what a delete leaves: it frees space, so it must
+	// work on a full disk. When the disk has less free than that, the
+	// delete first gives back the store's reserve (reserveSize bytes in
+	// STORE/catalog/imagefs-reserve, kept for this), commits, and the
+	// reserve is made again once there is room.
+	deleteHeadroom = 64 << 10
+	reserveSize    = 1 << 20
 )
 
 type catalog struct {
@@ -60,6 +69,11 @@ type catalog struct {
 	// written nor read until the store is opened again; nil while healthy.
 	// Guarded by Store.mu (every commit and read runs under it, or at load).
 	broken error
+	// reserve is the path of the space kept for deletes (deleteHeadroom;
+	// made at Open, not by a check);
+	// reserveMu orders its release and its refill.
+	reserve   string
+	reserveMu sync.Mutex
 }
 
 // freeSpace returns the bytes available to imagefs on the filesystem
@@ -85,7 +99,55 @@ func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCatalog, dir, err)
 	}
-	return &catalog{db: db, dir: dir}, nil
+	return &catalog{db: db, dir: dir, reserve: filepath.Join(dir, reserveName)}, nil
+}
+
+// reserveName is the file in the catalog's directory that keeps
+// reserveSize bytes for deletes (Pebble ignores files whose names it does
+// not know).
+const reserveName = "imagefs-reserve"
+
+// refillReserve makes STORE/catalog/imagefs-reserve (reserveSize bytes,
+// mode 0600) if it is missing or short and the disk has room for it and a
+// commit's headroom besides. Best effort: without it, a delete on a full
+// disk fails with ENOSPC.
+func (c *catalog) refillReserve() {
+	c.reserveMu.Lock()
+	defer c.reserveMu.Unlock()
+	if fi, err := os.Stat(c.reserve); err == nil && fi.Size() >= reserveSize {
+		if fi.Mode().Perm() != 0o600 {
+			os.Chmod(c.reserve, 0o600)
+		}
+		return
+	}
+	if free, err := freeSpace(c.dir); err != nil || free < reserveSize+catalogHeadroom {
+		return
+	}
+	f, err := os.OpenFile(c.reserve, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		logger.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
+		return
+	}
+	defer f.Close()
+	if syscall.Fallocate(int(f.Fd()), 0, 0, reserveSize) != nil {
+		// No fallocate (some filesystems): write the zeros.
+		if _, err := f.WriteAt(make([]byte, reserveSize), 0); err != nil {
+			f.Close()
+			os.Remove(c.reserve)
+			logger.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
+		}
+	}
+}
+
+// releaseReserve removes the reserve; it reports whether there was one.
+func (c *catalog) releaseReserve() bool {
+	c.reserveMu.Lock()
+	defer c.reserveMu.Unlock()
+	if err := os.Remove(c.reserve); err != nil {
+		return false
+	}
+	logger.Info("disk full: the store's reserve was given back for a delete", "path", c.reserve)
+	return true
 }
 
 // usable returns ErrCatalog once a commit has failed.
@@ -221,10 +283,12 @@ type txn struct {
 	c *catalog
 	b *pebble.Batch
 	// headroom is the free space the commit must leave (catalogHeadroom
-	// unless small was called).
+	// unless small or frees was called).
 	headroom int64
 	// noSync: commit without waiting for the disk (see lazy).
 	noSync bool
+	// freeing: the commit frees space (a delete); it may use the reserve.
+	freeing bool
 }
 
 func (c *catalog) begin() *txn {
@@ -242,6 +306,14 @@ func (t *txn) small() *txn {
 // whose loss in a crash the next Open repairs (dropping a tombstone).
 func (t *txn) lazy() *txn {
 	t.noSync = true
+	return t
+}
+
+// frees marks a commit that frees space (a delete): it needs only
+// deleteHeadroom, and on a full disk it may use the store's reserve.
+func (t *txn) frees() *txn {
+	t.headroom = deleteHeadroom
+	t.freeing = true
 	return t
 }
 
@@ -278,7 +350,11 @@ func (t *txn) check() error {
 		return err
 	}
 	need := int64(t.b.Len()) + t.headroom
-	if free, err := freeSpace(t.c.dir); err == nil && free < need {
+	free, err := freeSpace(t.c.dir)
+	if err == nil && free < need && t.freeing && t.c.releaseReserve() {
+		free, err = freeSpace(t.c.dir)
+	}
+	if err == nil && free < need {
 		return fmt.Errorf("catalog %s: %w: %d bytes free, a commit needs %d", t.c.dir, ErrNoSpace, free, need)
 	}
 	return nil

@@ -6,11 +6,10 @@ package store
 //
 // Sealed data (active, deactivated) is listed in both. by-id/<id>/image.vhd
 // is the sealed bytes or ENOENT, so it lists nothing else. images/<name>/
-// lists the upload target of an unsealed image as DataPresent says, but
-// not that of a killed image: its upload was refused and discarded, there
-// are no bytes to show, and a writer creates image.vhd again (O_CREAT, as
-// cp does) to upload anew; from then on (the image is killed until the
-// first byte arrives) the new upload is listed.
+// lists the upload target of an unsealed image (queued, saving, killed) as
+// DataPresent says: a writer uploads into it, and rm -r and find -delete
+// must find it first, as their unlink of it deletes the image (fs/delete.go)
+// before they reach the property files.
 func (s *Store) DataVisible(im *Image, byID bool) bool {
 	switch {
 	case im == nil:
@@ -19,8 +18,6 @@ func (s *Store) DataVisible(im *Image, byID bool) bool {
 		return true
 	case byID:
 		return false
-	case im.Status == StatusKilled:
-		return s.CurrentUpload(im.ID) != nil
 	}
 	return s.DataPresent(im.ID)
 }

@@ -159,6 +159,7 @@ func (s *Store) load() error {
 	if s.opts.checkOnly {
 		return nil
 	}
+	s.cat.refillReserve()
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
@@ -320,7 +321,9 @@ func (s *Store) getLocked(id string) (*Image, error) {
 	return im, nil
 }
 
-// Rename gives image id the name newName. Errors: ErrNotFound,
+// Rename gives image id the name newName. It never replaces another
+// image: a taken name is ErrExists, checked and changed under one lock,
+// so it is also rename(2) with RENAME_NOREPLACE. Errors: ErrNotFound,
 // ErrPermission, ErrInvalid, ErrExists, ErrCatalog.
 func (s *Store) Rename(c Caller, id, newName string) error {
 	return s.SetProperty(c, id, KeyName, newName, SetAny)
@@ -501,7 +504,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		s.mu.Unlock()
 		return err
 	}
-	t := s.cat.begin().small()
+	t := s.cat.begin().frees()
 	t.deleteImage(id)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)
@@ -548,6 +551,7 @@ func (s *Store) Delete(c Caller, id string) error {
 			s.mu.Unlock()
 		}
 	}
+	s.cat.refillReserve()
 	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
 	s.emit(Event{Kind: EventDeleted, ID: id})
 	return nil

@@ -7,6 +7,7 @@
 //	imagefs inspect [--json] FILE...
 //	imagefs fsck [flags] STORE
 //	imagefs umount [--timeout D] MOUNTPOINT
+//	imagefs restore [--name NAME] BACKUP_DIR... MOUNTPOINT
 //	imagefs version
 //	imagefs STORE MOUNTPOINT [-o OPTIONS]   (mount helper: mount(8), fstab)
 package main
