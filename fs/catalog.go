@@ -59,9 +59,9 @@ func (d *catalogDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.A
 // list nothing (every name resolves).
 func (d *catalogDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if d.level != 0 {
-		return gofs.NewListDirStream(nil), 0
+		return withDots(&d.Inode, nil), 0
 	}
-	return gofs.NewListDirStream([]fuse.DirEntry{
+	return withDots(&d.Inode, []fuse.DirEntry{
 		{Name: "by-property", Mode: syscall.S_IFDIR, Ino: catalogIno("by-property")},
 		{Name: "images", Mode: syscall.S_IFREG, Ino: catalogIno("images")},
 	}), 0

@@ -221,7 +221,7 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	im := d.imageFor(ctx)
 	if im == nil {
 		if g := d.fsys.ghostFor(ctx, d.id); g != nil && !d.byID {
-			return gofs.NewListDirStream(nil), 0
+			return withDots(&d.Inode, nil), 0
 		}
 		return nil, syscall.ENOENT
 	}

@@ -70,7 +70,7 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	im := d.imageFor(ctx)
 	if im == nil {
 		if d.fsys.ghostFor(ctx, d.id) != nil {
-			return gofs.NewListDirStream(nil), 0 // see delete.go
+			return withDots(&d.Inode, nil), 0 // see delete.go
 		}
 		return nil, syscall.ENOENT
 	}
