@@ -1,10 +1,14 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -271,7 +275,9 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		h.once.Do(func() { err = h.st.Release(h.u) })
 		return toErrno(err)
 	}
-	err := h.st.Flush(h.u)
+	// A writer killed mid-copy (SIGKILL) closes its files as it exits:
+	// its upload is incomplete, whatever the bytes look like.
+	err := h.st.FlushKilled(h.u, exitSignal(ctx))
 	if h.node != nil {
 		// A seal or a kill changes the mode and size: drop the attributes
 		// the kernel fetched before the close (it keeps even "uncached"
@@ -297,3 +303,35 @@ func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }
+
+// exitSignal returns the signal that is killing the calling thread, or 0
+// when it is not exiting or exits normally: a FLUSH sent while a process
+// closes its files in do_exit comes from a thread whose flags have
+// PF_EXITING and whose exit_code (waitpid's status) holds the signal.
+func exitSignal(ctx context.Context) int {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces and ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state): flags is field 9, exit_code field 52.
+	if len(f) < 50 {
+		return 0
+	}
+	flags, err1 := strconv.ParseUint(f[6], 10, 64)
+	code, err2 := strconv.ParseUint(f[49], 10, 64)
+	const pfExiting = 0x4
+	if err1 != nil || err2 != nil || flags&pfExiting == 0 {
+		return 0
+	}
+	return int(code & 0x7f)
+}

@@ -1,12 +1,15 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -38,6 +41,8 @@ type Upload struct {
 	hash    *hashPipe // nil once writes went out of order
 	started bool      // "upload started" was logged
 	state   uploadState
+	nospc   bool // a write failed with ENOSPC: the upload is incomplete
+	killed  int  // the signal that killed the writer mid-upload, or 0
 	// Write-behind of in-order data (writeBehind): bytes before wbStarted
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
@@ -133,6 +138,9 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	n, err := u.f.WriteAt(p, off)
+	if errors.Is(err, syscall.ENOSPC) {
+		u.nospc = true
+	}
 	end := off + int64(n)
 	if u.hash != nil {
 		// While hashing in order, nothing at or past hash.n was ever
@@ -223,11 +231,14 @@ func (u *Upload) truncateLocked(size int64) error {
 	if err := u.usable(); err != nil {
 		return err
 	}
-	if size == u.size {
-		return nil
-	}
+	// Even a truncate to the current size marks the upload written: an
+	// O_TRUNC open, a create or `truncate -s 0` of an empty image.vhd is an
+	// empty upload, sealed (and refused) at close like any other.
 	if err := u.touch(); err != nil {
 		return err
+	}
+	if size == u.size {
+		return nil
 	}
 	if err := u.f.Truncate(size); err != nil {
 		return err
@@ -396,10 +407,20 @@ func (s *Store) CurrentUpload(id string) *Upload {
 // image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
 func (s *Store) Flush(u *Upload) error {
+	return s.FlushKilled(u, 0)
+}
+
+// FlushKilled is Flush for the close of a writer that is dying of signal
+// sig (SIGKILL mid-copy; 0: not killed): the upload is incomplete whatever
+// its bytes look like, so it is refused with that reason.
+func (s *Store) FlushKilled(u *Upload, sig int) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.writers == 1 && u.dirty && u.name == "" && u.state == uploadOpen {
+		if sig != 0 {
+			u.killed = sig
+		}
 		return s.seal(u)
 	}
 	return nil
@@ -413,6 +434,13 @@ func (s *Store) Release(u *Upload) error {
 	u.writers--
 	if u.writers == 0 && u.dirty && u.name == "" && u.state == uploadOpen {
 		return s.seal(u)
+	}
+	if u.writers == 0 && !u.dirty && u.name == "" && u.state == uploadOpen && u.size == 0 {
+		// Opened for writing and closed with nothing written (touch):
+		// no staging file outlives its upload.
+		u.discard()
+		s.dropUpload(u)
+		return nil
 	}
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
@@ -452,9 +480,21 @@ func (s *Store) seal(u *Upload) error {
 		}
 		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
 	}
-	facts, vsize, refusal, err := inspectVHD(u.f, u.size)
-	if err != nil {
-		return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
+	var facts map[string]string
+	var vsize int64
+	var refusal string
+	switch {
+	case u.nospc:
+		refusal = reasonNoSpace(u.size)
+	case u.killed != 0:
+		refusal = reasonWriterKilled(u.size, u.killed)
+	case u.size == 0:
+		refusal = reasonEmpty
+	default:
+		var err error
+		if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
+			return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
+		}
 	}
 	if refusal != "" {
 		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
@@ -580,35 +620,102 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 
 // DiscardUpload drops the staged data of an unsealed image (unlink of
 // image.vhd before it is sealed); the image returns to queued. Errors:
-// ErrImmutable (sealed), ErrPermission, ErrNotFound.
+// ErrImmutable (sealed), ErrPermission, ErrNotFound, ErrBusy (a writer
+// has the upload open).
+//
+// The check and the change happen under the upload's lock and the image's
+// seal lock, so a seal that races the unlink either happens before the
+// check (the unlink fails with ErrImmutable and image.vhd stays) or after
+// the change (there is nothing left to seal).
 func (s *Store) DiscardUpload(c Caller, id string) error {
 	defer s.deliver()
+	for {
+		s.mu.Lock()
+		im, err := s.getLocked(id)
+		if err == nil {
+			err = writable(c, im)
+		}
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		l := s.liveLocked(id)
+		u := l.upload
+		s.mu.Unlock()
+		if done, err := s.discardUpload(c, id, l, u); done {
+			return err
+		}
+	}
+}
+
+// discardUpload is DiscardUpload for the upload u that image id had a
+// moment ago; done is false when the image's upload changed meanwhile
+// (look again).
+func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (done bool, err error) {
+	if u != nil { // Upload.mu, then sealMu, then Store.mu
+		u.mu.Lock()
+		defer u.mu.Unlock()
+	}
+	l.sealMu.Lock()
+	defer l.sealMu.Unlock()
 	s.mu.Lock()
+	if s.live[id] != l || l.upload != u {
+		s.mu.Unlock()
+		return false, nil
+	}
 	im, err := s.getLocked(id)
 	if err == nil {
 		err = writable(c, im)
 	}
+	if err == nil && u != nil && u.writers > 0 {
+		err = fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
+	}
 	if err != nil {
 		s.mu.Unlock()
-		return err
+		return true, err
 	}
-	l := s.liveLocked(id)
-	u := l.upload
-	s.mu.Unlock()
-	if u != nil && u.Writers() > 0 { // Upload.mu is taken before Store.mu
-		return fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
-	}
-	s.mu.Lock()
-	if l.upload == u {
-		l.upload = nil
-	}
-	l.unlinked = true
+	l.upload = nil
 	s.mu.Unlock()
 	if u != nil {
-		u.abandon()
+		u.discard()
 		logger.Info("upload discarded", "id", id, "uid", c.UID)
 	}
-	return s.setStatus(id, StatusQueued, "")
+	if err := s.setStatus(id, StatusQueued, ""); err != nil {
+		return true, err
+	}
+	s.mu.Lock()
+	l.unlinked = true
+	s.mu.Unlock()
+	return true, nil
+}
+
+// IsTempName reports whether name is a temporary name in an image
+// directory: it starts with '.' (rsync's .NAME.XXXXXX, mktemp -p DIR
+// .tmpXXXX). A file under a temporary name is a scratch file, never
+// sealed by itself; a file created under any other name is an upload of
+// the image's data (see CreateFile).
+func IsTempName(name string) bool {
+	return strings.HasPrefix(name, ".")
+}
+
+// CreateFile creates file name in image id's directory, opened for
+// writing by c (pair with Release). image.vhd, and any name that is not a
+// temporary name (cp FILE.vhd images/NAME/), starts an upload of the
+// image's data as OpenWrite with trunc does: it is sealed at the opener's
+// close and then shows as image.vhd only; the returned Upload's Name is
+// "". A temporary name makes a scratch file (CreateScratch). Errors: as
+// OpenWrite and CreateScratch (ErrImmutable for a sealed image, ErrBusy
+// while another writer uploads).
+func (s *Store) CreateFile(c Caller, id, name string) (*Upload, error) {
+	if name != ImageDataName {
+		if err := validScratchName(name); err != nil {
+			return nil, err
+		}
+		if IsTempName(name) {
+			return s.CreateScratch(c, id, name)
+		}
+	}
+	return s.OpenWrite(c, id, true)
 }
 
 // CreateScratch creates the scratch file name in image id's directory,
@@ -733,54 +840,86 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 }
 
 // RenameScratch renames scratch file from to to in image id's directory.
-// Renaming onto image.vhd completes the upload with the scratch file's
-// data: it is checked and sealed now if no writer still has it open.
-// Errors: as CreateScratch, plus ErrRefused from the seal.
+// Renaming onto image.vhd, or onto any name that is not a temporary name
+// (rsync's .FILE.XXXXXX onto FILE), completes the upload with the scratch
+// file's data: it is checked and sealed now if no writer still has it
+// open, and then shows as image.vhd only. Errors: as CreateScratch, plus
+// ErrRefused from the seal and ErrBusy while another writer has image.vhd
+// open (one writer at a time).
 func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	defer s.deliver()
+	toData := to == ImageDataName || !IsTempName(to)
 	if to != ImageDataName {
 		if err := validScratchName(to); err != nil {
 			return err
 		}
 	}
-	s.mu.Lock()
-	im, err := s.getLocked(id)
-	if err == nil {
-		err = mayModify(c, im)
-	}
-	if err == nil && to == ImageDataName {
-		err = writable(c, im)
-	}
-	l := s.live[id]
-	var u *Upload
-	if err == nil {
+	var u, replaced *Upload
+	for {
+		s.mu.Lock()
+		l := s.live[id]
+		var cur *Upload
 		if l != nil {
-			u = l.scratch[from]
+			cur = l.upload
 		}
-		if u == nil {
-			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
-		}
-	}
-	if err != nil {
 		s.mu.Unlock()
-		return err
+		if toData && cur != nil {
+			cur.mu.Lock() // Upload.mu before Store.mu
+		}
+		done, err := func() (bool, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			im, err := s.getLocked(id)
+			if err == nil {
+				err = mayModify(c, im)
+			}
+			if err == nil && toData {
+				err = writable(c, im)
+			}
+			if err != nil {
+				return true, err
+			}
+			if s.live[id] != l || (l != nil && l.upload != cur) {
+				return false, nil // changed meanwhile: look again
+			}
+			if l != nil {
+				u = l.scratch[from]
+			}
+			if u == nil {
+				return true, fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
+			}
+			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
+				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
+			}
+			delete(l.scratch, from)
+			if toData {
+				l.upload = u
+				l.unlinked = false
+				if cur != nil {
+					cur.discard() // replaced by the rename
+				}
+			} else {
+				replaced, l.scratch[to] = l.scratch[to], u
+			}
+			return true, nil
+		}()
+		if toData && cur != nil {
+			cur.mu.Unlock()
+		}
+		if err != nil {
+			return err
+		}
+		if done {
+			break
+		}
 	}
-	delete(l.scratch, from)
-	var replaced *Upload
-	if to == ImageDataName {
-		replaced, l.upload = l.upload, u
-		l.unlinked = false
-	} else {
-		replaced, l.scratch[to] = l.scratch[to], u
-	}
-	s.mu.Unlock()
 	if replaced != nil {
 		replaced.abandon()
 	}
 
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if to != ImageDataName {
+	if !toData {
 		u.name = to
 		return nil
 	}
