@@ -306,6 +306,9 @@ func TestEmptyUpload(t *testing.T) {
 			m.mkimage(c.name)
 			r := shErr(c.script, m.dataFile(c.name), empty)
 			t.Logf("%s: %s", c.script, r)
+			// The kill comes at the last close (RELEASE), which the
+			// kernel sends once close(2) has returned.
+			waitStatus(t, m, c.name, "killed")
 			reason := m.checkKilled(t, c.name)
 			if !strings.HasPrefix(reason, "upload empty") {
 				t.Errorf("kill reason %q, want it to start with \"upload empty\"", reason)
@@ -398,10 +401,7 @@ func TestKillReasons(t *testing.T) {
 		cp.Process.Kill()
 		cp.Wait()
 		in.Close()
-		deadline := time.Now().Add(10 * time.Second)
-		for m.prop("killed", "status") != "killed" && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitStatus(t, m, "killed", "killed")
 		reason := m.checkKilled(t, "killed")
 		if !strings.HasPrefix(reason, "upload incomplete") {
 			t.Errorf("kill reason %q after a SIGKILL mid-copy, want upload incomplete", reason)
@@ -449,5 +449,14 @@ func TestVHDSizeMiBAlignedIsAFact(t *testing.T) {
 	run(t, "cp", filepath.Join(samples, "win8.vhd"), m.dataFile("win8"))
 	if got := m.prop("win8", "vhd_size_mib_aligned"); got != "true" {
 		t.Errorf("win8.vhd: vhd_size_mib_aligned = %q, want true", got)
+	}
+}
+
+// waitStatus waits up to 5 s for images/<name> to reach status want.
+func waitStatus(t testing.TB, m *fsMount, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for m.prop(name, "status") != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 }

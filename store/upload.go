@@ -43,6 +43,11 @@ type Upload struct {
 	state   uploadState
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
 	killed  int  // the signal that killed the writer mid-upload, or 0
+	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
+	// nothing written after, the last Release seals (refuses) an empty
+	// upload. Not at the opener's close: a shell opens, dup2s and closes
+	// before its child writes.
+	truncated bool
 	// Write-behind of in-order data (writeBehind): bytes before wbStarted
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
@@ -231,14 +236,16 @@ func (u *Upload) truncateLocked(size int64) error {
 	if err := u.usable(); err != nil {
 		return err
 	}
-	// Even a truncate to the current size marks the upload written: an
-	// O_TRUNC open, a create or `truncate -s 0` of an empty image.vhd is an
-	// empty upload, sealed (and refused) at close like any other.
-	if err := u.touch(); err != nil {
-		return err
+	if size == 0 {
+		// An O_TRUNC open, a create or `truncate -s 0`: if nothing is
+		// written after it, the last close refuses an empty upload.
+		u.truncated = true
 	}
 	if size == u.size {
 		return nil
+	}
+	if err := u.touch(); err != nil {
+		return err
 	}
 	if err := u.f.Truncate(size); err != nil {
 		return err
@@ -432,7 +439,7 @@ func (s *Store) Release(u *Upload) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.writers--
-	if u.writers == 0 && u.dirty && u.name == "" && u.state == uploadOpen {
+	if u.writers == 0 && (u.dirty || u.truncated && u.size == 0) && u.name == "" && u.state == uploadOpen {
 		return s.seal(u)
 	}
 	if u.writers == 0 && !u.dirty && u.name == "" && u.state == uploadOpen && u.size == 0 {
