@@ -37,7 +37,7 @@ func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image,
 	n := &dataNode{node: node{fsys: f, id: im.ID}}
 	n.fillDataAttr(im, &out.Attr)
 	out.SetEntryTimeout(cacheTimeout)
-	if im.Status.Sealed() {
+	if im.Status.Sealed() && !f.st.Provisional(im.ID) {
 		out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
 	}
 	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: im.Ino(store.SlotData)})
@@ -73,6 +73,11 @@ func (n *dataNode) fillDataAttr(im *store.Image, a *fuse.Attr) {
 	case im.Status.Sealed():
 		size = im.Size
 		a.Mode = syscall.S_IFREG | 0o444
+		if n.fsys.st.Provisional(n.id) {
+			// Its writer may still open it again (qemu-img): let the
+			// kernel's permission check pass that open to the store.
+			a.Mode = syscall.S_IFREG | 0o644
+		}
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
 	default:
 		if u := n.fsys.st.CurrentUpload(n.id); u != nil {
@@ -111,8 +116,8 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return syscall.ESTALE
 	}
 	n.fillDataAttr(im, &out.Attr)
-	if n.scratch == nil && im.Status.Sealed() {
-		out.SetTimeout(cacheTimeout)
+	if n.scratch == nil && im.Status.Sealed() && out.Mode&0o222 == 0 {
+		out.SetTimeout(cacheTimeout) // not while the seal is provisional
 	}
 	return 0
 }
@@ -183,14 +188,15 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	if write {
-		u, err := st.OpenWrite(c, n.id, trunc)
+		w := store.Writer{PID: callerProcess(ctx), ReadWrite: flags&syscall.O_ACCMODE == syscall.O_RDWR}
+		u, err := st.OpenWriteBy(c, n.id, trunc, w)
 		if err != nil {
 			return nil, 0, toErrno(err)
 		}
 		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	im := n.image()
-	f, err := st.OpenRead(c, n.id)
+	f, err := st.OpenReadBy(c, n.id, func() uint32 { return callerProcess(ctx) })
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
@@ -284,7 +290,11 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		// ones for a jiffy or two), so that a stat right after close(2)
 		// sees 0444. Without this rsync --inplace -p --chmod=F444 could
 		// see the old 0644, chmod the sealed file and exit 23.
-		h.node.NotifyContent(-1, 0)
+		//
+		// Its pages too: a read-write writer that read its provisional
+		// seal (qemu-img's probe) and then reopened and rewrote it must
+		// leave no stale page behind for the next reader.
+		h.node.NotifyContent(0, 0)
 	}
 	return toErrno(err)
 }

@@ -178,6 +178,14 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
 	}
 	u := d.fsys.st.Scratch(d.id, name)
+	if u == nil && d.fsys.st.DataAlias(d.id, name) {
+		// The name a writer created the image's data under, while it
+		// writes (qemu-img convert opens it again by name).
+		ch := d.fsys.dataInode(ctx, &d.Inode, im, out)
+		out.SetEntryTimeout(uncached)
+		out.SetAttrTimeout(uncached)
+		return ch, 0
+	}
 	if u == nil {
 		return nil, syscall.ENOENT
 	}
@@ -209,7 +217,8 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // scratch file that a rename completes (rsync): store.CreateFile.
 func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	u, err := d.fsys.st.CreateFile(c, d.id, name)
+	w := store.Writer{PID: callerProcess(ctx), ReadWrite: flags&syscall.O_ACCMODE == syscall.O_RDWR}
+	u, err := d.fsys.st.CreateFile(c, d.id, name, w)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}

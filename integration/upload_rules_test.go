@@ -460,3 +460,111 @@ func waitStatus(t testing.TB, m *fsMount, name, want string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestQemuImgConvertIntoMount (#13.3): qemu-img convert -O vpc straight
+// into the mount (image.vhd, or a new name in the image directory), fixed
+// and dynamic, as root and as the image's non-root owner: qemu-img writes
+// the headers, closes (a provisional seal), opens again and writes the
+// data. It exits 0 and the image is active with the right disk: qemu-img
+// compare against the source, and the same bytes as a local conversion.
+func TestQemuImgConvertIntoMount(t *testing.T) {
+	a := mountAllowOther(t)
+	requireTools(t, "qemu-img")
+	raw := rawDisk(t, 7*mib+3*512, 42)
+	if err := os.Chmod(raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chmodPathForOthers(t, raw)
+	for _, sub := range []string{"fixed", "dynamic"} {
+		local := convertVHD(t, raw, sub)
+		for _, target := range []string{"image.vhd", "disk.vhd"} {
+			for _, uid := range []string{"0", userA} {
+				name := "q-" + sub + "-" + strings.TrimSuffix(target, ".vhd") + "-" + uid
+				t.Run(name, func(t *testing.T) {
+					script := `mkdir "$1" && qemu-img convert -f raw -O vpc ` + map[string]string{"fixed": "-o subformat=fixed ", "dynamic": ""}[sub] + `"$2" "$1/$3"`
+					if r := asUser(uid, script, a.images(name), raw, target); r.err != nil {
+						t.Fatalf("as uid %s: qemu-img convert into images/%s/%s: %s (status %s, kill reason %q)", uid, name, target, r,
+							readOptional(a.propFile(name, "status")), readOptional(a.propFile(name, "imagefs_kill_reason")))
+					}
+					if got := a.prop(name, "status"); got != "active" {
+						t.Fatalf("status %q after qemu-img convert exited 0, want active", got)
+					}
+					id := a.prop(name, "id")
+					run(t, "qemu-img", "compare", "-f", "raw", "-F", "vpc", raw, a.byID(id, "image.vhd"))
+					if got := a.prop(name, "virtual_size"); got != strconv.FormatInt(local.VirtualSize, 10) {
+						t.Errorf("virtual_size %s, want %d", got, local.VirtualSize)
+					}
+					if got := a.prop(name, "vhd_disk_type"); got != sub {
+						t.Errorf("vhd_disk_type %s, want %s", got, sub)
+					}
+					if got := a.prop(name, "size"); got != strconv.FormatInt(local.Size, 10) {
+						t.Errorf("size %s, local conversion %d", got, local.Size)
+					}
+					if got, want := a.prop(name, "checksum"), md5sum(t, a.byID(id, "image.vhd")); got != want {
+						t.Errorf("checksum %s, md5sum of the data %s", got, want)
+					}
+					// Once qemu-img has exited the seal is final: 0444, EPERM.
+					var st syscall.Stat_t
+					if err := syscall.Stat(a.dataFile(name), &st); err != nil || st.Mode&0o777 != 0o444 {
+						t.Errorf("image.vhd after qemu-img exited: mode %o (%v), want 0444", st.Mode&0o777, err)
+					}
+					wantErrno(t, "open the sealed image for writing", openWrite(a.dataFile(name)), syscall.EPERM)
+					if got := strings.Join(dirNames(t, a.images(name)), " "); got != "image.vhd properties" {
+						t.Errorf("images/%s lists %q", name, got)
+					}
+					if n := stagingFiles(t, a.fsMount); len(n) != 0 {
+						t.Errorf("staging holds %v", n)
+					}
+				})
+			}
+		}
+	}
+}
+
+func openWrite(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+	}
+	return err
+}
+
+// TestReopenAfterAnotherReader (#13.3, the weaker rule): when another
+// process read the data of a provisional seal, the writer's reopen for
+// writing is refused (EPERM) and the image is deactivated with a reason:
+// it is not bootable; root may reactivate it.
+func TestReopenAfterAnotherReader(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "cat", "python3")
+	fx := makeVHD(t, 2*mib, "fixed")
+	m.mkimage("re")
+	// One process: write the VHD read-write, close, let a reader in,
+	// open again for writing.
+	script := `import os, subprocess, sys
+p, src = sys.argv[1], sys.argv[2]
+fd = os.open(p, os.O_RDWR | os.O_TRUNC)
+os.write(fd, open(src, "rb").read())
+os.close(fd)
+subprocess.run(["cat", p], stdout=subprocess.DEVNULL, check=True)
+try:
+    os.close(os.open(p, os.O_RDWR))
+except PermissionError as e:
+    print("refused:", e.errno)
+    sys.exit(3)
+`
+	r := execCmd("python3", "-c", script, m.dataFile("re"), fx.Path)
+	if r.code != 3 || !strings.Contains(r.stdout, "refused: 1") {
+		t.Errorf("the writer's reopen after another reader: %s, want EPERM", r)
+	}
+	if got := m.prop("re", "status"); got != "deactivated" {
+		t.Fatalf("status %q, want deactivated", got)
+	}
+	if reason := m.prop("re", "imagefs_deactivate_reason"); !strings.Contains(reason, "opened image.vhd for writing again") {
+		t.Errorf("imagefs_deactivate_reason %q", reason)
+	}
+	sh(t, `echo active > "$1"`, m.propFile("re", "status"))
+	if _, err := os.Stat(m.propFile("re", "imagefs_deactivate_reason")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("imagefs_deactivate_reason still there after root reactivated the image: %v", err)
+	}
+	m.checkSealed(t, "re", fx)
+}

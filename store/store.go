@@ -101,6 +101,11 @@ type liveImage struct {
 	// sealed to the commit (see Store.seal). Lock order: Upload.mu, then
 	// sealMu, then Store.mu.
 	sealMu sync.Mutex
+	// provisional: the last seal, made at a read-write opener's close,
+	// which that process may still undo (reopen.go). alias: the name the
+	// upload's writer created its file under, if not image.vhd.
+	provisional *provisionalSeal
+	alias       string
 }
 
 // Open opens (creating if missing) the store in dir and reconciles it

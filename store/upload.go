@@ -48,6 +48,7 @@ type Upload struct {
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
 	// before its child writes.
 	truncated bool
+	opener    Writer // the process that opened the first write handle
 	// Write-behind of in-order data (writeBehind): bytes before wbStarted
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
@@ -346,7 +347,18 @@ func writable(c Caller, im *Image) error {
 // successful OpenWrite must be paired with Release. Errors: ErrNotFound,
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
+	return s.OpenWriteBy(c, id, trunc, Writer{})
+}
+
+// OpenWriteBy is OpenWrite by process w: a read-write opener that opens
+// the image it sealed a moment ago undoes that seal (reopen.go).
+func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload, error) {
 	defer s.deliver()
+	if w.ReadWrite && w.PID != 0 {
+		if err := s.reopenProvisional(c, id, w); err != nil {
+			return nil, err
+		}
+	}
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -383,8 +395,12 @@ func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 		}
 	}
 	u.writers++
+	if u.writers == 1 {
+		u.opener = w
+	}
 	s.mu.Lock()
 	l.unlinked = false
+	l.provisional = nil
 	s.mu.Unlock()
 	return u, nil
 }
@@ -439,7 +455,10 @@ func (s *Store) Release(u *Upload) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.writers--
-	if u.writers == 0 && (u.dirty || u.truncated && u.size == 0) && u.name == "" && u.state == uploadOpen {
+	// A read-write opener (qemu-img) truncates, closes and opens again:
+	// its empty close is no upload yet.
+	emptied := u.truncated && u.size == 0 && !u.opener.ReadWrite
+	if u.writers == 0 && (u.dirty || emptied) && u.name == "" && u.state == uploadOpen {
 		return s.seal(u)
 	}
 	if u.writers == 0 && !u.dirty && u.name == "" && u.state == uploadOpen && u.size == 0 {
@@ -565,6 +584,14 @@ func (s *Store) seal(u *Upload) error {
 		}
 		return err
 	}
+	if l := s.live[u.id]; l != nil {
+		l.provisional = nil
+		if _, ok := s.data.(dataReclaimer); ok && u.opener.ReadWrite && u.opener.PID != 0 && u.name == "" {
+			if start := procStart(u.opener.PID); start != "" {
+				l.provisional = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path}
+			}
+		}
+	}
 	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
 		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
 	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
@@ -604,6 +631,13 @@ func mapsKeys(m map[string]string) func(func(string) bool) {
 // any. Errors: ErrNotFound, ErrPermission (deactivated image and c is not
 // root, or a killed image).
 func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
+	return s.OpenReadBy(c, id, nil)
+}
+
+// OpenReadBy is OpenRead by the process proc returns (nil: unknown),
+// asked only when the image's seal is provisional: a read by another
+// process than the writer makes it final (reopen.go).
+func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, error) {
 	im := s.GetFor(c, id)
 	if im == nil {
 		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
@@ -622,6 +656,7 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 		// through its write handle.
 		return nil, fmt.Errorf("%w: image %s is %s: only an active image can be read", ErrPermission, id, im.Status)
 	}
+	s.noteReader(id, proc)
 	return s.data.Open(id)
 }
 
@@ -713,7 +748,7 @@ func IsTempName(name string) bool {
 // "". A temporary name makes a scratch file (CreateScratch). Errors: as
 // OpenWrite and CreateScratch (ErrImmutable for a sealed image, ErrBusy
 // while another writer uploads).
-func (s *Store) CreateFile(c Caller, id, name string) (*Upload, error) {
+func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error) {
 	if name != ImageDataName {
 		if err := validScratchName(name); err != nil {
 			return nil, err
@@ -722,7 +757,18 @@ func (s *Store) CreateFile(c Caller, id, name string) (*Upload, error) {
 			return s.CreateScratch(c, id, name)
 		}
 	}
-	return s.OpenWrite(c, id, true)
+	u, err := s.OpenWriteBy(c, id, true, w)
+	if err == nil {
+		s.mu.Lock()
+		if l := s.live[id]; l != nil {
+			l.alias = ""
+			if name != ImageDataName {
+				l.alias = name // qemu-img opens it again by that name
+			}
+		}
+		s.mu.Unlock()
+	}
+	return u, err
 }
 
 // CreateScratch creates the scratch file name in image id's directory,
