@@ -716,18 +716,23 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 		s.mu.Unlock()
 		return true, err
 	}
+	// In the same critical section as the check: a writer that creates
+	// image.vhd again or renames a file onto it afterwards shows it again.
 	l.upload = nil
+	l.unlinked = true
 	s.mu.Unlock()
 	if u != nil {
 		u.discard()
 		logger.Info("upload discarded", "id", id, "uid", c.UID)
 	}
 	if err := s.setStatus(id, StatusQueued, ""); err != nil {
+		s.mu.Lock()
+		if l.upload == nil {
+			l.unlinked = false
+		}
+		s.mu.Unlock()
 		return true, err
 	}
-	s.mu.Lock()
-	l.unlinked = true
-	s.mu.Unlock()
 	return true, nil
 }
 
