@@ -568,3 +568,44 @@ except PermissionError as e:
 	}
 	m.checkSealed(t, "re", fx)
 }
+
+// TestQemuImgConvertFailsIntoMount (#13.3): a qemu-img convert into the
+// mount that fails after its headers were sealed (a read error on the
+// source, injected with qemu's blkdebug driver; qemu-img closes its
+// output, then exits 1) leaves no bootable image: the image ends
+// deactivated, imagefs_deactivate_reason says the writer exited with
+// status 1 (deactivated: only root reads it).
+func TestQemuImgConvertFailsIntoMount(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "qemu-img")
+	raw := rawDisk(t, 4*mib, 43)
+	conf := filepath.Join(t.TempDir(), "blkdebug.conf")
+	if err := os.WriteFile(conf, []byte("[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"fixed", "dynamic"} {
+		t.Run(sub, func(t *testing.T) {
+			name := "fail-" + sub
+			m.mkimage(name)
+			args := []string{"convert", "-f", "raw", "-O", "vpc"}
+			if sub == "fixed" {
+				args = append(args, "-o", "subformat=fixed")
+			}
+			r := execCmd("qemu-img", append(args, "blkdebug:"+conf+":"+raw, m.dataFile(name))...)
+			if r.code != 1 || !strings.Contains(r.stderr, "Input/output error") {
+				t.Fatalf("qemu-img convert from a failing source: %s, want exit 1 with an I/O error", r)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for m.prop(name, "status") == "active" && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := m.prop(name, "status"); got == "active" || got == "saving" {
+				t.Fatalf("status %q after qemu-img failed: the image stays bootable", got)
+			}
+			t.Logf("status %s", m.prop(name, "status"))
+			if reason := readOptional(m.propFile(name, "imagefs_deactivate_reason")); !strings.Contains(reason, "exited with status 1") {
+				t.Errorf("imagefs_deactivate_reason %q, want it to say the writer exited with status 1", reason)
+			}
+		})
+	}
+}

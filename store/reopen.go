@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +22,10 @@ import (
 // reading; if the writer comes back after another process read the data,
 // its open is refused and the image is deactivated with the reason in
 // imagefs_deactivate_reason (it cannot be booted; root may reactivate it).
+// Where the daemon may listen to process events (root: CAP_NET_ADMIN), a
+// writer that exits with a failure status after such a seal (qemu-img
+// convert that failed to read its source closes its output, then exits 1)
+// deactivates the image the same way.
 
 // KeyDeactivateReason says why imagefs deactivated an image itself;
 // reactivating the image removes it.
@@ -220,4 +226,101 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	l.unlinked = false
 	logger.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
 	return nil
+}
+
+// writerWatch follows the exits of the writers of provisional seals.
+type writerWatch struct {
+	once    sync.Once
+	running atomic.Bool
+	closed  atomic.Bool
+	stop    func()
+	pids    map[uint32]watchedSeal // guarded by Store.mu
+}
+
+// watchedSeal is the seal a watched writer made: image id, with that
+// checksum.
+type watchedSeal struct{ id, checksum string }
+
+// watchWriter remembers that process pid sealed image id with checksum,
+// starting the process events listener the first time. Must hold s.mu.
+func (s *Store) watchWriter(pid uint32, id, checksum string) {
+	s.ww.once.Do(func() {
+		recv, stop, err := listenProcExits()
+		if err != nil {
+			logger.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
+			return
+		}
+		s.ww.stop = stop
+		s.ww.running.Store(true)
+		go func() {
+			for !s.ww.closed.Load() {
+				exits, err := recv()
+				if err != nil {
+					logger.Error("process events", "err", err)
+					return
+				}
+				for _, e := range exits {
+					s.writerExited(e[0], e[1])
+				}
+			}
+		}()
+	})
+	if !s.ww.running.Load() {
+		return
+	}
+	if s.ww.pids == nil {
+		s.ww.pids = map[uint32]watchedSeal{}
+	}
+	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum}
+}
+
+// stopWatch stops the process events listener, if it runs.
+func (s *Store) stopWatch() {
+	if s.ww.running.Load() && !s.ww.closed.Swap(true) {
+		s.ww.stop()
+	}
+}
+
+// writerExited handles the exit of process pid with wait status code: if
+// it is the writer of a seal still in place and it failed, the image is
+// deactivated with the reason.
+func (s *Store) writerExited(pid, code uint32) {
+	s.mu.Lock()
+	w, ok := s.ww.pids[pid]
+	if ok {
+		delete(s.ww.pids, pid)
+	}
+	l := s.live[w.id]
+	s.mu.Unlock()
+	if !ok || code == 0 {
+		return
+	}
+	defer s.deliver()
+	if l != nil {
+		l.sealMu.Lock()
+		defer l.sealMu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(w.id)
+	if err != nil || im.Status != StatusActive || im.Checksum != w.checksum {
+		return
+	}
+	if l := s.live[w.id]; l != nil {
+		l.provisional = nil
+	}
+	how := fmt.Sprintf("exited with status %d", code>>8)
+	if sig := code & 0x7f; sig != 0 {
+		how = fmt.Sprintf("was killed by signal %d", sig)
+	}
+	reason := fmt.Sprintf("the writer (process %d, which opened image.vhd read-write) %s after its close sealed the image: the data is probably incomplete (a failed qemu-img convert?); delete the image and upload again", pid, how)
+	next := im.clone()
+	next.Status = StatusDeactivated
+	setExtra(next, KeyDeactivateReason, reason)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publishSmall(next, im.Name); err != nil {
+		logger.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
+		return
+	}
+	logger.Warn("image deactivated", "id", w.id, "reason", reason)
 }

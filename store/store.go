@@ -86,6 +86,8 @@ type Store struct {
 	npending  atomic.Int64
 	deliverMu sync.Mutex
 	onChange  atomic.Pointer[func(Change)]
+
+	ww writerWatch // writers of provisional seals (reopen.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -189,6 +191,7 @@ func (s *Store) reconcile() error {
 // Close closes the catalog. Uploads still open are abandoned (they become
 // killed at the next Open).
 func (s *Store) Close() error {
+	s.stopWatch()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.live {
