@@ -609,3 +609,32 @@ func TestQemuImgConvertFailsIntoMount(t *testing.T) {
 		})
 	}
 }
+
+// TestReopenAfterWindow (#13.3): a seal at a read-write opener's close is
+// provisional for 10 s at most: the same process opening image.vhd for
+// writing later gets EPERM and the image stays active, unchanged.
+func TestReopenAfterWindow(t *testing.T) {
+	m := mount(t)
+	requireTools(t, "python3")
+	fx := makeVHD(t, 2*mib, "fixed")
+	m.mkimage("late")
+	script := `import os, sys, time
+p, src = sys.argv[1], sys.argv[2]
+fd = os.open(p, os.O_RDWR | os.O_TRUNC)
+os.write(fd, open(src, "rb").read())
+os.close(fd)
+print(oct(os.stat(p).st_mode & 0o777))
+time.sleep(11)
+print(oct(os.stat(p).st_mode & 0o777))
+try:
+    os.close(os.open(p, os.O_RDWR))
+except PermissionError as e:
+    print("refused:", e.errno)
+    sys.exit(3)
+`
+	r := execCmd("python3", "-c", script, m.dataFile("late"), fx.Path)
+	if r.code != 3 || r.stdout != "0o644\n0o444\nrefused: 1\n" {
+		t.Errorf("reopen 11 s after the seal: %s, want 0644 at once, 0444 after the window, then EPERM", r)
+	}
+	m.checkSealed(t, "late", fx)
+}

@@ -18,14 +18,20 @@ import (
 // provisional while that process lives: if the same process opens
 // image.vhd for writing again, the seal is undone and the upload goes on
 // with the same data, to be sealed again at its next close. A seal is
-// final once that process exits or any other process opens the data for
-// reading; if the writer comes back after another process read the data,
+// final once that process exits, any other process opens the data for
+// reading, or provisionalWindow has passed; if the writer comes back after another process read the data,
 // its open is refused and the image is deactivated with the reason in
 // imagefs_deactivate_reason (it cannot be booted; root may reactivate it).
 // Where the daemon may listen to process events (root: CAP_NET_ADMIN), a
 // writer that exits with a failure status after such a seal (qemu-img
 // convert that failed to read its source closes its output, then exits 1)
 // deactivates the image the same way.
+
+// provisionalWindow is how long a seal made at a read-write opener's
+// close stays provisional at most (qemu-img opens again within
+// milliseconds), and how long after it that writer's failing exit
+// deactivates the image.
+const provisionalWindow = 10 * time.Second
 
 // KeyDeactivateReason says why imagefs deactivated an image itself;
 // reactivating the image removes it.
@@ -43,6 +49,7 @@ type provisionalSeal struct {
 	start string // its start time (/proc/PID/stat field 22), against pid reuse
 	path  string // the staging path the data returns to on a reopen
 	read  bool   // another process opened the data: it no longer changes
+	at    time.Time
 	alias string // the name the writer created the file under, if not image.vhd
 }
 
@@ -91,7 +98,7 @@ func (s *Store) provisionalLocked(id string) *provisionalSeal {
 		return nil
 	}
 	p := l.provisional
-	if procStart(p.proc) != p.start {
+	if time.Since(p.at) > provisionalWindow || procStart(p.proc) != p.start {
 		l.provisional = nil
 		return nil
 	}
@@ -239,7 +246,10 @@ type writerWatch struct {
 
 // watchedSeal is the seal a watched writer made: image id, with that
 // checksum.
-type watchedSeal struct{ id, checksum string }
+type watchedSeal struct {
+	id, checksum string
+	at           time.Time
+}
 
 // watchWriter remembers that process pid sealed image id with checksum,
 // starting the process events listener the first time. Must hold s.mu.
@@ -271,7 +281,7 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 	if s.ww.pids == nil {
 		s.ww.pids = map[uint32]watchedSeal{}
 	}
-	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum}
+	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum, at: time.Now()}
 }
 
 // stopWatch stops the process events listener, if it runs.
@@ -292,7 +302,7 @@ func (s *Store) writerExited(pid, code uint32) {
 	}
 	l := s.live[w.id]
 	s.mu.Unlock()
-	if !ok || code == 0 {
+	if !ok || code == 0 || time.Since(w.at) > provisionalWindow {
 		return
 	}
 	defer s.deliver()

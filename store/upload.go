@@ -588,7 +588,7 @@ func (s *Store) seal(u *Upload) error {
 		l.provisional = nil
 		if _, ok := s.data.(dataReclaimer); ok && u.opener.ReadWrite && u.opener.PID != 0 && u.name == "" {
 			if start := procStart(u.opener.PID); start != "" {
-				l.provisional = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path}
+				l.provisional = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path, at: time.Now()}
 				s.watchWriter(u.opener.PID, u.id, md5hex)
 			}
 		}
