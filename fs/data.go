@@ -281,9 +281,10 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		h.once.Do(func() { err = h.st.Release(h.u) })
 		return toErrno(err)
 	}
-	// A writer killed mid-copy (SIGKILL) closes its files as it exits:
-	// its upload is incomplete, whatever the bytes look like.
-	err := h.st.FlushKilled(h.u, exitSignal(ctx))
+	// A writer killed mid-copy (SIGKILL), or exiting with a failure
+	// status, closes its files as it exits: its upload is incomplete,
+	// whatever the bytes look like.
+	err := h.st.FlushExiting(h.u, exitStatus(ctx))
 	if h.node != nil {
 		// A seal or a kill changes the mode and size: drop the attributes
 		// the kernel fetched before the close (it keeps even "uncached"
@@ -314,11 +315,12 @@ func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }
 
-// exitSignal returns the signal that is killing the calling thread, or 0
-// when it is not exiting or exits normally: a FLUSH sent while a process
-// closes its files in do_exit comes from a thread whose flags have
-// PF_EXITING and whose exit_code (waitpid's status) holds the signal.
-func exitSignal(ctx context.Context) int {
+// exitStatus returns the wait status with which the calling thread is
+// exiting (a signal number in the low 7 bits, or an exit status << 8), or
+// 0 when it is not exiting: a FLUSH sent while a process closes its files
+// in do_exit comes from a thread whose flags have PF_EXITING and whose
+// exit_code holds that status.
+func exitStatus(ctx context.Context) int {
 	c, ok := fuse.FromContext(ctx)
 	if !ok {
 		return 0
@@ -343,5 +345,5 @@ func exitSignal(ctx context.Context) int {
 	if err1 != nil || err2 != nil || flags&pfExiting == 0 {
 		return 0
 	}
-	return int(code & 0x7f)
+	return int(code & 0xffff)
 }

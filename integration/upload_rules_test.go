@@ -413,6 +413,28 @@ func TestKillReasons(t *testing.T) {
 			t.Errorf("staging holds %v after the killed upload", n)
 		}
 	})
+	t.Run("writer-exits-holding-the-file", func(t *testing.T) {
+		// A writer that exits without closing the file: with a failure
+		// status its upload is incomplete even though its bytes are a
+		// whole VHD; with status 0 it is sealed.
+		requireTools(t, "python3")
+		fx := makeVHD(t, 2*mib, "fixed")
+		script := `import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
+os.write(fd, open(sys.argv[2], "rb").read())
+os._exit(int(sys.argv[3]))
+`
+		m.mkimage("exit1")
+		execCmd("python3", "-c", script, m.dataFile("exit1"), fx.Path, "1")
+		waitStatus(t, m, "exit1", "killed")
+		if reason := m.checkKilled(t, "exit1"); !strings.HasPrefix(reason, "upload incomplete: the writer exited with status 1") {
+			t.Errorf("kill reason %q, want the writer's exit status", reason)
+		}
+		m.mkimage("exit0")
+		execCmd("python3", "-c", script, m.dataFile("exit0"), fx.Path, "0")
+		waitStatus(t, m, "exit0", "active")
+		m.checkSealed(t, "exit0", fx)
+	})
 	t.Run("no-space", func(t *testing.T) {
 		big := makeVHD(t, 80*mib, "fixed")
 		tmpfsStore(t, m, "64m")

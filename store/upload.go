@@ -42,7 +42,7 @@ type Upload struct {
 	started bool      // "upload started" was logged
 	state   uploadState
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
-	killed  int  // the signal that killed the writer mid-upload, or 0
+	exited  int  // wait status of a writer that died holding the upload, or 0
 	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
 	// nothing written after, the last Release seals (refuses) an empty
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
@@ -430,19 +430,21 @@ func (s *Store) CurrentUpload(id string) *Upload {
 // image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
 func (s *Store) Flush(u *Upload) error {
-	return s.FlushKilled(u, 0)
+	return s.FlushExiting(u, 0)
 }
 
-// FlushKilled is Flush for the close of a writer that is dying of signal
-// sig (SIGKILL mid-copy; 0: not killed): the upload is incomplete whatever
-// its bytes look like, so it is refused with that reason.
-func (s *Store) FlushKilled(u *Upload, sig int) error {
+// FlushExiting is Flush for the close of a writer that is exiting with
+// wait status status without having closed the file itself (killed by
+// SIGKILL mid-copy, or exit(1)); 0: not exiting, or exiting with status 0.
+// A writer that failed leaves an incomplete upload whatever its bytes look
+// like, so it is refused with that reason.
+func (s *Store) FlushExiting(u *Upload, status int) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.writers == 1 && u.dirty && u.name == "" && u.state == uploadOpen {
-		if sig != 0 {
-			u.killed = sig
+		if status != 0 {
+			u.exited = status
 		}
 		return s.seal(u)
 	}
@@ -512,8 +514,8 @@ func (s *Store) seal(u *Upload) error {
 	switch {
 	case u.nospc:
 		refusal = reasonNoSpace(u.size)
-	case u.killed != 0:
-		refusal = reasonWriterKilled(u.size, u.killed)
+	case u.exited != 0:
+		refusal = reasonWriterFailed(u.size, u.exited)
 	case u.size == 0:
 		refusal = reasonEmpty
 	default:

@@ -68,10 +68,13 @@ func reasonNoSpace(size int64) string {
 	return fmt.Sprintf("no space left on device during the upload (%d bytes staged when a write failed with ENOSPC); free space in the store and upload again", size)
 }
 
-// reasonWriterKilled is the kill reason of an upload whose writer died of
-// signal sig before closing it.
-func reasonWriterKilled(size int64, sig int) string {
-	return fmt.Sprintf("upload incomplete: the writer was killed (signal %d) after %d bytes; upload again", sig, size)
+// reasonWriterFailed is the kill reason of an upload whose writer exited
+// with wait status status before closing it.
+func reasonWriterFailed(size int64, status int) string {
+	if sig := status & 0x7f; sig != 0 {
+		return fmt.Sprintf("upload incomplete: the writer was killed (signal %d) after %d bytes; upload again", sig, size)
+	}
+	return fmt.Sprintf("upload incomplete: the writer exited with status %d after %d bytes, without closing the file; upload again", status>>8, size)
 }
 
 // foreignFormat names the disk format the first bytes of r show, or "".
