@@ -17,9 +17,11 @@ import (
 	"github.com/imagefs/imagefs/store"
 )
 
-// dataNode is image.vhd (scratch nil), or a scratch file in the image
-// directory. A scratch file renamed onto image.vhd serves as the image's
-// data until the kernel looks image.vhd up again.
+// dataNode is image.vhd (scratch nil; also under the name a writer
+// created it as, store.DataAlias), or a scratch file (temporary name) in
+// the image directory. A scratch file renamed onto image.vhd or another
+// name that is not temporary serves as the image's data until the kernel
+// looks the name up again.
 type dataNode struct {
 	node
 	scratch *store.Upload

@@ -17,8 +17,10 @@ import (
 const ImageDataName = "image.vhd"
 
 // Upload is one staged data file being written: the upload of an image's
-// image.vhd, or a scratch file in its directory (never sealed itself; a
-// rename onto image.vhd completes the upload with it).
+// image.vhd (also when created under another name that is not temporary,
+// see CreateFile), or a scratch file under a temporary name in its
+// directory (never sealed itself; a rename onto image.vhd or onto a name
+// that is not temporary completes the upload with it).
 //
 // Writes that arrive in order (each at the end of what came before, or
 // past it leaving a hole of zeros) are hashed as they arrive, so a seal does
