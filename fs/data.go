@@ -1,10 +1,14 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -13,9 +17,11 @@ import (
 	"github.com/imagefs/imagefs/store"
 )
 
-// dataNode is image.vhd (scratch nil), or a scratch file in the image
-// directory. A scratch file renamed onto image.vhd serves as the image's
-// data until the kernel looks image.vhd up again.
+// dataNode is image.vhd (scratch nil; also under the name a writer
+// created it as, store.DataAlias), or a scratch file (temporary name) in
+// the image directory. A scratch file renamed onto image.vhd or another
+// name that is not temporary serves as the image's data until the kernel
+// looks the name up again.
 type dataNode struct {
 	node
 	scratch *store.Upload
@@ -34,7 +40,9 @@ func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image,
 	n.fillDataAttr(im, &out.Attr)
 	if im.Status.Sealed() {
 		out.SetEntryTimeout(cacheTimeout)
-		out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
+		if !f.st.Provisional(im.ID) {
+			out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
+		}
 	} else {
 		// An upload's entry goes when the upload is killed
 		// (store.DataVisible): not cached.
@@ -82,6 +90,11 @@ func (n *dataNode) fillDataAttrFile(im *store.Image, a *fuse.Attr, f *os.File) {
 	case im.Status.Sealed():
 		size = im.Size
 		a.Mode = syscall.S_IFREG | 0o444
+		if n.fsys.st.Provisional(n.id) {
+			// Its writer may still open it again (qemu-img): let the
+			// kernel's permission check pass that open to the store.
+			a.Mode = syscall.S_IFREG | 0o644
+		}
 		a.Nlink = 2 // images/<name>/image.vhd and by-id/<id>/image.vhd
 		var st syscall.Stat_t
 		if f != nil && syscall.Fstat(int(f.Fd()), &st) == nil {
@@ -136,8 +149,8 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		df = h.f
 	}
 	n.fillDataAttrFile(im, &out.Attr, df)
-	if n.scratch == nil && im.Status.Sealed() {
-		out.SetTimeout(cacheTimeout)
+	if n.scratch == nil && im.Status.Sealed() && out.Mode&0o222 == 0 {
+		out.SetTimeout(cacheTimeout) // not while the seal is provisional
 	}
 	return 0
 }
@@ -215,14 +228,15 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return &uploadHandle{st: st, u: n.scratch, write: write, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	if write {
-		u, err := st.OpenWrite(c, n.id, trunc)
+		w := store.Writer{PID: callerProcess(ctx), ReadWrite: flags&syscall.O_ACCMODE == syscall.O_RDWR}
+		u, err := st.OpenWriteBy(c, n.id, trunc, w)
 		if err != nil {
 			return nil, 0, toErrno(err)
 		}
 		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	im := n.image()
-	f, err := st.OpenRead(c, n.id)
+	f, err := st.OpenReadBy(c, n.id, func() uint32 { return callerProcess(ctx) })
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
@@ -329,14 +343,21 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		h.once.Do(func() { err = h.st.Release(h.u) })
 		return toErrno(err)
 	}
-	err := h.st.Flush(h.u)
+	// A writer killed mid-copy (SIGKILL), or exiting with a failure
+	// status, closes its files as it exits: its upload is incomplete,
+	// whatever the bytes look like.
+	err := h.st.FlushExiting(h.u, exitStatus(ctx))
 	if h.node != nil {
 		// A seal or a kill changes the mode and size: drop the attributes
 		// the kernel fetched before the close (it keeps even "uncached"
 		// ones for a jiffy or two), so that a stat right after close(2)
 		// sees 0444. Without this rsync --inplace -p --chmod=F444 could
 		// see the old 0644, chmod the sealed file and exit 23.
-		h.node.NotifyContent(-1, 0)
+		//
+		// Its pages too: a read-write writer that read its provisional
+		// seal (qemu-img's probe) and then reopened and rewrote it must
+		// leave no stale page behind for the next reader.
+		h.node.NotifyContent(0, 0)
 	}
 	return toErrno(err)
 }
@@ -355,3 +376,36 @@ func (h *uploadHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }
+
+// exitStatus returns the wait status with which the calling thread is
+// exiting (a signal number in the low 7 bits, or an exit status << 8), or
+// 0 when it is not exiting: a FLUSH sent while a process closes its files
+// in do_exit comes from a thread whose flags have PF_EXITING and whose
+// exit_code holds that status.
+func exitStatus(ctx context.Context) int {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces and ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state): flags is field 9, exit_code field 52.
+	if len(f) < 50 {
+		return 0
+	}
+	flags, err1 := strconv.ParseUint(f[6], 10, 64)
+	code, err2 := strconv.ParseUint(f[49], 10, 64)
+	const pfExiting = 0x4
+	if err1 != nil || err2 != nil || flags&pfExiting == 0 {
+		return 0
+	}
+	return int(code & 0xffff)
+}

@@ -208,6 +208,14 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return d.NewInode(ctx, p, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(d.propsSlot())}), 0
 	}
 	u := d.fsys.st.Scratch(d.id, name)
+	if u == nil && d.fsys.st.DataAlias(d.id, name) {
+		// The name a writer created the image's data under, while it
+		// writes (qemu-img convert opens it again by name).
+		ch := d.fsys.dataInode(ctx, &d.Inode, im, out)
+		out.SetEntryTimeout(uncached)
+		out.SetAttrTimeout(uncached)
+		return ch, 0
+	}
 	if u == nil {
 		return nil, syscall.ENOENT
 	}
@@ -238,23 +246,18 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	return withDots(&d.Inode, ents), 0
 }
 
-// Create makes a scratch file: an upload under another name that a rename
-// onto image.vhd completes (rsync, qemu-img convert).
+// Create makes image.vhd again (cp --remove-destination and mv across
+// filesystems unlink it first), an upload of the image's data under
+// another name (cp FILE.vhd images/NAME/), or, under a temporary name, a
+// scratch file that a rename completes (rsync): store.CreateFile.
 func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	data := name == store.ImageDataName
-	var u *store.Upload
-	var err error
-	if data {
-		// image.vhd was removed (cp --remove-destination and mv across
-		// filesystems unlink it first): create it again.
-		u, err = d.fsys.st.OpenWrite(c, d.id, true)
-	} else {
-		u, err = d.fsys.st.CreateScratch(c, d.id, name)
-	}
+	w := store.Writer{PID: callerProcess(ctx), ReadWrite: flags&syscall.O_ACCMODE == syscall.O_RDWR}
+	u, err := d.fsys.st.CreateFile(c, d.id, name, w)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
+	data := u.Name() == ""
 	im := d.image()
 	if im == nil {
 		d.fsys.st.Release(u)
@@ -264,6 +267,12 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	var fuseFlags uint32
 	if data {
 		ch, fuseFlags = d.fsys.dataInode(ctx, &d.Inode, im, out), fuse.FOPEN_DIRECT_IO
+		if name != store.ImageDataName {
+			// The image's data under the name the writer gave: the name
+			// lasts as long as the kernel's entry, which is not kept.
+			out.SetEntryTimeout(uncached)
+			out.SetAttrTimeout(uncached)
+		}
 	} else {
 		ch = d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
 	}
@@ -311,7 +320,7 @@ func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName); err != nil {
 		return toErrno(err)
 	}
-	if newName == store.ImageDataName && scratch != nil {
+	if (newName == store.ImageDataName || !store.IsTempName(newName)) && scratch != nil {
 		// The kernel now maps image.vhd to the scratch file's inode, and
 		// may keep that entry for a jiffy or two even uncached. Drop the
 		// inode's cached attributes (no directory lock is needed, unlike

@@ -112,22 +112,23 @@ func TestScratchUnreadableByOthers(t *testing.T) {
 			}
 		}
 
-		// cp FILE images/NAME/ and qemu-img convert to a scratch name.
-		mustAsUser(t, userA, `cp "$1" "$2/"`, fx.Path, dir)
-		refused("cp FILE images/NAME/", filepath.Base(fx.Path), true)
-		mustAsUser(t, userA, `qemu-img convert -f vpc -O vpc "$1" "$2/converted.vhd"`, fx.Path, dir)
-		refused("qemu-img convert", "converted.vhd", true)
+		// cp and qemu-img convert to a scratch (temporary) name: a file
+		// under any other name is an upload of the image's data.
+		mustAsUser(t, userA, `cp "$1" "$2/.copy.vhd"`, fx.Path, dir)
+		refused("cp FILE images/NAME/.copy.vhd", ".copy.vhd", true)
+		mustAsUser(t, userA, `qemu-img convert -f vpc -O vpc "$1" "$2/.converted.vhd"`, fx.Path, dir)
+		refused("qemu-img convert", ".converted.vhd", true)
 
 		// A scratch file and image.vhd still being written.
-		stopScratch := startAs(t, userA, `{ head -c 1048576 "$1"; sleep 60; } > "$2/partial.vhd"`, big.Path, dir)
+		stopScratch := startAs(t, userA, `{ head -c 1048576 "$1"; sleep 60; } > "$2/.partial.vhd"`, big.Path, dir)
 		stopUpload := startAs(t, userA, `{ head -c 1048576 "$1"; sleep 60; } > "$2/image.vhd"`, big.Path, dir)
-		for _, f := range []string{"partial.vhd", "image.vhd"} {
+		for _, f := range []string{".partial.vhd", "image.vhd"} {
 			waitFor(t, im.name+"/"+f+" to hold 1 MiB", func() bool {
 				fi, err := os.Stat(filepath.Join(dir, f))
 				return err == nil && fi.Size() >= 1<<20
 			})
 		}
-		refused("a writer writing", "partial.vhd", true)
+		refused("a writer writing", ".partial.vhd", true)
 		refused("an upload of image.vhd", "image.vhd", false)
 		stopScratch()
 		stopUpload()

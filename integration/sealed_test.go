@@ -21,7 +21,7 @@ func TestSealedImmutable(t *testing.T) {
 	id := m.mkimage("sealed")
 	// A scratch file made while the upload was still possible; renaming it
 	// onto the sealed image.vhd must fail.
-	scratch := m.images("sealed", "late.vhd")
+	scratch := m.images("sealed", ".late.vhd")
 	copyFile(t, fx.Path, scratch)
 	run(t, "cp", fx.Path, m.dataFile("sealed"))
 	m.checkSealed(t, "sealed", fx)

@@ -187,7 +187,7 @@ func TestUploadScratchRename(t *testing.T) {
 
 	t.Run("qemu-img-convert-mv", func(t *testing.T) {
 		id := m.mkimage("q")
-		tmp := m.images("q", "tmp.vhd")
+		tmp := m.images("q", ".tmp.vhd") // a temporary name: a scratch file
 		run(t, "qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw, tmp)
 		if got := m.prop("q", "status"); got != "queued" {
 			t.Errorf("status with only a scratch file = %q, want queued", got)

@@ -112,6 +112,9 @@ func applyValue(im *Image, key, value string) {
 		im.Visibility = value
 	case KeyStatus:
 		im.Status = Status(value)
+		if im.Status == StatusActive {
+			deleteExtra(im, KeyDeactivateReason) // root reactivated it
+		}
 	default:
 		setExtra(im, key, value)
 	}

@@ -86,6 +86,8 @@ type Store struct {
 	npending  atomic.Int64
 	deliverMu sync.Mutex
 	onChange  atomic.Pointer[func(Change)]
+
+	ww writerWatch // writers of provisional seals (reopen.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -101,6 +103,11 @@ type liveImage struct {
 	// sealed to the commit (see Store.seal). Lock order: Upload.mu, then
 	// sealMu, then Store.mu.
 	sealMu sync.Mutex
+	// provisional: the last seal, made at a read-write opener's close,
+	// which that process may still undo (reopen.go). alias: the name the
+	// upload's writer created its file under, if not image.vhd.
+	provisional *provisionalSeal
+	alias       string
 }
 
 // Open opens (creating if missing, for the daemon's user only: directories
@@ -187,6 +194,7 @@ func (s *Store) reconcile() error {
 // Close closes the catalog. Uploads still open are abandoned (they become
 // killed at the next Open).
 func (s *Store) Close() error {
+	s.stopWatch()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.live {

@@ -1,12 +1,15 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -14,8 +17,10 @@ import (
 const ImageDataName = "image.vhd"
 
 // Upload is one staged data file being written: the upload of an image's
-// image.vhd, or a scratch file in its directory (never sealed itself; a
-// rename onto image.vhd completes the upload with it).
+// image.vhd (also when created under another name that is not temporary,
+// see CreateFile), or a scratch file under a temporary name in its
+// directory (never sealed itself; a rename onto image.vhd or onto a name
+// that is not temporary completes the upload with it).
 //
 // Writes that arrive in order (each at the end of what came before, or
 // past it leaving a hole of zeros) are hashed as they arrive, so a seal does
@@ -38,6 +43,14 @@ type Upload struct {
 	hash    *hashPipe // nil once writes went out of order
 	started bool      // "upload started" was logged
 	state   uploadState
+	nospc   bool // a write failed with ENOSPC: the upload is incomplete
+	exited  int  // wait status of a writer that died holding the upload, or 0
+	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
+	// nothing written after, the last Release seals (refuses) an empty
+	// upload. Not at the opener's close: a shell opens, dup2s and closes
+	// before its child writes.
+	truncated bool
+	opener    Writer // the process that opened the first write handle
 	// Write-behind of in-order data (writeBehind): bytes before wbStarted
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
@@ -133,6 +146,9 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	n, err := u.f.WriteAt(p, off)
+	if errors.Is(err, syscall.ENOSPC) {
+		u.nospc = true
+	}
 	end := off + int64(n)
 	if u.hash != nil {
 		// While hashing in order, nothing at or past hash.n was ever
@@ -222,6 +238,11 @@ func (u *Upload) Truncate(size int64) error {
 func (u *Upload) truncateLocked(size int64) error {
 	if err := u.usable(); err != nil {
 		return err
+	}
+	if size == 0 {
+		// An O_TRUNC open, a create or `truncate -s 0`: if nothing is
+		// written after it, the last close refuses an empty upload.
+		u.truncated = true
 	}
 	if size == u.size {
 		return nil
@@ -328,7 +349,18 @@ func writable(c Caller, im *Image) error {
 // successful OpenWrite must be paired with Release. Errors: ErrNotFound,
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
+	return s.OpenWriteBy(c, id, trunc, Writer{})
+}
+
+// OpenWriteBy is OpenWrite by process w: a read-write opener that opens
+// the image it sealed a moment ago undoes that seal (reopen.go).
+func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload, error) {
 	defer s.deliver()
+	if w.ReadWrite && w.PID != 0 {
+		if err := s.reopenProvisional(c, id, w); err != nil {
+			return nil, err
+		}
+	}
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -365,8 +397,12 @@ func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 		}
 	}
 	u.writers++
+	if u.writers == 1 {
+		u.opener = w
+	}
 	s.mu.Lock()
 	l.unlinked = false
+	l.provisional = nil
 	s.mu.Unlock()
 	return u, nil
 }
@@ -396,10 +432,22 @@ func (s *Store) CurrentUpload(id string) *Upload {
 // image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
 func (s *Store) Flush(u *Upload) error {
+	return s.FlushExiting(u, 0)
+}
+
+// FlushExiting is Flush for the close of a writer that is exiting with
+// wait status status without having closed the file itself (killed by
+// SIGKILL mid-copy, or exit(1)); 0: not exiting, or exiting with status 0.
+// A writer that failed leaves an incomplete upload whatever its bytes look
+// like, so it is refused with that reason.
+func (s *Store) FlushExiting(u *Upload, status int) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.writers == 1 && u.dirty && u.name == "" && u.state == uploadOpen {
+		if status != 0 {
+			u.exited = status
+		}
 		return s.seal(u)
 	}
 	return nil
@@ -411,8 +459,18 @@ func (s *Store) Release(u *Upload) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.writers--
-	if u.writers == 0 && u.dirty && u.name == "" && u.state == uploadOpen {
+	// A read-write opener (qemu-img) truncates, closes and opens again:
+	// its empty close is no upload yet.
+	emptied := u.truncated && u.size == 0 && !u.opener.ReadWrite
+	if u.writers == 0 && (u.dirty || emptied) && u.name == "" && u.state == uploadOpen {
 		return s.seal(u)
+	}
+	if u.writers == 0 && !u.dirty && u.name == "" && u.state == uploadOpen && u.size == 0 {
+		// Opened for writing and closed with nothing written (touch):
+		// no staging file outlives its upload.
+		u.discard()
+		s.dropUpload(u)
+		return nil
 	}
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
@@ -452,9 +510,21 @@ func (s *Store) seal(u *Upload) error {
 		}
 		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
 	}
-	facts, vsize, refusal, err := inspectVHD(u.f, u.size)
-	if err != nil {
-		return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
+	var facts map[string]string
+	var vsize int64
+	var refusal string
+	switch {
+	case u.nospc:
+		refusal = reasonNoSpace(u.size)
+	case u.exited != 0:
+		refusal = reasonWriterFailed(u.size, u.exited)
+	case u.size == 0:
+		refusal = reasonEmpty
+	default:
+		var err error
+		if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
+			return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
+		}
 	}
 	if refusal != "" {
 		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
@@ -518,6 +588,15 @@ func (s *Store) seal(u *Upload) error {
 		}
 		return err
 	}
+	if l := s.live[u.id]; l != nil {
+		l.provisional = nil
+		if _, ok := s.data.(dataReclaimer); ok && u.opener.ReadWrite && u.opener.PID != 0 && u.name == "" {
+			if start := procStart(u.opener.PID); start != "" {
+				l.provisional = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path, at: time.Now()}
+				s.watchWriter(u.opener.PID, u.id, md5hex)
+			}
+		}
+	}
 	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
 		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
 	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
@@ -557,6 +636,13 @@ func mapsKeys(m map[string]string) func(func(string) bool) {
 // any. Errors: ErrNotFound, ErrPermission (deactivated image and c is not
 // root, or a killed image).
 func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
+	return s.OpenReadBy(c, id, nil)
+}
+
+// OpenReadBy is OpenRead by the process proc returns (nil: unknown),
+// asked only when the image's seal is provisional: a read by another
+// process than the writer makes it final (reopen.go).
+func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, error) {
 	im := s.GetFor(c, id)
 	if im == nil {
 		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
@@ -575,6 +661,7 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 		// through its write handle.
 		return nil, fmt.Errorf("%w: image %s is %s: only an active image can be read", ErrPermission, id, im.Status)
 	}
+	s.noteReader(id, proc)
 	return s.data.Open(id)
 }
 
@@ -596,35 +683,118 @@ func (s *Store) OpenUploadRead(c Caller, u *Upload) error {
 
 // DiscardUpload drops the staged data of an unsealed image (unlink of
 // image.vhd before it is sealed); the image returns to queued. Errors:
-// ErrImmutable (sealed), ErrPermission, ErrNotFound.
+// ErrImmutable (sealed), ErrPermission, ErrNotFound, ErrBusy (a writer
+// has the upload open).
+//
+// The check and the change happen under the upload's lock and the image's
+// seal lock, so a seal that races the unlink either happens before the
+// check (the unlink fails with ErrImmutable and image.vhd stays) or after
+// the change (there is nothing left to seal).
 func (s *Store) DiscardUpload(c Caller, id string) error {
 	defer s.deliver()
+	for {
+		s.mu.Lock()
+		im, err := s.getLocked(id)
+		if err == nil {
+			err = writable(c, im)
+		}
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		l := s.liveLocked(id)
+		u := l.upload
+		s.mu.Unlock()
+		if done, err := s.discardUpload(c, id, l, u); done {
+			return err
+		}
+	}
+}
+
+// discardUpload is DiscardUpload for the upload u that image id had a
+// moment ago; done is false when the image's upload changed meanwhile
+// (look again).
+func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (done bool, err error) {
+	if u != nil { // Upload.mu, then sealMu, then Store.mu
+		u.mu.Lock()
+		defer u.mu.Unlock()
+	}
+	l.sealMu.Lock()
+	defer l.sealMu.Unlock()
 	s.mu.Lock()
+	if s.live[id] != l || l.upload != u {
+		s.mu.Unlock()
+		return false, nil
+	}
 	im, err := s.getLocked(id)
 	if err == nil {
 		err = writable(c, im)
 	}
+	if err == nil && u != nil && u.writers > 0 {
+		err = fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
+	}
 	if err != nil {
 		s.mu.Unlock()
-		return err
+		return true, err
 	}
-	l := s.liveLocked(id)
-	u := l.upload
-	s.mu.Unlock()
-	if u != nil && u.Writers() > 0 { // Upload.mu is taken before Store.mu
-		return fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
-	}
-	s.mu.Lock()
-	if l.upload == u {
-		l.upload = nil
-	}
+	// In the same critical section as the check: a writer that creates
+	// image.vhd again or renames a file onto it afterwards shows it again.
+	l.upload = nil
 	l.unlinked = true
 	s.mu.Unlock()
 	if u != nil {
-		u.abandon()
+		u.discard()
 		logger.Info("upload discarded", "id", id, "uid", c.UID)
 	}
-	return s.setStatus(id, StatusQueued, "")
+	if err := s.setStatus(id, StatusQueued, ""); err != nil {
+		s.mu.Lock()
+		if l.upload == nil {
+			l.unlinked = false
+		}
+		s.mu.Unlock()
+		return true, err
+	}
+	return true, nil
+}
+
+// IsTempName reports whether name is a temporary name in an image
+// directory: it starts with '.' (rsync's .NAME.XXXXXX, mktemp -p DIR
+// .tmpXXXX). A file under a temporary name is a scratch file, never
+// sealed by itself; a file created under any other name is an upload of
+// the image's data (see CreateFile).
+func IsTempName(name string) bool {
+	return strings.HasPrefix(name, ".")
+}
+
+// CreateFile creates file name in image id's directory, opened for
+// writing by c (pair with Release). image.vhd, and any name that is not a
+// temporary name (cp FILE.vhd images/NAME/), starts an upload of the
+// image's data as OpenWrite with trunc does: it is sealed at the opener's
+// close and then shows as image.vhd only; the returned Upload's Name is
+// "". A temporary name makes a scratch file (CreateScratch). Errors: as
+// OpenWrite and CreateScratch (ErrImmutable for a sealed image, ErrBusy
+// while another writer uploads).
+func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error) {
+	if name != ImageDataName {
+		if err := validScratchName(name); err != nil {
+			return nil, err
+		}
+		if IsTempName(name) {
+			return s.CreateScratch(c, id, name)
+		}
+	}
+	u, err := s.OpenWriteBy(c, id, true, w)
+	if err == nil {
+		s.mu.Lock()
+		if l := s.live[id]; l != nil {
+			l.alias = ""
+			if name != ImageDataName {
+				l.alias = name // qemu-img opens it again by that name
+			}
+		}
+		s.mu.Unlock()
+	}
+	return u, err
 }
 
 // CreateScratch creates the scratch file name in image id's directory,
@@ -749,54 +919,86 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 }
 
 // RenameScratch renames scratch file from to to in image id's directory.
-// Renaming onto image.vhd completes the upload with the scratch file's
-// data: it is checked and sealed now if no writer still has it open.
-// Errors: as CreateScratch, plus ErrRefused from the seal.
+// Renaming onto image.vhd, or onto any name that is not a temporary name
+// (rsync's .FILE.XXXXXX onto FILE), completes the upload with the scratch
+// file's data: it is checked and sealed now if no writer still has it
+// open, and then shows as image.vhd only. Errors: as CreateScratch, plus
+// ErrRefused from the seal and ErrBusy while another writer has image.vhd
+// open (one writer at a time).
 func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	defer s.deliver()
+	toData := to == ImageDataName || !IsTempName(to)
 	if to != ImageDataName {
 		if err := validScratchName(to); err != nil {
 			return err
 		}
 	}
-	s.mu.Lock()
-	im, err := s.getLocked(id)
-	if err == nil {
-		err = mayModify(c, im)
-	}
-	if err == nil && to == ImageDataName {
-		err = writable(c, im)
-	}
-	l := s.live[id]
-	var u *Upload
-	if err == nil {
+	var u, replaced *Upload
+	for {
+		s.mu.Lock()
+		l := s.live[id]
+		var cur *Upload
 		if l != nil {
-			u = l.scratch[from]
+			cur = l.upload
 		}
-		if u == nil {
-			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
-		}
-	}
-	if err != nil {
 		s.mu.Unlock()
-		return err
+		if toData && cur != nil {
+			cur.mu.Lock() // Upload.mu before Store.mu
+		}
+		done, err := func() (bool, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			im, err := s.getLocked(id)
+			if err == nil {
+				err = mayModify(c, im)
+			}
+			if err == nil && toData {
+				err = writable(c, im)
+			}
+			if err != nil {
+				return true, err
+			}
+			if s.live[id] != l || (l != nil && l.upload != cur) {
+				return false, nil // changed meanwhile: look again
+			}
+			if l != nil {
+				u = l.scratch[from]
+			}
+			if u == nil {
+				return true, fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
+			}
+			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
+				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
+			}
+			delete(l.scratch, from)
+			if toData {
+				l.upload = u
+				l.unlinked = false
+				if cur != nil {
+					cur.discard() // replaced by the rename
+				}
+			} else {
+				replaced, l.scratch[to] = l.scratch[to], u
+			}
+			return true, nil
+		}()
+		if toData && cur != nil {
+			cur.mu.Unlock()
+		}
+		if err != nil {
+			return err
+		}
+		if done {
+			break
+		}
 	}
-	delete(l.scratch, from)
-	var replaced *Upload
-	if to == ImageDataName {
-		replaced, l.upload = l.upload, u
-		l.unlinked = false
-	} else {
-		replaced, l.scratch[to] = l.scratch[to], u
-	}
-	s.mu.Unlock()
 	if replaced != nil {
 		replaced.abandon()
 	}
 
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if to != ImageDataName {
+	if !toData {
 		u.name = to
 		return nil
 	}

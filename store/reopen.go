@@ -1,0 +1,336 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Writers that open their file several times (qemu-img convert: create
+// and truncate, close; write the VHD's headers, close; open again and
+// write the data) would seal a blank disk at the second close. So a seal
+// made at the close of a process that opened image.vhd read-write
+// (O_RDWR, as disk tools do; cp, dd, rsync and shells open write-only) is
+// provisional while that process lives: if the same process opens
+// image.vhd for writing again, the seal is undone and the upload goes on
+// with the same data, to be sealed again at its next close. A seal is
+// final once that process exits, any other process opens the data for
+// reading, or provisionalWindow has passed; if the writer comes back after another process read the data,
+// its open is refused and the image is deactivated with the reason in
+// imagefs_deactivate_reason (it cannot be booted; root may reactivate it).
+// Where the daemon may listen to process events (root: CAP_NET_ADMIN), a
+// writer that exits with a failure status after such a seal (qemu-img
+// convert that failed to read its source closes its output, then exits 1)
+// deactivates the image the same way.
+
+// provisionalWindow is how long a seal made at a read-write opener's
+// close stays provisional at most (qemu-img opens again within
+// milliseconds), and how long after it that writer's failing exit
+// deactivates the image.
+const provisionalWindow = 10 * time.Second
+
+// KeyDeactivateReason says why imagefs deactivated an image itself;
+// reactivating the image removes it.
+const KeyDeactivateReason = "imagefs_deactivate_reason"
+
+// Writer is the process that opens an upload for writing.
+type Writer struct {
+	PID       uint32 // thread group id; 0 when unknown
+	ReadWrite bool   // opened O_RDWR
+}
+
+// provisionalSeal is a seal made at the close of a read-write opener.
+type provisionalSeal struct {
+	proc  uint32 // the writer's thread group id
+	start string // its start time (/proc/PID/stat field 22), against pid reuse
+	path  string // the staging path the data returns to on a reopen
+	read  bool   // another process opened the data: it no longer changes
+	at    time.Time
+	alias string // the name the writer created the file under, if not image.vhd
+}
+
+// dataReclaimer is a DataBackend that can give sealed data back as a
+// staging file (the local backend: a rename).
+type dataReclaimer interface {
+	// Reclaim moves the sealed data of id back to path, writable by the
+	// daemon. Open files keep reading the same bytes.
+	Reclaim(id, path string) error
+}
+
+func (d *localData) Reclaim(id, path string) error {
+	if err := os.Rename(d.path(id), path); err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return err
+	}
+	return syncDir(d.dir)
+}
+
+// procStart returns the start time of process pid, or "" when it is gone
+// (or exiting: a zombie's files are closed).
+func procStart(pid uint32) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return ""
+	}
+	return f[19] // field 22, starttime
+}
+
+// provisionalLocked returns image id's provisional seal while it may
+// still be undone, or nil (dropping one whose writer is gone). Must hold
+// s.mu.
+func (s *Store) provisionalLocked(id string) *provisionalSeal {
+	l := s.live[id]
+	if l == nil || l.provisional == nil {
+		return nil
+	}
+	p := l.provisional
+	if time.Since(p.at) > provisionalWindow || procStart(p.proc) != p.start {
+		l.provisional = nil
+		return nil
+	}
+	return p
+}
+
+// Provisional reports whether image id is sealed provisionally: its
+// writer (a read-write opener) may still open it again and continue the
+// upload, so image.vhd shows mode 0644 and its attributes are not cached.
+func (s *Store) Provisional(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.provisionalLocked(id)
+	return p != nil && !p.read
+}
+
+// DataAlias reports whether name is the name under which the writer of
+// image id's data created it (cp FILE images/NAME/, qemu-img convert ...
+// images/NAME/FILE) while the image is not sealed or its seal is
+// provisional: the name then leads to the image's data.
+func (s *Store) DataAlias(id, name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.live[id]
+	if l == nil || name == "" || l.alias != name {
+		return false
+	}
+	if im, err := s.getLocked(id); err != nil {
+		return false
+	} else if !im.Status.Sealed() {
+		return true
+	}
+	p := s.provisionalLocked(id)
+	return p != nil && !p.read
+}
+
+// noteReader records that process proc (0: unknown) opened image id's
+// sealed data: a provisional seal of another process becomes final.
+func (s *Store) noteReader(id string, proc func() uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.provisionalLocked(id)
+	if p == nil || p.read {
+		return
+	}
+	if proc == nil || proc() != p.proc {
+		p.read = true
+	}
+}
+
+// reopenProvisional undoes the provisional seal of image id when w is the
+// process that made it and opens image.vhd for writing again: the record
+// goes back to saving, the data back to staging, and the image's upload
+// goes on with it. If another process read the data since, the image is
+// deactivated instead and the error is ErrImmutable. Otherwise it does
+// nothing; OpenWrite then applies its rules.
+func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
+	s.mu.Lock()
+	l := s.live[id]
+	p := s.provisionalLocked(id)
+	s.mu.Unlock()
+	if l == nil || p == nil || p.proc != w.PID {
+		return nil
+	}
+	l.sealMu.Lock() // no seal of this image while the record goes back
+	defer l.sealMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live[id] != l || s.provisionalLocked(id) != p {
+		return nil
+	}
+	im, err := s.getLocked(id)
+	if err != nil || im.Status != StatusActive || mayModify(c, im) != nil {
+		return nil
+	}
+	now := s.opts.Now().UTC().Truncate(time.Second)
+	if p.read {
+		l.provisional = nil
+		reason := fmt.Sprintf("the writer (process %d) opened image.vhd for writing again after its close sealed it, and another process read the sealed data in between: the data is probably incomplete (qemu-img convert writes in several opens); delete the image and upload again", w.PID)
+		next := im.clone()
+		next.Status = StatusDeactivated
+		setExtra(next, KeyDeactivateReason, reason)
+		next.UpdatedAt = now
+		if err := s.publishSmall(next, im.Name); err != nil {
+			return err
+		}
+		logger.Warn("image deactivated", "id", id, "reason", reason)
+		return fmt.Errorf("%w: image %s was sealed and read; it is now deactivated: %s", ErrImmutable, id, reason)
+	}
+	rec, ok := s.data.(dataReclaimer)
+	if !ok {
+		return nil
+	}
+	next := im.clone()
+	next.Status = StatusSaving
+	next.Checksum, next.OSHashAlgo, next.OSHashValue = "", "", ""
+	next.Size, next.VirtualSize = -1, -1
+	for _, k := range []string{KeyVHDDiskType, KeyVHDCreator, KeyVHDUniqueID, KeyVHDWarnings, KeyVHDSizeMiBAligned} {
+		deleteExtra(next, k)
+	}
+	next.UpdatedAt = now
+	if err := s.publishSmall(next, im.Name); err != nil {
+		return err
+	}
+	l.provisional = nil
+	fail := func(err error) error {
+		killed := next.clone()
+		killed.Status = StatusKilled
+		setExtra(killed, KeyKillReason, "the seal was undone for the writer's reopen but its data could not be taken back; upload again")
+		if s.publishSmall(killed, im.Name) == nil {
+			s.emit(Event{Kind: EventKilled, ID: id, Reason: killed.Extra[KeyKillReason]})
+		}
+		return fmt.Errorf("take back the sealed data of %s: %w", id, err)
+	}
+	if err := rec.Reclaim(id, p.path); err != nil {
+		return fail(err)
+	}
+	f, err := os.OpenFile(p.path, os.O_RDWR, 0)
+	if err != nil {
+		os.Remove(p.path)
+		return fail(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		os.Remove(p.path)
+		return fail(err)
+	}
+	// hash nil: the next seal hashes the data in one pass. dirty: a close
+	// without a write seals it again.
+	l.upload = &Upload{s: s, id: id, path: p.path, f: f, size: fi.Size(), dirty: true, started: true}
+	l.unlinked = false
+	logger.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
+	return nil
+}
+
+// writerWatch follows the exits of the writers of provisional seals.
+type writerWatch struct {
+	once    sync.Once
+	running atomic.Bool
+	closed  atomic.Bool
+	stop    func()
+	pids    map[uint32]watchedSeal // guarded by Store.mu
+}
+
+// watchedSeal is the seal a watched writer made: image id, with that
+// checksum.
+type watchedSeal struct {
+	id, checksum string
+	at           time.Time
+}
+
+// watchWriter remembers that process pid sealed image id with checksum,
+// starting the process events listener the first time. Must hold s.mu.
+func (s *Store) watchWriter(pid uint32, id, checksum string) {
+	s.ww.once.Do(func() {
+		recv, stop, err := listenProcExits()
+		if err != nil {
+			logger.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
+			return
+		}
+		s.ww.stop = stop
+		s.ww.running.Store(true)
+		go func() {
+			for !s.ww.closed.Load() {
+				exits, err := recv()
+				if err != nil {
+					logger.Error("process events", "err", err)
+					return
+				}
+				for _, e := range exits {
+					s.writerExited(e[0], e[1])
+				}
+			}
+		}()
+	})
+	if !s.ww.running.Load() {
+		return
+	}
+	if s.ww.pids == nil {
+		s.ww.pids = map[uint32]watchedSeal{}
+	}
+	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum, at: time.Now()}
+}
+
+// stopWatch stops the process events listener, if it runs.
+func (s *Store) stopWatch() {
+	if s.ww.running.Load() && !s.ww.closed.Swap(true) {
+		s.ww.stop()
+	}
+}
+
+// writerExited handles the exit of process pid with wait status code: if
+// it is the writer of a seal still in place and it failed, the image is
+// deactivated with the reason.
+func (s *Store) writerExited(pid, code uint32) {
+	s.mu.Lock()
+	w, ok := s.ww.pids[pid]
+	if ok {
+		delete(s.ww.pids, pid)
+	}
+	l := s.live[w.id]
+	s.mu.Unlock()
+	if !ok || code == 0 || time.Since(w.at) > provisionalWindow {
+		return
+	}
+	defer s.deliver()
+	if l != nil {
+		l.sealMu.Lock()
+		defer l.sealMu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.getLocked(w.id)
+	if err != nil || im.Status != StatusActive || im.Checksum != w.checksum {
+		return
+	}
+	if l := s.live[w.id]; l != nil {
+		l.provisional = nil
+	}
+	how := fmt.Sprintf("exited with status %d", code>>8)
+	if sig := code & 0x7f; sig != 0 {
+		how = fmt.Sprintf("was killed by signal %d", sig)
+	}
+	reason := fmt.Sprintf("the writer (process %d, which opened image.vhd read-write) %s after its close sealed the image: the data is probably incomplete (a failed qemu-img convert?); delete the image and upload again", pid, how)
+	next := im.clone()
+	next.Status = StatusDeactivated
+	setExtra(next, KeyDeactivateReason, reason)
+	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+	if err := s.publishSmall(next, im.Name); err != nil {
+		logger.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
+		return
+	}
+	logger.Warn("image deactivated", "id", w.id, "reason", reason)
+}
