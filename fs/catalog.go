@@ -7,28 +7,9 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 )
-
-// CatalogDir is the hidden directory of the catalog files, the one-pass
-// listings imagefs ls reads:
-//
-//	.catalog/images                              every image the reader sees listed
-//	.catalog/by-property/<key>/<escaped value>   the images of by-property/<key>/<escaped value>/
-//
-// A catalog file holds one JSON object per line and image, sorted by name,
-// with every property of the image as a string ({"id": "...", "name":
-// "...", "size": "2560", ...}). Its content is made when it is opened, for
-// the opener: the same images, by the same visibility rules (store.Visible,
-// ViewList), as by-id/ and the view directory list for that user. Any
-// key and escaped value resolve (a view no image is in gives an empty
-// file), so a lookup tells nothing of other users' images.
-//
-// .catalog is not listed in the mount's root (find, du and rsync of the
-// mount do not meet it); it is reached by its name. The files show size
-// 0 and are read with direct I/O (nothing is shared through the page
-// cache); read them to the end.
-const CatalogDir = ".catalog"
 
 // catalogIno returns the inode number of a node under .catalog: a view
 // inode of a path no view can have (index keys never hold \x01).
@@ -77,13 +58,13 @@ func (d *catalogDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		d.fsys.fixedDirAttr(&out.Attr, 0o555)
 		n := &catalogDir{fsys: d.fsys, level: 1}
 		return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: catalogIno("by-property")}), 0
-	case d.level == 1 && listedKey(name):
+	case d.level == 1 && layout.ListedKey(name):
 		d.fsys.fixedDirAttr(&out.Attr, 0o555)
 		n := &catalogDir{fsys: d.fsys, level: 2, key: name}
 		return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: catalogIno("by-property", name)}), 0
 	case d.level == 2:
-		v, ok := ParseViewName(name)
-		if !ok || !Listed(v) {
+		v, ok := layout.ParseViewName(name)
+		if !ok || !layout.Listed(v) {
 			return nil, syscall.ENOENT
 		}
 		return d.file(ctx, &catalogFile{fsys: d.fsys, key: d.key, value: v, view: true}, out, "by-property", d.key, v), 0

@@ -26,6 +26,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 )
 
@@ -221,7 +222,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 // default), and every path walk asked the daemon for images/ again (a
 // LOOKUP and a GETATTR): four requests per file for ls -l images/.
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if name == CatalogDir { // catalog.go: found, not listed
+	if name == layout.CatalogDir { // catalog.go: found, not listed
 		r.fsys.fixedDirAttr(&out.Attr, 0o555)
 		out.SetEntryTimeout(cacheTimeout)
 		out.SetAttrTimeout(cacheTimeout)

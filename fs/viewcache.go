@@ -4,6 +4,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 )
 
@@ -41,12 +42,12 @@ func (f *FS) invalidateViews(c store.Change) {
 			continue
 		}
 		was, _ := c.Old.Property(k)
-		if !Listed(was) {
+		if !layout.Listed(was) {
 			continue
 		}
 		is, has := value(c.New, k)
 		stays := access && has && is == was && c.New.Name == c.Old.Name
-		vd := kd.GetChild(ViewName(was))
+		vd := kd.GetChild(layout.ViewName(was))
 		if vd != nil {
 			if link := vd.GetChild(c.Old.Name); link != nil {
 				if !notified {
@@ -64,9 +65,9 @@ func (f *FS) invalidateViews(c store.Change) {
 		// The key can be left empty only with the value.
 		if ok, err := f.st.ViewHasValue(viewer, k, was); err == nil && !ok {
 			if vd != nil {
-				dropEntry(kd, ViewName(was))
+				dropEntry(kd, layout.ViewName(was))
 			}
-			if ok, err := f.st.ViewHasKey(viewer, k, Listed); err == nil && !ok {
+			if ok, err := f.st.ViewHasKey(viewer, k, layout.Listed); err == nil && !ok {
 				dropEntry(bp, k)
 			}
 		}
@@ -80,7 +81,7 @@ func (f *FS) invalidateViews(c store.Change) {
 			}
 			if kd := bp.GetChild(k); kd != nil {
 				is, _ := c.New.Property(k)
-				if vd := kd.GetChild(ViewName(is)); vd != nil {
+				if vd := kd.GetChild(layout.ViewName(is)); vd != nil {
 					if link := vd.GetChild(c.New.Name); link != nil {
 						link.NotifyContent(-1, 0)
 						break

@@ -3,11 +3,11 @@ package fs
 import (
 	"context"
 	"hash/fnv"
-	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 	"github.com/imagefs/imagefs/xattr"
 )
@@ -32,77 +32,6 @@ import (
 // one request per few dozen entries, after which ls -l finds every link's
 // attributes in the kernel, and its target too (the mount caches
 // symlinks: a link's target is its image's id and never changes).
-
-// ViewName returns the directory name of property value v in
-// by-property/<key>/: '%' becomes %25 and '/' %2F (as layout.md says),
-// NUL %00, and the whole values "." and ".." %2E and %2E%2E, which cannot
-// be names otherwise. Every other byte stays as it is.
-func ViewName(v string) string {
-	switch v {
-	case ".":
-		return "%2E"
-	case "..":
-		return "%2E%2E"
-	}
-	if !strings.ContainsAny(v, "%/\x00") {
-		return v
-	}
-	var b strings.Builder
-	for i := 0; i < len(v); i++ {
-		switch v[i] {
-		case '%':
-			b.WriteString("%25")
-		case '/':
-			b.WriteString("%2F")
-		case 0:
-			b.WriteString("%00")
-		default:
-			b.WriteByte(v[i])
-		}
-	}
-	return b.String()
-}
-
-// ParseViewName returns the value whose ViewName is name; ok is false when
-// name is no value's ViewName (another spelling such as %2f or %41 does not
-// alias a value).
-func ParseViewName(name string) (v string, ok bool) {
-	if !strings.Contains(name, "%") {
-		return name, name != "." && name != ".."
-	}
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		if name[i] != '%' {
-			b.WriteByte(name[i])
-			continue
-		}
-		if i+2 >= len(name) {
-			return "", false
-		}
-		switch name[i+1 : i+3] {
-		case "25":
-			b.WriteByte('%')
-		case "2F":
-			b.WriteByte('/')
-		case "00":
-			b.WriteByte(0)
-		case "2E":
-			b.WriteByte('.')
-		default:
-			return "", false
-		}
-		i += 2
-	}
-	v = b.String()
-	return v, ViewName(v) == name
-}
-
-// Listed reports whether value v has a directory in by-property/<key>/:
-// not empty and a name of at most 255 bytes once escaped.
-func Listed(v string) bool { return v != "" && len(ViewName(v)) <= store.MaxNameBytes }
-
-// listedKey reports whether key can be a directory name in by-property/.
-func listedKey(key string) bool { return key != "." && key != ".." && key != "" }
 
 // viewIno returns the inode number of a view directory: a hash of its
 // path with the top bit set, so it never meets an image's range
@@ -148,7 +77,7 @@ func (f *FS) publicKey(key string) bool {
 	if !f.allowOther {
 		return false
 	}
-	ok, err := f.st.ViewHasKey(store.Anyone, key, Listed)
+	ok, err := f.st.ViewHasKey(store.Anyone, key, layout.Listed)
 	return err == nil && ok
 }
 
@@ -199,13 +128,13 @@ func (d *byPropertyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fus
 }
 
 func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	keys, err := d.fsys.st.ViewKeys(caller(ctx), Listed)
+	keys, err := d.fsys.st.ViewKeys(caller(ctx), layout.Listed)
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	ents := make([]fuse.DirEntry, 0, len(keys))
 	for _, k := range keys {
-		if listedKey(k) {
+		if layout.ListedKey(k) {
 			ents = append(ents, fuse.DirEntry{Name: k, Ino: viewIno(k), Mode: syscall.S_IFDIR})
 		}
 	}
@@ -213,11 +142,11 @@ func (d *byPropertyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Er
 }
 
 func (d *byPropertyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	ok, err := d.fsys.st.ViewHasKey(caller(ctx), name, Listed)
+	ok, err := d.fsys.st.ViewHasKey(caller(ctx), name, layout.Listed)
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	if !ok || !listedKey(name) {
+	if !ok || !layout.ListedKey(name) {
 		return nil, syscall.ENOENT
 	}
 	d.fsys.viewDirAttr(&out.Attr)
@@ -245,20 +174,20 @@ func (d *viewKeyDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.A
 }
 
 func (d *viewKeyDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	values, err := d.fsys.st.ViewValues(caller(ctx), d.key, Listed)
+	values, err := d.fsys.st.ViewValues(caller(ctx), d.key, layout.Listed)
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	ents := make([]fuse.DirEntry, len(values))
 	for i, v := range values {
-		ents[i] = fuse.DirEntry{Name: ViewName(v), Ino: viewIno(d.key, v), Mode: syscall.S_IFDIR}
+		ents[i] = fuse.DirEntry{Name: layout.ViewName(v), Ino: viewIno(d.key, v), Mode: syscall.S_IFDIR}
 	}
 	return withDots(&d.Inode, ents), 0
 }
 
 func (d *viewKeyDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	v, ok := ParseViewName(name)
-	if !ok || !Listed(v) {
+	v, ok := layout.ParseViewName(name)
+	if !ok || !layout.Listed(v) {
 		return nil, syscall.ENOENT
 	}
 	ok, err := d.fsys.st.ViewHasValue(caller(ctx), d.key, v)

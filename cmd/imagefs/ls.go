@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/imagefs/imagefs/fs"
+	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 	"github.com/spf13/pflag"
 )
@@ -209,12 +209,12 @@ next:
 // lsCatalog reads, in one pass, the records of the images the first
 // filter admits (the catalog file of its view) or, without a usable first
 // filter, of every image the caller sees: MOUNTPOINT/.catalog/ (see
-// fs.CatalogDir), which the daemon fills for the caller by the rules of
+// layout.CatalogDir), which the daemon fills for the caller by the rules of
 // the tree.
 func lsCatalog(mnt string, filters []lsFilter) ([]map[string]string, error) {
-	path := filepath.Join(mnt, fs.CatalogDir, "images")
-	if len(filters) > 0 && fs.Listed(filters[0].value) {
-		path = filepath.Join(mnt, fs.CatalogDir, "by-property", filters[0].key, fs.ViewName(filters[0].value))
+	path := filepath.Join(mnt, layout.CatalogDir, "images")
+	if len(filters) > 0 && layout.Listed(filters[0].value) {
+		path = filepath.Join(mnt, layout.CatalogDir, "by-property", filters[0].key, layout.ViewName(filters[0].value))
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -1,4 +1,4 @@
-package fs
+package layout
 
 import (
 	"strings"
@@ -11,7 +11,7 @@ import (
 // that parses back to the value; a name parses to at most one value, whose
 // name is that name again (no two spellings of one value); nothing panics.
 //
-//	go test -run '^$' -fuzz FuzzViewName -fuzztime 1m ./fs/
+//	go test -run '^$' -fuzz FuzzViewName -fuzztime 1m ./layout/
 func FuzzViewName(f *testing.F) {
 	for _, s := range []string{"", ".", "..", "...", "%", "%%", "%2F", "%2f", "%25", "%00", "%2E", "%2E%2E",
 		"a/b", "a\x00b", "/", "\xff\xfe", "line\nbreak", "%2", "%zz", strings.Repeat("%", 100)} {
