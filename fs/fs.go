@@ -60,14 +60,23 @@ type Options struct {
 	// Logger receives go-fuse's messages (and with Debug its request
 	// trace, at level debug); nil means slog.Default().
 	Logger *slog.Logger
-	// Metrics, when set, counts and times every request (metrics.go).
-	Metrics *Metrics
+	// Metrics, when set, counts and times every request (package
+	// internal/metrics).
+	Metrics Metrics
 	// MountOptions are more options for mount(2), such as "noexec".
 	MountOptions []string
 	// CacheNodes is about how many files and directories of images the
 	// kernel may keep before the least recently used images are dropped
 	// (reaper.go); 0 means DefaultCacheNodes.
 	CacheNodes int
+}
+
+// Metrics instruments a mount: Mount gives it the store (SetStore, for
+// gauges counted when scraped) and serves the requests through the
+// RawFileSystem Wrap returns. *metrics.Metrics of internal/metrics is one.
+type Metrics interface {
+	SetStore(st *store.Store)
+	Wrap(raw fuse.RawFileSystem) fuse.RawFileSystem
 }
 
 // DefaultCacheNodes is Options.CacheNodes by default: about 32 MB of

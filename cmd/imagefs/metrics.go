@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/imagefs/imagefs/fs"
+	"github.com/imagefs/imagefs/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,7 +43,7 @@ func listenMetrics(addr string) (net.Listener, error) {
 
 // startMetrics serves m (and the Go runtime's and process's metrics) on
 // ln in the background.
-func startMetrics(ln net.Listener, m *fs.Metrics) *metricsServer {
+func startMetrics(ln net.Listener, m *metrics.Metrics) *metricsServer {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m,
 		collectors.NewGoCollector(),

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/imagefs/imagefs/fs"
+	"github.com/imagefs/imagefs/internal/metrics"
 	"github.com/imagefs/imagefs/store"
 	"github.com/spf13/pflag"
 )
@@ -170,7 +171,9 @@ func serve(c *mountConfig, ready func(error)) int {
 	if err := checkMountpoint(c.mountpoint); err != nil {
 		return fail(err)
 	}
-	var metrics *fs.Metrics
+	// fs.Options.Metrics is an interface: it stays nil without a
+	// metrics address.
+	var fsMetrics fs.Metrics
 	var events store.Observer
 	var ms *metricsServer
 	if c.metricsAddr != "" {
@@ -179,9 +182,9 @@ func serve(c *mountConfig, ready func(error)) int {
 			return fail(err)
 		}
 		defer ln.Close()
-		metrics = fs.NewMetrics()
-		events = metrics
-		ms = startMetrics(ln, metrics)
+		m := metrics.New()
+		fsMetrics, events = m, m
+		ms = startMetrics(ln, m)
 		defer ms.stop()
 	}
 	if c.cpuProfile != "" {
@@ -201,7 +204,7 @@ func serve(c *mountConfig, ready func(error)) int {
 	defer st.Close()
 	fsys, err := mountFS(st, c, fs.Options{
 		AllowOther: c.allowOther, Debug: c.debug, ReadOnly: c.readOnly,
-		Source: c.source, Logger: lg, Metrics: metrics, MountOptions: c.mountOpts,
+		Source: c.source, Logger: lg, Metrics: fsMetrics, MountOptions: c.mountOpts,
 		CacheNodes: c.cacheNodes,
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package fs
+package metrics
 
 import (
 	"strings"
@@ -36,7 +36,7 @@ func (stubFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 }
 
 func TestMetricsCountRequests(t *testing.T) {
-	m := NewMetrics()
+	m := New()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 	w := m.Wrap(stubFS{})
@@ -88,7 +88,7 @@ imagefs_fuse_requests_total{op="write"} 1
 
 // The hot path allocates nothing once an operation's series exist.
 func TestMetricsNoAllocation(t *testing.T) {
-	m := NewMetrics()
+	m := New()
 	w := m.Wrap(stubFS{})
 	in, out := &fuse.GetAttrIn{}, &fuse.AttrOut{}
 	rin, buf := &fuse.ReadIn{}, make([]byte, 512)
@@ -105,7 +105,7 @@ func TestMetricsNoAllocation(t *testing.T) {
 }
 
 func BenchmarkMetricsGetAttr(b *testing.B) {
-	m := NewMetrics()
+	m := New()
 	w := m.Wrap(stubFS{})
 	in, out := &fuse.GetAttrIn{}, &fuse.AttrOut{}
 	b.ReportAllocs()
