@@ -89,6 +89,9 @@ type FS struct {
 	// imageLocks order invalidate against the page stores of opens
 	// (imageLock).
 	imageLocks [64]sync.Mutex
+	// pathGetattrs holds the cancel channels of the GETATTR requests in
+	// flight that came without a file handle (bypath.go).
+	pathGetattrs sync.Map
 	// backings are the passthrough backing files of sealed data
 	// (passthrough.go).
 	backings backings
@@ -161,6 +164,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	}
 	raw := gofs.NewNodeFS(root, opts)
 	raw = &passthroughRaw{RawFileSystem: raw, b: &f.backings}
+	raw = &byPathRaw{RawFileSystem: raw, f: f}
 	if o.Metrics != nil {
 		o.Metrics.SetStore(st)
 		raw = o.Metrics.Wrap(raw)

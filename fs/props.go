@@ -203,7 +203,8 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 }
 
 func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if f == nil && p.moved.Load() {
+	byPath := p.fsys.byPath(ctx, f)
+	if byPath && p.moved.Load() {
 		return syscall.ESTALE
 	}
 	im := p.imageFor(ctx)
@@ -215,7 +216,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return 0
 	}
 	if _, ok := im.Property(p.key); !ok {
-		if f == nil {
+		if byPath {
 			return syscall.ESTALE // see propNode.Open
 		}
 		return syscall.ENOENT
