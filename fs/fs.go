@@ -86,9 +86,11 @@ type FS struct {
 	usage usage
 	// cacheNodes is Options.CacheNodes (reaper.go).
 	cacheNodes int
-	// imageLocks order invalidate against the page stores of opens
-	// (imageLock).
-	imageLocks [64]sync.Mutex
+	// pageGates order invalidate against the page stores of opens
+	// (notify.go).
+	pageGates [64]pageGate
+	// entries sends the kernel's entry notifications (notify.go).
+	entries *entryNotifier
 	// pathGetattrs holds the cancel channels of the GETATTR requests in
 	// flight that came without a file handle (bypath.go).
 	pathGetattrs sync.Map
@@ -112,7 +114,7 @@ func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes}
+	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes, entries: newEntryNotifier()}
 	if f.cacheNodes <= 0 {
 		f.cacheNodes = DefaultCacheNodes
 	}
@@ -183,6 +185,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
+	go f.entries.run(done)
 	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c) })
 	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {

@@ -335,24 +335,28 @@ func (p *propNode) cacheForOpen(v string) uint32 {
 		// A change after v was read drops the pages itself.
 		return fuse.FOPEN_KEEP_CACHE
 	}
-	// The value is read and stored under the image's lock, which
-	// invalidate holds too: a change committed after this read drops
-	// the pages after they are stored, never before (which would leave
-	// an older value in them for every reader). Not under p.mu: the
-	// store waits for reads of these pages in flight, and their Read
-	// takes p.mu.
-	l := p.fsys.imageLock(p.id)
-	l.Lock()
-	defer l.Unlock()
-	im := p.fsys.st.Get(p.id)
-	if im == nil {
-		return 0
+	// A change committed after the value is read may drop the pages
+	// before they are stored (which would leave an older value in them
+	// for every reader): the image's pageGate (notify.go) makes this
+	// store drop them again if a change began meanwhile, and that
+	// change's request reply wait for this store. No lock is held across
+	// the store: it waits for reads of these pages in flight, and their
+	// Read takes p.mu.
+	gate := p.fsys.imageGate(p.id)
+	at := gate.beginStore()
+	errno := syscall.ENOENT
+	var cur string
+	if im := p.fsys.st.Get(p.id); im != nil {
+		if v, ok := im.Property(p.key); ok {
+			cur = v
+			errno = p.WriteCache(0, []byte(cur+"\n"))
+		}
 	}
-	cur, ok := im.Property(p.key)
-	if !ok {
-		return 0
-	}
-	if errno := p.WriteCache(0, []byte(cur+"\n")); errno != 0 {
+	gate.endStore(at, func() {
+		p.NotifyContent(0, 0)
+		errno = syscall.ESTALE
+	})
+	if errno != 0 {
 		p.mu.Lock()
 		p.servedOK = false
 		p.mu.Unlock()
