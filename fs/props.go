@@ -415,6 +415,10 @@ type propHandle struct {
 	// SetCreate. refused: a write was refused; nothing is committed.
 	// released: Release ran.
 	created, refused, set, released bool
+	// committing: a commit is in the store call, with mu released;
+	// committed (on mu) is signalled when it ends.
+	committing bool
+	committed  sync.Cond
 }
 
 // uncommitted reports whether the handle's property is one Create made
@@ -587,8 +591,17 @@ func (h *propHandle) Release(ctx context.Context) syscall.Errno {
 	return h.commit()
 }
 
-// commit sets the buffered value if it changed. Must hold h.mu.
+// commit sets the buffered value if it changed. Must hold h.mu, which it
+// releases during the store call: the call drops the kernel's caches
+// (invalidate), and no lock is held across a kernel notification. The
+// commits of one handle take turns (committing).
 func (h *propHandle) commit() syscall.Errno {
+	if h.committed.L == nil {
+		h.committed.L = &h.mu
+	}
+	for h.committing {
+		h.committed.Wait()
+	}
 	if !h.write || !h.dirty {
 		return 0
 	}
@@ -600,7 +613,13 @@ func (h *propHandle) commit() syscall.Errno {
 	if h.created && !h.set {
 		mode = store.SetCreate // see propsDir.Create
 	}
-	err := h.fsys.setProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), mode)
+	value := stripNewline(string(h.buf))
+	h.committing = true
+	h.mu.Unlock()
+	err := h.fsys.setProperty(h.c, h.id, h.key, value, mode)
+	h.mu.Lock()
+	h.committing = false
+	h.committed.Broadcast()
 	if err != nil && h.created && !h.set {
 		// Nothing was created: the file never existed for anyone else.
 		slog.Warn("new property not created", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
