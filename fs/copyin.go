@@ -70,6 +70,6 @@ func (d *imageDir) removeUnfilled(ctx context.Context) bool {
 	slog.Warn("image removed: the copy of a directory into it (cp -a, tar) put nothing in; restore backups with imagefs restore",
 		"id", im.ID, "name", im.Name)
 	d.fsys.forgetImage(im)
-	dropEntry(d.fsys.root().GetChild("images"), im.Name)
+	d.fsys.dropEntry(d.fsys.root().GetChild("images"), im.Name)
 	return true
 }

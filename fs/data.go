@@ -138,7 +138,7 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if im == nil {
 		return syscall.ENOENT
 	}
-	if f == nil && n.renamed() {
+	if n.renamed() && n.fsys.byPath(ctx, f) {
 		// stat(2) through a kernel entry that still maps image.vhd to
 		// the scratch inode: ESTALE makes the kernel look the name up
 		// again (LOOKUP_REVAL) and retry with the image's inode.

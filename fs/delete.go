@@ -75,7 +75,7 @@ func (f *FS) addGhost(im *store.Image, tgid uint32) {
 			images := f.root().GetChild("images")
 			if ch := images.GetChild(im.Name); ch != nil {
 				if d, ok := ch.Operations().(*imageDir); ok && d.id == im.ID {
-					dropEntry(images, im.Name)
+					f.dropEntry(images, im.Name)
 				}
 			}
 		}

@@ -96,9 +96,14 @@ type FS struct {
 	usage usage
 	// cacheNodes is Options.CacheNodes (reaper.go).
 	cacheNodes int
-	// imageLocks order invalidate against the page stores of opens
-	// (imageLock).
-	imageLocks [64]sync.Mutex
+	// pageGates order invalidate against the page stores of opens
+	// (notify.go).
+	pageGates [64]pageGate
+	// entries sends the kernel's entry notifications (notify.go).
+	entries *entryNotifier
+	// pathGetattrs holds the cancel channels of the GETATTR requests in
+	// flight that came without a file handle (bypath.go).
+	pathGetattrs sync.Map
 	// backings are the passthrough backing files of sealed data
 	// (passthrough.go).
 	backings backings
@@ -119,7 +124,7 @@ func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes}
+	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes, entries: newEntryNotifier()}
 	if f.cacheNodes <= 0 {
 		f.cacheNodes = DefaultCacheNodes
 	}
@@ -171,6 +176,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	}
 	raw := gofs.NewNodeFS(root, opts)
 	raw = &passthroughRaw{RawFileSystem: raw, b: &f.backings}
+	raw = &byPathRaw{RawFileSystem: raw, f: f}
 	if o.Metrics != nil {
 		o.Metrics.SetStore(st)
 		raw = o.Metrics.Wrap(raw)
@@ -189,6 +195,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
+	go f.entries.run(done)
 	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c) })
 	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {

@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -168,7 +167,7 @@ func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMo
 	old := f.st.Get(id)
 	err := f.st.SetProperty(c, id, key, value, mode)
 	if err == nil && key == store.KeyName && old != nil && old.Name != value {
-		dropEntry(f.root().GetChild("images"), old.Name)
+		f.dropEntry(f.root().GetChild("images"), old.Name)
 	}
 	return err
 }
@@ -176,31 +175,7 @@ func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMo
 // forgetImage drops a deleted image's directory entries from the kernel's
 // caches (the other tree's entry is not known to the kernel as removed).
 func (f *FS) forgetImage(im *store.Image) {
-	dropEntry(f.byIDInode(), im.ID)
-}
-
-// dropEntryWait is how long dropEntry waits for the kernel.
-const dropEntryWait = 100 * time.Millisecond
-
-// dropEntry drops the kernel's entry name in dir, waiting for it up to
-// dropEntryWait so that the request that made the change replies after
-// it. The notification needs the lock of dir, which a request the caller's
-// own request waits on may hold (rmdir images/X holds images/ and waits
-// for X, which a setxattr on X holds while it waits for this reply): so
-// it is sent from its own goroutine, and after dropEntryWait the reply
-// goes out and the notification lands when dir is free.
-func dropEntry(dir *gofs.Inode, name string) {
-	done := make(chan struct{})
-	go func() {
-		dir.NotifyEntry(name) // ENOENT: the kernel had no entry
-		close(done)
-	}()
-	t := time.NewTimer(dropEntryWait)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	}
+	f.dropEntry(f.byIDInode(), im.ID)
 }
 
 func (f *FS) byIDInode() *gofs.Inode {

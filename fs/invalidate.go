@@ -1,8 +1,6 @@
 package fs
 
 import (
-	"hash/fnv"
-	"sync"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -28,20 +26,23 @@ const untilChanged = time.Hour
 // images/ (old and new name) and by-id/, and what is below them. Their
 // attributes are dropped (every change moves updated_at, which is their
 // mtime); a property file whose value changed also loses its cached
-// pages. Entries of removed properties are dropped in the background:
+// pages. Entries of removed properties are dropped in the background
+// (dropEntryLater), the one exception to "before the request replies":
 // that needs the lock of properties/, which the kernel may hold for the
 // very request being served (unlink, rename, create). Until then the old
 // entry leads to an inode whose Getattr and Open by path answer ESTALE,
 // which makes the kernel look the name up again.
 //
-// The store calls it with no store lock held. A notification that drops
-// pages waits for reads of those pages in flight; those reads never wait
-// for a store change, so this cannot deadlock.
+// The store calls it with no store lock held, and it holds none of its
+// own (notify.go). A notification that drops pages waits for reads of
+// those pages in flight; those reads never wait for a store change, so
+// this cannot deadlock.
 func (f *FS) invalidate(c store.Change) {
 	id := c.ID()
-	l := f.imageLock(id) // see propNode.cacheForOpen
-	l.Lock()
-	defer l.Unlock()
+	// Counted before any page is dropped; the stores of opens that read
+	// an older value are waited for (pageGate).
+	gate := f.imageGate(id)
+	defer gate.waitStores(gate.change())
 	var dirs []*gofs.Inode
 	add := func(d *gofs.Inode) {
 		if d == nil {
@@ -89,7 +90,7 @@ func (f *FS) invalidate(c store.Change) {
 				was, had := value(c.Old, key)
 				is, has := value(c.New, key)
 				if had && !has && c.New != nil {
-					go ch.NotifyEntry(entry)
+					f.dropEntryLater(ch, entry)
 				}
 				if done[p] {
 					continue
@@ -106,14 +107,6 @@ func (f *FS) invalidate(c store.Change) {
 			}
 		}
 	}
-}
-
-// imageLock returns the lock that orders invalidate against
-// propNode.cacheForOpen for image id (one of a fixed set, by hash).
-func (f *FS) imageLock(id string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	return &f.imageLocks[h.Sum32()%uint32(len(f.imageLocks))]
 }
 
 // value returns property key of im (nil: none).

@@ -203,7 +203,8 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 }
 
 func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if f == nil && p.moved.Load() {
+	byPath := p.fsys.byPath(ctx, f)
+	if byPath && p.moved.Load() {
 		return syscall.ESTALE
 	}
 	im := p.imageFor(ctx)
@@ -215,7 +216,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return 0
 	}
 	if _, ok := im.Property(p.key); !ok {
-		if f == nil {
+		if byPath {
 			return syscall.ESTALE // see propNode.Open
 		}
 		return syscall.ENOENT
@@ -334,24 +335,28 @@ func (p *propNode) cacheForOpen(v string) uint32 {
 		// A change after v was read drops the pages itself.
 		return fuse.FOPEN_KEEP_CACHE
 	}
-	// The value is read and stored under the image's lock, which
-	// invalidate holds too: a change committed after this read drops
-	// the pages after they are stored, never before (which would leave
-	// an older value in them for every reader). Not under p.mu: the
-	// store waits for reads of these pages in flight, and their Read
-	// takes p.mu.
-	l := p.fsys.imageLock(p.id)
-	l.Lock()
-	defer l.Unlock()
-	im := p.fsys.st.Get(p.id)
-	if im == nil {
-		return 0
+	// A change committed after the value is read may drop the pages
+	// before they are stored (which would leave an older value in them
+	// for every reader): the image's pageGate (notify.go) makes this
+	// store drop them again if a change began meanwhile, and that
+	// change's request reply wait for this store. No lock is held across
+	// the store: it waits for reads of these pages in flight, and their
+	// Read takes p.mu.
+	gate := p.fsys.imageGate(p.id)
+	at := gate.beginStore()
+	errno := syscall.ENOENT
+	var cur string
+	if im := p.fsys.st.Get(p.id); im != nil {
+		if v, ok := im.Property(p.key); ok {
+			cur = v
+			errno = p.WriteCache(0, []byte(cur+"\n"))
+		}
 	}
-	cur, ok := im.Property(p.key)
-	if !ok {
-		return 0
-	}
-	if errno := p.WriteCache(0, []byte(cur+"\n")); errno != 0 {
+	gate.endStore(at, func() {
+		p.NotifyContent(0, 0)
+		errno = syscall.ESTALE
+	})
+	if errno != 0 {
 		p.mu.Lock()
 		p.servedOK = false
 		p.mu.Unlock()
@@ -410,6 +415,10 @@ type propHandle struct {
 	// SetCreate. refused: a write was refused; nothing is committed.
 	// released: Release ran.
 	created, refused, set, released bool
+	// committing: a commit is in the store call, with mu released;
+	// committed (on mu) is signalled when it ends.
+	committing bool
+	committed  sync.Cond
 }
 
 // uncommitted reports whether the handle's property is one Create made
@@ -582,8 +591,17 @@ func (h *propHandle) Release(ctx context.Context) syscall.Errno {
 	return h.commit()
 }
 
-// commit sets the buffered value if it changed. Must hold h.mu.
+// commit sets the buffered value if it changed. Must hold h.mu, which it
+// releases during the store call: the call drops the kernel's caches
+// (invalidate), and no lock is held across a kernel notification. The
+// commits of one handle take turns (committing).
 func (h *propHandle) commit() syscall.Errno {
+	if h.committed.L == nil {
+		h.committed.L = &h.mu
+	}
+	for h.committing {
+		h.committed.Wait()
+	}
 	if !h.write || !h.dirty {
 		return 0
 	}
@@ -595,7 +613,13 @@ func (h *propHandle) commit() syscall.Errno {
 	if h.created && !h.set {
 		mode = store.SetCreate // see propsDir.Create
 	}
-	err := h.fsys.setProperty(h.c, h.id, h.key, stripNewline(string(h.buf)), mode)
+	value := stripNewline(string(h.buf))
+	h.committing = true
+	h.mu.Unlock()
+	err := h.fsys.setProperty(h.c, h.id, h.key, value, mode)
+	h.mu.Lock()
+	h.committing = false
+	h.committed.Broadcast()
 	if err != nil && h.created && !h.set {
 		// Nothing was created: the file never existed for anyone else.
 		slog.Warn("new property not created", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)

@@ -55,7 +55,7 @@ func (f *FS) invalidateViews(c store.Change) {
 					notified = true
 				}
 				if !stays {
-					dropEntry(vd, c.Old.Name)
+					f.dropEntry(vd, c.Old.Name)
 				}
 			}
 		}
@@ -65,10 +65,10 @@ func (f *FS) invalidateViews(c store.Change) {
 		// The key can be left empty only with the value.
 		if ok, err := f.st.ViewHasValue(viewer, k, was); err == nil && !ok {
 			if vd != nil {
-				dropEntry(kd, layout.ViewName(was))
+				f.dropEntry(kd, layout.ViewName(was))
 			}
 			if ok, err := f.st.ViewHasKey(viewer, k, layout.Listed); err == nil && !ok {
-				dropEntry(bp, k)
+				f.dropEntry(bp, k)
 			}
 		}
 	}

@@ -7,7 +7,9 @@
 // guards one upload's file, size and hashes; liveImage.sealMu makes the
 // seals of one image take turns. Lock order: Upload.mu, liveImage.sealMu,
 // Store.mu; never hold Store.mu while doing data I/O other than a catalog
-// commit. Store.deliverMu (changes.go) is taken with none of these held.
+// commit. Store.deliverMu (changes.go) comes after Store.mu and guards
+// only the queue of changes to deliver: the change hook runs with no
+// store lock held.
 // Published *Image values are immutable snapshots, read without a lock
 // once obtained.
 package store
@@ -80,12 +82,17 @@ type Store struct {
 	seq     uint64 // staging file names
 
 	// The change hook (changes.go): changes committed and not yet
-	// delivered (guarded by mu), how many (pending plus those being
-	// delivered), and who delivers.
-	pending   []Change
-	npending  atomic.Int64
-	deliverMu sync.Mutex
-	onChange  atomic.Pointer[func(Change)]
+	// taken for delivery, how many were ever noted, the first numbers
+	// of the batches being delivered (all guarded by deliverMu, which
+	// delivered waits on), and how many are noted and not yet
+	// delivered to the end.
+	pending    []Change
+	noted      uint64
+	delivering []uint64
+	delivered  sync.Cond
+	npending   atomic.Int64
+	deliverMu  sync.Mutex
+	onChange   atomic.Pointer[func(Change)]
 
 	ww writerWatch // writers of provisional seals (reopen.go)
 }
@@ -144,6 +151,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		images: map[string]*Image{}, byName: map[string]string{},
 		live: map[string]*liveImage{},
 	}
+	s.delivered.L = &s.deliverMu
 	if err := s.load(); err != nil {
 		cat.close()
 		return nil, err
