@@ -57,6 +57,20 @@ import (
 //	README.md "(mv onto a name the user sees fails first at the sticky bit of images/: EPERM)" TestNamesOneNamespace
 //	README.md "mv properties/a properties/b ... the rename fails with EPERM (mv would print EINVAL ...)" TestRenamePropertyOntoTypedKey
 //	README.md "cp -a /backup/X $M/images/ ... an image whose maker sets its directory's times ... is removed" TestCopyArchiveIntoImages
+//	README.md "An rm that races the seal either discards the upload ... or fails with EPERM" TestUnlinkDuringSeal
+//	README.md "After a refusal, the tool's removals of that image's property and scratch files fail the same way" TestDeleteRefused
+//	README.md "RENAME_NOREPLACE works, RENAME_EXCHANGE is EINVAL"            TestRenameNoReplace
+//	README.md "A file created and closed without a write (touch, : >) adds the key with an empty value" TestPropertyCreate
+//
+// Store rules that other store tests already check, case by case:
+//
+//	README.md "If a catalog commit fails all the same (an I/O error), the change fails with EIO, nothing is changed" TestCatalogCommitFailureIsEIONotPanic
+//	README.md "when even that is missing it first gives back the 1 MiB of STORE/catalog/imagefs-reserve" TestDeleteOnFullDiskUsesReserve
+//	README.md "a seal whose record did not commit is finished from its data"  TestCompleteUncommittedSeal
+//	README.md "the data of an image whose delete had committed is removed"    TestInterruptedDeleteRemovesData
+//	README.md "A store that group or others can read ... is tightened at mount" TestOpenTightensLooseStore
+//	README.md "imagefs fsck STORE checks a store that is not mounted ..."     TestCheckFindsAndRepairs, TestCheckRecordsAndIndex
+//	README.md "Writes that arrive in order are hashed as they arrive"         TestSealInOrderAndOutOfOrder
 
 // contractCase is one sentence of the contract and its check.
 type contractCase struct {
@@ -239,6 +253,17 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, err, ErrInvalid)
 		_, err = s.Create(alice, "")
 		assert.ErrorIs(t, err, ErrInvalid)
+	}},
+	{"layout.md", "An id never moves and its bytes never change. ... `by-id/<id>/image.vhd`: that path yields those bytes or ENOENT, never another image's data, even while names are renamed, deleted and reused", func(t *testing.T, s *Store) {
+		old, data := active(t, s, alice, "a")
+		require.NoError(t, s.Rename(alice, old.ID, "a-old"))
+		fresh, freshData := active(t, s, alice, "a") // a new image takes the old name
+		assert.NotEqual(t, old.ID, fresh.ID)
+		assert.Equal(t, data, readAll(t, s, alice, old.ID))
+		assert.Equal(t, freshData, readAll(t, s, alice, fresh.ID))
+		require.NoError(t, s.Delete(alice, old.ID))
+		_, err := s.OpenRead(alice, old.ID)
+		assert.ErrorIs(t, err, ErrNotFound, "ENOENT, never another image's data")
 	}},
 	{"layout.md", "Deleting an image removes its data and its record in one change", func(t *testing.T, s *Store) {
 		im, _ := active(t, s, alice, "a")
@@ -1090,6 +1115,51 @@ var contractCases = []contractCase{
 		assert.True(t, s.DataVisible(s.Get(im.ID), false), "created again")
 		assert.ErrorIs(t, s.Release(u), ErrRefused, "created and closed empty: upload empty")
 		assert.ErrorIs(t, s.DiscardUpload(bob, im.ID), ErrPermission)
+	}},
+	{"README.md", "No staging file outlives its upload.", func(t *testing.T, s *Store) {
+		staged := func() []os.DirEntry {
+			ents, err := os.ReadDir(filepath.Join(s.Dir(), "staging"))
+			require.NoError(t, err)
+			return ents
+		}
+		active(t, s, alice, "sealed")
+		killed(t, s, alice, "killed")
+		d := killed(t, s, alice, "discarded")
+		require.NoError(t, s.DiscardUpload(alice, d.ID))
+		_, u := saving(t, s, alice, "deleted")
+		require.NoError(t, s.Delete(alice, s.Lookup("deleted").ID))
+		s.Release(u)
+		im := queued(t, s, alice, "scratch")
+		sc, err := s.CreateScratch(alice, im.ID, ".tmp")
+		require.NoError(t, err)
+		require.NoError(t, s.Release(sc))
+		require.NoError(t, s.RemoveScratch(alice, im.ID, ".tmp"))
+		assert.Empty(t, staged())
+	}},
+	{"README.md", "the image is `deactivated` with the reason in `imagefs_deactivate_reason` (not bootable; root may reactivate it, which removes the reason)", func(t *testing.T, s *Store) {
+		im, _ := active(t, s, alice, "a")
+		rawCommit(t, s, func(tx *txn) { // as a writer's late reopen leaves it (reopen.go)
+			next := im.clone()
+			next.Status = StatusDeactivated
+			setExtra(next, KeyDeactivateReason, "its writer opened image.vhd for writing again")
+			tx.putImage(next)
+			tx.reindex(im, next)
+		})
+		s2, err := Open(crashCopy(t, s), Options{})
+		require.NoError(t, err)
+		defer s2.Close()
+		assert.ErrorIs(t, s2.SetProperty(alice, im.ID, KeyStatus, "active", SetAny), ErrNotPermitted)
+		assert.ErrorIs(t, s2.SetProperty(Root, im.ID, KeyDeactivateReason, "", SetAny), ErrImmutable)
+		require.NoError(t, s2.SetProperty(Root, im.ID, KeyStatus, "active", SetAny))
+		_, has := s2.Get(im.ID).Extra[KeyDeactivateReason]
+		assert.False(t, has, "reactivating removes the reason")
+	}},
+	{"README.md", "| visibility | ... | directories | `private` ... 0700 | `shared`, `community`, `public` ... 0755", func(t *testing.T, s *Store) {
+		im := queued(t, s, alice, "a")
+		assert.False(t, im.OthersMayRead(), "private")
+		for _, v := range []string{"shared", "community", "public"} {
+			assert.True(t, withVisibility(t, s, im, v).OthersMayRead(), v)
+		}
 	}},
 	{"README.md", "`vhd_size_mib_aligned` says whether Current Size is a whole number of MiB ...; it is a fact, not one of the `vhd_warnings`", func(t *testing.T, s *Store) {
 		for size, want := range map[int]string{1 << 20: "true", 1<<20 + 512*7: "false"} {
