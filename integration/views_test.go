@@ -257,7 +257,7 @@ var chmodPathForOthers = testutil.ChmodPathForOthers
 
 // asUser runs a shell script as uid/gid with no supplementary groups.
 func asUser(uid string, script string, args ...string) result {
-	return execCmd("setpriv", append([]string{"--reuid=" + uid, "--regid=" + uid, "--clear-groups", "sh", "-c", script, "sh"}, args...)...)
+	return execCmd("setpriv", append(testutil.SetprivArgs(uid, false), append([]string{"sh", "-c", script, "sh"}, args...)...)...)
 }
 
 func mustAsUser(t testing.TB, uid, script string, args ...string) string {
