@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/imagefs/imagefs/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +23,7 @@ import (
 // see shared ones once they are members; only the owner (or root) changes
 // properties or deletes an image; root deactivates and reactivates.
 //
-// Other users act through sysHelper: this test binary, run as that user
+// Other users act through testutil.SysHelper: this test binary, run as that user
 // with setpriv, makes one system call and reports its errno by name, so
 // the tests assert errnos rather than the wording of some tool.
 
@@ -33,178 +33,12 @@ const (
 	userC = "1003" // a third user, never a member
 )
 
-// sysHelperEnv makes the test binary a one-syscall helper (sysHelperMain)
-// instead of running tests.
-const sysHelperEnv = "IMAGEFS_SYSCALL_HELPER"
-
-func init() {
-	if os.Getenv(sysHelperEnv) == "1" {
-		os.Exit(sysHelperMain(os.Args[1:]))
-	}
-}
-
-// sysHelperMain performs one operation and prints its output on stdout.
-// On failure it prints "ERRNO step" (for example "EACCES open") on stderr
-// and exits 1; on a usage error it exits 2.
-func sysHelperMain(args []string) int {
-	if len(args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: OP PATH [ARG...]")
-		return 2
-	}
-	out, step, err := sysOp(args[0], args[1], args[2:])
-	os.Stdout.Write(out)
-	if err != nil {
-		var en syscall.Errno
-		if !errors.As(err, &en) {
-			fmt.Fprintf(os.Stderr, "EUNKNOWN %s %v\n", step, err)
-			return 1
-		}
-		fmt.Fprintf(os.Stderr, "%s %s\n", unix.ErrnoName(en), step)
-		return 1
-	}
-	return 0
-}
-
-// sysOp performs op on path and returns its output, the step that failed
-// and the error.
-func sysOp(op, path string, args []string) ([]byte, string, error) {
-	arg := func(i int) string {
-		if i < len(args) {
-			return args[i]
-		}
-		return ""
-	}
-	switch op {
-	case "stat": // lstat: "mode(octal) uid size"
-		var st syscall.Stat_t
-		if err := syscall.Lstat(path, &st); err != nil {
-			return nil, "lstat", err
-		}
-		return fmt.Appendf(nil, "%o %d %d\n", st.Mode&0o7777, st.Uid, st.Size), "", nil
-	case "ls": // one name per line
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, "open", errnoOrErr(err)
-		}
-		defer f.Close()
-		names, err := f.Readdirnames(-1)
-		if err != nil {
-			return nil, "getdents", errnoOrErr(err)
-		}
-		slices.Sort(names)
-		var b bytes.Buffer
-		for _, n := range names {
-			b.WriteString(n + "\n")
-		}
-		return b.Bytes(), "", nil
-	case "read": // the file's bytes
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, "open", errnoOrErr(err)
-		}
-		defer f.Close()
-		b, err := io.ReadAll(f)
-		if err != nil {
-			return b, "read", errnoOrErr(err)
-		}
-		return b, "", nil
-	case "write", "create": // open (as sh's >, or O_CREAT|O_EXCL), write, close
-		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-		if op == "create" {
-			flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
-		}
-		f, err := os.OpenFile(path, flags, 0o644)
-		if err != nil {
-			return nil, "open", errnoOrErr(err)
-		}
-		if _, err := f.WriteString(arg(0)); err != nil {
-			f.Close()
-			return nil, "write", errnoOrErr(err)
-		}
-		if err := f.Close(); err != nil {
-			return nil, "close", errnoOrErr(err)
-		}
-		return nil, "", nil
-	case "truncate":
-		n, _ := strconv.ParseInt(arg(0), 10, 64)
-		return nil, "truncate", syscall.Truncate(path, n)
-	case "mkdir":
-		return nil, "mkdir", syscall.Mkdir(path, 0o755)
-	case "rmdir":
-		return nil, "rmdir", syscall.Rmdir(path)
-	case "unlink":
-		return nil, "unlink", syscall.Unlink(path)
-	case "rename":
-		return nil, "rename", syscall.Rename(path, arg(0))
-	case "chmod":
-		n, _ := strconv.ParseUint(arg(0), 8, 32)
-		return nil, "chmod", syscall.Chmod(path, uint32(n))
-	case "getxattr":
-		buf := make([]byte, 1<<17)
-		n, err := unix.Lgetxattr(path, arg(0), buf)
-		if err != nil {
-			return nil, "getxattr", err
-		}
-		return buf[:n], "", nil
-	case "listxattr":
-		buf := make([]byte, 1<<17)
-		n, err := unix.Llistxattr(path, buf)
-		if err != nil {
-			return nil, "listxattr", err
-		}
-		names := strings.Split(strings.TrimSuffix(string(buf[:n]), "\x00"), "\x00")
-		return []byte(strings.Join(names, "\n") + "\n"), "", nil
-	case "setxattr":
-		return nil, "setxattr", unix.Lsetxattr(path, arg(0), []byte(arg(1)), 0)
-	case "removexattr":
-		return nil, "removexattr", unix.Lremovexattr(path, arg(0))
-	}
-	return nil, "usage", fmt.Errorf("unknown op %q", op)
-}
-
-// errnoByName returns the errno named name ("EACCES"), or 0.
-func errnoByName(name string) syscall.Errno {
-	for e := syscall.Errno(1); e < 256; e++ {
-		if unix.ErrnoName(e) == name {
-			return e
-		}
-	}
-	return 0
-}
-
-func errnoOrErr(err error) error {
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return en
-	}
-	return err
-}
-
-// sysHelper is where a copy of this test binary lies that other users may
-// run (the go-build directory is 0700).
-func sysHelper(t testing.TB) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	dst := filepath.Join(dir, "syshelper")
-	copyFile(t, self, dst)
-	if err := os.Chmod(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	chmodPathForOthers(t, dst)
-	return dst
-}
-
 // sysResult is what one helper call did: its output and errno (0 for
 // success) and the step that failed.
 type sysResult struct {
 	out   string
 	errno syscall.Errno
 	step  string
-	raw   result
 }
 
 func (r sysResult) String() string {
@@ -240,32 +74,15 @@ func (u actor) name() string {
 
 // privArgs returns the arguments of setpriv that run a command as the
 // user (the command follows them).
-func (u actor) privArgs() []string {
-	pargs := []string{"--reuid=" + u.uid, "--regid=" + u.uid, "--clear-groups"}
-	if u.caps {
-		pargs = append(pargs, "--inh-caps=+dac_override,+fowner", "--ambient-caps=+dac_override,+fowner")
-	}
-	return pargs
-}
+func (u actor) privArgs() []string { return testutil.SetprivArgs(u.uid, u.caps) }
 
 // do runs op path args as the user and returns what happened.
 func (u actor) do(op, path string, args ...string) sysResult {
-	pargs := append(u.privArgs(), "env", sysHelperEnv+"=1", u.helper, op, path)
-	r := execCmd("setpriv", append(pargs, args...)...)
-	res := sysResult{out: r.stdout, raw: r}
-	if r.code == 1 {
-		f := strings.Fields(r.stderr)
-		if len(f) >= 2 {
-			res.step = f[1]
-			if en := errnoByName(f[0]); en != 0 {
-				res.errno = en
-			}
-		}
+	r := testutil.SysAs(u.helper, u.privArgs(), op, path, args...)
+	if r.Err != nil && r.Errno == 0 {
+		u.t.Fatalf("%s: %s %s: %s", u.name(), op, path, r)
 	}
-	if r.err != nil && res.errno == 0 {
-		u.t.Fatalf("%s: %s %s: helper failed: %s", u.name(), op, path, r)
-	}
-	return res
+	return sysResult{out: r.Out, errno: r.Errno, step: r.Step}
 }
 
 // must runs op and fails the test unless it succeeds; it returns the
@@ -314,7 +131,7 @@ func mountAllowOther(t *testing.T, args ...string) *accessMount {
 	m.Args = append([]string{"--allow-other"}, args...)
 	m.remount()
 	chmodPathForOthers(t, m.Mnt)
-	return &accessMount{fsMount: m, t: t, helper: sysHelper(t)}
+	return &accessMount{fsMount: m, t: t, helper: testutil.SysHelper(t)}
 }
 
 // sharedFixture makes a small dynamic VHD that other users can read.

@@ -1,12 +1,13 @@
 package integration
 
 import (
-	"encoding/json"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // vhdFixture is a VHD made by qemu-img from random raw data, with the
@@ -82,18 +83,4 @@ func convertVHD(t testing.TB, raw, subformat string) vhdFixture {
 
 // qemuVirtualSize returns the virtual-size of `qemu-img info -f vpc
 // --output=json path`.
-func qemuVirtualSize(t testing.TB, path string) int64 {
-	t.Helper()
-	var info struct {
-		VirtualSize int64  `json:"virtual-size"`
-		Format      string `json:"format"`
-	}
-	out := run(t, "qemu-img", "info", "-f", "vpc", "--output=json", path)
-	if err := json.Unmarshal([]byte(out), &info); err != nil {
-		t.Fatalf("qemu-img info %s: %v\n%s", path, err, out)
-	}
-	if info.Format != "vpc" || info.VirtualSize <= 0 {
-		t.Fatalf("qemu-img info %s: format %q virtual-size %d", path, info.Format, info.VirtualSize)
-	}
-	return info.VirtualSize
-}
+var qemuVirtualSize = testutil.QemuVirtualSize

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imagefs/imagefs/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,7 +28,7 @@ var (
 )
 
 // inCI reports whether the tests run in CI, where nothing may be skipped.
-func inCI() bool { return os.Getenv("CI") == "true" }
+var inCI = testutil.InCI
 
 func TestMain(m *testing.M) {
 	os.Exit(testMain(m))

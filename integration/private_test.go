@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // storeModes lists the entries of the store whose mode is not the private
@@ -58,7 +60,7 @@ func loosenStore(t *testing.T, store string) {
 func TestStorePrivate(t *testing.T) {
 	requireTools(t, "setpriv", "find", "chmod")
 	m := mount(t)
-	u := actor{t: t, helper: sysHelper(t), uid: userA}
+	u := actor{t: t, helper: testutil.SysHelper(t), uid: userA}
 	chmodPathForOthers(t, m.Store) // only the store's own modes keep others out
 	fx := makeVHD(t, 3*mib, "dynamic")
 	id := m.mkimage("secret")

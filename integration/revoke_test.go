@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/imagefs/imagefs/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +24,7 @@ import (
 // property file all fail with ENOENT, as for an image the user never saw.
 // Open data descriptors keep reading the sealed bytes.
 //
-// The user holds its descriptors in heldHelper: the test binary (sysHelper's
+// The user holds its descriptors in heldHelper: the test binary (testutil.SysHelper's
 // copy), run as that user with setpriv, which reads one command a line and
 // answers each with one line.
 
@@ -205,7 +206,7 @@ func (h *held) do(args ...string) (string, syscall.Errno) {
 		return s, 0
 	}
 	name, _ := strings.CutPrefix(line, "err ")
-	en := errnoByName(name)
+	en := testutil.ErrnoByName(name)
 	if en == 0 {
 		h.t.Fatalf("%s: held helper: %q: %s", h.who, args, line)
 	}

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // Tests of issue #12 item 3: data not yet sealed (scratch files: cp into
@@ -21,7 +23,7 @@ import (
 // and waits for it.
 func startAs(t *testing.T, uid, script string, args ...string) (stop func()) {
 	t.Helper()
-	cmd := exec.Command("setpriv", append([]string{"--reuid=" + uid, "--regid=" + uid, "--clear-groups", "sh", "-c", script, "sh"}, args...)...)
+	cmd := exec.Command("setpriv", append(testutil.SetprivArgs(uid, false), append([]string{"sh", "-c", script, "sh"}, args...)...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

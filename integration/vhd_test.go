@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // Tests of issue #3, VHD inspection at seal: an upload that is not a
@@ -19,24 +21,7 @@ import (
 // sampleDir returns the directory of the shared VHD samples:
 // $IMAGEFS_VHD_SAMPLES, else ../shared/vhd-samples from the module root.
 // Without it the test is skipped, or fails when CI=true.
-func sampleDir(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("IMAGEFS_VHD_SAMPLES")
-	if dir == "" {
-		root, err := filepath.Abs("..") // the tests run in integration/
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = filepath.Join(root, "..", "shared", "vhd-samples")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "win8.vhd")); err != nil {
-		if inCI() {
-			t.Fatalf("CI=true and the VHD samples are missing: %v", err)
-		}
-		t.Skipf("VHD samples not found (set IMAGEFS_VHD_SAMPLES): %v", err)
-	}
-	return dir
-}
+var sampleDir = testutil.SamplesDir
 
 // vhdSample is what the shared samples are, as the VHD footers say
 // (Current Size, creator, Unique Id) and which warnings they earn.

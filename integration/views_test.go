@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // Tests of the filter views, by-property/<key>/<value>/<name> ->
@@ -249,26 +251,13 @@ func TestViewsEscaping(t *testing.T) {
 	}
 }
 
-// chmodPathForOthers lets other users reach path: t.TempDir() makes its
-// directories 0700.
-func chmodPathForOthers(t testing.TB, path string) {
-	t.Helper()
-	for dir := filepath.Dir(path); dir != "/" && dir != os.TempDir(); dir = filepath.Dir(dir) {
-		fi, err := os.Stat(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm()&0o005 != 0o005 {
-			if err := os.Chmod(dir, fi.Mode().Perm()|0o005); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
+// chmodPathForOthers lets other users reach path (o+rx on the directories
+// above it).
+var chmodPathForOthers = testutil.ChmodPathForOthers
 
 // asUser runs a shell script as uid/gid with no supplementary groups.
 func asUser(uid string, script string, args ...string) result {
-	return execCmd("setpriv", append([]string{"--reuid=" + uid, "--regid=" + uid, "--clear-groups", "sh", "-c", script, "sh"}, args...)...)
+	return execCmd("setpriv", append(testutil.SetprivArgs(uid, false), append([]string{"sh", "-c", script, "sh"}, args...)...)...)
 }
 
 func mustAsUser(t testing.TB, uid, script string, args ...string) string {

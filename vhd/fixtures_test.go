@@ -1,7 +1,6 @@
 package vhd
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // fixture is a VHD made by qemu-img for a test.
@@ -129,19 +130,6 @@ func qemuLegacy(t testing.TB) bool {
 	return major < 10
 }
 
-// qemuVirtualSize returns qemu-img's virtual-size for a VHD.
-func qemuVirtualSize(t testing.TB, path string) uint64 {
-	t.Helper()
-	var v struct {
-		VirtualSize uint64 `json:"virtual-size"`
-	}
-	out := run(t, "qemu-img", "info", "-f", "vpc", "--output=json", path)
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("qemu-img info %s: %v\n%s", path, err, out)
-	}
-	return v.VirtualSize
-}
-
 // sevenZipSize returns the Size 7-Zip lists for the disk inside a VHD.
 func sevenZipSize(t testing.TB, path string) uint64 {
 	t.Helper()
@@ -177,7 +165,7 @@ func crossCheck(t *testing.T, path string, info *Info) {
 	requireTool(t, "7zz")
 	requireTool(t, "vhdiinfo")
 	legacy := qemuLegacy(t)
-	if got, want := qemuVirtualSize(t, path), info.QemuVirtualSize(legacy); got != want {
+	if got, want := uint64(testutil.QemuVirtualSize(t, path)), info.QemuVirtualSize(legacy); got != want {
 		t.Errorf("qemu-img virtual-size %d, want %d (Current Size %d, geometry size %d, creator %q, qemu legacy %v)",
 			got, want, info.CurrentSize, info.GeometrySize, info.CreatorApplication, legacy)
 	}

@@ -9,36 +9,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // testNow is the reference time of tests: after every fixture and sample.
 var testNow = time.Now().Add(time.Hour)
 
-// inCI reports whether the tests run in CI, where nothing may be skipped.
-func inCI() bool { return os.Getenv("CI") == "true" }
-
 // skipOrFail skips the test, or fails it in CI.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if inCI() {
-		t.Fatalf("CI=true: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
+var skipOrFail = testutil.SkipOrFail
 
 // samplesDir returns the shared VHD samples directory: $IMAGEFS_VHD_SAMPLES
-// or ../../shared/vhd-samples from the package directory.
-func samplesDir(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("IMAGEFS_VHD_SAMPLES")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "shared", "vhd-samples")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "qemu.vhd")); err != nil {
-		skipOrFail(t, "VHD samples not found (set IMAGEFS_VHD_SAMPLES): %v", err)
-	}
-	return dir
-}
+// or ../shared/vhd-samples from the module root.
+var samplesDir = testutil.SamplesDir
 
 // sample returns the bytes of a shared sample.
 func sample(t testing.TB, name string) []byte {

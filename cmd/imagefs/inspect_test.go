@@ -9,25 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // samplesDir returns the shared VHD samples: $IMAGEFS_VHD_SAMPLES or
-// ../../../shared/vhd-samples from this package. With CI=true they must be
+// ../shared/vhd-samples from the module root. With CI=true they must be
 // there.
-func samplesDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("IMAGEFS_VHD_SAMPLES")
-	if dir == "" {
-		dir = filepath.Join("..", "..", "..", "shared", "vhd-samples")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "qemu.vhd")); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: VHD samples not found (set IMAGEFS_VHD_SAMPLES): %v", err)
-		}
-		t.Skipf("VHD samples not found (set IMAGEFS_VHD_SAMPLES): %v", err)
-	}
-	return dir
-}
+var samplesDir = testutil.SamplesDir
 
 func runCmd(args ...string) (status int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
