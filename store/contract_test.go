@@ -308,15 +308,19 @@ var contractCases = []contractCase{
 		_, err = s.OpenWrite(alice, a.ID, false)
 		assert.ErrorIs(t, err, ErrImmutable, "active")
 	}},
-	{"layout.md", "A file of any other name in the image directory is a scratch upload: never sealed by itself", func(t *testing.T, s *Store) {
-		t.Skip("layout.md is out of date (reported): only a temporary name (starting with '.') is a scratch file; " +
-			"a file created under any other name is an upload of image.vhd, sealed at its close (README \"Upload and seal\", CreateFile)")
+	{"layout.md", "A file created in the image directory under another name is an upload of the image's data under that name ... it is sealed at its writer's close ... A file whose name starts with `.` is a temporary (scratch) file, never sealed by itself", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
-		u, err := s.CreateFile(alice, im.ID, "disk.vhd", Writer{})
+		u, err := s.CreateFile(alice, im.ID, ".disk.vhd.tmp", Writer{})
 		require.NoError(t, err)
 		writeAt(t, u, fixedVHD(t, 1<<20), 0)
 		closeWrite(s, u)
-		assert.Equal(t, StatusQueued, s.Get(im.ID).Status, "never sealed by itself")
+		assert.Equal(t, StatusQueued, s.Get(im.ID).Status, "a temporary file is never sealed by itself")
+		im2 := queued(t, s, alice, "b")
+		u, err = s.CreateFile(alice, im2.ID, "disk.vhd", Writer{})
+		require.NoError(t, err)
+		writeAt(t, u, fixedVHD(t, 1<<20), 0)
+		require.NoError(t, closeWrite(s, u))
+		assert.Equal(t, StatusActive, s.Get(im2.ID).Status, "any other name is an upload, sealed at its close")
 	}},
 	{"layout.md", "renaming it onto `image.vhd` completes the upload.", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -645,15 +649,14 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyDiskFormat, "qcow2", SetAny), ErrImmutable)
 		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyContainerFormat, "ovf", SetAny), ErrImmutable)
 	}},
-	{"concepts.md", "custom keys | key 1-255 bytes, value up to 65535 bytes | owner", func(t *testing.T, s *Store) {
+	{"concepts.md", "custom keys | key 1-250 bytes (so that the extended attribute `user.<key>` fits the kernel's 255-byte limit), value up to 65535 bytes | owner", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		assert.NoError(t, s.SetProperty(alice, im.ID, "k", strings.Repeat("v", MaxValueBytes), SetAny))
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, "k", strings.Repeat("v", MaxValueBytes+1), SetAny), ErrTooBig)
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, "", "v", SetAny), ErrInvalid)
 		assert.ErrorIs(t, s.SetProperty(bob, im.ID, "k", "v", SetAny), ErrPermission)
-		t.Skip("concepts.md says keys are 1-255 bytes (reported): they are 1-250 (MaxKeyBytes, so that user.<key> fits " +
-			"XATTR_NAME_MAX), as README and the EINVAL row of its error table say")
-		assert.NoError(t, s.SetProperty(alice, im.ID, strings.Repeat("k", 255), "v", SetAny))
+		assert.NoError(t, s.SetProperty(alice, im.ID, strings.Repeat("k", 250), "v", SetAny))
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, strings.Repeat("k", 251), "v", SetAny), ErrInvalid)
 	}},
 	{"concepts.md", "System properties imagefs adds: `vhd_*` (facts of the VHD found at seal: ...) and `imagefs_*` (`imagefs_kill_reason`: why an upload was refused).", func(t *testing.T, s *Store) {
 		a, _ := active(t, s, alice, "a")
@@ -703,17 +706,16 @@ var contractCases = []contractCase{
 		assert.Nil(t, s.CurrentUpload(im.ID))
 		assert.False(t, s.DataVisible(im, true), "no by-id/<id>/image.vhd")
 	}},
-	{"concepts.md", "`saving` | data is being uploaded (`image.vhd` is open for writing)", func(t *testing.T, s *Store) {
+	{"concepts.md", "`saving` | data is being uploaded (its first byte, or a truncate, arrived; opening `image.vhd` for writing alone leaves the image `queued`)", func(t *testing.T, s *Store) {
 		im, _ := saving(t, s, alice, "a")
 		assert.Equal(t, StatusSaving, im.Status, "once written to")
 		q := queued(t, s, alice, "q")
 		u, err := s.OpenWrite(alice, q.ID, true)
 		require.NoError(t, err)
 		defer s.Release(u)
-		if s.Get(q.ID).Status == StatusQueued {
-			t.Skip("concepts.md is imprecise (reported): an image becomes saving at the first write (or truncate) of its upload, " +
-				"not when image.vhd is opened for writing; `touch image.vhd` leaves it queued")
-		}
+		assert.Equal(t, StatusQueued, s.Get(q.ID).Status, "opened for writing, nothing written")
+		writeAt(t, u, []byte("x"), 0)
+		assert.Equal(t, StatusSaving, s.Get(q.ID).Status, "its first byte arrived")
 	}},
 	{"concepts.md", "`active` | data is sealed and verified; only an active image can boot a server", func(t *testing.T, s *Store) {
 		im, data := active(t, s, alice, "a")
@@ -975,7 +977,7 @@ var contractCases = []contractCase{
 		free.Store(8<<20 + 64<<10) // 8 MiB and the commit's own size
 		assert.NoError(t, s.SetProperty(alice, im.ID, "os_distro", "x", SetAny))
 	}},
-	{"README.md", "Catalog changes need 8 MiB free (1 MiB for seals and status changes) ... A delete frees space, so it works on a full disk: it needs 64 KiB", func(t *testing.T, s *Store) {
+	{"README.md", "Catalog changes need 8 MiB free (1 MiB for seals, kills and discarded uploads; root's deactivate and reactivate are property writes and need 8 MiB) ... A delete frees space, so it works on a full disk: it needs 64 KiB", func(t *testing.T, s *Store) {
 		var free atomic.Int64
 		free.Store(1 << 40)
 		fakeFree(t, &free)
@@ -994,10 +996,7 @@ var contractCases = []contractCase{
 		free.Store(64<<10 + 8<<10) // 64 KiB and the commit's own size
 		require.NoError(t, s.Delete(alice, im.ID), "a delete needs 64 KiB")
 		free.Store(1<<20 + 64<<10)
-		if err := s.SetProperty(Root, a2.ID, KeyStatus, "deactivated", SetAny); errors.Is(err, ErrNoSpace) {
-			t.Skip("README is imprecise (reported): root's status change (deactivate, reactivate) is a property write " +
-				"and needs 8 MiB; only the seals and the system's status changes (kill, discard) need 1 MiB")
-		}
+		assert.ErrorIs(t, s.SetProperty(Root, a2.ID, KeyStatus, "deactivated", SetAny), ErrNoSpace, "deactivate needs 8 MiB")
 	}},
 	{"README.md", "Only the owner or root changes properties, renames (`mv`) or deletes (`rmdir`) an image; others get EACCES", func(t *testing.T, s *Store) {
 		im := withVisibility(t, s, queued(t, s, alice, "a"), "shared")
