@@ -656,11 +656,7 @@ try:
     os.close(os.open(p, os.O_RDWR))
 except PermissionError as e:
     print("refused:", e.errno)
-    # Exit 0: a failing exit within the provisional window deactivates the
-    # image too, a few ms later (the process-exit watch), which would race
-    # the reactivation below.
-    sys.exit(0)
-sys.exit(3)
+    sys.exit(3)
 `
 	r := execCmd("python3", "-c", script, m.dataFile("late"), fx.Path)
 	if r.code != 3 || r.stdout != "0o644\n0o444\nrefused: 1\n" {
