@@ -227,11 +227,7 @@ func TestViewListingCost(t *testing.T) {
 	m := mount(t)
 	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
 	m.remount()
-	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
-	addr := match[1]
+	addr := metricsAddrOf(t, m.log)
 	const n = 40
 	for i := range n {
 		run(t, "mkdir", m.images(fmt.Sprintf("img-%02d", i)))

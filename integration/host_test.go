@@ -688,6 +688,17 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 
 var metricsAddrRE = regexp.MustCompile(`metrics endpoint listening" addr=(\S+)`)
 
+// metricsAddrOf returns the address of the metrics endpoint that the daemon
+// writing log said it listens on (mounted with --metrics-addr 127.0.0.1:0).
+func metricsAddrOf(t testing.TB, log string) string {
+	t.Helper()
+	match := metricsAddrRE.FindStringSubmatch(string(readFile(log)))
+	if match == nil {
+		t.Fatalf("no metrics address in the log")
+	}
+	return match[1]
+}
+
 // TestHostMetrics scrapes the Prometheus endpoint after an upload, a
 // refused upload and a delete: request counts and latencies per
 // operation, bytes written, seals, killed uploads and images by status.
@@ -697,11 +708,7 @@ func TestHostMetrics(t *testing.T) {
 	if r := execCmd(binary, m.Store, m.Mnt, "-o", "metrics_addr=127.0.0.1:0,log_file="+m.log); r.err != nil {
 		t.Fatalf("imagefs -o metrics_addr: %s", r)
 	}
-	match := metricsAddrRE.FindStringSubmatch(string(must(os.ReadFile(m.log))))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
-	addr := match[1]
+	addr := metricsAddrOf(t, m.log)
 	host, _, _ := net.SplitHostPort(addr)
 	if !net.ParseIP(host).IsLoopback() {
 		t.Errorf("metrics listen on %s, not a loopback address", addr)

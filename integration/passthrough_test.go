@@ -69,10 +69,7 @@ func TestPassthroughReaderAcrossWriterRelease(t *testing.T) {
 	m := mount(t)
 	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
 	m.remount()
-	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
+	addr := metricsAddrOf(t, m.log)
 	fx := makeVHD(t, 4*mib, "fixed")
 	want, err := os.ReadFile(fx.Path)
 	if err != nil {
@@ -137,7 +134,7 @@ func TestPassthroughReaderAcrossWriterRelease(t *testing.T) {
 	// read by passthrough: no READ reached the daemon.
 	if !m.passthroughActive() {
 		t.Logf("passthrough is not in use here: the test ran without it")
-	} else if got := scrape(t, match[1])[`imagefs_fuse_requests_total{op="read"}`]; got != 0 {
+	} else if got := scrape(t, addr)[`imagefs_fuse_requests_total{op="read"}`]; got != 0 {
 		t.Errorf("%v READ requests: some readers were not served by passthrough", got)
 	}
 }

@@ -25,11 +25,7 @@ func TestRequestsPerFile(t *testing.T) {
 	m := mount(t)
 	m.Args = []string{"--metrics-addr", "127.0.0.1:0"}
 	m.remount()
-	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
-	addr := match[1]
+	addr := metricsAddrOf(t, m.log)
 	const n = 40
 	for i := range n {
 		run(t, "mkdir", m.images(fmt.Sprintf("img-%02d", i)))
@@ -113,11 +109,7 @@ func TestReaper(t *testing.T) {
 	m := mount(t)
 	m.Args = []string{"--metrics-addr", "127.0.0.1:0", "--cache-nodes", "2000"}
 	m.remount()
-	match := metricsAddrRE.FindStringSubmatch(string(readFile(m.log)))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
-	addr := match[1]
+	addr := metricsAddrOf(t, m.log)
 	const n, known = 1200, 1024
 	for i := range n {
 		if err := os.Mkdir(m.images(fmt.Sprintf("img-%04d", i)), 0o755); err != nil {

@@ -358,11 +358,7 @@ func TestRevokedAccessHeldDescriptors(t *testing.T) {
 func TestPropertyPagesPerUser(t *testing.T) {
 	requireTools(t, "grep")
 	a := mountAllowOther(t, "--metrics-addr", "127.0.0.1:0")
-	match := metricsAddrRE.FindStringSubmatch(string(readFile(a.log)))
-	if match == nil {
-		t.Fatalf("no metrics address in the log")
-	}
-	addr := match[1]
+	addr := metricsAddrOf(t, a.log)
 	reads := func() float64 { return scrape(t, addr)[`imagefs_fuse_requests_total{op="read"}`] }
 	const n = 20
 	for i := range n {
