@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,8 +68,8 @@ type catalog struct {
 	dir string
 	// broken is the commit failure after which the catalog is neither
 	// written nor read until the store is opened again; nil while healthy.
-	// Guarded by Store.mu (every commit and read runs under it, or at load).
-	broken error
+	// Set by a commit (under Store.mu), read by index scans without it.
+	broken atomic.Pointer[error]
 	// reserve is the path of the space kept for deletes (deleteHeadroom;
 	// made at Open, not by a check);
 	// reserveMu orders its release and its refill.
@@ -152,8 +153,8 @@ func (c *catalog) releaseReserve() bool {
 
 // usable returns ErrCatalog once a commit has failed.
 func (c *catalog) usable() error {
-	if c.broken != nil {
-		return fmt.Errorf("%w: the catalog failed earlier (%v); unmount and mount the store again", ErrCatalog, c.broken)
+	if b := c.broken.Load(); b != nil {
+		return fmt.Errorf("%w: the catalog failed earlier (%v); unmount and mount the store again", ErrCatalog, *b)
 	}
 	return nil
 }
@@ -163,7 +164,7 @@ func (c *catalog) usable() error {
 // a few seconds rather than hang the unmount: the WAL holds every commit
 // that succeeded.
 func (c *catalog) close() error {
-	if c.broken == nil {
+	if c.broken.Load() == nil {
 		return c.db.Close()
 	}
 	done := make(chan error, 1)
@@ -380,7 +381,8 @@ func (t *txn) commit() (err error) {
 			if !ok {
 				panic(r)
 			}
-			t.c.broken = errors.New(string(f))
+			b := errors.New(string(f))
+			t.c.broken.Store(&b)
 			err = fmt.Errorf("%w: commit: %s", ErrCatalog, f)
 		}
 	}()

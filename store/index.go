@@ -281,9 +281,10 @@ func (s *Store) CheckIndex() error {
 	return nil
 }
 
-// visibleLocked reports whether c sees image id listed. Must hold s.mu.
-func (s *Store) visibleLocked(c Caller, id string) bool {
-	im := s.images[id]
+// listedFor reports whether c sees image id listed (pubMu only: never
+// behind a commit).
+func (s *Store) listedFor(c Caller, id string) bool {
+	im := s.Get(id)
 	return im != nil && Visible(c, im, ViewList)
 }
 
@@ -293,7 +294,7 @@ func (s *Store) visibleLocked(c Caller, id string) bool {
 func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool {
 	prefix := []byte(valuePrefix(key, ev))
 	for valid := it.Valid(); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
-		if s.visibleLocked(c, string(it.Key()[len(prefix):])) {
+		if s.listedFor(c, string(it.Key()[len(prefix):])) {
 			return true
 		}
 	}
@@ -306,8 +307,8 @@ func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool
 // key in use; for others it also reads the entries of images they do not
 // see, until one they do.
 func (s *Store) ViewKeys(c Caller, ok func(value string) bool) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.idxMu.RLock()
+	defer s.idxMu.RUnlock()
 	it, err := s.propIter(prefixProp, endProp)
 	if err != nil {
 		return nil, err
@@ -350,8 +351,8 @@ func (s *Store) ViewValues(c Caller, key string, ok func(value string) bool) ([]
 	if !indexable(key) {
 		return nil, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.idxMu.RLock()
+	defer s.idxMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return nil, err
@@ -378,8 +379,8 @@ func (s *Store) ViewHasKey(c Caller, key string, ok func(value string) bool) (bo
 	if !indexable(key) {
 		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.idxMu.RLock()
+	defer s.idxMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return false, err
@@ -395,9 +396,9 @@ func (s *Store) ViewHasValue(c Caller, key, value string) (bool, error) {
 	if !indexable(key) {
 		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	ev := escIndex(value)
+	s.idxMu.RLock()
+	defer s.idxMu.RUnlock()
 	it, err := s.propIter(valuePrefix(key, ev), valueEnd(key, ev))
 	if err != nil {
 		return false, err
@@ -416,20 +417,20 @@ func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
 	}
 	ev := escIndex(value)
 	prefix := valuePrefix(key, ev)
-	s.mu.Lock()
+	s.idxMu.RLock()
 	it, err := s.propIter(prefix, valueEnd(key, ev))
 	if err != nil {
-		s.mu.Unlock()
+		s.idxMu.RUnlock()
 		return nil, err
 	}
 	var out []*Image
 	for it.First(); it.Valid(); it.Next() {
-		if im := s.images[string(it.Key()[len(prefix):])]; im != nil && Visible(c, im, ViewList) {
+		if im := s.Get(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ViewList) {
 			out = append(out, im)
 		}
 	}
 	err = iterErr(it)
-	s.mu.Unlock()
+	s.idxMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}

@@ -229,8 +229,13 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	}
 	// hash nil: the next seal hashes the data in one pass. dirty: a close
 	// without a write seals it again.
-	l.upload = &Upload{s: s, id: id, path: p.path, f: f, size: fi.Size(), dirty: true, started: true}
+	u := &Upload{s: s, id: id, path: p.path, f: f, dirty: true, started: true}
+	u.setSize(fi.Size())
+	u.isData.Store(true)
+	s.pubMu.Lock()
+	l.upload = u
 	l.unlinked = false
+	s.pubMu.Unlock()
 	logger.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
 	return nil
 }

@@ -72,12 +72,26 @@ type Store struct {
 	data    DataBackend
 	opts    Options
 
-	mu      sync.Mutex
-	images  map[string]*Image // id -> current snapshot
-	byName  map[string]string // name -> id
-	live    map[string]*liveImage
-	nextIno uint64
-	seq     uint64 // staging file names
+	// mu serializes the writers: it is held across each catalog commit
+	// (an fsync) and across the check before it. Readers never take it.
+	mu sync.Mutex
+	// pubMu guards the published in-memory state below: writers change it
+	// holding mu and then pubMu for the map update only; readers hold
+	// pubMu.RLock for a map lookup only. Never held across I/O, nor while
+	// taking another lock.
+	pubMu sync.RWMutex
+	// idxMu makes the property index scans see the index and the records
+	// of one moment: Pebble shows a batch to iterators before its WAL
+	// fsync returns, so a commit that changes the index holds idxMu
+	// (write) from before the commit until its records are published, and
+	// a scan holds idxMu.RLock. A scan so waits for at most one commit
+	// (one fsync), never for a seal's hashing or data hand-over.
+	idxMu sync.RWMutex
+	images  map[string]*Image     // id -> current snapshot; guarded by mu (write) and pubMu
+	byName  map[string]string     // name -> id; guarded by mu (write) and pubMu
+	live    map[string]*liveImage // guarded by mu (write) and pubMu
+	nextIno uint64                // guarded by mu
+	seq     uint64                // staging file names; guarded by mu
 
 	// The change hook (changes.go): changes committed and not yet
 	// delivered (guarded by mu), how many (pending plus those being
@@ -92,13 +106,14 @@ type Store struct {
 
 // liveImage is the in-memory state of an image's uploads.
 type liveImage struct {
-	upload *Upload // image.vhd upload in progress, or nil
+	upload *Upload // image.vhd upload in progress, or nil; guarded by Store.mu (write) and Store.pubMu
 	// unlinked: image.vhd of this unsealed image was removed (rm, or the
 	// unlink before cp --remove-destination, install, mv across
-	// filesystems) and not created again yet.
+	// filesystems) and not created again yet. Guarded by Store.mu (write)
+	// and Store.pubMu.
 	unlinked    bool
-	scratch     map[string]*Upload // scratch files by name
-	nextScratch uint32
+	scratch     map[string]*Upload // scratch files by name; guarded by Store.mu (write) and Store.pubMu
+	nextScratch uint32             // guarded by Store.mu
 	// sealMu is held through a seal, from the check that the image is not
 	// sealed to the commit (see Store.seal). Lock order: Upload.mu, then
 	// sealMu, then Store.mu.
@@ -106,8 +121,8 @@ type liveImage struct {
 	// provisional: the last seal, made at a read-write opener's close,
 	// which that process may still undo (reopen.go). alias: the name the
 	// upload's writer created its file under, if not image.vhd.
-	provisional *provisionalSeal
-	alias       string
+	provisional *provisionalSeal // guarded by Store.mu
+	alias       string           // guarded by Store.mu
 }
 
 // Open opens (creating if missing, for the daemon's user only: directories
@@ -218,28 +233,31 @@ func (s *Store) Statfs() (syscall.Statfs_t, error) {
 	return st, err
 }
 
-// Get returns the image with id, or nil.
+// Get returns the image with id, or nil. It never waits for a commit or
+// a seal (pubMu only).
 func (s *Store) Get(id string) *Image {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	return s.images[id]
 }
 
-// Lookup returns the image named name, or nil.
+// Lookup returns the image named name, or nil. It never waits for a
+// commit or a seal.
 func (s *Store) Lookup(name string) *Image {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	return s.images[s.byName[name]]
 }
 
-// List returns every image, sorted by name.
+// List returns every image, sorted by name. It never waits for a commit
+// or a seal.
 func (s *Store) List() []*Image {
-	s.mu.Lock()
+	s.pubMu.RLock()
 	out := make([]*Image, 0, len(s.images))
 	for _, im := range s.images {
 		out = append(out, im)
 	}
-	s.mu.Unlock()
+	s.pubMu.RUnlock()
 	slices.SortFunc(out, func(a, b *Image) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
@@ -278,13 +296,18 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	t.reindex(nil, im)
 	t.putName(name, im.ID)
 	t.putSeqIno(s.nextIno + 1)
+	s.idxMu.Lock()
 	if err := t.commit(); err != nil {
+		s.idxMu.Unlock()
 		return nil, err
 	}
 	s.nextIno++
 	s.noteChange(nil, im)
+	s.pubMu.Lock()
 	s.images[im.ID] = im
 	s.byName[name] = im.ID
+	s.pubMu.Unlock()
+	s.idxMu.Unlock()
 	logger.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
@@ -309,15 +332,19 @@ func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
 		t.deleteName(oldName)
 		t.putName(im.Name, im.ID)
 	}
+	s.idxMu.Lock()
+	defer s.idxMu.Unlock()
 	if err := t.commit(); err != nil {
 		return err
 	}
 	s.noteChange(s.images[im.ID], im)
+	s.pubMu.Lock()
 	s.images[im.ID] = im
 	if oldName != im.Name {
 		delete(s.byName, oldName)
 		s.byName[im.Name] = im.ID
 	}
+	s.pubMu.Unlock()
 	return nil
 }
 
@@ -523,13 +550,18 @@ func (s *Store) Delete(c Caller, id string) error {
 		// lost+found.
 		t.putTombstone(id)
 	}
+	s.idxMu.Lock()
 	if err := t.commit(); err != nil {
+		s.idxMu.Unlock()
 		s.mu.Unlock()
 		return err
 	}
 	s.noteChange(im, nil)
+	s.pubMu.Lock()
 	delete(s.images, id)
 	delete(s.byName, im.Name)
+	s.pubMu.Unlock()
+	s.idxMu.Unlock()
 	// The uploads to abandon, read while holding s.mu: a DiscardUpload
 	// that looked the liveImage up before may still write to it.
 	var uploads []*Upload
@@ -541,7 +573,9 @@ func (s *Store) Delete(c Caller, id string) error {
 			uploads = append(uploads, u)
 		}
 	}
+	s.pubMu.Lock()
 	delete(s.live, id)
+	s.pubMu.Unlock()
 	s.mu.Unlock()
 
 	for _, u := range uploads {

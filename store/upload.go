@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -32,11 +34,14 @@ type Upload struct {
 	slot uint32 // scratch inode slot; 0 for image.vhd
 	path string
 
-	// Guarded by mu.
+	// mu guards the fields below it; it is held through a whole write,
+	// truncate and seal (inspection, hashing, fsync, data hand-over,
+	// commit). Readers that must not wait for that use the atomics:
+	// sizeNow, isData, removed.
 	mu      sync.Mutex
 	name    string // scratch name, "" once it is the image's upload
 	f       *os.File
-	size    int64
+	size    int64 // staged bytes; mirrored in sizeNow
 	writers int
 	dirty   bool      // modified since the last seal attempt
 	warned  bool      // a scratch file's close was logged
@@ -46,7 +51,7 @@ type Upload struct {
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
 	exited  int  // wait status of a writer that died holding the upload, or 0
 	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
-	// nothing written after, the last Release seals (refuses) an empty
+	// nothing written after, the last EndWriter seals (refuses) an empty
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
 	// before its child writes.
 	truncated bool
@@ -55,6 +60,11 @@ type Upload struct {
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
 	wbStarted, wbDropped int64
+
+	// Written under mu, read without it (Getattr must not wait for a seal).
+	sizeNow atomic.Int64 // size
+	isData  atomic.Bool  // name == ""
+	removed atomic.Bool  // state == uploadAbandoned
 }
 
 // writebackWindow is the write-behind step of an in-order upload: each
@@ -79,6 +89,7 @@ func (s *Store) newUpload(id, name string, slot uint32) (*Upload, error) {
 		return nil, fmt.Errorf("create staging file: %w", err)
 	}
 	u := &Upload{s: s, id: id, name: name, slot: slot, path: path, f: f}
+	u.isData.Store(name == "")
 	u.restartHash()
 	return u, nil
 }
@@ -89,22 +100,29 @@ func (u *Upload) restartHash() {
 	u.wbStarted, u.wbDropped = 0, writebackWindow
 }
 
-// Name returns the scratch file's name, or "" once it is (or always was)
-// the image's upload.
-func (u *Upload) Name() string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.name
+// IsImageData reports whether u is (or always was) the upload of the
+// image's image.vhd: true from the start for image.vhd and for a file
+// created under a name that is not temporary, and once a scratch file is
+// renamed onto image.vhd (or onto a name that is not temporary); false
+// for a scratch file. It never waits for a seal.
+func (u *Upload) IsImageData() bool { return u.isData.Load() }
+
+// setName sets the scratch name ("" for the image's upload). Must hold u.mu.
+func (u *Upload) setName(name string) {
+	u.name = name
+	u.isData.Store(name == "")
+}
+
+// setSize sets the staged size. Must hold u.mu.
+func (u *Upload) setSize(n int64) {
+	u.size = n
+	u.sizeNow.Store(n)
 }
 
 // Removed reports whether the upload was abandoned: its scratch file was
 // removed or renamed over, or its image deleted. Open handles still read
-// it; stat of them shows no links.
-func (u *Upload) Removed() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.state == uploadAbandoned
-}
+// it; stat of them shows no links. It never waits for a seal.
+func (u *Upload) Removed() bool { return u.removed.Load() }
 
 // Writers returns how many write handles the upload has open.
 func (u *Upload) Writers() int {
@@ -116,12 +134,9 @@ func (u *Upload) Writers() int {
 // Slot returns the inode slot of a scratch file (0 for image.vhd).
 func (u *Upload) Slot() uint32 { return u.slot }
 
-// Size returns the staged size in bytes.
-func (u *Upload) Size() int64 {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.size
-}
+// Size returns the staged size in bytes. It never waits for a write or
+// a seal in progress (it reads an atomic copy).
+func (u *Upload) Size() int64 { return u.sizeNow.Load() }
 
 func (u *Upload) usable() error {
 	switch u.state {
@@ -161,7 +176,7 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 			u.dropHash()
 		}
 	}
-	u.size = max(u.size, end)
+	u.setSize(max(u.size, end))
 	return n, err
 }
 
@@ -259,7 +274,7 @@ func (u *Upload) truncateLocked(size int64) error {
 	} else if u.hash != nil && size < u.hash.n {
 		u.dropHash()
 	}
-	u.size = size
+	u.setSize(size)
 	return nil
 }
 
@@ -286,6 +301,7 @@ func (u *Upload) discard() {
 		return
 	}
 	u.state = uploadAbandoned
+	u.removed.Store(true)
 	u.dropHash()
 	u.f.Close()
 	os.Remove(u.path)
@@ -323,7 +339,9 @@ func (s *Store) dropUpload(u *Upload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
+		s.pubMu.Lock()
 		l.upload = nil
+		s.pubMu.Unlock()
 	}
 }
 
@@ -331,7 +349,9 @@ func (s *Store) liveLocked(id string) *liveImage {
 	l := s.live[id]
 	if l == nil {
 		l = &liveImage{scratch: map[string]*Upload{}}
+		s.pubMu.Lock()
 		s.live[id] = l
+		s.pubMu.Unlock()
 	}
 	return l
 }
@@ -346,7 +366,7 @@ func writable(c Caller, im *Image) error {
 
 // OpenWrite opens image id's data for writing by c, starting an upload if
 // none is in progress; trunc discards staged data (O_TRUNC). Every
-// successful OpenWrite must be paired with Release. Errors: ErrNotFound,
+// successful OpenWrite must be paired with EndWriter. Errors: ErrNotFound,
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 	return s.OpenWriteBy(c, id, trunc, Writer{})
@@ -377,7 +397,9 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 			s.mu.Unlock()
 			return nil, err
 		}
+		s.pubMu.Lock()
 		l.upload = u
+		s.pubMu.Unlock()
 	}
 	s.mu.Unlock()
 
@@ -401,7 +423,9 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 		u.opener = w
 	}
 	s.mu.Lock()
+	s.pubMu.Lock()
 	l.unlinked = false
+	s.pubMu.Unlock()
 	l.provisional = nil
 	s.mu.Unlock()
 	return u, nil
@@ -410,37 +434,38 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 // DataPresent reports whether image id shows its image.vhd: always, but
 // for an unsealed image whose image.vhd was removed and not created again.
 func (s *Store) DataPresent(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	l := s.live[id]
 	return l == nil || !l.unlinked
 }
 
-// CurrentUpload returns the image's upload in progress, or nil.
+// CurrentUpload returns the image's upload in progress, or nil. It never
+// waits for a commit or a seal.
 func (s *Store) CurrentUpload(id string) *Upload {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
 		return l.upload
 	}
 	return nil
 }
 
-// Flush is called when a write handle of u is closed (close(2) of one file
-// descriptor). When it is the only write handle and the data changed, the
-// upload is checked and sealed now, so that when close(2) returns the
-// image is active or killed. Errors: ErrRefused (the image is now killed;
+// CloseWriter is a writer's close(2) of one file descriptor of u (the
+// handle stays open until EndWriter). When it is the only write handle and
+// the data changed, the upload is checked and sealed now, so that when
+// close(2) returns the image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
-func (s *Store) Flush(u *Upload) error {
-	return s.FlushExiting(u, 0)
+func (s *Store) CloseWriter(u *Upload) error {
+	return s.CloseWriterExiting(u, 0)
 }
 
-// FlushExiting is Flush for the close of a writer that is exiting with
+// CloseWriterExiting is CloseWriter for the close of a writer that is exiting with
 // wait status status without having closed the file itself (killed by
 // SIGKILL mid-copy, or exit(1)); 0: not exiting, or exiting with status 0.
 // A writer that failed leaves an incomplete upload whatever its bytes look
 // like, so it is refused with that reason.
-func (s *Store) FlushExiting(u *Upload, status int) error {
+func (s *Store) CloseWriterExiting(u *Upload, status int) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -453,8 +478,11 @@ func (s *Store) FlushExiting(u *Upload, status int) error {
 	return nil
 }
 
-// Release ends one write handle opened by OpenWrite or CreateScratch.
-func (s *Store) Release(u *Upload) error {
+// EndWriter ends one write handle opened by OpenWrite, CreateFile,
+// CreateScratch or Reopen. The last one seals a changed (or emptied)
+// upload that CloseWriter did not seal, and drops an upload opened and
+// closed with nothing written.
+func (s *Store) EndWriter(u *Upload) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -564,7 +592,9 @@ func (s *Store) seal(u *Upload) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
+		s.pubMu.Lock()
 		l.upload = nil
+		s.pubMu.Unlock()
 	}
 	im, err := s.getLocked(u.id)
 	if err != nil {
@@ -614,21 +644,11 @@ func (s *Store) sealRecord(im *Image, md5hex, shahex string, size, vsize int64, 
 	next.Size = size
 	next.VirtualSize = vsize
 	deleteExtra(next, KeyKillReason)
-	for _, k := range slices.Sorted(mapsKeys(facts)) {
+	for _, k := range slices.Sorted(maps.Keys(facts)) {
 		setExtra(next, k, facts[k])
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	return next
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // OpenRead opens the sealed data of image id for reading by c. For an
@@ -739,8 +759,10 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	}
 	// In the same critical section as the check: a writer that creates
 	// image.vhd again or renames a file onto it afterwards shows it again.
+	s.pubMu.Lock()
 	l.upload = nil
 	l.unlinked = true
+	s.pubMu.Unlock()
 	s.mu.Unlock()
 	if u != nil {
 		u.discard()
@@ -749,7 +771,9 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	if err := s.setStatus(id, StatusQueued, ""); err != nil {
 		s.mu.Lock()
 		if l.upload == nil {
+			s.pubMu.Lock()
 			l.unlinked = false
+			s.pubMu.Unlock()
 		}
 		s.mu.Unlock()
 		return true, err
@@ -767,7 +791,7 @@ func IsTempName(name string) bool {
 }
 
 // CreateFile creates file name in image id's directory, opened for
-// writing by c (pair with Release). image.vhd, and any name that is not a
+// writing by c (pair with EndWriter). image.vhd, and any name that is not a
 // temporary name (cp FILE.vhd images/NAME/), starts an upload of the
 // image's data as OpenWrite with trunc does: it is sealed at the opener's
 // close and then shows as image.vhd only; the returned Upload's Name is
@@ -798,7 +822,7 @@ func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error)
 }
 
 // CreateScratch creates the scratch file name in image id's directory,
-// opened for writing (pair with Release). Errors: ErrExists, ErrInvalid,
+// opened for writing (pair with EndWriter). Errors: ErrExists, ErrInvalid,
 // ErrImmutable (sealed image), ErrPermission, ErrNotFound.
 func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 	if err := validScratchName(name); err != nil {
@@ -823,7 +847,9 @@ func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 	}
 	l.nextScratch++
 	u.writers = 1
+	s.pubMu.Lock()
 	l.scratch[name] = u
+	s.pubMu.Unlock()
 	return u, nil
 }
 
@@ -839,8 +865,8 @@ func validScratchName(name string) error {
 
 // Scratch returns the scratch file name of image id, or nil.
 func (s *Store) Scratch(id, name string) *Upload {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
 		return l.scratch[name]
 	}
@@ -849,22 +875,16 @@ func (s *Store) Scratch(id, name string) *Upload {
 
 // ScratchNames lists the scratch files of image id, sorted.
 func (s *Store) ScratchNames(id string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.live[id]; l != nil {
-		return slices.Sorted(func(yield func(string) bool) {
-			for k := range l.scratch {
-				if !yield(k) {
-					return
-				}
-			}
-		})
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
+	if l := s.live[id]; l != nil && len(l.scratch) > 0 {
+		return slices.Sorted(maps.Keys(l.scratch))
 	}
 	return nil
 }
 
 // Reopen opens upload u (a scratch file) for writing again (pair with
-// Release); trunc discards its data. Errors: ErrNotFound (deleted),
+// EndWriter); trunc discards its data. Errors: ErrNotFound (deleted),
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) Reopen(c Caller, u *Upload, trunc bool) error {
 	defer s.deliver()
@@ -907,7 +927,9 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 		if u == nil {
 			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, name)
 		} else {
+			s.pubMu.Lock()
 			delete(l.scratch, name)
+			s.pubMu.Unlock()
 		}
 	}
 	s.mu.Unlock()
@@ -970,15 +992,17 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
 				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
 			}
+			s.pubMu.Lock()
 			delete(l.scratch, from)
 			if toData {
 				l.upload = u
 				l.unlinked = false
-				if cur != nil {
-					cur.discard() // replaced by the rename
-				}
 			} else {
 				replaced, l.scratch[to] = l.scratch[to], u
+			}
+			s.pubMu.Unlock()
+			if toData && cur != nil {
+				cur.discard() // replaced by the rename
 			}
 			return true, nil
 		}()
@@ -999,10 +1023,10 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if !toData {
-		u.name = to
+		u.setName(to)
 		return nil
 	}
-	u.name = ""
+	u.setName("")
 	if err := u.touch(); err != nil {
 		// Sealed meanwhile by image.vhd's own writer: this upload is void.
 		u.discard()
