@@ -22,10 +22,14 @@ import (
 // deadline only turns a reader stuck behind the writer into a failure
 // instead of a hung test.
 
+// readerDeadline turns a reader stuck behind a held writer into a failure.
+var readerDeadline = 60 * time.Second
+
 // gate holds whoever reaches it until open is called.
 type gate struct {
 	armed   atomic.Bool
 	once    sync.Once
+	opened  sync.Once
 	entered chan struct{} // closed when the first caller reaches the gate
 	release chan struct{}
 }
@@ -42,7 +46,7 @@ func (g *gate) pass() {
 	<-g.release
 }
 
-func (g *gate) open() { g.armed.Store(false); close(g.release) }
+func (g *gate) open() { g.opened.Do(func() { g.armed.Store(false); close(g.release) }) }
 
 // gatedData is the local DataBackend whose Put waits at a gate.
 type gatedData struct {
@@ -101,7 +105,7 @@ func answeredBefore(t *testing.T, writerDone <-chan error, reads func(t *testing
 	case <-done:
 	case err := <-writerDone:
 		t.Fatalf("the held writer returned (%v) before the reads", err)
-	case <-time.After(60 * time.Second):
+	case <-time.After(readerDeadline):
 		t.Fatal("the reads wait for the held writer")
 	}
 	select {
@@ -139,6 +143,7 @@ func TestReadsDuringSealDataHandOver(t *testing.T) {
 	s, err := Open(dir, Options{Data: gatedData{local, g}})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
+	t.Cleanup(g.open) // first: a failed test does not leave the writer held
 
 	a, err := s.Create(alice, "a")
 	require.NoError(t, err)
@@ -187,6 +192,7 @@ func TestReadsDuringCatalogCommit(t *testing.T) {
 	s, err := Open(dir, Options{catalogFS: gatedFS{vfs.Default, g}})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
+	t.Cleanup(g.open) // first: a failed test does not leave the writer held
 
 	a, err := s.Create(alice, "a")
 	require.NoError(t, err)

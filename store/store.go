@@ -86,7 +86,7 @@ type Store struct {
 	// (write) from before the commit until its records are published, and
 	// a scan holds idxMu.RLock. A scan so waits for at most one commit
 	// (one fsync), never for a seal's hashing or data hand-over.
-	idxMu sync.RWMutex
+	idxMu   sync.RWMutex
 	images  map[string]*Image     // id -> current snapshot; guarded by mu (write) and pubMu
 	byName  map[string]string     // name -> id; guarded by mu (write) and pubMu
 	live    map[string]*liveImage // guarded by mu (write) and pubMu
@@ -207,19 +207,28 @@ func (s *Store) reconcile() error {
 }
 
 // Close closes the catalog. Uploads still open are abandoned (they become
-// killed at the next Open).
+// killed at the next Open). Call it once the server has stopped (no
+// request in flight, none to come): it waits for a seal still in progress
+// (each upload's lock, taken in the lock order: Upload.mu before
+// Store.mu), and any store call after it fails.
 func (s *Store) Close() error {
 	s.stopWatch()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	var uploads []*Upload
+	s.pubMu.RLock()
 	for _, l := range s.live {
 		if l.upload != nil {
-			l.upload.abandon()
+			uploads = append(uploads, l.upload)
 		}
 		for _, u := range l.scratch {
-			u.abandon()
+			uploads = append(uploads, u)
 		}
 	}
+	s.pubMu.RUnlock()
+	for _, u := range uploads {
+		u.abandon()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.cat.close()
 }
 
