@@ -116,7 +116,8 @@ func (r *CheckReport) Repairable() bool {
 
 // Check opens the store in dir (which must not be mounted: the catalog
 // is locked while imagefs serves it) and checks the catalog against the
-// data files. Errors are for a store that cannot be read at all.
+// data files. It logs through slog.Default(). Errors are for a store that
+// cannot be read at all.
 func Check(dir string, opts CheckOptions) (*CheckReport, error) {
 	if _, err := os.Stat(filepath.Join(dir, "catalog")); err != nil {
 		return nil, fmt.Errorf("%s is not an imagefs store: %w", dir, err)
@@ -289,7 +290,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	// Permissions: at Open only when STORE or one of its directories
 	// lets others in (a private directory keeps its files private).
 	if !opts.quick || looseStore(s.dir) {
-		if what, ok := tighten(s.dir, opts.Repair); what != "" {
+		if what, ok := tighten(s.dir, opts.Repair, s.log); what != "" {
 			add(ProblemStoreMode, "", what, opts.Repair && ok)
 		}
 	}

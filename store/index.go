@@ -190,7 +190,7 @@ func (s *Store) rebuildIndex() error {
 	if err := t.commit(); err != nil {
 		return err
 	}
-	logger.Info("property index built", "images", len(s.images), "entries", n, "ms", time.Since(start).Milliseconds())
+	s.log.Info("property index built", "images", len(s.images), "entries", n, "ms", time.Since(start).Milliseconds())
 	return nil
 }
 

@@ -185,7 +185,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		if err := s.publishSmall(next, im.Name); err != nil {
 			return err
 		}
-		logger.Warn("image deactivated", "id", id, "reason", reason)
+		s.log.Warn("image deactivated", "id", id, "reason", reason)
 		return fmt.Errorf("%w: image %s was sealed and read; it is now deactivated: %s", ErrImmutable, id, reason)
 	}
 	rec, ok := s.data.(dataReclaimer)
@@ -236,7 +236,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	l.upload = u
 	l.unlinked = false
 	s.pubMu.Unlock()
-	logger.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
+	s.log.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
 	return nil
 }
 
@@ -262,7 +262,7 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 	s.ww.once.Do(func() {
 		recv, stop, err := listenProcExits()
 		if err != nil {
-			logger.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
+			s.log.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
 			return
 		}
 		s.ww.stop = stop
@@ -271,7 +271,7 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 			for !s.ww.closed.Load() {
 				exits, err := recv()
 				if err != nil {
-					logger.Error("process events", "err", err)
+					s.log.Error("process events", "err", err)
 					return
 				}
 				for _, e := range exits {
@@ -334,8 +334,8 @@ func (s *Store) writerExited(pid, code uint32) {
 	setExtra(next, KeyDeactivateReason, reason)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	if err := s.publishSmall(next, im.Name); err != nil {
-		logger.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
+		s.log.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
 		return
 	}
-	logger.Warn("image deactivated", "id", w.id, "reason", reason)
+	s.log.Warn("image deactivated", "id", w.id, "reason", reason)
 }

@@ -28,12 +28,6 @@ import (
 	"github.com/google/uuid"
 )
 
-// logger receives one line per significant event. SetLogger replaces it.
-var logger = slog.Default()
-
-// SetLogger sets the logger used by the store.
-func SetLogger(l *slog.Logger) { logger = l }
-
 // Caller identifies who asks: the uid and gid of the calling process.
 type Caller struct {
 	UID, GID uint32
@@ -56,6 +50,10 @@ type Options struct {
 	Now func() time.Time
 	// Events receives the store's events (for metrics); nil means none.
 	Events Observer
+	// Logger receives one line per significant event (image created,
+	// sealed, refused, deleted, repaired at open...); nil means
+	// slog.Default() at Open.
+	Logger *slog.Logger
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
 	// catalogFS is the filesystem Pebble uses (tests inject errors); nil
@@ -71,6 +69,7 @@ type Store struct {
 	cat     *catalog
 	data    DataBackend
 	opts    Options
+	log     *slog.Logger // opts.Logger
 
 	// mu serializes the writers: it is held across each catalog commit
 	// (an fsync) and across the check before it. Readers never take it.
@@ -137,6 +136,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
 	for _, d := range []string{dir, filepath.Join(dir, "staging")} {
 		if err := os.MkdirAll(d, modeDir); err != nil {
 			return nil, fmt.Errorf("create store %s: %w", dir, err)
@@ -149,13 +151,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.catalogFS)
+	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.catalogFS, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{
 		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
-		data: opts.Data, opts: opts,
+		data: opts.Data, opts: opts, log: opts.Logger,
 		images: map[string]*Image{}, byName: map[string]string{},
 		live: map[string]*liveImage{},
 	}
@@ -198,7 +200,7 @@ func (s *Store) reconcile() error {
 		return err
 	}
 	for _, p := range r.Problems {
-		logger.Warn("store repaired at open", "problem", p.Kind, "id", p.ID, "detail", p.Detail, "repaired", p.Repaired)
+		s.log.Warn("store repaired at open", "problem", p.Kind, "id", p.ID, "detail", p.Detail, "repaired", p.Repaired)
 		if p.Kind == ProblemInterrupted && p.Repaired {
 			s.emit(Event{Kind: EventKilled, ID: p.ID, Reason: p.Detail})
 		}
@@ -317,7 +319,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	s.byName[name] = im.ID
 	s.pubMu.Unlock()
 	s.idxMu.Unlock()
-	logger.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
+	s.log.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
 }
@@ -397,7 +399,7 @@ func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error
 		return err
 	}
 	if err := s.checkSet(c, im, key, value, mode); err != nil {
-		logger.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
 		return err
 	}
 	next := im.clone()
@@ -406,7 +408,7 @@ func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error
 	if err := s.publish(next, im.Name); err != nil {
 		return err
 	}
-	logger.Info("property changed", "id", id, "key", key, "uid", c.UID)
+	s.log.Info("property changed", "id", id, "key", key, "uid", c.UID)
 	return nil
 }
 
@@ -473,7 +475,7 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	if err := s.publishSmall(next, im.Name); err != nil {
 		return err
 	}
-	logger.Info("property removed", "id", id, "key", key, "uid", c.UID)
+	s.log.Info("property removed", "id", id, "key", key, "uid", c.UID)
 	return nil
 }
 
@@ -526,7 +528,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	if err := s.publish(next, im.Name); err != nil {
 		return err
 	}
-	logger.Info("property renamed", "id", id, "from", from, "key", to, "uid", c.UID)
+	s.log.Info("property renamed", "id", id, "from", from, "key", to, "uid", c.UID)
 	return nil
 }
 
@@ -592,7 +594,7 @@ func (s *Store) Delete(c Caller, id string) error {
 	}
 	if im.Status.Sealed() {
 		if err := s.data.Remove(id); err != nil {
-			logger.Error("removing data of deleted image (the next mount removes it)", "id", id, "err", err)
+			s.log.Error("removing data of deleted image (the next mount removes it)", "id", id, "err", err)
 		} else {
 			// Not durable: a tombstone without data is dropped at Open.
 			s.mu.Lock()
@@ -603,7 +605,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		}
 	}
 	s.cat.refillReserve()
-	logger.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
+	s.log.Info("image deleted", "id", id, "name", im.Name, "uid", c.UID)
 	s.emit(Event{Kind: EventDeleted, ID: id})
 	return nil
 }

@@ -222,7 +222,7 @@ func (u *Upload) touch() error {
 	}
 	if !u.started {
 		u.started = true
-		logger.Info("upload started", "id", u.id)
+		u.s.log.Info("upload started", "id", u.id)
 	}
 	u.dirty = true
 	return nil
@@ -503,7 +503,7 @@ func (s *Store) EndWriter(u *Upload) error {
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
 		u.warned = true
-		logger.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
+		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
 			"id", u.id, "file", u.name, "size", u.size)
 	}
 	return nil
@@ -555,7 +555,7 @@ func (s *Store) seal(u *Upload) error {
 		}
 	}
 	if refusal != "" {
-		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
+		s.log.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
 		// Give the space back first (a refused upload is often one that
 		// filled the disk); a new upload starts from scratch.
 		u.discard()
@@ -607,7 +607,7 @@ func (s *Store) seal(u *Upload) error {
 		// the image if the catalog takes that; if not, it is still saving
 		// and the next Open kills it.
 		if rerr := s.data.Remove(u.id); rerr != nil {
-			logger.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
+			s.log.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
 		}
 		killed := im.clone()
 		killed.Status = StatusKilled
@@ -627,7 +627,7 @@ func (s *Store) seal(u *Upload) error {
 			}
 		}
 	}
-	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
+	s.log.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
 		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
 	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
 	return nil
@@ -766,7 +766,7 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	s.mu.Unlock()
 	if u != nil {
 		u.discard()
-		logger.Info("upload discarded", "id", id, "uid", c.UID)
+		s.log.Info("upload discarded", "id", id, "uid", c.UID)
 	}
 	if err := s.setStatus(id, StatusQueued, ""); err != nil {
 		s.mu.Lock()
