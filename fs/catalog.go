@@ -20,7 +20,7 @@ import (
 // with every property of the image as a string ({"id": "...", "name":
 // "...", "size": "2560", ...}). Its content is made when it is opened, for
 // the opener: the same images, by the same visibility rules (store.Visible,
-// ViewList), as by-id/ and the view directory list for that user. Any
+// ReachList), as by-id/ and the view directory list for that user. Any
 // key and escaped value resolve (a view no image is in gives an empty
 // file), so a lookup tells nothing of other users' images.
 //

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,13 +153,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	}
 
 	// Records.
-	ids := slices.Sorted(func(yield func(string) bool) {
-		for id := range s.images {
-			if !yield(id) {
-				return
-			}
-		}
-	})
+	ids := slices.Sorted(maps.Keys(s.images))
 	var sealed []*Image
 	for _, id := range ids {
 		im := s.images[id]
@@ -185,7 +180,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 				c.Status = StatusKilled
 				setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
 				c.UpdatedAt = now
-				repaired = s.publishSmall(c, im.Name) == nil
+				repaired = s.publishWithSmallHeadroom(c, im.Name) == nil
 			}
 			add(ProblemInterrupted, id, "upload was in flight when imagefs stopped", repaired)
 			continue
@@ -196,7 +191,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 				if opts.Repair {
 					c := im.clone()
 					c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
-					repaired = s.publishSmall(c, im.Name) == nil
+					repaired = s.publishWithSmallHeadroom(c, im.Name) == nil
 				}
 				add(ProblemStaleHashes, id, fmt.Sprintf("status %s but checksum %q, size %d: hashes of data it does not have", im.Status, im.Checksum, im.Size), repaired)
 			}
@@ -210,7 +205,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 			if opts.Repair {
 				c := im.clone()
 				deleteExtra(c, KeyKillReason)
-				repaired = s.publishSmall(c, im.Name) == nil
+				repaired = s.publishWithSmallHeadroom(c, im.Name) == nil
 			}
 			add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
 			im = s.images[id]
@@ -452,7 +447,7 @@ func (s *Store) completeSeal(im *Image) error {
 		c := im.clone()
 		c.Status = StatusKilled
 		setExtra(c, KeyKillReason, refusal)
-		return s.publishSmall(c, im.Name)
+		return s.publishWithSmallHeadroom(c, im.Name)
 	}
 	p := newHashPipe()
 	if err := p.readFrom(f); err != nil {
@@ -462,7 +457,7 @@ func (s *Store) completeSeal(im *Image) error {
 	md5hex, shahex := p.finish()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.publishSmall(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
+	return s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
 }
 
 // moveToLostFound moves the data file of id out of the data area into

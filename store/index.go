@@ -285,7 +285,7 @@ func (s *Store) CheckIndex() error {
 // behind a commit).
 func (s *Store) listedFor(c Caller, id string) bool {
 	im := s.Get(id)
-	return im != nil && Visible(c, im, ViewList)
+	return im != nil && Visible(c, im, ReachList)
 }
 
 // firstVisible advances it, from its current entry, through the entries
@@ -302,7 +302,7 @@ func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool
 }
 
 // ViewKeys returns, sorted, the property keys for which c sees at least
-// one image listed (Visible, ViewList) whose value passes ok (nil: any).
+// one image listed (Visible, ReachList) whose value passes ok (nil: any).
 // It skips from key to key with SeekGE: for root the cost is one seek per
 // key in use; for others it also reads the entries of images they do not
 // see, until one they do.
@@ -408,7 +408,7 @@ func (s *Store) ViewHasValue(c Caller, key, value string) (bool, error) {
 	return found, iterErr(it)
 }
 
-// ViewImages returns the images c sees listed (Visible, ViewList) whose
+// ViewImages returns the images c sees listed (Visible, ReachList) whose
 // property key equals value, sorted by name. It reads only that pair's
 // index entries: the cost is the size of the view, not of the catalog.
 func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
@@ -425,7 +425,7 @@ func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
 	}
 	var out []*Image
 	for it.First(); it.Valid(); it.Next() {
-		if im := s.Get(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ViewList) {
+		if im := s.Get(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ReachList) {
 			out = append(out, im)
 		}
 	}

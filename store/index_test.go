@@ -212,7 +212,7 @@ func imageNames(ims []*Image) []string {
 	return out
 }
 
-// TestViewVisibility: the view queries apply Visible with ViewList, as
+// TestViewVisibility: the view queries apply Visible with ReachList, as
 // ListFor does: private images of others are not listed, nor are their
 // keys and values; community images only for their owner; shared ones for
 // members.

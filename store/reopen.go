@@ -182,7 +182,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		next.Status = StatusDeactivated
 		setExtra(next, KeyDeactivateReason, reason)
 		next.UpdatedAt = now
-		if err := s.publishSmall(next, im.Name); err != nil {
+		if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 			return err
 		}
 		s.log.Warn("image deactivated", "id", id, "reason", reason)
@@ -200,7 +200,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		deleteExtra(next, k)
 	}
 	next.UpdatedAt = now
-	if err := s.publishSmall(next, im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
 	l.provisional = nil
@@ -208,7 +208,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		killed := next.clone()
 		killed.Status = StatusKilled
 		setExtra(killed, KeyKillReason, "the seal was undone for the writer's reopen but its data could not be taken back; upload again")
-		if s.publishSmall(killed, im.Name) == nil {
+		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
 			s.emit(Event{Kind: EventKilled, ID: id, Reason: killed.Extra[KeyKillReason]})
 		}
 		return fmt.Errorf("take back the sealed data of %s: %w", id, err)
@@ -333,7 +333,7 @@ func (s *Store) writerExited(pid, code uint32) {
 	next.Status = StatusDeactivated
 	setExtra(next, KeyDeactivateReason, reason)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishSmall(next, im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		s.log.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
 		return
 	}

@@ -237,11 +237,27 @@ func (s *Store) Close() error {
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
-// Statfs reports the figures of the filesystem holding the store.
-func (s *Store) Statfs() (syscall.Statfs_t, error) {
+// Space is the size and free space of the filesystem holding the store,
+// as statfs(2) reports them.
+type Space struct {
+	Blocks, BlocksFree, BlocksAvail uint64 // in FragmentSize units; Avail: to unprivileged users
+	Files, FilesFree                uint64 // inodes
+	BlockSize, FragmentSize         uint32 // bytes
+	NameLen                         uint32 // longest file name, bytes
+}
+
+// Space reports the size and free space of the filesystem holding the
+// store. Errors: statfs(2)'s.
+func (s *Store) Space() (Space, error) {
 	var st syscall.Statfs_t
-	err := syscall.Statfs(s.dir, &st)
-	return st, err
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return Space{}, err
+	}
+	return Space{
+		Blocks: st.Blocks, BlocksFree: st.Bfree, BlocksAvail: st.Bavail,
+		Files: st.Files, FilesFree: st.Ffree,
+		BlockSize: uint32(st.Bsize), FragmentSize: uint32(st.Frsize), NameLen: uint32(st.Namelen),
+	}, nil
 }
 
 // Get returns the image with id, or nil. It never waits for a commit or
@@ -298,7 +314,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	}
 	im := &Image{
 		ID: uuid.NewString(), InoBase: s.nextIno << inoShift, Name: name,
-		Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: "private",
+		Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
 		Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
 		NextSlot: slotExtraBase,
 	}
@@ -330,9 +346,10 @@ func (s *Store) publish(im *Image, oldName string) error {
 	return s.publishTxn(s.cat.begin(), im, oldName)
 }
 
-// publishSmall is publish for a change of status (a seal, a kill): it
-// needs only smallHeadroom of free space. Must hold s.mu.
-func (s *Store) publishSmall(im *Image, oldName string) error {
+// publishWithSmallHeadroom is publish for a change that must go through
+// on a nearly full disk (a seal, a kill, a removal): its commit needs
+// only smallHeadroom of free space, not catalogHeadroom. Must hold s.mu.
+func (s *Store) publishWithSmallHeadroom(im *Image, oldName string) error {
 	return s.publishTxn(s.cat.begin().small(), im, oldName)
 }
 
@@ -398,7 +415,7 @@ func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error
 	if err != nil {
 		return err
 	}
-	if err := s.checkSet(c, im, key, value, mode); err != nil {
+	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
 		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
 		return err
 	}
@@ -412,7 +429,9 @@ func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error
 	return nil
 }
 
-func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) error {
+// setPropertyRules checks SetProperty's rules for setting key to value on
+// im (mode: SetAny, SetCreate, SetReplace). Must hold s.mu.
+func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode SetMode) error {
 	if key == KeyStatus {
 		return checkStatusChange(c, im, value)
 	}
@@ -428,7 +447,7 @@ func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) e
 			return err
 		}
 	}
-	if err := checkValue(key, value); err != nil {
+	if err := ValidValue(key, value); err != nil {
 		return err
 	}
 	_, exists := im.Property(key)
@@ -438,7 +457,7 @@ func (s *Store) checkSet(c Caller, im *Image, key, value string, mode SetMode) e
 	case mode == SetReplace && !exists:
 		return fmt.Errorf("%w: property %s", ErrNotFound, key)
 	}
-	if key == KeyVisibility && value == "public" && !c.IsRoot() && im.Visibility != "public" {
+	if key == KeyVisibility && Visibility(value) == VisibilityPublic && !c.IsRoot() && im.Visibility != VisibilityPublic {
 		return fmt.Errorf("%w: only root may make an image public", ErrNotPermitted)
 	}
 	if key == KeyName && value != im.Name {
@@ -472,7 +491,7 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	next := im.clone()
 	deleteExtra(next, key)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishSmall(next, im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
 	s.log.Info("property removed", "id", id, "key", key, "uid", c.UID)
@@ -520,7 +539,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	value := im.Extra[from]
 	next := im.clone()
 	deleteExtra(next, from)
-	if err := s.checkSet(c, next, to, value, SetAny); err != nil {
+	if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
 		return err
 	}
 	applyValue(next, to, value)
@@ -610,29 +629,27 @@ func (s *Store) Delete(c Caller, id string) error {
 	return nil
 }
 
-// CheckProperty reports whether c may set key to value on image id: every
-// rule SetProperty applies, free space for its commit included (ErrNoSpace),
-// without changing anything (for a property file's write, before its
-// close). Errors: as SetProperty.
-func (s *Store) CheckProperty(c Caller, id, key, value string) error {
-	return s.checkProperty(c, id, key, value, SetAny)
-}
+// The checks of a property change, from the least known to the most:
+//
+//	ValidKey, ValidValue  the key's and the value's own rules (rules.go)
+//	MayWriteProperty      may c write key of image id at all (no value yet)
+//	CheckSetProperty      would SetProperty(c, id, key, value, mode) succeed
+//	setPropertyRules      what SetProperty and CheckSetProperty check
 
-// CheckCreate is CheckProperty for a key that must not exist yet
-// (SetCreate): for creating a property file, whose value is set with
-// SetCreate when the file is closed. Errors: as SetProperty.
-func (s *Store) CheckCreate(c Caller, id, key, value string) error {
-	return s.checkProperty(c, id, key, value, SetCreate)
-}
-
-func (s *Store) checkProperty(c Caller, id, key, value string, mode SetMode) error {
+// CheckSetProperty reports whether SetProperty(c, id, key, value, mode)
+// would succeed: every rule it applies, free space for its commit
+// included (ErrNoSpace), without changing anything (for a property file's
+// write, before its close; SetCreate for a property file being created,
+// whose value is set with SetCreate when the file is closed). Errors: as
+// SetProperty.
+func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
 	}
-	if err := s.checkSet(c, im, key, value, mode); err != nil {
+	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
 		return err
 	}
 	// The commit SetProperty would make, checked against the free space
@@ -650,10 +667,10 @@ func (s *Store) checkProperty(c Caller, id, key, value string, mode SetMode) err
 	return t.check()
 }
 
-// CheckSet reports whether c may set key on image id at all (system key,
-// ownership), before any value is known: for opening a property file for
-// writing. Errors: as SetProperty.
-func (s *Store) CheckSet(c Caller, id, key string) error {
+// MayWriteProperty reports whether c may set key on image id at all
+// (system key, ownership), before any value is known: for opening a
+// property file for writing. Errors: as SetProperty.
+func (s *Store) MayWriteProperty(c Caller, id, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)

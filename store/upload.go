@@ -331,7 +331,7 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 		deleteExtra(next, KeyKillReason)
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	return s.publishSmall(next, im.Name)
+	return s.publishWithSmallHeadroom(next, im.Name)
 }
 
 // dropUpload forgets u as image id's upload, if it still is.
@@ -601,7 +601,7 @@ func (s *Store) seal(u *Upload) error {
 		s.data.Remove(u.id) // deleted while sealing
 		return err
 	}
-	if err := s.publishSmall(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
 		// The writer's close fails: take the data back so that nothing
 		// half-sealed stays (a delete would leave it as an orphan), and kill
 		// the image if the catalog takes that; if not, it is still saving
@@ -613,7 +613,7 @@ func (s *Store) seal(u *Upload) error {
 		killed.Status = StatusKilled
 		setExtra(killed, KeyKillReason, "the seal could not be recorded in the catalog; upload again")
 		killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-		if s.publishSmall(killed, im.Name) == nil {
+		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
 			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: killed.Extra[KeyKillReason]})
 		}
 		return err
