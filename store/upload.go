@@ -513,82 +513,148 @@ func (s *Store) EndWriter(u *Upload) error {
 // it, hands it to the DataBackend and commits the record (checksum,
 // hashes, size, virtual_size, VHD facts, status active) in one synced
 // batch. A refused upload makes the image killed with the reason. Must
-// hold u.mu.
+// hold u.mu (readers do not wait for it: Upload.Size and the Store's
+// reads take no lock a seal holds across I/O).
 //
 // An image may have several uploads at once (an upload detached by a
 // discard or replaced by a rename is still sealing when the next one
 // starts), so the seals of one image take turns (liveImage.sealMu), and
 // an image found sealed when this one's turn comes refuses it: sealed
 // data is never replaced.
+//
+// The steps: take the image's turn (sealTurn), inspect the data
+// (inspectStaged), refuse it (refuse) or hash it (hashStaged), hand it to
+// the DataBackend (handOver), commit the record (commitSeal).
 func (s *Store) seal(u *Upload) error {
 	u.dirty = false
 	start := time.Now()
+	l, err := s.sealTurn(u)
+	if l != nil {
+		defer l.sealMu.Unlock()
+	}
+	if err != nil {
+		return err
+	}
+	facts, vsize, refusal, err := u.inspectStaged()
+	if err != nil {
+		return err
+	}
+	if refusal != "" {
+		return s.refuse(u, refusal)
+	}
+	md5hex, shahex, rehashed, err := u.hashStaged()
+	if err != nil {
+		return err
+	}
+	if err := s.handOver(u); err != nil {
+		return err
+	}
+	im, err := s.commitSeal(u, md5hex, shahex, vsize, facts)
+	if err != nil {
+		return err
+	}
+	s.log.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
+		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
+	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
+	return nil
+}
+
+// sealTurn waits for the turn of u's image to seal (its liveImage's
+// sealMu, returned locked when the liveImage is not nil) and checks that
+// the image still exists and is not sealed; if it is gone or sealed, u is
+// dropped and the error says why. Must hold u.mu.
+func (s *Store) sealTurn(u *Upload) (*liveImage, error) {
 	s.mu.Lock()
 	l := s.live[u.id]
 	s.mu.Unlock()
 	if l != nil {
 		l.sealMu.Lock()
-		defer l.sealMu.Unlock()
 	}
 	if im := s.Get(u.id); l == nil || im == nil || im.Status.Sealed() {
 		u.discard()
 		s.dropUpload(u)
 		if im == nil {
-			return fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
+			return l, fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
 		}
-		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
+		return l, fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
 	}
-	var facts map[string]string
-	var vsize int64
-	var refusal string
+	return l, nil
+}
+
+// inspectStaged decides whether the staged data may be sealed: refusal
+// says why not (no space, a writer that failed, empty, not an acceptable
+// VHD); otherwise facts are its VHD facts and vsize its virtual size.
+// Must hold u.mu.
+func (u *Upload) inspectStaged() (facts map[string]string, vsize int64, refusal string, err error) {
 	switch {
 	case u.nospc:
-		refusal = reasonNoSpace(u.size)
+		return nil, 0, reasonNoSpace(u.size), nil
 	case u.exited != 0:
-		refusal = reasonWriterFailed(u.size, u.exited)
+		return nil, 0, reasonWriterFailed(u.size, u.exited), nil
 	case u.size == 0:
-		refusal = reasonEmpty
-	default:
-		var err error
-		if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
-			return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
-		}
+		return nil, 0, reasonEmpty, nil
 	}
-	if refusal != "" {
-		s.log.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
-		// Give the space back first (a refused upload is often one that
-		// filled the disk); a new upload starts from scratch.
-		u.discard()
-		s.dropUpload(u)
-		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
-			return err // still saving: the next Open kills it
-		}
-		s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
-		return fmt.Errorf("%w: %s", ErrRefused, refusal)
+	if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
+		return nil, 0, "", fmt.Errorf("inspect staged data of %s: %w", u.id, err)
 	}
-	rehashed := u.hash == nil
+	return facts, vsize, refusal, nil
+}
+
+// refuse drops a refused upload and kills its image with the reason; the
+// error wraps ErrRefused. Must hold u.mu.
+func (s *Store) refuse(u *Upload, refusal string) error {
+	s.log.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
+	// Give the space back first (a refused upload is often one that
+	// filled the disk); a new upload starts from scratch.
+	u.discard()
+	s.dropUpload(u)
+	if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
+		return err // still saving: the next Open kills it
+	}
+	s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
+	return fmt.Errorf("%w: %s", ErrRefused, refusal)
+}
+
+// hashStaged finishes the hashes of the staged data: the in-order hash
+// completed with the zeros of a trailing hole, or (rehashed) one pass
+// over data written out of order. Must hold u.mu.
+func (u *Upload) hashStaged() (md5hex, shahex string, rehashed bool, err error) {
+	rehashed = u.hash == nil
 	if rehashed {
 		u.hash = newHashPipe()
 		if err := u.hash.readFrom(io.NewSectionReader(u.f, 0, u.size)); err != nil {
 			u.dropHash()
-			return fmt.Errorf("hash staged data of %s: %w", u.id, err)
+			return "", "", true, fmt.Errorf("hash staged data of %s: %w", u.id, err)
 		}
 	} else if u.hash.n < u.size {
 		u.hash.zeros(u.size - u.hash.n)
 	}
-	md5hex, shahex := u.hash.finish()
+	md5hex, shahex = u.hash.finish()
 	u.hash = nil
+	return md5hex, shahex, rehashed, nil
+}
+
+// handOver makes the staged data durable (fsync) and hands it to the
+// DataBackend; u is sealed from then on. Must hold u.mu.
+func (s *Store) handOver(u *Upload) error {
 	if err := u.f.Sync(); err != nil {
 		return fmt.Errorf("sync staged data of %s: %w", u.id, err)
 	}
 	if err := s.data.Put(u.id, u.path); err != nil {
-		u.hash = nil
 		return fmt.Errorf("store sealed data of %s: %w", u.id, err)
 	}
 	u.f.Close()
 	u.f = nil
 	u.state = uploadSealed
+	return nil
+}
 
+// commitSeal commits the sealed record of u's image and returns it. If
+// the image was deleted meanwhile, or the commit fails, the handed-over
+// data is removed (and the image killed, if the catalog takes that). A
+// read-write opener's seal is recorded as provisional (reopen.go). Must
+// hold u.mu.
+func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts map[string]string) (*Image, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
@@ -599,7 +665,7 @@ func (s *Store) seal(u *Upload) error {
 	im, err := s.getLocked(u.id)
 	if err != nil {
 		s.data.Remove(u.id) // deleted while sealing
-		return err
+		return nil, err
 	}
 	if err := s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
 		// The writer's close fails: take the data back so that nothing
@@ -616,7 +682,7 @@ func (s *Store) seal(u *Upload) error {
 		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
 			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: killed.Extra[KeyKillReason]})
 		}
-		return err
+		return nil, err
 	}
 	if l := s.live[u.id]; l != nil {
 		l.provisional = nil
@@ -627,10 +693,7 @@ func (s *Store) seal(u *Upload) error {
 			}
 		}
 	}
-	s.log.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
-		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
-	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
-	return nil
+	return im, nil
 }
 
 // sealRecord returns im sealed: status active with its hashes, sizes and
