@@ -3,13 +3,56 @@
 // DataBackend. It has no FUSE imports; fs/ translates kernel requests into
 // calls here and maps the errors (errors.go) to errnos.
 //
-// Locking: Store.mu guards images, byName, live and nextIno. Upload.mu
-// guards one upload's file, size and hashes; liveImage.sealMu makes the
-// seals of one image take turns. Lock order: Upload.mu, liveImage.sealMu,
-// Store.mu; never hold Store.mu while doing data I/O other than a catalog
-// commit. Store.deliverMu (changes.go) is taken with none of these held.
-// Published *Image values are immutable snapshots, read without a lock
-// once obtained.
+// # Locks
+//
+// Every mutex of the package, in the order they are taken (a lock is only
+// ever taken while holding locks above it in this list, never below):
+//
+//  1. Upload.mu: one upload's staging file, size, hashes, writers and
+//     state. Held through a whole WriteAt, Truncate and seal: inspection,
+//     re-hash, fsync, data hand-over (DataBackend.Put) and the commit. May
+//     be held across disk I/O and a catalog commit. Readers that must not
+//     wait for it read atomics (Upload.Size, IsImageData, Removed).
+//  2. liveImage.sealMu: makes the seals of one image take turns (and the
+//     undo of a provisional seal, and DiscardUpload). Held across a whole
+//     seal, I/O and commit included.
+//  3. Store.deliverMu (changes.go): delivers committed changes to the
+//     OnChange function in commit order; taken with none of 1, 2, 4-7
+//     held, and held while that function runs (which may call the read
+//     methods: they take only 6 and 7, and 4 for a moment to collect the
+//     pending changes).
+//  4. Store.mu: serializes the writers. Guards nextIno, seq, the pending
+//     changes, liveImage's provisional, alias and nextScratch, and
+//     writerWatch.pids, and is what writers hold to change what 6
+//     guards. Held across each catalog commit (a synced Pebble batch: an
+//     fsync) and the checks before it, and across creating a staging
+//     file; never across a data hand-over or hashing. Readers never take
+//     it.
+//  5. Store.idxMu (RWMutex): the property index scans (ViewKeys,
+//     ViewValues, ViewHasKey, ViewHasValue, ViewImages) hold it for
+//     reading; a commit that changes the index holds it for writing from
+//     before the commit until its records are published, because Pebble
+//     shows a batch to iterators before its fsync returns. So a scan waits
+//     for at most one commit (one fsync: measured 0.5 ms mean, 1.7 ms
+//     worst over 50 property commits on this ext4 disk),
+//     never for a seal's hashing or hand-over.
+//  6. Store.pubMu (RWMutex): the published state: images, byName, live
+//     and liveImage's upload, unlinked and scratch. Writers take it (while
+//     holding 4) only to update those maps; readers (Get, Lookup, List,
+//     CurrentUpload, DataPresent, Scratch, ScratchNames, and the scans
+//     per entry) take it for reading only for a lookup. Never held across
+//     I/O, nor while taking another lock. Published *Image values are
+//     immutable snapshots, read without a lock once obtained.
+//  7. catalog.reserveMu: orders the release and the refill of the delete
+//     reserve; held across that file's creation or removal.
+//
+// So a GETATTR, LOOKUP, READDIR or property read never waits for a seal,
+// an fsync or a catalog commit; a by-property listing waits for at most one
+// commit. The callers' own locks (fs's) rank before all of these. The
+// OnChange function runs with only 3 held; the Observer (events.go) may
+// be called with 1, 2 or 4 held, so it must be quick and must not call
+// the Store. Close runs after the server has stopped; it takes 1 (waiting
+// for a seal in flight), then 4.
 package store
 
 import (
