@@ -281,10 +281,10 @@ func (s *Store) CheckIndex() error {
 	return nil
 }
 
-// listedFor reports whether c sees image id listed (pubMu only: never
-// behind a commit).
+// listedFor reports whether c sees image id listed. Must hold commitMu
+// (read).
 func (s *Store) listedFor(c Caller, id string) bool {
-	im := s.Get(id)
+	im := s.published(id) // the scan holds commitMu
 	return im != nil && Visible(c, im, ReachList)
 }
 
@@ -307,8 +307,8 @@ func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool
 // key in use; for others it also reads the entries of images they do not
 // see, until one they do.
 func (s *Store) ViewKeys(c Caller, ok func(value string) bool) ([]string, error) {
-	s.idxMu.RLock()
-	defer s.idxMu.RUnlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(prefixProp, endProp)
 	if err != nil {
 		return nil, err
@@ -351,8 +351,8 @@ func (s *Store) ViewValues(c Caller, key string, ok func(value string) bool) ([]
 	if !indexable(key) {
 		return nil, nil
 	}
-	s.idxMu.RLock()
-	defer s.idxMu.RUnlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return nil, err
@@ -379,8 +379,8 @@ func (s *Store) ViewHasKey(c Caller, key string, ok func(value string) bool) (bo
 	if !indexable(key) {
 		return false, nil
 	}
-	s.idxMu.RLock()
-	defer s.idxMu.RUnlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return false, err
@@ -397,8 +397,8 @@ func (s *Store) ViewHasValue(c Caller, key, value string) (bool, error) {
 		return false, nil
 	}
 	ev := escIndex(value)
-	s.idxMu.RLock()
-	defer s.idxMu.RUnlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(valuePrefix(key, ev), valueEnd(key, ev))
 	if err != nil {
 		return false, err
@@ -417,20 +417,20 @@ func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
 	}
 	ev := escIndex(value)
 	prefix := valuePrefix(key, ev)
-	s.idxMu.RLock()
+	s.commitMu.RLock()
 	it, err := s.propIter(prefix, valueEnd(key, ev))
 	if err != nil {
-		s.idxMu.RUnlock()
+		s.commitMu.RUnlock()
 		return nil, err
 	}
 	var out []*Image
 	for it.First(); it.Valid(); it.Next() {
-		if im := s.Get(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ReachList) {
+		if im := s.published(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ReachList) {
 			out = append(out, im)
 		}
 	}
 	err = iterErr(it)
-	s.idxMu.RUnlock()
+	s.commitMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}

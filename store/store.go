@@ -28,7 +28,7 @@
 //     fsync) and the checks before it, and across creating a staging
 //     file; never across a data hand-over or hashing. Readers never take
 //     it.
-//  5. Store.idxMu (RWMutex): the property index scans (ViewKeys,
+//  5. Store.commitMu (RWMutex): the property index scans (ViewKeys,
 //     ViewValues, ViewHasKey, ViewHasValue, ViewImages) hold it for
 //     reading; a commit that changes the index holds it for writing from
 //     before the commit until its records are published, because Pebble
@@ -122,18 +122,21 @@ type Store struct {
 	// pubMu.RLock for a map lookup only. Never held across I/O, nor while
 	// taking another lock.
 	pubMu sync.RWMutex
-	// idxMu makes the property index scans see the index and the records
-	// of one moment: Pebble shows a batch to iterators before its WAL
-	// fsync returns, so a commit that changes the index holds idxMu
-	// (write) from before the commit until its records are published, and
-	// a scan holds idxMu.RLock. A scan so waits for at most one commit
-	// (one fsync), never for a seal's hashing or data hand-over.
-	idxMu   sync.RWMutex
-	images  map[string]*Image     // id -> current snapshot; guarded by mu (write) and pubMu
-	byName  map[string]string     // name -> id; guarded by mu (write) and pubMu
-	live    map[string]*liveImage // guarded by mu (write) and pubMu
-	nextIno uint64                // guarded by mu
-	seq     uint64                // staging file names; guarded by mu
+	// commitMu: a commit that changes records holds it (write) from before
+	// the commit until its records are published; readers hold it for
+	// reading. So a reader that arrives while a change commits answers
+	// with that change (as fs expects: a property file's RELEASE commits
+	// after close(2) returned, and the next open's LOOKUP must see it),
+	// and an index scan sees the index and the records of one moment
+	// (Pebble shows a batch to iterators before its fsync returns). A
+	// reader so waits for at most one commit (one fsync), never for the
+	// writers' checks, nor a seal's hashing or data hand-over.
+	commitMu sync.RWMutex
+	images   map[string]*Image     // id -> current snapshot; guarded by mu (write) and pubMu
+	byName   map[string]string     // name -> id; guarded by mu (write) and pubMu
+	live     map[string]*liveImage // guarded by mu (write) and pubMu
+	nextIno  uint64                // guarded by mu
+	seq      uint64                // staging file names; guarded by mu
 
 	// The change hook (changes.go): changes committed and not yet
 	// delivered (guarded by mu), how many (pending plus those being
@@ -303,25 +306,37 @@ func (s *Store) Space() (Space, error) {
 	}, nil
 }
 
-// Get returns the image with id, or nil. It never waits for a commit or
-// a seal (pubMu only).
+// Get returns the image with id, or nil. It waits for at most one
+// catalog commit in flight, never for a seal's work (see Locks).
 func (s *Store) Get(id string) *Image {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	return s.published(id)
+}
+
+// published returns the published record of id, or nil (pubMu only: for
+// callers that hold commitMu already).
+func (s *Store) published(id string) *Image {
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	return s.images[id]
 }
 
-// Lookup returns the image named name, or nil. It never waits for a
-// commit or a seal.
+// Lookup returns the image named name, or nil. It waits for at most one
+// catalog commit in flight, never for a seal's work.
 func (s *Store) Lookup(name string) *Image {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	return s.images[s.byName[name]]
 }
 
-// List returns every image, sorted by name. It never waits for a commit
-// or a seal.
+// List returns every image, sorted by name. It waits for at most one
+// catalog commit in flight, never for a seal's work.
 func (s *Store) List() []*Image {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	out := make([]*Image, 0, len(s.images))
 	for _, im := range s.images {
@@ -366,9 +381,9 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	t.reindex(nil, im)
 	t.putName(name, im.ID)
 	t.putSeqIno(s.nextIno + 1)
-	s.idxMu.Lock()
+	s.commitMu.Lock()
 	if err := t.commit(); err != nil {
-		s.idxMu.Unlock()
+		s.commitMu.Unlock()
 		return nil, err
 	}
 	s.nextIno++
@@ -377,7 +392,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	s.images[im.ID] = im
 	s.byName[name] = im.ID
 	s.pubMu.Unlock()
-	s.idxMu.Unlock()
+	s.commitMu.Unlock()
 	s.log.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
@@ -403,8 +418,8 @@ func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
 		t.deleteName(oldName)
 		t.putName(im.Name, im.ID)
 	}
-	s.idxMu.Lock()
-	defer s.idxMu.Unlock()
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	if err := t.commit(); err != nil {
 		return err
 	}
@@ -623,9 +638,9 @@ func (s *Store) Delete(c Caller, id string) error {
 		// lost+found.
 		t.putTombstone(id)
 	}
-	s.idxMu.Lock()
+	s.commitMu.Lock()
 	if err := t.commit(); err != nil {
-		s.idxMu.Unlock()
+		s.commitMu.Unlock()
 		s.mu.Unlock()
 		return err
 	}
@@ -634,7 +649,7 @@ func (s *Store) Delete(c Caller, id string) error {
 	delete(s.images, id)
 	delete(s.byName, im.Name)
 	s.pubMu.Unlock()
-	s.idxMu.Unlock()
+	s.commitMu.Unlock()
 	// The uploads to abandon, read while holding s.mu: a DiscardUpload
 	// that looked the liveImage up before may still write to it.
 	var uploads []*Upload

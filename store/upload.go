@@ -381,6 +381,21 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 			return nil, err
 		}
 	}
+	for {
+		u, err := s.openWriteTry(c, id, trunc, w)
+		if err != errUploadChanged {
+			return u, err
+		}
+	}
+}
+
+// errUploadChanged: the upload openWriteTry found was ended meanwhile
+// (an EndWriter that discarded an empty upload, a seal that refused it)
+// and the image has another one, or none: look again.
+var errUploadChanged = errors.New("upload changed")
+
+// openWriteTry is one attempt of OpenWriteBy.
+func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload, error) {
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -405,6 +420,17 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.state == uploadAbandoned {
+		// Ended between the look-up and this lock (the RELEASE of
+		// qemu-img's first, empty open races its next open): if the image
+		// has moved on, so does this open.
+		s.mu.Lock()
+		changed := s.live[id] != l || l.upload != u
+		s.mu.Unlock()
+		if changed {
+			return nil, errUploadChanged
+		}
+	}
 	if err := u.usable(); err != nil {
 		return nil, err
 	}
@@ -434,15 +460,19 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 // DataPresent reports whether image id shows its image.vhd: always, but
 // for an unsealed image whose image.vhd was removed and not created again.
 func (s *Store) DataPresent(id string) bool {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	l := s.live[id]
 	return l == nil || !l.unlinked
 }
 
-// CurrentUpload returns the image's upload in progress, or nil. It never
-// waits for a commit or a seal.
+// CurrentUpload returns the image's upload in progress, or nil. It waits
+// for at most one catalog commit in flight, never for a seal's work.
 func (s *Store) CurrentUpload(id string) *Upload {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
@@ -928,6 +958,8 @@ func validScratchName(name string) error {
 
 // Scratch returns the scratch file name of image id, or nil.
 func (s *Store) Scratch(id, name string) *Upload {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
@@ -938,6 +970,8 @@ func (s *Store) Scratch(id, name string) *Upload {
 
 // ScratchNames lists the scratch files of image id, sorted.
 func (s *Store) ScratchNames(id string) []string {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	s.pubMu.RLock()
 	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil && len(l.scratch) > 0 {
