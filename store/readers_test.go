@@ -13,14 +13,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Readers never wait for a seal, an fsync or a catalog commit: the tests
-// below hold a writer inside its data hand-over (a real local backend
-// whose Put waits at a gate) or inside the catalog's WAL fsync (the OS
-// filesystem whose sync of the WAL waits at a gate), and show that the
-// reads are answered while the writer is still held there: by ordering,
-// since the writer cannot return before the test opens the gate. The
-// deadline only turns a reader stuck behind the writer into a failure
-// instead of a hung test.
+// Readers never wait for a seal's data work, and wait for at most one
+// catalog commit in flight (see the package doc, Locks). The first test
+// holds a seal inside its data hand-over (a real local backend whose Put
+// waits at a gate) and shows that the reads are answered while the seal
+// is still held there: by ordering, since the seal cannot return before
+// the test opens the gate. The deadline only turns a reader stuck behind
+// the seal into a failure instead of a hung test. The second holds a
+// commit inside the catalog's WAL fsync (the OS filesystem whose sync of
+// the WAL waits at a gate) and shows that a read arriving then answers
+// with that commit.
 
 // readerDeadline turns a reader stuck behind a held writer into a failure.
 var readerDeadline = 60 * time.Second
