@@ -16,13 +16,12 @@
 //  2. liveImage.sealMu: makes the seals of one image take turns (and the
 //     undo of a provisional seal, and DiscardUpload). Held across a whole
 //     seal, I/O and commit included.
-//  3. Store.deliverMu (changes.go): delivers committed changes to the
-//     OnChange function in commit order; taken with none of 1, 2, 4-7
-//     held, and held while that function runs (which may call the read
-//     methods: they take only 5 and 6). It takes 4 for a moment to
-//     collect the pending changes.
-//  4. Store.mu: serializes the writers. Guards nextIno, seq, the pending
-//     changes, liveImage's provisional, alias and nextScratch, and
+//  3. Store.deliverMu (changes.go, which owns it and says what it guards,
+//     where it ranks and whether the OnChange function runs under it).
+//     The OnChange function may call the read methods: they take only 5
+//     and 6, each for a moment.
+//  4. Store.mu: serializes the writers. Guards nextIno, seq,
+//     liveImage's provisional, alias and nextScratch, and
 //     writerWatch.pids, and is what writers hold to change what 6
 //     guards. Held across each catalog commit (a synced Pebble batch: an
 //     fsync) and the checks before it, and across creating a staging
