@@ -16,13 +16,9 @@
 //  2. liveImage.sealMu: makes the seals of one image take turns (and the
 //     undo of a provisional seal, and DiscardUpload). Held across a whole
 //     seal, I/O and commit included.
-//  3. Store.deliverMu (changes.go, which owns it and says what it guards,
-//     where it ranks and whether the OnChange function runs under it).
-//     The OnChange function may call the read methods: they take only 5
-//     and 6, each for a moment.
-//  4. Store.mu: serializes the writers. Guards nextIno, seq,
+//  3. Store.mu: serializes the writers. Guards nextIno, seq,
 //     liveImage's provisional, alias and nextScratch, and
-//     writerWatch.pids, and is what writers hold to change what 6
+//     writerWatch.pids, and is what writers hold to change what 5
 //     guards. Held across each catalog commit (a synced Pebble batch: an
 //     fsync) and the checks before it, and across creating a staging
 //     file; never across a data hand-over or hashing. The record readers
@@ -30,7 +26,7 @@
 //     provisional-seal note of OpenRead, CheckIndex, PropertyIndex,
 //     MayWriteProperty, CheckSetProperty): they wait for a writer's
 //     checks and commit, never for a seal's data work.
-//  5. Store.commitMu (RWMutex): a commit that changes records holds it
+//  4. Store.commitMu (RWMutex): a commit that changes records holds it
 //     for writing from before the commit until its records are
 //     published; the readers (Get, Lookup, List, CurrentUpload,
 //     DataPresent, Scratch, ScratchNames, and the property index scans
@@ -44,22 +40,25 @@
 //     mean, 1.7 ms worst over 50 property commits on this ext4 disk),
 //     never for the writers' checks, nor a seal's inspection, hashing,
 //     fsync of the data or hand-over.
-//  6. Store.pubMu (RWMutex): the published state: images, byName, live
+//  5. Store.pubMu (RWMutex): the published state: images, byName, live
 //     and liveImage's upload, unlinked and scratch. Writers take it (while
-//     holding 4, and 5 for a commit) only to update those maps; readers
+//     holding 3, and 4 for a commit) only to update those maps; readers
 //     take it for reading only for a lookup. Never held across I/O, nor
 //     while taking another lock. Published *Image values are
 //     immutable snapshots, read without a lock once obtained.
-//  7. catalog.reserveMu: orders the release and the refill of the delete
+//  6. catalog.reserveMu: orders the release and the refill of the delete
 //     reserve; held across that file's creation or removal.
 //
 // So a GETATTR, LOOKUP, READDIR, property read or by-property listing
 // never waits for a seal's data work (Upload.Size and friends are
-// atomics) and waits for at most one catalog commit in flight. The callers' own locks (fs's) rank before all of these. The
-// OnChange function runs with only 3 held; the Observer (events.go) may
-// be called with 1, 2 or 4 held, so it must be quick and must not call
-// the Store. Close runs after the server has stopped; it takes 1 (waiting
-// for a seal in flight), then 4.
+// atomics) and waits for at most one catalog commit in flight. The
+// callers' own locks (fs's) rank before all of these. Store.deliverMu is
+// changes.go's: that file says what it guards, where it ranks and whether
+// the OnChange function runs under it; that function may call the read
+// methods, which take only 4 and 5, each for a moment. The Observer
+// (events.go) may be called with 1, 2 or 3 held, so it must be quick and
+// must not call the Store. Close runs after the server has stopped; it
+// takes 1 (waiting for a seal in flight), then 3.
 package store
 
 import (
