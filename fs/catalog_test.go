@@ -16,7 +16,7 @@ func TestCatalogLines(t *testing.T) {
 	var ims []*store.Image
 	for i, v := range values {
 		ims = append(ims, &store.Image{ID: "id-" + string(rune('a'+i)), Name: "n" + v, Size: -1, VirtualSize: 2560,
-			Visibility: "public", Extra: map[string]string{"os_distro": v, "k\"ey": v}})
+			Visibility: store.VisibilityPublic, Extra: map[string]string{"os_distro": v, "k\"ey": v}})
 	}
 	sc := bufio.NewScanner(bytes.NewReader(CatalogLines(ims)))
 	i := 0

@@ -62,7 +62,7 @@ func (f *FS) scratchInode(ctx context.Context, parent *gofs.Inode, im *store.Ima
 // isScratch reports whether this node is a scratch file not (yet) renamed
 // onto image.vhd.
 func (n *dataNode) isScratch() bool {
-	return n.scratch != nil && n.scratch.Name() != ""
+	return n.scratch != nil && !n.scratch.IsImageData()
 }
 
 // fillDataAttr fills size, blocks, mode and owner: sealed data is 0444,
@@ -120,7 +120,7 @@ func (n *dataNode) fillDataAttrFile(im *store.Image, a *fuse.Attr, f *os.File) {
 // renamed reports whether this node is a scratch file that was renamed
 // onto image.vhd: the name now leads to the image's own data inode.
 func (n *dataNode) renamed() bool {
-	return n.scratch != nil && n.scratch.Name() == ""
+	return n.scratch != nil && n.scratch.IsImageData()
 }
 
 func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -175,7 +175,7 @@ func (n *dataNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			var u *store.Upload
 			if u, err = n.fsys.st.OpenWrite(c, n.id, false); err == nil {
 				err = u.Truncate(int64(size))
-				if rerr := n.fsys.st.Release(u); err == nil {
+				if rerr := n.fsys.st.EndWriter(u); err == nil {
 					err = rerr
 				}
 			}
@@ -292,7 +292,7 @@ func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {
 
 // uploadHandle reads and writes a staged upload (image.vhd or a scratch
 // file). Closing the last write handle of image.vhd seals the upload
-// (store.Flush), so close(2) returns after the status is final.
+// (store.CloseWriter), so close(2) returns after the status is final.
 type uploadHandle struct {
 	st     *store.Store
 	u      *store.Upload
@@ -338,15 +338,15 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 	if !h.write || callerProcess(ctx) != h.opener {
 		return 0
 	}
-	if h.u.Name() != "" {
+	if !h.u.IsImageData() {
 		var err error
-		h.once.Do(func() { err = h.st.Release(h.u) })
+		h.once.Do(func() { err = h.st.EndWriter(h.u) })
 		return toErrno(err)
 	}
 	// A writer killed mid-copy (SIGKILL), or exiting with a failure
 	// status, closes its files as it exits: its upload is incomplete,
 	// whatever the bytes look like.
-	err := h.st.FlushExiting(h.u, exitStatus(ctx))
+	err := h.st.CloseWriterExiting(h.u, exitStatus(ctx))
 	if h.node != nil {
 		// A seal or a kill changes the mode and size: drop the attributes
 		// the kernel fetched before the close (it keeps even "uncached"
@@ -367,7 +367,7 @@ func (h *uploadHandle) Release(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	var err error
-	h.once.Do(func() { err = h.st.Release(h.u) })
+	h.once.Do(func() { err = h.st.EndWriter(h.u) })
 	return toErrno(err)
 }
 

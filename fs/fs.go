@@ -265,10 +265,12 @@ func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 }
 
 func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	st, err := r.fsys.st.Statfs()
+	sp, err := r.fsys.st.Space()
 	if err != nil {
 		return toErrno(err)
 	}
-	out.FromStatfsT(&st)
+	out.Blocks, out.Bfree, out.Bavail = sp.Blocks, sp.BlocksFree, sp.BlocksAvail
+	out.Files, out.Ffree = sp.Files, sp.FilesFree
+	out.Bsize, out.Frsize, out.NameLen = sp.BlockSize, sp.FragmentSize, sp.NameLen
 	return 0
 }

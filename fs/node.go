@@ -257,10 +257,10 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
-	data := u.Name() == ""
+	data := u.IsImageData()
 	im := d.image()
 	if im == nil {
-		d.fsys.st.Release(u)
+		d.fsys.st.EndWriter(u)
 		return nil, nil, 0, syscall.ENOENT
 	}
 	var ch *gofs.Inode

@@ -95,7 +95,7 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // meanwhile.
 func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	c := caller(ctx)
-	if err := d.fsys.st.CheckCreate(c, d.id, name, ""); err != nil {
+	if err := d.fsys.st.CheckSetProperty(c, d.id, name, "", store.SetCreate); err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
 	im := d.image()
@@ -238,7 +238,7 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 // changes are refused on system properties and ignored on the rest.
 func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	c := caller(ctx)
-	if err := p.fsys.st.CheckSet(c, p.id, p.key); err != nil {
+	if err := p.fsys.st.MayWriteProperty(c, p.id, p.key); err != nil {
 		return toErrno(err)
 	}
 	if size, ok := in.GetSize(); ok {
@@ -289,7 +289,7 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key, node: p}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		if err := p.fsys.st.CheckSet(h.c, p.id, p.key); err != nil {
+		if err := p.fsys.st.MayWriteProperty(h.c, p.id, p.key); err != nil {
 			return nil, 0, toErrno(err)
 		}
 		h.write = true
@@ -513,11 +513,11 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	// A write that completes a line (echo's) is checked now, so that the
 	// writer sees EINVAL even where the shell ignores close errors.
 	if buf[len(buf)-1] == '\n' {
-		check := h.st.CheckProperty
+		mode := store.SetAny
 		if h.created && !h.set {
-			check = h.st.CheckCreate
+			mode = store.SetCreate
 		}
-		if err := check(h.c, h.id, h.key, stripNewline(string(buf))); err != nil {
+		if err := h.st.CheckSetProperty(h.c, h.id, h.key, stripNewline(string(buf)), mode); err != nil {
 			h.refused = true
 			slog.Warn("property write refused", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
 			return 0, toErrno(err)

@@ -20,7 +20,7 @@ import (
 // them) are more than Options.CacheNodes, it drops the entries of the image
 // directories under images/ or by-id/ that the daemon has served nothing
 // for since the last round, least recently used first, until about 90% of
-// them are left, keeping maxKnownImages at least. The kernel then
+// them are left, keeping minKeptImages at least. The kernel then
 // drops them with everything under them and sends FORGET, and go-fuse
 // frees the nodes. A later access looks them up again; open files are not
 // affected. After a large reap the freed memory goes back to the system.
@@ -29,9 +29,9 @@ import (
 // 10,000 images (three nodes each) stays cached between runs, while ls -lR
 // (twenty nodes an image) is cut back to a couple of thousand images.
 const (
-	maxKnownImages = 1024
-	reapSample     = 256 // image directories sampled to estimate the nodes
-	reapEvery      = 2 * time.Second
+	minKeptImages = 1024
+	reapSample    = 256 // image directories sampled to estimate the nodes
+	reapEvery     = 2 * time.Second
 	// freeAfterReap is how many image directories reaped since the memory
 	// was last given back make the reaper give it back (a full GC, some
 	// tens of ms of CPU at 100,000 images) once a round reaps nothing
@@ -86,7 +86,7 @@ func (f *FS) reapLoop(done <-chan struct{}) {
 }
 
 // reap starts a new round and drops the kernel's entries of the image
-// directories beyond maxKnownImages that were not used in the last round.
+// directories beyond minKeptImages that were not used in the last round.
 // It returns how many it dropped.
 func (f *FS) reap() int {
 	round := f.usage.round.Add(1)
@@ -110,7 +110,7 @@ func (f *FS) reap() int {
 	if sampled > 0 {
 		perImage := float64(nodes) / float64(sampled)
 		if est := perImage * float64(images); est > float64(f.cacheNodes) {
-			keep = max(maxKnownImages, int(0.9*float64(f.cacheNodes)/perImage))
+			keep = max(minKeptImages, int(0.9*float64(f.cacheNodes)/perImage))
 		}
 	}
 	for i, dir := range trees {
@@ -130,7 +130,7 @@ func (f *FS) reap() int {
 			}
 		}
 		// This tree's share of what is kept.
-		excess := len(kids[i]) - max(maxKnownImages, keep*len(kids[i])/max(images, 1))
+		excess := len(kids[i]) - max(minKeptImages, keep*len(kids[i])/max(images, 1))
 		if keep >= images || excess <= 0 {
 			continue
 		}

@@ -22,7 +22,7 @@ import (
 // Every listing and lookup is answered from the store's property index
 // (store/index.go), so it costs time in proportion to what it lists, not
 // to the catalog, and applies the caller's visibility as images/ does
-// (store.Visible with ViewList): a private image of another user, its keys
+// (store.Visible with ReachList): a private image of another user, its keys
 // and its values never appear. Listings are never cached by the kernel (no
 // directory cache). Entries and attributes are kept untilChanged, and
 // viewcache.go drops them when an image leaves a view, so after a property
@@ -244,7 +244,7 @@ func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryO
 	}
 	l := &viewLink{fsys: d.fsys, id: im.ID}
 	l.fillAttr(im, &out.Attr)
-	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ViewList))
+	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ReachList))
 	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotViewLink)}), 0
 }
 

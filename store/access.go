@@ -10,14 +10,26 @@ import (
 // one decimal uid per line. The owner edits it.
 const KeyMembers = "members"
 
-// View says how a caller reaches an image, for the visibility rules.
-type View int
+// Reach says how a caller reaches an image, for the visibility rules.
+// (Not to be confused with the by-property views, index.go.)
+type Reach int
 
 const (
-	// ViewList: listing images/ or by-id/, or looking an image up by name.
-	ViewList View = iota
-	// ViewID: looking an image up by id and reading its data.
-	ViewID
+	// ReachList: listing images/ or by-id/, or looking an image up by name.
+	ReachList Reach = iota
+	// ReachID: looking an image up by id and reading its data.
+	ReachID
+)
+
+// Visibility is an image's visibility property, as in Glance.
+type Visibility string
+
+// The visibilities (see Visible).
+const (
+	VisibilityPrivate   Visibility = "private"
+	VisibilityShared    Visibility = "shared"
+	VisibilityCommunity Visibility = "community"
+	VisibilityPublic    Visibility = "public"
 )
 
 // Visible reports whether caller c may see im through v. The rules are
@@ -30,19 +42,19 @@ const (
 //	public      list, id    list, id list, id
 //
 // Everyone else gets ENOENT, as if the image did not exist.
-func Visible(c Caller, im *Image, v View) bool {
+func Visible(c Caller, im *Image, v Reach) bool {
 	if c.UID == Anyone.UID {
-		return im.Visibility == "public"
+		return im.Visibility == VisibilityPublic
 	}
 	if c.Owns(im) {
 		return true
 	}
 	switch im.Visibility {
-	case "public":
+	case VisibilityPublic:
 		return true
-	case "community":
-		return v == ViewID
-	case "shared":
+	case VisibilityCommunity:
+		return v == ReachID
+	case VisibilityShared:
 		return im.IsMember(c.UID)
 	}
 	return false
@@ -72,7 +84,7 @@ func (im *Image) IsMember(uid uint32) bool {
 // OthersMayRead reports whether users other than the owner may use the
 // image at all; the mode bits of its files show it (0755/0644 rather than
 // 0700/0600). The daemon enforces Visible whatever the mode bits say.
-func (im *Image) OthersMayRead() bool { return im.Visibility != "private" }
+func (im *Image) OthersMayRead() bool { return im.Visibility != VisibilityPrivate }
 
 // checkMembers validates a members value: decimal uids, one per line.
 func checkMembers(value string) error {
@@ -106,7 +118,7 @@ func checkStatusChange(c Caller, im *Image, value string) error {
 
 // LookupFor returns the image named name if c may see it by name.
 func (s *Store) LookupFor(c Caller, name string) *Image {
-	if im := s.Lookup(name); im != nil && Visible(c, im, ViewList) {
+	if im := s.Lookup(name); im != nil && Visible(c, im, ReachList) {
 		return im
 	}
 	return nil
@@ -114,7 +126,7 @@ func (s *Store) LookupFor(c Caller, name string) *Image {
 
 // GetFor returns image id if c may use it by id.
 func (s *Store) GetFor(c Caller, id string) *Image {
-	if im := s.Get(id); im != nil && Visible(c, im, ViewID) {
+	if im := s.Get(id); im != nil && Visible(c, im, ReachID) {
 		return im
 	}
 	return nil
@@ -125,7 +137,7 @@ func (s *Store) ListFor(c Caller) []*Image {
 	all := s.List()
 	out := all[:0]
 	for _, im := range all {
-		if Visible(c, im, ViewList) {
+		if Visible(c, im, ReachList) {
 			out = append(out, im)
 		}
 	}

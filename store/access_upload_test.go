@@ -18,7 +18,7 @@ func TestOpenUploadRead(t *testing.T) {
 	require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1002", SetAny))
 	u, err := s.CreateScratch(alice, im.ID, "disk.vhd")
 	require.NoError(t, err)
-	defer s.Release(u)
+	defer s.EndWriter(u)
 	carol := Caller{UID: 1003, GID: 1003}
 
 	assert.NoError(t, s.OpenUploadRead(alice, u))

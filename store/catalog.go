@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,10 +67,11 @@ const (
 type catalog struct {
 	db  *pebble.DB
 	dir string
+	log *slog.Logger
 	// broken is the commit failure after which the catalog is neither
 	// written nor read until the store is opened again; nil while healthy.
-	// Guarded by Store.mu (every commit and read runs under it, or at load).
-	broken error
+	// Set by a commit (under Store.mu), read by index scans without it.
+	broken atomic.Pointer[error]
 	// reserve is the path of the space kept for deletes (deleteHeadroom;
 	// made at Open, not by a check);
 	// reserveMu orders its release and its refill.
@@ -86,8 +89,8 @@ var freeSpace = func(dir string) (int64, error) {
 	return int64(st.Bavail) * st.Bsize, nil
 }
 
-func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
-	opts := &pebble.Options{Logger: quietLogger{}, FS: privateFS{vfs.Default}}
+func openCatalog(dir string, fs vfs.FS, log *slog.Logger) (*catalog, error) {
+	opts := &pebble.Options{Logger: quietLogger{log}, FS: privateFS{vfs.Default}}
 	if fs != nil {
 		opts.FS = fs
 	}
@@ -99,7 +102,7 @@ func openCatalog(dir string, fs vfs.FS) (*catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCatalog, dir, err)
 	}
-	return &catalog{db: db, dir: dir, reserve: filepath.Join(dir, reserveName)}, nil
+	return &catalog{db: db, dir: dir, log: log, reserve: filepath.Join(dir, reserveName)}, nil
 }
 
 // reserveName is the file in the catalog's directory that keeps
@@ -125,7 +128,7 @@ func (c *catalog) refillReserve() {
 	}
 	f, err := os.OpenFile(c.reserve, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		logger.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
+		c.log.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
 		return
 	}
 	defer f.Close()
@@ -134,7 +137,7 @@ func (c *catalog) refillReserve() {
 		if _, err := f.WriteAt(make([]byte, reserveSize), 0); err != nil {
 			f.Close()
 			os.Remove(c.reserve)
-			logger.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
+			c.log.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
 		}
 	}
 }
@@ -146,14 +149,14 @@ func (c *catalog) releaseReserve() bool {
 	if err := os.Remove(c.reserve); err != nil {
 		return false
 	}
-	logger.Info("disk full: the store's reserve was given back for a delete", "path", c.reserve)
+	c.log.Info("disk full: the store's reserve was given back for a delete", "path", c.reserve)
 	return true
 }
 
 // usable returns ErrCatalog once a commit has failed.
 func (c *catalog) usable() error {
-	if c.broken != nil {
-		return fmt.Errorf("%w: the catalog failed earlier (%v); unmount and mount the store again", ErrCatalog, c.broken)
+	if b := c.broken.Load(); b != nil {
+		return fmt.Errorf("%w: the catalog failed earlier (%v); unmount and mount the store again", ErrCatalog, *b)
 	}
 	return nil
 }
@@ -163,7 +166,7 @@ func (c *catalog) usable() error {
 // a few seconds rather than hang the unmount: the WAL holds every commit
 // that succeeded.
 func (c *catalog) close() error {
-	if c.broken == nil {
+	if c.broken.Load() == nil {
 		return c.db.Close()
 	}
 	done := make(chan error, 1)
@@ -368,7 +371,7 @@ func (t *txn) commit() (err error) {
 	defer t.b.Close()
 	defer func() {
 		if err != nil {
-			logger.Error("catalog commit failed; nothing was changed", "err", err)
+			t.c.log.Error("catalog commit failed; nothing was changed", "err", err)
 		}
 	}()
 	if err := t.check(); err != nil {
@@ -380,7 +383,8 @@ func (t *txn) commit() (err error) {
 			if !ok {
 				panic(r)
 			}
-			t.c.broken = errors.New(string(f))
+			b := errors.New(string(f))
+			t.c.broken.Store(&b)
 			err = fmt.Errorf("%w: commit: %s", ErrCatalog, f)
 		}
 	}()
@@ -395,18 +399,18 @@ func (t *txn) commit() (err error) {
 }
 
 // quietLogger drops Pebble's informational messages and keeps errors.
-type quietLogger struct{}
+type quietLogger struct{ log *slog.Logger }
 
 func (quietLogger) Infof(string, ...any) {}
-func (quietLogger) Errorf(format string, args ...any) {
-	logger.Error(fmt.Sprintf("pebble: "+format, args...))
+func (q quietLogger) Errorf(format string, args ...any) {
+	q.log.Error(fmt.Sprintf("pebble: "+format, args...))
 }
 
 // Fatalf panics with a pebbleFatal: a commit recovers it (txn.commit); in
 // Pebble's background work it ends the daemon, which the next Open
 // recovers from like any crash.
-func (quietLogger) Fatalf(format string, args ...any) {
-	logger.Error(fmt.Sprintf("pebble fatal: "+format, args...))
+func (q quietLogger) Fatalf(format string, args ...any) {
+	q.log.Error(fmt.Sprintf("pebble fatal: "+format, args...))
 	panic(pebbleFatal(fmt.Sprintf(format, args...)))
 }
 

@@ -54,7 +54,7 @@ func BenchmarkCatalog(b *testing.B) {
 			if _, err := u.WriteAt(data, 0); err != nil {
 				b.Fatal(err)
 			}
-			if err := s.Release(u); err != nil {
+			if err := s.EndWriter(u); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -84,11 +84,11 @@ func TestOnChangeDeliversBeforeReturn(t *testing.T) {
 	_, err = u.WriteAt(data[4096:], 4096)
 	require.NoError(t, err)
 	assert.Empty(t, log.take(), "later writes change no record")
-	require.NoError(t, s.Flush(u))
+	require.NoError(t, s.CloseWriter(u))
 	cs = log.take()
 	require.Len(t, cs, 1)
 	assert.Equal(t, StatusActive, cs[0].New.Status)
-	require.NoError(t, s.Release(u))
+	require.NoError(t, s.EndWriter(u))
 
 	require.NoError(t, s.Delete(alice, im.ID))
 	cs = log.take()
@@ -96,7 +96,7 @@ func TestOnChangeDeliversBeforeReturn(t *testing.T) {
 	assert.Equal(t, im.ID, cs[0].Old.ID)
 	assert.Nil(t, cs[0].New)
 
-	// A refused upload: killed, delivered by the Flush that refused it.
+	// A refused upload: killed, delivered by the CloseWriter that refused it.
 	bad, err := s.Create(alice, "bad")
 	require.NoError(t, err)
 	log.take()

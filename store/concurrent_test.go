@@ -116,8 +116,8 @@ func TestConcurrentStore(t *testing.T) {
 			}
 			err = write(r, u, payload(r))
 			check("write", err)
-			check("flush", s.Flush(u))
-			check("release", s.Release(u))
+			check("flush", s.CloseWriter(u))
+			check("release", s.EndWriter(u))
 		},
 		func(r *rand.Rand) { // rsync: scratch file, then rename onto image.vhd
 			id := idOf(r)
@@ -130,7 +130,7 @@ func TestConcurrentStore(t *testing.T) {
 				return
 			}
 			check("write scratch", write(r, u, payload(r)))
-			check("release scratch", s.Release(u))
+			check("release scratch", s.EndWriter(u))
 			switch r.IntN(4) {
 			case 0:
 				check("remove scratch", s.RemoveScratch(alice, id, name))

@@ -94,8 +94,8 @@ func writeAt(t *testing.T, u *Upload, data []byte, off int64) {
 // closeWrite closes the only write handle of u as close(2) does (the
 // flush, then the release) and returns the seal's error.
 func closeWrite(s *Store, u *Upload) error {
-	ferr := s.Flush(u)
-	rerr := s.Release(u)
+	ferr := s.CloseWriter(u)
+	rerr := s.EndWriter(u)
 	if ferr != nil {
 		return ferr
 	}
@@ -291,11 +291,11 @@ var contractCases = []contractCase{
 		q := queued(t, s, alice, "q")
 		u, err := s.OpenWrite(alice, q.ID, false)
 		require.NoError(t, err)
-		require.NoError(t, s.Release(u))
+		require.NoError(t, s.EndWriter(u))
 		k := killed(t, s, alice, "k")
 		u, err = s.OpenWrite(alice, k.ID, false)
 		require.NoError(t, err)
-		require.NoError(t, s.Release(u))
+		require.NoError(t, s.EndWriter(u))
 		sv, u := saving(t, s, alice, "s")
 		_, err = s.OpenWrite(alice, sv.ID, false)
 		assert.ErrorIs(t, err, ErrBusy, "a second writer")
@@ -327,7 +327,7 @@ var contractCases = []contractCase{
 		u, err := s.CreateScratch(alice, im.ID, ".disk.vhd.XXXX")
 		require.NoError(t, err)
 		writeAt(t, u, fixedVHD(t, 1<<20), 0)
-		require.NoError(t, s.Release(u))
+		require.NoError(t, s.EndWriter(u))
 		assert.Equal(t, StatusQueued, s.Get(im.ID).Status)
 		require.NoError(t, s.RenameScratch(alice, im.ID, ".disk.vhd.XXXX", ImageDataName))
 		assert.Equal(t, StatusActive, s.Get(im.ID).Status)
@@ -356,9 +356,9 @@ var contractCases = []contractCase{
 		u, err := s.OpenWrite(alice, im.ID, true)
 		require.NoError(t, err)
 		writeAt(t, u, fixedVHD(t, 1<<20), 0)
-		require.NoError(t, s.Flush(u))
+		require.NoError(t, s.CloseWriter(u))
 		assert.Equal(t, StatusActive, s.Get(im.ID).Status, "final at the flush, before the release")
-		require.NoError(t, s.Release(u))
+		require.NoError(t, s.EndWriter(u))
 	}},
 	{"layout.md", "Only sealed data is readable: reading `image.vhd` of an image that is not `active` fails with EACCES (root may still read a `deactivated` one).", func(t *testing.T, s *Store) {
 		q := queued(t, s, alice, "q")
@@ -394,7 +394,7 @@ var contractCases = []contractCase{
 	{"layout.md", "A refused value (a typed key's rule, a value the caller may not set) fails ... and nothing changes.", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		before := s.Get(im.ID)
-		assert.ErrorIs(t, s.CheckProperty(alice, im.ID, KeyMinRAM, "abc"), ErrInvalid, "checked before the close")
+		assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, KeyMinRAM, "abc", SetAny), ErrInvalid, "checked before the close")
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMinRAM, "abc", SetAny), ErrInvalid)
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyVisibility, "public", SetAny), ErrNotPermitted)
 		assert.ErrorIs(t, s.SetProperty(bob, im.ID, "os_distro", "x", SetAny), ErrPermission)
@@ -603,7 +603,7 @@ var contractCases = []contractCase{
 	}},
 	{"concepts.md", "`visibility` | `private` (default), `shared`, `community`, `public` | owner; `public` by root only", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
-		assert.Equal(t, "private", im.Visibility)
+		assert.Equal(t, VisibilityPrivate, im.Visibility)
 		for _, v := range []string{"shared", "community", "private"} {
 			assert.NoError(t, s.SetProperty(alice, im.ID, KeyVisibility, v, SetAny), v)
 		}
@@ -712,7 +712,7 @@ var contractCases = []contractCase{
 		q := queued(t, s, alice, "q")
 		u, err := s.OpenWrite(alice, q.ID, true)
 		require.NoError(t, err)
-		defer s.Release(u)
+		defer s.EndWriter(u)
 		assert.Equal(t, StatusQueued, s.Get(q.ID).Status, "opened for writing, nothing written")
 		writeAt(t, u, []byte("x"), 0)
 		assert.Equal(t, StatusSaving, s.Get(q.ID).Status, "its first byte arrived")
@@ -938,7 +938,7 @@ var contractCases = []contractCase{
 		u, err := s.CreateScratch(alice, im.ID, ".tmp")
 		require.NoError(t, err)
 		writeAt(t, u, []byte("secret"), 0)
-		require.NoError(t, s.Release(u))
+		require.NoError(t, s.EndWriter(u))
 		assert.ErrorIs(t, s.OpenUploadRead(bob, s.Scratch(im.ID, ".tmp")), ErrPermission)
 		assert.NoError(t, s.OpenUploadRead(alice, s.Scratch(im.ID, ".tmp")))
 		assert.NoError(t, s.OpenUploadRead(Root, s.Scratch(im.ID, ".tmp")))
@@ -947,7 +947,7 @@ var contractCases = []contractCase{
 		im := queued(t, s, alice, "a")
 		sc, err := s.CreateScratch(alice, im.ID, ".rsync.XXXX")
 		require.NoError(t, err)
-		require.NoError(t, s.Release(sc))
+		require.NoError(t, s.EndWriter(sc))
 		u, err := s.OpenWrite(alice, im.ID, true)
 		require.NoError(t, err)
 		writeAt(t, u, make([]byte, 512), 0)
@@ -957,7 +957,7 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, err, ErrBusy, "create")
 		assert.ErrorIs(t, s.RenameScratch(alice, im.ID, ".rsync.XXXX", ImageDataName), ErrBusy, "rename onto image.vhd")
 		assert.ErrorIs(t, s.DiscardUpload(alice, im.ID), ErrBusy, "rm while a writer has it open")
-		assert.ErrorIs(t, s.Release(u), ErrRefused, "512 zero bytes are no VHD")
+		assert.ErrorIs(t, s.EndWriter(u), ErrRefused, "512 zero bytes are no VHD")
 	}},
 	{"README.md", "E2BIG | a value over 65535 bytes", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -970,8 +970,8 @@ var contractCases = []contractCase{
 		fakeFree(t, &free)
 		im := queued(t, s, alice, "a")
 		free.Store(8<<20 - 1)
-		assert.ErrorIs(t, s.CheckProperty(alice, im.ID, "os_distro", "x"), ErrNoSpace, "at the write")
-		assert.ErrorIs(t, s.CheckCreate(alice, im.ID, "os_distro", ""), ErrNoSpace, "at the create")
+		assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, "os_distro", "x", SetAny), ErrNoSpace, "at the write")
+		assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, "os_distro", "", SetCreate), ErrNoSpace, "at the create")
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, "os_distro", "x", SetAny), ErrNoSpace, "at the close")
 		unchanged(t, s, im)
 		free.Store(8<<20 + 64<<10) // 8 MiB and the commit's own size
@@ -1112,7 +1112,7 @@ var contractCases = []contractCase{
 		u, err := s.CreateFile(alice, im.ID, ImageDataName, Writer{})
 		require.NoError(t, err)
 		assert.True(t, s.DataVisible(s.Get(im.ID), false), "created again")
-		assert.ErrorIs(t, s.Release(u), ErrRefused, "created and closed empty: upload empty")
+		assert.ErrorIs(t, s.EndWriter(u), ErrRefused, "created and closed empty: upload empty")
 		assert.ErrorIs(t, s.DiscardUpload(bob, im.ID), ErrPermission)
 	}},
 	{"README.md", "No staging file outlives its upload.", func(t *testing.T, s *Store) {
@@ -1127,11 +1127,11 @@ var contractCases = []contractCase{
 		require.NoError(t, s.DiscardUpload(alice, d.ID))
 		_, u := saving(t, s, alice, "deleted")
 		require.NoError(t, s.Delete(alice, s.Lookup("deleted").ID))
-		s.Release(u)
+		s.EndWriter(u)
 		im := queued(t, s, alice, "scratch")
 		sc, err := s.CreateScratch(alice, im.ID, ".tmp")
 		require.NoError(t, err)
-		require.NoError(t, s.Release(sc))
+		require.NoError(t, s.EndWriter(sc))
 		require.NoError(t, s.RemoveScratch(alice, im.ID, ".tmp"))
 		assert.Empty(t, staged())
 	}},
@@ -1171,7 +1171,7 @@ var contractCases = []contractCase{
 	}},
 	{"README.md", "If another writer created the key meanwhile, the write fails with EEXIST and the other value stays.", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
-		require.NoError(t, s.CheckCreate(alice, im.ID, "os_distro", ""), "the first writer's create")
+		require.NoError(t, s.CheckSetProperty(alice, im.ID, "os_distro", "", SetCreate), "the first writer's create")
 		require.NoError(t, s.SetProperty(alice, im.ID, "os_distro", "other", SetAny), "another writer")
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, "os_distro", "mine", SetCreate), ErrExists, "the first writer's close")
 		assert.Equal(t, "other", s.Get(im.ID).Extra["os_distro"])
@@ -1192,17 +1192,17 @@ var contractCases = []contractCase{
 		im := queued(t, s, alice, "a")
 		var changes atomic.Int32
 		s.OnChange(func(Change) { changes.Add(1) })
-		require.NoError(t, s.CheckCreate(alice, im.ID, "os_distro", ""))
+		require.NoError(t, s.CheckSetProperty(alice, im.ID, "os_distro", "", SetCreate))
 		assert.Zero(t, changes.Load(), "commits nothing")
-		assert.ErrorIs(t, s.CheckCreate(alice, im.ID, "a/b", ""), ErrInvalid, "bad key")
-		assert.ErrorIs(t, s.CheckCreate(bob, im.ID, "os_distro", ""), ErrPermission, "not the owner")
+		assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, "a/b", "", SetCreate), ErrInvalid, "bad key")
+		assert.ErrorIs(t, s.CheckSetProperty(bob, im.ID, "os_distro", "", SetCreate), ErrPermission, "not the owner")
 		s.OnChange(nil)
 		small, err := Open(t.TempDir(), Options{PropertyQuota: 1})
 		require.NoError(t, err)
 		defer small.Close()
 		q := queued(t, small, alice, "q")
 		require.NoError(t, small.SetProperty(alice, q.ID, "k1", "v", SetAny))
-		assert.ErrorIs(t, small.CheckCreate(alice, q.ID, "k2", ""), ErrQuota, "quota")
+		assert.ErrorIs(t, small.CheckSetProperty(alice, q.ID, "k2", "", SetCreate), ErrQuota, "quota")
 	}},
 	{"README.md", "Delete an image's directory ...; each of these deletes the image, its record, its name and its data, in one change, ..., whatever its status", func(t *testing.T, s *Store) {
 		q := queued(t, s, alice, "q")

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,7 +117,8 @@ func (r *CheckReport) Repairable() bool {
 
 // Check opens the store in dir (which must not be mounted: the catalog
 // is locked while imagefs serves it) and checks the catalog against the
-// data files. Errors are for a store that cannot be read at all.
+// data files. It logs through slog.Default(). Errors are for a store that
+// cannot be read at all.
 func Check(dir string, opts CheckOptions) (*CheckReport, error) {
 	if _, err := os.Stat(filepath.Join(dir, "catalog")); err != nil {
 		return nil, fmt.Errorf("%s is not an imagefs store: %w", dir, err)
@@ -129,254 +131,328 @@ func Check(dir string, opts CheckOptions) (*CheckReport, error) {
 	return s.check(opts)
 }
 
-// check runs the checks on a loaded store that serves no requests yet.
+// check runs the checks on a loaded store that serves no requests yet,
+// one function each, in this order (the order of the report).
 func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
-	r := &CheckReport{Images: len(s.images)}
-	add := func(kind, id, detail string, repaired bool) {
-		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail, Repairable: repairable[kind], Repaired: repaired})
-	}
-	// manual adds a problem of a repairable kind that Repair cannot fix.
-	manual := func(kind, id, detail string) {
-		r.Problems = append(r.Problems, Problem{Kind: kind, ID: id, Detail: detail})
-	}
-	now := s.opts.Now().UTC().Truncate(time.Second)
-
-	dataIDs, err := s.data.List()
-	if err != nil {
+	k := &checker{s: s, opts: opts, r: &CheckReport{Images: len(s.images)},
+		now: s.opts.Now().UTC().Truncate(time.Second), hasData: map[string]bool{}}
+	var err error
+	if k.dataIDs, err = s.data.List(); err != nil {
 		return nil, fmt.Errorf("list data files: %w", err)
 	}
-	hasData := map[string]bool{}
-	for _, id := range dataIDs {
-		hasData[id] = true
+	for _, id := range k.dataIDs {
+		k.hasData[id] = true
 	}
+	k.ids = slices.Sorted(maps.Keys(s.images))
 
-	// Records.
-	ids := slices.Sorted(func(yield func(string) bool) {
-		for id := range s.images {
-			if !yield(id) {
-				return
-			}
-		}
-	})
-	var sealed []*Image
-	for _, id := range ids {
-		im := s.images[id]
-		switch im.Status {
-		case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated:
-		default:
-			add(ProblemRecord, id, fmt.Sprintf("unknown status %q", im.Status), false)
-			continue
-		}
-		if hasData[id] && !im.Status.Sealed() {
-			// A crash between moving the data into place and committing
-			// the record: finish the seal from the data itself.
-			err := opts.Repair && s.completeSeal(im) == nil
-			add(ProblemUncommitted, id, fmt.Sprintf("sealed data present but status is %s", im.Status), err)
-			if err {
-				sealed = append(sealed, s.images[id])
-			}
-			continue
-		}
-		if im.Status == StatusSaving {
-			repaired := false
-			if opts.Repair {
-				c := im.clone()
-				c.Status = StatusKilled
-				setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
-				c.UpdatedAt = now
-				repaired = s.publishSmall(c, im.Name) == nil
-			}
-			add(ProblemInterrupted, id, "upload was in flight when imagefs stopped", repaired)
-			continue
-		}
-		if !im.Status.Sealed() {
-			if im.Checksum != "" || im.OSHashValue != "" || im.OSHashAlgo != "" || im.Size >= 0 || im.VirtualSize >= 0 {
-				repaired := false
-				if opts.Repair {
-					c := im.clone()
-					c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
-					repaired = s.publishSmall(c, im.Name) == nil
-				}
-				add(ProblemStaleHashes, id, fmt.Sprintf("status %s but checksum %q, size %d: hashes of data it does not have", im.Status, im.Checksum, im.Size), repaired)
-			}
-			continue
-		}
-		if im.Checksum == "" || im.OSHashValue == "" || im.Size < 0 {
-			add(ProblemRecord, id, fmt.Sprintf("%s image without checksum, os_hash_value or size: its data cannot be verified (upload it again as a new image)", im.Status), false)
-		}
-		if _, ok := im.Extra[KeyKillReason]; ok {
-			repaired := false
-			if opts.Repair {
-				c := im.clone()
-				deleteExtra(c, KeyKillReason)
-				repaired = s.publishSmall(c, im.Name) == nil
-			}
-			add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
-			im = s.images[id]
-		}
-		if !hasData[id] {
-			add(ProblemMissingData, id, "the data file is missing", false)
-			continue
-		}
-		sealed = append(sealed, im)
-	}
-	r.Sealed = len(sealed)
-
-	// Data files: of an image, of a deleted image (removed), or of no
-	// record at all (kept in lost+found).
-	tombs, err := s.cat.loadTombstones()
-	if err != nil {
+	k.checkRecords()
+	if err := k.checkDataFiles(); err != nil {
 		return nil, err
 	}
-	for _, id := range dataIDs {
+	k.checkDataFileModes()
+	k.checkStaging()
+	k.checkStoreMode()
+	if opts.quick {
+		return k.r, nil
+	}
+	k.countLostFound()
+	if err := k.checkNameIndex(); err != nil {
+		return nil, err
+	}
+	k.checkInodes()
+	k.checkPropertyIndex()
+	if opts.VerifyData {
+		s.verify(k.sealed, opts, k.add, k.r)
+	}
+	return k.r, nil
+}
+
+// checker is one run of check: what it found so far.
+type checker struct {
+	s       *Store
+	opts    CheckOptions
+	r       *CheckReport
+	now     time.Time
+	dataIDs []string        // ids with a data file
+	hasData map[string]bool // the same, less those removed
+	ids     []string        // ids of the records, sorted
+	sealed  []*Image        // sealed images with their data file
+}
+
+// add reports a problem; repaired says whether it was repaired.
+func (k *checker) add(kind, id, detail string, repaired bool) {
+	k.r.Problems = append(k.r.Problems, Problem{Kind: kind, ID: id, Detail: detail, Repairable: repairable[kind], Repaired: repaired})
+}
+
+// manual adds a problem of a repairable kind that Repair cannot fix.
+func (k *checker) manual(kind, id, detail string) {
+	k.r.Problems = append(k.r.Problems, Problem{Kind: kind, ID: id, Detail: detail})
+}
+
+// checkRecords checks each record against its status and its data file,
+// and collects the sealed images that have their data.
+func (k *checker) checkRecords() {
+	for _, id := range k.ids {
+		if im := k.checkRecord(id); im != nil {
+			k.sealed = append(k.sealed, im)
+		}
+	}
+	k.r.Sealed = len(k.sealed)
+}
+
+// checkRecord checks record id; it returns the record when it is sealed
+// and has its data file.
+func (k *checker) checkRecord(id string) *Image {
+	s, opts := k.s, k.opts
+	im := s.images[id]
+	switch im.Status {
+	case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated:
+	default:
+		k.add(ProblemRecord, id, fmt.Sprintf("unknown status %q", im.Status), false)
+		return nil
+	}
+	switch {
+	case k.hasData[id] && !im.Status.Sealed():
+		return k.checkUncommittedSeal(im)
+	case im.Status == StatusSaving:
+		k.checkInterrupted(im)
+		return nil
+	case !im.Status.Sealed():
+		k.checkStaleHashes(im)
+		return nil
+	}
+	if im.Checksum == "" || im.OSHashValue == "" || im.Size < 0 {
+		k.add(ProblemRecord, id, fmt.Sprintf("%s image without checksum, os_hash_value or size: its data cannot be verified (upload it again as a new image)", im.Status), false)
+	}
+	if _, ok := im.Extra[KeyKillReason]; ok {
+		repaired := false
+		if opts.Repair {
+			c := im.clone()
+			deleteExtra(c, KeyKillReason)
+			repaired = s.publishWithSmallHeadroom(c, im.Name) == nil
+		}
+		k.add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
+		im = s.images[id]
+	}
+	if !k.hasData[id] {
+		k.add(ProblemMissingData, id, "the data file is missing", false)
+		return nil
+	}
+	return im
+}
+
+// checkUncommittedSeal: sealed data of an image that is not sealed. A
+// crash between moving the data into place and committing the record:
+// the repair finishes the seal from the data itself.
+func (k *checker) checkUncommittedSeal(im *Image) *Image {
+	repaired := k.opts.Repair && k.s.completeSeal(im) == nil
+	k.add(ProblemUncommitted, im.ID, fmt.Sprintf("sealed data present but status is %s", im.Status), repaired)
+	if repaired {
+		return k.s.images[im.ID]
+	}
+	return nil
+}
+
+// checkInterrupted: an upload in flight when imagefs stopped (repair:
+// killed).
+func (k *checker) checkInterrupted(im *Image) {
+	repaired := false
+	if k.opts.Repair {
+		c := im.clone()
+		c.Status = StatusKilled
+		setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
+		c.UpdatedAt = k.now
+		repaired = k.s.publishWithSmallHeadroom(c, im.Name) == nil
+	}
+	k.add(ProblemInterrupted, im.ID, "upload was in flight when imagefs stopped", repaired)
+}
+
+// checkStaleHashes: an image that is not sealed keeps no hashes or sizes
+// (repair: cleared).
+func (k *checker) checkStaleHashes(im *Image) {
+	if im.Checksum == "" && im.OSHashValue == "" && im.OSHashAlgo == "" && im.Size < 0 && im.VirtualSize < 0 {
+		return
+	}
+	repaired := false
+	if k.opts.Repair {
+		c := im.clone()
+		c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
+		repaired = k.s.publishWithSmallHeadroom(c, im.Name) == nil
+	}
+	k.add(ProblemStaleHashes, im.ID, fmt.Sprintf("status %s but checksum %q, size %d: hashes of data it does not have", im.Status, im.Checksum, im.Size), repaired)
+}
+
+// checkDataFiles checks that each data file is of an image: of a deleted
+// image it is removed, of no record at all it is kept in lost+found.
+// Then the tombstones that have done their work are dropped.
+func (k *checker) checkDataFiles() error {
+	s, opts := k.s, k.opts
+	tombs, err := s.cat.loadTombstones()
+	if err != nil {
+		return err
+	}
+	for _, id := range k.dataIDs {
 		switch _, ok := s.images[id]; {
 		case ok:
 		case tombs[id]:
 			repaired := opts.Repair && s.data.Remove(id) == nil
 			if repaired {
-				delete(hasData, id)
+				delete(k.hasData, id)
 			}
-			add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
+			k.add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
 		default:
-			add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
+			k.add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
 		}
 	}
-	if opts.Repair {
-		// Tombstones whose data is gone, or (never written so) whose
-		// image still has a record, have done their work.
-		t := s.cat.begin().small()
-		n := 0
-		for id := range tombs {
-			if !hasData[id] || s.images[id] != nil {
-				t.deleteTombstone(id)
-				n++
-			}
-		}
-		if n > 0 {
-			if err := t.commit(); err != nil {
-				return nil, err
-			}
-		} else {
-			t.b.Close()
+	if !opts.Repair {
+		return nil
+	}
+	// Tombstones whose data is gone, or (never written so) whose
+	// image still has a record, have done their work.
+	t := s.cat.begin().small()
+	n := 0
+	for id := range tombs {
+		if !k.hasData[id] || s.images[id] != nil {
+			t.deleteTombstone(id)
+			n++
 		}
 	}
-	for _, im := range sealed {
-		if opts.quick {
-			break
-		}
-		f, err := s.data.Open(im.ID)
+	if n == 0 {
+		t.b.Close()
+		return nil
+	}
+	return t.commit()
+}
+
+// checkDataFileModes checks the size and mode of each sealed image's data
+// file (not at Open).
+func (k *checker) checkDataFileModes() {
+	if k.opts.quick {
+		return
+	}
+	for _, im := range k.sealed {
+		f, err := k.s.data.Open(im.ID)
 		if err != nil {
-			add(ProblemMissingData, im.ID, err.Error(), false)
+			k.add(ProblemMissingData, im.ID, err.Error(), false)
 			continue
 		}
 		fi, err := f.Stat()
 		if err == nil && fi.Size() != im.Size {
-			add(ProblemSizeMismatch, im.ID, fmt.Sprintf("data file is %d bytes, record says %d", fi.Size(), im.Size), false)
+			k.add(ProblemSizeMismatch, im.ID, fmt.Sprintf("data file is %d bytes, record says %d", fi.Size(), im.Size), false)
 		}
 		if err == nil && fi.Mode().Perm()&0o222 != 0 {
-			add(ProblemDataMode, im.ID, fmt.Sprintf("data file mode is %04o, want 0400", fi.Mode().Perm()), opts.Repair && f.Chmod(modeDataFile) == nil)
+			k.add(ProblemDataMode, im.ID, fmt.Sprintf("data file mode is %04o, want 0400", fi.Mode().Perm()), k.opts.Repair && f.Chmod(modeDataFile) == nil)
 		}
 		f.Close()
 	}
+}
 
-	// Staging leftovers: nothing is uploading while the store is checked.
-	if ents, err := os.ReadDir(s.staging); err == nil {
+// checkStaging reports staging leftovers: nothing is uploading while the
+// store is checked.
+func (k *checker) checkStaging() {
+	if ents, err := os.ReadDir(k.s.staging); err == nil {
 		for _, e := range ents {
-			add(ProblemStaging, "", e.Name(), opts.Repair && os.Remove(filepath.Join(s.staging, e.Name())) == nil)
+			k.add(ProblemStaging, "", e.Name(), k.opts.Repair && os.Remove(filepath.Join(k.s.staging, e.Name())) == nil)
 		}
 	}
+}
 
-	// Permissions: at Open only when STORE or one of its directories
-	// lets others in (a private directory keeps its files private).
-	if !opts.quick || looseStore(s.dir) {
-		if what, ok := tighten(s.dir, opts.Repair); what != "" {
-			add(ProblemStoreMode, "", what, opts.Repair && ok)
+// checkStoreMode checks the permissions: at Open only when STORE or one
+// of its directories lets others in (a private directory keeps its files
+// private).
+func (k *checker) checkStoreMode() {
+	if !k.opts.quick || looseStore(k.s.dir) {
+		if what, ok := tighten(k.s.dir, k.opts.Repair, k.s.log); what != "" {
+			k.add(ProblemStoreMode, "", what, k.opts.Repair && ok)
 		}
 	}
+}
 
-	if opts.quick {
-		return r, nil
-	}
-
-	// What lost+found holds.
-	if ents, err := os.ReadDir(filepath.Join(s.dir, "lost+found")); err == nil {
+// countLostFound counts what lost+found holds.
+func (k *checker) countLostFound() {
+	if ents, err := os.ReadDir(filepath.Join(k.s.dir, "lost+found")); err == nil {
 		for _, e := range ents {
 			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
-				r.LostFound++
-				r.LostFoundBytes += fi.Size()
+				k.r.LostFound++
+				k.r.LostFoundBytes += fi.Size()
 			}
 		}
 	}
+}
 
-	// Name index.
+// checkNameIndex checks the name index against the records (repair:
+// rewritten; a name used by two images needs the operator).
+func (k *checker) checkNameIndex() error {
+	s, opts := k.s, k.opts
 	names := map[string]string{}
 	if err := s.cat.loadNames(func(name, id string) { names[name] = id }); err != nil {
-		return nil, err
+		return err
 	}
 	fix := s.cat.begin()
 	bad := 0
 	for name, id := range names {
 		if im := s.images[id]; im == nil || im.Name != name {
-			add(ProblemNameIndex, id, fmt.Sprintf("name %q points to an image that does not have it", name), opts.Repair)
+			k.add(ProblemNameIndex, id, fmt.Sprintf("name %q points to an image that does not have it", name), opts.Repair)
 			fix.deleteName(name)
 			bad++
 		}
 	}
 	byName := map[string]string{}
-	for _, id := range ids {
+	for _, id := range k.ids {
 		im := s.images[id]
 		if other, dup := byName[im.Name]; dup {
-			manual(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other))
+			k.manual(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other))
 			continue
 		}
 		byName[im.Name] = id
 		if names[im.Name] != id {
-			add(ProblemNameIndex, id, fmt.Sprintf("name %q missing from the name index", im.Name), opts.Repair)
+			k.add(ProblemNameIndex, id, fmt.Sprintf("name %q missing from the name index", im.Name), opts.Repair)
 			fix.putName(im.Name, id)
 			bad++
 		}
 	}
 	if opts.Repair && bad > 0 {
-		if err := fix.commit(); err != nil {
-			return nil, err
-		}
-	} else {
-		fix.b.Close()
+		return fix.commit()
 	}
+	fix.b.Close()
+	return nil
+}
 
-	// Inode ranges: one per image, all below the next one handed out.
+// checkInodes checks the inode ranges: one per image, all below the next
+// one handed out (repair: the next range moved on).
+func (k *checker) checkInodes() {
+	s := k.s
 	byIno := map[uint64]string{}
 	maxBase := uint64(0)
-	for _, id := range ids {
+	for _, id := range k.ids {
 		im := s.images[id]
 		base := im.InoBase >> inoShift
 		if other, dup := byIno[base]; dup {
-			manual(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other))
+			k.manual(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other))
 		}
 		byIno[base] = id
 		maxBase = max(maxBase, base)
 	}
-	if len(ids) > 0 && s.nextIno <= maxBase {
-		repaired := false
-		if opts.Repair {
-			t := s.cat.begin().small()
-			t.putSeqIno(maxBase + 1)
-			if repaired = t.commit() == nil; repaired {
-				s.nextIno = maxBase + 1
-			}
+	if len(k.ids) == 0 || s.nextIno > maxBase {
+		return
+	}
+	repaired := false
+	if k.opts.Repair {
+		t := s.cat.begin().small()
+		t.putSeqIno(maxBase + 1)
+		if repaired = t.commit() == nil; repaired {
+			s.nextIno = maxBase + 1
 		}
-		add(ProblemInode, "", fmt.Sprintf("the next inode range %d is already in use (highest %d)", s.nextIno, maxBase), repaired)
 	}
+	k.add(ProblemInode, "", fmt.Sprintf("the next inode range %d is already in use (highest %d)", s.nextIno, maxBase), repaired)
+}
 
-	// Property index.
-	if err := s.CheckIndex(); err != nil {
-		add(ProblemPropertyIndex, "", err.Error(), opts.Repair && s.rebuildIndex() == nil)
+// checkPropertyIndex checks the property index against the records
+// (repair: rebuilt).
+func (k *checker) checkPropertyIndex() {
+	if err := k.s.CheckIndex(); err != nil {
+		k.add(ProblemPropertyIndex, "", err.Error(), k.opts.Repair && k.s.rebuildIndex() == nil)
 	}
-
-	if opts.VerifyData {
-		s.verify(sealed, opts, add, r)
-	}
-	return r, nil
 }
 
 // verify re-hashes sealed data.
@@ -451,7 +527,7 @@ func (s *Store) completeSeal(im *Image) error {
 		c := im.clone()
 		c.Status = StatusKilled
 		setExtra(c, KeyKillReason, refusal)
-		return s.publishSmall(c, im.Name)
+		return s.publishWithSmallHeadroom(c, im.Name)
 	}
 	p := newHashPipe()
 	if err := p.readFrom(f); err != nil {
@@ -461,7 +537,7 @@ func (s *Store) completeSeal(im *Image) error {
 	md5hex, shahex := p.finish()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.publishSmall(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
+	return s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
 }
 
 // moveToLostFound moves the data file of id out of the data area into

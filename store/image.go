@@ -96,10 +96,10 @@ type Image struct {
 	// the group of its files; records written before it was kept have 0.
 	GID uint32 `json:"gid,omitempty"`
 
-	Visibility string `json:"visibility"`
-	Protected  bool   `json:"protected"`
-	MinRAM     int64  `json:"min_ram"`
-	MinDisk    int64  `json:"min_disk"`
+	Visibility Visibility `json:"visibility"`
+	Protected  bool       `json:"protected"`
+	MinRAM     int64      `json:"min_ram"`
+	MinDisk    int64      `json:"min_disk"`
 
 	Checksum    string `json:"checksum,omitempty"`
 	OSHashAlgo  string `json:"os_hash_algo,omitempty"`
@@ -151,7 +151,7 @@ func (im *Image) Property(key string) (string, bool) {
 	case KeyOwner:
 		return strconv.FormatUint(uint64(im.Owner), 10), true
 	case KeyVisibility:
-		return im.Visibility, true
+		return string(im.Visibility), true
 	case KeyProtected:
 		return strconv.FormatBool(im.Protected), true
 	case KeyMinRAM:
@@ -198,6 +198,16 @@ func (im *Image) Keys() []string {
 }
 
 // Inode slots within an image's inode range (InoBase | slot).
+//
+// Some slots number nodes that exist only in the presentation (the image
+// directory, properties/, by-id/<id>/, the view symlink), yet they stay in
+// store: an inode number is a store fact. It must be stable across
+// mounts and unique across the store, so it is derived from InoBase,
+// which the catalog hands out and persists (putSeqIno) and fsck checks;
+// the slots of properties are persisted in the record (Slots, NextSlot);
+// and the ranges of all these nodes must not collide with each other or
+// with the scratch slots the store hands out. Keeping the whole layout in
+// one table here is what guarantees that; fs only picks a slot.
 const (
 	SlotDir          = 1 // images/<name>
 	SlotData         = 2 // image.vhd (same inode under images/ and by-id/)

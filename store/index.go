@@ -190,7 +190,7 @@ func (s *Store) rebuildIndex() error {
 	if err := t.commit(); err != nil {
 		return err
 	}
-	logger.Info("property index built", "images", len(s.images), "entries", n, "ms", time.Since(start).Milliseconds())
+	s.log.Info("property index built", "images", len(s.images), "entries", n, "ms", time.Since(start).Milliseconds())
 	return nil
 }
 
@@ -281,10 +281,11 @@ func (s *Store) CheckIndex() error {
 	return nil
 }
 
-// visibleLocked reports whether c sees image id listed. Must hold s.mu.
-func (s *Store) visibleLocked(c Caller, id string) bool {
-	im := s.images[id]
-	return im != nil && Visible(c, im, ViewList)
+// listedFor reports whether c sees image id listed. Must hold commitMu
+// (read).
+func (s *Store) listedFor(c Caller, id string) bool {
+	im := s.published(id) // the scan holds commitMu
+	return im != nil && Visible(c, im, ReachList)
 }
 
 // firstVisible advances it, from its current entry, through the entries
@@ -293,7 +294,7 @@ func (s *Store) visibleLocked(c Caller, id string) bool {
 func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool {
 	prefix := []byte(valuePrefix(key, ev))
 	for valid := it.Valid(); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
-		if s.visibleLocked(c, string(it.Key()[len(prefix):])) {
+		if s.listedFor(c, string(it.Key()[len(prefix):])) {
 			return true
 		}
 	}
@@ -301,13 +302,13 @@ func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool
 }
 
 // ViewKeys returns, sorted, the property keys for which c sees at least
-// one image listed (Visible, ViewList) whose value passes ok (nil: any).
+// one image listed (Visible, ReachList) whose value passes ok (nil: any).
 // It skips from key to key with SeekGE: for root the cost is one seek per
 // key in use; for others it also reads the entries of images they do not
 // see, until one they do.
 func (s *Store) ViewKeys(c Caller, ok func(value string) bool) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(prefixProp, endProp)
 	if err != nil {
 		return nil, err
@@ -350,8 +351,8 @@ func (s *Store) ViewValues(c Caller, key string, ok func(value string) bool) ([]
 	if !indexable(key) {
 		return nil, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return nil, err
@@ -378,8 +379,8 @@ func (s *Store) ViewHasKey(c Caller, key string, ok func(value string) bool) (bo
 	if !indexable(key) {
 		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(keyPrefix(key), keyEnd(key))
 	if err != nil {
 		return false, err
@@ -395,9 +396,9 @@ func (s *Store) ViewHasValue(c Caller, key, value string) (bool, error) {
 	if !indexable(key) {
 		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	ev := escIndex(value)
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
 	it, err := s.propIter(valuePrefix(key, ev), valueEnd(key, ev))
 	if err != nil {
 		return false, err
@@ -407,7 +408,7 @@ func (s *Store) ViewHasValue(c Caller, key, value string) (bool, error) {
 	return found, iterErr(it)
 }
 
-// ViewImages returns the images c sees listed (Visible, ViewList) whose
+// ViewImages returns the images c sees listed (Visible, ReachList) whose
 // property key equals value, sorted by name. It reads only that pair's
 // index entries: the cost is the size of the view, not of the catalog.
 func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
@@ -416,20 +417,20 @@ func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
 	}
 	ev := escIndex(value)
 	prefix := valuePrefix(key, ev)
-	s.mu.Lock()
+	s.commitMu.RLock()
 	it, err := s.propIter(prefix, valueEnd(key, ev))
 	if err != nil {
-		s.mu.Unlock()
+		s.commitMu.RUnlock()
 		return nil, err
 	}
 	var out []*Image
 	for it.First(); it.Valid(); it.Next() {
-		if im := s.images[string(it.Key()[len(prefix):])]; im != nil && Visible(c, im, ViewList) {
+		if im := s.published(string(it.Key()[len(prefix):])); im != nil && Visible(c, im, ReachList) {
 			out = append(out, im)
 		}
 	}
 	err = iterErr(it)
-	s.mu.Unlock()
+	s.commitMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}

@@ -159,10 +159,10 @@ func tryUpload(s *Store, id string, data []byte) error {
 		return err
 	}
 	_, err = u.WriteAt(data, 0)
-	if ferr := s.Flush(u); err == nil {
+	if ferr := s.CloseWriter(u); err == nil {
 		err = ferr
 	}
-	if rerr := s.Release(u); err == nil {
+	if rerr := s.EndWriter(u); err == nil {
 		err = rerr
 	}
 	return err
@@ -212,7 +212,7 @@ func imageNames(ims []*Image) []string {
 	return out
 }
 
-// TestViewVisibility: the view queries apply Visible with ViewList, as
+// TestViewVisibility: the view queries apply Visible with ReachList, as
 // ListFor does: private images of others are not listed, nor are their
 // keys and values; community images only for their owner; shared ones for
 // members.

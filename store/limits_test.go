@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestCheckPropertyNoSpace: CheckProperty and CheckCreate (a property
+// TestCheckPropertyNoSpace: CheckSetProperty with SetAny and SetCreate (a property
 // file's write and create) refuse with ErrNoSpace (ENOSPC) when the commit
 // would not leave the catalog its headroom, as the commit itself would.
 func TestCheckPropertyNoSpace(t *testing.T) {
@@ -20,33 +20,33 @@ func TestCheckPropertyNoSpace(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	im, err := s.Create(alice, "img")
 	require.NoError(t, err)
-	require.NoError(t, s.CheckProperty(alice, im.ID, KeyMinRAM, "2048"))
-	require.NoError(t, s.CheckCreate(alice, im.ID, "new", ""))
+	require.NoError(t, s.CheckSetProperty(alice, im.ID, KeyMinRAM, "2048", SetAny))
+	require.NoError(t, s.CheckSetProperty(alice, im.ID, "new", "", SetCreate))
 
 	free.Store(catalogHeadroom - 1)
 	for _, err := range []error{
-		s.CheckProperty(alice, im.ID, KeyMinRAM, "2048"),
-		s.CheckCreate(alice, im.ID, "new", ""),
+		s.CheckSetProperty(alice, im.ID, KeyMinRAM, "2048", SetAny),
+		s.CheckSetProperty(alice, im.ID, "new", "", SetCreate),
 		s.SetProperty(alice, im.ID, KeyMinRAM, "2048", SetAny),
 	} {
 		assert.ErrorIs(t, err, ErrNoSpace)
 		assert.ErrorIs(t, err, syscall.ENOSPC)
 	}
 	// The rules come first: a bad value is ErrInvalid on a full disk too.
-	assert.ErrorIs(t, s.CheckProperty(alice, im.ID, KeyMinRAM, "x"), ErrInvalid)
+	assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, KeyMinRAM, "x", SetAny), ErrInvalid)
 }
 
-// TestCheckCreate: CheckCreate refuses a key that exists (ErrExists), a
+// TestCheckCreate: CheckSetProperty with SetCreate refuses a key that exists (ErrExists), a
 // bad or too long key, and a key over the quota, changing nothing.
 func TestCheckCreate(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	im, err := s.Create(alice, "img")
 	require.NoError(t, err)
 	require.NoError(t, s.SetProperty(alice, im.ID, "k", "v", SetAny))
-	assert.ErrorIs(t, s.CheckCreate(alice, im.ID, "k", ""), ErrExists)
-	assert.ErrorIs(t, s.CheckCreate(alice, im.ID, strings.Repeat("k", MaxKeyBytes+1), ""), ErrInvalid)
-	assert.NoError(t, s.CheckCreate(alice, im.ID, strings.Repeat("k", MaxKeyBytes), ""))
-	assert.ErrorIs(t, s.CheckCreate(bob, im.ID, "other", ""), ErrPermission)
+	assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, "k", "", SetCreate), ErrExists)
+	assert.ErrorIs(t, s.CheckSetProperty(alice, im.ID, strings.Repeat("k", MaxKeyBytes+1), "", SetCreate), ErrInvalid)
+	assert.NoError(t, s.CheckSetProperty(alice, im.ID, strings.Repeat("k", MaxKeyBytes), "", SetCreate))
+	assert.ErrorIs(t, s.CheckSetProperty(bob, im.ID, "other", "", SetCreate), ErrPermission)
 	_, ok := s.Get(im.ID).Property(strings.Repeat("k", MaxKeyBytes))
 	assert.False(t, ok, "a check changes nothing")
 }

@@ -8,7 +8,7 @@ import (
 
 func TestMain(m *testing.M) {
 	if os.Getenv("IMAGEFS_TEST_LOG") == "" {
-		SetLogger(slog.New(slog.DiscardHandler))
+		slog.SetDefault(slog.New(slog.DiscardHandler)) // what Options.Logger nil means
 	}
 	os.Exit(m.Run())
 }

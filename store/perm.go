@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,7 +118,7 @@ func looseStore(dir string) bool {
 // 0700, files 0600, data files 0400. Symbolic links are not followed.
 // It returns one line saying what it found (and fixed), or "" when the
 // store is private, and whether every change succeeded.
-func tighten(dir string, repair bool) (string, bool) {
+func tighten(dir string, repair bool, log *slog.Logger) (string, bool) {
 	var dirs, files, data int
 	var example string
 	ok := true
@@ -127,7 +128,7 @@ func tighten(dir string, repair bool) (string, bool) {
 		}
 		if repair {
 			if err := os.Chmod(path, want); err != nil {
-				logger.Error("tightening the store's permissions", "path", path, "err", err)
+				log.Error("tightening the store's permissions", "path", path, "err", err)
 				ok = false
 			}
 		}

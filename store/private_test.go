@@ -111,9 +111,8 @@ func TestOpenTightensLooseStore(t *testing.T) {
 
 	loosen()
 	var logs bytes.Buffer
-	SetLogger(slog.New(slog.NewTextHandler(&logs, nil)))
-	defer SetLogger(slog.New(slog.DiscardHandler))
-	s = openStore(t, dir)
+	s, err = Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
 	require.NoError(t, s.Close())
 	assert.Equal(t, []string{mine + " -rw-r--r--"}, looseEntries(t, dir))
 	var lines []string

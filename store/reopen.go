@@ -182,10 +182,10 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		next.Status = StatusDeactivated
 		setExtra(next, KeyDeactivateReason, reason)
 		next.UpdatedAt = now
-		if err := s.publishSmall(next, im.Name); err != nil {
+		if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 			return err
 		}
-		logger.Warn("image deactivated", "id", id, "reason", reason)
+		s.log.Warn("image deactivated", "id", id, "reason", reason)
 		return fmt.Errorf("%w: image %s was sealed and read; it is now deactivated: %s", ErrImmutable, id, reason)
 	}
 	rec, ok := s.data.(dataReclaimer)
@@ -200,7 +200,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		deleteExtra(next, k)
 	}
 	next.UpdatedAt = now
-	if err := s.publishSmall(next, im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
 	l.provisional = nil
@@ -208,7 +208,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		killed := next.clone()
 		killed.Status = StatusKilled
 		setExtra(killed, KeyKillReason, "the seal was undone for the writer's reopen but its data could not be taken back; upload again")
-		if s.publishSmall(killed, im.Name) == nil {
+		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
 			s.emit(Event{Kind: EventKilled, ID: id, Reason: killed.Extra[KeyKillReason]})
 		}
 		return fmt.Errorf("take back the sealed data of %s: %w", id, err)
@@ -229,9 +229,14 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	}
 	// hash nil: the next seal hashes the data in one pass. dirty: a close
 	// without a write seals it again.
-	l.upload = &Upload{s: s, id: id, path: p.path, f: f, size: fi.Size(), dirty: true, started: true}
+	u := &Upload{s: s, id: id, path: p.path, f: f, dirty: true, started: true}
+	u.setSize(fi.Size())
+	u.isData.Store(true)
+	s.pubMu.Lock()
+	l.upload = u
 	l.unlinked = false
-	logger.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
+	s.pubMu.Unlock()
+	s.log.Info("seal undone: its writer opened image.vhd for writing again", "id", id, "pid", w.PID)
 	return nil
 }
 
@@ -257,7 +262,7 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 	s.ww.once.Do(func() {
 		recv, stop, err := listenProcExits()
 		if err != nil {
-			logger.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
+			s.log.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
 			return
 		}
 		s.ww.stop = stop
@@ -266,7 +271,7 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 			for !s.ww.closed.Load() {
 				exits, err := recv()
 				if err != nil {
-					logger.Error("process events", "err", err)
+					s.log.Error("process events", "err", err)
 					return
 				}
 				for _, e := range exits {
@@ -328,9 +333,9 @@ func (s *Store) writerExited(pid, code uint32) {
 	next.Status = StatusDeactivated
 	setExtra(next, KeyDeactivateReason, reason)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishSmall(next, im.Name); err != nil {
-		logger.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
+	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
+		s.log.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
 		return
 	}
-	logger.Warn("image deactivated", "id", w.id, "reason", reason)
+	s.log.Warn("image deactivated", "id", w.id, "reason", reason)
 }

@@ -58,9 +58,10 @@ func ValidKey(key string) error {
 	return nil
 }
 
-// checkValue validates value for key against the key's type. Errors wrap
-// ErrInvalid or ErrTooBig and name the key and the rule.
-func checkValue(key, value string) error {
+// ValidValue reports whether value obeys the rule of key (its type and
+// size), without regard to who sets it. Errors wrap ErrInvalid or
+// ErrTooBig and name the key and the rule.
+func ValidValue(key, value string) error {
 	bad := func(rule string) error {
 		return fmt.Errorf("%w: %s=%q: %s", ErrInvalid, key, value, rule)
 	}
@@ -75,8 +76,8 @@ func checkValue(key, value string) error {
 			return bad("must be true or false")
 		}
 	case KeyVisibility:
-		switch value {
-		case "private", "shared", "community", "public":
+		switch Visibility(value) {
+		case VisibilityPrivate, VisibilityShared, VisibilityCommunity, VisibilityPublic:
 		default:
 			return bad("must be private, shared, community or public")
 		}
@@ -92,11 +93,6 @@ func checkValue(key, value string) error {
 	return nil
 }
 
-// CheckValue reports whether value obeys the rule of key (its type and
-// size), without regard to who sets it. Errors wrap ErrInvalid or
-// ErrTooBig and name the key and the rule.
-func CheckValue(key, value string) error { return checkValue(key, value) }
-
 // applyValue sets a validated core or custom value on a cloned record.
 func applyValue(im *Image, key, value string) {
 	switch key {
@@ -109,7 +105,7 @@ func applyValue(im *Image, key, value string) {
 	case KeyProtected:
 		im.Protected = value == "true"
 	case KeyVisibility:
-		im.Visibility = value
+		im.Visibility = Visibility(value)
 	case KeyStatus:
 		im.Status = Status(value)
 		if im.Status == StatusActive {

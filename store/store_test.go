@@ -75,8 +75,8 @@ func upload(t *testing.T, s *Store, c Caller, id string, data []byte, chunk int)
 		_, err := u.WriteAt(data[off:end], int64(off))
 		require.NoError(t, err)
 	}
-	ferr := s.Flush(u)
-	require.NoError(t, s.Release(u))
+	ferr := s.CloseWriter(u)
+	require.NoError(t, s.EndWriter(u))
 	return ferr
 }
 
@@ -125,8 +125,8 @@ func TestSealInOrderAndOutOfOrder(t *testing.T) {
 			require.NoError(t, err)
 			_, err = u.WriteAt(data[:n], 0)
 			require.NoError(t, err)
-			require.NoError(t, s.Flush(u))
-			return s.Release(u)
+			require.NoError(t, s.CloseWriter(u))
+			return s.EndWriter(u)
 		},
 		"hole then truncate": func(s *Store, id string) error {
 			// Zero the middle of the disk, write around it, then extend
@@ -144,8 +144,8 @@ func TestSealInOrderAndOutOfOrder(t *testing.T) {
 			require.NoError(t, u.Truncate(int64(len(d)-512)))
 			_, err = u.WriteAt(d[len(d)-512:], int64(len(d)-512))
 			require.NoError(t, err)
-			require.NoError(t, s.Flush(u))
-			require.NoError(t, s.Release(u))
+			require.NoError(t, s.CloseWriter(u))
+			require.NoError(t, s.EndWriter(u))
 			sum := md5.Sum(d)
 			im := s.Get(id)
 			assert.Equal(t, StatusActive, im.Status)
@@ -232,7 +232,7 @@ func TestScratchRenameCompletesUpload(t *testing.T) {
 	require.NoError(t, err)
 	_, err = u.WriteAt(data, 0)
 	require.NoError(t, err)
-	require.NoError(t, s.Release(u))
+	require.NoError(t, s.EndWriter(u))
 	assert.Equal(t, StatusQueued, s.Get(im.ID).Status, "a scratch file is never sealed by itself")
 	assert.Equal(t, []string{".image.vhd.XyZ"}, s.ScratchNames(im.ID))
 

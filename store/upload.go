@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -32,11 +34,14 @@ type Upload struct {
 	slot uint32 // scratch inode slot; 0 for image.vhd
 	path string
 
-	// Guarded by mu.
+	// mu guards the fields below it; it is held through a whole write,
+	// truncate and seal (inspection, hashing, fsync, data hand-over,
+	// commit). Readers that must not wait for that use the atomics:
+	// sizeNow, isData, removed.
 	mu      sync.Mutex
 	name    string // scratch name, "" once it is the image's upload
 	f       *os.File
-	size    int64
+	size    int64 // staged bytes; mirrored in sizeNow
 	writers int
 	dirty   bool      // modified since the last seal attempt
 	warned  bool      // a scratch file's close was logged
@@ -46,7 +51,7 @@ type Upload struct {
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
 	exited  int  // wait status of a writer that died holding the upload, or 0
 	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
-	// nothing written after, the last Release seals (refuses) an empty
+	// nothing written after, the last EndWriter seals (refuses) an empty
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
 	// before its child writes.
 	truncated bool
@@ -55,6 +60,11 @@ type Upload struct {
 	// were handed to the kernel's writeback, bytes between
 	// writebackWindow and wbDropped are on disk and out of the page cache.
 	wbStarted, wbDropped int64
+
+	// Written under mu, read without it (Getattr must not wait for a seal).
+	sizeNow atomic.Int64 // size
+	isData  atomic.Bool  // name == ""
+	removed atomic.Bool  // state == uploadAbandoned
 }
 
 // writebackWindow is the write-behind step of an in-order upload: each
@@ -79,6 +89,7 @@ func (s *Store) newUpload(id, name string, slot uint32) (*Upload, error) {
 		return nil, fmt.Errorf("create staging file: %w", err)
 	}
 	u := &Upload{s: s, id: id, name: name, slot: slot, path: path, f: f}
+	u.isData.Store(name == "")
 	u.restartHash()
 	return u, nil
 }
@@ -89,22 +100,29 @@ func (u *Upload) restartHash() {
 	u.wbStarted, u.wbDropped = 0, writebackWindow
 }
 
-// Name returns the scratch file's name, or "" once it is (or always was)
-// the image's upload.
-func (u *Upload) Name() string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.name
+// IsImageData reports whether u is (or always was) the upload of the
+// image's image.vhd: true from the start for image.vhd and for a file
+// created under a name that is not temporary, and once a scratch file is
+// renamed onto image.vhd (or onto a name that is not temporary); false
+// for a scratch file. It never waits for a seal.
+func (u *Upload) IsImageData() bool { return u.isData.Load() }
+
+// setName sets the scratch name ("" for the image's upload). Must hold u.mu.
+func (u *Upload) setName(name string) {
+	u.name = name
+	u.isData.Store(name == "")
+}
+
+// setSize sets the staged size. Must hold u.mu.
+func (u *Upload) setSize(n int64) {
+	u.size = n
+	u.sizeNow.Store(n)
 }
 
 // Removed reports whether the upload was abandoned: its scratch file was
 // removed or renamed over, or its image deleted. Open handles still read
-// it; stat of them shows no links.
-func (u *Upload) Removed() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.state == uploadAbandoned
-}
+// it; stat of them shows no links. It never waits for a seal.
+func (u *Upload) Removed() bool { return u.removed.Load() }
 
 // Writers returns how many write handles the upload has open.
 func (u *Upload) Writers() int {
@@ -116,12 +134,9 @@ func (u *Upload) Writers() int {
 // Slot returns the inode slot of a scratch file (0 for image.vhd).
 func (u *Upload) Slot() uint32 { return u.slot }
 
-// Size returns the staged size in bytes.
-func (u *Upload) Size() int64 {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.size
-}
+// Size returns the staged size in bytes. It never waits for a write or
+// a seal in progress (it reads an atomic copy).
+func (u *Upload) Size() int64 { return u.sizeNow.Load() }
 
 func (u *Upload) usable() error {
 	switch u.state {
@@ -161,7 +176,7 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 			u.dropHash()
 		}
 	}
-	u.size = max(u.size, end)
+	u.setSize(max(u.size, end))
 	return n, err
 }
 
@@ -207,7 +222,7 @@ func (u *Upload) touch() error {
 	}
 	if !u.started {
 		u.started = true
-		logger.Info("upload started", "id", u.id)
+		u.s.log.Info("upload started", "id", u.id)
 	}
 	u.dirty = true
 	return nil
@@ -259,7 +274,7 @@ func (u *Upload) truncateLocked(size int64) error {
 	} else if u.hash != nil && size < u.hash.n {
 		u.dropHash()
 	}
-	u.size = size
+	u.setSize(size)
 	return nil
 }
 
@@ -286,6 +301,7 @@ func (u *Upload) discard() {
 		return
 	}
 	u.state = uploadAbandoned
+	u.removed.Store(true)
 	u.dropHash()
 	u.f.Close()
 	os.Remove(u.path)
@@ -315,7 +331,7 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 		deleteExtra(next, KeyKillReason)
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	return s.publishSmall(next, im.Name)
+	return s.publishWithSmallHeadroom(next, im.Name)
 }
 
 // dropUpload forgets u as image id's upload, if it still is.
@@ -323,7 +339,9 @@ func (s *Store) dropUpload(u *Upload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
+		s.pubMu.Lock()
 		l.upload = nil
+		s.pubMu.Unlock()
 	}
 }
 
@@ -331,7 +349,9 @@ func (s *Store) liveLocked(id string) *liveImage {
 	l := s.live[id]
 	if l == nil {
 		l = &liveImage{scratch: map[string]*Upload{}}
+		s.pubMu.Lock()
 		s.live[id] = l
+		s.pubMu.Unlock()
 	}
 	return l
 }
@@ -346,7 +366,7 @@ func writable(c Caller, im *Image) error {
 
 // OpenWrite opens image id's data for writing by c, starting an upload if
 // none is in progress; trunc discards staged data (O_TRUNC). Every
-// successful OpenWrite must be paired with Release. Errors: ErrNotFound,
+// successful OpenWrite must be paired with EndWriter. Errors: ErrNotFound,
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 	return s.OpenWriteBy(c, id, trunc, Writer{})
@@ -361,6 +381,21 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 			return nil, err
 		}
 	}
+	for {
+		u, err := s.openWriteTry(c, id, trunc, w)
+		if err != errUploadChanged {
+			return u, err
+		}
+	}
+}
+
+// errUploadChanged: the upload openWriteTry found was ended meanwhile
+// (an EndWriter that discarded an empty upload, a seal that refused it)
+// and the image has another one, or none: look again.
+var errUploadChanged = errors.New("upload changed")
+
+// openWriteTry is one attempt of OpenWriteBy.
+func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload, error) {
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
@@ -377,12 +412,25 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 			s.mu.Unlock()
 			return nil, err
 		}
+		s.pubMu.Lock()
 		l.upload = u
+		s.pubMu.Unlock()
 	}
 	s.mu.Unlock()
 
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.state == uploadAbandoned {
+		// Ended between the look-up and this lock (the RELEASE of
+		// qemu-img's first, empty open races its next open): if the image
+		// has moved on, so does this open.
+		s.mu.Lock()
+		changed := s.live[id] != l || l.upload != u
+		s.mu.Unlock()
+		if changed {
+			return nil, errUploadChanged
+		}
+	}
 	if err := u.usable(); err != nil {
 		return nil, err
 	}
@@ -401,7 +449,9 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 		u.opener = w
 	}
 	s.mu.Lock()
+	s.pubMu.Lock()
 	l.unlinked = false
+	s.pubMu.Unlock()
 	l.provisional = nil
 	s.mu.Unlock()
 	return u, nil
@@ -410,37 +460,42 @@ func (s *Store) OpenWriteBy(c Caller, id string, trunc bool, w Writer) (*Upload,
 // DataPresent reports whether image id shows its image.vhd: always, but
 // for an unsealed image whose image.vhd was removed and not created again.
 func (s *Store) DataPresent(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	l := s.live[id]
 	return l == nil || !l.unlinked
 }
 
-// CurrentUpload returns the image's upload in progress, or nil.
+// CurrentUpload returns the image's upload in progress, or nil. It waits
+// for at most one catalog commit in flight, never for a seal's work.
 func (s *Store) CurrentUpload(id string) *Upload {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
 		return l.upload
 	}
 	return nil
 }
 
-// Flush is called when a write handle of u is closed (close(2) of one file
-// descriptor). When it is the only write handle and the data changed, the
-// upload is checked and sealed now, so that when close(2) returns the
-// image is active or killed. Errors: ErrRefused (the image is now killed;
+// CloseWriter is a writer's close(2) of one file descriptor of u (the
+// handle stays open until EndWriter). When it is the only write handle and
+// the data changed, the upload is checked and sealed now, so that when
+// close(2) returns the image is active or killed. Errors: ErrRefused (the image is now killed;
 // the reason is its imagefs_kill_reason property), ErrCatalog, I/O errors.
-func (s *Store) Flush(u *Upload) error {
-	return s.FlushExiting(u, 0)
+func (s *Store) CloseWriter(u *Upload) error {
+	return s.CloseWriterExiting(u, 0)
 }
 
-// FlushExiting is Flush for the close of a writer that is exiting with
+// CloseWriterExiting is CloseWriter for the close of a writer that is exiting with
 // wait status status without having closed the file itself (killed by
 // SIGKILL mid-copy, or exit(1)); 0: not exiting, or exiting with status 0.
 // A writer that failed leaves an incomplete upload whatever its bytes look
 // like, so it is refused with that reason.
-func (s *Store) FlushExiting(u *Upload, status int) error {
+func (s *Store) CloseWriterExiting(u *Upload, status int) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -453,8 +508,11 @@ func (s *Store) FlushExiting(u *Upload, status int) error {
 	return nil
 }
 
-// Release ends one write handle opened by OpenWrite or CreateScratch.
-func (s *Store) Release(u *Upload) error {
+// EndWriter ends one write handle opened by OpenWrite, CreateFile,
+// CreateScratch or Reopen. The last one seals a changed (or emptied)
+// upload that CloseWriter did not seal, and drops an upload opened and
+// closed with nothing written.
+func (s *Store) EndWriter(u *Upload) error {
 	defer s.deliver()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -475,7 +533,7 @@ func (s *Store) Release(u *Upload) error {
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
 		u.warned = true
-		logger.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
+		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
 			"id", u.id, "file", u.name, "size", u.size)
 	}
 	return nil
@@ -485,108 +543,176 @@ func (s *Store) Release(u *Upload) error {
 // it, hands it to the DataBackend and commits the record (checksum,
 // hashes, size, virtual_size, VHD facts, status active) in one synced
 // batch. A refused upload makes the image killed with the reason. Must
-// hold u.mu.
+// hold u.mu (readers do not wait for it: Upload.Size and the Store's
+// reads take no lock a seal holds across I/O).
 //
 // An image may have several uploads at once (an upload detached by a
 // discard or replaced by a rename is still sealing when the next one
 // starts), so the seals of one image take turns (liveImage.sealMu), and
 // an image found sealed when this one's turn comes refuses it: sealed
 // data is never replaced.
+//
+// The steps: take the image's turn (sealTurn), inspect the data
+// (inspectStaged), refuse it (refuse) or hash it (hashStaged), hand it to
+// the DataBackend (handOver), commit the record (commitSeal).
 func (s *Store) seal(u *Upload) error {
 	u.dirty = false
 	start := time.Now()
+	l, err := s.sealTurn(u)
+	if l != nil {
+		defer l.sealMu.Unlock()
+	}
+	if err != nil {
+		return err
+	}
+	facts, vsize, refusal, err := u.inspectStaged()
+	if err != nil {
+		return err
+	}
+	if refusal != "" {
+		return s.refuse(u, refusal)
+	}
+	md5hex, shahex, rehashed, err := u.hashStaged()
+	if err != nil {
+		return err
+	}
+	if err := s.handOver(u); err != nil {
+		return err
+	}
+	im, err := s.commitSeal(u, md5hex, shahex, vsize, facts)
+	if err != nil {
+		return err
+	}
+	s.log.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
+		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
+	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
+	return nil
+}
+
+// sealTurn waits for the turn of u's image to seal (its liveImage's
+// sealMu, returned locked when the liveImage is not nil) and checks that
+// the image still exists and is not sealed; if it is gone or sealed, u is
+// dropped and the error says why. Must hold u.mu.
+func (s *Store) sealTurn(u *Upload) (*liveImage, error) {
 	s.mu.Lock()
 	l := s.live[u.id]
 	s.mu.Unlock()
 	if l != nil {
 		l.sealMu.Lock()
-		defer l.sealMu.Unlock()
 	}
 	if im := s.Get(u.id); l == nil || im == nil || im.Status.Sealed() {
 		u.discard()
 		s.dropUpload(u)
 		if im == nil {
-			return fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
+			return l, fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
 		}
-		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
+		return l, fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, u.id, im.Status)
 	}
-	var facts map[string]string
-	var vsize int64
-	var refusal string
+	return l, nil
+}
+
+// inspectStaged decides whether the staged data may be sealed: refusal
+// says why not (no space, a writer that failed, empty, not an acceptable
+// VHD); otherwise facts are its VHD facts and vsize its virtual size.
+// Must hold u.mu.
+func (u *Upload) inspectStaged() (facts map[string]string, vsize int64, refusal string, err error) {
 	switch {
 	case u.nospc:
-		refusal = reasonNoSpace(u.size)
+		return nil, 0, reasonNoSpace(u.size), nil
 	case u.exited != 0:
-		refusal = reasonWriterFailed(u.size, u.exited)
+		return nil, 0, reasonWriterFailed(u.size, u.exited), nil
 	case u.size == 0:
-		refusal = reasonEmpty
-	default:
-		var err error
-		if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
-			return fmt.Errorf("inspect staged data of %s: %w", u.id, err)
-		}
+		return nil, 0, reasonEmpty, nil
 	}
-	if refusal != "" {
-		logger.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
-		// Give the space back first (a refused upload is often one that
-		// filled the disk); a new upload starts from scratch.
-		u.discard()
-		s.dropUpload(u)
-		if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
-			return err // still saving: the next Open kills it
-		}
-		s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
-		return fmt.Errorf("%w: %s", ErrRefused, refusal)
+	if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
+		return nil, 0, "", fmt.Errorf("inspect staged data of %s: %w", u.id, err)
 	}
-	rehashed := u.hash == nil
+	return facts, vsize, refusal, nil
+}
+
+// refuse drops a refused upload and kills its image with the reason; the
+// error wraps ErrRefused. Must hold u.mu.
+func (s *Store) refuse(u *Upload, refusal string) error {
+	s.log.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
+	// Give the space back first (a refused upload is often one that
+	// filled the disk); a new upload starts from scratch.
+	u.discard()
+	s.dropUpload(u)
+	if err := s.setStatus(u.id, StatusKilled, refusal); err != nil {
+		return err // still saving: the next Open kills it
+	}
+	s.emit(Event{Kind: EventKilled, ID: u.id, Reason: refusal})
+	return fmt.Errorf("%w: %s", ErrRefused, refusal)
+}
+
+// hashStaged finishes the hashes of the staged data: the in-order hash
+// completed with the zeros of a trailing hole, or (rehashed) one pass
+// over data written out of order. Must hold u.mu.
+func (u *Upload) hashStaged() (md5hex, shahex string, rehashed bool, err error) {
+	rehashed = u.hash == nil
 	if rehashed {
 		u.hash = newHashPipe()
 		if err := u.hash.readFrom(io.NewSectionReader(u.f, 0, u.size)); err != nil {
 			u.dropHash()
-			return fmt.Errorf("hash staged data of %s: %w", u.id, err)
+			return "", "", true, fmt.Errorf("hash staged data of %s: %w", u.id, err)
 		}
 	} else if u.hash.n < u.size {
 		u.hash.zeros(u.size - u.hash.n)
 	}
-	md5hex, shahex := u.hash.finish()
+	md5hex, shahex = u.hash.finish()
 	u.hash = nil
+	return md5hex, shahex, rehashed, nil
+}
+
+// handOver makes the staged data durable (fsync) and hands it to the
+// DataBackend; u is sealed from then on. Must hold u.mu.
+func (s *Store) handOver(u *Upload) error {
 	if err := u.f.Sync(); err != nil {
 		return fmt.Errorf("sync staged data of %s: %w", u.id, err)
 	}
 	if err := s.data.Put(u.id, u.path); err != nil {
-		u.hash = nil
 		return fmt.Errorf("store sealed data of %s: %w", u.id, err)
 	}
 	u.f.Close()
 	u.f = nil
 	u.state = uploadSealed
+	return nil
+}
 
+// commitSeal commits the sealed record of u's image and returns it. If
+// the image was deleted meanwhile, or the commit fails, the handed-over
+// data is removed (and the image killed, if the catalog takes that). A
+// read-write opener's seal is recorded as provisional (reopen.go). Must
+// hold u.mu.
+func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts map[string]string) (*Image, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
+		s.pubMu.Lock()
 		l.upload = nil
+		s.pubMu.Unlock()
 	}
 	im, err := s.getLocked(u.id)
 	if err != nil {
 		s.data.Remove(u.id) // deleted while sealing
-		return err
+		return nil, err
 	}
-	if err := s.publishSmall(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
+	if err := s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
 		// The writer's close fails: take the data back so that nothing
 		// half-sealed stays (a delete would leave it as an orphan), and kill
 		// the image if the catalog takes that; if not, it is still saving
 		// and the next Open kills it.
 		if rerr := s.data.Remove(u.id); rerr != nil {
-			logger.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
+			s.log.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
 		}
 		killed := im.clone()
 		killed.Status = StatusKilled
 		setExtra(killed, KeyKillReason, "the seal could not be recorded in the catalog; upload again")
 		killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-		if s.publishSmall(killed, im.Name) == nil {
+		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
 			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: killed.Extra[KeyKillReason]})
 		}
-		return err
+		return nil, err
 	}
 	if l := s.live[u.id]; l != nil {
 		l.provisional = nil
@@ -597,10 +723,7 @@ func (s *Store) seal(u *Upload) error {
 			}
 		}
 	}
-	logger.Info("image sealed", "id", u.id, "name", im.Name, "size", u.size,
-		"checksum", md5hex, "rehashed", rehashed, "seal_ms", time.Since(start).Milliseconds())
-	s.emit(Event{Kind: EventSealed, ID: u.id, Size: u.size, Duration: time.Since(start)})
-	return nil
+	return im, nil
 }
 
 // sealRecord returns im sealed: status active with its hashes, sizes and
@@ -614,21 +737,11 @@ func (s *Store) sealRecord(im *Image, md5hex, shahex string, size, vsize int64, 
 	next.Size = size
 	next.VirtualSize = vsize
 	deleteExtra(next, KeyKillReason)
-	for _, k := range slices.Sorted(mapsKeys(facts)) {
+	for _, k := range slices.Sorted(maps.Keys(facts)) {
 		setExtra(next, k, facts[k])
 	}
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	return next
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // OpenRead opens the sealed data of image id for reading by c. For an
@@ -739,17 +852,21 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	}
 	// In the same critical section as the check: a writer that creates
 	// image.vhd again or renames a file onto it afterwards shows it again.
+	s.pubMu.Lock()
 	l.upload = nil
 	l.unlinked = true
+	s.pubMu.Unlock()
 	s.mu.Unlock()
 	if u != nil {
 		u.discard()
-		logger.Info("upload discarded", "id", id, "uid", c.UID)
+		s.log.Info("upload discarded", "id", id, "uid", c.UID)
 	}
 	if err := s.setStatus(id, StatusQueued, ""); err != nil {
 		s.mu.Lock()
 		if l.upload == nil {
+			s.pubMu.Lock()
 			l.unlinked = false
+			s.pubMu.Unlock()
 		}
 		s.mu.Unlock()
 		return true, err
@@ -767,7 +884,7 @@ func IsTempName(name string) bool {
 }
 
 // CreateFile creates file name in image id's directory, opened for
-// writing by c (pair with Release). image.vhd, and any name that is not a
+// writing by c (pair with EndWriter). image.vhd, and any name that is not a
 // temporary name (cp FILE.vhd images/NAME/), starts an upload of the
 // image's data as OpenWrite with trunc does: it is sealed at the opener's
 // close and then shows as image.vhd only; the returned Upload's Name is
@@ -798,7 +915,7 @@ func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error)
 }
 
 // CreateScratch creates the scratch file name in image id's directory,
-// opened for writing (pair with Release). Errors: ErrExists, ErrInvalid,
+// opened for writing (pair with EndWriter). Errors: ErrExists, ErrInvalid,
 // ErrImmutable (sealed image), ErrPermission, ErrNotFound.
 func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 	if err := validScratchName(name); err != nil {
@@ -823,7 +940,9 @@ func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 	}
 	l.nextScratch++
 	u.writers = 1
+	s.pubMu.Lock()
 	l.scratch[name] = u
+	s.pubMu.Unlock()
 	return u, nil
 }
 
@@ -839,8 +958,10 @@ func validScratchName(name string) error {
 
 // Scratch returns the scratch file name of image id, or nil.
 func (s *Store) Scratch(id, name string) *Upload {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
 	if l := s.live[id]; l != nil {
 		return l.scratch[name]
 	}
@@ -849,22 +970,18 @@ func (s *Store) Scratch(id, name string) *Upload {
 
 // ScratchNames lists the scratch files of image id, sorted.
 func (s *Store) ScratchNames(id string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.live[id]; l != nil {
-		return slices.Sorted(func(yield func(string) bool) {
-			for k := range l.scratch {
-				if !yield(k) {
-					return
-				}
-			}
-		})
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	s.pubMu.RLock()
+	defer s.pubMu.RUnlock()
+	if l := s.live[id]; l != nil && len(l.scratch) > 0 {
+		return slices.Sorted(maps.Keys(l.scratch))
 	}
 	return nil
 }
 
 // Reopen opens upload u (a scratch file) for writing again (pair with
-// Release); trunc discards its data. Errors: ErrNotFound (deleted),
+// EndWriter); trunc discards its data. Errors: ErrNotFound (deleted),
 // ErrImmutable (sealed), ErrPermission.
 func (s *Store) Reopen(c Caller, u *Upload, trunc bool) error {
 	defer s.deliver()
@@ -907,7 +1024,9 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 		if u == nil {
 			err = fmt.Errorf("%w: scratch file %s", ErrNotFound, name)
 		} else {
+			s.pubMu.Lock()
 			delete(l.scratch, name)
+			s.pubMu.Unlock()
 		}
 	}
 	s.mu.Unlock()
@@ -970,15 +1089,17 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
 				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
 			}
+			s.pubMu.Lock()
 			delete(l.scratch, from)
 			if toData {
 				l.upload = u
 				l.unlinked = false
-				if cur != nil {
-					cur.discard() // replaced by the rename
-				}
 			} else {
 				replaced, l.scratch[to] = l.scratch[to], u
+			}
+			s.pubMu.Unlock()
+			if toData && cur != nil {
+				cur.discard() // replaced by the rename
 			}
 			return true, nil
 		}()
@@ -999,10 +1120,10 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if !toData {
-		u.name = to
+		u.setName(to)
 		return nil
 	}
-	u.name = ""
+	u.setName("")
 	if err := u.touch(); err != nil {
 		// Sealed meanwhile by image.vhd's own writer: this upload is void.
 		u.discard()

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/imagefs/imagefs/store"
 )
 
 // newLogger returns the one logger of a mount: the store's events,
@@ -30,11 +28,11 @@ func newLogger(w io.Writer, format string, debug bool) *slog.Logger {
 	return slog.New(h)
 }
 
-// installLogger makes l the logger of everything: slog's default (and so
-// the log package's), and the store's.
+// installLogger makes l slog's default (and so the log package's); the
+// store gets it in store.Options.Logger (mount), or as slog's default
+// (store.Check).
 func installLogger(l *slog.Logger) {
 	slog.SetDefault(l)
-	store.SetLogger(l)
 }
 
 // logOutput opens where a mount's logs go: --log-file if given, else

@@ -197,7 +197,7 @@ func serve(c *mountConfig, ready func(error)) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	st, err := store.Open(c.store, store.Options{PropertyQuota: c.quota, Events: events})
+	st, err := store.Open(c.store, store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()})
 	if err != nil {
 		return fail(fmt.Errorf("open store: %w", err))
 	}
