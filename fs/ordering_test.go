@@ -174,4 +174,3 @@ func readdirnames(dir string) ([]string, error) {
 	defer f.Close()
 	return f.Readdirnames(-1)
 }
-
