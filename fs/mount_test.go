@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,7 @@ type testMount struct {
 	mnt  string // the mountpoint
 	st   *store.Store
 	fsys *FS
+	conn string // /sys/fs/fuse/connections/N of the mount ("" unknown)
 }
 
 // mountConfig configures newTestMount.
@@ -67,6 +69,10 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 		t.Fatalf("mount: %v", err)
 	}
 	m := &testMount{t: t, mnt: mnt, st: st, fsys: fsys}
+	var sb syscall.Stat_t
+	if err := syscall.Stat(mnt, &sb); err == nil {
+		m.conn = fmt.Sprintf("/sys/fs/fuse/connections/%d", sb.Dev)
+	}
 	t.Cleanup(func() {
 		var err error
 		for i := 0; i < 50; i++ { // a descriptor released a moment ago
@@ -77,6 +83,7 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 		}
 		if err != nil {
 			t.Errorf("unmount %s: %v", mnt, err)
+			m.abort()
 			syscall.Unmount(mnt, syscall.MNT_DETACH)
 		}
 		fsys.Wait()
@@ -85,6 +92,19 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 		}
 	})
 	return m
+}
+
+// abort aborts the mount's FUSE connection: every request waiting for
+// an answer fails with ENOTCONN. A test whose request never gets an
+// answer calls it, because a thread of this process blocked in a request
+// to this process's own mount would keep the test binary from exiting.
+func (m *testMount) abort() {
+	if m.conn == "" {
+		return
+	}
+	if err := os.WriteFile(filepath.Join(m.conn, "abort"), []byte("1"), 0); err != nil {
+		m.t.Errorf("abort %s: %v", m.conn, err)
+	}
 }
 
 // path returns the path of rel under the mountpoint.

@@ -87,6 +87,7 @@ func TestRequestsAnsweredDuringSeal(t *testing.T) {
 	case err := <-closed:
 		t.Fatalf("close(images/a/image.vhd) returned (%v) without the seal reaching Put", err)
 	case <-time.After(30 * time.Second):
+		m.abort()
 		t.Fatal("the seal of images/a/image.vhd did not reach Put within 30 s of close(2)")
 	}
 	if gate.id != idA {
@@ -157,9 +158,20 @@ func TestRequestsAnsweredDuringSeal(t *testing.T) {
 	case err := <-closed:
 		noErr(t, "close(images/a/image.vhd) after Put was released", err)
 	case <-time.After(30 * time.Second):
+		m.abort()
 		t.Fatal("close(images/a/image.vhd) did not return within 30 s of releasing Put")
 	}
-	stuck.Wait()
+	answered := make(chan struct{})
+	go func() { stuck.Wait(); close(answered) }()
+	select {
+	case <-answered:
+	case <-time.After(30 * time.Second):
+		// Not even the end of the seal let them through: abort the
+		// connection, or the test binary could not exit.
+		m.abort()
+		<-answered
+		t.Fatal("requests made during the seal still had no answer 30 s after it ended")
+	}
 	if s := m.prop("a", "status"); s != "active" {
 		t.Errorf("images/a: status %q after the seal, want active", s)
 	}
