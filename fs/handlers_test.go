@@ -404,6 +404,18 @@ func TestPropertyFiles(t *testing.T) {
 	if v := m.prop("a", "editor"); v != "one two" {
 		t.Errorf("editor %q, want \"one two\"", v)
 	}
+	// ftruncate of a written value, then more: "ab" + "c" at offset 2.
+	f, err = os.OpenFile(p("editor2"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	noErr(t, "create editor2", err)
+	_, err = f.Write([]byte("abcdef"))
+	noErr(t, "write editor2", err)
+	noErr(t, "ftruncate editor2", f.Truncate(2))
+	_, err = f.WriteAt([]byte("c\n"), 2)
+	noErr(t, "write editor2 at 2", err)
+	noErr(t, "close editor2", f.Close())
+	if v := m.prop("a", "editor2"); v != "abc" {
+		t.Errorf("editor2 %q after write, ftruncate 2, write at 2; want abc", v)
+	}
 	// truncate by path keeps the first bytes.
 	noErr(t, "truncate editor", os.Truncate(p("editor"), 3))
 	if v := m.prop("a", "editor"); v != "one" {
@@ -466,6 +478,13 @@ func TestViewsAndCatalog(t *testing.T) {
 	}
 	wantErrno(t, "unlink of a view link", syscall.Unlink(link), syscall.EPERM)
 	wantErrno(t, "rmdir of a view value", syscall.Rmdir(m.path("by-property", "os_distro", "super%2Fos")), syscall.EPERM)
+	wantErrno(t, "rmdir of a view key", syscall.Rmdir(m.path("by-property", "os_distro")), syscall.EPERM)
+	var sx unix.Statx_t
+	noErr(t, "GETATTR of a view value", unix.Statx(unix.AT_FDCWD, m.path("by-property", "os_distro", "super%2Fos"),
+		unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &sx))
+	if sx.Mode&unix.S_IFMT != unix.S_IFDIR {
+		t.Errorf("view value mode %o", sx.Mode)
+	}
 	_, err = os.Stat(m.path("by-property", "os_distro", "nothing"))
 	wantErrno(t, "stat of a missing value", err, syscall.ENOENT)
 	_, err = os.Stat(m.path("by-property", "os_distro", "super%2Fos", "b"))
