@@ -504,20 +504,20 @@ func TestViewsAndCatalog(t *testing.T) {
 	wantErrno(t, "old link after the change", err, syscall.ENOENT)
 
 	// .catalog: found, not listed.
-	wantNames(t, m.path(CatalogDir), "by-property", "images")
-	b, err := os.ReadFile(m.path(CatalogDir, "images"))
+	wantNames(t, m.path(".catalog"), "by-property", "images")
+	b, err := os.ReadFile(m.path(".catalog", "images"))
 	noErr(t, "read .catalog/images", err)
 	if !bytes.Contains(b, []byte(`"name":"a"`)) || bytes.Count(b, []byte("\n")) != 1 {
 		t.Errorf(".catalog/images: %q", b)
 	}
-	b, err = os.ReadFile(m.path(CatalogDir, "by-property", "os_distro", "other"))
+	b, err = os.ReadFile(m.path(".catalog", "by-property", "os_distro", "other"))
 	noErr(t, "read a catalog view", err)
 	if !bytes.Contains(b, []byte(id)) {
 		t.Errorf("catalog view: %q", b)
 	}
-	_, err = os.Stat(m.path(CatalogDir, "nothing"))
+	_, err = os.Stat(m.path(".catalog", "nothing"))
 	wantErrno(t, "stat of a missing catalog file", err, syscall.ENOENT)
-	if _, err := os.Stat(m.path(CatalogDir, "by-property", "os_distro")); err != nil {
+	if _, err := os.Stat(m.path(".catalog", "by-property", "os_distro")); err != nil {
 		t.Errorf("stat catalog key dir: %v", err)
 	}
 }
