@@ -324,7 +324,8 @@ func (h *uploadHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 	return uint32(n), toErrno(err)
 }
 
-// Flush seals when the process that opened the file closes it. A child
+// Flush seals when the process that opened the file closes it, unless
+// it still holds another descriptor of the file (holdsFile). A child
 // that inherited the descriptor (the writers of a shell redirection)
 // closing its copy does not end the upload; if the opener closed first,
 // the last Release seals.
@@ -342,6 +343,12 @@ func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
 		var err error
 		h.once.Do(func() { err = h.st.EndWriter(h.u) })
 		return toErrno(err)
+	}
+	if h.node != nil && holdsFile(ctx, h.node) {
+		// The opener closed a copy of its descriptor (dash's dup2 back
+		// after a redirected command, os.close(os.dup(fd))) and still
+		// writes through another: its last close, or the RELEASE, seals.
+		return 0
 	}
 	// A writer killed mid-copy (SIGKILL), or exiting with a failure
 	// status, closes its files as it exits: its upload is incomplete,
@@ -408,4 +415,49 @@ func exitStatus(ctx context.Context) int {
 		return 0
 	}
 	return int(code & 0xffff)
+}
+
+// holdsFile reports whether the thread that sent ctx's request still has
+// a descriptor open on inode n of this mount, read from
+// /proc/<tid>/fdinfo/* (fields ino: and mnt_id:). At a FLUSH the closed
+// descriptor has already left the table (close(2), dup2(2)), and a
+// process that is exiting has no table left. False when the mount's id is
+// unknown or /proc cannot be read: the caller then seals as if it held
+// no other descriptor.
+func holdsFile(ctx context.Context, n *gofs.Inode) bool {
+	c, ok := fuse.FromContext(ctx)
+	root, _ := n.Root().Operations().(*rootNode)
+	if !ok || root == nil || root.fsys.mntID == 0 {
+		return false
+	}
+	dir := fmt.Sprintf("/proc/%d/fdinfo/", c.Pid)
+	d, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	ino := strconv.FormatUint(n.StableAttr().Ino, 10)
+	mnt := strconv.FormatUint(root.fsys.mntID, 10)
+	for _, name := range names {
+		b, err := os.ReadFile(dir + name)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if fdinfoField(b, "ino") == ino && fdinfoField(b, "mnt_id") == mnt {
+			return true
+		}
+	}
+	return false
+}
+
+// fdinfoField returns the value of field key in the text of a
+// /proc/PID/fdinfo/FD file ("key:\tvalue" lines), or "".
+func fdinfoField(b []byte, key string) string {
+	for line := range bytes.Lines(b) {
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && string(k) == key {
+			return string(bytes.TrimSpace(v))
+		}
+	}
+	return ""
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // Inode numbers of the fixed directories.
@@ -111,6 +112,9 @@ type FS struct {
 	// deletes refused that way (delete.go).
 	ghosts  ghosts
 	refused refusals
+	// mntID is the mount's id (statx STATX_MNT_ID, mnt_id: in
+	// /proc/PID/fdinfo), 0 when unknown (data.go, holdsFile).
+	mntID uint64
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -192,6 +196,10 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 		return nil, err
 	}
 	f.server = server
+	var stx unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, mountpoint, 0, unix.STATX_MNT_ID, &stx) == nil && stx.Mask&unix.STATX_MNT_ID != 0 {
+		f.mntID = stx.Mnt_id
+	}
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)

@@ -4,7 +4,8 @@ package store
 // (and looks it up): images/<name>/ when byID is false, by-id/<id>/ when
 // true.
 //
-// Sealed data (active, deactivated) is listed in both. by-id/<id>/image.vhd
+// Sealed data (active, deactivated) is listed in both, except in by-id/
+// while its seal is provisional (reopen.go). by-id/<id>/image.vhd
 // is the sealed bytes or ENOENT, so it lists nothing else. images/<name>/
 // lists the upload target of an unsealed image (queued, saving, killed) as
 // DataPresent says: a writer uploads into it, and rm -r and find -delete
@@ -14,6 +15,8 @@ func (s *Store) DataVisible(im *Image, byID bool) bool {
 	switch {
 	case im == nil:
 		return false
+	case byID && im.Status.Sealed() && s.Provisional(im.ID):
+		return false // its writer may still change it (reopen.go)
 	case im.Status.Sealed():
 		return true
 	case byID:

@@ -17,15 +17,17 @@ import (
 // (O_RDWR, as disk tools do; cp, dd, rsync and shells open write-only) is
 // provisional while that process lives: if the same process opens
 // image.vhd for writing again, the seal is undone and the upload goes on
-// with the same data, to be sealed again at its next close. A seal is
-// final once that process exits, any other process opens the data for
-// reading, or provisionalWindow has passed; if the writer comes back after another process read the data,
-// its open is refused and the image is deactivated with the reason in
+// with the same data, to be sealed again at its next close. While a seal
+// is provisional its data is the writer's only: other processes' opens of
+// image.vhd are refused (ErrPermission) and by-id/<id>/ does not list it,
+// so nobody reads (or boots) a disk that may still be incomplete. A seal
+// is final once that process exits or provisionalWindow has passed; the
+// writer's later opens for writing are then refused as for any sealed
+// image. Where the daemon may listen to process events (root:
+// CAP_NET_ADMIN), a writer that exits with a failure status after such a
+// seal (qemu-img convert that failed to read its source closes its
+// output, then exits 1) deactivates the image with the reason in
 // imagefs_deactivate_reason (it cannot be booted; root may reactivate it).
-// Where the daemon may listen to process events (root: CAP_NET_ADMIN), a
-// writer that exits with a failure status after such a seal (qemu-img
-// convert that failed to read its source closes its output, then exits 1)
-// deactivates the image the same way.
 
 // provisionalWindow is how long a seal made at a read-write opener's
 // close stays provisional at most (qemu-img opens again within
@@ -48,7 +50,6 @@ type provisionalSeal struct {
 	proc  uint32 // the writer's thread group id
 	start string // its start time (/proc/PID/stat field 22), against pid reuse
 	path  string // the staging path the data returns to on a reopen
-	read  bool   // another process opened the data: it no longer changes
 	at    time.Time
 	alias string // the name the writer created the file under, if not image.vhd
 }
@@ -107,12 +108,12 @@ func (s *Store) provisionalLocked(id string) *provisionalSeal {
 
 // Provisional reports whether image id is sealed provisionally: its
 // writer (a read-write opener) may still open it again and continue the
-// upload, so image.vhd shows mode 0644 and its attributes are not cached.
+// upload, so image.vhd shows mode 0644, its attributes are not cached,
+// only the writer opens it and by-id/<id>/ does not list it.
 func (s *Store) Provisional(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.provisionalLocked(id)
-	return p != nil && !p.read
+	return s.provisionalLocked(id) != nil
 }
 
 // DataAlias reports whether name is the name under which the writer of
@@ -131,30 +132,28 @@ func (s *Store) DataAlias(id, name string) bool {
 	} else if !im.Status.Sealed() {
 		return true
 	}
-	p := s.provisionalLocked(id)
-	return p != nil && !p.read
+	return s.provisionalLocked(id) != nil
 }
 
-// noteReader records that process proc (0: unknown) opened image id's
-// sealed data: a provisional seal of another process becomes final.
-func (s *Store) noteReader(id string, proc func() uint32) {
+// provisionalFor returns an error when image id's seal is provisional and
+// process proc (nil: unknown) is not its writer: the data may still
+// change, only the writer reads it. Errors: ErrPermission.
+func (s *Store) provisionalFor(id string, proc func() uint32) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.provisionalLocked(id)
-	if p == nil || p.read {
-		return
+	s.mu.Unlock()
+	if p == nil || (proc != nil && proc() == p.proc) {
+		return nil
 	}
-	if proc == nil || proc() != p.proc {
-		p.read = true
-	}
+	return fmt.Errorf("%w: image %s: its writer (process %d) may still write it: only that process reads it until it exits or %s after its close", ErrPermission, id, p.proc, provisionalWindow)
 }
 
 // reopenProvisional undoes the provisional seal of image id when w is the
 // process that made it and opens image.vhd for writing again: the record
 // goes back to saving, the data back to staging, and the image's upload
-// goes on with it. If another process read the data since, the image is
-// deactivated instead and the error is ErrImmutable. Otherwise it does
-// nothing; OpenWrite then applies its rules.
+// goes on with it (no other process read the data in between:
+// provisionalFor). Otherwise it does nothing; OpenWrite then applies its
+// rules.
 func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	s.mu.Lock()
 	l := s.live[id]
@@ -175,19 +174,6 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 		return nil
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
-	if p.read {
-		l.provisional = nil
-		reason := fmt.Sprintf("the writer (process %d) opened image.vhd for writing again after its close sealed it, and another process read the sealed data in between: the data is probably incomplete (qemu-img convert writes in several opens); delete the image and upload again", w.PID)
-		next := im.clone()
-		next.Status = StatusDeactivated
-		setExtra(next, KeyDeactivateReason, reason)
-		next.UpdatedAt = now
-		if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
-			return err
-		}
-		s.log.Warn("image deactivated", "id", id, "reason", reason)
-		return fmt.Errorf("%w: image %s was sealed and read; it is now deactivated: %s", ErrImmutable, id, reason)
-	}
 	rec, ok := s.data.(dataReclaimer)
 	if !ok {
 		return nil

@@ -753,8 +753,8 @@ func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 }
 
 // OpenReadBy is OpenRead by the process proc returns (nil: unknown),
-// asked only when the image's seal is provisional: a read by another
-// process than the writer makes it final (reopen.go).
+// asked only when the image's seal is provisional: only its writer reads
+// it then, others get ErrPermission (reopen.go).
 func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, error) {
 	im := s.GetFor(c, id)
 	if im == nil {
@@ -774,7 +774,9 @@ func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, e
 		// through its write handle.
 		return nil, fmt.Errorf("%w: image %s is %s: only an active image can be read", ErrPermission, id, im.Status)
 	}
-	s.noteReader(id, proc)
+	if err := s.provisionalFor(id, proc); err != nil {
+		return nil, err
+	}
 	return s.data.Open(id)
 }
 
