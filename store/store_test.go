@@ -2,15 +2,15 @@ package store
 
 import (
 	"crypto/md5"
-	"crypto/rand"
 	"crypto/sha512"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,36 +21,8 @@ var (
 	bob   = Caller{UID: 1002, GID: 1002}
 )
 
-// fixedVHD returns a fixed VHD of a dataSize-byte disk filled with random
-// bytes: the data followed by a footer (VHD spec §Hard Disk Footer Format).
-func fixedVHD(t testing.TB, dataSize int) []byte {
-	t.Helper()
-	b := make([]byte, dataSize+512)
-	_, err := rand.Read(b[:dataSize])
-	require.NoError(t, err)
-	f := b[dataSize:]
-	copy(f[0:], "conectix")
-	binary.BigEndian.PutUint32(f[8:], 2)           // Features: reserved bit
-	binary.BigEndian.PutUint32(f[12:], 0x00010000) // File Format Version
-	binary.BigEndian.PutUint64(f[16:], ^uint64(0)) // Data Offset (fixed)
-	copy(f[28:], "test")
-	binary.BigEndian.PutUint32(f[32:], 0x00010000)
-	copy(f[36:], "Wi2k")
-	binary.BigEndian.PutUint64(f[40:], uint64(dataSize)) // Original Size
-	binary.BigEndian.PutUint64(f[48:], uint64(dataSize)) // Current Size
-	// Disk Geometry: an arbitrary CHS; a mismatch is only a warning.
-	binary.BigEndian.PutUint16(f[56:], uint16(dataSize/512/17/4))
-	f[58], f[59] = 4, 17
-	binary.BigEndian.PutUint32(f[60:], 2) // Disk Type: fixed
-	_, err = rand.Read(f[68:84])          // Unique Id
-	require.NoError(t, err)
-	var sum uint32
-	for _, c := range f {
-		sum += uint32(c)
-	}
-	binary.BigEndian.PutUint32(f[64:], ^sum)
-	return b
-}
+// fixedVHD is testutil.FixedVHD.
+func fixedVHD(t testing.TB, dataSize int) []byte { return testutil.FixedVHD(t, dataSize) }
 
 func openStore(t *testing.T, dir string) *Store {
 	t.Helper()
