@@ -28,6 +28,7 @@ const (
 	ProblemPropertyIndex  = "property-index"     // the property index disagrees with the records (repair: rebuilt)
 	ProblemChecksum       = "checksum-mismatch"  // --verify-data: data does not hash to checksum/os_hash_value
 	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
+	ProblemReserve        = "reserve-missing"    // STORE/catalog/imagefs-reserve (1 MiB kept for deletes on a full disk) is missing or short (repair: made again, once the disk has 9 MiB free)
 )
 
 // repairable are the kinds of problem Check with Repair fixes (save the
@@ -38,6 +39,7 @@ var repairable = map[string]bool{
 	ProblemOrphanData: true, ProblemDeletedData: true, ProblemDataMode: true,
 	ProblemStoreMode: true, ProblemNameIndex: true, ProblemStaleHashes: true,
 	ProblemKillReason: true, ProblemInode: true, ProblemPropertyIndex: true,
+	ProblemReserve: true,
 }
 
 // Problem is one inconsistency found by Check. Repairable says whether
@@ -283,6 +285,19 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	if ents, err := os.ReadDir(s.staging); err == nil {
 		for _, e := range ents {
 			add(ProblemStaging, "", e.Name(), opts.Repair && os.Remove(filepath.Join(s.staging, e.Name())) == nil)
+		}
+	}
+
+	// The reserve for deletes (every mount makes it when there is room).
+	if !opts.quick {
+		if fi, err := os.Stat(s.cat.reserve); err != nil || fi.Size() < reserveSize {
+			repaired := false
+			if opts.Repair {
+				s.cat.refillReserve()
+				fi, err := os.Stat(s.cat.reserve)
+				repaired = err == nil && fi.Size() >= reserveSize
+			}
+			add(ProblemReserve, "", fmt.Sprintf("%s is missing or short: a delete on a full disk fails with ENOSPC (made again when the disk has %d MiB free)", s.cat.reserve, (reserveSize+catalogHeadroom)>>20), repaired)
 		}
 	}
 
