@@ -26,6 +26,7 @@ func TestENOSPCDeleteTwice(t *testing.T) {
 	}
 	m.mkimage("r2")
 	m.mkimage("r3")
+	m.mkimage("r4")
 	if _, err := os.Stat(reservePath(m)); err != nil {
 		t.Fatalf("the reserve after mount: %v", err)
 	}
@@ -53,6 +54,13 @@ func TestENOSPCDeleteTwice(t *testing.T) {
 	if _, err := os.Stat(reservePath(m)); !os.IsNotExist(err) {
 		t.Errorf("the reserve after a delete on a full disk that freed nothing: %v, want it given back", err)
 	}
+	// A second delete with no space freed in between uses what is left
+	// of the reserve's room.
+	before := freeBytes(t, m.Store)
+	if r := shErr(`rmdir "$1"`, m.images("r4")); r.err != nil || r.stderr != "" {
+		t.Errorf("rmdir of a queued image on a full disk right after another delete: %s, want exit 0", r)
+	}
+	t.Logf("a delete on a full disk: %d bytes free before, %d after", before, freeBytes(t, m.Store))
 	// The operator frees space; the next change makes the reserve again.
 	if err := os.Remove(fill); err != nil {
 		t.Fatal(err)
