@@ -77,6 +77,10 @@ type catalog struct {
 	// reserveMu orders its release and its refill.
 	reserve   string
 	reserveMu sync.Mutex
+	// reserveMissing is set while the reserve is missing (given back
+	// for a delete, or not made for want of room): every successful
+	// commit then tries to make it again, and costs nothing otherwise.
+	reserveMissing atomic.Bool
 }
 
 // freeSpace returns the bytes available to imagefs on the filesystem
@@ -113,7 +117,8 @@ const reserveName = "imagefs-reserve"
 // refillReserve makes STORE/catalog/imagefs-reserve (reserveSize bytes,
 // mode 0600) if it is missing or short and the disk has room for it and a
 // commit's headroom besides. Best effort: without it, a delete on a full
-// disk fails with ENOSPC.
+// disk fails with ENOSPC. While it stays missing, reserveMissing is set
+// and the next successful commit calls this again.
 func (c *catalog) refillReserve() {
 	c.reserveMu.Lock()
 	defer c.reserveMu.Unlock()
@@ -121,8 +126,10 @@ func (c *catalog) refillReserve() {
 		if fi.Mode().Perm() != 0o600 {
 			os.Chmod(c.reserve, 0o600)
 		}
+		c.reserveMissing.Store(false)
 		return
 	}
+	c.reserveMissing.Store(true)
 	if free, err := freeSpace(c.dir); err != nil || free < reserveSize+catalogHeadroom {
 		return
 	}
@@ -138,8 +145,11 @@ func (c *catalog) refillReserve() {
 			f.Close()
 			os.Remove(c.reserve)
 			c.log.Warn("cannot make the store's reserve for deletes", "path", c.reserve, "err", err)
+			return
 		}
 	}
+	c.reserveMissing.Store(false)
+	c.log.Info("the store's reserve for deletes was made", "path", c.reserve)
 }
 
 // releaseReserve removes the reserve; it reports whether there was one.
@@ -149,6 +159,7 @@ func (c *catalog) releaseReserve() bool {
 	if err := os.Remove(c.reserve); err != nil {
 		return false
 	}
+	c.reserveMissing.Store(true)
 	c.log.Info("disk full: the store's reserve was given back for a delete", "path", c.reserve)
 	return true
 }
@@ -394,6 +405,10 @@ func (t *txn) commit() (err error) {
 	}
 	if err := t.b.Commit(wo); err != nil {
 		return fmt.Errorf("%w: commit: %v", ErrCatalog, err)
+	}
+	if t.c.reserveMissing.Load() {
+		// Space may have come back (a delete, the operator freeing it).
+		t.c.refillReserve()
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ const (
 	ProblemPropertyIndex  = "property-index"     // the property index disagrees with the records (repair: rebuilt)
 	ProblemChecksum       = "checksum-mismatch"  // --verify-data: data does not hash to checksum/os_hash_value
 	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
+	ProblemReserve        = "reserve-missing"    // STORE/catalog/imagefs-reserve (1 MiB kept for deletes on a full disk) is missing or short (repair: made again, once the disk has 9 MiB free)
 )
 
 // repairable are the kinds of problem Check with Repair fixes (save the
@@ -39,6 +40,7 @@ var repairable = map[string]bool{
 	ProblemOrphanData: true, ProblemDeletedData: true, ProblemDataMode: true,
 	ProblemStoreMode: true, ProblemNameIndex: true, ProblemStaleHashes: true,
 	ProblemKillReason: true, ProblemInode: true, ProblemPropertyIndex: true,
+	ProblemReserve: true,
 }
 
 // Problem is one inconsistency found by Check. Repairable says whether
@@ -155,6 +157,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	if opts.quick {
 		return k.r, nil
 	}
+	k.checkReserve()
 	k.countLostFound()
 	if err := k.checkNameIndex(); err != nil {
 		return nil, err
@@ -365,6 +368,21 @@ func (k *checker) checkStoreMode() {
 		if what, ok := tighten(k.s.dir, k.opts.Repair, k.s.log); what != "" {
 			k.add(ProblemStoreMode, "", what, k.opts.Repair && ok)
 		}
+	}
+}
+
+// checkReserve reports a missing or short reserve for deletes (every
+// mount makes it when there is room; not checked at Open).
+func (k *checker) checkReserve() {
+	c := k.s.cat
+	if fi, err := os.Stat(c.reserve); err != nil || fi.Size() < reserveSize {
+		repaired := false
+		if k.opts.Repair {
+			c.refillReserve()
+			fi, err := os.Stat(c.reserve)
+			repaired = err == nil && fi.Size() >= reserveSize
+		}
+		k.add(ProblemReserve, "", fmt.Sprintf("%s is missing or short: a delete on a full disk fails with ENOSPC (made again when the disk has %d MiB free)", c.reserve, (reserveSize+catalogHeadroom)>>20), repaired)
 	}
 }
 

@@ -570,6 +570,13 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 
 // checkRemove reports whether c may remove property key of im.
 func checkRemove(c Caller, im *Image, key string) error {
+	return checkTake(c, im, key, false)
+}
+
+// checkTake is checkRemove, or with rename the check of a property
+// renamed onto another key (RenameProperty): an edit, which a protected
+// image allows.
+func checkTake(c Caller, im *Image, key string, rename bool) error {
 	var err error
 	switch {
 	case IsSystemKey(key):
@@ -579,7 +586,7 @@ func checkRemove(c Caller, im *Image, key string) error {
 	default:
 		err = mayModify(c, im)
 	}
-	if err == nil && im.Protected {
+	if err == nil && im.Protected && !rename {
 		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
 	if err != nil {
@@ -593,8 +600,10 @@ func checkRemove(c Caller, im *Image, key string) error {
 
 // RenameProperty gives key to the value of custom property from and
 // removes from, in one commit: how editors and `sed -i` save a file (write
-// a temporary file, rename it over the original). Errors: as
-// RemoveProperty for from and SetProperty for to.
+// a temporary file, rename it over the original). It is an edit, so a
+// protected image allows it (only RemoveProperty is refused there).
+// Errors: as RemoveProperty for from (protected aside) and SetProperty
+// for to.
 func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	defer s.deliver()
 	s.mu.Lock()
@@ -603,7 +612,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkRemove(c, im, from); err != nil {
+	if err := checkTake(c, im, from, true); err != nil {
 		return err
 	}
 	value := im.Extra[from]

@@ -23,7 +23,8 @@ writable data files, a store that group or others can read, records whose
 status and properties disagree (an active image without checksum, an
 unsealed one with hashes, a sealed one with a kill reason), colliding
 inode ranges, and a name index or property index (by-property/) that
-disagrees with the records. Each problem --repair fixes is marked
+disagrees with the records, and a missing STORE/catalog/imagefs-reserve
+(the 1 MiB a delete on a full disk uses). Each problem --repair fixes is marked
 "(--repair fixes this)". Also says how many files STORE/lost+found holds.
 
 With --repair, fixes what can be fixed without losing data: interrupted
@@ -32,7 +33,8 @@ verified and completed, orphans are moved to STORE/lost+found, the data of
 deleted images is removed, the store is made private (directories 0700,
 files 0600, data files 0400), stale hashes and kill reasons are cleared,
 the next inode range is moved past those in use, and the name and property
-indexes are rewritten. Every mount does the first six by itself. Missing
+indexes are rewritten, and the reserve is made again when the disk has
+9 MiB free. Every mount does the first six and the reserve by itself. Missing
 or damaged data (missing-data, size-mismatch, checksum-mismatch), broken
 records and two images with one name or inode range need the operator:
 restore the data file from a backup, or delete the image.
