@@ -943,7 +943,7 @@ var contractCases = []contractCase{
 		assert.NoError(t, s.OpenUploadRead(alice, s.Scratch(im.ID, ".tmp")))
 		assert.NoError(t, s.OpenUploadRead(Root, s.Scratch(im.ID, ".tmp")))
 	}},
-	{"README.md", "EBUSY | a second writer opens `image.vhd`, creates a file in the image directory or renames one onto `image.vhd` while an upload is open", func(t *testing.T, s *Store) {
+	{"README.md", "EBUSY | a second writer opens `image.vhd`, creates a file in the image directory (save a temporary name, starting with `.`) or renames one onto `image.vhd` while an upload is open", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		sc, err := s.CreateScratch(alice, im.ID, ".rsync.XXXX")
 		require.NoError(t, err)
@@ -955,6 +955,10 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, err, ErrBusy, "open")
 		_, err = s.CreateFile(alice, im.ID, "disk.vhd", Writer{})
 		assert.ErrorIs(t, err, ErrBusy, "create")
+		tmp, err := s.CreateFile(alice, im.ID, ".tmp", Writer{})
+		if assert.NoError(t, err, "create of a temporary name") {
+			require.NoError(t, s.EndWriter(tmp))
+		}
 		assert.ErrorIs(t, s.RenameScratch(alice, im.ID, ".rsync.XXXX", ImageDataName), ErrBusy, "rename onto image.vhd")
 		assert.ErrorIs(t, s.DiscardUpload(alice, im.ID), ErrBusy, "rm while a writer has it open")
 		assert.ErrorIs(t, s.EndWriter(u), ErrRefused, "512 zero bytes are no VHD")
