@@ -87,7 +87,7 @@ func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	if _, ok := newParent.(*imagesDir); !ok {
-		return syscall.EXDEV
+		return toErrno(store.ErrCrossDirectory)
 	}
 	// RENAME_NOREPLACE (mv -n, mv --no-clobber, mv's first try) asks for
 	// what every rename here does: the store never replaces another

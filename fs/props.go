@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -129,7 +128,7 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*propsDir)
 	if !ok || np.id != d.id {
-		return syscall.EPERM
+		return toErrno(store.ErrCrossDirectory)
 	}
 	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
 		return syscall.EINVAL
@@ -142,14 +141,7 @@ func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 		}
 	}
 	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName); err != nil {
-		if errors.Is(err, store.ErrInvalid) {
-			// The value (or the new key) breaks newName's rule. rename(2)'s
-			// EINVAL means moving a directory into itself, which is what
-			// mv prints for it: EPERM says the rename is refused.
-			slog.Warn("property rename refused", "id", d.id, "from", name, "key", newName, "err", err)
-			return syscall.EPERM
-		}
-		return toErrno(err)
+		return toRenamePropertyErrno(err)
 	}
 	if ch := d.GetChild(name); ch != nil {
 		if p, ok := ch.Operations().(*propNode); ok {

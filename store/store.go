@@ -610,6 +610,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	next := im.clone()
 	deleteExtra(next, from)
 	if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
+		s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
 		return err
 	}
 	applyValue(next, to, value)

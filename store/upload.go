@@ -1043,9 +1043,13 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 // file's data: it is checked and sealed now if no writer still has it
 // open, and then shows as image.vhd only. Errors: as CreateScratch, plus
 // ErrRefused from the seal and ErrBusy while another writer has image.vhd
-// open (one writer at a time).
+// open (one writer at a time), ErrNotPermitted for a rename of image.vhd
+// or from or to properties.
 func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 	defer s.deliver()
+	if from == ImageDataName || from == "properties" || to == "properties" {
+		return fmt.Errorf("%w: %s and properties keep their names", ErrNotPermitted, ImageDataName)
+	}
 	toData := to == ImageDataName || !IsTempName(to)
 	if to != ImageDataName {
 		if err := validScratchName(to); err != nil {
