@@ -11,6 +11,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // toErrno is the one mapping from store errors to errnos.
@@ -85,6 +86,19 @@ func toRenamePropertyErrno(err error) syscall.Errno {
 		return syscall.EPERM
 	}
 	return toErrno(err)
+}
+
+// renameMode translates rename(2)'s flags: RENAME_NOREPLACE is passed to
+// the store, which decides it under its lock; RENAME_EXCHANGE and
+// RENAME_WHITEOUT are not supported (EINVAL).
+func renameMode(flags uint32) (store.RenameMode, syscall.Errno) {
+	switch flags {
+	case 0:
+		return store.RenameReplace, 0
+	case unix.RENAME_NOREPLACE:
+		return store.RenameNoReplace, 0
+	}
+	return 0, syscall.EINVAL
 }
 
 // caller returns who made the request.

@@ -7,7 +7,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
-	"golang.org/x/sys/unix"
 )
 
 // imagesDir is images/: one directory per image, named by the image's
@@ -93,8 +92,8 @@ func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.Inod
 	// what every rename here does: the store never replaces another
 	// image, a taken name is EEXIST. RENAME_EXCHANGE and RENAME_WHITEOUT
 	// are not supported.
-	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
-		return syscall.EINVAL
+	if _, errno := renameMode(flags); errno != 0 {
+		return errno
 	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {

@@ -299,14 +299,12 @@ func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if !ok || np.id != d.id {
 		return toErrno(store.ErrCrossDirectory)
 	}
-	if flags&^uint32(1) != 0 { // only RENAME_NOREPLACE
-		return syscall.EINVAL
-	}
-	if flags&1 != 0 && (newName == store.ImageDataName || d.fsys.st.Scratch(d.id, newName) != nil) {
-		return syscall.EEXIST
+	mode, errno := renameMode(flags)
+	if errno != 0 {
+		return errno
 	}
 	scratch := d.GetChild(name)
-	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName); err != nil {
+	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName, mode); err != nil {
 		return toErrno(err)
 	}
 	if (newName == store.ImageDataName || !store.IsTempName(newName)) && scratch != nil {

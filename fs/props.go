@@ -11,7 +11,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
-	"golang.org/x/sys/unix"
 )
 
 // propsDir is <image>/properties/: one file per property. Creating a file
@@ -130,17 +129,11 @@ func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if !ok || np.id != d.id {
 		return toErrno(store.ErrCrossDirectory)
 	}
-	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
-		return syscall.EINVAL
+	mode, errno := renameMode(flags)
+	if errno != 0 {
+		return errno
 	}
-	if flags&unix.RENAME_NOREPLACE != 0 {
-		if im := d.image(); im != nil {
-			if _, ok := im.Property(newName); ok {
-				return syscall.EEXIST
-			}
-		}
-	}
-	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName); err != nil {
+	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName, mode); err != nil {
 		return toRenamePropertyErrno(err)
 	}
 	if ch := d.GetChild(name); ch != nil {

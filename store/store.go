@@ -472,6 +472,14 @@ const (
 	SetReplace                // fail with ErrNotFound if it does not (XATTR_REPLACE)
 )
 
+// RenameMode says whether a rename may replace its target.
+type RenameMode int
+
+const (
+	RenameReplace   RenameMode = iota // replace a target that exists (rename(2))
+	RenameNoReplace                   // fail with ErrExists if it exists (RENAME_NOREPLACE)
+)
+
 // SetProperty sets key to value on image id for caller c. Errors:
 // ErrNotFound (image, or key with SetReplace), ErrExists (SetCreate, or a
 // taken name), ErrImmutable (system key), ErrPermission (not the owner),
@@ -594,14 +602,19 @@ func checkRemove(c Caller, im *Image, key string) error {
 // RenameProperty gives key to the value of custom property from and
 // removes from, in one commit: how editors and `sed -i` save a file (write
 // a temporary file, rename it over the original). Errors: as
-// RemoveProperty for from and SetProperty for to.
-func (s *Store) RenameProperty(c Caller, id, from, to string) error {
+// RemoveProperty for from and SetProperty for to; with RenameNoReplace,
+// ErrExists when to is set (decided under the store's lock, with the
+// commit).
+func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) error {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
+	}
+	if _, ok := im.Property(to); ok && mode == RenameNoReplace {
+		return fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
 	}
 	if err := checkRemove(c, im, from); err != nil {
 		return err

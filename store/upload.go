@@ -1044,8 +1044,9 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 // open, and then shows as image.vhd only. Errors: as CreateScratch, plus
 // ErrRefused from the seal and ErrBusy while another writer has image.vhd
 // open (one writer at a time), ErrNotPermitted for a rename of image.vhd
-// or from or to properties.
-func (s *Store) RenameScratch(c Caller, id, from, to string) error {
+// or from or to properties, and with RenameNoReplace ErrExists when to is
+// taken (image.vhd always is), decided under the store's lock.
+func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) error {
 	defer s.deliver()
 	if from == ImageDataName || from == "properties" || to == "properties" {
 		return fmt.Errorf("%w: %s and properties keep their names", ErrNotPermitted, ImageDataName)
@@ -1089,6 +1090,9 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 			}
 			if u == nil {
 				return true, fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
+			}
+			if mode == RenameNoReplace && (to == ImageDataName || l.scratch[to] != nil) {
+				return true, fmt.Errorf("%w: %s (no replace)", ErrExists, to)
 			}
 			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
 				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
