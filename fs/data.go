@@ -162,9 +162,9 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 // Before sealing, mode, owner and time changes are accepted and ignored
 // (cp -p, rsync -t).
 func (n *dataNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	var a store.DataAttr
+	var a store.AttrChange
 	if size, ok := in.GetSize(); ok {
-		a = store.DataAttr{HasSize: true, Size: int64(size)}
+		a = store.AttrChange{HasSize: true, Size: int64(size)}
 	}
 	u := n.scratch
 	if isUpload(f) {

@@ -163,12 +163,18 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 // itself) drops the kernel's entry of the old name, so images/<old> stops
 // resolving at once.
 func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMode) error {
-	old := f.st.Get(id)
-	err := f.st.SetProperty(c, id, key, value, mode)
-	if err == nil && key == store.KeyName && old != nil && old.Name != value {
-		f.dropEntry(f.root().GetChild("images"), old.Name)
-	}
+	ch, err := f.st.ChangeProperty(c, id, key, value, mode)
+	f.propertyChanged(ch)
 	return err
+}
+
+// propertyChanged drops the kernel's entry of an image's old name after a
+// property change that renamed it (ch, the store's commit, tells the old
+// name; a zero Change: nothing changed).
+func (f *FS) propertyChanged(ch store.Change) {
+	if ch.Old != nil && ch.New != nil && ch.Old.Name != ch.New.Name {
+		f.dropEntry(f.root().GetChild("images"), ch.Old.Name)
+	}
 }
 
 // forgetImage drops a deleted image's directory entries from the kernel's

@@ -2,11 +2,12 @@ package store
 
 import "fmt"
 
-// DataAttr is a change of the attributes of an image's image.vhd (or of
-// a scratch file) by setattr: a size (truncate, ftruncate) when HasSize;
-// mode, owner and times otherwise, which the store accepts and ignores
-// before the seal (cp -p, rsync -t) and refuses after it.
-type DataAttr struct {
+// AttrChange is a change of a file's attributes by setattr (image.vhd, a
+// scratch file: SetDataAttr; a property file: SetPropertyFileAttr): a
+// size (truncate, ftruncate) when HasSize; mode, owner and times
+// otherwise, which the store accepts and ignores where the file may be
+// changed and refuses where it may not.
+type AttrChange struct {
 	HasSize bool
 	Size    int64 // bytes; with HasSize
 }
@@ -28,7 +29,7 @@ type DataAttr struct {
 //
 // Errors: ErrNotFound, ErrImmutable, ErrPermission, ErrInvalid, and those
 // of Upload.Truncate.
-func (s *Store) SetDataAttr(c Caller, id string, u *Upload, a DataAttr) error {
+func (s *Store) SetDataAttr(c Caller, id string, u *Upload, a AttrChange) error {
 	if u != nil && a.HasSize {
 		return u.Truncate(a.Size)
 	}

@@ -486,25 +486,33 @@ const (
 // ErrInvalid/ErrTooBig (the key's rule), ErrQuota, ErrCatalog. A rejected
 // write changes nothing.
 func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error {
+	_, err := s.ChangeProperty(c, id, key, value, mode)
+	return err
+}
+
+// ChangeProperty is SetProperty, returning the change it committed: the
+// record before (Old) and after (New), read under the commit's lock (a
+// change of key name tells the old name). Errors: as SetProperty.
+func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (Change, error) {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
-		return err
+		return Change{}, err
 	}
 	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
 		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
-		return err
+		return Change{}, err
 	}
 	next := im.clone()
 	applyValue(next, key, value)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	if err := s.publish(next, im.Name); err != nil {
-		return err
+		return Change{}, err
 	}
 	s.log.Info("property changed", "id", id, "key", key, "uid", c.UID)
-	return nil
+	return Change{Old: im, New: next}, nil
 }
 
 // setPropertyRules checks SetProperty's rules for setting key to value on
