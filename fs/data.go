@@ -155,43 +155,26 @@ func (n *dataNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
-// Setattr: truncate works on uploads; after sealing every change (size,
-// mode, owner, times) is EPERM, root included. Before sealing, mode, owner
-// and time changes are accepted and ignored (cp -p, rsync -t).
+// Setattr: the store decides (Store.SetDataAttr): truncate through a
+// write descriptor or of a scratch file changes its staged data; a
+// truncate(2) by path changes the staged data of the upload in progress
+// without sealing it; after sealing every change is EPERM, root included.
+// Before sealing, mode, owner and time changes are accepted and ignored
+// (cp -p, rsync -t).
 func (n *dataNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	var a store.AttrChange
+	if size, ok := in.GetSize(); ok {
+		a = store.AttrChange{HasSize: true, Size: int64(size)}
+	}
+	u := n.scratch
+	if isUpload(f) {
+		u = f.(*uploadHandle).u
+	}
+	if err := n.fsys.st.SetDataAttr(caller(ctx), n.id, u, a); err != nil {
+		return toErrno(err)
+	}
 	im := n.image()
 	if im == nil {
-		return syscall.ENOENT
-	}
-	c := caller(ctx)
-	if size, ok := in.GetSize(); ok {
-		var err error
-		switch {
-		case isUpload(f):
-			err = f.(*uploadHandle).u.Truncate(int64(size))
-		case n.isScratch():
-			err = n.scratch.Truncate(int64(size))
-		default:
-			var u *store.Upload
-			if u, err = n.fsys.st.OpenWrite(c, n.id, false); err == nil {
-				err = u.Truncate(int64(size))
-				if rerr := n.fsys.st.EndWriter(u); err == nil {
-					err = rerr
-				}
-			}
-		}
-		if err != nil {
-			return toErrno(err)
-		}
-	} else if !n.isScratch() {
-		if im.Status.Sealed() {
-			return syscall.EPERM
-		}
-		if c.UID != 0 && c.UID != im.Owner {
-			return syscall.EPERM
-		}
-	}
-	if im = n.image(); im == nil {
 		return syscall.ENOENT
 	}
 	n.fillDataAttr(im, &out.Attr)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
+	"golang.org/x/sys/unix"
 )
 
 // toErrno is the one mapping from store errors to errnos.
@@ -19,7 +20,12 @@ import (
 //	ErrPermission -> EACCES    ErrNotPermitted -> EPERM  ErrInvalid -> EINVAL
 //	ErrTooBig -> E2BIG         ErrQuota -> ENOSPC        ErrRefused -> EINVAL
 //	ErrBusy -> EBUSY           ErrCatalog -> EIO         ErrNoSpace -> ENOSPC
+//	ErrCrossDirectory -> EPERM errNotUserXattr -> EOPNOTSUPP
 //	syscall.Errno -> itself
+//
+// Two faces map one store error otherwise, here too: toXattrErrno (a
+// missing property is ENODATA) and toRenamePropertyErrno (a value the new
+// key refuses is EPERM).
 func toErrno(err error) syscall.Errno {
 	if err == nil {
 		return 0
@@ -52,6 +58,50 @@ var errnoMap = []struct {
 	{store.ErrBusy, syscall.EBUSY},
 	{store.ErrCatalog, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
+	// Not EXDEV: mv would then copy and remove, and a copy into an image
+	// directory is an upload (a property file moved there would kill an
+	// unsealed image).
+	{store.ErrCrossDirectory, syscall.EPERM},
+	{errNotUserXattr, syscall.EOPNOTSUPP},
+}
+
+// errNotUserXattr: an xattr name outside user.* (ACLs, security labels,
+// capabilities, trusted.*): imagefs keeps none, as filesystems without
+// those namespaces answer (EOPNOTSUPP), for get, set, list and remove.
+// ENODATA made ls -l ask three times per file.
+var errNotUserXattr = errors.New("xattr namespace not supported")
+
+// toXattrErrno maps a store error for an xattr call: a missing key is
+// ENODATA there, not ENOENT.
+func toXattrErrno(err error) syscall.Errno {
+	if errors.Is(err, store.ErrNotFound) {
+		return syscall.ENODATA
+	}
+	return toErrno(err)
+}
+
+// toRenamePropertyErrno maps a store error for a rename in properties/:
+// a value (or new key) that breaks the new key's rule is EPERM, because
+// rename(2)'s EINVAL means moving a directory into itself, which is what
+// mv prints for it.
+func toRenamePropertyErrno(err error) syscall.Errno {
+	if errors.Is(err, store.ErrInvalid) {
+		return syscall.EPERM
+	}
+	return toErrno(err)
+}
+
+// renameMode translates rename(2)'s flags: RENAME_NOREPLACE is passed to
+// the store, which decides it under its lock; RENAME_EXCHANGE and
+// RENAME_WHITEOUT are not supported (EINVAL).
+func renameMode(flags uint32) (store.RenameMode, syscall.Errno) {
+	switch flags {
+	case 0:
+		return store.RenameReplace, 0
+	case unix.RENAME_NOREPLACE:
+		return store.RenameNoReplace, 0
+	}
+	return 0, syscall.EINVAL
 }
 
 // caller returns who made the request.

@@ -7,7 +7,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
-	"golang.org/x/sys/unix"
 )
 
 // imagesDir is images/: one directory per image, named by the image's
@@ -87,14 +86,14 @@ func (d *imagesDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	if _, ok := newParent.(*imagesDir); !ok {
-		return syscall.EXDEV
+		return toErrno(store.ErrCrossDirectory)
 	}
 	// RENAME_NOREPLACE (mv -n, mv --no-clobber, mv's first try) asks for
 	// what every rename here does: the store never replaces another
 	// image, a taken name is EEXIST. RENAME_EXCHANGE and RENAME_WHITEOUT
 	// are not supported.
-	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
-		return syscall.EINVAL
+	if _, errno := renameMode(flags); errno != 0 {
+		return errno
 	}
 	im := d.fsys.st.LookupFor(caller(ctx), name)
 	if im == nil {
@@ -164,12 +163,18 @@ func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Im
 // itself) drops the kernel's entry of the old name, so images/<old> stops
 // resolving at once.
 func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMode) error {
-	old := f.st.Get(id)
-	err := f.st.SetProperty(c, id, key, value, mode)
-	if err == nil && key == store.KeyName && old != nil && old.Name != value {
-		f.dropEntry(f.root().GetChild("images"), old.Name)
-	}
+	ch, err := f.st.ChangeProperty(c, id, key, value, mode)
+	f.propertyChanged(ch)
 	return err
+}
+
+// propertyChanged drops the kernel's entry of an image's old name after a
+// property change that renamed it (ch, the store's commit, tells the old
+// name; a zero Change: nothing changed).
+func (f *FS) propertyChanged(ch store.Change) {
+	if ch.Old != nil && ch.New != nil && ch.Old.Name != ch.New.Name {
+		f.dropEntry(f.root().GetChild("images"), ch.Old.Name)
+	}
 }
 
 // forgetImage drops a deleted image's directory entries from the kernel's

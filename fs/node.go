@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -82,7 +81,7 @@ func (n *node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	key, ok := xattr.Key(attr)
 	if !ok {
-		return 0, syscall.EOPNOTSUPP
+		return 0, toErrno(errNotUserXattr)
 	}
 	im := n.imageFor(ctx)
 	if im == nil {
@@ -90,7 +89,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	}
 	v, ok := im.Property(key)
 	if !ok {
-		return 0, syscall.ENODATA
+		return 0, toXattrErrno(store.ErrNotFound)
 	}
 	return xattr.Copy(dest, []byte(v))
 }
@@ -106,30 +105,23 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	key, ok := xattr.Key(attr)
 	if !ok {
-		return syscall.EOPNOTSUPP
+		return toErrno(errNotUserXattr)
 	}
 	mode, errno := xattr.Mode(flags)
 	if errno != 0 {
 		return errno
 	}
-	return xattrErrno(n.fsys.setProperty(caller(ctx), n.id, key, string(data), mode))
+	return toXattrErrno(n.fsys.setProperty(caller(ctx), n.id, key, string(data), mode))
 }
 
+// Removexattr of a name outside user.* is EOPNOTSUPP, as Getxattr and
+// Setxattr (README's error table).
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	key, ok := xattr.Key(attr)
 	if !ok {
-		return syscall.ENODATA
+		return toErrno(errNotUserXattr)
 	}
-	return xattrErrno(n.fsys.st.RemoveProperty(caller(ctx), n.id, key))
-}
-
-// xattrErrno maps a store error for an xattr call: a missing key is
-// ENODATA there, not ENOENT.
-func xattrErrno(err error) syscall.Errno {
-	if errors.Is(err, store.ErrNotFound) {
-		return syscall.ENODATA
-	}
-	return toErrno(err)
+	return toXattrErrno(n.fsys.st.RemoveProperty(caller(ctx), n.id, key))
 }
 
 // imageDir is images/<name>/ or by-id/<id>/: image.vhd, properties/ and
@@ -305,19 +297,14 @@ func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
 func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*imageDir)
 	if !ok || np.id != d.id {
-		return syscall.EXDEV
+		return toErrno(store.ErrCrossDirectory)
 	}
-	if name == store.ImageDataName || name == "properties" || newName == "properties" {
-		return syscall.EPERM
-	}
-	if flags&^uint32(1) != 0 { // only RENAME_NOREPLACE
-		return syscall.EINVAL
-	}
-	if flags&1 != 0 && (newName == store.ImageDataName || d.fsys.st.Scratch(d.id, newName) != nil) {
-		return syscall.EEXIST
+	mode, errno := renameMode(flags)
+	if errno != 0 {
+		return errno
 	}
 	scratch := d.GetChild(name)
-	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName); err != nil {
+	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName, mode); err != nil {
 		return toErrno(err)
 	}
 	if (newName == store.ImageDataName || !store.IsTempName(newName)) && scratch != nil {

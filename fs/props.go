@@ -2,9 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
-	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -12,7 +9,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
-	"golang.org/x/sys/unix"
 )
 
 // propsDir is <image>/properties/: one file per property. Creating a file
@@ -94,19 +90,20 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // SetCreate: refused with EEXIST if another writer created the key
 // meanwhile.
 func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	c := caller(ctx)
-	if err := d.fsys.st.CheckSetProperty(c, d.id, name, "", store.SetCreate); err != nil {
+	w, err := d.fsys.st.CreatePropertyWrite(caller(ctx), d.id, name)
+	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
 	im := d.image()
 	if im == nil {
 		return nil, nil, 0, syscall.ENOENT
 	}
+	w.OnCommit = d.fsys.propertyChanged
 	// Not the key's inode (PropertyIno), which the commit assigns: an
 	// inode of its own (go-fuse numbers it), which the next lookup after
 	// the commit replaces.
 	p := &propNode{node: node{fsys: d.fsys, id: d.id}, key: name}
-	h := &propHandle{fsys: d.fsys, st: d.fsys.st, c: c, id: d.id, key: name, node: p, write: true, created: true, dirty: true}
+	h := &propHandle{fsys: d.fsys, st: d.fsys.st, id: d.id, key: name, node: p, kind: propWriter, w: w}
 	p.creating = h
 	h.attr(im, &out.Attr)
 	out.SetAttrTimeout(uncached)
@@ -129,27 +126,14 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*propsDir)
 	if !ok || np.id != d.id {
-		return syscall.EPERM
+		return toErrno(store.ErrCrossDirectory)
 	}
-	if flags&^uint32(unix.RENAME_NOREPLACE) != 0 {
-		return syscall.EINVAL
+	mode, errno := renameMode(flags)
+	if errno != 0 {
+		return errno
 	}
-	if flags&unix.RENAME_NOREPLACE != 0 {
-		if im := d.image(); im != nil {
-			if _, ok := im.Property(newName); ok {
-				return syscall.EEXIST
-			}
-		}
-	}
-	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName); err != nil {
-		if errors.Is(err, store.ErrInvalid) {
-			// The value (or the new key) breaks newName's rule. rename(2)'s
-			// EINVAL means moving a directory into itself, which is what
-			// mv prints for it: EPERM says the rename is refused.
-			slog.Warn("property rename refused", "id", d.id, "from", name, "key", newName, "err", err)
-			return syscall.EPERM
-		}
-		return toErrno(err)
+	if err := d.fsys.st.RenameProperty(caller(ctx), d.id, name, newName, mode); err != nil {
+		return toRenamePropertyErrno(err)
 	}
 	if ch := d.GetChild(name); ch != nil {
 		if p, ok := ch.Operations().(*propNode); ok {
@@ -223,10 +207,10 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	}
 	p.fillPropAttr(im, &out.Attr)
 	out.SetTimeout(untilChanged)
-	if h, ok := f.(*propHandle); ok && h.write {
+	if h, ok := f.(*propHandle); ok && h.w != nil {
 		// fstat of a file being written: the size of what the close will
 		// set, not cached.
-		if size, dirty := h.pending(); dirty {
+		if size, dirty := h.w.Pending(); dirty {
 			out.Size, out.Blocks = uint64(size), uint64(size+511)/512
 			out.SetTimeout(uncached)
 		}
@@ -234,39 +218,26 @@ func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
-// Setattr: truncate sets the value to its first size bytes; other
-// changes are refused on system properties and ignored on the rest.
+// Setattr: truncate sets the value to its first size bytes (through a
+// writer's handle, or of a file Create made and not committed yet: at
+// its close); other changes are refused on system properties and ignored
+// on the rest (Store.SetPropertyFileAttr).
 func (p *propNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	c := caller(ctx)
-	if err := p.fsys.st.MayWriteProperty(c, p.id, p.key); err != nil {
+	var a store.AttrChange
+	if size, ok := in.GetSize(); ok {
+		a = store.AttrChange{HasSize: true, Size: int64(size)}
+	}
+	var w *store.PropertyWrite
+	if h, ok := f.(*propHandle); ok && h.w != nil {
+		w = h.w
+	} else if h := p.creator(f); h != nil {
+		w = h.w
+	}
+	ch, err := p.fsys.st.SetPropertyFileAttr(caller(ctx), p.id, p.key, w, a)
+	if err != nil {
 		return toErrno(err)
 	}
-	if size, ok := in.GetSize(); ok {
-		if h, ok := f.(*propHandle); ok && h.write {
-			// ftruncate(2) of an open file (truncate -s): its value is
-			// set when the file is closed, as a write's; until then the
-			// size is the handle's, and not cached (the close may refuse
-			// the value).
-			h.truncate(int(size))
-			return p.Getattr(ctx, f, out)
-		}
-		if h := p.creator(f); h != nil {
-			h.truncate(int(size)) // the file Create made, by path
-			return p.Getattr(ctx, f, out)
-		}
-		im := p.image()
-		if im == nil {
-			return syscall.ENOENT
-		}
-		v, _ := im.Property(p.key)
-		v += "\n"
-		if int(size) < len(v) {
-			v = v[:size]
-		}
-		if err := p.fsys.setProperty(c, p.id, p.key, stripNewline(v), store.SetAny); err != nil {
-			return toErrno(err)
-		}
-	}
+	p.fsys.propertyChanged(ch)
 	return p.Getattr(ctx, f, out)
 }
 
@@ -287,37 +258,34 @@ func (p *propNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		// O_CREAT open create it anew.
 		return nil, 0, syscall.ESTALE
 	}
-	h := &propHandle{fsys: p.fsys, st: p.fsys.st, c: caller(ctx), id: p.id, key: p.key, node: p}
+	c := caller(ctx)
+	h := &propHandle{fsys: p.fsys, st: p.fsys.st, id: p.id, key: p.key, node: p, kind: propReader}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		if err := p.fsys.st.MayWriteProperty(h.c, p.id, p.key); err != nil {
+		w, err := p.fsys.st.OpenPropertyWrite(c, p.id, p.key, flags&syscall.O_TRUNC != 0)
+		if err != nil {
 			return nil, 0, toErrno(err)
 		}
-		h.write = true
-		if flags&syscall.O_TRUNC != 0 {
-			h.dirty = true
-			return h, fuse.FOPEN_DIRECT_IO, 0
-		}
+		w.OnCommit = p.fsys.propertyChanged
+		h.kind, h.w = propWriter, w
+		return h, fuse.FOPEN_DIRECT_IO, 0
 	}
-	h.buf = []byte(v + "\n")
-	if !h.write && !h.c.Owns(im) {
+	h.atOpen = []byte(v + "\n")
+	if !c.Owns(im) {
 		// The kernel's pages of this file are shared by every user, and
 		// the owner's opens fill them with the current value: a reader
 		// whose access can be revoked (a member, anyone of a public
 		// image) reads past them, so that each read asks Read, which
 		// checks the reader's access. KEEP_CACHE: the open leaves the
 		// owner's pages in place.
-		h.direct = true
+		h.kind = propDirectReader
 		return h, fuse.FOPEN_NOFLUSH | fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, 0
 	}
-	if !h.write {
-		// A reader goes through the page cache, kept across opens while
-		// the value stays (invalidate drops it when it changes), and its
-		// close has nothing to do: no FLUSH request. grep over
-		// properties/ costs an OPEN (and a RELEASE the kernel does not
-		// wait for) per file.
-		return h, fuse.FOPEN_NOFLUSH | p.cacheForOpen(v), 0
-	}
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	// A reader goes through the page cache, kept across opens while
+	// the value stays (invalidate drops it when it changes), and its
+	// close has nothing to do: no FLUSH request. grep over
+	// properties/ costs an OPEN (and a RELEASE the kernel does not
+	// wait for) per file.
+	return h, fuse.FOPEN_NOFLUSH | p.cacheForOpen(v), 0
 }
 
 // cacheForOpen makes the kernel's pages of this file hold value v and
@@ -380,54 +348,33 @@ func (p *propNode) serve(v string) {
 	p.served, p.servedOK = v, true
 }
 
-// stripNewline removes the one trailing newline that echo adds.
-func stripNewline(v string) string { return strings.TrimSuffix(v, "\n") }
-
 // propHandle is an open property file. A reader reads the current value
 // (through the page cache, which invalidate keeps current); once the
 // property is gone it reads the value it had at open, as an unlinked file
-// keeps its data. A writer's writes build a new value in buf that is set
-// when the file is closed (flush), so the close reports a value the rules
-// refuse; it reads its own buffer.
+// keeps its data. A writer's file is a store.PropertyWrite, which holds
+// the protocol (check at the write, set at close, fsync and release) and
+// its one state; the writer reads its own buffer.
 type propHandle struct {
-	fsys  *FS
-	st    *store.Store
-	c     store.Caller
-	id    string
-	key   string
-	node  *propNode
-	write bool
-	// direct: a reader that reads past the page cache (propNode.Open).
-	direct bool
-
-	mu    sync.Mutex
-	buf   []byte
-	dirty bool // the buffer differs from what was last set
-	// written: data was written since the value was last set. A close
-	// without writes (the shell closing its copy of a truncated file
-	// before echo writes) sets nothing; Release sets a truncation alone.
-	written bool
-	// tooBig: a write went past the longest value; the close reports
-	// E2BIG and sets nothing (not the part written before).
-	tooBig bool
-	// created: this handle's file was made by Create: the property does
-	// not exist until the handle's first commit (set), which uses
-	// SetCreate. refused: a write was refused; nothing is committed.
-	// released: Release ran.
-	created, refused, set, released bool
-	// committing: a commit is in the store call, with mu released;
-	// committed (on mu) is signalled when it ends.
-	committing bool
-	committed  sync.Cond
+	fsys *FS
+	st   *store.Store
+	id   string
+	key  string
+	node *propNode
+	kind propHandleKind
+	// atOpen: a reader's value at open, with its newline.
+	atOpen []byte
+	// w: a writer's file (kind propWriter).
+	w *store.PropertyWrite
 }
 
-// uncommitted reports whether the handle's property is one Create made
-// and no commit has set yet, while the handle is open.
-func (h *propHandle) uncommitted() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.created && !h.set && !h.released
-}
+// propHandleKind is how a property file was opened.
+type propHandleKind uint8
+
+const (
+	propReader       propHandleKind = iota // through the page cache
+	propDirectReader                       // past the page cache (propNode.Open)
+	propWriter                             // for writing: w
+)
 
 // creator returns the open handle of propsDir.Create whose property is
 // not committed yet, for a request on p with handle f (nil: by path, or
@@ -437,7 +384,7 @@ func (p *propNode) creator(f gofs.FileHandle) *propHandle {
 	if !ok {
 		h = p.creating
 	}
-	if h == nil || !h.uncommitted() {
+	if h == nil || h.w == nil || !h.w.Uncommitted() {
 		return nil
 	}
 	return h
@@ -448,7 +395,7 @@ func (p *propNode) creator(f gofs.FileHandle) *propHandle {
 // not cached.
 func (h *propHandle) attr(im *store.Image, a *fuse.Attr) {
 	h.node.fillAttr(im, a)
-	size, _ := h.pending()
+	size, _ := h.w.Pending()
 	a.Size = uint64(size)
 	a.Blocks = (a.Size + 511) / 512
 	a.Nlink = 1
@@ -462,169 +409,64 @@ var _ = (gofs.FileReleaser)((*propHandle)(nil))
 var _ = (gofs.FileFsyncer)((*propHandle)(nil))
 
 func (h *propHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if !h.write {
-		// Pages filled from an older value would outlive the change that
-		// dropped them (a read of an open file after the change).
-		var b []byte
-		im := h.st.GetFor(caller(ctx), h.id)
-		if im == nil && h.st.Get(h.id) != nil {
-			return nil, syscall.ENOENT // the reader's access was revoked
-		}
-		if im != nil {
-			if v, ok := im.Property(h.key); ok {
-				if !h.direct {
-					h.node.serve(v)
-				}
-				b = []byte(v + "\n")
-			}
-		}
-		if b == nil {
-			h.mu.Lock()
-			b = h.buf
-			h.mu.Unlock()
-		}
-		if off >= int64(len(b)) {
-			return fuse.ReadResultData(nil), 0
-		}
-		return fuse.ReadResultData(b[off:min(off+int64(len(dest)), int64(len(b)))]), 0
+	if h.w != nil {
+		return fuse.ReadResultData(dest[:h.w.ReadAt(dest, off)]), 0
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if off >= int64(len(h.buf)) {
+	// Pages filled from an older value would outlive the change that
+	// dropped them (a read of an open file after the change).
+	b := h.atOpen
+	im := h.st.GetFor(caller(ctx), h.id)
+	if im == nil && h.st.Get(h.id) != nil {
+		return nil, syscall.ENOENT // the reader's access was revoked
+	}
+	if im != nil {
+		if v, ok := im.Property(h.key); ok {
+			if h.kind == propReader {
+				h.node.serve(v)
+			}
+			b = []byte(v + "\n")
+		}
+	}
+	if off >= int64(len(b)) {
 		return fuse.ReadResultData(nil), 0
 	}
-	n := copy(dest, h.buf[off:])
-	return fuse.ReadResultData(dest[:n]), 0
+	return fuse.ReadResultData(b[off:min(off+int64(len(dest)), int64(len(b)))]), 0
 }
 
+// Write: a write that completes a line (echo's) is checked now, so that
+// the writer sees EINVAL even where the shell ignores close errors.
 func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	end := off + int64(len(data))
-	if end > store.MaxValueBytes+1 {
-		h.tooBig = true
-		return 0, syscall.E2BIG
+	if h.w == nil {
+		return 0, syscall.EBADF
 	}
-	buf := h.buf
-	if end > int64(len(buf)) {
-		buf = append(buf, make([]byte, end-int64(len(buf)))...)
+	if err := h.w.WriteAt(data, off); err != nil {
+		return 0, toErrno(err)
 	}
-	copy(buf[off:], data)
-	// A write that completes a line (echo's) is checked now, so that the
-	// writer sees EINVAL even where the shell ignores close errors.
-	if buf[len(buf)-1] == '\n' {
-		mode := store.SetAny
-		if h.created && !h.set {
-			mode = store.SetCreate
-		}
-		if err := h.st.CheckSetProperty(h.c, h.id, h.key, stripNewline(string(buf)), mode); err != nil {
-			h.refused = true
-			slog.Warn("property write refused", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
-			return 0, toErrno(err)
-		}
-	}
-	h.buf = buf
-	h.dirty, h.written = true, true
 	return uint32(len(data)), 0
 }
 
-// pending returns the size of the value the close will set and whether
-// there is one.
-func (h *propHandle) pending() (int, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.buf), h.dirty
-}
-
-// truncate is ftruncate(2) of the handle: it counts as a write, so the
-// close sets the value.
-func (h *propHandle) truncate(size int) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if size < len(h.buf) {
-		h.buf = h.buf[:size]
-	} else {
-		h.buf = append(h.buf, make([]byte, size-len(h.buf))...)
-	}
-	h.dirty, h.written = true, true
-}
-
+// Flush sets what was written (store.PropertyWrite.Close).
 func (h *propHandle) Flush(ctx context.Context) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.refused || h.tooBig {
-		// A refused write leaves the value as it was: not truncated, and
-		// a property this handle would have created does not appear.
-		if h.tooBig {
-			return syscall.E2BIG
-		}
+	if h.w == nil {
 		return 0
 	}
-	if !h.written {
-		// No write yet (the shell closing its copy of the file before
-		// echo writes, or touch): a new property is set at Release.
-		return 0
-	}
-	return h.commit()
+	return toErrno(h.w.Close())
 }
 
 // Fsync sets what was written so far (an editor's write, fsync, close).
 func (h *propHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.written || h.refused || h.tooBig {
+	if h.w == nil {
 		return 0
 	}
-	return h.commit()
+	return toErrno(h.w.Sync())
 }
 
 // Release sets a value that was truncated but never written (": > f"),
 // and the empty value of a property this handle created without a write
 // (touch, ": >" of a new key).
 func (h *propHandle) Release(ctx context.Context) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	defer func() { h.released = true }()
-	if h.refused || h.tooBig {
-		return 0 // handled at Flush
-	}
-	return h.commit()
-}
-
-// commit sets the buffered value if it changed. Must hold h.mu, which it
-// releases during the store call: the call drops the kernel's caches
-// (invalidate), and no lock is held across a kernel notification. The
-// commits of one handle take turns (committing).
-func (h *propHandle) commit() syscall.Errno {
-	if h.committed.L == nil {
-		h.committed.L = &h.mu
-	}
-	for h.committing {
-		h.committed.Wait()
-	}
-	if !h.write || !h.dirty {
+	if h.w == nil {
 		return 0
 	}
-	h.dirty, h.written = false, false
-	if h.tooBig {
-		return syscall.E2BIG
-	}
-	mode := store.SetAny
-	if h.created && !h.set {
-		mode = store.SetCreate // see propsDir.Create
-	}
-	value := stripNewline(string(h.buf))
-	h.committing = true
-	h.mu.Unlock()
-	err := h.fsys.setProperty(h.c, h.id, h.key, value, mode)
-	h.mu.Lock()
-	h.committing = false
-	h.committed.Broadcast()
-	if err != nil && h.created && !h.set {
-		// Nothing was created: the file never existed for anyone else.
-		slog.Warn("new property not created", "id", h.id, "key", h.key, "uid", h.c.UID, "err", err)
-	}
-	errno := toErrno(err)
-	h.set = h.set || errno == 0
-	return errno
+	return toErrno(h.w.End())
 }

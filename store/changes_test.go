@@ -51,7 +51,7 @@ func TestOnChangeDeliversBeforeReturn(t *testing.T) {
 	v, _ := cs[0].New.Property("os_distro")
 	assert.Equal(t, "ubuntu", v)
 
-	require.NoError(t, s.RenameProperty(alice, im.ID, "os_distro", "os_version"))
+	require.NoError(t, s.RenameProperty(alice, im.ID, "os_distro", "os_version", RenameReplace))
 	cs = log.take()
 	require.Len(t, cs, 1)
 	_, had := cs[0].New.Property("os_distro")

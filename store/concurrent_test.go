@@ -135,9 +135,9 @@ func TestConcurrentStore(t *testing.T) {
 			case 0:
 				check("remove scratch", s.RemoveScratch(alice, id, name))
 			case 1:
-				check("rename scratch", s.RenameScratch(alice, id, name, "other"))
+				check("rename scratch", s.RenameScratch(alice, id, name, "other", RenameReplace))
 			default:
-				check("rename onto image.vhd", s.RenameScratch(alice, id, name, ImageDataName))
+				check("rename onto image.vhd", s.RenameScratch(alice, id, name, ImageDataName, RenameReplace))
 			}
 		},
 		func(r *rand.Rand) { // rm image.vhd before it is sealed

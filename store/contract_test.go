@@ -329,7 +329,7 @@ var contractCases = []contractCase{
 		writeAt(t, u, fixedVHD(t, 1<<20), 0)
 		require.NoError(t, s.EndWriter(u))
 		assert.Equal(t, StatusQueued, s.Get(im.ID).Status)
-		require.NoError(t, s.RenameScratch(alice, im.ID, ".disk.vhd.XXXX", ImageDataName))
+		require.NoError(t, s.RenameScratch(alice, im.ID, ".disk.vhd.XXXX", ImageDataName, RenameReplace))
 		assert.Equal(t, StatusActive, s.Get(im.ID).Status)
 		assert.Empty(t, s.ScratchNames(im.ID))
 	}},
@@ -406,7 +406,7 @@ var contractCases = []contractCase{
 		require.NoError(t, s.SetProperty(alice, im.ID, "os_distro", "hyperos", SetAny))
 		var changes []Change
 		s.OnChange(func(c Change) { changes = append(changes, c) })
-		require.NoError(t, s.RenameProperty(alice, im.ID, ".os_distro.swp", "os_distro"))
+		require.NoError(t, s.RenameProperty(alice, im.ID, ".os_distro.swp", "os_distro", RenameReplace))
 		require.Len(t, changes, 1, "one change")
 		got := changes[0].New
 		assert.Equal(t, "superos", got.Extra["os_distro"])
@@ -873,7 +873,7 @@ var contractCases = []contractCase{
 		assert.True(t, ok)
 		assert.Equal(t, "old", v, "read")
 		assert.ErrorIs(t, s2.SetProperty(alice, im.ID, long, "new", SetAny), ErrInvalid, "cannot be changed")
-		require.NoError(t, s2.RenameProperty(alice, im.ID, long, "short"), "renamed to a shorter key")
+		require.NoError(t, s2.RenameProperty(alice, im.ID, long, "short", RenameReplace), "renamed to a shorter key")
 		assert.Equal(t, "old", s2.Get(im.ID).Extra["short"])
 		require.NoError(t, s2.RemoveProperty(alice, im.ID, long2), "removed")
 		assert.NotContains(t, s2.Get(im.ID).Keys(), long2)
@@ -959,7 +959,7 @@ var contractCases = []contractCase{
 		if assert.NoError(t, err, "create of a temporary name") {
 			require.NoError(t, s.EndWriter(tmp))
 		}
-		assert.ErrorIs(t, s.RenameScratch(alice, im.ID, ".rsync.XXXX", ImageDataName), ErrBusy, "rename onto image.vhd")
+		assert.ErrorIs(t, s.RenameScratch(alice, im.ID, ".rsync.XXXX", ImageDataName, RenameReplace), ErrBusy, "rename onto image.vhd")
 		assert.ErrorIs(t, s.DiscardUpload(alice, im.ID), ErrBusy, "rm while a writer has it open")
 		assert.ErrorIs(t, s.EndWriter(u), ErrRefused, "512 zero bytes are no VHD")
 	}},
@@ -1072,7 +1072,7 @@ var contractCases = []contractCase{
 		require.NoError(t, closeWrite(s, u))
 		assert.Equal(t, StatusQueued, s.Get(im.ID).Status, "never sealed by itself")
 		assert.Equal(t, []string{".disk.vhd.Xy12"}, s.ScratchNames(im.ID))
-		require.NoError(t, s.RenameScratch(alice, im.ID, ".disk.vhd.Xy12", "disk.vhd"))
+		require.NoError(t, s.RenameScratch(alice, im.ID, ".disk.vhd.Xy12", "disk.vhd", RenameReplace))
 		assert.Equal(t, StatusActive, s.Get(im.ID).Status, "onto a name that is not temporary")
 		assert.Empty(t, s.ScratchNames(im.ID))
 	}},
@@ -1185,9 +1185,9 @@ var contractCases = []contractCase{
 		require.NoError(t, s.SetProperty(alice, im.ID, "k1", "abc", SetAny))
 		require.NoError(t, s.SetProperty(alice, im.ID, "k2", "4096", SetAny))
 		before := s.Get(im.ID)
-		assert.ErrorIs(t, s.RenameProperty(alice, im.ID, "k1", KeyMinRAM), ErrInvalid)
+		assert.ErrorIs(t, s.RenameProperty(alice, im.ID, "k1", KeyMinRAM, RenameReplace), ErrInvalid)
 		unchanged(t, s, before)
-		require.NoError(t, s.RenameProperty(alice, im.ID, "k2", KeyMinRAM))
+		require.NoError(t, s.RenameProperty(alice, im.ID, "k2", KeyMinRAM, RenameReplace))
 		assert.Equal(t, int64(4096), s.Get(im.ID).MinRAM)
 		_, has := s.Get(im.ID).Extra["k2"]
 		assert.False(t, has)

@@ -33,6 +33,10 @@ var (
 	// ErrRefused: the uploaded data is not an acceptable VHD; the image
 	// is now killed (EINVAL at the writer's close).
 	ErrRefused = errors.New("upload refused")
+	// ErrCrossDirectory: a rename between two directories (another image,
+	// or properties/ and the image directory); every directory of imagefs
+	// is its own filesystem for rename (EXDEV: mv copies and removes).
+	ErrCrossDirectory = errors.New("cross-directory move")
 	// ErrBusy: the object is in use in a way that forbids the change (EBUSY).
 	ErrBusy = errors.New("busy")
 	// ErrCatalog: the catalog (Pebble) failed to read or commit; nothing

@@ -472,31 +472,47 @@ const (
 	SetReplace                // fail with ErrNotFound if it does not (XATTR_REPLACE)
 )
 
+// RenameMode says whether a rename may replace its target.
+type RenameMode int
+
+const (
+	RenameReplace   RenameMode = iota // replace a target that exists (rename(2))
+	RenameNoReplace                   // fail with ErrExists if it exists (RENAME_NOREPLACE)
+)
+
 // SetProperty sets key to value on image id for caller c. Errors:
 // ErrNotFound (image, or key with SetReplace), ErrExists (SetCreate, or a
 // taken name), ErrImmutable (system key), ErrPermission (not the owner),
 // ErrInvalid/ErrTooBig (the key's rule), ErrQuota, ErrCatalog. A rejected
 // write changes nothing.
 func (s *Store) SetProperty(c Caller, id, key, value string, mode SetMode) error {
+	_, err := s.ChangeProperty(c, id, key, value, mode)
+	return err
+}
+
+// ChangeProperty is SetProperty, returning the change it committed: the
+// record before (Old) and after (New), read under the commit's lock (a
+// change of key name tells the old name). Errors: as SetProperty.
+func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (Change, error) {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
-		return err
+		return Change{}, err
 	}
 	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
 		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
-		return err
+		return Change{}, err
 	}
 	next := im.clone()
 	applyValue(next, key, value)
 	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 	if err := s.publish(next, im.Name); err != nil {
-		return err
+		return Change{}, err
 	}
 	s.log.Info("property changed", "id", id, "key", key, "uid", c.UID)
-	return nil
+	return Change{Old: im, New: next}, nil
 }
 
 // setPropertyRules checks SetProperty's rules for setting key to value on
@@ -603,14 +619,18 @@ func checkTake(c Caller, im *Image, key string, rename bool) error {
 // a temporary file, rename it over the original). It is an edit, so a
 // protected image allows it (only RemoveProperty is refused there).
 // Errors: as RemoveProperty for from (protected aside) and SetProperty
-// for to.
-func (s *Store) RenameProperty(c Caller, id, from, to string) error {
+// for to; with RenameNoReplace, ErrExists when to is set (decided under
+// the store's lock, with the commit).
+func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) error {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err != nil {
 		return err
+	}
+	if _, ok := im.Property(to); ok && mode == RenameNoReplace {
+		return fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
 	}
 	if err := checkTake(c, im, from, true); err != nil {
 		return err
@@ -619,6 +639,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string) error {
 	next := im.clone()
 	deleteExtra(next, from)
 	if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
+		s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
 		return err
 	}
 	applyValue(next, to, value)

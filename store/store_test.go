@@ -208,7 +208,7 @@ func TestScratchRenameCompletesUpload(t *testing.T) {
 	assert.Equal(t, StatusQueued, s.Get(im.ID).Status, "a scratch file is never sealed by itself")
 	assert.Equal(t, []string{".image.vhd.XyZ"}, s.ScratchNames(im.ID))
 
-	require.NoError(t, s.RenameScratch(alice, im.ID, ".image.vhd.XyZ", ImageDataName))
+	require.NoError(t, s.RenameScratch(alice, im.ID, ".image.vhd.XyZ", ImageDataName, RenameReplace))
 	assert.Equal(t, StatusActive, s.Get(im.ID).Status)
 	assert.Empty(t, s.ScratchNames(im.ID))
 	ents, _ := os.ReadDir(filepath.Join(s.Dir(), "staging"))

@@ -1045,9 +1045,14 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 // file's data: it is checked and sealed now if no writer still has it
 // open, and then shows as image.vhd only. Errors: as CreateScratch, plus
 // ErrRefused from the seal and ErrBusy while another writer has image.vhd
-// open (one writer at a time).
-func (s *Store) RenameScratch(c Caller, id, from, to string) error {
+// open (one writer at a time), ErrNotPermitted for a rename of image.vhd
+// or from or to properties, and with RenameNoReplace ErrExists when to is
+// taken (image.vhd always is), decided under the store's lock.
+func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) error {
 	defer s.deliver()
+	if from == ImageDataName || from == "properties" || to == "properties" {
+		return fmt.Errorf("%w: %s and properties keep their names", ErrNotPermitted, ImageDataName)
+	}
 	toData := to == ImageDataName || !IsTempName(to)
 	if to != ImageDataName {
 		if err := validScratchName(to); err != nil {
@@ -1087,6 +1092,9 @@ func (s *Store) RenameScratch(c Caller, id, from, to string) error {
 			}
 			if u == nil {
 				return true, fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
+			}
+			if mode == RenameNoReplace && (to == ImageDataName || l.scratch[to] != nil) {
+				return true, fmt.Errorf("%w: %s (no replace)", ErrExists, to)
 			}
 			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {
 				return true, fmt.Errorf("%w: image %s is being uploaded by another writer", ErrBusy, id)
