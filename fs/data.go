@@ -40,7 +40,7 @@ func (f *FS) dataInode(ctx context.Context, parent *gofs.Inode, im *store.Image,
 	n.fillDataAttr(im, &out.Attr)
 	if im.Status.Sealed() {
 		out.SetEntryTimeout(cacheTimeout)
-		if !f.st.Provisional(im.ID) {
+		if out.Attr.Mode&0o222 == 0 { // fillDataAttr: 0644 while provisional
 			out.SetAttrTimeout(cacheTimeout) // sealed attributes never change
 		}
 	} else {
@@ -410,7 +410,7 @@ func exitStatus(ctx context.Context) int {
 func holdsFile(ctx context.Context, n *gofs.Inode) bool {
 	c, ok := fuse.FromContext(ctx)
 	root, _ := n.Root().Operations().(*rootNode)
-	if !ok || root == nil || root.fsys.mntID == 0 {
+	if !ok || root == nil || root.fsys.mntID.Load() == 0 {
 		return false
 	}
 	dir := fmt.Sprintf("/proc/%d/fdinfo/", c.Pid)
@@ -421,7 +421,7 @@ func holdsFile(ctx context.Context, n *gofs.Inode) bool {
 	names, _ := d.Readdirnames(-1)
 	d.Close()
 	ino := strconv.FormatUint(n.StableAttr().Ino, 10)
-	mnt := strconv.FormatUint(root.fsys.mntID, 10)
+	mnt := strconv.FormatUint(root.fsys.mntID.Load(), 10)
 	for _, name := range names {
 		b, err := os.ReadFile(dir + name)
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -113,8 +114,9 @@ type FS struct {
 	ghosts  ghosts
 	refused refusals
 	// mntID is the mount's id (statx STATX_MNT_ID, mnt_id: in
-	// /proc/PID/fdinfo), 0 when unknown (data.go, holdsFile).
-	mntID uint64
+	// /proc/PID/fdinfo), 0 when unknown (data.go, holdsFile). Set after
+	// the server has started serving: atomic.
+	mntID atomic.Uint64
 }
 
 // fixedDirAttr fills the attributes of a fixed directory.
@@ -198,7 +200,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	f.server = server
 	var stx unix.Statx_t
 	if unix.Statx(unix.AT_FDCWD, mountpoint, 0, unix.STATX_MNT_ID, &stx) == nil && stx.Mask&unix.STATX_MNT_ID != 0 {
-		f.mntID = stx.Mnt_id
+		f.mntID.Store(stx.Mnt_id)
 	}
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()

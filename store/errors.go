@@ -34,8 +34,9 @@ var (
 	// is now killed (EINVAL at the writer's close).
 	ErrRefused = errors.New("upload refused")
 	// ErrCrossDirectory: a rename between two directories (another image,
-	// or properties/ and the image directory); every directory of imagefs
-	// is its own filesystem for rename (EXDEV: mv copies and removes).
+	// or properties/ and the image directory) is refused. fs maps it to
+	// EPERM, not EXDEV: after EXDEV mv would copy and remove, and a copy
+	// into an image directory is an upload.
 	ErrCrossDirectory = errors.New("cross-directory move")
 	// ErrBusy: the object is in use in a way that forbids the change (EBUSY).
 	ErrBusy = errors.New("busy")

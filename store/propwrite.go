@@ -17,8 +17,10 @@ import (
 // if another writer created the key meanwhile); before it nothing is
 // stored, so a refused creation has nothing to undo.
 //
-// Its methods may be called from several goroutines; commits take turns
-// and hold no lock of the store across the change's delivery.
+// Its methods may be called from several goroutines; commits take turns:
+// turn is held across the whole commit (the store's ChangeProperty,
+// which delivers the change, and OnCommit), mu is not; no lock of the
+// store is held across the delivery.
 type PropertyWrite struct {
 	s       *Store
 	c       Caller
@@ -28,7 +30,7 @@ type PropertyWrite struct {
 	// of the image (key name).
 	OnCommit func(Change)
 
-	turn sync.Mutex // one commit at a time; held across SetProperty
+	turn sync.Mutex // one commit at a time; held across ChangeProperty and OnCommit
 	mu   sync.Mutex // guards the fields below; never held across a commit
 	buf  []byte     // the file's content: the value and its newline
 	// state: what the buffer holds against what is set.
@@ -139,10 +141,9 @@ func (w *PropertyWrite) WriteAt(p []byte, off int64) error {
 		w.state = writeTooBig
 		return fmt.Errorf("%w: %s: value of %d bytes or more, limit %d", ErrTooBig, w.key, end, MaxValueBytes)
 	}
-	buf := w.buf
-	if end > int64(len(buf)) {
-		buf = append(buf, make([]byte, end-int64(len(buf)))...)
-	}
+	// A copy: a refused write leaves w.buf as it was.
+	buf := make([]byte, max(end, int64(len(w.buf))))
+	copy(buf, w.buf)
 	copy(buf[off:], p)
 	if len(buf) > 0 && buf[len(buf)-1] == '\n' {
 		if err := w.s.CheckSetProperty(w.c, w.id, w.key, stripNewline(buf), w.mode()); err != nil {

@@ -90,17 +90,42 @@ func procStart(pid uint32) string {
 	return f[19] // field 22, starttime
 }
 
-// provisionalLocked returns image id's provisional seal while it may
-// still be undone, or nil (dropping one whose writer is gone). Must hold
-// s.mu.
-func (s *Store) provisionalLocked(id string) *provisionalSeal {
+// current reports whether seal p (nil: none) may still be undone: its
+// window has not passed and its writer lives. It reads /proc only within
+// the window; it takes no lock.
+func (p *provisionalSeal) current() bool {
+	return p != nil && time.Since(p.at) <= provisionalWindow && procStart(p.proc) == p.start
+}
+
+// provisionalOf returns image id's provisional seal while it may still be
+// undone, or nil. It takes only Store.pubMu (read), for a moment; an
+// expired seal is dropped lazily by the writers (provisionalLocked).
+func (s *Store) provisionalOf(id string) *provisionalSeal {
+	s.pubMu.RLock()
 	l := s.live[id]
-	if l == nil || l.provisional == nil {
+	s.pubMu.RUnlock()
+	if l == nil {
 		return nil
 	}
-	p := l.provisional
-	if time.Since(p.at) > provisionalWindow || procStart(p.proc) != p.start {
-		l.provisional = nil
+	if p := l.provisional.Load(); p.current() {
+		return p
+	}
+	return nil
+}
+
+// provisionalLocked is provisionalOf for writers: it also drops a seal
+// whose writer is gone or whose window has passed. Must hold s.mu.
+func (s *Store) provisionalLocked(id string) *provisionalSeal {
+	l := s.live[id]
+	if l == nil {
+		return nil
+	}
+	p := l.provisional.Load()
+	if p == nil {
+		return nil
+	}
+	if !p.current() {
+		l.provisional.CompareAndSwap(p, nil)
 		return nil
 	}
 	return p
@@ -109,39 +134,41 @@ func (s *Store) provisionalLocked(id string) *provisionalSeal {
 // Provisional reports whether image id is sealed provisionally: its
 // writer (a read-write opener) may still open it again and continue the
 // upload, so image.vhd shows mode 0644, its attributes are not cached,
-// only the writer opens it and by-id/<id>/ does not list it.
+// only the writer opens it and by-id/<id>/ does not list it. It does not
+// wait for the writers (no Store.mu).
 func (s *Store) Provisional(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.provisionalLocked(id) != nil
+	return s.provisionalOf(id) != nil
 }
 
 // DataAlias reports whether name is the name under which the writer of
 // image id's data created it (cp FILE images/NAME/, qemu-img convert ...
 // images/NAME/FILE) while the image is not sealed or its seal is
-// provisional: the name then leads to the image's data.
+// provisional: the name then leads to the image's data. It does not wait
+// for the writers (no Store.mu).
 func (s *Store) DataAlias(id, name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pubMu.RLock()
 	l := s.live[id]
-	if l == nil || name == "" || l.alias != name {
+	alias := ""
+	if l != nil {
+		alias = l.alias
+	}
+	s.pubMu.RUnlock()
+	if l == nil || name == "" || alias != name {
 		return false
 	}
-	if im, err := s.getLocked(id); err != nil {
+	if im := s.Get(id); im == nil {
 		return false
 	} else if !im.Status.Sealed() {
 		return true
 	}
-	return s.provisionalLocked(id) != nil
+	return s.provisionalOf(id) != nil
 }
 
 // provisionalFor returns an error when image id's seal is provisional and
 // process proc (nil: unknown) is not its writer: the data may still
 // change, only the writer reads it. Errors: ErrPermission.
 func (s *Store) provisionalFor(id string, proc func() uint32) error {
-	s.mu.Lock()
-	p := s.provisionalLocked(id)
-	s.mu.Unlock()
+	p := s.provisionalOf(id)
 	if p == nil || (proc != nil && proc() == p.proc) {
 		return nil
 	}
@@ -189,7 +216,7 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
-	l.provisional = nil
+	l.provisional.Store(nil)
 	fail := func(err error) error {
 		killed := next.clone()
 		killed.Status = StatusKilled
@@ -231,8 +258,9 @@ type writerWatch struct {
 	once    sync.Once
 	running atomic.Bool
 	closed  atomic.Bool
-	stop    func()
-	pids    map[uint32]watchedSeal // guarded by Store.mu
+	done    chan struct{} // closed when the listener goroutine has ended
+	mu      sync.Mutex    // guards pids; taken alone or under Store.mu, nothing under it
+	pids    map[uint32]watchedSeal
 }
 
 // watchedSeal is the seal a watched writer made: image id, with that
@@ -246,14 +274,19 @@ type watchedSeal struct {
 // starting the process events listener the first time. Must hold s.mu.
 func (s *Store) watchWriter(pid uint32, id, checksum string) {
 	s.ww.once.Do(func() {
-		recv, stop, err := listenProcExits()
+		recv, closeFn, err := listenProcExits()
 		if err != nil {
 			s.log.Info("no process events: a read-write writer that fails after its seal is not noticed", "err", err)
 			return
 		}
-		s.ww.stop = stop
+		s.ww.done = make(chan struct{})
 		s.ww.running.Store(true)
+		// The goroutine owns the socket: it closes it when stopWatch asks
+		// (each receive waits at most 1 s), so no receive or commit runs
+		// after Close.
 		go func() {
+			defer close(s.ww.done)
+			defer closeFn()
 			for !s.ww.closed.Load() {
 				exits, err := recv()
 				if err != nil {
@@ -261,6 +294,9 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 					return
 				}
 				for _, e := range exits {
+					if s.ww.closed.Load() {
+						return
+					}
 					s.writerExited(e[0], e[1])
 				}
 			}
@@ -269,33 +305,49 @@ func (s *Store) watchWriter(pid uint32, id, checksum string) {
 	if !s.ww.running.Load() {
 		return
 	}
+	now := time.Now()
+	s.ww.mu.Lock()
+	defer s.ww.mu.Unlock()
 	if s.ww.pids == nil {
 		s.ww.pids = map[uint32]watchedSeal{}
 	}
-	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum, at: time.Now()}
+	for p, w := range s.ww.pids {
+		if now.Sub(w.at) > provisionalWindow {
+			delete(s.ww.pids, p)
+		}
+	}
+	s.ww.pids[pid] = watchedSeal{id: id, checksum: checksum, at: now}
 }
 
-// stopWatch stops the process events listener, if it runs.
+// stopWatch stops the process events listener, if it runs, and waits for
+// it to end (at most about 1 s: its receive times out).
 func (s *Store) stopWatch() {
-	if s.ww.running.Load() && !s.ww.closed.Swap(true) {
-		s.ww.stop()
+	if s.ww.closed.Swap(true) {
+		return
+	}
+	s.ww.once.Do(func() {}) // a seal after this starts no listener
+	if s.ww.running.Load() {
+		<-s.ww.done
 	}
 }
 
 // writerExited handles the exit of process pid with wait status code: if
 // it is the writer of a seal still in place and it failed, the image is
-// deactivated with the reason.
+// deactivated with the reason. An exit of any other process takes only
+// writerWatch.mu.
 func (s *Store) writerExited(pid, code uint32) {
-	s.mu.Lock()
+	s.ww.mu.Lock()
 	w, ok := s.ww.pids[pid]
 	if ok {
 		delete(s.ww.pids, pid)
 	}
-	l := s.live[w.id]
-	s.mu.Unlock()
+	s.ww.mu.Unlock()
 	if !ok || code == 0 || time.Since(w.at) > provisionalWindow {
 		return
 	}
+	s.pubMu.RLock()
+	l := s.live[w.id]
+	s.pubMu.RUnlock()
 	defer s.deliver()
 	if l != nil {
 		l.sealMu.Lock()
@@ -308,7 +360,7 @@ func (s *Store) writerExited(pid, code uint32) {
 		return
 	}
 	if l := s.live[w.id]; l != nil {
-		l.provisional = nil
+		l.provisional.Store(nil)
 	}
 	how := fmt.Sprintf("exited with status %d", code>>8)
 	if sig := code & 0x7f; sig != 0 {

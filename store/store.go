@@ -16,16 +16,18 @@
 //  2. liveImage.sealMu: makes the seals of one image take turns (and the
 //     undo of a provisional seal, and DiscardUpload). Held across a whole
 //     seal, I/O and commit included.
-//  3. Store.mu: serializes the writers. Guards nextIno, seq,
-//     liveImage's provisional, alias and nextScratch, and
-//     writerWatch.pids, and is what writers hold to change what 5
-//     guards. Held across each catalog commit (a synced Pebble batch: an
-//     fsync) and the checks before it, and across creating a staging
-//     file; never across a data hand-over or hashing. The record readers
-//     never take it; a few rarer reads do (DataAlias, Provisional, the
-//     provisional-seal note of OpenRead, CheckIndex, PropertyIndex,
-//     MayWriteProperty, CheckSetProperty): they wait for a writer's
-//     checks and commit, never for a seal's data work.
+//  3. Store.mu: serializes the writers. Guards nextIno, seq and
+//     liveImage's nextScratch; writers hold it to set liveImage's
+//     provisional (an atomic pointer, read without a lock: stored before
+//     the seal's active record is published) and alias (read under 5),
+//     and to change what 5 guards. Held across each catalog commit (a
+//     synced Pebble batch: an fsync) and the checks before it, and across
+//     creating a staging file; never across a data hand-over or hashing.
+//     The record readers never take it, nor do DataAlias, Provisional and
+//     the provisional-seal check of OpenRead; a few rarer reads do
+//     (CheckIndex, PropertyIndex, MayWriteProperty, CheckSetProperty):
+//     they wait for a writer's checks and commit, never for a seal's data
+//     work.
 //  4. Store.commitMu (RWMutex): a commit that changes records holds it
 //     for writing from before the commit until its records are
 //     published; the readers (Get, Lookup, List, CurrentUpload,
@@ -48,6 +50,15 @@
 //     immutable snapshots, read without a lock once obtained.
 //  6. catalog.reserveMu: orders the release and the refill of the delete
 //     reserve; held across that file's creation or removal.
+//  7. writerWatch.mu: guards writerWatch.pids (reopen.go); taken alone
+//     (an exit of any process on the host takes only it) or under 3,
+//     nothing taken under it.
+//
+// PropertyWrite's two mutexes (propwrite.go) rank before all of these:
+// PropertyWrite.turn is held across a whole property commit (the store
+// calls of ChangeProperty, its delivery, and OnCommit), then
+// PropertyWrite.mu, held only to read or change the writer's buffer and
+// state (it may be held across CheckSetProperty, never across a commit).
 //
 // So a GETATTR, LOOKUP, READDIR, property read or by-property listing
 // never waits for a seal's data work (Upload.Size and friends are
@@ -177,8 +188,10 @@ type liveImage struct {
 	// provisional: the last seal, made at a read-write opener's close,
 	// which that process may still undo (reopen.go). alias: the name the
 	// upload's writer created its file under, if not image.vhd.
-	provisional *provisionalSeal // guarded by Store.mu
-	alias       string           // guarded by Store.mu
+	// Writers set both holding Store.mu; readers read provisional
+	// without a lock and alias under Store.pubMu (read).
+	provisional atomic.Pointer[provisionalSeal]
+	alias       string // guarded by Store.mu (write) and Store.pubMu
 }
 
 // Open opens (creating if missing, for the daemon's user only: directories

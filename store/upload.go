@@ -452,7 +452,7 @@ func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload
 	s.pubMu.Lock()
 	l.unlinked = false
 	s.pubMu.Unlock()
-	l.provisional = nil
+	l.provisional.Store(nil)
 	s.mu.Unlock()
 	return u, nil
 }
@@ -697,7 +697,22 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		s.data.Remove(u.id) // deleted while sealing
 		return nil, err
 	}
+	// The provisional note is in place before the active record is
+	// published: a reader that sees the image active sees it too.
+	l := s.live[u.id]
+	var prov *provisionalSeal
+	if l != nil {
+		if _, ok := s.data.(dataReclaimer); ok && u.opener.ReadWrite && u.opener.PID != 0 && u.name == "" {
+			if start := procStart(u.opener.PID); start != "" {
+				prov = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path, at: time.Now()}
+			}
+		}
+		l.provisional.Store(prov)
+	}
 	if err := s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
+		if l != nil {
+			l.provisional.Store(nil)
+		}
 		// The writer's close fails: take the data back so that nothing
 		// half-sealed stays (a delete would leave it as an orphan), and kill
 		// the image if the catalog takes that; if not, it is still saving
@@ -714,14 +729,8 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		}
 		return nil, err
 	}
-	if l := s.live[u.id]; l != nil {
-		l.provisional = nil
-		if _, ok := s.data.(dataReclaimer); ok && u.opener.ReadWrite && u.opener.PID != 0 && u.name == "" {
-			if start := procStart(u.opener.PID); start != "" {
-				l.provisional = &provisionalSeal{proc: u.opener.PID, start: start, path: u.path, at: time.Now()}
-				s.watchWriter(u.opener.PID, u.id, md5hex)
-			}
-		}
+	if prov != nil {
+		s.watchWriter(u.opener.PID, u.id, md5hex)
 	}
 	return im, nil
 }
@@ -906,10 +915,12 @@ func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error)
 	if err == nil {
 		s.mu.Lock()
 		if l := s.live[id]; l != nil {
+			s.pubMu.Lock()
 			l.alias = ""
 			if name != ImageDataName {
 				l.alias = name // qemu-img opens it again by that name
 			}
+			s.pubMu.Unlock()
 		}
 		s.mu.Unlock()
 	}
