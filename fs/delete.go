@@ -2,10 +2,7 @@ package fs
 
 import (
 	"context"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -219,24 +216,6 @@ func (h *holders) heldBy(pid, tgid uint32) bool {
 		}
 	}
 	return false
-}
-
-// tgidOf returns the process (thread group) of thread pid, or 0.
-func tgidOf(pid uint32) uint32 {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
-	if err != nil {
-		return 0
-	}
-	_, rest, ok := strings.Cut(string(b), "\nTgid:\t")
-	if !ok {
-		return 0
-	}
-	line, _, _ := strings.Cut(rest, "\n")
-	n, err := strconv.ParseUint(line, 10, 32)
-	if err != nil {
-		return 0
-	}
-	return uint32(n)
 }
 
 var _ = (gofs.NodeOpendirHandler)((*imageDir)(nil))

@@ -1,15 +1,9 @@
 package fs
 
 import (
-	"bytes"
-	"context"
 	"errors"
-	"fmt"
-	"os"
-	"strconv"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/imagefs/imagefs/store"
 	"golang.org/x/sys/unix"
 )
@@ -102,33 +96,4 @@ func renameMode(flags uint32) (store.RenameMode, syscall.Errno) {
 		return store.RenameNoReplace, 0
 	}
 	return 0, syscall.EINVAL
-}
-
-// caller returns who made the request.
-func caller(ctx context.Context) store.Caller {
-	if c, ok := fuse.FromContext(ctx); ok {
-		return store.Caller{UID: c.Uid, GID: c.Gid}
-	}
-	return store.Root
-}
-
-// callerProcess returns the thread group id (process id) of the calling
-// thread; FUSE requests carry the thread id.
-func callerProcess(ctx context.Context) uint32 {
-	c, ok := fuse.FromContext(ctx)
-	if !ok {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid))
-	if err != nil {
-		return c.Pid
-	}
-	if _, rest, ok := bytes.Cut(b, []byte("\nTgid:\t")); ok {
-		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok {
-			if n, err := strconv.ParseUint(string(line), 10, 32); err == nil {
-				return uint32(n)
-			}
-		}
-	}
-	return c.Pid
 }

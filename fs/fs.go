@@ -17,7 +17,6 @@
 package fs
 
 import (
-	"context"
 	"log/slog"
 	"os"
 	"sync"
@@ -27,7 +26,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/imagefs/imagefs/layout"
 	"github.com/imagefs/imagefs/store"
 	"golang.org/x/sys/unix"
 )
@@ -221,66 +219,3 @@ func (f *FS) Wait() { f.server.Wait() }
 
 // Unmount unmounts the filesystem; Wait then returns.
 func (f *FS) Unmount() error { return f.server.Unmount() }
-
-// rootNode is MOUNTPOINT/: images/, by-id/, by-property/.
-type rootNode struct {
-	gofs.Inode
-	fsys *FS
-}
-
-var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
-var _ = (gofs.NodeStatfser)((*rootNode)(nil))
-var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
-var _ = (gofs.NodeLookuper)((*rootNode)(nil))
-
-func (r *rootNode) OnAdd(ctx context.Context) {
-	add := func(name string, node gofs.InodeEmbedder, ino uint64) {
-		ch := r.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino})
-		r.AddChild(name, ch, false)
-	}
-	add("images", &imagesDir{fsys: r.fsys}, inoImages)
-	add("by-id", &byIDDir{fsys: r.fsys}, inoByID)
-	add("by-property", &byPropertyDir{fsys: r.fsys}, inoByProperty)
-}
-
-// Lookup finds the fixed directories, with cached entries and attributes.
-// Without it go-fuse answers for them with no timeouts (the mount sets no
-// default), and every path walk asked the daemon for images/ again (a
-// LOOKUP and a GETATTR): four requests per file for ls -l images/.
-func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if name == layout.CatalogDir { // catalog.go: found, not listed
-		r.fsys.fixedDirAttr(&out.Attr, 0o555)
-		out.SetEntryTimeout(cacheTimeout)
-		out.SetAttrTimeout(cacheTimeout)
-		return r.NewInode(ctx, &catalogDir{fsys: r.fsys}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: catalogIno()}), 0
-	}
-	ch := r.GetChild(name)
-	if ch == nil {
-		return nil, syscall.ENOENT
-	}
-	var a fuse.AttrOut
-	if errno := ch.Operations().(gofs.NodeGetattrer).Getattr(ctx, nil, &a); errno != 0 {
-		return nil, errno
-	}
-	out.Attr = a.Attr
-	out.SetEntryTimeout(cacheTimeout)
-	out.SetAttrTimeout(cacheTimeout)
-	return ch, 0
-}
-
-func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	r.fsys.fixedDirAttr(&out.Attr, 0o755)
-	out.SetTimeout(cacheTimeout)
-	return 0
-}
-
-func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	sp, err := r.fsys.st.Space()
-	if err != nil {
-		return toErrno(err)
-	}
-	out.Blocks, out.Bfree, out.Bavail = sp.Blocks, sp.BlocksFree, sp.BlocksAvail
-	out.Files, out.Ffree = sp.Files, sp.FilesFree
-	out.Bsize, out.Frsize, out.NameLen = sp.BlockSize, sp.FragmentSize, sp.NameLen
-	return 0
-}

@@ -9,31 +9,48 @@ import (
 	"github.com/imagefs/imagefs/store"
 )
 
-// imagesDir is images/: one directory per image, named by the image's
-// name. mkdir creates an image, rmdir deletes one, rename renames one.
-type imagesDir struct {
+// imageListDir is what images/ and by-id/ share: the images the caller
+// may see, one directory each, named by the image's name (images/) or by
+// its id (by-id/, byID).
+type imageListDir struct {
 	gofs.Inode
 	fsys *FS
+	byID bool
 }
 
-var _ = (gofs.NodeLookuper)((*imagesDir)(nil))
-var _ = (gofs.NodeReaddirer)((*imagesDir)(nil))
-var _ = (gofs.NodeMkdirer)((*imagesDir)(nil))
-var _ = (gofs.NodeRmdirer)((*imagesDir)(nil))
-var _ = (gofs.NodeRenamer)((*imagesDir)(nil))
-var _ = (gofs.NodeGetattrer)((*imagesDir)(nil))
+var _ = (gofs.NodeLookuper)((*imageListDir)(nil))
+var _ = (gofs.NodeReaddirer)((*imageListDir)(nil))
+var _ = (gofs.NodeGetattrer)((*imageListDir)(nil))
 
-func (d *imagesDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	// Anyone may create an image; only the owner deletes or renames it
-	// (the store checks), like /tmp.
-	d.fsys.fixedDirAttr(&out.Attr, syscall.S_ISVTX|0o777)
+// dirSlot is the inode slot of an image directory under images/ (byID
+// false) or by-id/.
+func dirSlot(byID bool) uint32 {
+	if byID {
+		return store.SlotByIDDir
+	}
+	return store.SlotDir
+}
+
+func (d *imageListDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if d.byID {
+		d.fsys.fixedDirAttr(&out.Attr, 0o755)
+	} else {
+		// Anyone may create an image; only the owner deletes or renames
+		// it (the store checks), like /tmp.
+		d.fsys.fixedDirAttr(&out.Attr, syscall.S_ISVTX|0o777)
+	}
 	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
-func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.fsys.st.LookupFor(caller(ctx), name)
-	if im == nil {
+func (d *imageListDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	var im *store.Image
+	if d.byID {
+		im = d.fsys.st.GetFor(caller(ctx), name)
+	} else {
+		im = d.fsys.st.LookupFor(caller(ctx), name)
+	}
+	if im == nil && !d.byID {
 		if g := d.fsys.ghostNamed(ctx, name); g != nil {
 			// The process that deleted the image by unlinking its
 			// image.vhd goes on to rmdir the directory (delete.go).
@@ -41,19 +58,35 @@ func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 			n.ghostDirAttr(g, &out.Attr)
 			return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: g.im.Ino(store.SlotDir)}), 0
 		}
+	}
+	if im == nil {
 		return nil, syscall.ENOENT
 	}
-	return d.fsys.imageDirInode(ctx, &d.Inode, im, false, out), 0
+	return d.fsys.imageDirInode(ctx, &d.Inode, im, d.byID, out), 0
 }
 
-func (d *imagesDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+func (d *imageListDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	ims := d.fsys.st.ListFor(caller(ctx))
 	ents := make([]fuse.DirEntry, len(ims))
 	for i, im := range ims {
-		ents[i] = fuse.DirEntry{Name: im.Name, Ino: im.Ino(store.SlotDir), Mode: syscall.S_IFDIR}
+		name := im.Name
+		if d.byID {
+			name = im.ID
+		}
+		ents[i] = fuse.DirEntry{Name: name, Ino: im.Ino(dirSlot(d.byID)), Mode: syscall.S_IFDIR}
 	}
 	return withDots(&d.Inode, ents), 0
 }
+
+// imagesDir is images/: one directory per image, named by the image's
+// name. mkdir creates an image, rmdir deletes one, rename renames one.
+type imagesDir struct {
+	imageListDir
+}
+
+var _ = (gofs.NodeMkdirer)((*imagesDir)(nil))
+var _ = (gofs.NodeRmdirer)((*imagesDir)(nil))
+var _ = (gofs.NodeRenamer)((*imagesDir)(nil))
 
 func (d *imagesDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	im, err := d.fsys.st.Create(caller(ctx), name)
@@ -101,90 +134,3 @@ func (d *imagesDir) Rename(ctx context.Context, name string, newParent gofs.Inod
 	}
 	return toErrno(d.fsys.st.Rename(caller(ctx), im.ID, newName))
 }
-
-// byIDDir is by-id/: the same images under their ids, the stable path.
-type byIDDir struct {
-	gofs.Inode
-	fsys *FS
-}
-
-var _ = (gofs.NodeLookuper)((*byIDDir)(nil))
-var _ = (gofs.NodeReaddirer)((*byIDDir)(nil))
-var _ = (gofs.NodeGetattrer)((*byIDDir)(nil))
-
-func (d *byIDDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.fsys.fixedDirAttr(&out.Attr, 0o755)
-	out.SetTimeout(cacheTimeout)
-	return 0
-}
-
-func (d *byIDDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	im := d.fsys.st.GetFor(caller(ctx), name)
-	if im == nil {
-		return nil, syscall.ENOENT
-	}
-	return d.fsys.imageDirInode(ctx, &d.Inode, im, true, out), 0
-}
-
-func (d *byIDDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	ims := d.fsys.st.ListFor(caller(ctx))
-	ents := make([]fuse.DirEntry, len(ims))
-	for i, im := range ims {
-		ents[i] = fuse.DirEntry{Name: im.ID, Ino: im.Ino(store.SlotByIDDir), Mode: syscall.S_IFDIR}
-	}
-	return withDots(&d.Inode, ents), 0
-}
-
-// imageDirInode returns the inode of an image directory under images/
-// (byID false) or by-id/ and fills out.
-func (f *FS) imageDirInode(ctx context.Context, parent *gofs.Inode, im *store.Image, byID bool, out *fuse.EntryOut) *gofs.Inode {
-	slot := uint32(store.SlotDir)
-	if byID {
-		slot = store.SlotByIDDir
-	}
-	n := &imageDir{node: node{fsys: f, id: im.ID}, byID: byID}
-	n.fillDirAttr(im, &out.Attr)
-	out.SetAttrTimeout(untilChanged)
-	if !f.allowOther {
-		// With several users (--allow-other) the entry is not cached: the
-		// kernel shares cached entries between users, so every walk through
-		// an image directory asks the daemon, which applies the caller's
-		// visibility. Otherwise it is kept until the image is renamed or
-		// deleted, which drop it (the kernel itself for rename(2) and
-		// rmdir(2); setProperty and forgetImage otherwise).
-		out.SetEntryTimeout(untilChanged)
-	}
-	f.usage.touch(im.ID)
-	return parent.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: im.Ino(slot)})
-}
-
-// setProperty sets a property through a property file or an xattr. A
-// name change made that way (not by rename(2), which the kernel tracks
-// itself) drops the kernel's entry of the old name, so images/<old> stops
-// resolving at once.
-func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMode) error {
-	ch, err := f.st.ChangeProperty(c, id, key, value, mode)
-	f.propertyChanged(ch)
-	return err
-}
-
-// propertyChanged drops the kernel's entry of an image's old name after a
-// property change that renamed it (ch, the store's commit, tells the old
-// name; a zero Change: nothing changed).
-func (f *FS) propertyChanged(ch store.Change) {
-	if ch.Old != nil && ch.New != nil && ch.Old.Name != ch.New.Name {
-		f.dropEntry(f.root().GetChild("images"), ch.Old.Name)
-	}
-}
-
-// forgetImage drops a deleted image's directory entries from the kernel's
-// caches (the other tree's entry is not known to the kernel as removed).
-func (f *FS) forgetImage(im *store.Image) {
-	f.dropEntry(f.byIDInode(), im.ID)
-}
-
-func (f *FS) byIDInode() *gofs.Inode {
-	return f.root().GetChild("by-id")
-}
-
-func (f *FS) root() *gofs.Inode { return f.rootNode.EmbeddedInode() }

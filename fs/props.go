@@ -470,3 +470,22 @@ func (h *propHandle) Release(ctx context.Context) syscall.Errno {
 	}
 	return toErrno(h.w.End())
 }
+
+// setProperty sets a property through a property file or an xattr. A
+// name change made that way (not by rename(2), which the kernel tracks
+// itself) drops the kernel's entry of the old name, so images/<old> stops
+// resolving at once.
+func (f *FS) setProperty(c store.Caller, id, key, value string, mode store.SetMode) error {
+	ch, err := f.st.ChangeProperty(c, id, key, value, mode)
+	f.propertyChanged(ch)
+	return err
+}
+
+// propertyChanged drops the kernel's entry of an image's old name after a
+// property change that renamed it (ch, the store's commit, tells the old
+// name; a zero Change: nothing changed).
+func (f *FS) propertyChanged(ch store.Change) {
+	if ch.Old != nil && ch.New != nil && ch.Old.Name != ch.New.Name {
+		f.dropEntry(f.root().GetChild("images"), ch.Old.Name)
+	}
+}

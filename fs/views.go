@@ -290,3 +290,18 @@ func (l *viewLink) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 func (l *viewLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(l.target()), 0
 }
+
+// Rmdir refuses (root.go says why).
+func (d *byPropertyDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+var _ = (gofs.NodeRmdirer)((*byPropertyDir)(nil))
+
+// Rmdir refuses (root.go says why).
+func (d *viewKeyDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+var _ = (gofs.NodeRmdirer)((*viewKeyDir)(nil))
+
+// Unlink of a view's symlink.
+func (d *viewValueDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+var _ = (gofs.NodeUnlinker)((*viewValueDir)(nil))
