@@ -31,6 +31,7 @@ var _ = (gofs.NodeGetxattrer)((*imageDir)(nil))
 var _ = (gofs.NodeSetxattrer)((*imageDir)(nil))
 var _ = (gofs.NodeListxattrer)((*imageDir)(nil))
 var _ = (gofs.NodeRemovexattrer)((*imageDir)(nil))
+var _ = (gofs.NodeRmdirer)((*imageDir)(nil))
 
 func (d *imageDir) fillDirAttr(im *store.Image, a *fuse.Attr) {
 	d.fillAttr(im, a)
@@ -232,5 +233,3 @@ func (d *imageDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	}
 	return syscall.EPERM
 }
-
-var _ = (gofs.NodeRmdirer)((*imageDir)(nil))

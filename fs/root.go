@@ -19,6 +19,7 @@ var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
 var _ = (gofs.NodeStatfser)((*rootNode)(nil))
 var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
 var _ = (gofs.NodeLookuper)((*rootNode)(nil))
+var _ = (gofs.NodeRmdirer)((*rootNode)(nil))
 
 func (r *rootNode) OnAdd(ctx context.Context) {
 	add := func(name string, node gofs.InodeEmbedder, ino uint64) {
@@ -80,5 +81,3 @@ func (f *FS) root() *gofs.Inode { return f.rootNode.EmbeddedInode() }
 // vanish until the next mount. Every directory that has no such
 // operation of its own refuses it next to its type.
 func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-
-var _ = (gofs.NodeRmdirer)((*rootNode)(nil))
