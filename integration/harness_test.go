@@ -177,6 +177,12 @@ func (m *fsMount) start() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== imagefs mount %s %s\n", m.Store, m.Mnt)
+	// This daemon's lines start here: the log is shared by every start of
+	// m, and an earlier daemon's "mounted" line must not count for it.
+	logStart := 0
+	if fi, err := logf.Stat(); err == nil {
+		logStart = int(fi.Size())
+	}
 	cmd := exec.Command(binary, append(append([]string{"mount"}, m.Args...), m.Store, m.Mnt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group; if the test binary dies the daemon gets SIGTERM
@@ -212,8 +218,11 @@ func (m *fsMount) start() {
 	// finished mounting (go-fuse's INIT and its first request) and
 	// installed its SIGTERM handler; a SIGTERM in that window kills it
 	// while its main thread waits for its own FUSE reply, which leaves
-	// an unkillable process. Wait until it says it is mounted.
-	for !mountedLine.Match(readFile(m.log)) {
+	// an unkillable process. So does a SIGKILL while go-fuse's poll hack
+	// (WaitMount) holds a file of the mount open: the dying daemon's close
+	// of it sends a FLUSH that none of its threads will answer. Wait
+	// until this daemon says it is mounted.
+	for !mountedLine.Match(tail(readFile(m.log), logStart)) {
 		select {
 		case <-m.done:
 			m.t.Fatalf("imagefs exited while mounting: %v", m.err)
@@ -224,6 +233,14 @@ func (m *fsMount) start() {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// tail returns b from offset off on (nothing when b is shorter).
+func tail(b []byte, off int) []byte {
+	if off > len(b) {
+		return nil
+	}
+	return b[off:]
 }
 
 // mountedLine matches the daemon's "mounted" log line, text or JSON.
@@ -253,7 +270,7 @@ func (m *fsMount) kill() {
 	if m.exited(10 * time.Second) {
 		return
 	}
-	m.t.Errorf("imagefs pid %d did not exit within 10 s of SIGKILL; aborting FUSE connection %s", m.cmd.Process.Pid, m.conn)
+	m.t.Errorf("imagefs pid %d did not exit within 10 s of SIGKILL; aborting FUSE connection %s; its threads' kernel stacks:\n%s", m.cmd.Process.Pid, m.conn, kernelStacks(m.cmd.Process.Pid))
 	const ctl = "/sys/fs/fuse/connections"
 	if m.conn != "" {
 		if _, err := os.Stat(filepath.Join(ctl, m.conn)); err != nil {
@@ -264,6 +281,26 @@ func (m *fsMount) kill() {
 	if !m.exited(10 * time.Second) {
 		m.t.Errorf("imagefs pid %d is still running; giving up on it", m.cmd.Process.Pid)
 	}
+}
+
+// kernelStacks returns the kernel stack of each thread of process pid
+// that is still there (/proc/PID/task/TID/stack): where a daemon that does
+// not exit after SIGKILL is stuck.
+func kernelStacks(pid int) string {
+	var b strings.Builder
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	for _, task := range tasks {
+		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+		comm, _ := os.ReadFile(filepath.Join(task, "comm"))
+		fmt.Fprintf(&b, "%s (%s):\n%s", filepath.Base(task), strings.TrimSpace(string(comm)), stack)
+	}
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil {
+			fmt.Fprintf(&b, "fd %s -> %s\n", filepath.Base(fd), target)
+		}
+	}
+	return b.String()
 }
 
 // stop unmounts: SIGTERM, then (after 10 s) umount -l and SIGKILL. It
