@@ -28,16 +28,8 @@ func callerProcess(ctx context.Context) uint32 {
 	if !ok {
 		return 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid))
-	if err != nil {
-		return c.Pid
-	}
-	if _, rest, ok := bytes.Cut(b, []byte("\nTgid:\t")); ok {
-		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok {
-			if n, err := strconv.ParseUint(string(line), 10, 32); err == nil {
-				return uint32(n)
-			}
-		}
+	if tgid := tgidOf(c.Pid); tgid != 0 {
+		return tgid
 	}
 	return c.Pid
 }

@@ -212,7 +212,7 @@ func (n *dataNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		if err != nil {
 			return nil, 0, toErrno(err)
 		}
-		return &uploadHandle{st: st, u: u, write: true, opener: callerProcess(ctx), node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
+		return &uploadHandle{st: st, u: u, write: true, opener: w.PID, node: &n.Inode}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	im := n.image()
 	f, err := st.OpenReadBy(c, n.id, func() uint32 { return callerProcess(ctx) })

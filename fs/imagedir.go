@@ -154,7 +154,7 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	} else {
 		ch = d.fsys.scratchInode(ctx, &d.Inode, im, u, out)
 	}
-	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: callerProcess(ctx), node: ch}, fuseFlags, 0
+	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: w.PID, node: ch}, fuseFlags, 0
 }
 
 // Unlink of image.vhd deletes the image when the caller holds this
