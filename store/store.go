@@ -101,8 +101,9 @@ func (c Caller) IsRoot() bool { return c.UID == 0 }
 
 // Options configure a Store.
 type Options struct {
-	// PropertyQuota limits the properties of one image (core ones
-	// included); 0 means DefaultPropertyQuota.
+	// PropertyQuota limits the custom properties of one image (core and
+	// system ones do not count, as in Glance): adding one more is
+	// ErrQuota. 0 means DefaultPropertyQuota.
 	PropertyQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
