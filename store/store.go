@@ -133,7 +133,8 @@ type Store struct {
 	log     *slog.Logger // opts.Logger
 
 	// mu serializes the writers: it is held across each catalog commit
-	// (an fsync) and across the check before it. Readers never take it.
+	// (an fsync) and across the check before it. The record readers never
+	// take it (a few rarer reads do: see the package doc).
 	mu sync.Mutex
 	// pubMu guards the published in-memory state below: writers change it
 	// holding mu and then pubMu for the map update only; readers hold
