@@ -43,4 +43,8 @@ var (
 	// ErrCatalog: the catalog (Pebble) failed to read or commit; nothing
 	// was changed (EIO).
 	ErrCatalog = errors.New("catalog error")
+	// ErrUnavailable: a shared catalog could not be reached (or did not
+	// answer) within the call's deadline; the change was refused, or its
+	// outcome is unknown until the catalog answers again (EAGAIN).
+	ErrUnavailable = errors.New("catalog unavailable")
 )
