@@ -16,6 +16,7 @@ import (
 //	ErrTooBig -> E2BIG         ErrQuota -> ENOSPC        ErrRefused -> EINVAL
 //	ErrBusy -> EBUSY           ErrCatalog -> EIO         ErrNoSpace -> ENOSPC
 //	ErrCrossDirectory -> EPERM errNotUserXattr -> EOPNOTSUPP
+//	ErrUnavailable -> EAGAIN
 //	syscall.Errno -> itself
 //
 // Two faces map one store error otherwise, here too: toXattrErrno (a
@@ -53,6 +54,7 @@ var errnoMap = []struct {
 	{store.ErrBusy, syscall.EBUSY},
 	{store.ErrCatalog, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
+	{store.ErrUnavailable, syscall.EAGAIN},
 	// Not EXDEV: mv would then copy and remove, and a copy into an image
 	// directory is an upload (a property file moved there would kill an
 	// unsealed image).
