@@ -299,7 +299,7 @@ func TestMemIndexSeekLikePebble(t *testing.T) {
 		case 0:
 			return k
 		case 1:
-			return k[:r.IntN(len(k)+1)]
+			return k[:1+r.IntN(len(k))] // not empty: Pebble (race build) indexes key[0]
 		case 2:
 			return k + "\x00"
 		case 3:
@@ -307,7 +307,7 @@ func TestMemIndexSeekLikePebble(t *testing.T) {
 			return valueEnd(key, ev)
 		case 4:
 			key, _, _, _ := decodeEntry([]byte(k))
-			return []string{keyEnd(key), keyPrefix(key), prefixProp, endProp, "", "\xff"}[r.IntN(6)]
+			return []string{keyEnd(key), keyPrefix(key), prefixProp, endProp, "\x00", "\xff"}[r.IntN(6)]
 		default:
 			b := []byte(k)
 			i := r.IntN(len(b))
@@ -322,9 +322,6 @@ func TestMemIndexSeekLikePebble(t *testing.T) {
 		}
 		if hi < lo {
 			lo, hi = hi, lo
-		}
-		if hi == "" {
-			hi = "\xff" // Pebble may take an empty bound for none
 		}
 		pit, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(lo), UpperBound: []byte(hi)})
 		require.NoError(t, err)
