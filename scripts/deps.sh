@@ -9,7 +9,8 @@ case "${1:-test}" in
 run)	pairs="fuse3:fusermount3" ;;
 test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qemu-utils:qemu-img
 	       rsync:rsync 7zip:7zz libvhdi-utils:vhdiinfo util-linux:setpriv mount:mount
-	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr" ;;
+	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr
+	       etcd-server:etcd etcd-client:etcdctl" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 
