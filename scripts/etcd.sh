@@ -119,7 +119,9 @@ wait_healthy() { # members $@, $WAIT seconds at most
 	while :; do
 		ok=1
 		for n in "$@"; do
-			[ -n "$(pidof_member "$n")" ] || {
+			# (the pid file's pid: just after launch it may not have
+			# exec'ed etcd yet, so its command line is not etcd's)
+			kill -0 "$(cat "$DIR/m$n/pid" 2>/dev/null || echo x)" 2>/dev/null || {
 				echo "etcd.sh: member m$n exited; tail of $DIR/m$n/etcd.log:" >&2
 				tail -n 20 "$DIR/m$n/etcd.log" >&2
 				return 1
