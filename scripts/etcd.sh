@@ -9,7 +9,10 @@
 #                                    all three are healthy
 #   scripts/etcd.sh stop [--wipe]    stop the members (SIGTERM, then SIGKILL after
 #                                    10 s); --wipe also removes the data directory
-#   scripts/etcd.sh stop-member N    stop member N (1-3) only (fault tests)
+#   scripts/etcd.sh stop-member N [--kill]
+#                                    stop member N (1-3) only (fault tests); a
+#                                    leader stopped so hands its leadership over
+#                                    first, --kill (SIGKILL) is a crash
 #   scripts/etcd.sh start-member N   start member N again and wait for its health
 #
 # Clients: 127.0.0.1:23790,23791,23792; peers 127.0.0.1:23800-23802 (not 2379,
@@ -102,7 +105,8 @@ launch() { # member $1
 	port_free "$pp" || die "127.0.0.1:$pp is in use by a process that is not member m$n of $DIR"
 	mkdir -p "$d"
 	# stdin/stdout/stderr away from the caller: a test that runs this script
-	# reads its output to EOF, which must not wait for etcd.
+	# reads its output to EOF, which must not wait for etcd; nor does etcd
+	# keep the lock (fd 9).
 	etcd --name "m$n" --data-dir "$d/data" \
 		--listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
 		--listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
@@ -110,7 +114,7 @@ launch() { # member $1
 		--auto-compaction-mode revision --auto-compaction-retention 10000 \
 		--max-txn-ops 1024 --quota-backend-bytes "$QUOTA" \
 		--logger zap --log-outputs stderr \
-		</dev/null >>"$d/etcd.log" 2>&1 &
+		</dev/null >>"$d/etcd.log" 2>&1 9>&- &
 	echo $! >"$d/pid"
 }
 
@@ -141,23 +145,34 @@ wait_healthy() { # members $@, $WAIT seconds at most
 	done
 }
 
-stop_member() { # member $1: SIGTERM, SIGKILL after 10 s, wait
+stop_member() { # member $1 [signal]: SIGTERM (or $2), SIGKILL after 10 s, wait
 	local pid i
 	pid=$(pidof_member "$1")
 	[ -n "$pid" ] || { rm -f "$DIR/m$1/pid"; return 0; }
-	kill "$pid" 2>/dev/null || true
+	kill "-${2:-TERM}" "$pid" 2>/dev/null || true
 	for i in $(seq 100); do
 		kill -0 "$pid" 2>/dev/null || break
 		[ "$i" = 100 ] && kill -9 "$pid" 2>/dev/null || true
 		sleep 0.1
 	done
 	while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-	rm -f "$DIR/m$1/pid"
+	[ "$(cat "$DIR/m$1/pid" 2>/dev/null)" = "$pid" ] && rm -f "$DIR/m$1/pid"
+	return 0
 }
 
 member_arg() {
 	case "${1:-}" in 1 | 2 | 3) ;; *) die "member must be 1, 2 or 3" ;; esac
 }
+
+# One invocation at a time changes the cluster (tests of several packages
+# start and stop it; a stop still running must not race a start).
+case "${1:-}" in
+start | stop | stop-member | start-member)
+	mkdir -p "$DIR"
+	exec 9>"$DIR/.etcd.sh.lock"
+	flock 9
+	;;
+esac
 
 case "${1:-}" in
 start)
@@ -189,7 +204,11 @@ stop)
 	;;
 stop-member)
 	member_arg "${2:-}"
-	stop_member "$2"
+	case "${3:-}" in
+	"") stop_member "$2" ;;
+	--kill) stop_member "$2" KILL ;;
+	*) die "stop-member N [--kill]" ;;
+	esac
 	;;
 start-member)
 	member_arg "${2:-}"
@@ -197,7 +216,7 @@ start-member)
 	wait_healthy "$2" || exit 1
 	;;
 *)
-	echo "usage: $0 start | status | stop [--wipe] | stop-member N | start-member N" >&2
+	echo "usage: $0 start | status | stop [--wipe] | stop-member N [--kill] | start-member N" >&2
 	exit 2
 	;;
 esac

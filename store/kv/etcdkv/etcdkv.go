@@ -504,6 +504,9 @@ func (b *Backend) commit(ctx context.Context, batch *kv.Batch, lease clientv3.Le
 	res.Current = make([]kv.Pair, len(batch.Conds))
 	for i, c := range batch.Conds {
 		res.Current[i] = kv.Pair{Key: c.Key}
+		if i >= len(resp.Responses) {
+			continue
+		}
 		if r := resp.Responses[i].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
 			res.Current[i] = b.pair(r.Kvs[0])
 		}

@@ -539,8 +539,10 @@ func leaderMember(t *testing.T, raw *clientv3.Client, eps []string) int {
 	return 0
 }
 
-// One member of three stopped (the leader, then a follower): every commit,
-// scan and watch goes on, each within its 5 s deadline.
+// One member of three stopped (the leader killed, so that the others
+// elect a new one; the leader stopped, which hands its leadership over
+// first; a follower): every commit, scan and watch goes on, each within
+// its 5 s deadline.
 func TestOneMemberDown(t *testing.T) {
 	ns := testNS(t)
 	var logs lockedBuffer
@@ -567,12 +569,16 @@ func TestOneMemberDown(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		commit("all up")
 	}
-	for _, which := range []string{"leader", "follower"} {
+	for _, which := range []string{"leader killed", "leader", "follower"} {
 		m := leaderMember(t, raw, eps)
 		if which == "follower" {
 			m = m%3 + 1
 		}
-		testutil.EtcdScript(t, "stop-member", fmt.Sprint(m))
+		if which == "leader killed" {
+			testutil.EtcdScript(t, "stop-member", fmt.Sprint(m), "--kill")
+		} else {
+			testutil.EtcdScript(t, "stop-member", fmt.Sprint(m))
+		}
 		t.Cleanup(func() { testutil.EtcdScript(t, "start-member", fmt.Sprint(m)) })
 		t0 := time.Now()
 		for i := 0; i < 20; i++ {
