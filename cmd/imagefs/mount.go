@@ -208,6 +208,7 @@ func serve(c *mountConfig, ready func(error)) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	opts := store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()}
 	if c.shared != nil {
 		slog.Info("shared catalog", "catalog", c.shared)
 		ctx, cancel := context.WithTimeout(context.Background(), c.shared.DialTimeout+c.shared.RequestTimeout)
@@ -216,12 +217,18 @@ func serve(c *mountConfig, ready func(error)) int {
 		if err != nil {
 			return fail(err)
 		}
-		defer be.Close()
-		// MERGE: store.Options{Catalog: be, Host: c.shared.Host}, and
-		// c.shared.Data as the store's data directory.
+		data, err := store.NewLocalData(c.shared.Data)
+		if err != nil {
+			be.Close()
+			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))
+		}
+		opts.Catalog, opts.Host, opts.Data = be, c.shared.Host, data
 	}
-	st, err := store.Open(c.store, store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()})
+	st, err := store.Open(c.store, opts)
 	if err != nil {
+		if opts.Catalog != nil {
+			opts.Catalog.Close() // the store closes it once open
+		}
 		return fail(fmt.Errorf("open store: %w", err))
 	}
 	defer st.Close()

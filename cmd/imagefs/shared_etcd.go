@@ -1,10 +1,4 @@
-//go:build etcdkv
-
 package main
-
-// MERGE: this file is the shared catalog's opening, for when
-// store/kv/etcdkv is on the branch: delete shared_open.go and this build
-// constraint.
 
 import (
 	"context"
