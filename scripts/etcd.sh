@@ -41,10 +41,15 @@ QUOTA=${ETCD_QUOTA_BYTES:-4294967296}
 WAIT=30
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-client_port() { echo $((23789 + $1)); }
-peer_port() { echo $((23799 + $1)); }
-endpoints() { echo "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792"; }
-cluster() { echo "m1=http://127.0.0.1:23800,m2=http://127.0.0.1:23801,m3=http://127.0.0.1:23802"; }
+# IMAGEFS_ETCD_PORT: the first client port (default 23790); members use
+# PORT, PORT+1, PORT+2 for clients and PORT+10.. for peers. A test that stops
+# every member runs a private cluster on other ports and in another
+# IMAGEFS_ETCD_DIR, so that other test processes keep theirs.
+PORT=${IMAGEFS_ETCD_PORT:-23790}
+client_port() { echo $((PORT - 1 + $1)); }
+peer_port() { echo $((PORT + 9 + $1)); }
+endpoints() { echo "127.0.0.1:$(client_port 1),127.0.0.1:$(client_port 2),127.0.0.1:$(client_port 3)"; }
+cluster() { echo "m1=http://127.0.0.1:$(peer_port 1),m2=http://127.0.0.1:$(peer_port 2),m3=http://127.0.0.1:$(peer_port 3)"; }
 
 die() { echo "etcd.sh: $*" >&2; exit 1; }
 
