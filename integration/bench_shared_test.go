@@ -51,8 +51,7 @@ const benchEtcdRoot = "/imagefs-bench/"
 
 func benchShared(t *testing.T, tab *benchTable) {
 	requireTools(t, "mkdir", "ls", "grep", "sh")
-	eps := testutil.EtcdEndpoints(t)
-	t.Cleanup(testutil.StopServices) // the cluster, if this process started it
+	eps := testutil.EtcdEndpoints(t) // TestMain's testutil.StopServices stops it
 
 	// Fresh catalogs: host A against a single-host mount, then B too.
 	cat := freshSharedCatalog(t, eps)
@@ -143,7 +142,7 @@ func openBenchEtcd(t testing.TB, eps []string, ns string) *etcdkv.Backend {
 // It returns host A, still mounted.
 func benchSharedRates(t *testing.T, tab *benchTable, c *sharedCatalog) *fsMount {
 	const n = 200
-	single := benchMount(t)
+	single := startOn(t, filepath.Join(t.TempDir(), "store")) // a fresh store, single-host whatever the harness's defaults
 	a := startShared(t, c, "bench-a")
 	mounts := map[string]*fsMount{"single": single, "shared": a}
 	creates, sets := map[string][]float64{}, map[string][]float64{}
