@@ -27,9 +27,10 @@ import (
 )
 
 // The shared section of the performance suite (TestBenchSuite, -bench-only
-// shared; issue 15): the catalog in the test etcd cluster of scripts/etcd.sh
-// (testutil.EtcdEndpoints), two daemons on this machine as hosts A and B,
-// each figure set against single-host imagefs measured in the same run:
+// shared; issue 15): the catalog in a 3-member etcd cluster of
+// scripts/etcd.sh of the suite's own (benchEtcd), two daemons on this
+// machine as hosts A and B, each figure set against single-host imagefs
+// measured in the same run:
 //
 //   - the rates of mkdir and of a property write on host A, against a
 //     single-host mount (both catalogs fresh);
@@ -41,9 +42,9 @@ import (
 //
 // The catalogs in etcd are copies of the suite's Pebble catalogs
 // (benchTrees), key for key (img/, name/, del/, seq/ino: the keys both
-// modes share), kept between runs under /imagefs-bench/<name>/ and marked
-// complete under /imagefs-bench/complete/<name> with the digest of what was
-// copied.
+// modes share), kept between runs (in the cluster's data, next to the
+// Pebble catalogs) under /imagefs-bench/<name>/ and marked complete under
+// /imagefs-bench/complete/<name> with the digest of what was copied.
 var benchSharedSeals = flag.Int("bench-shared-seals", 200, "TestBenchSuite: images sealed on host A and awaited on host B in the shared section")
 
 // benchEtcdRoot is the prefix of the suite's namespaces in etcd.
@@ -51,7 +52,7 @@ const benchEtcdRoot = "/imagefs-bench/"
 
 func benchShared(t *testing.T, tab *benchTable) {
 	requireTools(t, "mkdir", "ls", "grep", "sh")
-	eps := testutil.EtcdEndpoints(t) // TestMain's testutil.StopServices stops it
+	eps := benchEtcd(t)
 
 	// Fresh catalogs: host A against a single-host mount, then B too.
 	cat := freshSharedCatalog(t, eps)
@@ -60,6 +61,49 @@ func benchShared(t *testing.T, tab *benchTable) {
 
 	benchSharedList(t, tab, eps)
 	benchSharedScale(t, tab, eps)
+}
+
+// benchEtcdPort is the first client port of the suite's cluster (clients
+// on 25790-25792, peers on 25800-25802): not the test cluster's (23790),
+// nor that of the fault tests' private one.
+const benchEtcdPort = 25790
+
+// benchEtcd starts the suite's own 3-member etcd cluster (scripts/etcd.sh,
+// data in IMAGEFS_BENCH_DIR/etcd, where its catalogs are kept like the
+// Pebble ones) and stops it after the test; it returns the client
+// endpoints. Its own, so that the test cluster's users (other test
+// processes: their load, their restarts of the cluster, their explicit
+// compactions) do not reach the figures.
+func benchEtcd(t *testing.T) []string {
+	t.Helper()
+	root := os.Getenv("IMAGEFS_BENCH_DIR")
+	if root == "" {
+		root = t.TempDir()
+	}
+	script := filepath.Join(testutil.ModuleRoot(t), "scripts", "etcd.sh")
+	env := append(os.Environ(), "IMAGEFS_ETCD_DIR="+filepath.Join(root, "etcd"), fmt.Sprintf("IMAGEFS_ETCD_PORT=%d", benchEtcdPort))
+	etcdSh := func(args ...string) error {
+		cmd := exec.Command(script, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("scripts/etcd.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := etcdSh("start"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // after the daemons' cleanups (registered later)
+		if err := etcdSh("stop"); err != nil {
+			t.Error(err)
+		}
+	})
+	var eps []string
+	for i := range 3 {
+		eps = append(eps, fmt.Sprintf("127.0.0.1:%d", benchEtcdPort+i))
+	}
+	return eps
 }
 
 // sharedCatalog is one catalog in etcd (a namespace) with its shared data
