@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
 	"github.com/imagefs/imagefs/store/kv/pebblekv"
@@ -39,6 +41,20 @@ const (
 	prefixName      = "name/"
 	keySeqIno       = "seq/ino"
 	prefixTombstone = "del/"
+	// prefixUpload: upload/<id> -> JSON {"host": H, "since": RFC 3339
+	// time}, Leased: the upload of image id in progress on host H
+	// (shared catalogs only; see txn.uploadOps).
+	prefixUpload = "upload/"
+)
+
+// Deadlines of the store's calls into its catalog (Options.CatalogTimeout
+// overrides the first): a call that has not returned by then fails with
+// ErrUnavailable (a shared catalog) instead of hanging a request.
+const (
+	defaultCatalogTimeout = 5 * time.Second
+	// loadTimeout bounds each Scan of Open's load (every record, the
+	// names, the tombstones): 100,000 records take seconds on etcd.
+	loadTimeout = 60 * time.Second
 )
 
 // The embedded catalog's free-space rules (pebblekv): a commit that may
@@ -95,6 +111,24 @@ type catalog struct {
 	// db is the embedded backend (reserve, compaction), or nil.
 	db  *pebblekv.DB
 	log *slog.Logger
+	// timeout bounds each call but the load's (defaultCatalogTimeout
+	// when 0).
+	timeout time.Duration
+}
+
+// ctx returns the context of one catalog call: its deadline is the
+// catalog's timeout.
+func (c *catalog) ctx() (context.Context, context.CancelFunc) {
+	d := c.timeout
+	if d <= 0 {
+		d = defaultCatalogTimeout
+	}
+	return context.WithTimeout(context.Background(), d)
+}
+
+// loadCtx returns the context of one of Open's scans (loadTimeout).
+func loadCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), loadTimeout)
 }
 
 // openCatalog opens the embedded catalog in dir, or uses backend when
@@ -169,7 +203,9 @@ func (c *catalog) loadAll(rev int64, fn func(*Image) error) error {
 // with the ModRev of its key.
 func (c *catalog) loadRange(lower, upper string, rev int64) ([]*Image, error) {
 	var out []*Image
-	_, err := c.kv.Scan(context.Background(), lower, upper, rev, func(p kv.Pair) error {
+	ctx, cancel := loadCtx()
+	defer cancel()
+	_, err := c.kv.Scan(ctx, lower, upper, rev, func(p kv.Pair) error {
 		im := new(Image)
 		if err := json.Unmarshal(p.Value, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
@@ -186,7 +222,9 @@ func (c *catalog) loadRange(lower, upper string, rev int64) ([]*Image, error) {
 
 // loadNames reads the name index.
 func (c *catalog) loadNames(fn func(name, id string)) error {
-	_, err := c.kv.Scan(context.Background(), prefixName, "name0", 0, func(p kv.Pair) error {
+	ctx, cancel := loadCtx()
+	defer cancel()
+	_, err := c.kv.Scan(ctx, prefixName, "name0", 0, func(p kv.Pair) error {
 		fn(p.Key[len(prefixName):], string(p.Value))
 		return nil
 	})
@@ -197,7 +235,9 @@ func (c *catalog) loadNames(fn func(name, id string)) error {
 // may remain (see Store.Delete).
 func (c *catalog) loadTombstones() (map[string]bool, error) {
 	out := map[string]bool{}
-	_, err := c.kv.Scan(context.Background(), prefixTombstone, "del0", 0, func(p kv.Pair) error {
+	ctx, cancel := loadCtx()
+	defer cancel()
+	_, err := c.kv.Scan(ctx, prefixTombstone, "del0", 0, func(p kv.Pair) error {
 		out[p.Key[len(prefixTombstone):]] = true
 		return nil
 	})
@@ -208,7 +248,9 @@ func (c *catalog) loadTombstones() (map[string]bool, error) {
 // ModRev of seq/ino (0 when absent) and the revision it was read at.
 func (c *catalog) nextInoBase() (next uint64, modRev, rev int64, err error) {
 	next = 1
-	rev, err = c.kv.Scan(context.Background(), keySeqIno, keySeqIno+"\x00", 0, func(p kv.Pair) error {
+	ctx, cancel := loadCtx()
+	defer cancel()
+	rev, err = c.kv.Scan(ctx, keySeqIno, keySeqIno+"\x00", 0, func(p kv.Pair) error {
 		if len(p.Value) != 8 {
 			return fmt.Errorf("%w: %s is %d bytes, want 8", ErrCatalog, keySeqIno, len(p.Value))
 		}
@@ -226,8 +268,12 @@ func (c *catalog) nextInoBase() (next uint64, modRev, rev int64, err error) {
 type txn struct {
 	c *catalog
 	b kv.Batch
-	// rev is the revision of the commit, once it succeeded.
+	// rev is the revision of the commit, once it succeeded; after
+	// errConflict, the catalog's current revision.
 	rev int64
+	// cur, after errConflict: the current Pair of every Cond key, in
+	// Conds' order (ModRev 0: absent).
+	cur []kv.Pair
 }
 
 func (c *catalog) begin() *txn {
@@ -328,7 +374,14 @@ func (t *txn) check() error { return catalogErr(t.c.kv.Check(&t.b)) }
 // or earlier (see pebblekv), ErrUnavailable, errConflict. On success
 // t.rev is the commit's revision. Failures are logged.
 func (t *txn) commit() error {
-	res, err := t.c.kv.Commit(context.Background(), &t.b)
+	ctx, cancel := t.c.ctx()
+	defer cancel()
+	res, err := t.c.kv.Commit(ctx, &t.b)
+	if errors.Is(err, kv.ErrConflict) {
+		// Not a failure: the caller applies t.cur and decides again.
+		t.rev, t.cur = res.Rev, res.Current
+		return catalogErr(err)
+	}
 	if err != nil {
 		err = catalogErr(err)
 		t.c.log.Error("catalog commit failed; nothing was changed", "err", err)
@@ -336,4 +389,56 @@ func (t *txn) commit() error {
 	}
 	t.rev = res.Rev
 	return nil
+}
+
+// uploadRecord is the value of upload/<id>.
+type uploadRecord struct {
+	Host  string `json:"host"`
+	Since string `json:"since"` // RFC 3339, UTC
+}
+
+// uploadOps adds the writes of upload/<id> that the status change of
+// image id from old to new implies (nil: no record), in a shared catalog
+// only (the embedded one keeps no upload keys): entering saving puts the
+// key, Leased, naming host; leaving it (a seal, a kill, a delete)
+// deletes it. Both commit under the condition that the key's ModRev is
+// known (0: absent), as the store last saw it: so a seal whose lease
+// expired (the key vanished) does not commit, and of several hosts
+// killing an orphan one wins. It returns +1 (put), -1 (delete) or 0.
+func (t *txn) uploadOps(id string, old, new *Image, host string, known int64, now time.Time) int {
+	if !t.c.kv.Shared() {
+		return 0
+	}
+	was := old != nil && old.Status == StatusSaving
+	is := new != nil && new.Status == StatusSaving
+	switch {
+	case is && !was:
+		v, err := json.Marshal(uploadRecord{Host: host, Since: now.UTC().Format(time.RFC3339)})
+		if err != nil {
+			panic(err)
+		}
+		t.cond(prefixUpload+id, known)
+		t.b.Ops = append(t.b.Ops, kv.Op{Kind: kv.Put, Key: prefixUpload + id, Value: v, Leased: true})
+		return 1
+	case was && !is:
+		t.cond(prefixUpload+id, known)
+		t.del(prefixUpload + id)
+		return -1
+	}
+	return 0
+}
+
+// uploadHost returns the host named by an upload/<id> value ("" if it
+// does not decode).
+func uploadHost(v []byte) string {
+	var r uploadRecord
+	if json.Unmarshal(v, &r) != nil {
+		return ""
+	}
+	return r.Host
+}
+
+// isKey reports whether key is under prefix; id is the rest.
+func isKey(key, prefix string) (id string, ok bool) {
+	return strings.CutPrefix(key, prefix)
 }

@@ -3,7 +3,6 @@ package store
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -149,7 +148,9 @@ func (t *txn) reindex(old, new *Image) {
 // does not have a complete one of this version (a catalog written before
 // the index existed). Called by load before reconcile.
 func (s *Store) ensureIndex() error {
-	p, err := s.cat.kv.Get(context.Background(), keyIndexVersion)
+	ctx, cancel := s.cat.ctx()
+	defer cancel()
+	p, err := s.cat.kv.Get(ctx, keyIndexVersion)
 	if err != nil {
 		return fmt.Errorf("%w: read index version: %v", ErrCatalog, err)
 	}

@@ -123,6 +123,10 @@ type Options struct {
 	Catalog kv.Backend
 	// Host names this host in a shared catalog (upload ownership, kill reasons); "" means os.Hostname().
 	Host string
+	// CatalogTimeout bounds each call into the catalog (a commit, a
+	// read): past it the call fails with ErrUnavailable (a shared
+	// catalog). 0 means 5 s. Open's load scans have 60 s each.
+	CatalogTimeout time.Duration
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
 	// catalogFS is the filesystem Pebble uses (tests inject errors); nil
@@ -165,6 +169,9 @@ type Store struct {
 	nextIno  uint64                // guarded by mu
 	seqRev   int64                 // ModRev of seq/ino (0: absent); guarded by mu
 	seq      uint64                // staging file names; guarded by mu
+	// uploadKeys: the upload/<id> keys of a shared catalog (see
+	// uploadKey in shared.go); guarded by mu.
+	uploadKeys map[string]uploadKey
 
 	// The change hook (changes.go): changes committed and not yet
 	// taken for delivery, how many were ever noted, the first numbers
@@ -239,6 +246,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	cat.timeout = opts.CatalogTimeout
 	s := &Store{
 		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
 		data: opts.Data, opts: opts, log: opts.Logger,
@@ -407,79 +415,47 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 		return nil, err
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
+	id := uuid.NewString()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.byName[name]; ok {
-		return nil, fmt.Errorf("%w: image name %q", ErrExists, name)
-	}
-	im := &Image{
-		ID: uuid.NewString(), InoBase: s.nextIno << inoShift, Name: name,
-		Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
-		Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
-		NextSlot: slotExtraBase,
-	}
-	t := s.cat.begin()
-	t.condImage(im.ID, nil)
-	t.putImage(im)
-	t.reindex(nil, im)
-	t.putName(name, im.ID)
-	t.cond(keySeqIno, s.seqRev)
-	t.putSeqIno(s.nextIno + 1)
-	s.commitMu.Lock()
-	if err := t.commit(); err != nil {
-		s.commitMu.Unlock()
+	// Decided on the published state; on a conflict (another host took
+	// the name or the inode base meanwhile) decided again (commitRetry).
+	var im *Image
+	err := s.commitRetry(func() (*txn, func(rev int64), error) {
+		if _, ok := s.byName[name]; ok {
+			return nil, nil, fmt.Errorf("%w: image name %q", ErrExists, name)
+		}
+		next := s.nextIno
+		im = &Image{
+			ID: id, InoBase: next << inoShift, Name: name,
+			Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
+			Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
+			NextSlot: slotExtraBase,
+		}
+		t := s.cat.begin()
+		t.condImage(im.ID, nil)
+		t.putImage(im)
+		t.reindex(nil, im)
+		t.putName(name, im.ID)
+		t.cond(keySeqIno, s.seqRev)
+		t.putSeqIno(next + 1)
+		return t, func(rev int64) {
+			im.rev = rev
+			s.nextIno = next + 1
+			s.seqRev = rev
+			s.noteChange(nil, im)
+			s.pubMu.Lock()
+			s.images[im.ID] = im
+			s.byName[name] = im.ID
+			s.pubMu.Unlock()
+		}, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	im.rev = t.rev
-	s.nextIno++
-	s.seqRev = t.rev
-	s.noteChange(nil, im)
-	s.pubMu.Lock()
-	s.images[im.ID] = im
-	s.byName[name] = im.ID
-	s.pubMu.Unlock()
-	s.commitMu.Unlock()
 	s.log.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
-}
-
-// publish commits im (and the name index changes of a rename) and makes it
-// the current snapshot. Must hold s.mu.
-func (s *Store) publish(im *Image, oldName string) error {
-	return s.publishTxn(s.cat.begin(), im, oldName)
-}
-
-// publishWithSmallHeadroom is publish for a change that must go through
-// on a nearly full disk (a seal, a kill, a removal): its commit needs
-// only smallHeadroom of free space, not catalogHeadroom. Must hold s.mu.
-func (s *Store) publishWithSmallHeadroom(im *Image, oldName string) error {
-	return s.publishTxn(s.cat.begin().small(), im, oldName)
-}
-
-func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
-	t.condImage(im.ID, s.images[im.ID])
-	t.putImage(im)
-	t.reindex(s.images[im.ID], im)
-	if oldName != im.Name {
-		t.deleteName(oldName)
-		t.putName(im.Name, im.ID)
-	}
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	if err := t.commit(); err != nil {
-		return err
-	}
-	im.rev = t.rev // im is not published yet
-	s.noteChange(s.images[im.ID], im)
-	s.pubMu.Lock()
-	s.images[im.ID] = im
-	if oldName != im.Name {
-		delete(s.byName, oldName)
-		s.byName[im.Name] = im.ID
-	}
-	s.pubMu.Unlock()
-	return nil
 }
 
 func (s *Store) getLocked(id string) (*Image, error) {
@@ -533,22 +509,28 @@ func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (C
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	ch, err := s.update(id, kv.Grows, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
+			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		next := im.clone()
+		applyValue(next, key, value)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if err := checkRecordSize(next); err != nil {
+			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		return next, nil
+	})
 	if err != nil {
 		return Change{}, err
 	}
-	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
-		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
-		return Change{}, err
-	}
-	next := im.clone()
-	applyValue(next, key, value)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
-		return Change{}, err
-	}
 	s.log.Info("property changed", "id", id, "key", key, "uid", c.UID)
-	return Change{Old: im, New: next}, nil
+	return ch, nil
 }
 
 // setPropertyRules checks SetProperty's rules for setting key to value on
@@ -603,17 +585,19 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	_, err := s.update(id, kv.Small, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if err := checkRemove(c, im, key); err != nil {
+			return nil, err
+		}
+		next := im.clone()
+		deleteExtra(next, key)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		return next, nil
+	})
 	if err != nil {
-		return err
-	}
-	if err := checkRemove(c, im, key); err != nil {
-		return err
-	}
-	next := im.clone()
-	deleteExtra(next, key)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
 	s.log.Info("property removed", "id", id, "key", key, "uid", c.UID)
@@ -661,26 +645,32 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	_, err := s.update(id, kv.Grows, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if _, ok := im.Property(to); ok && mode == RenameNoReplace {
+			return nil, fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
+		}
+		if err := checkTake(c, im, from, true); err != nil {
+			return nil, err
+		}
+		value := im.Extra[from]
+		next := im.clone()
+		deleteExtra(next, from)
+		if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
+			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		applyValue(next, to, value)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if err := checkRecordSize(next); err != nil {
+			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		return next, nil
+	})
 	if err != nil {
-		return err
-	}
-	if _, ok := im.Property(to); ok && mode == RenameNoReplace {
-		return fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
-	}
-	if err := checkTake(c, im, from, true); err != nil {
-		return err
-	}
-	value := im.Extra[from]
-	next := im.clone()
-	deleteExtra(next, from)
-	if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
-		s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
-		return err
-	}
-	applyValue(next, to, value)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
 		return err
 	}
 	s.log.Info("property renamed", "id", id, "from", from, "key", to, "uid", c.UID)
@@ -694,40 +684,48 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 func (s *Store) Delete(c Caller, id string) error {
 	defer s.deliver()
 	s.mu.Lock()
-	im, err := s.getLocked(id)
-	if err == nil {
-		err = mayModify(c, im)
-	}
-	if err == nil && im.Protected {
-		err = fmt.Errorf("%w: image %s is protected", ErrNotPermitted, id)
-	}
+	// Decided on the published record; on a conflict (another host
+	// changed it meanwhile) decided again on the fresh one (commitRetry).
+	var im *Image
+	err := s.commitRetry(func() (*txn, func(rev int64), error) {
+		var err error
+		im, err = s.getLocked(id)
+		if err == nil {
+			err = mayModify(c, im)
+		}
+		if err == nil && im.Protected {
+			err = fmt.Errorf("%w: image %s is protected", ErrNotPermitted, id)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		t := s.cat.begin().frees()
+		t.deleteImage(im)
+		t.reindex(im, nil)
+		t.deleteName(im.Name)
+		t.uploadOps(id, im, nil, s.opts.Host, s.uploadKeys[id].rev, s.opts.Now())
+		if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
+			// Until the data file is gone (or, for an upload in flight whose
+			// seal may still store data, until the next Open): a crash before
+			// that leaves data the next Open removes, not an orphan for
+			// lost+found.
+			t.putTombstone(id)
+		}
+		return t, func(int64) {
+			s.setUploadKey(id, uploadKey{}, true)
+			s.noteChange(im, nil)
+			s.pubMu.Lock()
+			delete(s.images, id)
+			if s.byName[im.Name] == id {
+				delete(s.byName, im.Name)
+			}
+			s.pubMu.Unlock()
+		}, nil
+	})
 	if err != nil {
 		s.mu.Unlock()
 		return err
 	}
-	t := s.cat.begin().frees()
-	t.deleteImage(im)
-	t.reindex(im, nil)
-	t.deleteName(im.Name)
-	if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
-		// Until the data file is gone (or, for an upload in flight whose
-		// seal may still store data, until the next Open): a crash before
-		// that leaves data the next Open removes, not an orphan for
-		// lost+found.
-		t.putTombstone(id)
-	}
-	s.commitMu.Lock()
-	if err := t.commit(); err != nil {
-		s.commitMu.Unlock()
-		s.mu.Unlock()
-		return err
-	}
-	s.noteChange(im, nil)
-	s.pubMu.Lock()
-	delete(s.images, id)
-	delete(s.byName, im.Name)
-	s.pubMu.Unlock()
-	s.commitMu.Unlock()
 	// The uploads to abandon, read while holding s.mu: a DiscardUpload
 	// that looked the liveImage up before may still write to it.
 	var uploads []*Upload
@@ -792,6 +790,9 @@ func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) 
 	// it needs but not committed.
 	next := im.clone()
 	applyValue(next, key, value)
+	if err := checkRecordSize(next); err != nil {
+		return err
+	}
 	t := s.cat.begin()
 	t.condImage(next.ID, im)
 	t.putImage(next)
