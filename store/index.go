@@ -125,6 +125,9 @@ func indexEntries(im *Image) map[string]string {
 // for a new image, nil new for a deleted one. Only the properties that
 // differ are touched.
 func (t *txn) reindex(old, new *Image) {
+	if t.c.it == nil {
+		return // a shared catalog keeps no index keys
+	}
 	var id string
 	if new != nil {
 		id = new.ID

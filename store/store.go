@@ -262,6 +262,9 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 func (s *Store) load() error {
+	if s.cat.it == nil {
+		return s.loadShared() // STAND-IN (swrite) until sread's shared Open
+	}
 	next, seqRev, rev, err := s.cat.nextInoBase()
 	if err != nil {
 		return err
@@ -445,6 +448,7 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 			s.seqRev = rev
 			s.noteChange(nil, im)
 			s.pubMu.Lock()
+			s.indexApply(nil, im)
 			s.images[im.ID] = im
 			s.byName[name] = im.ID
 			s.pubMu.Unlock()
@@ -715,6 +719,7 @@ func (s *Store) Delete(c Caller, id string) error {
 			s.setUploadKey(id, uploadKey{}, true)
 			s.noteChange(im, nil)
 			s.pubMu.Lock()
+			s.indexApply(im, nil)
 			delete(s.images, id)
 			if s.byName[im.Name] == id {
 				delete(s.byName, im.Name)
