@@ -119,11 +119,15 @@ type catalog struct {
 // ctx returns the context of one catalog call: its deadline is the
 // catalog's timeout.
 func (c *catalog) ctx() (context.Context, context.CancelFunc) {
-	d := c.timeout
-	if d <= 0 {
-		d = defaultCatalogTimeout
+	return context.WithTimeout(context.Background(), c.timeoutOrDefault())
+}
+
+// timeoutOrDefault is the deadline of one catalog call.
+func (c *catalog) timeoutOrDefault() time.Duration {
+	if c.timeout <= 0 {
+		return defaultCatalogTimeout
 	}
-	return context.WithTimeout(context.Background(), d)
+	return c.timeout
 }
 
 // loadCtx returns the context of one of Open's scans (loadTimeout).

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -16,8 +17,12 @@ import (
 // holds now and decide again. The embedded catalog never reports a
 // conflict, so there each change is decided once, as before.
 
-// maxTries bounds the attempts of one change under contention.
-const maxTries = 8
+// minTries is how many attempts a change makes under contention at
+// least; it goes on trying until the catalog's timeout has passed since
+// its first (a host that commits to one record in a tight loop can win
+// every race for a while: the loser is always a round trip behind; 8
+// tries lost 16 of 400 property sets of a two-host race to one image).
+const minTries = 8
 
 // MaxRecordBytes limits an image's record: its JSON encoding in the
 // catalog (the core fields plus every extra key and value, escaped) may
@@ -85,17 +90,19 @@ func (s *Store) uploadsElsewhere(id string) bool {
 	return ok && k.rev != 0 && k.host != s.opts.Host
 }
 
-// errContended: a change conflicted maxTries times in a row.
-var errContended = fmt.Errorf("%w: catalog contended: the record kept changing on other hosts (%d attempts)", ErrBusy, maxTries)
+// errContended: a change kept conflicting (see commitRetry).
+var errContended = fmt.Errorf("%w: catalog contended: the record kept changing on other hosts", ErrBusy)
 
 // commitRetry commits a change decided by try on the published state:
 // try returns the txn to commit (nil: nothing to do) and the function
 // that publishes it once committed (called with commitMu held, given the
 // commit's revision). On a conflict the catalog's current state of the
 // conditions' keys is applied as a remote change and try runs again, at
-// most maxTries times (then errContended). Errors: try's, the commit's.
+// least minTries times and until the catalog's timeout (then
+// errContended). Errors: try's, the commit's.
 // Must hold s.mu.
 func (s *Store) commitRetry(try func() (*txn, func(rev int64), error)) error {
+	start := time.Now()
 	for i := 1; ; i++ {
 		t, publish, err := try()
 		if err != nil || t == nil {
@@ -112,9 +119,12 @@ func (s *Store) commitRetry(try func() (*txn, func(rev int64), error)) error {
 		if !errors.Is(err, errConflict) {
 			return err
 		}
-		if i >= maxTries {
-			s.log.Warn("change given up: the catalog kept changing", "attempts", i)
-			return errContended
+		if i >= minTries {
+			if time.Since(start) > s.cat.timeoutOrDefault() {
+				s.log.Warn("change given up: the catalog kept changing", "attempts", i)
+				return fmt.Errorf("%w (%d attempts in %v)", errContended, i, time.Since(start).Round(time.Millisecond))
+			}
+			time.Sleep(time.Duration(rand.Int64N(int64(2 * time.Millisecond))))
 		}
 		s.applyConflict(t)
 	}
@@ -153,7 +163,7 @@ func (s *Store) applyConflict(t *txn) {
 // (txn.uploadOps). On a conflict (another host changed the record, or
 // took the name, in between) the current state is applied and f runs
 // again on the fresh record, so its rules are checked anew; at most
-// maxTries times. room is the commit's free space rule (kv.Grows for a
+// minTries times and until the catalog's timeout. room is the commit's free space rule (kv.Grows for a
 // change that may grow the catalog, kv.Small for a status change or a
 // removal). Returns the change committed (zero when f changed nothing).
 // Errors: f's, the commit's (ErrNoSpace, ErrCatalog, ErrUnavailable),
