@@ -250,8 +250,14 @@ func (s *Store) uploadKeyGone(id string) {
 		return
 	}
 	if ch.New != nil {
-		s.setUploadKey(id, uploadKey{}, true)
 		s.log.Warn("upload killed: its host's lease expired", "id", id, "reason", reason)
 		s.emit(Event{Kind: EventKilled, ID: id, Reason: reason})
+	}
+	// The deleted key is remembered only while its record is saving (a
+	// seal's delete of its own key, seen by every host, leaves nothing).
+	if k, ok := s.uploadKeys[id]; ok && k.rev == 0 {
+		if im := s.images[id]; im == nil || im.Status != StatusSaving {
+			s.setUploadKey(id, uploadKey{}, true)
+		}
 	}
 }
