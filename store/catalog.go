@@ -379,7 +379,8 @@ func (t *txn) check() error { return catalogErr(t.c.kv.Check(&t.b)) }
 // returns an error: ErrNoSpace (see check) when the catalog's filesystem
 // lacks the batch plus headroom, ErrCatalog when the catalog failed, now
 // or earlier (see pebblekv), ErrUnavailable, errConflict. On success
-// t.rev is the commit's revision. Failures are logged.
+// t.rev is the commit's revision. Failures are logged (ErrUnavailable by
+// the backend, once per outage; errConflict is none).
 func (t *txn) commit() error {
 	ctx, cancel := t.c.ctx()
 	defer cancel()
@@ -387,6 +388,10 @@ func (t *txn) commit() error {
 	if errors.Is(err, kv.ErrConflict) {
 		// Not a failure: the caller applies t.cur and decides again.
 		t.rev, t.cur = res.Rev, res.Current
+		return catalogErr(err)
+	}
+	if errors.Is(err, kv.ErrUnavailable) {
+		// Logged by the backend, once per outage, not per request.
 		return catalogErr(err)
 	}
 	if err != nil {
