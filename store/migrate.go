@@ -367,15 +367,21 @@ func (m *migration) image(rec srcRecord) (MigrateItem, error) {
 		it.Bytes = n
 	}
 	if err := m.commit(rec, true); err != nil {
-		if errors.Is(err, kv.ErrConflict) && im.Status.Sealed() {
-			// Someone else wrote this id or name meanwhile: the data
-			// file is ours only if no record of the id exists.
+		if err := m.noteCommit(&it, err); err != nil {
+			return it, err // the run stops; a re-run completes the image
+		}
+		if im.Status.Sealed() {
+			// Not migrated (a conflict: someone else wrote this id or
+			// name meanwhile; too large): the data file copied is ours
+			// to remove unless a record of the id exists.
 			if p, gerr := m.dst.Get(m.ctx, prefixImage+im.ID); gerr == nil && p.ModRev == 0 {
-				m.data.Remove(im.ID)
+				if rerr := m.data.Remove(im.ID); rerr != nil {
+					return it, fmt.Errorf("destination data of %s: %w", im.ID, rerr)
+				}
 			}
 			it.Bytes = 0
 		}
-		return it, m.noteCommit(&it, err)
+		return it, nil
 	}
 	m.dstIno[im.InoBase] = im.ID
 	it.Outcome = MigrateDone

@@ -370,3 +370,33 @@ func TestMigrateConflicts(t *testing.T) {
 	assert.Equal(t, MigrateDone, itemOf(r, sealed[0]).Outcome)
 	_ = saving
 }
+
+// A record too large for one etcd request (a store written before the
+// record limits, say) is reported, and the other images migrate.
+func TestMigrateTooLarge(t *testing.T) {
+	src := t.TempDir()
+	sealed, _, _, saving := migrateSource(t, src, 4)
+	recs, _, _ := srcRecords(t, src)
+	var im Image
+	require.NoError(t, json.Unmarshal(recs[sealed[1]], &im))
+	for i := range 30 {
+		im.Extra[fmt.Sprintf("big%02d", i)] = strings.Repeat("x", 60<<10)
+	}
+	big, err := json.Marshal(&im)
+	require.NoError(t, err)
+	db, err := pebblekv.Open(filepath.Join(src, "catalog"), pebblekv.Options{})
+	require.NoError(t, err)
+	_, err = db.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Put, Key: prefixImage + im.ID, Value: big}}})
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	d := newMigrateDst(t)
+
+	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
+	require.NoError(t, err)
+	it := itemOf(r, im.ID)
+	assert.Equal(t, MigrateTooLarge, it.Outcome, it.Detail)
+	assert.Equal(t, 2, r.Failed, "the large one and the saving one")
+	checkMigrated(t, src, d, saving, im.ID)
+	_, err = os.Stat(filepath.Join(d.dir, im.ID+".vhd"))
+	assert.True(t, os.IsNotExist(err), "no data file left for the image not migrated")
+}
