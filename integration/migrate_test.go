@@ -90,6 +90,21 @@ done`, m.Mnt)
 	}
 	m.stop()
 
+	// A dry run verifies and reports, and writes nothing.
+	r = execCmd(binary, append(args, "--dry-run")...)
+	if r.err != nil {
+		t.Fatalf("imagefs migrate --dry-run failed: %s", r)
+	}
+	if want := fmt.Sprintf("dry run, nothing written: %d images: %d would be migrated, 0 already there, 0 would not be migrated", total, total); !strings.Contains(r.stdout, want) {
+		t.Errorf("dry run's summary: want %q in\n%s", want, r.stdout)
+	}
+	if n := len(etcdKeys(t, raw, ns)); n != 0 {
+		t.Errorf("%d keys written by a dry run", n)
+	}
+	if ents, _ := os.ReadDir(data); len(ents) != 0 {
+		t.Errorf("%d files written by a dry run in %s", len(ents), data)
+	}
+
 	start := time.Now()
 	r = execCmd(binary, args...)
 	t.Logf("imagefs migrate (%s): %s", time.Since(start).Round(time.Millisecond), r)
@@ -99,7 +114,7 @@ done`, m.Mnt)
 	if want := fmt.Sprintf("%d images: %d migrated, 0 already there, 0 not migrated", total, total); !strings.Contains(r.stdout, want) {
 		t.Errorf("summary: want %q in\n%s", want, r.stdout)
 	}
-	if !strings.Contains(r.stderr, "migrated 1000 of 1000 images (100%)") {
+	if !strings.Contains(r.stderr, "handled 1000 of 1000 images (100%)") {
 		t.Errorf("no final progress line in\n%s", r.stderr)
 	}
 

@@ -52,6 +52,10 @@ type MigrateOptions struct {
 	// backend is not the local one (which gets its temporary files in
 	// its own directory, so that Put is a rename). Default os.TempDir().
 	TempDir string
+	// DryRun writes nothing: the source's data is read and verified,
+	// the destination read, and the report says what a run would do
+	// (MigrateDone: would be migrated).
+	DryRun bool
 }
 
 // MigrateItem is what became of one image of the source.
@@ -77,6 +81,7 @@ type MigrateReport struct {
 	Deleted  int           `json:"deleted"`  // records of deleted images (tombstoned), left out
 	Bytes    int64         `json:"bytes"`    // data bytes copied and verified
 	SeqIno   uint64        `json:"seq_ino"`  // seq/ino in the destination afterwards
+	DryRun   bool          `json:"dry_run"`  // nothing was written (MigrateOptions.DryRun)
 	Items    []MigrateItem `json:"items"`
 }
 
@@ -110,13 +115,16 @@ func (r *MigrateReport) OK() bool { return r.Failed == 0 }
 // range used by another id is a MigrateConflict: nothing of that image is
 // written.
 //
+// With opts.DryRun nothing is written: the data is verified and the
+// report says what a run would do.
+//
 // Per-image failures are in the report, not in the error. Errors stop the
 // run (the report says what was done before): the source is not a store,
 // ErrBusy (it is mounted), ErrCatalog (its catalog cannot be read),
 // ErrUnavailable (dst did not answer), I/O errors of the data backend or
 // the temporary directory, ctx's error when it ends.
 func Migrate(ctx context.Context, src string, dst kv.Backend, data DataBackend, opts MigrateOptions) (MigrateReport, error) {
-	var r MigrateReport
+	r := MigrateReport{DryRun: opts.DryRun}
 	if _, err := os.Stat(filepath.Join(src, "catalog")); err != nil {
 		return r, fmt.Errorf("%s is not an imagefs store: %w", src, err)
 	}
@@ -275,8 +283,8 @@ func (m *migration) raiseSeqIno(recs []srcRecord) error {
 			}
 			cur = binary.BigEndian.Uint64(p.Value)
 		}
-		if cur >= want {
-			m.r.SeqIno = cur
+		if cur >= want || m.opts.DryRun {
+			m.r.SeqIno = max(cur, want)
 			return nil
 		}
 		var v [8]byte
@@ -343,7 +351,7 @@ func (m *migration) image(rec srcRecord) (MigrateItem, error) {
 				return it, fmt.Errorf("destination data of %s: %w", im.ID, err)
 			}
 		}
-		if _, ok := m.dstName[im.Name]; !ok {
+		if _, ok := m.dstName[im.Name]; !ok && !m.opts.DryRun {
 			// The record without its name (changed by hand?): claim it.
 			if err := m.commit(rec, false); err != nil {
 				return it, m.noteCommit(&it, err)
@@ -365,6 +373,10 @@ func (m *migration) image(rec srcRecord) (MigrateItem, error) {
 			return it, m.noteData(&it, msg, err)
 		}
 		it.Bytes = n
+	}
+	if m.opts.DryRun {
+		it.Outcome = MigrateDone
+		return it, nil
 	}
 	if err := m.commit(rec, true); err != nil {
 		if err := m.noteCommit(&it, err); err != nil {
@@ -441,6 +453,9 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 		return 0, fmt.Sprintf("the data file cannot be opened: %v", err), nil
 	}
 	defer f.Close()
+	if m.opts.DryRun {
+		return m.verifyData(im, f)
+	}
 	dir := m.opts.TempDir
 	if ld, ok := m.data.(*localData); ok {
 		dir = ld.dir // Put is then a rename within one filesystem
@@ -474,13 +489,9 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 		}
 		return 0, "", fmt.Errorf("temporary data file: %w", err)
 	}
-	md5hex, shahex := p.finish()
 	n := p.n
-	switch {
-	case n != im.Size:
-		return 0, fmt.Sprintf("the data file has %d bytes, the record says %d: not migrated (imagefs fsck --verify-data the store)", n, im.Size), nil
-	case md5hex != im.Checksum || shahex != im.OSHashValue:
-		return 0, fmt.Sprintf("the data hashes to md5 %s, the record says %s (or its SHA-512 differs): not migrated (bit rot or tampering in the store; imagefs fsck --verify-data)", md5hex, im.Checksum), nil
+	if msg := dataMismatch(im, p); msg != "" {
+		return 0, msg, nil
 	}
 	if err := w.finish(n); err != nil {
 		return 0, "", fmt.Errorf("temporary data file: %w", err)
@@ -497,6 +508,36 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 		return 0, "", fmt.Errorf("destination data of %s: %w", im.ID, err)
 	}
 	return n, "", nil
+}
+
+// verifyData hashes the source's data f of im (a dry run).
+func (m *migration) verifyData(im *Image, f *os.File) (int64, string, error) {
+	p := newHashPipe()
+	if err := p.readFrom(&ctxReader{ctx: m.ctx, r: f}); err != nil {
+		p.stop()
+		if m.ctx.Err() != nil {
+			return 0, "", m.ctx.Err()
+		}
+		return 0, fmt.Sprintf("the data file cannot be read: %v", err), nil
+	}
+	n := p.n
+	if msg := dataMismatch(im, p); msg != "" {
+		return 0, msg, nil
+	}
+	return n, "", nil
+}
+
+// dataMismatch finishes p and says how the data it hashed differs from
+// im's record ("" when it does not).
+func dataMismatch(im *Image, p *hashPipe) string {
+	md5hex, shahex := p.finish()
+	switch {
+	case p.n != im.Size:
+		return fmt.Sprintf("the data file has %d bytes, the record says %d: not migrated (imagefs fsck --verify-data the store)", p.n, im.Size)
+	case md5hex != im.Checksum || shahex != im.OSHashValue:
+		return fmt.Sprintf("the data hashes to md5 %s, the record says %s (or its SHA-512 differs): not migrated (bit rot or tampering in the store; imagefs fsck --verify-data)", md5hex, im.Checksum)
+	}
+	return ""
 }
 
 // sparseWriter writes a stream to f, leaving a hole for each chunk that

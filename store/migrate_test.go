@@ -400,3 +400,34 @@ func TestMigrateTooLarge(t *testing.T) {
 	_, err = os.Stat(filepath.Join(d.dir, im.ID+".vhd"))
 	assert.True(t, os.IsNotExist(err), "no data file left for the image not migrated")
 }
+
+// A dry run verifies the data and reports what a run would do, writing
+// nothing.
+func TestMigrateDryRun(t *testing.T) {
+	src := t.TempDir()
+	sealed, _, _, saving := migrateSource(t, src, 6)
+	bad := sealed[1]
+	path := filepath.Join(src, "data", bad+".vhd")
+	require.NoError(t, os.Chmod(path, 0o600))
+	require.NoError(t, os.Truncate(path, 4096))
+	d := newMigrateDst(t)
+
+	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{DryRun: true})
+	require.NoError(t, err)
+	assert.True(t, r.DryRun)
+	assert.Equal(t, 8, r.Images)
+	assert.Equal(t, 6, r.Migrated, "would be migrated")
+	assert.Equal(t, MigrateDataError, itemOf(r, bad).Outcome)
+	assert.Contains(t, itemOf(r, bad).Detail, "4096 bytes")
+	assert.Equal(t, MigrateSaving, itemOf(r, saving).Outcome)
+	assert.Positive(t, r.Bytes, "bytes verified")
+	assert.Empty(t, d.keys(t, ""), "a dry run writes nothing to the catalog")
+	ents, err := os.ReadDir(d.dir)
+	require.NoError(t, err)
+	assert.Empty(t, ents, "a dry run writes nothing to the data directory")
+
+	r2, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, r.Migrated, r2.Migrated, "the run does what the dry run said")
+	checkMigrated(t, src, d, saving, bad)
+}

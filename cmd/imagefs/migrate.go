@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +34,10 @@ catalog with the same record are skipped; a name or inode range that the
 catalog holds for another image, or an id with a different record there,
 is reported and left as it is (nothing is overwritten). The catalog's
 inode sequence is raised past the store's, never lowered.
+
+With --dry-run, nothing is written: the store's data is read and
+verified, the catalog read, and the report says what a migration would do
+(the exit status too).
 
 --catalog, --data and --config are those of imagefs mount (credentials and
 the namespace in the config file; see imagefs mount --help). DIR must exist.
@@ -62,6 +68,7 @@ func runMigrate(args []string) int {
 	fl.StringVar(&c.catalog, "catalog", "", "the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS)")
 	fl.StringVar(&c.data, "data", "", "the shared directory `DIR` of sealed image data")
 	fl.StringVar(&c.configFile, "config", "", "read etcd credentials and settings from `FILE` (see imagefs mount --help)")
+	dryRun := fl.Bool("dry-run", false, "write nothing: verify the data and report what a migration would do")
 	asJSON := fl.Bool("json", false, "print the report as JSON")
 	help := fl.BoolP("help", "h", false, "show this help")
 	fl.Usage = func() {
@@ -94,6 +101,10 @@ func runMigrate(args []string) int {
 		return 2
 	}
 	src := fl.Arg(0)
+	if _, err := os.Stat(filepath.Join(src, "catalog")); err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs migrate: %s is not an imagefs store: %v\n", src, err)
+		return 2
+	}
 	lg := slog.Default()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -111,21 +122,35 @@ func runMigrate(args []string) int {
 		fmt.Fprintf(os.Stderr, "imagefs migrate: data directory %s: %v\n", c.shared.Data, err)
 		return 2
 	}
-	fmt.Fprintf(os.Stderr, "migrating %s into %s\n", src, c.shared)
+	verb := "migrating"
+	if *dryRun {
+		verb = "checking (dry run: nothing is written) the migration of"
+	}
+	fmt.Fprintf(os.Stderr, "%s %s into catalog %s namespace %s, data %s\n", verb, src,
+		strings.Join(c.shared.Endpoints, ","), c.shared.Namespace, c.shared.Data)
 	start := time.Now()
-	r, err := store.Migrate(ctx, src, be, data, store.MigrateOptions{Progress: migrateProgress(start)})
+	r, err := store.Migrate(ctx, src, be, data, store.MigrateOptions{Progress: migrateProgress(start), DryRun: *dryRun})
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(r)
 	} else {
+		not := "not migrated"
+		if *dryRun {
+			not = "would not be migrated"
+		}
 		for _, it := range r.Items {
 			if !it.OK() {
-				fmt.Printf("not migrated: %s (%s, %s): %s: %s\n", it.ID, it.Name, it.Status, it.Outcome, it.Detail)
+				fmt.Printf("%s: %s (%s, %s): %s: %s\n", not, it.ID, it.Name, it.Status, it.Outcome, it.Detail)
 			}
 		}
-		fmt.Printf("%d images: %d migrated, %d already there, %d not migrated, %d deleted left out; %d bytes of data copied and verified in %s\n",
-			r.Images, r.Migrated, r.Skipped, r.Failed, r.Deleted, r.Bytes, time.Since(start).Round(time.Millisecond))
+		if *dryRun {
+			fmt.Printf("dry run, nothing written: %d images: %d would be migrated, %d already there, %d would not be migrated, %d deleted left out; %d bytes of data verified in %s\n",
+				r.Images, r.Migrated, r.Skipped, r.Failed, r.Deleted, r.Bytes, time.Since(start).Round(time.Millisecond))
+		} else {
+			fmt.Printf("%d images: %d migrated, %d already there, %d not migrated, %d deleted left out; %d bytes of data copied and verified in %s\n",
+				r.Images, r.Migrated, r.Skipped, r.Failed, r.Deleted, r.Bytes, time.Since(start).Round(time.Millisecond))
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imagefs migrate: stopped: %v (run it again to complete the migration)\n", err)
@@ -149,6 +174,6 @@ func migrateProgress(start time.Time) func(done, total int, it store.MigrateItem
 			return
 		}
 		next = done*10/total + 1
-		fmt.Fprintf(os.Stderr, "migrated %d of %d images (%d%%) in %s\n", done, total, done*100/total, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "handled %d of %d images (%d%%) in %s\n", done, total, done*100/total, time.Since(start).Round(time.Millisecond))
 	}
 }
