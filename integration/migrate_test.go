@@ -52,7 +52,7 @@ done`, m.Mnt)
 	for i := range uploaded {
 		run(t, "cp", vhds[i%2].Path, filepath.Join(m.Mnt, "images", fmt.Sprintf("img-%d", i*20), "image.vhd"))
 	}
-	if got := strings.TrimSpace(readFileString(t, filepath.Join(m.Mnt, "images", "img-980", "properties", "status"))); got != "active" {
+	if got := strings.TrimSpace(migrateReadFile(t, filepath.Join(m.Mnt, "images", "img-980", "properties", "status"))); got != "active" {
 		t.Fatalf("img-980 is %s after cp", got)
 	}
 	// The migration's namespace and data directory.
@@ -85,7 +85,7 @@ done`, m.Mnt)
 	if r.code != 2 || !strings.Contains(r.stderr, "is the store mounted?") {
 		t.Errorf("imagefs migrate on a mounted store: want exit 2 and the reason: %s", r)
 	}
-	if n := len(etcdKeys(t, raw, ns)); n != 0 {
+	if n := len(migrateEtcdKeys(t, raw, ns)); n != 0 {
 		t.Errorf("%d keys written by a refused migration", n)
 	}
 	m.stop()
@@ -98,7 +98,7 @@ done`, m.Mnt)
 	if want := fmt.Sprintf("dry run, nothing written: %d images: %d would be migrated, 0 already there, 0 would not be migrated", total, total); !strings.Contains(r.stdout, want) {
 		t.Errorf("dry run's summary: want %q in\n%s", want, r.stdout)
 	}
-	if n := len(etcdKeys(t, raw, ns)); n != 0 {
+	if n := len(migrateEtcdKeys(t, raw, ns)); n != 0 {
 		t.Errorf("%d keys written by a dry run", n)
 	}
 	if ents, _ := os.ReadDir(data); len(ents) != 0 {
@@ -118,11 +118,11 @@ done`, m.Mnt)
 		t.Errorf("no final progress line in\n%s", r.stderr)
 	}
 
-	src, srcNames, srcSeq := readSourceCatalog(t, m.Store)
+	src, srcNames, srcSeq := migrateSourceCatalog(t, m.Store)
 	if len(src) != total {
 		t.Fatalf("the source has %d records, want %d", len(src), total)
 	}
-	dst := etcdKeys(t, raw, ns)
+	dst := migrateEtcdKeys(t, raw, ns)
 	check := func() {
 		t.Helper()
 		imgs, names := 0, 0
@@ -144,7 +144,7 @@ done`, m.Mnt)
 				t.Errorf("record %s missing", id)
 				continue
 			}
-			if !jsonEqual(t, rec, got.Value) {
+			if !migrateJSONEqual(t, rec, got.Value) {
 				t.Errorf("record %s differs:\nsource %s\ncatalog %s", id, rec, got.Value)
 			}
 			var im struct {
@@ -201,7 +201,7 @@ done`, m.Mnt)
 	if want := fmt.Sprintf("%d images: 0 migrated, %d already there, 0 not migrated", total, total); !strings.Contains(r.stdout, want) {
 		t.Errorf("second run's summary: want %q in\n%s", want, r.stdout)
 	}
-	again := etcdKeys(t, raw, ns)
+	again := migrateEtcdKeys(t, raw, ns)
 	for k, p := range dst {
 		if again[k].ModRev != p.ModRev {
 			t.Errorf("%s changed by the second run (ModRev %d -> %d)", k, p.ModRev, again[k].ModRev)
@@ -212,9 +212,9 @@ done`, m.Mnt)
 	}
 }
 
-// readSourceCatalog reads a single-host store's records (raw JSON by id),
+// migrateSourceCatalog reads a single-host store's records (raw JSON by id),
 // names and seq/ino from STORE/catalog (not mounted).
-func readSourceCatalog(t *testing.T, store string) (map[string][]byte, map[string]string, uint64) {
+func migrateSourceCatalog(t *testing.T, store string) (map[string][]byte, map[string]string, uint64) {
 	t.Helper()
 	db, err := pebblekv.Open(filepath.Join(store, "catalog"), pebblekv.Options{})
 	if err != nil {
@@ -240,8 +240,8 @@ func readSourceCatalog(t *testing.T, store string) (map[string][]byte, map[strin
 	return recs, names, seq
 }
 
-// etcdKeys returns every key under ns (without it).
-func etcdKeys(t *testing.T, c *clientv3.Client, ns string) map[string]kv.Pair {
+// migrateEtcdKeys returns every key under ns (without it).
+func migrateEtcdKeys(t *testing.T, c *clientv3.Client, ns string) map[string]kv.Pair {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -257,7 +257,7 @@ func etcdKeys(t *testing.T, c *clientv3.Client, ns string) map[string]kv.Pair {
 	return out
 }
 
-func jsonEqual(t *testing.T, a, b []byte) bool {
+func migrateJSONEqual(t *testing.T, a, b []byte) bool {
 	t.Helper()
 	var x, y any
 	if err := json.Unmarshal(a, &x); err != nil {
@@ -271,7 +271,7 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	return string(xb) == string(yb)
 }
 
-func readFileString(t *testing.T, path string) string {
+func migrateReadFile(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {

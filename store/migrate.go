@@ -156,21 +156,21 @@ type migration struct {
 	srcData map[string]bool    // ids with a data file in the source
 }
 
-// srcRecord is one record of the source: its JSON as stored, decoded.
-type srcRecord struct {
+// migrateRecord is one record of the source: its JSON as stored, decoded.
+type migrateRecord struct {
 	raw []byte
 	im  *Image
 }
 
 func (m *migration) run() error {
-	var recs []srcRecord
+	var recs []migrateRecord
 	_, err := m.s.cat.kv.Scan(context.Background(), prefixImage, "img0", 0, func(p kv.Pair) error {
 		raw := bytes.Clone(p.Value)
 		im := new(Image)
 		if err := json.Unmarshal(raw, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
 		}
-		recs = append(recs, srcRecord{raw: raw, im: im})
+		recs = append(recs, migrateRecord{raw: raw, im: im})
 		return nil
 	})
 	if err != nil {
@@ -266,7 +266,7 @@ func (m *migration) dstErr(err error) error {
 // raiseSeqIno sets seq/ino in dst to at least the source's next inode
 // base and past every base of the source's records, before any record is
 // written; it never lowers it.
-func (m *migration) raiseSeqIno(recs []srcRecord) error {
+func (m *migration) raiseSeqIno(recs []migrateRecord) error {
 	want := m.s.nextIno
 	for _, rec := range recs {
 		want = max(want, rec.im.InoBase>>inoShift+1)
@@ -307,7 +307,7 @@ func (m *migration) raiseSeqIno(recs []srcRecord) error {
 
 // image migrates one record. Its error stops the run; what befell the
 // image is in the item.
-func (m *migration) image(rec srcRecord) (MigrateItem, error) {
+func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 	im := rec.im
 	it := MigrateItem{ID: im.ID, Name: im.Name, Status: im.Status}
 	fail := func(outcome, format string, a ...any) (MigrateItem, error) {
@@ -334,7 +334,7 @@ func (m *migration) image(rec srcRecord) (MigrateItem, error) {
 
 	// Already there?
 	if p, ok := m.dstImg[im.ID]; ok {
-		if !jsonEqual(p.Value, rec.raw) {
+		if !migrateJSONEqual(p.Value, rec.raw) {
 			return fail(MigrateConflict, "the destination has a different record for this id (changed since an earlier migration?): left as it is")
 		}
 		if n, ok := m.dstName[im.Name]; ok && string(n.Value) != im.ID {
@@ -427,7 +427,7 @@ func (m *migration) noteCommit(it *MigrateItem, err error) error {
 // commit writes rec's record and name into dst in one transaction. With
 // record, img/<id> must be absent and is written; name/<name> must be
 // absent (or be this id's at the ModRev read) and is written.
-func (m *migration) commit(rec srcRecord, record bool) error {
+func (m *migration) commit(rec migrateRecord, record bool) error {
 	im := rec.im
 	b := &kv.Batch{Room: kv.Grows}
 	if record {
@@ -475,10 +475,10 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 			os.Remove(tmp)
 		}
 	}()
-	w := &sparseWriter{f: out}
+	w := &migrateWriter{f: out}
 	var readErr error
 	p := newHashPipe()
-	err = p.readFrom(io.TeeReader(&ctxReader{ctx: m.ctx, r: readErrTracker{r: f, err: &readErr}}, w))
+	err = p.readFrom(io.TeeReader(&migrateCtxReader{ctx: m.ctx, r: migrateReadErr{r: f, err: &readErr}}, w))
 	if err != nil {
 		p.stop()
 		switch {
@@ -490,7 +490,7 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 		return 0, "", fmt.Errorf("temporary data file: %w", err)
 	}
 	n := p.n
-	if msg := dataMismatch(im, p); msg != "" {
+	if msg := migrateMismatch(im, p); msg != "" {
 		return 0, msg, nil
 	}
 	if err := w.finish(n); err != nil {
@@ -513,7 +513,7 @@ func (m *migration) copyData(im *Image) (int64, string, error) {
 // verifyData hashes the source's data f of im (a dry run).
 func (m *migration) verifyData(im *Image, f *os.File) (int64, string, error) {
 	p := newHashPipe()
-	if err := p.readFrom(&ctxReader{ctx: m.ctx, r: f}); err != nil {
+	if err := p.readFrom(&migrateCtxReader{ctx: m.ctx, r: f}); err != nil {
 		p.stop()
 		if m.ctx.Err() != nil {
 			return 0, "", m.ctx.Err()
@@ -521,15 +521,15 @@ func (m *migration) verifyData(im *Image, f *os.File) (int64, string, error) {
 		return 0, fmt.Sprintf("the data file cannot be read: %v", err), nil
 	}
 	n := p.n
-	if msg := dataMismatch(im, p); msg != "" {
+	if msg := migrateMismatch(im, p); msg != "" {
 		return 0, msg, nil
 	}
 	return n, "", nil
 }
 
-// dataMismatch finishes p and says how the data it hashed differs from
+// migrateMismatch finishes p and says how the data it hashed differs from
 // im's record ("" when it does not).
-func dataMismatch(im *Image, p *hashPipe) string {
+func migrateMismatch(im *Image, p *hashPipe) string {
 	md5hex, shahex := p.finish()
 	switch {
 	case p.n != im.Size:
@@ -540,15 +540,15 @@ func dataMismatch(im *Image, p *hashPipe) string {
 	return ""
 }
 
-// sparseWriter writes a stream to f, leaving a hole for each chunk that
+// migrateWriter writes a stream to f, leaving a hole for each chunk that
 // is all zeros (the source's holes stay holes).
-type sparseWriter struct {
+type migrateWriter struct {
 	f   *os.File
 	off int64
 }
 
-func (w *sparseWriter) Write(b []byte) (int, error) {
-	if !allZero(b) {
+func (w *migrateWriter) Write(b []byte) (int, error) {
+	if !migrateAllZero(b) {
 		if _, err := w.f.WriteAt(b, w.off); err != nil {
 			return 0, err
 		}
@@ -558,9 +558,9 @@ func (w *sparseWriter) Write(b []byte) (int, error) {
 }
 
 // finish sets the file's size to n (a trailing hole).
-func (w *sparseWriter) finish(n int64) error { return w.f.Truncate(n) }
+func (w *migrateWriter) finish(n int64) error { return w.f.Truncate(n) }
 
-func allZero(b []byte) bool {
+func migrateAllZero(b []byte) bool {
 	for len(b) >= 8 {
 		if binary.NativeEndian.Uint64(b) != 0 {
 			return false
@@ -570,27 +570,27 @@ func allZero(b []byte) bool {
 	return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 })
 }
 
-// ctxReader fails with ctx's error once ctx ends.
-type ctxReader struct {
+// migrateCtxReader fails with ctx's error once ctx ends.
+type migrateCtxReader struct {
 	ctx context.Context
 	r   io.Reader
 }
 
-func (c *ctxReader) Read(b []byte) (int, error) {
+func (c *migrateCtxReader) Read(b []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
 	return c.r.Read(b)
 }
 
-// readErrTracker keeps the source's read error apart from the
+// migrateReadErr keeps the source's read error apart from the
 // destination's write error.
-type readErrTracker struct {
+type migrateReadErr struct {
 	r   io.Reader
 	err *error
 }
 
-func (t readErrTracker) Read(b []byte) (int, error) {
+func (t migrateReadErr) Read(b []byte) (int, error) {
 	n, err := t.r.Read(b)
 	if err != nil && err != io.EOF {
 		*t.err = err
@@ -598,8 +598,8 @@ func (t readErrTracker) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// jsonEqual reports whether a and b are the same JSON value.
-func jsonEqual(a, b []byte) bool {
+// migrateJSONEqual reports whether a and b are the same JSON value.
+func migrateJSONEqual(a, b []byte) bool {
 	if bytes.Equal(a, b) {
 		return true
 	}

@@ -87,9 +87,9 @@ func (d *migrateDst) seqIno(t *testing.T) uint64 {
 	return binary.BigEndian.Uint64(p.Value)
 }
 
-// srcRecords reads the source store's records as stored (raw JSON), its
+// migrateSrcRecords reads the source store's records as stored (raw JSON), its
 // names and its seq/ino, from its catalog directly.
-func srcRecords(t *testing.T, dir string) (recs map[string][]byte, names map[string]string, seq uint64) {
+func migrateSrcRecords(t *testing.T, dir string) (recs map[string][]byte, names map[string]string, seq uint64) {
 	t.Helper()
 	db, err := pebblekv.Open(filepath.Join(dir, "catalog"), pebblekv.Options{})
 	require.NoError(t, err)
@@ -154,7 +154,7 @@ func migrateSource(t *testing.T, dir string, n int) (sealed []string, deactivate
 	return sealed, deactivated, killed, saving
 }
 
-func fileHashes(t *testing.T, path string) (string, string) {
+func migrateFileHashes(t *testing.T, path string) (string, string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
@@ -162,17 +162,17 @@ func fileHashes(t *testing.T, path string) (string, string) {
 	return hex.EncodeToString(m[:]), hex.EncodeToString(s[:])
 }
 
-// checkMigrated asserts that every record of the source but skip is in
+// migrateCheck asserts that every record of the source but skip is in
 // the destination, JSON-equal, with its name, and the data of each sealed
 // one in the data directory with the record's hashes.
-func checkMigrated(t *testing.T, src string, d *migrateDst, skip ...string) {
+func migrateCheck(t *testing.T, src string, d *migrateDst, skip ...string) {
 	t.Helper()
-	recs, names, seq := srcRecords(t, src)
+	recs, names, seq := migrateSrcRecords(t, src)
 	imgs, dnames := d.keys(t, prefixImage), d.keys(t, prefixName)
 	assert.Equal(t, len(recs)-len(skip), len(imgs), "records in the destination")
 	for id, raw := range recs {
 		p, ok := imgs[prefixImage+id]
-		if contains(skip, id) {
+		if migrateSkips(skip, id) {
 			assert.False(t, ok, "%s is not migrated", id)
 			continue
 		}
@@ -186,7 +186,7 @@ func checkMigrated(t *testing.T, src string, d *migrateDst, skip ...string) {
 		assert.Equal(t, id, names[im.Name])
 		if im.Status.Sealed() {
 			path := filepath.Join(d.dir, id+".vhd")
-			m, s := fileHashes(t, path)
+			m, s := migrateFileHashes(t, path)
 			assert.Equal(t, im.Checksum, m, "md5 of %s", path)
 			assert.Equal(t, im.OSHashValue, s, "sha512 of %s", path)
 			fi, err := os.Stat(path)
@@ -202,7 +202,7 @@ func checkMigrated(t *testing.T, src string, d *migrateDst, skip ...string) {
 	assert.Empty(t, left, "temporary files left in the data directory")
 }
 
-func contains(l []string, s string) bool {
+func migrateSkips(l []string, s string) bool {
 	for _, x := range l {
 		if x == s {
 			return true
@@ -211,7 +211,7 @@ func contains(l []string, s string) bool {
 	return false
 }
 
-func itemOf(r MigrateReport, id string) MigrateItem {
+func reportItem(r MigrateReport, id string) MigrateItem {
 	for _, it := range r.Items {
 		if it.ID == id {
 			return it
@@ -236,14 +236,14 @@ func TestMigrateStore(t *testing.T) {
 	assert.Equal(t, 1, r.Failed)
 	assert.Equal(t, 14, progress)
 	assert.False(t, r.OK())
-	assert.Equal(t, MigrateSaving, itemOf(r, saving).Outcome)
-	assert.Equal(t, MigrateDone, itemOf(r, killed).Outcome)
-	assert.Equal(t, MigrateDone, itemOf(r, deactivated).Outcome)
-	assert.Equal(t, StatusDeactivated, itemOf(r, deactivated).Status)
+	assert.Equal(t, MigrateSaving, reportItem(r, saving).Outcome)
+	assert.Equal(t, MigrateDone, reportItem(r, killed).Outcome)
+	assert.Equal(t, MigrateDone, reportItem(r, deactivated).Outcome)
+	assert.Equal(t, StatusDeactivated, reportItem(r, deactivated).Status)
 	for _, id := range sealed {
-		assert.Positive(t, itemOf(r, id).Bytes, id)
+		assert.Positive(t, reportItem(r, id).Bytes, id)
 	}
-	checkMigrated(t, src, d, saving)
+	migrateCheck(t, src, d, saving)
 	before := d.keys(t, "")
 
 	// Again: nothing changes (same ModRevs), every image skipped.
@@ -254,7 +254,7 @@ func TestMigrateStore(t *testing.T) {
 	assert.Equal(t, 1, r.Failed)
 	assert.Zero(t, r.Bytes)
 	assert.Equal(t, before, d.keys(t, ""), "a second run changes nothing in the catalog")
-	checkMigrated(t, src, d, saving)
+	migrateCheck(t, src, d, saving)
 
 	// The source is only read: a mount still finds the saving upload
 	// (and kills it), the records are those it had.
@@ -287,7 +287,7 @@ func TestMigrateInterrupted(t *testing.T) {
 	assert.Equal(t, first, r.Skipped, "the second run skips what the first did")
 	assert.Equal(t, 1, r.Failed, "the saving one")
 	assert.Equal(t, r.Images-first-1, r.Migrated)
-	checkMigrated(t, src, d, saving)
+	migrateCheck(t, src, d, saving)
 }
 
 // An interruption between the data and the record (a crash): the data
@@ -297,7 +297,7 @@ func TestMigrateDataWithoutRecord(t *testing.T) {
 	src := t.TempDir()
 	sealed, _, _, saving := migrateSource(t, src, 4)
 	d := newMigrateDst(t)
-	recs, _, _ := srcRecords(t, src)
+	recs, _, _ := migrateSrcRecords(t, src)
 	var im Image
 	require.NoError(t, json.Unmarshal(recs[sealed[1]], &im))
 	// What a crash after Put leaves: the data, not the record; and a
@@ -307,8 +307,8 @@ func TestMigrateDataWithoutRecord(t *testing.T) {
 
 	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
 	require.NoError(t, err)
-	assert.Equal(t, MigrateDone, itemOf(r, sealed[1]).Outcome)
-	checkMigrated(t, src, d, saving)
+	assert.Equal(t, MigrateDone, reportItem(r, sealed[1]).Outcome)
+	migrateCheck(t, src, d, saving)
 }
 
 func TestMigrateCorruptData(t *testing.T) {
@@ -326,12 +326,12 @@ func TestMigrateCorruptData(t *testing.T) {
 
 	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
 	require.NoError(t, err)
-	it := itemOf(r, bad)
+	it := reportItem(r, bad)
 	assert.Equal(t, MigrateDataError, it.Outcome)
 	assert.Contains(t, it.Detail, "hashes to md5")
 	assert.Equal(t, 2, r.Failed, "the corrupt one and the saving one")
-	checkMigrated(t, src, d, saving, bad)
-	recs, _, _ := srcRecords(t, src)
+	migrateCheck(t, src, d, saving, bad)
+	recs, _, _ := migrateSrcRecords(t, src)
 	var im Image
 	require.NoError(t, json.Unmarshal(recs[bad], &im))
 	assert.NotContains(t, d.keys(t, prefixName), prefixName+im.Name, "no name for the image not migrated")
@@ -345,7 +345,7 @@ func TestMigrateConflicts(t *testing.T) {
 	src := t.TempDir()
 	sealed, _, _, saving := migrateSource(t, src, 4)
 	d := newMigrateDst(t)
-	recs, _, _ := srcRecords(t, src)
+	recs, _, _ := migrateSrcRecords(t, src)
 	var im Image
 	require.NoError(t, json.Unmarshal(recs[sealed[1]], &im))
 	other := "00000000-0000-4000-8000-000000000000"
@@ -359,7 +359,7 @@ func TestMigrateConflicts(t *testing.T) {
 
 	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
 	require.NoError(t, err)
-	it := itemOf(r, sealed[1])
+	it := reportItem(r, sealed[1])
 	assert.Equal(t, MigrateConflict, it.Outcome)
 	assert.Contains(t, it.Detail, other)
 	assert.Equal(t, other, string(d.keys(t, prefixName)[prefixName+im.Name].Value), "the destination's name is not overwritten")
@@ -367,7 +367,7 @@ func TestMigrateConflicts(t *testing.T) {
 	_, err = os.Stat(filepath.Join(d.dir, sealed[1]+".vhd"))
 	assert.True(t, os.IsNotExist(err), "no data copied for a conflict")
 	assert.Equal(t, uint64(1000), d.seqIno(t), "seq/ino is never lowered")
-	assert.Equal(t, MigrateDone, itemOf(r, sealed[0]).Outcome)
+	assert.Equal(t, MigrateDone, reportItem(r, sealed[0]).Outcome)
 	_ = saving
 }
 
@@ -376,7 +376,7 @@ func TestMigrateConflicts(t *testing.T) {
 func TestMigrateTooLarge(t *testing.T) {
 	src := t.TempDir()
 	sealed, _, _, saving := migrateSource(t, src, 4)
-	recs, _, _ := srcRecords(t, src)
+	recs, _, _ := migrateSrcRecords(t, src)
 	var im Image
 	require.NoError(t, json.Unmarshal(recs[sealed[1]], &im))
 	for i := range 30 {
@@ -393,10 +393,10 @@ func TestMigrateTooLarge(t *testing.T) {
 
 	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
 	require.NoError(t, err)
-	it := itemOf(r, im.ID)
+	it := reportItem(r, im.ID)
 	assert.Equal(t, MigrateTooLarge, it.Outcome, it.Detail)
 	assert.Equal(t, 2, r.Failed, "the large one and the saving one")
-	checkMigrated(t, src, d, saving, im.ID)
+	migrateCheck(t, src, d, saving, im.ID)
 	_, err = os.Stat(filepath.Join(d.dir, im.ID+".vhd"))
 	assert.True(t, os.IsNotExist(err), "no data file left for the image not migrated")
 }
@@ -417,9 +417,9 @@ func TestMigrateDryRun(t *testing.T) {
 	assert.True(t, r.DryRun)
 	assert.Equal(t, 8, r.Images)
 	assert.Equal(t, 6, r.Migrated, "would be migrated")
-	assert.Equal(t, MigrateDataError, itemOf(r, bad).Outcome)
-	assert.Contains(t, itemOf(r, bad).Detail, "4096 bytes")
-	assert.Equal(t, MigrateSaving, itemOf(r, saving).Outcome)
+	assert.Equal(t, MigrateDataError, reportItem(r, bad).Outcome)
+	assert.Contains(t, reportItem(r, bad).Detail, "4096 bytes")
+	assert.Equal(t, MigrateSaving, reportItem(r, saving).Outcome)
 	assert.Positive(t, r.Bytes, "bytes verified")
 	assert.Empty(t, d.keys(t, ""), "a dry run writes nothing to the catalog")
 	ents, err := os.ReadDir(d.dir)
@@ -429,5 +429,5 @@ func TestMigrateDryRun(t *testing.T) {
 	r2, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, r.Migrated, r2.Migrated, "the run does what the dry run said")
-	checkMigrated(t, src, d, saving, bad)
+	migrateCheck(t, src, d, saving, bad)
 }
