@@ -56,29 +56,7 @@ done`, m.Mnt)
 		t.Fatalf("img-980 is %s after cp", got)
 	}
 	// The migration's namespace and data directory.
-	rb := make([]byte, 6)
-	rand.Read(rb)
-	ns := "/imagefs-test/migrate-" + hex.EncodeToString(rb) + "/"
-	raw, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		raw.Delete(ctx, ns, clientv3.WithPrefix())
-		cancel()
-		raw.Close()
-	})
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "etcd.conf")
-	if err := os.WriteFile(conf, []byte("[etcd]\nnamespace = "+ns+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"migrate", m.Store, "--catalog", "etcd://" + strings.Join(eps, ","), "--data", data, "--config", conf}
+	raw, ns, data, args := migrateTarget(t, eps, m.Store)
 
 	// A mounted store is refused (its catalog is locked), nothing written.
 	r := execCmd(binary, args...)
@@ -278,4 +256,80 @@ func migrateReadFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// migrateTarget makes a namespace in the etcd test cluster (removed at the
+// test's end), a data directory and a config file naming the namespace,
+// and returns a client, the namespace, the data directory and the
+// arguments of imagefs migrate for store.
+func migrateTarget(t *testing.T, eps []string, store string) (*clientv3.Client, string, string, []string) {
+	t.Helper()
+	rb := make([]byte, 6)
+	rand.Read(rb)
+	ns := "/imagefs-test/migrate-" + hex.EncodeToString(rb) + "/"
+	raw, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		raw.Delete(ctx, ns, clientv3.WithPrefix())
+		cancel()
+		raw.Close()
+	})
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "etcd.conf")
+	if err := os.WriteFile(conf, []byte("[etcd]\nnamespace = "+ns+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return raw, ns, data, []string{"migrate", store, "--catalog", "etcd://" + strings.Join(eps, ","), "--data", data, "--config", conf}
+}
+
+// TestMigrateReportsFailures: an image whose data does not verify (a byte
+// flipped on the store's disk) is listed with the reason, nothing of it
+// is written, the others are migrated, and the exit status is 1.
+func TestMigrateReportsFailures(t *testing.T) {
+	eps := testutil.EtcdEndpoints(t)
+	m := mount(t)
+	vhd := makeVHD(t, 1*mib, "fixed")
+	for _, name := range []string{"good", "rotten"} {
+		run(t, "mkdir", filepath.Join(m.Mnt, "images", name))
+		run(t, "cp", vhd.Path, filepath.Join(m.Mnt, "images", name, "image.vhd"))
+	}
+	run(t, "mkdir", filepath.Join(m.Mnt, "images", "empty"))
+	id := strings.TrimSpace(migrateReadFile(t, filepath.Join(m.Mnt, "images", "rotten", "properties", "id")))
+	m.stop()
+	path := filepath.Join(m.Store, "data", id+".vhd")
+	run(t, "chmod", "600", path)
+	run(t, "dd", "if=/dev/urandom", "of="+path, "bs=1", "count=1", "seek=4096", "conv=notrunc")
+
+	raw, ns, data, args := migrateTarget(t, eps, m.Store)
+	r := execCmd(binary, args...)
+	if r.code != 1 {
+		t.Errorf("imagefs migrate: want exit 1 (an image not migrated): %s", r)
+	}
+	if want := "not migrated: " + id + " (rotten, active): data-error: the data hashes to md5"; !strings.Contains(r.stdout, want) {
+		t.Errorf("want %q in\n%s", want, r.stdout)
+	}
+	if want := "3 images: 2 migrated, 0 already there, 1 not migrated"; !strings.Contains(r.stdout, want) {
+		t.Errorf("want %q in\n%s", want, r.stdout)
+	}
+	keys := migrateEtcdKeys(t, raw, ns)
+	if _, ok := keys["img/"+id]; ok {
+		t.Errorf("the record of the image not migrated is in the catalog")
+	}
+	if _, ok := keys["name/rotten"]; ok {
+		t.Errorf("the name of the image not migrated is in the catalog")
+	}
+	if _, ok := keys["name/good"]; !ok {
+		t.Errorf("the good image is not in the catalog")
+	}
+	ents, _ := os.ReadDir(data)
+	if len(ents) != 1 || ents[0].Name() == id+".vhd" {
+		t.Errorf("the data directory holds %v, want only the good image's data", ents)
+	}
 }
