@@ -195,7 +195,7 @@ func TestSharedUploadHostLost(t *testing.T) {
 	im, err := a.Create(alice, "img")
 	require.NoError(t, err)
 	startUpload(t, a, im.ID)
-	within(t, "host-b sees the upload", func() bool { return b.Get(im.ID).Status == StatusSaving })
+	within(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
 	require.NoError(t, bA.Close())
 	within(t, "host-b kills the upload", func() bool { return b.Get(im.ID).Status == StatusKilled })
 	reason := b.Get(im.ID).Extra[KeyKillReason]
@@ -217,7 +217,7 @@ func TestSharedSealAfterLeaseLost(t *testing.T) {
 	vhd := fixedVHD(t, 1<<20)
 	_, err = u.WriteAt(vhd, 0)
 	require.NoError(t, err)
-	within(t, "host-b sees the upload", func() bool { return b.Get(im.ID).Status == StatusSaving })
+	within(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
 
 	c := openEtcd(t, ns)
 	_, err = c.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Delete, Key: prefixUpload + im.ID}}})
