@@ -38,9 +38,11 @@ func (s *Store) OnChange(fn func(Change)) {
 	s.onChange.Store(&fn)
 }
 
-// noteChange records a committed change for deliver. Must hold s.mu;
-// takes deliverMu.
+// noteChange records a committed change for deliver, and keeps what
+// derives from the records in step (notePublished). Must hold s.mu (and
+// commitMu for writing); takes deliverMu.
 func (s *Store) noteChange(old, new *Image) {
+	s.notePublished(old, new)
 	if s.onChange.Load() == nil {
 		return
 	}

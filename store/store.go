@@ -180,6 +180,9 @@ type Store struct {
 	onChange   atomic.Pointer[func(Change)]
 
 	ww writerWatch // writers of provisional seals (reopen.go)
+
+	remote     remoteState // a shared catalog's watch, the in-memory property index (watch.go)
+	sharedStub             // swrite's fields (store/shared_types_stub.go; removed at merge)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -267,6 +270,14 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	if s.cat.it == nil {
+		s.loadMemIndex()
+	}
+	if s.cat.kv.Shared() {
+		if err := s.loadShared(rev); err != nil {
+			return err
+		}
+	}
 	if s.opts.checkOnly {
 		return nil
 	}
@@ -274,7 +285,13 @@ func (s *Store) load() error {
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
-	return s.reconcile()
+	if err := s.reconcile(); err != nil {
+		return err
+	}
+	if s.cat.kv.Shared() {
+		s.startRemote(rev + 1)
+	}
+	return nil
 }
 
 // reconcile repairs what an unclean stop can leave (see Check): in-flight
@@ -303,6 +320,7 @@ func (s *Store) reconcile() error {
 // fails.
 func (s *Store) Close() error {
 	s.stopWatch()
+	s.stopRemote()
 	var uploads []*Upload
 	s.pubMu.RLock()
 	for _, l := range s.live {
