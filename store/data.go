@@ -157,3 +157,36 @@ func (d *localData) Blocks(id string) (int64, error) {
 	}
 	return st.Blocks, nil
 }
+
+// copyOut is Reclaim across filesystems (data directory and staging on
+// two): the data is copied to path (0600, fsynced), then the data file is
+// removed. A failure leaves the data file and no file at path.
+func (d *localData) copyOut(id, path string) (err error) {
+	src, err := os.Open(d.path(id))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := dst.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if _, err = io.Copy(dst, src); err != nil {
+		return err
+	}
+	if err = dst.Sync(); err != nil {
+		return err
+	}
+	if err = syncDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	return d.Remove(id)
+}
