@@ -213,6 +213,13 @@ type liveImage struct {
 // after an unclean stop: uploads that were in flight become killed,
 // leftover staging files are removed, the data of deleted images is
 // removed, and a store that group or others can read is made private.
+//
+// With a shared Options.Catalog (kv.Backend.Shared: etcd), the records
+// are listed at one revision and then followed (watch.go): changes other
+// hosts commit are published here and delivered to OnChange as local
+// ones; the reconcile leaves alone the uploads other hosts hold (their
+// upload/<id> key is live), and the property index is held in memory
+// when the backend is not kv.Iterable.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.PropertyQuota <= 0 {
 		opts.PropertyQuota = DefaultPropertyQuota
@@ -312,7 +319,8 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close closes the catalog (Options.Catalog too, when set). Uploads
+// Close stops following a shared catalog and closes the catalog
+// (Options.Catalog too, when set). Uploads
 // still open are abandoned (they become killed at the next Open). Call
 // it once the server has stopped (no request in flight, none to come): it
 // waits for a seal still in progress (each upload's lock, taken in the

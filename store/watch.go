@@ -239,13 +239,13 @@ func (s *Store) follow(ctx context.Context, from int64) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("catalog watch ended: listing the catalog again", "from", from, "err", why)
 		start := time.Now()
 		rev, n, err := s.relist(ctx)
 		if err != nil {
 			return // ctx ended
 		}
-		s.log.Info("catalog listed again", "rev", rev, "changes", n, "ms", time.Since(start).Milliseconds())
+		s.log.Warn("catalog watch ended; listed the catalog again and applied the differences",
+			"watched_from", from, "why", why.Error(), "listed_at", rev, "changes", n, "ms", time.Since(start).Milliseconds())
 		from = rev + 1
 	}
 }
