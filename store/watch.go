@@ -171,7 +171,12 @@ func (s *Store) putRemote(im *Image) {
 	if cur != nil && cur.Name != im.Name && s.byName[cur.Name] == im.ID {
 		delete(s.byName, cur.Name)
 	}
-	s.byName[im.Name] = im.ID
+	// A record older than another's claim of the same name (this host
+	// published the later one first: its own commit, or a conflict's
+	// current state) does not take the name: the later one holds it.
+	if o := s.images[s.byName[im.Name]]; o == nil || o.ID == im.ID || o.Name != im.Name || o.rev < im.rev {
+		s.byName[im.Name] = im.ID
+	}
 	s.pubMu.Unlock()
 	s.noteChange(cur, im)
 }
