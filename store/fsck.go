@@ -215,7 +215,7 @@ func (k *checker) checkRecord(id string) *Image {
 		return nil
 	}
 	switch {
-	case im.Status == StatusSaving && s.uploadElsewhere(id):
+	case im.Status == StatusSaving && s.uploadsElsewhere(id):
 		// Another host's upload in flight (its lease is live): its data
 		// file, if present, is a seal in flight.
 		return nil

@@ -25,3 +25,10 @@ func (s *Store) uploadKeyGone(id string) {}
 // prefixUpload: upload/<id> -> JSON {"host": H, "since": RFC3339}, Leased
 // (shared catalogs only).
 const prefixUpload = "upload/"
+
+// uploadsElsewhere reports whether another host holds image id's upload
+// key. Must hold s.mu.
+func (s *Store) uploadsElsewhere(id string) bool {
+	k, ok := s.uploadKeys[id]
+	return ok && k.rev != 0 && k.host != s.opts.Host
+}

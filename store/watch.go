@@ -87,6 +87,11 @@ func (s *Store) notePublished(old, new *Image) {
 	}
 }
 
+// indexApply is where swrite's write path updates the in-memory property
+// index for a change it publishes: nothing to do, noteChange does it for
+// every published change (notePublished), local or remote.
+func (s *Store) indexApply(old, new *Image) {}
+
 // applyRemote applies changes of the catalog made elsewhere (the watch's
 // events, or the current keys a conflicting commit reported, as events)
 // to the published state, as a local commit would publish them, and
@@ -129,16 +134,17 @@ func (s *Store) applyEvent(ev kv.Event) {
 		if s.uploadKeys == nil {
 			s.uploadKeys = map[string]uploadKey{}
 		}
-		k, ok := s.uploadKeys[id]
+		k := s.uploadKeys[id]
+		if rev <= k.rev {
+			return // known already (this host's own commit)
+		}
 		if ev.Type == kv.EventDelete {
-			if ok && k.rev < rev {
-				delete(s.uploadKeys, id)
-			}
+			// Kept with rev 0 (absent) and its host, for the kill reason
+			// of uploadKeyGone (shared.go).
+			s.uploadKeys[id] = uploadKey{host: k.host}
 			return
 		}
-		if !ok || k.rev < rev {
-			s.uploadKeys[id] = uploadKey{rev: rev, host: uploadHost(ev.Pair.Value)}
-		}
+		s.uploadKeys[id] = uploadKey{rev: rev, host: uploadHost(ev.Pair.Value)}
 	case key == keySeqIno:
 		if ev.Type == kv.EventPut && len(ev.Pair.Value) == 8 && rev > s.seqRev {
 			s.nextIno, s.seqRev = binary.BigEndian.Uint64(ev.Pair.Value), rev
@@ -197,6 +203,7 @@ func (s *Store) dropRemote(id string, rev int64) {
 	l := s.live[id]
 	delete(s.live, id)
 	s.pubMu.Unlock()
+	delete(s.uploadKeys, id)
 	s.noteChange(cur, nil)
 	if l != nil {
 		// Upload.mu ranks above Store.mu: abandon them without it, as
@@ -361,13 +368,13 @@ func (s *Store) relistOnce() (int64, int, error) {
 		}
 	}
 	for id, k := range ups {
-		if cur, ok := s.uploadKeys[id]; !ok || cur.rev < k.rev {
+		if s.uploadKeys[id].rev < k.rev {
 			s.uploadKeys[id] = k
 		}
 	}
 	for id, k := range s.uploadKeys {
-		if _, ok := ups[id]; !ok && k.rev <= rev {
-			delete(s.uploadKeys, id)
+		if _, ok := ups[id]; !ok && k.rev != 0 && k.rev <= rev {
+			s.uploadKeys[id] = uploadKey{host: k.host} // deleted meanwhile (see applyEvent)
 			goneUploads = append(goneUploads, id)
 		}
 	}
@@ -379,13 +386,6 @@ func (s *Store) relistOnce() (int64, int, error) {
 		s.uploadKeyGone(id)
 	}
 	return rev, n, nil
-}
-
-// uploadElsewhere reports whether image id has an upload key held by
-// another host (a shared catalog; that host's lease is live).
-func (s *Store) uploadElsewhere(id string) bool {
-	k, ok := s.uploadKeys[id]
-	return ok && k.host != s.opts.Host
 }
 
 // recordNow reports whether a shared catalog has a record of id now
