@@ -139,9 +139,14 @@ func (s *Store) applyEvent(ev kv.Event) {
 			return // known already (this host's own commit)
 		}
 		if ev.Type == kv.EventDelete {
-			// Kept with rev 0 (absent) and its host, for the kill reason
-			// of uploadKeyGone (shared.go).
-			s.uploadKeys[id] = uploadKey{host: k.host}
+			// Kept with rev 0 (absent) and its host while the record is
+			// saving, for uploadKeyGone's kill (shared.go); forgotten
+			// otherwise (a seal or a kill deleted it).
+			if im := s.images[id]; im != nil && im.Status == StatusSaving {
+				s.uploadKeys[id] = uploadKey{host: k.host}
+			} else {
+				delete(s.uploadKeys, id)
+			}
 			return
 		}
 		s.uploadKeys[id] = uploadKey{rev: rev, host: uploadHost(ev.Pair.Value)}
@@ -374,7 +379,8 @@ func (s *Store) relistOnce() (int64, int, error) {
 	}
 	for id, k := range s.uploadKeys {
 		if _, ok := ups[id]; !ok && k.rev != 0 && k.rev <= rev {
-			s.uploadKeys[id] = uploadKey{host: k.host} // deleted meanwhile (see applyEvent)
+			// Deleted meanwhile: as applyEvent does.
+			s.applyEvent(kv.Event{Type: kv.EventDelete, Pair: kv.Pair{Key: prefixUpload + id, ModRev: rev}})
 			goneUploads = append(goneUploads, id)
 		}
 	}
