@@ -1,5 +1,7 @@
 package store
 
+import "encoding/json"
+
 // Declarations swrite owns (store/shared.go on its branch), stubbed here
 // so that the read side builds before the merge. The lead deletes this
 // file, and the sharedStub line of Store, at the merge.
@@ -31,4 +33,13 @@ const prefixUpload = "upload/"
 func (s *Store) uploadsElsewhere(id string) bool {
 	k, ok := s.uploadKeys[id]
 	return ok && k.rev != 0 && k.host != s.opts.Host
+}
+
+// uploadHost returns the host an upload/<id> value names ("" if none).
+func uploadHost(v []byte) string {
+	var u struct {
+		Host string `json:"host"`
+	}
+	json.Unmarshal(v, &u)
+	return u.Host
 }

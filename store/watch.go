@@ -157,15 +157,6 @@ func (s *Store) applyEvent(ev kv.Event) {
 	}
 }
 
-// uploadHost returns the host an upload/<id> value names ("" if none).
-func uploadHost(v []byte) string {
-	var u struct {
-		Host string `json:"host"`
-	}
-	json.Unmarshal(v, &u)
-	return u.Host
-}
-
 // putRemote publishes im, a record another host committed, unless the
 // published one is as recent or the image was deleted since. Must hold
 // s.mu and commitMu (write).
