@@ -422,3 +422,76 @@ func TestSharedLaggingWatchKeepsOwnName(t *testing.T) {
 	assert.Equal(t, p.ID, got.ID)
 	assert.Equal(t, []string{"x", "z"}, names(b.List()))
 }
+
+// TestSharedLaggingWatchDoesNotResurrect: an image B created and deleted
+// before its watch reported the create is not brought back when the
+// watch reports it late (no change delivered, never listed).
+func TestSharedLaggingWatchDoesNotResurrect(t *testing.T) {
+	cat := newSharedCatalog(t)
+	b, _ := cat.open("b", "")
+	b.stopRemote()
+	b.mu.Lock()
+	from := b.remote.rev + 1
+	b.mu.Unlock()
+	x, err := b.Create(alice, "x")
+	require.NoError(t, err)
+	require.NoError(t, b.Delete(alice, x.ID))
+	y, err := b.Create(alice, "y") // the revision to wait for
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var back []Change
+	b.OnChange(func(c Change) {
+		if c.New != nil && c.New.ID == x.ID {
+			mu.Lock()
+			back = append(back, c)
+			mu.Unlock()
+		}
+	})
+	b.startRemote(from)
+	within(t, "the watch catches up", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.remote.rev >= y.rev
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Empty(t, back, "the deleted image came back")
+	assert.Nil(t, b.Get(x.ID))
+	assert.Equal(t, []string{"y"}, names(b.List()))
+}
+
+// TestSharedUploadKeysFollowed: B tracks the upload key A holds for an
+// image it uploads (its revision and host), and its delete: kept as
+// absent with its host while the record is saving (for the kill of an
+// upload whose host died), forgotten once the image is deleted.
+func TestSharedUploadKeysFollowed(t *testing.T) {
+	cat := newSharedCatalog(t)
+	a, ab := cat.open("a", "")
+	b, _ := cat.open("b", "")
+	im, err := a.Create(alice, "up")
+	require.NoError(t, err)
+	u, err := a.OpenWrite(alice, im.ID, true)
+	require.NoError(t, err)
+	defer a.EndWriter(u)
+	_, err = u.WriteAt(make([]byte, 4096), 0) // the first write makes it saving
+	require.NoError(t, err)
+	putUploadKey(t, ab, im.ID, "a")
+	key := func() (uploadKey, bool) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		k, ok := b.uploadKeys[im.ID]
+		return k, ok
+	}
+	within(t, "B sees A's upload key", func() bool { k, _ := key(); return k.rev != 0 })
+	k, _ := key()
+	assert.Equal(t, "a", k.host)
+	within(t, "B sees the record saving", func() bool { return b.Get(im.ID).Status == StatusSaving })
+	_, err = ab.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Delete, Key: prefixUpload + im.ID}}})
+	require.NoError(t, err)
+	within(t, "B sees the key deleted", func() bool { k, _ := key(); return k.rev == 0 })
+	k, ok := key()
+	assert.True(t, ok)
+	assert.Equal(t, "a", k.host, "the host is kept for the kill reason")
+	require.NoError(t, a.Delete(alice, im.ID))
+	within(t, "B forgets the key with the image", func() bool { _, ok := key(); return !ok })
+}
