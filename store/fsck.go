@@ -217,6 +217,10 @@ func (k *checker) checkRecord(id string) *Image {
 		return nil
 	}
 	switch {
+	case im.Status == StatusSaving && s.uploadsElsewhere(id):
+		// Another host's upload in flight (its lease is live): its data
+		// file, if present, is a seal in flight.
+		return nil
 	case k.hasData[id] && !im.Status.Sealed():
 		return k.checkUncommittedSeal(im)
 	case im.Status == StatusSaving:
@@ -320,6 +324,9 @@ func (k *checker) checkDataFiles() error {
 				delete(k.hasData, id)
 			}
 			k.add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
+		case s.recordNow(id):
+			// A shared catalog's image created after the load (by
+			// another host) whose seal stored its data since.
 		default:
 			k.add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
 		}

@@ -187,6 +187,8 @@ type Store struct {
 	onChange   atomic.Pointer[func(Change)]
 
 	ww writerWatch // writers of provisional seals (reopen.go)
+
+	remote     remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -217,6 +219,13 @@ type liveImage struct {
 // after an unclean stop: uploads that were in flight become killed,
 // leftover staging files are removed, the data of deleted images is
 // removed, and a store that group or others can read is made private.
+//
+// With a shared Options.Catalog (kv.Backend.Shared: etcd), the records
+// are listed at one revision and then followed (watch.go): changes other
+// hosts commit are published here and delivered to OnChange as local
+// ones; the reconcile leaves alone the uploads other hosts hold (their
+// upload/<id> key is live), and the property index is held in memory
+// when the backend is not kv.Iterable.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.PropertyQuota <= 0 {
 		opts.PropertyQuota = DefaultPropertyQuota
@@ -262,9 +271,6 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 func (s *Store) load() error {
-	if s.cat.it == nil {
-		return s.loadShared() // STAND-IN (swrite) until sread's shared Open
-	}
 	next, seqRev, rev, err := s.cat.nextInoBase()
 	if err != nil {
 		return err
@@ -278,6 +284,14 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	if s.cat.it == nil {
+		s.loadMemIndex()
+	}
+	if s.cat.kv.Shared() {
+		if err := s.loadShared(rev); err != nil {
+			return err
+		}
+	}
 	if s.opts.checkOnly {
 		return nil
 	}
@@ -285,7 +299,13 @@ func (s *Store) load() error {
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
-	return s.reconcile()
+	if err := s.reconcile(); err != nil {
+		return err
+	}
+	if s.cat.kv.Shared() {
+		s.startRemote(rev + 1)
+	}
+	return nil
 }
 
 // reconcile repairs what an unclean stop can leave (see Check): in-flight
@@ -306,7 +326,8 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close closes the catalog (Options.Catalog too, when set). Uploads
+// Close stops following a shared catalog and closes the catalog
+// (Options.Catalog too, when set). Uploads
 // still open are abandoned (they become killed at the next Open). Call
 // it once the server has stopped (no request in flight, none to come): it
 // waits for a seal still in progress (each upload's lock, taken in the
@@ -314,6 +335,7 @@ func (s *Store) reconcile() error {
 // fails.
 func (s *Store) Close() error {
 	s.stopWatch()
+	s.stopRemote()
 	var uploads []*Upload
 	s.pubMu.RLock()
 	for _, l := range s.live {
@@ -448,7 +470,6 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 			s.seqRev = rev
 			s.noteChange(nil, im)
 			s.pubMu.Lock()
-			s.indexApply(nil, im)
 			s.images[im.ID] = im
 			s.byName[name] = im.ID
 			s.pubMu.Unlock()
@@ -719,7 +740,6 @@ func (s *Store) Delete(c Caller, id string) error {
 			s.setUploadKey(id, uploadKey{}, true)
 			s.noteChange(im, nil)
 			s.pubMu.Lock()
-			s.indexApply(im, nil)
 			delete(s.images, id)
 			if s.byName[im.Name] == id {
 				delete(s.byName, im.Name)
