@@ -347,6 +347,13 @@ func putUploadKey(t *testing.T, b kv.Backend, id, host string) {
 	require.NoError(t, err)
 }
 
+// delUploadKey removes upload/<id> through backend b (as its host's
+// lease expiring would).
+func delUploadKey(t *testing.T, b kv.Backend, id string) {
+	_, err := b.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Delete, Key: prefixUpload + id}}})
+	require.NoError(t, err)
+}
+
 // TestSharedReconcileLeavesOtherHostsUploads: B's Open kills an image
 // left saving whose upload key is absent or names B, and leaves alone one
 // whose key names A (a live host): its record stays saving and its data
@@ -369,8 +376,10 @@ func TestSharedReconcileLeavesOtherHostsUploads(t *testing.T) {
 	// Its seal handed the data over and is about to commit.
 	data := fixedVHD(t, 1<<20)
 	require.NoError(t, os.WriteFile(filepath.Join(cat.data, inflight.ID+".vhd"), data, 0o400))
-	orphan := saving("orphan") // no upload key: its host is gone
+	orphan := saving("orphan")
+	delUploadKey(t, ab, orphan.ID) // no upload key: its host is gone
 	mine := saving("mine")
+	delUploadKey(t, ab, mine.ID)
 	putUploadKey(t, ab, mine.ID, "b") // B's, from before B restarted
 
 	bdir := filepath.Join(t.TempDir(), "store")

@@ -188,7 +188,7 @@ type Store struct {
 
 	ww writerWatch // writers of provisional seals (reopen.go)
 
-	remote     remoteState // a shared catalog's watch, the in-memory property index (watch.go)
+	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
