@@ -1,0 +1,426 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
+)
+
+// The harness of the shared-catalog tests (issue 15): several imagefs
+// daemons on this machine stand in for hypervisor hosts. Each has its own
+// STORE (staging) and mountpoint, all share one --data directory (sealed
+// data, as an NFS export would be) and one etcd namespace, fresh for each
+// test, in the 3-member etcd cluster of scripts/etcd.sh.
+
+// sharedLeaseTTL is the etcd lease of an upload in the tests' config
+// (lease_ttl): a host that dies mid-upload has its image killed on the
+// others within this plus a few seconds.
+const sharedLeaseTTL = 3 * time.Second
+
+// hostID returns the --host-id of the i-th host of a shared cluster:
+// host-a, host-b, host-c, ...
+func hostID(i int) string { return "host-" + string(rune('a'+i)) }
+
+// etcd is the cluster the tests use, started once per test process.
+var etcd struct {
+	once      sync.Once
+	endpoints []string
+	script    string // scripts/etcd.sh, "" with IMAGEFS_ETCD_ENDPOINTS
+	problem   string // why there is no cluster ("" when there is one)
+	started   bool   // this process started it: stopSharedServices stops it
+}
+
+// etcdScriptPath is scripts/etcd.sh of the module (go test runs in
+// integration/, the module root is its parent, as TestMain's build uses).
+func etcdScriptPath() string {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		return filepath.Join("..", "scripts", "etcd.sh")
+	}
+	return filepath.Join(root, "scripts", "etcd.sh")
+}
+
+// etcdEndpoints returns the client endpoints (host:port) of the tests'
+// etcd cluster. $IMAGEFS_ETCD_ENDPOINTS (comma-separated) names a running
+// cluster that the tests neither start nor stop; otherwise the first call
+// runs scripts/etcd.sh start (which installs etcd if missing and waits
+// for three healthy members) unless `etcd.sh status` says the cluster
+// already runs, and stopSharedServices stops what it started. Without the
+// script or a cluster the test is skipped, or fails when CI=true.
+//
+// TODO(lead): replace with testutil.EtcdEndpoints at merge
+func etcdEndpoints(t testing.TB) []string {
+	t.Helper()
+	etcd.once.Do(startEtcd)
+	if etcd.problem != "" {
+		testutil.SkipOrFail(t, "no etcd cluster for the shared-catalog tests: %s", etcd.problem)
+	}
+	return etcd.endpoints
+}
+
+func startEtcd() {
+	if env := os.Getenv("IMAGEFS_ETCD_ENDPOINTS"); env != "" {
+		eps, err := parseEndpoints(env)
+		if err != nil {
+			etcd.problem = "IMAGEFS_ETCD_ENDPOINTS: " + err.Error()
+			return
+		}
+		etcd.endpoints = eps
+		return
+	}
+	script := etcdScriptPath()
+	if _, err := os.Stat(script); err != nil {
+		etcd.problem = fmt.Sprintf("%s: %v", script, err)
+		return
+	}
+	etcd.script = script
+	running := execCmd(script, "status").err == nil
+	r := execCmd(script, "start")
+	if r.err != nil {
+		etcd.problem = fmt.Sprintf("%s start: %s", script, r)
+		return
+	}
+	etcd.started = !running
+	// The endpoints are start's last line of output.
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	eps, err := parseEndpoints(lines[len(lines)-1])
+	if err != nil {
+		etcd.problem = fmt.Sprintf("%s start printed %q: %v", script, r.stdout, err)
+		return
+	}
+	etcd.endpoints = eps
+}
+
+// parseEndpoints splits "host:port,host:port,..." and checks each.
+func parseEndpoints(s string) ([]string, error) {
+	var eps []string
+	for _, ep := range strings.Split(strings.TrimSpace(s), ",") {
+		ep = strings.TrimSpace(ep)
+		if _, port, err := net.SplitHostPort(ep); err != nil {
+			return nil, err
+		} else if _, err := strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("%q: port is not a number", ep)
+		}
+		eps = append(eps, ep)
+	}
+	return eps, nil
+}
+
+// stopSharedServices stops the etcd cluster if this process started it;
+// TestMain calls it after the tests.
+//
+// TODO(lead): replace with testutil.StopServices at merge
+func stopSharedServices() {
+	if etcd.started && etcd.script != "" {
+		if r := execCmd(etcd.script, "stop"); r.err != nil {
+			fmt.Fprintf(os.Stderr, "integration: %s stop: %s\n", etcd.script, r)
+		}
+		etcd.started = false
+	}
+}
+
+// etcdScript returns scripts/etcd.sh for the fault tests that stop and
+// start members; it skips (fails in CI) when the cluster is not the
+// script's.
+func etcdScript(t testing.TB) string {
+	t.Helper()
+	etcdEndpoints(t)
+	if etcd.script == "" {
+		testutil.SkipOrFail(t, "the etcd cluster is not scripts/etcd.sh's (IMAGEFS_ETCD_ENDPOINTS): cannot stop members")
+	}
+	return etcd.script
+}
+
+// etcdMember runs scripts/etcd.sh ARGS (stop-member N, start-member N,
+// start, stop); it must succeed.
+func etcdMember(t testing.TB, args ...string) {
+	t.Helper()
+	start := time.Now()
+	r := execCmd(etcdScript(t), args...)
+	if r.err != nil {
+		t.Fatalf("etcd.sh %s: %s", strings.Join(args, " "), r)
+	}
+	t.Logf("etcd.sh %s: %v", strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
+}
+
+// etcdLeader returns the member number (1-3, the endpoint's position in
+// etcdEndpoints) of the current leader, from etcdctl endpoint status; 1
+// when etcdctl cannot tell.
+func etcdLeader(t testing.TB) int {
+	t.Helper()
+	eps := etcdEndpoints(t)
+	cmd := exec.Command("etcdctl", "--endpoints="+strings.Join(eps, ","), "--dial-timeout=2s",
+		"--command-timeout=5s", "endpoint", "status", "--write-out=json")
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Logf("etcdctl endpoint status: %v; taking member 1", err)
+		return 1
+	}
+	var st []struct {
+		Endpoint string
+		Status   struct {
+			Header struct {
+				MemberID uint64 `json:"member_id"`
+			} `json:"header"`
+			Leader uint64 `json:"leader"`
+		}
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Logf("etcdctl endpoint status: %v in %s; taking member 1", err, out)
+		return 1
+	}
+	for _, s := range st {
+		if s.Status.Leader != 0 && s.Status.Header.MemberID == s.Status.Leader {
+			if i := slices.Index(eps, s.Endpoint); i >= 0 {
+				return i + 1
+			}
+		}
+	}
+	t.Logf("etcdctl endpoint status names no leader among %v: %s; taking member 1", eps, out)
+	return 1
+}
+
+// randHex returns n random bytes in hex.
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// sharedEnv is what the hosts of one shared cluster share.
+type sharedEnv struct {
+	Endpoints []string
+	Namespace string // the etcd key prefix of this test's catalog
+	Config    string // the config file (mode 0600) every host reads
+	Data      string // the shared --data directory
+}
+
+// sharedCluster starts n imagefs daemons, the hosts host-a, host-b, ...,
+// on one fresh shared catalog: each with its own STORE and mountpoint
+// (fsMount, cleaned up like mount's), all with
+//
+//	--catalog etcd://EP,EP,EP --data DATA --host-id host-X --config FILE
+//
+// where FILE (t.TempDir(), 0600) holds
+//
+//	[etcd]
+//	namespace = /imagefs-test-<random>/
+//	lease_ttl = 3s
+func sharedCluster(t testing.TB, n int) []*fsMount {
+	t.Helper()
+	hosts, _ := sharedClusterArgs(t, n)
+	return hosts
+}
+
+// sharedClusterArgs is sharedCluster with more arguments of imagefs mount
+// for every host (such as --allow-other); it also returns the shared
+// environment.
+func sharedClusterArgs(t testing.TB, n int, extra ...string) ([]*fsMount, sharedEnv) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	requireTools(t, "umount")
+	env := sharedEnv{Endpoints: etcdEndpoints(t), Namespace: "/imagefs-test-" + randHex(8) + "/"}
+	dir := t.TempDir()
+	env.Data = filepath.Join(dir, "data")
+	if err := os.Mkdir(env.Data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	env.Config = filepath.Join(dir, "imagefs.conf")
+	conf := fmt.Sprintf("[etcd]\nnamespace = %s\nlease_ttl = %s\n", env.Namespace, sharedLeaseTTL)
+	if err := os.WriteFile(env.Config, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(env.Config, 0o600); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	// Runs after every host's cleanup (cleanups run last first): this
+	// test's keys leave the cluster.
+	t.Cleanup(func() { etcdDeletePrefix(t, env) })
+	catalog := "etcd://" + strings.Join(env.Endpoints, ",")
+	t.Logf("shared catalog %s namespace %s, data %s", catalog, env.Namespace, env.Data)
+	var hosts []*fsMount
+	for i := range n {
+		host := hostID(i)
+		hd := filepath.Join(dir, host)
+		m := &fsMount{
+			t:     t,
+			Store: filepath.Join(hd, "store"),
+			Mnt:   filepath.Join(hd, "mnt"),
+			log:   filepath.Join(hd, "imagefs.log"),
+			Args: append([]string{"--catalog", catalog, "--data", env.Data,
+				"--host-id", host, "--config", env.Config}, extra...),
+		}
+		if err := os.MkdirAll(m.Mnt, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// As mount's cleanup.
+		t.Cleanup(func() {
+			m.stop()
+			if data, _ := os.ReadFile(m.log); bytes.Contains(data, []byte("WARNING: DATA RACE")) {
+				t.Errorf("%s: the daemon reported a data race", host)
+			}
+			if t.Failed() {
+				data, _ := os.ReadFile(m.log)
+				t.Logf("%s: imagefs daemon log (%s):\n%s", host, m.log, data)
+			}
+		})
+		m.start()
+		hosts = append(hosts, m)
+	}
+	return hosts, env
+}
+
+// etcdDeletePrefix removes the test's namespace from the cluster with
+// etcdctl, if it is installed (best effort: a namespace left behind
+// harms nobody, each test has its own).
+func etcdDeletePrefix(t testing.TB, env sharedEnv) {
+	if _, err := exec.LookPath("etcdctl"); err != nil {
+		return
+	}
+	cmd := exec.Command("etcdctl", "--endpoints="+strings.Join(env.Endpoints, ","), "--dial-timeout=2s",
+		"--command-timeout=5s", "del", "--prefix", env.Namespace)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Logf("etcdctl del --prefix %s: %v: %s", env.Namespace, err, out)
+	}
+}
+
+// eventually polls cond (every 2 ms) until it holds and returns how long
+// that took, which it logs; it fails the test when cond does not hold
+// within deadline. Call it right after the change whose arrival cond
+// checks: the delay is measured from the call.
+func eventually(t testing.TB, deadline time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if d := time.Since(start); d > deadline {
+			t.Fatalf("%s: not within %v", what, deadline)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	d := time.Since(start)
+	t.Logf("%s: after %v", what, d.Round(100*time.Microsecond))
+	return d
+}
+
+// lsHas reports whether ls(1) of dir lists every one of names.
+func lsHas(dir string, names ...string) bool {
+	r := execCmd("ls", "-1", dir)
+	if r.err != nil {
+		return false
+	}
+	got := strings.Fields(r.stdout)
+	for _, n := range names {
+		if !slices.Contains(got, n) {
+			return false
+		}
+	}
+	return true
+}
+
+// lsLacks reports whether ls(1) of dir succeeds and lists none of names.
+func lsLacks(dir string, names ...string) bool {
+	r := execCmd("ls", "-1", dir)
+	if r.err != nil {
+		return false
+	}
+	got := strings.Fields(r.stdout)
+	for _, n := range names {
+		if slices.Contains(got, n) {
+			return false
+		}
+	}
+	return true
+}
+
+// lsSorted returns ls -1 of dir (ls sorts), which must succeed.
+func lsSorted(t testing.TB, dir string) []string {
+	t.Helper()
+	return strings.Fields(run(t, "ls", "-1", dir))
+}
+
+// timedOp is what one helper operation did in a child process that was
+// killed if it did not finish in time.
+type timedOp struct {
+	Res  testutil.SysResult
+	Took time.Duration
+	Hung bool // killed after the limit
+}
+
+func (o timedOp) String() string {
+	if o.Hung {
+		return fmt.Sprintf("hung (killed after %v)", o.Took.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("%s after %v", o.Res, o.Took.Round(time.Millisecond))
+}
+
+// opTimed runs one operation of the test binary's syscall helper
+// (testutil's SysHelperEnv: OP PATH ARGS, such as "write PATH VALUE" or
+// "mkdir PATH") as root in a child process, which it SIGKILLs after limit
+// (a FUSE request that waits is killable), and reports the errno and the
+// time it took. Nothing a daemon does can hang the test. Safe to call
+// from several goroutines.
+func opTimed(limit time.Duration, op, path string, args ...string) timedOp {
+	self, err := os.Executable()
+	if err != nil {
+		return timedOp{Res: testutil.SysResult{Code: -1, Err: err}}
+	}
+	cmd := exec.Command(self, append([]string{op, path}, args...)...)
+	cmd.Env = append(os.Environ(), testutil.SysHelperEnv+"=1")
+	cmd.Dir = os.TempDir()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return timedOp{Res: testutil.SysResult{Code: -1, Err: err}}
+	}
+	var mu sync.Mutex
+	hung := false
+	timer := time.AfterFunc(limit, func() {
+		mu.Lock()
+		hung = true
+		mu.Unlock()
+		cmd.Process.Kill()
+	})
+	err = cmd.Wait()
+	took := time.Since(start)
+	timer.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	res := testutil.SysResult{Out: out.String(), Stderr: errb.String(), Err: err}
+	if ee, ok := err.(*exec.ExitError); ok {
+		res.Code = ee.ExitCode()
+	} else if err != nil {
+		res.Code = -1
+	}
+	if res.Code == 1 {
+		if f := strings.Fields(res.Stderr); len(f) >= 2 {
+			res.Errno, res.Step = testutil.ErrnoByName(f[0]), f[1]
+		}
+	}
+	return timedOp{Res: res, Took: took, Hung: hung}
+}
+
+// toolTimed runs a tool (SIGKILLed after limit, with timeout(1)) and
+// returns what it did.
+func toolTimed(limit time.Duration, name string, args ...string) result {
+	secs := strconv.FormatFloat(limit.Seconds(), 'f', 1, 64)
+	return execCmd("timeout", append([]string{"-s", "KILL", secs, name}, args...)...)
+}
