@@ -134,15 +134,19 @@ func stopSharedServices() {
 }
 
 // etcdScript returns scripts/etcd.sh for the fault tests that stop and
-// start members; it skips (fails in CI) when the cluster is not the
-// script's.
+// start members of the cluster etcdEndpoints returns; it skips (fails in
+// CI) when the cluster is not the script's (IMAGEFS_ETCD_ENDPOINTS).
 func etcdScript(t testing.TB) string {
 	t.Helper()
 	etcdEndpoints(t)
-	if etcd.script == "" {
+	if os.Getenv("IMAGEFS_ETCD_ENDPOINTS") != "" {
 		testutil.SkipOrFail(t, "the etcd cluster is not scripts/etcd.sh's (IMAGEFS_ETCD_ENDPOINTS): cannot stop members")
 	}
-	return etcd.script
+	script := etcdScriptPath()
+	if _, err := os.Stat(script); err != nil {
+		testutil.SkipOrFail(t, "%v", err)
+	}
+	return script
 }
 
 // etcdMember runs scripts/etcd.sh ARGS (stop-member N, start-member N,
