@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -701,6 +702,12 @@ func countLines(path string) int {
 	return bytes.Count(b, []byte("\n"))
 }
 
+// outageLine matches a daemon's log line that says etcd is unreachable
+// (store/kv/etcdkv: "etcd catalog unreachable: changes fail until it is
+// back"), or a line about a refused change that says the catalog is
+// unavailable (which there must not be one of per request).
+var outageLine = regexp.MustCompile(`(?i)unreachable|unavailable`)
+
 // writeUntil writes value to path (opTimed "write", 20 s limit each)
 // until a write succeeds, for at most within; it returns how long that
 // took.
@@ -734,9 +741,10 @@ func writeUntil(t testing.TB, within time.Duration, path, value string) time.Dur
 // after 20 s).
 //
 // Members started again: within 10 s a property write succeeds on each
-// host, and the other host sees it; every change that succeeded before the
-// outage is present on both hosts, and the changes refused during it are
-// not.
+// host, and the other host sees it; each daemon logged one line about the
+// outage (not one per refused request); every change that succeeded before
+// the outage is present on both hosts, and the changes refused during it
+// are not.
 func TestSharedEtcdFaults(t *testing.T) {
 	script := etcdScript(t)
 	hosts := sharedCluster(t, 2)
@@ -834,6 +842,10 @@ done`
 	etcdMember(t, "start-member", member)
 
 	// Phase 2: all members down.
+	logAt := map[*fsMount]int{}
+	for _, m := range hosts {
+		logAt[m] = len(readFile(m.log))
+	}
 	etcdMember(t, "stop")
 	all := append([]string{"before"}, names...)
 	for i, m := range hosts {
@@ -894,6 +906,18 @@ done`
 	for i, m := range hosts {
 		d := writeUntil(t, 10*time.Second, m.propFile(names[i], "after"), hostID(i)+"\n")
 		t.Logf("%s: first property write that succeeded: %v after etcd was back", hostID(i), d.Round(time.Millisecond))
+	}
+	// One log line per outage, not one per refused request.
+	for i, m := range hosts {
+		var lines []string
+		for _, l := range strings.Split(string(tail(readFile(m.log), logAt[m])), "\n") {
+			if outageLine.MatchString(l) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) != 1 {
+			t.Errorf("%s: %d log lines about the outage (%s), want one:\n%s", hostID(i), len(lines), outageLine, strings.Join(lines, "\n"))
+		}
 	}
 	eventually(t, 10*time.Second, "both hosts see both writes made after the outage", func() bool {
 		for i := range hosts {
