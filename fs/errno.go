@@ -4,6 +4,7 @@ import (
 	"errors"
 	"syscall"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/imagefs/imagefs/store"
 	"golang.org/x/sys/unix"
 )
@@ -15,6 +16,7 @@ import (
 //	ErrTooBig -> E2BIG         ErrQuota -> ENOSPC        ErrRefused -> EINVAL
 //	ErrBusy -> EBUSY           ErrCatalog -> EIO         ErrNoSpace -> ENOSPC
 //	ErrCrossDirectory -> EPERM errNotUserXattr -> EOPNOTSUPP
+//	ErrUnavailable -> EAGAIN
 //	syscall.Errno -> itself
 //
 // Two faces map one store error otherwise, here too: toXattrErrno (a
@@ -52,6 +54,7 @@ var errnoMap = []struct {
 	{store.ErrBusy, syscall.EBUSY},
 	{store.ErrCatalog, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
+	{store.ErrUnavailable, syscall.EAGAIN},
 	// Not EXDEV: mv would then copy and remove, and a copy into an image
 	// directory is an upload (a property file moved there would kill an
 	// unsealed image).
@@ -96,4 +99,18 @@ func renameMode(flags uint32) (store.RenameMode, syscall.Errno) {
 		return store.RenameNoReplace, 0
 	}
 	return 0, syscall.EINVAL
+}
+
+// renameWithin translates a rename(2) whose source directory is d (an
+// image directory or a properties/ directory): a target directory that
+// is not d's kind of directory of d's image is store.ErrCrossDirectory,
+// and flags go through renameMode.
+func renameWithin[D interface {
+	*imageDir | *propsDir
+	imageID() string
+}](d D, newParent gofs.InodeEmbedder, flags uint32) (store.RenameMode, syscall.Errno) {
+	if np, ok := newParent.(D); !ok || np.imageID() != d.imageID() {
+		return 0, toErrno(store.ErrCrossDirectory)
+	}
+	return renameMode(flags)
 }

@@ -1,7 +1,9 @@
 // Package fs is the FUSE face of an imagefs store: the node tree of
-// ../shared/docs/layout.md, built on go-fuse's fs API. It stays thin: each
-// handler turns a kernel request into one store call and maps the store's
-// error to an errno (errno.go); the rules live in store/.
+// docs/layout.md, built on go-fuse's fs API. It stays thin: a handler
+// turns a kernel request into a store call and maps the store's error to
+// an errno (errno.go); the rules live in store/. (Rmdir and Rename in
+// images/ first resolve the name to an image id, a second call; what fs
+// keeps for itself is about the kernel: see docs/design.md.)
 //
 // Inode numbers are the store's stable numbers (Image.Ino), so image.vhd
 // under images/<name>/ and by-id/<id>/ is one inode and numbers survive a

@@ -181,11 +181,7 @@ func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	np, ok := newParent.(*imageDir)
-	if !ok || np.id != d.id {
-		return toErrno(store.ErrCrossDirectory)
-	}
-	mode, errno := renameMode(flags)
+	mode, errno := renameWithin(d, newParent, flags)
 	if errno != 0 {
 		return errno
 	}

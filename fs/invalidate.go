@@ -26,12 +26,15 @@ const untilChanged = time.Hour
 // images/ (old and new name) and by-id/, and what is below them. Their
 // attributes are dropped (every change moves updated_at, which is their
 // mtime); a property file whose value changed also loses its cached
-// pages. Entries of removed properties are dropped in the background
-// (dropEntryLater), the one exception to "before the request replies":
-// that needs the lock of properties/, which the kernel may hold for the
-// very request being served (unlink, rename, create). Until then the old
-// entry leads to an inode whose Getattr and Open by path answer ESTALE,
-// which makes the kernel look the name up again.
+// pages. Two exceptions to "before the request replies", both entries
+// (an entry notification needs the lock of its directory): entries of
+// removed properties are dropped in the background (dropEntryLater),
+// since the kernel may hold properties/ for the very request being served
+// (unlink, rename, create); until then the old entry leads to an inode
+// whose Getattr and Open by path answer ESTALE, which makes the kernel
+// look the name up again. The other entries (an old image name, a deleted
+// image's by-id/ entry, the view entries of invalidateViews) are waited
+// for up to dropEntryWait, then the request replies (dropEntry).
 //
 // The store calls it with no store lock held, and it holds none of its
 // own (notify.go). A notification that drops pages waits for reads of

@@ -17,6 +17,9 @@ type node struct {
 	id   string
 }
 
+// imageID returns the id of the node's image.
+func (n *node) imageID() string { return n.id }
+
 // image returns the current record, or nil once deleted. Every request
 // about an image asks for it, so it also records that the image is in use
 // (reaper.go).

@@ -122,13 +122,9 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 // file's value and removes the file (sed -i, write-temp-then-rename).
 // RENAME_NOREPLACE (mv to a new name) is honoured; RENAME_EXCHANGE is not
 // supported (EINVAL). A value or key the new key's rule refuses is EPERM,
-// not EINVAL (see below).
+// not EINVAL (toRenamePropertyErrno).
 func (d *propsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	np, ok := newParent.(*propsDir)
-	if !ok || np.id != d.id {
-		return toErrno(store.ErrCrossDirectory)
-	}
-	mode, errno := renameMode(flags)
+	mode, errno := renameWithin(d, newParent, flags)
 	if errno != 0 {
 		return errno
 	}

@@ -10,7 +10,7 @@ import (
 
 // invalidateViews drops what the kernel keeps of the filter views
 // (views.go) that change c makes stale, before the request that made the
-// change replies:
+// change replies (entries: or after dropEntryWait, see dropEntry):
 //
 //   - the attributes of the image's link (owner and mtime change with
 //     every change), once: the link is one inode in every view;

@@ -200,17 +200,23 @@ func (m *fsMount) start() {
 	}()
 	liveMounts.Store(m.Mnt, true)
 	deadline := time.Now().Add(10 * time.Second)
-	for !isMounted(m.Mnt) {
-		select {
-		case <-m.done:
-			m.t.Fatalf("imagefs exited before mounting: %v", m.err)
-		default:
+	// waitFor polls until ok, failing when the daemon exits first or
+	// after 10 s.
+	waitFor := func(ok func() bool, when, notYet string, poll time.Duration) {
+		for !ok() {
+			select {
+			case <-m.done:
+				m.t.Fatalf("imagefs exited %s: %v", when, m.err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				m.t.Fatalf("%s within 10 s", notYet)
+			}
+			time.Sleep(poll)
 		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("%s not mounted after 10 s", m.Mnt)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	waitFor(func() bool { return isMounted(m.Mnt) }, "before mounting",
+		m.Mnt+" not mounted", 10*time.Millisecond)
 	var st syscall.Stat_t
 	if err := syscall.Stat(m.Mnt, &st); err == nil {
 		m.conn = strconv.FormatUint(uint64(unix.Minor(st.Dev)), 10)
@@ -223,17 +229,8 @@ func (m *fsMount) start() {
 	// (WaitMount) holds a file of the mount open: the dying daemon's close
 	// of it sends a FLUSH that none of its threads will answer. Wait
 	// until this daemon says it is mounted.
-	for !mountedLine.Match(tail(readFile(m.log), logStart)) {
-		select {
-		case <-m.done:
-			m.t.Fatalf("imagefs exited while mounting: %v", m.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("imagefs did not log that %s is mounted within 10 s", m.Mnt)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(func() bool { return mountedLine.Match(tail(readFile(m.log), logStart)) }, "while mounting",
+		"imagefs did not log that "+m.Mnt+" is mounted", 5*time.Millisecond)
 }
 
 // tail returns b from offset off on (nothing when b is shorter).
@@ -458,20 +455,8 @@ func (r result) String() string {
 
 // exec runs name with args in a directory outside any mount.
 func execCmd(name string, args ...string) result {
-	cmd := exec.Command(name, args...)
-	cmd.Dir = os.TempDir()
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), err: err}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		r.code = -1
-	}
+	var r result
+	r.stdout, r.stderr, r.code, r.err = testutil.Run(name, args...)
 	return r
 }
 

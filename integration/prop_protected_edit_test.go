@@ -18,17 +18,7 @@ func TestPropEditProtected(t *testing.T) {
 	writeProp(t, m, "n", "note", "aaa")
 	writeProp(t, m, "n", "protected", "true")
 	note := m.propFile("n", "note")
-	keys := func() []string {
-		ents, err := os.ReadDir(m.images("n", "properties"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		return names
-	}
+	keys := func() []string { return dirNames(t, m.images("n", "properties")) }
 	before := keys()
 
 	for _, ed := range []struct{ name, script, want string }{

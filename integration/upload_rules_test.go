@@ -20,15 +20,7 @@ import (
 // stagingFiles returns the names in STORE/staging.
 func stagingFiles(t testing.TB, m *fsMount) []string {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(m.Store, "staging"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
+	return dirNames(t, filepath.Join(m.Store, "staging"))
 }
 
 // checkDataInBothTrees asserts that an active image shows image.vhd under

@@ -9,7 +9,8 @@ case "${1:-test}" in
 run)	pairs="fuse3:fusermount3" ;;
 test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qemu-utils:qemu-img
 	       rsync:rsync 7zip:7zz libvhdi-utils:vhdiinfo util-linux:setpriv mount:mount
-	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr" ;;
+	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr
+	       etcd-server:etcd etcd-client:etcdctl" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 
@@ -26,10 +27,20 @@ done
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 	echo "deps: installing missing Debian packages:$need" >&2
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
+	# policy-rc.d: no package starts its service (etcd-server would start
+	# an etcd on 2379; the tests run their own with scripts/etcd.sh).
+	own=0
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		own=1
+	fi
+	rc=0
+	apt-get update -qq || rc=$?
 	# shellcheck disable=SC2086
-	apt-get install -y -qq --no-install-recommends $need >/dev/null
-	exit 0
+	[ $rc = 0 ] && { apt-get install -y -qq --no-install-recommends $need >/dev/null || rc=$?; }
+	[ $own = 1 ] && rm -f /usr/sbin/policy-rc.d
+	exit $rc
 fi
 echo "deps: missing Debian packages:$need" >&2
 echo "deps: install them first: sudo apt-get install -y$need" >&2

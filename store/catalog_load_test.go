@@ -26,7 +26,7 @@ func TestLoadAllShards(t *testing.T) {
 		s := openStore(t, dir)
 		got := map[string]string{}
 		var prev string
-		require.NoError(t, s.cat.loadAll(func(im *Image) error {
+		require.NoError(t, s.cat.loadAll(0, func(im *Image) error {
 			require.Less(t, prev, im.ID, "records come in key order")
 			prev = im.ID
 			got[im.ID] = im.Name

@@ -40,7 +40,11 @@ var (
 	ErrCrossDirectory = errors.New("cross-directory move")
 	// ErrBusy: the object is in use in a way that forbids the change (EBUSY).
 	ErrBusy = errors.New("busy")
-	// ErrCatalog: the catalog (Pebble) failed to read or commit; nothing
+	// ErrCatalog: the catalog's database failed to read or commit; nothing
 	// was changed (EIO).
 	ErrCatalog = errors.New("catalog error")
+	// ErrUnavailable: a shared catalog could not be reached (or did not
+	// answer) within the call's deadline; the change was refused, or its
+	// outcome is unknown until the catalog answers again (EAGAIN).
+	ErrUnavailable = errors.New("catalog unavailable")
 )

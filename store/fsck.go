@@ -321,7 +321,6 @@ func (k *checker) checkDataFiles() error {
 		}
 	}
 	if n == 0 {
-		t.b.Close()
 		return nil
 	}
 	return t.commit()
@@ -374,15 +373,18 @@ func (k *checker) checkStoreMode() {
 // checkReserve reports a missing or short reserve for deletes (every
 // mount makes it when there is room; not checked at Open).
 func (k *checker) checkReserve() {
-	c := k.s.cat
-	if fi, err := os.Stat(c.reserve); err != nil || fi.Size() < reserveSize {
+	c := k.s.cat.db
+	if c == nil {
+		return // no embedded catalog, no reserve
+	}
+	if fi, err := os.Stat(c.ReservePath()); err != nil || fi.Size() < reserveSize {
 		repaired := false
 		if k.opts.Repair {
-			c.refillReserve()
-			fi, err := os.Stat(c.reserve)
+			c.RefillReserve()
+			fi, err := os.Stat(c.ReservePath())
 			repaired = err == nil && fi.Size() >= reserveSize
 		}
-		k.add(ProblemReserve, "", fmt.Sprintf("%s is missing or short: a delete on a full disk fails with ENOSPC (made again when the disk has %d MiB free)", c.reserve, (reserveSize+catalogHeadroom)>>20), repaired)
+		k.add(ProblemReserve, "", fmt.Sprintf("%s is missing or short: a delete on a full disk fails with ENOSPC (made again when the disk has %d MiB free)", c.ReservePath(), (reserveSize+catalogHeadroom)>>20), repaired)
 	}
 }
 
@@ -425,14 +427,15 @@ func (k *checker) checkNameIndex() error {
 		byName[im.Name] = id
 		if names[im.Name] != id {
 			k.add(ProblemNameIndex, id, fmt.Sprintf("name %q missing from the name index", im.Name), opts.Repair)
-			fix.putName(im.Name, id)
+			// No condition (putName's "absent"): the key may hold
+			// another id, which this repairs.
+			fix.put(prefixName+im.Name, []byte(id))
 			bad++
 		}
 	}
 	if opts.Repair && bad > 0 {
 		return fix.commit()
 	}
-	fix.b.Close()
 	return nil
 }
 
@@ -457,9 +460,10 @@ func (k *checker) checkInodes() {
 	repaired := false
 	if k.opts.Repair {
 		t := s.cat.begin().small()
+		t.cond(keySeqIno, s.seqRev)
 		t.putSeqIno(maxBase + 1)
 		if repaired = t.commit() == nil; repaired {
-			s.nextIno = maxBase + 1
+			s.nextIno, s.seqRev = maxBase+1, t.rev
 		}
 	}
 	k.add(ProblemInode, "", fmt.Sprintf("the next inode range %d is already in use (highest %d)", s.nextIno, maxBase), repaired)

@@ -43,7 +43,7 @@ func TestCheckRecordsAndIndex(t *testing.T) {
 		r := s.images[reason.ID].clone()
 		setExtra(r, KeyKillReason, "left over")
 		tx.putImage(r)
-		_ = tx.b.Set(entryKey("os_distro", "ghost", indexed.ID), nil, nil)
+		tx.put(entry("os_distro", "ghost", indexed.ID), nil)
 		tx.putSeqIno(1) // behind every image's range
 	})
 	require.NoError(t, s.Close())

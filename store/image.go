@@ -116,6 +116,12 @@ type Image struct {
 	// Slots maps each extra key to its inode slot; slots are never reused.
 	Slots    map[string]uint32 `json:"slots,omitempty"`
 	NextSlot uint32            `json:"next_slot"`
+
+	// rev is the ModRev of the record's img/<id> key as the catalog
+	// reported it (at load, or the revision of the commit that wrote
+	// it): the condition of the next change of the record. Not in the
+	// record.
+	rev int64
 }
 
 func (im *Image) clone() *Image {

@@ -4,17 +4,16 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
+	"github.com/imagefs/imagefs/store/kv"
 )
 
-// The property index: one empty-valued Pebble key per property of every
-// image,
+// The property index: one empty-valued catalog key per property of every
+// image (only in an Iterable backend: kv.Iterable),
 //
 //	prop/<key> \x00 <escaped value> \x00 <id>
 //
@@ -88,8 +87,11 @@ func keyEnd(key string) string          { return prefixProp + key + "\x01" }
 func valuePrefix(key, ev string) string { return keyPrefix(key) + ev + "\x00" }
 func valueEnd(key, ev string) string    { return keyPrefix(key) + ev + "\x01" }
 func entryKey(key, value, id string) []byte {
-	return []byte(valuePrefix(key, escIndex(value)) + id)
+	return []byte(entry(key, value, id))
 }
+
+// entry is the index key of (key, value) for image id.
+func entry(key, value, id string) string { return valuePrefix(key, escIndex(value)) + id }
 
 // decodeEntry splits an index key into key, escaped value and id.
 func decodeEntry(k []byte) (key, ev, id string, ok bool) {
@@ -133,12 +135,12 @@ func (t *txn) reindex(old, new *Image) {
 	before, after := indexEntries(old), indexEntries(new)
 	for k, v := range before {
 		if nv, ok := after[k]; !ok || nv != v {
-			_ = t.b.Delete(entryKey(k, v, id), nil)
+			t.del(entry(k, v, id))
 		}
 	}
 	for k, v := range after {
 		if ov, ok := before[k]; !ok || ov != v {
-			_ = t.b.Set(entryKey(k, v, id), nil, nil)
+			t.put(entry(k, v, id), nil)
 		}
 	}
 }
@@ -147,16 +149,12 @@ func (t *txn) reindex(old, new *Image) {
 // does not have a complete one of this version (a catalog written before
 // the index existed). Called by load before reconcile.
 func (s *Store) ensureIndex() error {
-	v, closer, err := s.cat.db.Get([]byte(keyIndexVersion))
-	switch {
-	case err == nil:
-		ok := string(v) == indexVersion
-		closer.Close()
-		if ok {
-			return nil
-		}
-	case !errors.Is(err, pebble.ErrNotFound):
+	p, err := s.cat.kv.Get(context.Background(), keyIndexVersion)
+	if err != nil {
 		return fmt.Errorf("%w: read index version: %v", ErrCatalog, err)
+	}
+	if p.ModRev != 0 && string(p.Value) == indexVersion {
+		return nil
 	}
 	return s.rebuildIndex()
 }
@@ -177,16 +175,16 @@ func (s *Store) rebuildIndex() error {
 	if stale {
 		// Only when there is something to drop: a range tombstone stays
 		// in the LSM and every later seek in the index steps over it.
-		_ = t.b.DeleteRange([]byte(prefixProp), []byte(endProp), nil)
+		t.b.Ops = append(t.b.Ops, kv.Op{Kind: kv.DeleteRange, Key: prefixProp, End: endProp})
 	}
 	n := 0
 	for _, im := range s.images {
 		for k, v := range indexEntries(im) {
-			_ = t.b.Set(entryKey(k, v, im.ID), nil, nil)
+			t.put(entry(k, v, im.ID), nil)
 			n++
 		}
 	}
-	_ = t.b.Set([]byte(keyIndexVersion), []byte(indexVersion), nil)
+	t.put(keyIndexVersion, []byte(indexVersion))
 	if err := t.commit(); err != nil {
 		return err
 	}
@@ -194,18 +192,18 @@ func (s *Store) rebuildIndex() error {
 	return nil
 }
 
-func (s *Store) propIter(lower, upper string) (*pebble.Iterator, error) {
-	if err := s.cat.usable(); err != nil {
-		return nil, err // its memtable may hold a failed batch
-	}
-	it, err := s.cat.db.NewIter(&pebble.IterOptions{LowerBound: []byte(lower), UpperBound: []byte(upper)})
+// propIter iterates the index keys in [lower, upper). Errors: ErrCatalog
+// (also once a commit failed: the embedded catalog's memtable may hold
+// the failed batch).
+func (s *Store) propIter(lower, upper string) (kv.Iter, error) {
+	it, err := s.cat.it.NewIter(lower, upper)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCatalog, err)
+		return nil, catalogErr(err)
 	}
 	return it, nil
 }
 
-func iterErr(it *pebble.Iterator) error {
+func iterErr(it kv.Iter) error {
 	err := it.Error()
 	if cerr := it.Close(); err == nil {
 		err = cerr
@@ -291,7 +289,7 @@ func (s *Store) listedFor(c Caller, id string) bool {
 // firstVisible advances it, from its current entry, through the entries
 // of one (key, value) until one c sees listed; it returns whether it found
 // one. On return the iterator is at that entry or past the pair.
-func (s *Store) firstVisible(it *pebble.Iterator, c Caller, key, ev string) bool {
+func (s *Store) firstVisible(it kv.Iter, c Caller, key, ev string) bool {
 	prefix := []byte(valuePrefix(key, ev))
 	for valid := it.Valid(); valid && bytes.HasPrefix(it.Key(), prefix); valid = it.Next() {
 		if s.listedFor(c, string(it.Key()[len(prefix):])) {
@@ -330,7 +328,7 @@ func (s *Store) ViewKeys(c Caller, ok func(value string) bool) ([]string, error)
 
 // keyInUse walks the values of key from the iterator's position, skipping
 // values ok refuses, until a value with an image c sees.
-func (s *Store) keyInUse(it *pebble.Iterator, c Caller, key string, ok func(string) bool) bool {
+func (s *Store) keyInUse(it kv.Iter, c Caller, key string, ok func(string) bool) bool {
 	kp := []byte(keyPrefix(key))
 	for valid := it.Valid(); valid && bytes.HasPrefix(it.Key(), kp); {
 		_, ev, _, _ := decodeEntry(it.Key())
@@ -442,12 +440,13 @@ func (s *Store) ViewImages(c Caller, key, value string) ([]*Image, error) {
 // so that reads (view listings) meet one sorted run per level rather than
 // the overlapping files and tombstones a bulk load leaves. For benchmarks
 // and after bulk loads; the catalog is consistent either way.
+// A backend without compaction (not embedded) does nothing.
 func (s *Store) CompactCatalog() error {
-	if err := s.cat.db.Flush(); err != nil {
-		return fmt.Errorf("%w: flush: %v", ErrCatalog, err)
+	if s.cat.db == nil {
+		return nil
 	}
-	if err := s.cat.db.Compact(context.Background(), []byte{0}, []byte{0xff, 0xff}, true); err != nil {
-		return fmt.Errorf("%w: compact: %v", ErrCatalog, err)
+	if err := s.cat.db.Compact(); err != nil {
+		return fmt.Errorf("%w: %v", ErrCatalog, err)
 	}
 	return nil
 }

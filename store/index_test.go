@@ -180,8 +180,8 @@ func TestIndexBuiltAtOpen(t *testing.T) {
 		require.NoError(t, s.SetProperty(alice, im.ID, "os_distro", []string{"superos", "hyperos"}[i%2], SetAny))
 	}
 	// Make it a catalog from before the index.
-	require.NoError(t, s.cat.db.DeleteRange([]byte(prefixProp), []byte(endProp), nil))
-	require.NoError(t, s.cat.db.Delete([]byte(keyIndexVersion), nil))
+	require.NoError(t, s.cat.db.Pebble().DeleteRange([]byte(prefixProp), []byte(endProp), nil))
+	require.NoError(t, s.cat.db.Pebble().Delete([]byte(keyIndexVersion), nil))
 	idx, err := s.PropertyIndex()
 	require.NoError(t, err)
 	require.Empty(t, idx)
@@ -195,8 +195,8 @@ func TestIndexBuiltAtOpen(t *testing.T) {
 	assert.Len(t, ims, 10)
 
 	// Another version: a stale entry is dropped by the rebuild.
-	require.NoError(t, s.cat.db.Set(entryKey("os_distro", "gone", "no-such-id"), nil, nil))
-	require.NoError(t, s.cat.db.Set([]byte(keyIndexVersion), []byte("0"), nil))
+	require.NoError(t, s.cat.db.Pebble().Set(entryKey("os_distro", "gone", "no-such-id"), nil, nil))
+	require.NoError(t, s.cat.db.Pebble().Set([]byte(keyIndexVersion), []byte("0"), nil))
 	require.Error(t, s.CheckIndex())
 	require.NoError(t, s.Close())
 	s = openStore(t, dir)

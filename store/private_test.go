@@ -49,11 +49,11 @@ func TestStoreIsPrivate(t *testing.T) {
 	gone, _ := s.Create(alice, "gone")
 	require.NoError(t, upload(t, s, alice, gone.ID, fixedVHD(t, 1<<20), 1<<20))
 	require.NoError(t, s.moveToLostFound(gone.ID))
-	require.NoError(t, s.cat.db.Flush())
+	require.NoError(t, s.cat.db.Pebble().Flush())
 	require.NoError(t, s.Close())
 	s = openStore(t, dir)
 	s.Create(alice, "after-reopen")
-	require.NoError(t, s.cat.db.Flush())
+	require.NoError(t, s.cat.db.Pebble().Flush())
 	defer s.Close()
 
 	var ssts int

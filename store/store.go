@@ -1,7 +1,8 @@
 // Package store is the imagefs catalog and its rules: image records and
-// properties in Pebble, staged uploads, and sealed data files behind a
-// DataBackend. It has no FUSE imports; fs/ translates kernel requests into
-// calls here and maps the errors (errors.go) to errnos.
+// properties in a catalog database (a store/kv Backend: Pebble by
+// default), staged uploads, and sealed data files behind a DataBackend.
+// It has no FUSE imports; fs/ translates kernel requests into calls here
+// and maps the errors (errors.go) to errnos.
 //
 // # Locks
 //
@@ -48,8 +49,9 @@
 //     take it for reading only for a lookup. Never held across I/O, nor
 //     while taking another lock. Published *Image values are
 //     immutable snapshots, read without a lock once obtained.
-//  6. catalog.reserveMu: orders the release and the refill of the delete
-//     reserve; held across that file's creation or removal.
+//  6. pebblekv.DB's reserveMu (the embedded catalog's): orders the
+//     release and the refill of the delete reserve; held across that
+//     file's creation or removal.
 //  7. writerWatch.mu: guards writerWatch.pids (reopen.go); taken alone
 //     (an exit of any process on the host takes only it) or under 3,
 //     nothing taken under it.
@@ -84,8 +86,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/google/uuid"
+
+	"github.com/imagefs/imagefs/store/kv"
+	"github.com/imagefs/imagefs/store/kv/pebblekv"
 )
 
 // Caller identifies who asks: the uid and gid of the calling process.
@@ -101,8 +105,9 @@ func (c Caller) IsRoot() bool { return c.UID == 0 }
 
 // Options configure a Store.
 type Options struct {
-	// PropertyQuota limits the properties of one image (core ones
-	// included); 0 means DefaultPropertyQuota.
+	// PropertyQuota limits the custom properties of one image (core and
+	// system ones do not count, as in Glance): adding one more is
+	// ErrQuota. 0 means DefaultPropertyQuota.
 	PropertyQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
@@ -114,11 +119,15 @@ type Options struct {
 	// sealed, refused, deleted, repaired at open...); nil means
 	// slog.Default() at Open.
 	Logger *slog.Logger
+	// Catalog is the catalog's database; nil means Pebble in STORE/catalog (pebblekv).
+	Catalog kv.Backend
+	// Host names this host in a shared catalog (upload ownership, kill reasons); "" means os.Hostname().
+	Host string
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
 	// catalogFS is the filesystem Pebble uses (tests inject errors); nil
 	// means the OS's.
-	catalogFS vfs.FS
+	catalogFS pebblekv.FS
 }
 
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
@@ -132,7 +141,8 @@ type Store struct {
 	log     *slog.Logger // opts.Logger
 
 	// mu serializes the writers: it is held across each catalog commit
-	// (an fsync) and across the check before it. Readers never take it.
+	// (an fsync) and across the check before it. The record readers never
+	// take it (a few rarer reads do: see the package doc).
 	mu sync.Mutex
 	// pubMu guards the published in-memory state below: writers change it
 	// holding mu and then pubMu for the map update only; readers hold
@@ -153,6 +163,7 @@ type Store struct {
 	byName   map[string]string     // name -> id; guarded by mu (write) and pubMu
 	live     map[string]*liveImage // guarded by mu (write) and pubMu
 	nextIno  uint64                // guarded by mu
+	seqRev   int64                 // ModRev of seq/ino (0: absent); guarded by mu
 	seq      uint64                // staging file names; guarded by mu
 
 	// The change hook (changes.go): changes committed and not yet
@@ -209,6 +220,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Host == "" {
+		opts.Host, _ = os.Hostname()
+	}
 	for _, d := range []string{dir, filepath.Join(dir, "staging")} {
 		if err := os.MkdirAll(d, modeDir); err != nil {
 			return nil, fmt.Errorf("create store %s: %w", dir, err)
@@ -221,7 +235,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.catalogFS, opts.Logger)
+	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -240,15 +254,17 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 func (s *Store) load() error {
-	err := s.cat.loadAll(func(im *Image) error {
+	next, seqRev, rev, err := s.cat.nextInoBase()
+	if err != nil {
+		return err
+	}
+	s.nextIno, s.seqRev = next, seqRev
+	err = s.cat.loadAll(rev, func(im *Image) error {
 		s.images[im.ID] = im
 		s.byName[im.Name] = im.ID
 		return nil
 	})
 	if err != nil {
-		return err
-	}
-	if s.nextIno, err = s.cat.nextInoBase(); err != nil {
 		return err
 	}
 	if s.opts.checkOnly {
@@ -279,11 +295,12 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close closes the catalog. Uploads still open are abandoned (they become
-// killed at the next Open). Call it once the server has stopped (no
-// request in flight, none to come): it waits for a seal still in progress
-// (each upload's lock, taken in the lock order: Upload.mu before
-// Store.mu), and any store call after it fails.
+// Close closes the catalog (Options.Catalog too, when set). Uploads
+// still open are abandoned (they become killed at the next Open). Call
+// it once the server has stopped (no request in flight, none to come): it
+// waits for a seal still in progress (each upload's lock, taken in the
+// lock order: Upload.mu before Store.mu), and any store call after it
+// fails.
 func (s *Store) Close() error {
 	s.stopWatch()
 	var uploads []*Upload
@@ -402,16 +419,20 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 		NextSlot: slotExtraBase,
 	}
 	t := s.cat.begin()
+	t.condImage(im.ID, nil)
 	t.putImage(im)
 	t.reindex(nil, im)
 	t.putName(name, im.ID)
+	t.cond(keySeqIno, s.seqRev)
 	t.putSeqIno(s.nextIno + 1)
 	s.commitMu.Lock()
 	if err := t.commit(); err != nil {
 		s.commitMu.Unlock()
 		return nil, err
 	}
+	im.rev = t.rev
 	s.nextIno++
+	s.seqRev = t.rev
 	s.noteChange(nil, im)
 	s.pubMu.Lock()
 	s.images[im.ID] = im
@@ -437,6 +458,7 @@ func (s *Store) publishWithSmallHeadroom(im *Image, oldName string) error {
 }
 
 func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
+	t.condImage(im.ID, s.images[im.ID])
 	t.putImage(im)
 	t.reindex(s.images[im.ID], im)
 	if oldName != im.Name {
@@ -448,6 +470,7 @@ func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
 	if err := t.commit(); err != nil {
 		return err
 	}
+	im.rev = t.rev // im is not published yet
 	s.noteChange(s.images[im.ID], im)
 	s.pubMu.Lock()
 	s.images[im.ID] = im
@@ -683,7 +706,7 @@ func (s *Store) Delete(c Caller, id string) error {
 		return err
 	}
 	t := s.cat.begin().frees()
-	t.deleteImage(id)
+	t.deleteImage(im)
 	t.reindex(im, nil)
 	t.deleteName(im.Name)
 	if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
@@ -770,7 +793,7 @@ func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) 
 	next := im.clone()
 	applyValue(next, key, value)
 	t := s.cat.begin()
-	defer t.b.Close()
+	t.condImage(next.ID, im)
 	t.putImage(next)
 	t.reindex(im, next)
 	if next.Name != im.Name {

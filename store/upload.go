@@ -753,10 +753,12 @@ func (s *Store) sealRecord(im *Image, md5hex, shahex string, size, vsize int64, 
 	return next
 }
 
-// OpenRead opens the sealed data of image id for reading by c. For an
-// image not yet sealed it returns (nil, nil): read the CurrentUpload, if
-// any. Errors: ErrNotFound, ErrPermission (deactivated image and c is not
-// root, or a killed image).
+// OpenRead opens the sealed data of image id for reading by c. Errors:
+// ErrNotFound (no such image, or c does not see it); ErrPermission: the
+// image is not active (queued or saving: an upload is read through
+// OpenUploadRead; killed; deactivated and c is not root), or its seal is
+// provisional (OpenRead knows no process: only OpenReadBy of the writer's
+// process opens it then).
 func (s *Store) OpenRead(c Caller, id string) (*os.File, error) {
 	return s.OpenReadBy(c, id, nil)
 }

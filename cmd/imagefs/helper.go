@@ -129,6 +129,20 @@ func daemonize(c *mountConfig, opts []string) int {
 		opts = withoutOption(opts, "log_file")
 		args = append(args, "--log-file", c.logFile)
 	}
+	// Shared mode: check the config file here (its errors, plainly, in
+	// the foreground), and hand the daemon (which runs in /) absolute
+	// paths.
+	if err := c.resolveShared(); err != nil {
+		fmt.Fprintf(os.Stderr, "imagefs: %v\n", err)
+		return 1
+	}
+	if c.shared != nil {
+		opts = withoutOption(withoutOption(opts, "data"), "config")
+		args = append(args, "--data", c.shared.Data)
+		if c.shared.ConfigFile != "" {
+			args = append(args, "--config", c.shared.ConfigFile)
+		}
+	}
 	for _, o := range opts {
 		args = append(args, "-o", o)
 	}

@@ -90,6 +90,7 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprint(w, helpHelper)
 	fmt.Fprint(w, optionsHelp)
+	fmt.Fprint(w, "\n"+sharedHelp)
 	fmt.Fprint(w, helpTail)
 }
 

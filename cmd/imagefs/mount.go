@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,8 @@ Examples:
   imagefs mount /var/lib/imagefs /mnt/images
   imagefs mount -o ro,allow_other /var/lib/imagefs /mnt/images
   imagefs mount --log-format json --metrics-addr 127.0.0.1:9477 /var/lib/imagefs /mnt/images
+  imagefs mount --catalog etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \
+      --data /srv/images --config /etc/imagefs/etcd.conf /var/lib/imagefs /mnt/images
   mkdir /mnt/images/images/superos-2024.1
   cp superos.vhd /mnt/images/images/superos-2024.1/image.vhd
   cat /mnt/images/images/superos-2024.1/properties/status
@@ -78,6 +81,10 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.StringVar(&c.logFormat, "log-format", c.logFormat, "write log lines in `FORMAT`: text or json")
 	fl.StringVar(&c.logFile, "log-file", "", "append logs to `FILE` instead of stderr")
 	fl.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics (loopback only, e.g. 127.0.0.1:9477)")
+	fl.StringVar(&c.catalog, "catalog", "", "shared mode: keep the catalog in the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS); needs --data")
+	fl.StringVar(&c.data, "data", "", "shared mode: the directory `DIR` of sealed image data, shared by every host")
+	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see below)")
+	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
 	fl.BoolVar(&c.debug, "debug", false, "log every FUSE request and reply (level DEBUG)")
 	fl.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
 	fl.IntVar(&c.readyFD, "ready-fd", 0, "the mount helper's pipe (internal)")
@@ -94,6 +101,7 @@ func runMount(args []string) int {
 		fmt.Fprint(w, mountHelp)
 		printFlags(w, fl)
 		fmt.Fprint(w, "\n"+optionsHelp)
+		fmt.Fprint(w, "\n"+sharedHelp)
 		fmt.Fprint(w, mountExamples)
 	}
 	fl.Usage = func() {}
@@ -171,6 +179,9 @@ func serve(c *mountConfig, ready func(error)) int {
 	if err := checkMountpoint(c.mountpoint); err != nil {
 		return fail(err)
 	}
+	if err := c.resolveShared(); err != nil {
+		return fail(err)
+	}
 	// fs.Options.Metrics is an interface: it stays nil without a
 	// metrics address.
 	var fsMetrics fs.Metrics
@@ -197,8 +208,27 @@ func serve(c *mountConfig, ready func(error)) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	st, err := store.Open(c.store, store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()})
+	opts := store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()}
+	if c.shared != nil {
+		slog.Info("shared catalog", "catalog", c.shared)
+		ctx, cancel := context.WithTimeout(context.Background(), c.shared.DialTimeout+c.shared.RequestTimeout)
+		be, err := openCatalog(ctx, c.shared, lg)
+		cancel()
+		if err != nil {
+			return fail(err)
+		}
+		data, err := store.NewLocalData(c.shared.Data)
+		if err != nil {
+			be.Close()
+			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))
+		}
+		opts.Catalog, opts.Host, opts.Data = be, c.shared.Host, data
+	}
+	st, err := store.Open(c.store, opts)
 	if err != nil {
+		if opts.Catalog != nil {
+			opts.Catalog.Close() // the store closes it once open
+		}
 		return fail(fmt.Errorf("open store: %w", err))
 	}
 	defer st.Close()

@@ -28,6 +28,12 @@ type mountConfig struct {
 	metricsAddr string // serve Prometheus metrics here (loopback only)
 	cpuProfile  string
 
+	// Shared mode (shared.go): the etcd catalog URL, the shared data
+	// directory, the config file and this host's name, as given; shared
+	// is what resolveShared makes of them (nil outside shared mode).
+	catalog, data, configFile, hostID string
+	shared                            *sharedConfig
+
 	// readyFD is the daemon child's end of the pipe to the mount helper
 	// that started it (hidden flag --ready-fd); 0 in the foreground.
 	readyFD int
@@ -52,6 +58,10 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   metrics_addr=ADDR     serve Prometheus metrics at http://ADDR/metrics
   fsname=NAME           the source shown by df and /proc/mounts (default STORE)
   noexec                forbid executing files from the mount
+  catalog=URL           shared mode: the etcd catalog (= --catalog; below)
+  data=DIR              shared mode: the sealed data of every host (= --data)
+  config=FILE           shared mode: etcd credentials and settings (= --config)
+  host_id=NAME          shared mode: this host's name (= --host-id)
   Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
   user, nouser, users, owner, group, nofail, _netdev, comment=..., x-*,
   suid, nosuid, dev, nodev, exec, atime, noatime, relatime, strictatime,
@@ -77,14 +87,31 @@ var ignoredOptions = map[string]bool{
 // options of mount(8) and systemd, and mount.fuse3's own.
 var ignoredPrefixes = []string{"x-", "comment=", "setuid=", "helper="}
 
-// applyOptions applies a comma-separated -o list to c.
+// applyOptions applies a comma-separated -o list to c. The host list of
+// catalog= may continue past commas: an item without '=' that holds a ':'
+// (HOST:PORT, no option has one) right after catalog= or such an item
+// belongs to it.
 func (c *mountConfig) applyOptions(list string) error {
+	inCatalog := false
 	for _, opt := range strings.Split(list, ",") {
-		if err := c.applyOption(strings.TrimSpace(opt)); err != nil {
+		opt = strings.TrimSpace(opt)
+		if inCatalog && !strings.Contains(opt, "=") && strings.Contains(opt, ":") {
+			c.catalog += "," + opt
+			continue
+		}
+		if err := c.applyOption(opt); err != nil {
 			return err
 		}
+		inCatalog = strings.HasPrefix(opt, "catalog=")
 	}
 	return nil
+}
+
+// secretOptions are refused as -o options without quoting their value:
+// credentials go in the config file, never on a command line.
+var secretOptions = map[string]bool{
+	"password": true, "username": true, "user_name": true, "passwd": true, "key": true,
+	"cert": true, "ca": true, "token": true, "secret": true,
 }
 
 func (c *mountConfig) applyOption(opt string) error {
@@ -153,9 +180,30 @@ func (c *mountConfig) applyOption(opt string) error {
 			return err
 		}
 		c.source = val
+	case "catalog", "data", "config", "host_id":
+		if err := needVal(); err != nil {
+			return err
+		}
+		switch key {
+		case "catalog":
+			c.catalog = val
+		case "data":
+			c.data = val
+		case "config":
+			c.configFile = val
+		default:
+			c.hostID = val
+		}
 	case "allow_root":
 		return fmt.Errorf("mount option allow_root is not supported (it is libfuse's); use allow_other")
 	default:
+		if secretOptions[key] {
+			return fmt.Errorf("mount option %s= is refused: credentials go in the config file (config=FILE, mode 0600), never on a command line", key)
+		}
+		if hasVal {
+			// The value is not quoted: it may be a secret mistyped.
+			return fmt.Errorf("unknown mount option %q (see imagefs mount --help)", key+"=...")
+		}
 		return fmt.Errorf("unknown mount option %q (see imagefs mount --help)", opt)
 	}
 	return nil
@@ -171,5 +219,5 @@ func (c *mountConfig) check() error {
 	if c.quota <= 0 {
 		return fmt.Errorf("property quota %d: want a positive number", c.quota)
 	}
-	return nil
+	return c.checkShared()
 }

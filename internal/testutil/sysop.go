@@ -258,25 +258,33 @@ func (r SysResult) String() string {
 	return fmt.Sprintf("%s at %s", unix.ErrnoName(r.Errno), r.Step)
 }
 
+// Run runs name with args in os.TempDir() (outside any mount) and
+// returns its standard output and error, its exit status (-1 when a
+// signal killed it or it did not start) and cmd.Run's error.
+func Run(name string, args ...string) (stdout, stderr string, code int, err error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = os.TempDir()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		code = -1
+	}
+	return out.String(), errb.String(), code, err
+}
+
 // SysAs runs one operation of the helper (SysHelper's path) through
 // setpriv with priv (SetprivArgs) and returns what happened. It runs in
 // os.TempDir(), outside any mount.
 func SysAs(helper string, priv []string, op, path string, args ...string) SysResult {
 	pargs := append(slices.Clone(priv), "env", SysHelperEnv+"=1", helper, op, path)
-	cmd := exec.Command("setpriv", append(pargs, args...)...)
-	cmd.Dir = os.TempDir()
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	res := SysResult{Out: out.String(), Stderr: errb.String(), Err: err}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		res.Code = ee.ExitCode()
-	default:
-		res.Code = -1
-	}
+	var res SysResult
+	res.Out, res.Stderr, res.Code, res.Err = Run("setpriv", append(pargs, args...)...)
 	if res.Code == 1 {
 		if f := strings.Fields(res.Stderr); len(f) >= 2 {
 			res.Step = f[1]

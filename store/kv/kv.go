@@ -158,8 +158,10 @@ type Backend interface {
 	// Scan calls fn for every key in [lo, hi) in key order, as of revision
 	// rev (0: the latest), and returns the revision it read at; fn's
 	// error stops the scan and is returned. Scans of several ranges at one
-	// returned revision see one consistent state. Errors: ErrUnavailable,
-	// ErrBroken, ErrCompacted (rev no longer kept).
+	// returned revision see one consistent state. fn must not keep
+	// Pair.Value after it returns (the embedded backend lends its
+	// iterator's buffer). Errors: ErrUnavailable, ErrBroken, ErrCompacted
+	// (rev no longer kept).
 	Scan(ctx context.Context, lo, hi string, rev int64, fn func(Pair) error) (int64, error)
 	// Get returns key's current Pair (ModRev 0 when absent).
 	Get(ctx context.Context, key string) (Pair, error)
