@@ -61,7 +61,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
-	stopSharedServices() // the etcd cluster of the shared-catalog tests, if they started it
+	testutil.StopServices() // the etcd cluster of the shared-catalog tests, if this process was its last user
 	if left := leftoverMounts(); len(left) > 0 {
 		// Every test unmounts in its cleanup; a leftover is a harness bug.
 		fmt.Fprintf(os.Stderr, "integration: mounts left behind (lazily unmounted now): %v\n", left)

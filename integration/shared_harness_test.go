@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,17 +34,78 @@ const sharedLeaseTTL = 3 * time.Second
 // host-a, host-b, host-c, ...
 func hostID(i int) string { return "host-" + string(rune('a'+i)) }
 
-// etcd is the cluster the tests use, started once per test process.
-var etcd struct {
-	once      sync.Once
+// privateEtcd is the cluster of a fault test (usePrivateEtcd), which stops
+// members or the whole cluster; nil otherwise. The other tests use the
+// shared test cluster of testutil.EtcdEndpoints, which test processes of
+// other packages may be using at the same moment.
+var privateEtcd *privateCluster
+
+type privateCluster struct {
 	endpoints []string
-	script    string // scripts/etcd.sh, "" with IMAGEFS_ETCD_ENDPOINTS
-	problem   string // why there is no cluster ("" when there is one)
-	started   bool   // this process started it: stopSharedServices stops it
+	env       []string // IMAGEFS_ETCD_PORT and IMAGEFS_ETCD_DIR for scripts/etcd.sh
+}
+
+// privateEtcdPort is the first client port of a fault test's private
+// cluster (the shared one is on 23790-23792, etcdkv's private member on
+// 23797).
+const privateEtcdPort = 24790
+
+// etcdEndpoints returns the client endpoints (host:port) of the cluster
+// the test uses: the private one of a fault test, or the shared test
+// cluster (started once per process, stopped by testutil.StopServices in
+// TestMain; never skipped with CI=true).
+func etcdEndpoints(t testing.TB) []string {
+	t.Helper()
+	if privateEtcd != nil {
+		return privateEtcd.endpoints
+	}
+	return testutil.EtcdEndpoints(t)
+}
+
+// usePrivateEtcd starts a 3-member cluster of this test's own
+// (scripts/etcd.sh on privateEtcdPort, data in a temporary directory):
+// the shared clusters and the hosts the test starts afterwards use it. It
+// is stopped and wiped after the test, after the hosts (cleanups run last
+// first).
+func usePrivateEtcd(t testing.TB) {
+	t.Helper()
+	testutil.EtcdEndpoints(t) // installs etcd if missing; fails or skips as the shared tests do
+	dir := t.TempDir()
+	pc := &privateCluster{env: []string{
+		"IMAGEFS_ETCD_PORT=" + strconv.Itoa(privateEtcdPort),
+		"IMAGEFS_ETCD_DIR=" + filepath.Join(dir, "etcd"),
+	}}
+	for i := range 3 {
+		pc.endpoints = append(pc.endpoints, "127.0.0.1:"+strconv.Itoa(privateEtcdPort+i))
+	}
+	privateEtcd = pc
+	t.Cleanup(func() {
+		if r := pc.script("stop", "--wipe"); r.err != nil {
+			t.Errorf("etcd.sh stop of the private cluster: %s", r)
+		}
+		privateEtcd = nil
+	})
+	if r := pc.script("start"); r.err != nil {
+		t.Fatalf("etcd.sh start of a private cluster: %s", r)
+	}
+}
+
+// script runs scripts/etcd.sh with args on the private cluster.
+func (pc *privateCluster) script(args ...string) result {
+	cmd := exec.Command(etcdScriptPath(), args...)
+	cmd.Env = append(os.Environ(), pc.env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := -1
+	if cmd.ProcessState != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code, err: err}
 }
 
 // etcdScriptPath is scripts/etcd.sh of the module (go test runs in
-// integration/, the module root is its parent, as TestMain's build uses).
+// integration/, the module root is its parent).
 func etcdScriptPath() string {
 	root, err := filepath.Abs("..")
 	if err != nil {
@@ -54,108 +114,16 @@ func etcdScriptPath() string {
 	return filepath.Join(root, "scripts", "etcd.sh")
 }
 
-// etcdEndpoints returns the client endpoints (host:port) of the tests'
-// etcd cluster. $IMAGEFS_ETCD_ENDPOINTS (comma-separated) names a running
-// cluster that the tests neither start nor stop; otherwise the first call
-// runs scripts/etcd.sh start (which installs etcd if missing and waits
-// for three healthy members) unless `etcd.sh status` says the cluster
-// already runs, and stopSharedServices stops what it started. Without the
-// script or a cluster the test is skipped, or fails when CI=true.
-//
-// TODO(lead): replace with testutil.EtcdEndpoints at merge
-func etcdEndpoints(t testing.TB) []string {
-	t.Helper()
-	etcd.once.Do(startEtcd)
-	if etcd.problem != "" {
-		testutil.SkipOrFail(t, "no etcd cluster for the shared-catalog tests: %s", etcd.problem)
-	}
-	return etcd.endpoints
-}
-
-func startEtcd() {
-	if env := os.Getenv("IMAGEFS_ETCD_ENDPOINTS"); env != "" {
-		eps, err := parseEndpoints(env)
-		if err != nil {
-			etcd.problem = "IMAGEFS_ETCD_ENDPOINTS: " + err.Error()
-			return
-		}
-		etcd.endpoints = eps
-		return
-	}
-	script := etcdScriptPath()
-	if _, err := os.Stat(script); err != nil {
-		etcd.problem = fmt.Sprintf("%s: %v", script, err)
-		return
-	}
-	etcd.script = script
-	running := execCmd(script, "status").err == nil
-	r := execCmd(script, "start")
-	if r.err != nil {
-		etcd.problem = fmt.Sprintf("%s start: %s", script, r)
-		return
-	}
-	etcd.started = !running
-	// The endpoints are start's last line of output.
-	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	eps, err := parseEndpoints(lines[len(lines)-1])
-	if err != nil {
-		etcd.problem = fmt.Sprintf("%s start printed %q: %v", script, r.stdout, err)
-		return
-	}
-	etcd.endpoints = eps
-}
-
-// parseEndpoints splits "host:port,host:port,..." and checks each.
-func parseEndpoints(s string) ([]string, error) {
-	var eps []string
-	for _, ep := range strings.Split(strings.TrimSpace(s), ",") {
-		ep = strings.TrimSpace(ep)
-		if _, port, err := net.SplitHostPort(ep); err != nil {
-			return nil, err
-		} else if _, err := strconv.Atoi(port); err != nil {
-			return nil, fmt.Errorf("%q: port is not a number", ep)
-		}
-		eps = append(eps, ep)
-	}
-	return eps, nil
-}
-
-// stopSharedServices stops the etcd cluster if this process started it;
-// TestMain calls it after the tests.
-//
-// TODO(lead): replace with testutil.StopServices at merge
-func stopSharedServices() {
-	if etcd.started && etcd.script != "" {
-		if r := execCmd(etcd.script, "stop"); r.err != nil {
-			fmt.Fprintf(os.Stderr, "integration: %s stop: %s\n", etcd.script, r)
-		}
-		etcd.started = false
-	}
-}
-
-// etcdScript returns scripts/etcd.sh for the fault tests that stop and
-// start members of the cluster etcdEndpoints returns; it skips (fails in
-// CI) when the cluster is not the script's (IMAGEFS_ETCD_ENDPOINTS).
-func etcdScript(t testing.TB) string {
-	t.Helper()
-	etcdEndpoints(t)
-	if os.Getenv("IMAGEFS_ETCD_ENDPOINTS") != "" {
-		testutil.SkipOrFail(t, "the etcd cluster is not scripts/etcd.sh's (IMAGEFS_ETCD_ENDPOINTS): cannot stop members")
-	}
-	script := etcdScriptPath()
-	if _, err := os.Stat(script); err != nil {
-		testutil.SkipOrFail(t, "%v", err)
-	}
-	return script
-}
-
 // etcdMember runs scripts/etcd.sh ARGS (stop-member N, start-member N,
-// start, stop); it must succeed.
+// start, stop) on the test's private cluster (usePrivateEtcd first); it
+// must succeed.
 func etcdMember(t testing.TB, args ...string) {
 	t.Helper()
+	if privateEtcd == nil {
+		t.Fatal("etcdMember: a fault test stops members of its own cluster only (usePrivateEtcd)")
+	}
 	start := time.Now()
-	r := execCmd(etcdScript(t), args...)
-	if r.err != nil {
+	if r := privateEtcd.script(args...); r.err != nil {
 		t.Fatalf("etcd.sh %s: %s", strings.Join(args, " "), r)
 	}
 	t.Logf("etcd.sh %s: %v", strings.Join(args, " "), time.Since(start).Round(time.Millisecond))

@@ -746,14 +746,14 @@ func writeUntil(t testing.TB, within time.Duration, path, value string) time.Dur
 // the outage is present on both hosts, and the changes refused during it
 // are not.
 func TestSharedEtcdFaults(t *testing.T) {
-	script := etcdScript(t)
+	usePrivateEtcd(t)
 	hosts := sharedCluster(t, 2)
 	a, b := hosts[0], hosts[1]
 	requireTools(t, "timeout", "md5sum")
 	// Whatever happens, the cluster is whole again after the test, before
 	// the daemons stop (cleanups run last first).
 	t.Cleanup(func() {
-		if r := execCmd(script, "start"); r.err != nil {
+		if r := privateEtcd.script("start"); r.err != nil {
 			t.Errorf("etcd.sh start in the cleanup: %s", r)
 		}
 	})
