@@ -396,3 +396,32 @@ func toolTimed(limit time.Duration, name string, args ...string) result {
 	secs := strconv.FormatFloat(limit.Seconds(), 'f', 1, 64)
 	return execCmd("timeout", append([]string{"-s", "KILL", secs, name}, args...)...)
 }
+
+// singleHostOnShared returns, when IMAGEFS_TEST_CATALOG=etcd, the
+// arguments that run a test's single mount on a shared catalog of its own
+// (a fresh namespace of the test cluster, host id host-a, sealed data in
+// STORE/data as on a single host, so the tests that look at data files
+// find them); nil otherwise. `.ci/run` runs the integration suite a
+// second time so.
+func singleHostOnShared(t testing.TB, dir, store string) []string {
+	t.Helper()
+	switch os.Getenv("IMAGEFS_TEST_CATALOG") {
+	case "", "pebble":
+		return nil
+	case "etcd":
+	default:
+		t.Fatalf("IMAGEFS_TEST_CATALOG=%q: want etcd or pebble", os.Getenv("IMAGEFS_TEST_CATALOG"))
+	}
+	env := sharedEnv{Endpoints: etcdEndpoints(t), Namespace: "/imagefs-test-" + randHex(8) + "/",
+		Config: filepath.Join(dir, "imagefs.conf"), Data: filepath.Join(store, "data")}
+	conf := fmt.Sprintf("[etcd]\nnamespace = %s\nlease_ttl = %s\n", env.Namespace, sharedLeaseTTL)
+	if err := os.WriteFile(env.Config, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(env.Config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { etcdDeletePrefix(t, env) })
+	return []string{"--catalog", "etcd://" + strings.Join(env.Endpoints, ","), "--data", env.Data,
+		"--host-id", hostID(0), "--config", env.Config}
+}
