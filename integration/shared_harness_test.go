@@ -421,6 +421,9 @@ func singleHostOnShared(t testing.TB, dir, store string) []string {
 	if err := os.Chmod(env.Config, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(env.Data, 0o700); err != nil { // --data must exist
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { etcdDeletePrefix(t, env) })
 	return []string{"--catalog", "etcd://" + strings.Join(env.Endpoints, ","), "--data", env.Data,
 		"--host-id", hostID(0), "--config", env.Config}
