@@ -76,6 +76,7 @@ package store
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -137,6 +138,7 @@ type Options struct {
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
 // (uploads in progress) and the sealed data.
 type Store struct {
+	lock    *os.File // STORE/imagefs.lock, held while open (a catalog elsewhere); nil otherwise
 	dir     string
 	staging string
 	cat     *catalog
@@ -251,8 +253,21 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
+	var lock *os.File
+	if opts.Catalog != nil {
+		// The embedded catalog's lock (Pebble's LOCK) keeps a second
+		// daemon off a store; with a catalog elsewhere, STORE's own lock
+		// file does (its staging and data are this host's).
+		var err error
+		if lock, err = lockStore(dir); err != nil {
+			return nil, err
+		}
+	}
 	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	cat.timeout = opts.CatalogTimeout
@@ -260,14 +275,37 @@ func Open(dir string, opts Options) (*Store, error) {
 		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
 		data: opts.Data, opts: opts, log: opts.Logger,
 		images: map[string]*Image{}, byName: map[string]string{},
-		live: map[string]*liveImage{},
+		live: map[string]*liveImage{}, lock: lock,
 	}
 	s.delivered.L = &s.deliverMu
 	if err := s.load(); err != nil {
 		cat.close()
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	return s, nil
+}
+
+// lockName is the lock file of a store whose catalog is elsewhere.
+const lockName = "imagefs.lock"
+
+// lockStore takes STORE/imagefs.lock (flock, exclusive, not waiting).
+// Errors: ErrBusy when another process holds it.
+func lockStore(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, modeFile)
+	if err != nil {
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: store %s is in use by another imagefs process (is it mounted?)", ErrBusy, dir)
+		}
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 func (s *Store) load() error {
@@ -352,7 +390,11 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cat.close()
+	err := s.cat.close()
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	return err
 }
 
 // Dir returns the store's directory.
