@@ -138,7 +138,7 @@ type Options struct {
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
 // (uploads in progress) and the sealed data.
 type Store struct {
-	lock    *os.File // STORE/imagefs.lock, held while open (a catalog elsewhere); nil otherwise
+	lock    *os.File // STORE/imagefs.lock, held while open
 	dir     string
 	staging string
 	cat     *catalog
@@ -253,15 +253,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	var lock *os.File
-	if opts.Catalog != nil {
-		// The embedded catalog's lock (Pebble's LOCK) keeps a second
-		// daemon off a store; with a catalog elsewhere, STORE's own lock
-		// file does (its staging and data are this host's).
-		var err error
-		if lock, err = lockStore(dir); err != nil {
-			return nil, err
-		}
+	// STORE's lock keeps a second process off the store, whichever its
+	// catalog (Pebble's own LOCK covers only an embedded one): a store a
+	// daemon serves from a shared catalog cannot be opened at the same
+	// time as a single-host store (which would make it a catalog of its
+	// own), nor by fsck or migrate.
+	lock, err := lockStore(dir)
+	if err != nil {
+		return nil, err
 	}
 	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
@@ -298,10 +297,11 @@ func lockStore(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock store %s: %w", dir, err)
 	}
+	f.Chmod(modeFile) // an older or loosened store's file is made private like the rest
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: store %s is in use by another imagefs process (is it mounted?)", ErrBusy, dir)
+			return nil, fmt.Errorf("%w: store %s is in use by another imagefs process (is the store mounted?)", ErrBusy, dir)
 		}
 		return nil, fmt.Errorf("lock store %s: %w", dir, err)
 	}
