@@ -188,6 +188,13 @@ func (m *fsMount) start() {
 	if fi, err := logf.Stat(); err == nil {
 		logStart = int(fi.Size())
 	}
+	if m.catalogArgs != nil {
+		// --data (STORE/data here) must exist: a test may have put a
+		// fresh filesystem on STORE since the last start.
+		if err := os.MkdirAll(filepath.Join(m.Store, "data"), 0o700); err != nil {
+			m.t.Fatal(err)
+		}
+	}
 	cmd := exec.Command(binary, append(append(append([]string{"mount"}, m.catalogArgs...), m.Args...), m.Store, m.Mnt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group; if the test binary dies the daemon gets SIGTERM
