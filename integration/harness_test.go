@@ -159,6 +159,9 @@ func mount(t testing.TB) *fsMount {
 		t.Fatal(err)
 	}
 	m.catalogArgs = singleHostOnShared(t, dir, m.Store)
+	if m.catalogArgs != nil {
+		storeCatalogArgs.Store(m.Store, m.catalogArgs)
+	}
 	t.Cleanup(func() {
 		m.stop()
 		if data, _ := os.ReadFile(m.log); bytes.Contains(data, []byte("WARNING: DATA RACE")) {

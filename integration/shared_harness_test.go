@@ -428,3 +428,21 @@ func singleHostOnShared(t testing.TB, dir, store string) []string {
 	return []string{"--catalog", "etcd://" + strings.Join(env.Endpoints, ","), "--data", env.Data,
 		"--host-id", hostID(0), "--config", env.Config}
 }
+
+// storeCatalogArgs holds, for each STORE a test mounted on a shared
+// catalog (IMAGEFS_TEST_CATALOG=etcd), the arguments that name that
+// catalog, so that the tests' `imagefs fsck STORE` checks it too.
+var storeCatalogArgs sync.Map // string -> []string
+
+// fsckCmd returns the arguments of `imagefs fsck ARGS` (ARGS ending with
+// STORE), with the catalog arguments of STORE's mount when it was on a
+// shared catalog.
+func fsckCmd(args ...string) []string {
+	out := []string{"fsck"}
+	if len(args) > 0 {
+		if v, ok := storeCatalogArgs.Load(args[len(args)-1]); ok {
+			out = append(out, v.([]string)...)
+		}
+	}
+	return append(out, args...)
+}
