@@ -34,6 +34,7 @@ import (
 // migrated catalog and run imagefs fsck --verify-data on it (fsck on a
 // shared catalog is not built yet).
 func TestMigrate1000(t *testing.T) {
+	embeddedCatalogOnly(t, "migrate reads a single-host store (its embedded catalog)")
 	const total, uploaded = 1000, 50
 	eps := testutil.EtcdEndpoints(t)
 	m := mount(t)
@@ -293,6 +294,7 @@ func migrateTarget(t *testing.T, eps []string, store string) (*clientv3.Client, 
 // flipped on the store's disk) is listed with the reason, nothing of it
 // is written, the others are migrated, and the exit status is 1.
 func TestMigrateReportsFailures(t *testing.T) {
+	embeddedCatalogOnly(t, "migrate reads a single-host store (its embedded catalog)")
 	eps := testutil.EtcdEndpoints(t)
 	m := mount(t)
 	vhd := makeVHD(t, 1*mib, "fixed")

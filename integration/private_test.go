@@ -58,6 +58,7 @@ func loosenStore(t *testing.T, store string) {
 // imagefs left readable is tightened at mount, with one log line; fsck
 // reports such a store (exit 3: --repair fixes it) and --repair fixes it.
 func TestStorePrivate(t *testing.T) {
+	embeddedCatalogOnly(t, "the modes of the embedded catalog's files (STORE/catalog); a shared STORE has none")
 	requireTools(t, "setpriv", "find", "chmod")
 	m := mount(t)
 	u := actor{t: t, helper: testutil.SysHelper(t), uid: userA}

@@ -446,3 +446,15 @@ func fsckCmd(args ...string) []string {
 	}
 	return append(out, args...)
 }
+
+// embeddedCatalogOnly skips a single-host test in its shared-catalog
+// variant (IMAGEFS_TEST_CATALOG=etcd) when what it checks is the embedded
+// catalog's own (files in STORE/catalog, the free space of STORE's disk
+// for catalog commits, the delete reserve); why says so. README lists
+// these tests.
+func embeddedCatalogOnly(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("IMAGEFS_TEST_CATALOG") == "etcd" {
+		t.Skipf("not applicable to a shared catalog: %s", why)
+	}
+}
