@@ -262,6 +262,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkStoreKind(dir, opts.Catalog != nil && opts.Catalog.Shared()); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
 		if lock != nil {
@@ -287,7 +291,33 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// lockName is the lock file of a store whose catalog is elsewhere.
+// sharedMarker is the file that makes STORE a host's store of a shared
+// catalog (its staging and lock; the records are in etcd).
+const sharedMarker = "shared-catalog"
+
+// checkStoreKind refuses to open a single-host store (one with its own
+// catalog) on a shared catalog, which would hide its images, and a
+// host's store of a shared catalog as a single-host one, which would
+// start an empty catalog of its own; a store used the first time on a
+// shared catalog is marked so. Errors: ErrInvalid naming the way out.
+func checkStoreKind(dir string, shared bool) error {
+	marker := filepath.Join(dir, sharedMarker)
+	_, merr := os.Stat(marker)
+	ents, _ := os.ReadDir(filepath.Join(dir, "catalog"))
+	switch {
+	case shared && len(ents) > 0:
+		return fmt.Errorf("%w: %s is a single-host store (its catalog is %s): mount it without --catalog, or move its images into the shared catalog with imagefs migrate and mount a new STORE", ErrInvalid, dir, filepath.Join(dir, "catalog"))
+	case shared && merr != nil:
+		if err := os.WriteFile(marker, []byte("this STORE is a host's store of a shared catalog: mount it with --catalog and --data\n"), modeFile); err != nil {
+			return fmt.Errorf("mark store %s: %w", dir, err)
+		}
+	case !shared && merr == nil:
+		return fmt.Errorf("%w: %s is a host's store of a shared catalog (%s): mount it with --catalog and --data", ErrInvalid, dir, marker)
+	}
+	return nil
+}
+
+// lockName is the lock file of a store (see lockStore).
 const lockName = "imagefs.lock"
 
 // lockStore takes STORE/imagefs.lock (flock, exclusive, not waiting).

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -54,6 +55,9 @@ const relistRetry = time.Second
 // loadShared completes the load of a shared catalog at revision rev (the
 // records are loaded): the upload keys, and the ids deleted meanwhile.
 func (s *Store) loadShared(rev int64) error {
+	if err := s.claimHost(); err != nil {
+		return err
+	}
 	ups, err := s.cat.loadUploads(rev)
 	if err != nil {
 		return err
@@ -389,4 +393,44 @@ func (s *Store) recordNow(id string) bool {
 	}
 	p, err := s.cat.kv.Get(context.Background(), prefixImage+id)
 	return err != nil || p.ModRev != 0
+}
+
+// prefixHost: host/<host id> -> "" (shared catalogs only), Leased: held
+// by the daemon that serves that host id while it lives.
+const prefixHost = "host/"
+
+// hostClaimWait is how long Open waits for the claim of a host id held
+// by a previous daemon of this host that died (its lease expires after
+// lease_ttl, 10 s by default) before it gives up.
+var hostClaimWait = 20 * time.Second
+
+// claimHost makes this daemon the one that serves Options.Host: a leased
+// host/<id> key, created only if absent. Two live daemons with one host
+// id would each take the other's uploads for their own (a restart's
+// reconcile kills them), so the second is refused; a key left by a
+// daemon of this host that died vanishes with its lease, which Open
+// waits for (hostClaimWait). Errors: ErrBusy, the catalog's.
+func (s *Store) claimHost() error {
+	deadline := time.Now().Add(hostClaimWait)
+	logged := false
+	for {
+		t := s.cat.begin()
+		t.cond(prefixHost+s.opts.Host, 0)
+		t.b.Ops = append(t.b.Ops, kv.Op{Kind: kv.Put, Key: prefixHost + s.opts.Host, Leased: true})
+		err := t.commit()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errConflict) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: host id %q is served by another live imagefs daemon of this catalog (give each host its own --host-id)", ErrBusy, s.opts.Host)
+		}
+		if !logged {
+			s.log.Warn("host id in use in the catalog: waiting for a previous daemon's lease to expire", "host", s.opts.Host, "wait_max", hostClaimWait)
+			logged = true
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
