@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/imagefs/imagefs/store/kv"
 )
 
 // Kinds of problem Check reports.
@@ -215,6 +217,10 @@ func (k *checker) checkRecord(id string) *Image {
 		return nil
 	}
 	switch {
+	case im.Status == StatusSaving && s.uploadsElsewhere(id):
+		// Another host's upload in flight (its lease is live): its data
+		// file, if present, is a seal in flight.
+		return nil
 	case k.hasData[id] && !im.Status.Sealed():
 		return k.checkUncommittedSeal(im)
 	case im.Status == StatusSaving:
@@ -230,9 +236,14 @@ func (k *checker) checkRecord(id string) *Image {
 	if _, ok := im.Extra[KeyKillReason]; ok {
 		repaired := false
 		if opts.Repair {
-			c := im.clone()
-			deleteExtra(c, KeyKillReason)
-			repaired = s.publishWithSmallHeadroom(c, im.Name) == nil
+			repaired = s.repair(id, func(cur *Image) *Image {
+				if _, ok := cur.Extra[KeyKillReason]; !ok || !cur.Status.Sealed() {
+					return nil
+				}
+				c := cur.clone()
+				deleteExtra(c, KeyKillReason)
+				return c
+			})
 		}
 		k.add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
 		im = s.images[id]
@@ -261,11 +272,16 @@ func (k *checker) checkUncommittedSeal(im *Image) *Image {
 func (k *checker) checkInterrupted(im *Image) {
 	repaired := false
 	if k.opts.Repair {
-		c := im.clone()
-		c.Status = StatusKilled
-		setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
-		c.UpdatedAt = k.now
-		repaired = k.s.publishWithSmallHeadroom(c, im.Name) == nil
+		repaired = k.s.repair(im.ID, func(cur *Image) *Image {
+			if cur.Status != StatusSaving {
+				return nil
+			}
+			c := cur.clone()
+			c.Status = StatusKilled
+			setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
+			c.UpdatedAt = k.now
+			return c
+		})
 	}
 	k.add(ProblemInterrupted, im.ID, "upload was in flight when imagefs stopped", repaired)
 }
@@ -278,9 +294,14 @@ func (k *checker) checkStaleHashes(im *Image) {
 	}
 	repaired := false
 	if k.opts.Repair {
-		c := im.clone()
-		c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
-		repaired = k.s.publishWithSmallHeadroom(c, im.Name) == nil
+		repaired = k.s.repair(im.ID, func(cur *Image) *Image {
+			if cur.Status.Sealed() {
+				return nil
+			}
+			c := cur.clone()
+			c.Checksum, c.OSHashAlgo, c.OSHashValue, c.Size, c.VirtualSize = "", "", "", -1, -1
+			return c
+		})
 	}
 	k.add(ProblemStaleHashes, im.ID, fmt.Sprintf("status %s but checksum %q, size %d: hashes of data it does not have", im.Status, im.Checksum, im.Size), repaired)
 }
@@ -303,6 +324,9 @@ func (k *checker) checkDataFiles() error {
 				delete(k.hasData, id)
 			}
 			k.add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
+		case s.recordNow(id):
+			// A shared catalog's image created after the load (by
+			// another host) whose seal stored its data since.
 		default:
 			k.add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
 		}
@@ -546,10 +570,18 @@ func (s *Store) completeSeal(im *Image) error {
 		if err := s.moveToLostFound(im.ID); err != nil {
 			return err
 		}
-		c := im.clone()
-		c.Status = StatusKilled
-		setExtra(c, KeyKillReason, refusal)
-		return s.publishWithSmallHeadroom(c, im.Name)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, err := s.update(im.ID, kv.Small, func(cur *Image) (*Image, error) {
+			if cur == nil || cur.Status.Sealed() {
+				return nil, nil
+			}
+			c := cur.clone()
+			c.Status = StatusKilled
+			setExtra(c, KeyKillReason, refusal)
+			return c, nil
+		})
+		return err
 	}
 	p := newHashPipe()
 	if err := p.readFrom(f); err != nil {
@@ -559,7 +591,28 @@ func (s *Store) completeSeal(im *Image) error {
 	md5hex, shahex := p.finish()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, fi.Size(), vsize, facts), im.Name)
+	_, err = s.update(im.ID, kv.Small, func(cur *Image) (*Image, error) {
+		if cur == nil || cur.Status.Sealed() {
+			return nil, nil
+		}
+		return s.sealRecord(cur, md5hex, shahex, fi.Size(), vsize, facts), nil
+	})
+	return err
+}
+
+// repair commits fix(current record of id), a repair of fsck (nil: no
+// longer needed), through update; it reports whether it committed (or
+// was not needed).
+func (s *Store) repair(id string, fix func(cur *Image) *Image) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err := s.update(id, kv.Small, func(cur *Image) (*Image, error) {
+		if cur == nil {
+			return nil, nil
+		}
+		return fix(cur), nil
+	})
+	return err == nil
 }
 
 // moveToLostFound moves the data file of id out of the data area into

@@ -2,12 +2,16 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/imagefs/imagefs/store/kv"
 )
 
 // Writers that open their file several times (qemu-img convert: create
@@ -63,7 +67,9 @@ type dataReclaimer interface {
 }
 
 func (d *localData) Reclaim(id, path string) error {
-	if err := os.Rename(d.path(id), path); err != nil {
+	if err := os.Rename(d.path(id), path); errors.Is(err, syscall.EXDEV) {
+		return d.copyOut(id, path)
+	} else if err != nil {
 		return err
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
@@ -196,33 +202,42 @@ func (s *Store) reopenProvisional(c Caller, id string, w Writer) error {
 	if s.live[id] != l || s.provisionalLocked(id) != p {
 		return nil
 	}
-	im, err := s.getLocked(id)
-	if err != nil || im.Status != StatusActive || mayModify(c, im) != nil {
-		return nil
-	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
 	rec, ok := s.data.(dataReclaimer)
 	if !ok {
 		return nil
 	}
-	next := im.clone()
-	next.Status = StatusSaving
-	next.Checksum, next.OSHashAlgo, next.OSHashValue = "", "", ""
-	next.Size, next.VirtualSize = -1, -1
-	for _, k := range []string{KeyVHDDiskType, KeyVHDCreator, KeyVHDUniqueID, KeyVHDWarnings, KeyVHDSizeMiBAligned} {
-		deleteExtra(next, k)
-	}
-	next.UpdatedAt = now
-	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
+	ch, err := s.update(id, kv.Small, func(im *Image) (*Image, error) {
+		if im == nil || im.Status != StatusActive || mayModify(c, im) != nil {
+			return nil, nil
+		}
+		next := im.clone()
+		next.Status = StatusSaving
+		next.Checksum, next.OSHashAlgo, next.OSHashValue = "", "", ""
+		next.Size, next.VirtualSize = -1, -1
+		for _, k := range []string{KeyVHDDiskType, KeyVHDCreator, KeyVHDUniqueID, KeyVHDWarnings, KeyVHDSizeMiBAligned} {
+			deleteExtra(next, k)
+		}
+		next.UpdatedAt = now
+		return next, nil
+	})
+	if err != nil || ch.New == nil {
 		return err
 	}
 	l.provisional.Store(nil)
 	fail := func(err error) error {
-		killed := next.clone()
-		killed.Status = StatusKilled
-		setExtra(killed, KeyKillReason, "the seal was undone for the writer's reopen but its data could not be taken back; upload again")
-		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
-			s.emit(Event{Kind: EventKilled, ID: id, Reason: killed.Extra[KeyKillReason]})
+		reason := "the seal was undone for the writer's reopen but its data could not be taken back; upload again"
+		kill, kerr := s.update(id, kv.Small, func(cur *Image) (*Image, error) {
+			if cur == nil || cur.Status != StatusSaving {
+				return nil, nil
+			}
+			killed := cur.clone()
+			killed.Status = StatusKilled
+			setExtra(killed, KeyKillReason, reason)
+			return killed, nil
+		})
+		if kerr == nil && kill.New != nil {
+			s.emit(Event{Kind: EventKilled, ID: id, Reason: reason})
 		}
 		return fmt.Errorf("take back the sealed data of %s: %w", id, err)
 	}
@@ -355,8 +370,7 @@ func (s *Store) writerExited(pid, code uint32) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(w.id)
-	if err != nil || im.Status != StatusActive || im.Checksum != w.checksum {
+	if im, err := s.getLocked(w.id); err != nil || im.Status != StatusActive || im.Checksum != w.checksum {
 		return
 	}
 	if l := s.live[w.id]; l != nil {
@@ -367,12 +381,21 @@ func (s *Store) writerExited(pid, code uint32) {
 		how = fmt.Sprintf("was killed by signal %d", sig)
 	}
 	reason := fmt.Sprintf("the writer (process %d, which opened image.vhd read-write) %s after its close sealed the image: the data is probably incomplete (a failed qemu-img convert?); delete the image and upload again", pid, how)
-	next := im.clone()
-	next.Status = StatusDeactivated
-	setExtra(next, KeyDeactivateReason, reason)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
+	ch, err := s.update(w.id, kv.Small, func(im *Image) (*Image, error) {
+		if im == nil || im.Status != StatusActive || im.Checksum != w.checksum {
+			return nil, nil
+		}
+		next := im.clone()
+		next.Status = StatusDeactivated
+		setExtra(next, KeyDeactivateReason, reason)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		return next, nil
+	})
+	if err != nil {
 		s.log.Error("deactivating an image whose writer failed", "id", w.id, "err", err)
+		return
+	}
+	if ch.New == nil {
 		return
 	}
 	s.log.Warn("image deactivated", "id", w.id, "reason", reason)

@@ -76,6 +76,7 @@ package store
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -123,6 +124,10 @@ type Options struct {
 	Catalog kv.Backend
 	// Host names this host in a shared catalog (upload ownership, kill reasons); "" means os.Hostname().
 	Host string
+	// CatalogTimeout bounds each call into the catalog (a commit, a
+	// read): past it the call fails with ErrUnavailable (a shared
+	// catalog). 0 means 5 s. Open's load scans have 60 s each.
+	CatalogTimeout time.Duration
 	// checkOnly opens without the repair at open (for Check).
 	checkOnly bool
 	// catalogFS is the filesystem Pebble uses (tests inject errors); nil
@@ -133,6 +138,7 @@ type Options struct {
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
 // (uploads in progress) and the sealed data.
 type Store struct {
+	lock    *os.File // STORE/imagefs.lock, held while open
 	dir     string
 	staging string
 	cat     *catalog
@@ -165,6 +171,9 @@ type Store struct {
 	nextIno  uint64                // guarded by mu
 	seqRev   int64                 // ModRev of seq/ino (0: absent); guarded by mu
 	seq      uint64                // staging file names; guarded by mu
+	// uploadKeys: the upload/<id> keys of a shared catalog (see
+	// uploadKey in shared.go); guarded by mu.
+	uploadKeys map[string]uploadKey
 
 	// The change hook (changes.go): changes committed and not yet
 	// taken for delivery, how many were ever noted, the first numbers
@@ -180,6 +189,8 @@ type Store struct {
 	onChange   atomic.Pointer[func(Change)]
 
 	ww writerWatch // writers of provisional seals (reopen.go)
+
+	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -210,6 +221,13 @@ type liveImage struct {
 // after an unclean stop: uploads that were in flight become killed,
 // leftover staging files are removed, the data of deleted images is
 // removed, and a store that group or others can read is made private.
+//
+// With a shared Options.Catalog (kv.Backend.Shared: etcd), the records
+// are listed at one revision and then followed (watch.go): changes other
+// hosts commit are published here and delivered to OnChange as local
+// ones; the reconcile leaves alone the uploads other hosts hold (their
+// upload/<id> key is live), and the property index is held in memory
+// when the backend is not kv.Iterable.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.PropertyQuota <= 0 {
 		opts.PropertyQuota = DefaultPropertyQuota
@@ -235,22 +253,89 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
+	// STORE's lock keeps a second process off the store, whichever its
+	// catalog (Pebble's own LOCK covers only an embedded one): a store a
+	// daemon serves from a shared catalog cannot be opened at the same
+	// time as a single-host store (which would make it a catalog of its
+	// own), nor by fsck or migrate.
+	lock, err := lockStore(dir)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkStoreKind(dir, opts.Catalog != nil && opts.Catalog.Shared()); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
+	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
+		return nil, err
+	}
+	cat.timeout = opts.CatalogTimeout
 	s := &Store{
 		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
 		data: opts.Data, opts: opts, log: opts.Logger,
 		images: map[string]*Image{}, byName: map[string]string{},
-		live: map[string]*liveImage{},
+		live: map[string]*liveImage{}, lock: lock,
 	}
 	s.delivered.L = &s.deliverMu
 	if err := s.load(); err != nil {
 		cat.close()
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	return s, nil
+}
+
+// sharedMarker is the file that makes STORE a host's store of a shared
+// catalog (its staging and lock; the records are in etcd).
+const sharedMarker = "shared-catalog"
+
+// checkStoreKind refuses to open a single-host store (one with its own
+// catalog) on a shared catalog, which would hide its images, and a
+// host's store of a shared catalog as a single-host one, which would
+// start an empty catalog of its own; a store used the first time on a
+// shared catalog is marked so. Errors: ErrInvalid naming the way out.
+func checkStoreKind(dir string, shared bool) error {
+	marker := filepath.Join(dir, sharedMarker)
+	_, merr := os.Stat(marker)
+	ents, _ := os.ReadDir(filepath.Join(dir, "catalog"))
+	switch {
+	case shared && len(ents) > 0:
+		return fmt.Errorf("%w: %s is a single-host store (its catalog is %s): mount it without --catalog, or move its images into the shared catalog with imagefs migrate and mount a new STORE", ErrInvalid, dir, filepath.Join(dir, "catalog"))
+	case shared && merr != nil:
+		if err := os.WriteFile(marker, []byte("this STORE is a host's store of a shared catalog: mount it with --catalog and --data\n"), modeFile); err != nil {
+			return fmt.Errorf("mark store %s: %w", dir, err)
+		}
+	case !shared && merr == nil:
+		return fmt.Errorf("%w: %s is a host's store of a shared catalog (%s): mount it with --catalog and --data", ErrInvalid, dir, marker)
+	}
+	return nil
+}
+
+// lockName is the lock file of a store (see lockStore).
+const lockName = "imagefs.lock"
+
+// lockStore takes STORE/imagefs.lock (flock, exclusive, not waiting).
+// Errors: ErrBusy when another process holds it.
+func lockStore(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, modeFile)
+	if err != nil {
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	f.Chmod(modeFile) // an older or loosened store's file is made private like the rest
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: store %s is in use by another imagefs process (is the store mounted?)", ErrBusy, dir)
+		}
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 func (s *Store) load() error {
@@ -267,6 +352,14 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	if s.cat.it == nil {
+		s.loadMemIndex()
+	}
+	if s.cat.kv.Shared() {
+		if err := s.loadShared(rev); err != nil {
+			return err
+		}
+	}
 	if s.opts.checkOnly {
 		return nil
 	}
@@ -274,7 +367,13 @@ func (s *Store) load() error {
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
-	return s.reconcile()
+	if err := s.reconcile(); err != nil {
+		return err
+	}
+	if s.cat.kv.Shared() {
+		s.startRemote(rev + 1)
+	}
+	return nil
 }
 
 // reconcile repairs what an unclean stop can leave (see Check): in-flight
@@ -295,7 +394,8 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close closes the catalog (Options.Catalog too, when set). Uploads
+// Close stops following a shared catalog and closes the catalog
+// (Options.Catalog too, when set). Uploads
 // still open are abandoned (they become killed at the next Open). Call
 // it once the server has stopped (no request in flight, none to come): it
 // waits for a seal still in progress (each upload's lock, taken in the
@@ -303,6 +403,7 @@ func (s *Store) reconcile() error {
 // fails.
 func (s *Store) Close() error {
 	s.stopWatch()
+	s.stopRemote()
 	var uploads []*Upload
 	s.pubMu.RLock()
 	for _, l := range s.live {
@@ -319,7 +420,11 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cat.close()
+	err := s.cat.close()
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	return err
 }
 
 // Dir returns the store's directory.
@@ -407,79 +512,47 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 		return nil, err
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
+	id := uuid.NewString()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.byName[name]; ok {
-		return nil, fmt.Errorf("%w: image name %q", ErrExists, name)
-	}
-	im := &Image{
-		ID: uuid.NewString(), InoBase: s.nextIno << inoShift, Name: name,
-		Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
-		Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
-		NextSlot: slotExtraBase,
-	}
-	t := s.cat.begin()
-	t.condImage(im.ID, nil)
-	t.putImage(im)
-	t.reindex(nil, im)
-	t.putName(name, im.ID)
-	t.cond(keySeqIno, s.seqRev)
-	t.putSeqIno(s.nextIno + 1)
-	s.commitMu.Lock()
-	if err := t.commit(); err != nil {
-		s.commitMu.Unlock()
+	// Decided on the published state; on a conflict (another host took
+	// the name or the inode base meanwhile) decided again (commitRetry).
+	var im *Image
+	err := s.commitRetry(func() (*txn, func(rev int64), error) {
+		if _, ok := s.byName[name]; ok {
+			return nil, nil, fmt.Errorf("%w: image name %q", ErrExists, name)
+		}
+		next := s.nextIno
+		im = &Image{
+			ID: id, InoBase: next << inoShift, Name: name,
+			Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
+			Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
+			NextSlot: slotExtraBase,
+		}
+		t := s.cat.begin()
+		t.condImage(im.ID, nil)
+		t.putImage(im)
+		t.reindex(nil, im)
+		t.putName(name, im.ID)
+		t.cond(keySeqIno, s.seqRev)
+		t.putSeqIno(next + 1)
+		return t, func(rev int64) {
+			im.rev = rev
+			s.nextIno = next + 1
+			s.seqRev = rev
+			s.noteChange(nil, im)
+			s.pubMu.Lock()
+			s.images[im.ID] = im
+			s.byName[name] = im.ID
+			s.pubMu.Unlock()
+		}, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	im.rev = t.rev
-	s.nextIno++
-	s.seqRev = t.rev
-	s.noteChange(nil, im)
-	s.pubMu.Lock()
-	s.images[im.ID] = im
-	s.byName[name] = im.ID
-	s.pubMu.Unlock()
-	s.commitMu.Unlock()
 	s.log.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
-}
-
-// publish commits im (and the name index changes of a rename) and makes it
-// the current snapshot. Must hold s.mu.
-func (s *Store) publish(im *Image, oldName string) error {
-	return s.publishTxn(s.cat.begin(), im, oldName)
-}
-
-// publishWithSmallHeadroom is publish for a change that must go through
-// on a nearly full disk (a seal, a kill, a removal): its commit needs
-// only smallHeadroom of free space, not catalogHeadroom. Must hold s.mu.
-func (s *Store) publishWithSmallHeadroom(im *Image, oldName string) error {
-	return s.publishTxn(s.cat.begin().small(), im, oldName)
-}
-
-func (s *Store) publishTxn(t *txn, im *Image, oldName string) error {
-	t.condImage(im.ID, s.images[im.ID])
-	t.putImage(im)
-	t.reindex(s.images[im.ID], im)
-	if oldName != im.Name {
-		t.deleteName(oldName)
-		t.putName(im.Name, im.ID)
-	}
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	if err := t.commit(); err != nil {
-		return err
-	}
-	im.rev = t.rev // im is not published yet
-	s.noteChange(s.images[im.ID], im)
-	s.pubMu.Lock()
-	s.images[im.ID] = im
-	if oldName != im.Name {
-		delete(s.byName, oldName)
-		s.byName[im.Name] = im.ID
-	}
-	s.pubMu.Unlock()
-	return nil
 }
 
 func (s *Store) getLocked(id string) (*Image, error) {
@@ -533,22 +606,28 @@ func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (C
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	ch, err := s.update(id, kv.Grows, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
+			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		next := im.clone()
+		applyValue(next, key, value)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if err := checkRecordSize(next); err != nil {
+			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		return next, nil
+	})
 	if err != nil {
 		return Change{}, err
 	}
-	if err := s.setPropertyRules(c, im, key, value, mode); err != nil {
-		s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
-		return Change{}, err
-	}
-	next := im.clone()
-	applyValue(next, key, value)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
-		return Change{}, err
-	}
 	s.log.Info("property changed", "id", id, "key", key, "uid", c.UID)
-	return Change{Old: im, New: next}, nil
+	return ch, nil
 }
 
 // setPropertyRules checks SetProperty's rules for setting key to value on
@@ -603,17 +682,19 @@ func (s *Store) RemoveProperty(c Caller, id, key string) error {
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	_, err := s.update(id, kv.Small, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if err := checkRemove(c, im, key); err != nil {
+			return nil, err
+		}
+		next := im.clone()
+		deleteExtra(next, key)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		return next, nil
+	})
 	if err != nil {
-		return err
-	}
-	if err := checkRemove(c, im, key); err != nil {
-		return err
-	}
-	next := im.clone()
-	deleteExtra(next, key)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publishWithSmallHeadroom(next, im.Name); err != nil {
 		return err
 	}
 	s.log.Info("property removed", "id", id, "key", key, "uid", c.UID)
@@ -661,26 +742,32 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	_, err := s.update(id, kv.Grows, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if _, ok := im.Property(to); ok && mode == RenameNoReplace {
+			return nil, fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
+		}
+		if err := checkTake(c, im, from, true); err != nil {
+			return nil, err
+		}
+		value := im.Extra[from]
+		next := im.clone()
+		deleteExtra(next, from)
+		if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
+			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		applyValue(next, to, value)
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if err := checkRecordSize(next); err != nil {
+			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
+			return nil, err
+		}
+		return next, nil
+	})
 	if err != nil {
-		return err
-	}
-	if _, ok := im.Property(to); ok && mode == RenameNoReplace {
-		return fmt.Errorf("%w: property %s (no replace)", ErrExists, to)
-	}
-	if err := checkTake(c, im, from, true); err != nil {
-		return err
-	}
-	value := im.Extra[from]
-	next := im.clone()
-	deleteExtra(next, from)
-	if err := s.setPropertyRules(c, next, to, value, SetAny); err != nil {
-		s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
-		return err
-	}
-	applyValue(next, to, value)
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	if err := s.publish(next, im.Name); err != nil {
 		return err
 	}
 	s.log.Info("property renamed", "id", id, "from", from, "key", to, "uid", c.UID)
@@ -694,40 +781,48 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 func (s *Store) Delete(c Caller, id string) error {
 	defer s.deliver()
 	s.mu.Lock()
-	im, err := s.getLocked(id)
-	if err == nil {
-		err = mayModify(c, im)
-	}
-	if err == nil && im.Protected {
-		err = fmt.Errorf("%w: image %s is protected", ErrNotPermitted, id)
-	}
+	// Decided on the published record; on a conflict (another host
+	// changed it meanwhile) decided again on the fresh one (commitRetry).
+	var im *Image
+	err := s.commitRetry(func() (*txn, func(rev int64), error) {
+		var err error
+		im, err = s.getLocked(id)
+		if err == nil {
+			err = mayModify(c, im)
+		}
+		if err == nil && im.Protected {
+			err = fmt.Errorf("%w: image %s is protected", ErrNotPermitted, id)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		t := s.cat.begin().frees()
+		t.deleteImage(im)
+		t.reindex(im, nil)
+		t.deleteName(im.Name)
+		t.uploadOps(id, im, nil, s.opts.Host, s.uploadKeys[id].rev, s.opts.Now())
+		if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
+			// Until the data file is gone (or, for an upload in flight whose
+			// seal may still store data, until the next Open): a crash before
+			// that leaves data the next Open removes, not an orphan for
+			// lost+found.
+			t.putTombstone(id)
+		}
+		return t, func(int64) {
+			s.setUploadKey(id, uploadKey{}, true)
+			s.noteChange(im, nil)
+			s.pubMu.Lock()
+			delete(s.images, id)
+			if s.byName[im.Name] == id {
+				delete(s.byName, im.Name)
+			}
+			s.pubMu.Unlock()
+		}, nil
+	})
 	if err != nil {
 		s.mu.Unlock()
 		return err
 	}
-	t := s.cat.begin().frees()
-	t.deleteImage(im)
-	t.reindex(im, nil)
-	t.deleteName(im.Name)
-	if l := s.live[id]; im.Status.Sealed() || l != nil && (l.upload != nil || len(l.scratch) > 0) {
-		// Until the data file is gone (or, for an upload in flight whose
-		// seal may still store data, until the next Open): a crash before
-		// that leaves data the next Open removes, not an orphan for
-		// lost+found.
-		t.putTombstone(id)
-	}
-	s.commitMu.Lock()
-	if err := t.commit(); err != nil {
-		s.commitMu.Unlock()
-		s.mu.Unlock()
-		return err
-	}
-	s.noteChange(im, nil)
-	s.pubMu.Lock()
-	delete(s.images, id)
-	delete(s.byName, im.Name)
-	s.pubMu.Unlock()
-	s.commitMu.Unlock()
 	// The uploads to abandon, read while holding s.mu: a DiscardUpload
 	// that looked the liveImage up before may still write to it.
 	var uploads []*Upload
@@ -792,6 +887,9 @@ func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) 
 	// it needs but not committed.
 	next := im.clone()
 	applyValue(next, key, value)
+	if err := checkRecordSize(next); err != nil {
+		return err
+	}
 	t := s.cat.begin()
 	t.condImage(next.ID, im)
 	t.putImage(next)

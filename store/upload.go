@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/imagefs/imagefs/store/kv"
 )
 
 // ImageDataName is the name of the image data file in an image directory.
@@ -313,25 +315,27 @@ func (u *Upload) discard() {
 func (s *Store) setStatus(id string, st Status, reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
-	if err != nil {
-		return err
-	}
-	if im.Status.Sealed() {
-		return fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, id, im.Status)
-	}
-	if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
-		return nil
-	}
-	next := im.clone()
-	next.Status = st
-	if st == StatusKilled {
-		setExtra(next, KeyKillReason, reason)
-	} else {
-		deleteExtra(next, KeyKillReason)
-	}
-	next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-	return s.publishWithSmallHeadroom(next, im.Name)
+	_, err := s.update(id, kv.Small, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		if im.Status.Sealed() {
+			return nil, fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, id, im.Status)
+		}
+		if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
+			return nil, nil
+		}
+		next := im.clone()
+		next.Status = st
+		if st == StatusKilled {
+			setExtra(next, KeyKillReason, reason)
+		} else {
+			deleteExtra(next, KeyKillReason)
+		}
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		return next, nil
+	})
+	return err
 }
 
 // dropUpload forgets u as image id's upload, if it still is.
@@ -709,7 +713,16 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		}
 		l.provisional.Store(prov)
 	}
-	if err := s.publishWithSmallHeadroom(s.sealRecord(im, md5hex, shahex, u.size, vsize, facts), im.Name); err != nil {
+	ch, err := s.update(u.id, kv.Small, func(cur *Image) (*Image, error) {
+		if cur == nil {
+			return nil, fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
+		}
+		if err := s.sealable(cur, u.started); err != nil {
+			return nil, err
+		}
+		return s.sealRecord(cur, md5hex, shahex, u.size, vsize, facts), nil
+	})
+	if err != nil {
 		if l != nil {
 			l.provisional.Store(nil)
 		}
@@ -720,19 +733,71 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		if rerr := s.data.Remove(u.id); rerr != nil {
 			s.log.Error("removing data of a seal that did not commit", "id", u.id, "err", rerr)
 		}
-		killed := im.clone()
-		killed.Status = StatusKilled
-		setExtra(killed, KeyKillReason, "the seal could not be recorded in the catalog; upload again")
-		killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
-		if s.publishWithSmallHeadroom(killed, im.Name) == nil {
-			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: killed.Extra[KeyKillReason]})
+		reason := "the seal could not be recorded in the catalog; upload again"
+		if errors.Is(err, errUploadLost) {
+			reason = "the seal was refused: " + err.Error() + "; upload again"
+		}
+		kill, kerr := s.update(u.id, kv.Small, func(cur *Image) (*Image, error) {
+			// Not an image that another host killed, or uploads now.
+			if cur == nil || s.shared() && (cur.Status != StatusSaving || s.uploadsElsewhere(u.id)) {
+				return nil, nil
+			}
+			killed := cur.clone()
+			killed.Status = StatusKilled
+			setExtra(killed, KeyKillReason, reason)
+			killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+			return killed, nil
+		})
+		if kerr == nil && kill.New != nil {
+			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: reason})
 		}
 		return nil, err
 	}
+	im = ch.Old
 	if prov != nil {
 		s.watchWriter(u.opener.PID, u.id, md5hex)
 	}
 	return im, nil
+}
+
+// errUploadLost: a seal whose image is no longer this host's upload in a
+// shared catalog (its lease expired and another host killed it, or took
+// it over).
+var errUploadLost = fmt.Errorf("%w: the upload is no longer this host's", ErrCatalog)
+
+// sealable checks that a seal of this host may commit on record im: in a
+// shared catalog, an upload that moved the image to saving (started)
+// must find it still saving with this host's upload key (another host
+// kills an upload whose host's lease expired); a file written under
+// another name and renamed onto image.vhd (never saving) needs the image
+// queued or killed and uploaded by no other host. The embedded catalog
+// has no such keys: any record may be sealed. Errors: errUploadLost.
+// Must hold s.mu.
+func (s *Store) sealable(im *Image, started bool) error {
+	if !s.shared() {
+		return nil
+	}
+	switch {
+	case started && im.Status != StatusSaving:
+		return fmt.Errorf("%w: image %s is %s (its upload lease of host %s expired?)", errUploadLost, im.ID, im.Status, s.opts.Host)
+	}
+	switch im.Status {
+	case StatusSaving:
+		if !s.uploadsHere(im.ID) {
+			return fmt.Errorf("%w: image %s: the upload key of host %s is gone (its etcd lease expired)", errUploadLost, im.ID, s.opts.Host)
+		}
+	case StatusQueued, StatusKilled:
+		// A file written under another name and renamed onto image.vhd
+		// (rsync, mv) seals without passing through saving; no other
+		// host may be uploading (the record's condition covers a start
+		// racing this commit).
+		if s.uploadsElsewhere(im.ID) {
+			return fmt.Errorf("%w: image %s is being uploaded by host %s", errUploadLost, im.ID, s.uploadKeys[im.ID].host)
+		}
+	default:
+		return fmt.Errorf("%w: image %s is %s (its upload lease of host %s expired?)", errUploadLost, im.ID, im.Status, s.opts.Host)
+	}
+	return nil
 }
 
 // sealRecord returns im sealed: status active with its hashes, sizes and

@@ -223,6 +223,7 @@ func serve(c *mountConfig, ready func(error)) int {
 			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))
 		}
 		opts.Catalog, opts.Host, opts.Data = be, c.shared.Host, data
+		opts.CatalogTimeout = c.shared.RequestTimeout // the store's deadline of each catalog call
 	}
 	st, err := store.Open(c.store, opts)
 	if err != nil {

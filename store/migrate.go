@@ -1,0 +1,611 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/imagefs/imagefs/store/kv"
+)
+
+// Outcomes of one image in a migration (MigrateItem.Outcome).
+const (
+	// MigrateDone: the record (and, sealed, the verified data) was written.
+	MigrateDone = "migrated"
+	// MigrateSkipped: the destination already holds this record, equal
+	// (an earlier run migrated it).
+	MigrateSkipped = "already-migrated"
+	// MigrateSaving: an upload was in progress when the store stopped;
+	// not migrated (upload the image again).
+	MigrateSaving = "saving"
+	// MigrateConflict: the destination holds the name under another id,
+	// the id with another record, or the inode range under another id;
+	// nothing is overwritten.
+	MigrateConflict = "conflict"
+	// MigrateDataError: the sealed data is missing, unreadable, of the
+	// wrong size or does not hash to checksum/os_hash_value; the record
+	// is not written and no data file stays in the destination.
+	MigrateDataError = "data-error"
+	// MigrateNeedsRepair: the store has a problem imagefs fsck --repair
+	// fixes first (an uncommitted seal: data of an image not sealed).
+	MigrateNeedsRepair = "needs-repair"
+	// MigrateTooLarge: the record exceeds what the shared catalog takes
+	// in one request.
+	MigrateTooLarge = "too-large"
+)
+
+// MigrateOptions tune Migrate.
+type MigrateOptions struct {
+	// Progress, if set, is called after each image with the number of
+	// images handled so far, the total, and the image's item.
+	Progress func(done, total int, it MigrateItem)
+	// TempDir is where data is copied before DataBackend.Put when the
+	// backend is not the local one (which gets its temporary files in
+	// its own directory, so that Put is a rename). Default os.TempDir().
+	TempDir string
+	// DryRun writes nothing: the source's data is read and verified,
+	// the destination read, and the report says what a run would do
+	// (MigrateDone: would be migrated).
+	DryRun bool
+}
+
+// MigrateItem is what became of one image of the source.
+type MigrateItem struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Status  Status `json:"status"`
+	Outcome string `json:"outcome"` // Migrate* constants
+	Detail  string `json:"detail,omitempty"`
+	Bytes   int64  `json:"bytes,omitempty"` // data bytes copied
+}
+
+// OK reports whether the image is in the destination.
+func (it MigrateItem) OK() bool { return it.Outcome == MigrateDone || it.Outcome == MigrateSkipped }
+
+// MigrateReport is what Migrate did: one item per image record of the
+// source (key order), counts, and the destination's inode sequence.
+type MigrateReport struct {
+	Images   int           `json:"images"`   // records in the source
+	Migrated int           `json:"migrated"` // written by this run
+	Skipped  int           `json:"skipped"`  // already in the destination
+	Failed   int           `json:"failed"`   // not migrated (see Items)
+	Deleted  int           `json:"deleted"`  // records of deleted images (tombstoned), left out
+	Bytes    int64         `json:"bytes"`    // data bytes copied and verified
+	SeqIno   uint64        `json:"seq_ino"`  // seq/ino in the destination afterwards
+	DryRun   bool          `json:"dry_run"`  // nothing was written (MigrateOptions.DryRun)
+	Items    []MigrateItem `json:"items"`
+}
+
+// OK reports whether every image of the source is in the destination.
+func (r *MigrateReport) OK() bool { return r.Failed == 0 }
+
+// Migrate copies the single-host store in src (which must not be
+// mounted: its catalog is locked while imagefs serves it, and Migrate
+// holds it so) into a shared catalog dst and the shared data backend
+// data, keeping every record as it is (the same JSON under img/<id>:
+// id, name, owner, checksums, timestamps, inode base and slots) and its
+// name under name/<name>. The source is only read.
+//
+// First seq/ino in dst is raised to at least the source's next inode
+// base and past every base the source uses (never lowered; under a
+// condition on its ModRev), so that inode numbers stay those of the
+// source and unique. Then, for each record: sealed images (active,
+// deactivated) have their data copied into data, hashed on the way
+// (MD5 = checksum, SHA-512 = os_hash_value, size = size) into a
+// temporary file that is fsynced and then handed to data.Put; only then
+// is the record committed (one transaction per image: img/<id> and
+// name/<name>, each conditioned on being absent), so an interruption
+// never leaves a sealed record without its data, and a re-run completes
+// what was cut off. queued and killed images are migrated as records;
+// saving ones are not (MigrateSaving: upload them again); records of
+// deleted images (a del/<id> tombstone) are left out.
+//
+// Safe to run again: an image whose record is already in dst, equal as
+// JSON, is skipped (its data is copied again only if missing). A name
+// held in dst by another id, an id with a different record, or an inode
+// range used by another id is a MigrateConflict: nothing of that image is
+// written.
+//
+// With opts.DryRun nothing is written: the data is verified and the
+// report says what a run would do.
+//
+// Per-image failures are in the report, not in the error. Errors stop the
+// run (the report says what was done before): the source is not a store,
+// ErrBusy (it is mounted), ErrCatalog (its catalog cannot be read),
+// ErrUnavailable (dst did not answer), I/O errors of the data backend or
+// the temporary directory, ctx's error when it ends.
+func Migrate(ctx context.Context, src string, dst kv.Backend, data DataBackend, opts MigrateOptions) (MigrateReport, error) {
+	r := MigrateReport{DryRun: opts.DryRun}
+	if _, err := os.Stat(filepath.Join(src, "catalog")); err != nil {
+		return r, fmt.Errorf("%s is not an imagefs store: %w", src, err)
+	}
+	s, err := Open(src, Options{checkOnly: true})
+	if err != nil {
+		return r, err
+	}
+	defer s.Close()
+	m := &migration{ctx: ctx, s: s, dst: dst, data: data, opts: opts, r: &r}
+	if err := m.run(); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// migration is one run of Migrate.
+type migration struct {
+	ctx  context.Context
+	s    *Store
+	dst  kv.Backend
+	data DataBackend
+	opts MigrateOptions
+	r    *MigrateReport
+
+	// The destination as read at the start.
+	dstImg  map[string]kv.Pair // id -> img/<id>
+	dstName map[string]kv.Pair // name -> name/<name>
+	dstIno  map[uint64]string  // inode base -> id
+	srcData map[string]bool    // ids with a data file in the source
+}
+
+// migrateRecord is one record of the source: its JSON as stored, decoded.
+type migrateRecord struct {
+	raw []byte
+	im  *Image
+}
+
+func (m *migration) run() error {
+	var recs []migrateRecord
+	_, err := m.s.cat.kv.Scan(context.Background(), prefixImage, "img0", 0, func(p kv.Pair) error {
+		raw := bytes.Clone(p.Value)
+		im := new(Image)
+		if err := json.Unmarshal(raw, im); err != nil {
+			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
+		}
+		recs = append(recs, migrateRecord{raw: raw, im: im})
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, ErrCatalog) {
+			err = catalogErr(err)
+		}
+		return err
+	}
+	tombs, err := m.s.cat.loadTombstones()
+	if err != nil {
+		return err
+	}
+	ids, err := m.s.data.List()
+	if err != nil {
+		return fmt.Errorf("list the source's data files: %w", err)
+	}
+	m.srcData = map[string]bool{}
+	for _, id := range ids {
+		m.srcData[id] = true
+	}
+	m.r.Images = len(recs)
+	if err := m.readDst(); err != nil {
+		return err
+	}
+	if err := m.raiseSeqIno(recs); err != nil {
+		return err
+	}
+	for i, rec := range recs {
+		if err := m.ctx.Err(); err != nil {
+			return err
+		}
+		im := rec.im
+		if tombs[im.ID] {
+			m.r.Deleted++
+			continue
+		}
+		it, err := m.image(rec)
+		if err != nil {
+			return err
+		}
+		switch {
+		case it.Outcome == MigrateDone:
+			m.r.Migrated++
+		case it.Outcome == MigrateSkipped:
+			m.r.Skipped++
+		default:
+			m.r.Failed++
+		}
+		m.r.Bytes += it.Bytes
+		m.r.Items = append(m.r.Items, it)
+		if m.opts.Progress != nil {
+			m.opts.Progress(i+1, len(recs), it)
+		}
+	}
+	return nil
+}
+
+// readDst reads the destination's records and names (one revision).
+func (m *migration) readDst() error {
+	m.dstImg, m.dstName, m.dstIno = map[string]kv.Pair{}, map[string]kv.Pair{}, map[uint64]string{}
+	rev, err := m.dst.Scan(m.ctx, prefixImage, "img0", 0, func(p kv.Pair) error {
+		p.Value = bytes.Clone(p.Value)
+		id := p.Key[len(prefixImage):]
+		m.dstImg[id] = p
+		var im Image
+		if err := json.Unmarshal(p.Value, &im); err == nil {
+			m.dstIno[im.InoBase] = id
+		}
+		return nil
+	})
+	if err != nil {
+		return m.dstErr(err)
+	}
+	_, err = m.dst.Scan(m.ctx, prefixName, "name0", rev, func(p kv.Pair) error {
+		p.Value = bytes.Clone(p.Value)
+		m.dstName[p.Key[len(prefixName):]] = p
+		return nil
+	})
+	return m.dstErr(err)
+}
+
+// dstErr maps an error of the destination catalog (nil stays nil).
+func (m *migration) dstErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctxErr := m.ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	return fmt.Errorf("destination catalog: %w", catalogErr(err))
+}
+
+// raiseSeqIno sets seq/ino in dst to at least the source's next inode
+// base and past every base of the source's records, before any record is
+// written; it never lowers it.
+func (m *migration) raiseSeqIno(recs []migrateRecord) error {
+	want := m.s.nextIno
+	for _, rec := range recs {
+		want = max(want, rec.im.InoBase>>inoShift+1)
+	}
+	for attempt := 0; ; attempt++ {
+		p, err := m.dst.Get(m.ctx, keySeqIno)
+		if err != nil {
+			return m.dstErr(err)
+		}
+		cur := uint64(1)
+		if p.ModRev != 0 {
+			if len(p.Value) != 8 {
+				return fmt.Errorf("%w: destination %s is %d bytes, want 8", ErrCatalog, keySeqIno, len(p.Value))
+			}
+			cur = binary.BigEndian.Uint64(p.Value)
+		}
+		if cur >= want || m.opts.DryRun {
+			m.r.SeqIno = max(cur, want)
+			return nil
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], want)
+		_, err = m.dst.Commit(m.ctx, &kv.Batch{
+			Conds: []kv.Cond{{Key: keySeqIno, ModRev: p.ModRev}},
+			Ops:   []kv.Op{{Kind: kv.Put, Key: keySeqIno, Value: v[:]}},
+			Room:  kv.Small,
+		})
+		switch {
+		case err == nil:
+			m.r.SeqIno = want
+			return nil
+		case errors.Is(err, kv.ErrConflict) && attempt < 10:
+			continue // another host took an inode base meanwhile: read again
+		}
+		return m.dstErr(err)
+	}
+}
+
+// image migrates one record. Its error stops the run; what befell the
+// image is in the item.
+func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
+	im := rec.im
+	it := MigrateItem{ID: im.ID, Name: im.Name, Status: im.Status}
+	fail := func(outcome, format string, a ...any) (MigrateItem, error) {
+		it.Outcome, it.Detail = outcome, fmt.Sprintf(format, a...)
+		return it, nil
+	}
+	if err := ValidName(im.Name); err != nil || im.ID == "" || strings.ContainsAny(im.ID, "/\x00") || im.ID == "." || im.ID == ".." {
+		return fail(MigrateConflict, "the record's id or name is not valid (imagefs fsck the store)")
+	}
+	switch im.Status {
+	case StatusSaving:
+		return fail(MigrateSaving, "an upload was in progress when the store was last unmounted: not migrated; upload the image again")
+	case StatusQueued, StatusKilled:
+		if m.srcData[im.ID] {
+			return fail(MigrateNeedsRepair, "a data file of this %s image is in the store (a seal that did not commit): run imagefs fsck --repair on the store first", im.Status)
+		}
+	case StatusActive, StatusDeactivated:
+		if im.Checksum == "" || im.OSHashValue == "" || im.Size < 0 {
+			return fail(MigrateDataError, "%s image without checksum, os_hash_value or size: its data cannot be verified", im.Status)
+		}
+	default:
+		return fail(MigrateConflict, "unknown status %q (imagefs fsck the store)", im.Status)
+	}
+
+	// Already there?
+	if p, ok := m.dstImg[im.ID]; ok {
+		if !migrateJSONEqual(p.Value, rec.raw) {
+			return fail(MigrateConflict, "the destination has a different record for this id (changed since an earlier migration?): left as it is")
+		}
+		if n, ok := m.dstName[im.Name]; ok && string(n.Value) != im.ID {
+			return fail(MigrateConflict, "the destination's name %q is held by image %s", im.Name, n.Value)
+		}
+		if im.Status.Sealed() {
+			if _, err := m.data.Blocks(im.ID); errors.Is(err, ErrNotFound) {
+				n, msg, err := m.copyData(im)
+				if err != nil || msg != "" {
+					return it, m.noteData(&it, msg, err)
+				}
+				it.Bytes = n
+			} else if err != nil {
+				return it, fmt.Errorf("destination data of %s: %w", im.ID, err)
+			}
+		}
+		if _, ok := m.dstName[im.Name]; !ok && !m.opts.DryRun {
+			// The record without its name (changed by hand?): claim it.
+			if err := m.commit(rec, false); err != nil {
+				return it, m.noteCommit(&it, err)
+			}
+		}
+		it.Outcome = MigrateSkipped
+		return it, nil
+	}
+	if n, ok := m.dstName[im.Name]; ok && string(n.Value) != im.ID {
+		return fail(MigrateConflict, "the name is held in the destination by image %s: rename one of them (in the store, or on the shared mount) and run again", n.Value)
+	}
+	if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID {
+		return fail(MigrateConflict, "inode base %d is used in the destination by image %s (two stores migrated into one catalog?)", im.InoBase, other)
+	}
+
+	if im.Status.Sealed() {
+		n, msg, err := m.copyData(im)
+		if err != nil || msg != "" {
+			return it, m.noteData(&it, msg, err)
+		}
+		it.Bytes = n
+	}
+	if m.opts.DryRun {
+		it.Outcome = MigrateDone
+		return it, nil
+	}
+	if err := m.commit(rec, true); err != nil {
+		if err := m.noteCommit(&it, err); err != nil {
+			return it, err // the run stops; a re-run completes the image
+		}
+		if im.Status.Sealed() {
+			// Not migrated (a conflict: someone else wrote this id or
+			// name meanwhile; too large): the data file copied is ours
+			// to remove unless a record of the id exists.
+			if p, gerr := m.dst.Get(m.ctx, prefixImage+im.ID); gerr == nil && p.ModRev == 0 {
+				if rerr := m.data.Remove(im.ID); rerr != nil {
+					return it, fmt.Errorf("destination data of %s: %w", im.ID, rerr)
+				}
+			}
+			it.Bytes = 0
+		}
+		return it, nil
+	}
+	m.dstIno[im.InoBase] = im.ID
+	it.Outcome = MigrateDone
+	return it, nil
+}
+
+// noteData records a data problem (msg) in it, or returns err (which
+// stops the run).
+func (m *migration) noteData(it *MigrateItem, msg string, err error) error {
+	if err != nil {
+		return err
+	}
+	it.Outcome, it.Detail = MigrateDataError, msg
+	return nil
+}
+
+// noteCommit records in it why the record's commit failed, or returns
+// the error that stops the run.
+func (m *migration) noteCommit(it *MigrateItem, err error) error {
+	switch {
+	case errors.Is(err, kv.ErrConflict):
+		it.Outcome, it.Detail = MigrateConflict, "the destination's record or name changed during the migration (another host?): run again to see what holds it"
+		return nil
+	case errors.Is(err, kv.ErrTooLarge):
+		it.Outcome, it.Detail = MigrateTooLarge, fmt.Sprintf("the record is too large for the shared catalog: %v (remove properties in the store, then run again)", err)
+		return nil
+	}
+	return m.dstErr(err)
+}
+
+// commit writes rec's record and name into dst in one transaction. With
+// record, img/<id> must be absent and is written; name/<name> must be
+// absent (or be this id's at the ModRev read) and is written.
+func (m *migration) commit(rec migrateRecord, record bool) error {
+	im := rec.im
+	b := &kv.Batch{Room: kv.Grows}
+	if record {
+		b.Conds = append(b.Conds, kv.Cond{Key: prefixImage + im.ID})
+		b.Ops = append(b.Ops, kv.Op{Kind: kv.Put, Key: prefixImage + im.ID, Value: rec.raw})
+	}
+	b.Conds = append(b.Conds, kv.Cond{Key: prefixName + im.Name, ModRev: m.dstName[im.Name].ModRev})
+	b.Ops = append(b.Ops, kv.Op{Kind: kv.Put, Key: prefixName + im.Name, Value: []byte(im.ID)})
+	_, err := m.dst.Commit(m.ctx, b)
+	return err
+}
+
+// copyData copies the sealed data of im from the source into the
+// destination's data backend, verified on the way: it returns the bytes
+// copied, or a message saying why the data is refused (nothing is left
+// in the destination then), or an error that stops the run.
+func (m *migration) copyData(im *Image) (int64, string, error) {
+	f, err := m.s.data.Open(im.ID)
+	if errors.Is(err, ErrNotFound) {
+		return 0, "the data file is missing in the store: restore it from a backup (or delete the image), then run again", nil
+	}
+	if err != nil {
+		return 0, fmt.Sprintf("the data file cannot be opened: %v", err), nil
+	}
+	defer f.Close()
+	if m.opts.DryRun {
+		return m.verifyData(im, f)
+	}
+	dir := m.opts.TempDir
+	if ld, ok := m.data.(*localData); ok {
+		dir = ld.dir // Put is then a rename within one filesystem
+	} else if dir == "" {
+		dir = os.TempDir()
+	}
+	// Not ".vhd": the data backend's List must not take it for data.
+	tmp := filepath.Join(dir, im.ID+".vhd.migrating")
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, modeFile)
+	if err != nil {
+		return 0, "", fmt.Errorf("temporary data file: %w", err)
+	}
+	put := false
+	defer func() {
+		if !put {
+			out.Close()
+			os.Remove(tmp)
+		}
+	}()
+	w := &migrateWriter{f: out}
+	var readErr error
+	p := newHashPipe()
+	err = p.readFrom(io.TeeReader(&migrateCtxReader{ctx: m.ctx, r: migrateReadErr{r: f, err: &readErr}}, w))
+	if err != nil {
+		p.stop()
+		switch {
+		case m.ctx.Err() != nil:
+			return 0, "", m.ctx.Err()
+		case readErr != nil:
+			return 0, fmt.Sprintf("the data file cannot be read: %v", readErr), nil
+		}
+		return 0, "", fmt.Errorf("temporary data file: %w", err)
+	}
+	n := p.n
+	if msg := migrateMismatch(im, p); msg != "" {
+		return 0, msg, nil
+	}
+	if err := w.finish(n); err != nil {
+		return 0, "", fmt.Errorf("temporary data file: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		return 0, "", fmt.Errorf("temporary data file: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return 0, "", fmt.Errorf("temporary data file: %w", err)
+	}
+	put = true
+	if err := m.data.Put(im.ID, tmp); err != nil {
+		os.Remove(tmp)
+		return 0, "", fmt.Errorf("destination data of %s: %w", im.ID, err)
+	}
+	return n, "", nil
+}
+
+// verifyData hashes the source's data f of im (a dry run).
+func (m *migration) verifyData(im *Image, f *os.File) (int64, string, error) {
+	p := newHashPipe()
+	if err := p.readFrom(&migrateCtxReader{ctx: m.ctx, r: f}); err != nil {
+		p.stop()
+		if m.ctx.Err() != nil {
+			return 0, "", m.ctx.Err()
+		}
+		return 0, fmt.Sprintf("the data file cannot be read: %v", err), nil
+	}
+	n := p.n
+	if msg := migrateMismatch(im, p); msg != "" {
+		return 0, msg, nil
+	}
+	return n, "", nil
+}
+
+// migrateMismatch finishes p and says how the data it hashed differs from
+// im's record ("" when it does not).
+func migrateMismatch(im *Image, p *hashPipe) string {
+	md5hex, shahex := p.finish()
+	switch {
+	case p.n != im.Size:
+		return fmt.Sprintf("the data file has %d bytes, the record says %d: not migrated (imagefs fsck --verify-data the store)", p.n, im.Size)
+	case md5hex != im.Checksum || shahex != im.OSHashValue:
+		return fmt.Sprintf("the data hashes to md5 %s, the record says %s (or its SHA-512 differs): not migrated (bit rot or tampering in the store; imagefs fsck --verify-data)", md5hex, im.Checksum)
+	}
+	return ""
+}
+
+// migrateWriter writes a stream to f, leaving a hole for each chunk that
+// is all zeros (the source's holes stay holes).
+type migrateWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (w *migrateWriter) Write(b []byte) (int, error) {
+	if !migrateAllZero(b) {
+		if _, err := w.f.WriteAt(b, w.off); err != nil {
+			return 0, err
+		}
+	}
+	w.off += int64(len(b))
+	return len(b), nil
+}
+
+// finish sets the file's size to n (a trailing hole).
+func (w *migrateWriter) finish(n int64) error { return w.f.Truncate(n) }
+
+func migrateAllZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.NativeEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 })
+}
+
+// migrateCtxReader fails with ctx's error once ctx ends.
+type migrateCtxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *migrateCtxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
+}
+
+// migrateReadErr keeps the source's read error apart from the
+// destination's write error.
+type migrateReadErr struct {
+	r   io.Reader
+	err *error
+}
+
+func (t migrateReadErr) Read(b []byte) (int, error) {
+	n, err := t.r.Read(b)
+	if err != nil && err != io.EOF {
+		*t.err = err
+	}
+	return n, err
+}
+
+// migrateJSONEqual reports whether a and b are the same JSON value.
+func migrateJSONEqual(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}
