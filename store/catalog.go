@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -227,12 +228,14 @@ func (c *catalog) loadRange(lower, upper string, rev int64) ([]*Image, error) {
 	return out, err
 }
 
-// loadNames reads the name index.
-func (c *catalog) loadNames(fn func(name, id string)) error {
+// loadNames reads the name index: fn gets each name/<name> key's Pair
+// (its value is the id).
+func (c *catalog) loadNames(fn func(p kv.Pair)) error {
 	ctx, cancel := loadCtx()
 	defer cancel()
 	_, err := c.kv.Scan(ctx, prefixName, "name0", 0, func(p kv.Pair) error {
-		fn(p.Key[len(prefixName):], string(p.Value))
+		p.Value = slices.Clone(p.Value) // the backend may reuse it
+		fn(p)
 		return nil
 	})
 	return catalogErr(err)

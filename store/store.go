@@ -143,6 +143,7 @@ type Store struct {
 	data    DataBackend
 	opts    Options
 	log     *slog.Logger // opts.Logger
+	lock    *os.File     // STORE/lock of a shared catalog's store (storelock.go), or nil
 
 	// mu serializes the writers: it is held across each catalog commit
 	// (an fsync) and across the check before it. The record readers never
@@ -242,13 +243,22 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
+	var lock *os.File // a shared catalog's store: STORE/lock (storelock.go)
+	if opts.Catalog != nil && opts.Catalog.Shared() {
+		l, err := lockStore(dir)
+		if err != nil {
+			return nil, err
+		}
+		lock = l
+	}
 	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
+		unlockStore(lock)
 		return nil, err
 	}
 	cat.timeout = opts.CatalogTimeout
 	s := &Store{
-		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
+		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat, lock: lock,
 		data: opts.Data, opts: opts, log: opts.Logger,
 		images: map[string]*Image{}, byName: map[string]string{},
 		live: map[string]*liveImage{},
@@ -256,6 +266,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.delivered.L = &s.deliverMu
 	if err := s.load(); err != nil {
 		cat.close()
+		unlockStore(lock)
 		return nil, err
 	}
 	return s, nil
@@ -330,6 +341,7 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer unlockStore(s.lock)
 	return s.cat.close()
 }
 
