@@ -263,8 +263,10 @@ func (k *checker) current(id string) (im *Image, ok bool) {
 	return im, true
 }
 
-// uploadLive reports whether image id's upload/<id> key is present
-// (shared catalogs): its host is uploading or sealing it.
+// uploadLive reports whether image id's upload/<id> key is present and
+// names another host (shared catalogs): that host is uploading or
+// sealing it. A key of this host is not live: its daemon is not running
+// (Check holds the store's lock), the key waits for its lease to expire.
 func (k *checker) uploadLive(id string) bool {
 	if !k.shared {
 		return false
@@ -272,7 +274,10 @@ func (k *checker) uploadLive(id string) bool {
 	ctx, cancel := k.s.cat.ctx()
 	defer cancel()
 	p, err := k.s.cat.kv.Get(ctx, prefixUpload+id)
-	return err != nil || p.ModRev != 0 // unreadable: leave it alone
+	if err != nil {
+		return true // unreadable: leave it alone
+	}
+	return p.ModRev != 0 && uploadHost(p.Value) != k.s.opts.Host
 }
 
 // add reports a problem; repaired says whether it was repaired.

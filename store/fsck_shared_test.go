@@ -40,13 +40,14 @@ func problemIDs(r *CheckReport) []string {
 
 // TestCheckShared: a shared catalog with a sealed image whose data file
 // was removed, an old orphan data file and a fresh one, a saving record
-// whose upload key is gone, a name key pointing to the wrong id and one
-// naming no image, a staging leftover of the fsck host, and an upload in
-// progress on host-a (its key live). Check reports each problem with its
-// kind and leaves the fresh orphan and the live upload alone; Repair
-// fixes all but the missing data (which needs the operator: here the
-// image is deleted); a second Check is clean; --verify-data catches a
-// flipped byte in a sealed image's shared data.
+// whose upload key is gone and one whose key names the fsck host, a name
+// key pointing to the wrong id and one naming no image, a staging
+// leftover of the fsck host, and an upload in progress on host-a (its
+// key live). Check reports each problem with its kind and leaves the
+// fresh orphan and the live upload alone; Repair fixes all but the
+// missing data (which needs the operator: here the image is deleted); a
+// second Check is clean; --verify-data catches a flipped byte in a
+// sealed image's shared data. The STORE of host-a (mounted) is refused.
 func TestCheckShared(t *testing.T) {
 	ns, data := sharedNS(t), t.TempDir()
 	a, _ := openHost(t, ns, "host-a", data)
@@ -77,11 +78,17 @@ func TestCheckShared(t *testing.T) {
 	inflight, err := a.Create(alice, "inflight")
 	require.NoError(t, err)
 	startUpload(t, a, inflight.ID)
+	// own: an upload key naming the fsck host (left by its daemon, whose
+	// lease has not expired yet): not live, the upload is interrupted.
+	own, err := a.Create(alice, "own")
+	require.NoError(t, err)
+	startUpload(t, a, own.ID)
 	ghost := uuid.NewString()
 	c := openEtcd(t, ns)
 	defer c.Close()
 	_, err = c.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{
 		{Kind: kv.Delete, Key: prefixUpload + interrupted.ID},
+		{Kind: kv.Put, Key: prefixUpload + own.ID, Value: []byte(`{"host":"host-fsck","since":"2026-01-01T00:00:00Z"}`)},
 		{Kind: kv.Put, Key: prefixName + "good", Value: []byte(missing.ID)},
 		{Kind: kv.Put, Key: prefixName + "ghost", Value: []byte(ghost)},
 	}})
@@ -100,6 +107,7 @@ func TestCheckShared(t *testing.T) {
 	require.NoError(t, err)
 	want := []string{
 		ProblemInterrupted + " " + interrupted.ID,
+		ProblemInterrupted + " " + own.ID,
 		ProblemMissingData + " " + missing.ID,
 		ProblemNameIndex + " " + good.ID,    // name "good" missing (the key names another id)
 		ProblemNameIndex + " " + missing.ID, // name/good points to an image that does not have it
@@ -109,7 +117,7 @@ func TestCheckShared(t *testing.T) {
 	}
 	slices.Sort(want)
 	assert.Equal(t, want, problemIDs(r), "problems: %v", r.Problems)
-	assert.Equal(t, 4, r.Images)
+	assert.Equal(t, 5, r.Images)
 	assert.Equal(t, filepath.Join(data, "lost+found"), r.LostFoundDir)
 	for _, p := range r.Problems {
 		assert.False(t, p.Repaired, "%v", p)
@@ -121,12 +129,17 @@ func TestCheckShared(t *testing.T) {
 	for _, p := range r.Problems {
 		assert.Equal(t, p.Kind != ProblemMissingData, p.Repaired, "%v", p)
 	}
-	assert.Len(t, r.Problems, 7, "problems: %v", r.Problems)
+	assert.Len(t, r.Problems, 8, "problems: %v", r.Problems)
 	_, err = os.Stat(filepath.Join(data, "lost+found", oldOrphan+".vhd"))
 	assert.NoError(t, err, "old orphan in DATA/lost+found")
 	_, err = os.Stat(filepath.Join(data, freshOrphan+".vhd"))
 	assert.NoError(t, err, "fresh orphan left alone")
-	within(t, "host-a sees the interrupted upload killed", func() bool { return a.Get(interrupted.ID).Status == StatusKilled })
+	within(t, "host-a sees the interrupted uploads killed", func() bool {
+		return a.Get(interrupted.ID).Status == StatusKilled && a.Get(own.ID).Status == StatusKilled
+	})
+	p, err := c.Get(context.Background(), prefixUpload+own.ID)
+	require.NoError(t, err)
+	assert.Zero(t, p.ModRev, "the kill deleted the fsck host's upload key")
 	assert.Equal(t, StatusSaving, a.Get(inflight.ID).Status, "the live upload is left alone")
 	for name, want := range map[string]string{"good": good.ID, "missing": missing.ID, "ghost": ""} {
 		p, err := c.Get(context.Background(), prefixName+name)
