@@ -520,7 +520,7 @@ type fsckReport struct {
 // mounted) and decodes its report.
 func fsckJSON(t testing.TB, store string, args ...string) fsckReport {
 	t.Helper()
-	r := execCmd(binary, append(append([]string{"fsck", "--json"}, args...), store)...)
+	r := execCmd(binary, fsckCmd(append(append([]string{"--json"}, args...), store)...)...)
 	var rep fsckReport
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("imagefs fsck --json %v: %v\n%s", args, err, r)
@@ -577,13 +577,13 @@ func TestFsckCommand(t *testing.T) {
 	run(t, "cp", fx.Path, m.dataFile("img"))
 	m.mkimage("queued")
 
-	r := execCmd(binary, "fsck", m.Store)
+	r := execCmd(binary, fsckCmd(m.Store)...)
 	if r.code != 2 || !strings.Contains(r.stderr, "mounted") {
 		t.Errorf("fsck of a mounted store: want exit 2 saying it is mounted, got %s", r)
 	}
 	m.stop()
 
-	r = execCmd(binary, "fsck", "--verify-data", m.Store)
+	r = execCmd(binary, fsckCmd("--verify-data", m.Store)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "2 images, 1 sealed, 1 verified, 0 problems") {
 		t.Errorf("fsck --verify-data of a clean store: %s", r)
 	}

@@ -11,6 +11,7 @@ import (
 // rmdir and by rm -rf, and gives its space back; after that the catalog
 // takes changes again and fsck finds nothing wrong.
 func TestENOSPCDelete(t *testing.T) {
+	embeddedCatalogOnly(t, "a delete on a full STORE disk uses the embedded catalog's reserve")
 	m := mount(t)
 	requireTools(t, "rm", "rmdir")
 	fx := makeVHD(t, 4*mib, "fixed")

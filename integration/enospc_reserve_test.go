@@ -16,6 +16,7 @@ func reservePath(m *fsMount) string {
 // the delete that freed it, or after the next change once the operator
 // freed space), so a second delete on a full disk works too.
 func TestENOSPCDeleteTwice(t *testing.T) {
+	embeddedCatalogOnly(t, "the delete reserve is a file of the embedded catalog (STORE/catalog/imagefs-reserve)")
 	m := mount(t)
 	requireTools(t, "rm", "find")
 	fx := makeVHD(t, 16*mib, "fixed")

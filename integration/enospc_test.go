@@ -145,6 +145,7 @@ func TestENOSPCUpload(t *testing.T) {
 // catalog (Pebble) itself must never meet the full disk: imagefs refuses
 // a commit that does not leave it room.
 func TestENOSPCCatalog(t *testing.T) {
+	embeddedCatalogOnly(t, "a full disk under the embedded catalog (Pebble); an etcd catalog has its own")
 	m := mount(t)
 	requireTools(t, "setfattr", "getfattr")
 	fx := makeVHD(t, 4*mib, "fixed")

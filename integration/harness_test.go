@@ -61,7 +61,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
-	testutil.StopServices() // the etcd test cluster, if a test started it
+	testutil.StopServices() // the etcd cluster of the shared-catalog tests, if this process was its last user
 	if left := leftoverMounts(); len(left) > 0 {
 		// Every test unmounts in its cleanup; a leftover is a harness bug.
 		fmt.Fprintf(os.Stderr, "integration: mounts left behind (lazily unmounted now): %v\n", left)
@@ -129,6 +129,9 @@ type fsMount struct {
 	// Args are more arguments of imagefs mount, before STORE (such as
 	// --allow-other); set them, then remount.
 	Args []string
+	// catalogArgs are the arguments that put a mount of the single-host
+	// tests on a shared catalog (IMAGEFS_TEST_CATALOG=etcd); nil otherwise.
+	catalogArgs []string
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process has exited
@@ -154,6 +157,10 @@ func mount(t testing.TB) *fsMount {
 	}
 	if err := os.Mkdir(m.Mnt, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	m.catalogArgs = singleHostOnShared(t, dir, m.Store)
+	if m.catalogArgs != nil {
+		storeCatalogArgs.Store(m.Store, m.catalogArgs)
 	}
 	t.Cleanup(func() {
 		m.stop()
@@ -184,7 +191,14 @@ func (m *fsMount) start() {
 	if fi, err := logf.Stat(); err == nil {
 		logStart = int(fi.Size())
 	}
-	cmd := exec.Command(binary, append(append([]string{"mount"}, m.Args...), m.Store, m.Mnt)...)
+	if m.catalogArgs != nil {
+		// --data (STORE/data here) must exist: a test may have put a
+		// fresh filesystem on STORE since the last start.
+		if err := os.MkdirAll(filepath.Join(m.Store, "data"), 0o700); err != nil {
+			m.t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(binary, append(append(append([]string{"mount"}, m.catalogArgs...), m.Args...), m.Store, m.Mnt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group; if the test binary dies the daemon gets SIGTERM
 	// and unmounts itself.

@@ -36,6 +36,7 @@ import (
 // is mounted (exit 2), and once unmounted imagefs fsck --verify-data
 // finds the catalog and the shared data clean (exit 0).
 func TestMigrate1000(t *testing.T) {
+	embeddedCatalogOnly(t, "migrate reads a single-host store (its embedded catalog)")
 	const total, uploaded = 1000, 50
 	eps := testutil.EtcdEndpoints(t)
 	m := mount(t)
@@ -216,7 +217,7 @@ done`, m.Mnt)
 		cmp(t, filepath.Join(srcStore, "data", id+".vhd"), m.byID(id, "image.vhd"))
 	}
 	fsck := append([]string{"fsck", "--verify-data", m.Store}, shared...)
-	if r := execCmd(binary, fsck...); r.code != 2 || !strings.Contains(r.stderr, "is it mounted") {
+	if r := execCmd(binary, fsck...); r.code != 2 || !strings.Contains(r.stderr, "is the store mounted?") {
 		t.Errorf("imagefs fsck on the STORE of a mounted host: want exit 2 and the reason: %s", r)
 	}
 	m.stop()
@@ -333,6 +334,7 @@ func migrateTarget(t *testing.T, eps []string, store string) (*clientv3.Client, 
 // flipped on the store's disk) is listed with the reason, nothing of it
 // is written, the others are migrated, and the exit status is 1.
 func TestMigrateReportsFailures(t *testing.T) {
+	embeddedCatalogOnly(t, "migrate reads a single-host store (its embedded catalog)")
 	eps := testutil.EtcdEndpoints(t)
 	m := mount(t)
 	vhd := makeVHD(t, 1*mib, "fixed")

@@ -129,7 +129,7 @@ func TestOpsUmountWaitsForStore(t *testing.T) {
 		if isMounted(m.Mnt) {
 			t.Fatalf("round %d: still mounted after imagefs umount", i)
 		}
-		if r := execCmd(binary, "fsck", m.Store); r.err != nil {
+		if r := execCmd(binary, fsckCmd(m.Store)...); r.err != nil {
 			t.Fatalf("round %d: imagefs umount && imagefs fsck: %s", i, r)
 		}
 	}

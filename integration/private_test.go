@@ -58,6 +58,7 @@ func loosenStore(t *testing.T, store string) {
 // imagefs left readable is tightened at mount, with one log line; fsck
 // reports such a store (exit 3: --repair fixes it) and --repair fixes it.
 func TestStorePrivate(t *testing.T) {
+	embeddedCatalogOnly(t, "the modes of the embedded catalog's files (STORE/catalog); a shared STORE has none")
 	requireTools(t, "setpriv", "find", "chmod")
 	m := mount(t)
 	u := actor{t: t, helper: testutil.SysHelper(t), uid: userA}
@@ -116,7 +117,7 @@ func TestStorePrivate(t *testing.T) {
 	if got := u.must("read", m.backing(id)); got != string(readFile(fx.Path)) {
 		t.Fatalf("uid %s read %d bytes of the loose store's data file", userA, len(got))
 	}
-	r := execCmd(binary, "fsck", m.Store)
+	r := execCmd(binary, fsckCmd(m.Store)...)
 	if r.code != 3 || !strings.Contains(r.stdout, "store-mode: ") || !strings.Contains(r.stdout, "(--repair fixes this)") {
 		t.Errorf("fsck of a store others can read: want exit 3 reporting store-mode as repairable, got %s", r)
 	}
@@ -148,7 +149,7 @@ func TestStorePrivate(t *testing.T) {
 
 	// fsck --repair tightens it too.
 	loosenStore(t, m.Store)
-	r = execCmd(binary, "fsck", "--repair", m.Store)
+	r = execCmd(binary, fsckCmd("--repair", m.Store)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "store-mode: ") || !strings.Contains(r.stdout, "(repaired)") {
 		t.Errorf("fsck --repair of a store others can read: want exit 0, store-mode repaired, got %s", r)
 	}
@@ -156,7 +157,7 @@ func TestStorePrivate(t *testing.T) {
 		t.Errorf("a loose store after fsck --repair:\n%s", strings.Join(bad, "\n"))
 	}
 	cannotRead("after fsck --repair")
-	if r := execCmd(binary, "fsck", m.Store); r.code != 0 || !strings.Contains(r.stdout, "0 problems") {
+	if r := execCmd(binary, fsckCmd(m.Store)...); r.code != 0 || !strings.Contains(r.stdout, "0 problems") {
 		t.Errorf("fsck after --repair: %s", r)
 	}
 }
@@ -183,7 +184,7 @@ func TestInterruptedDeleteCleanedAtMount(t *testing.T) {
 	m.crash()
 	run(t, "chattr", "-i", m.backing(id))
 
-	r := execCmd(binary, "fsck", m.Store)
+	r := execCmd(binary, fsckCmd(m.Store)...)
 	if r.code != 3 || !strings.Contains(r.stdout, "deleted-data: "+id) {
 		t.Errorf("fsck after an interrupted delete: want exit 3 with deleted-data, got %s", r)
 	}
@@ -205,7 +206,7 @@ func TestInterruptedDeleteCleanedAtMount(t *testing.T) {
 	copyFile(t, fx.Path, orphan)
 	m.start()
 	m.stop()
-	r = execCmd(binary, "fsck", m.Store)
+	r = execCmd(binary, fsckCmd(m.Store)...)
 	size := fileSize(t, fx.Path)
 	lf := filepath.Join(m.Store, "lost+found")
 	want := lf + " holds 1 files (" + strconv.FormatInt(size, 10) + " bytes)"
@@ -231,7 +232,7 @@ func TestFsckRepairableExitStatus(t *testing.T) {
 	if err := os.WriteFile(leftover, []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := execCmd(binary, "fsck", m.Store)
+	r := execCmd(binary, fsckCmd(m.Store)...)
 	if r.code != 3 || !strings.Contains(r.stdout, "staging-leftover: leftover.1 (--repair fixes this)") ||
 		!strings.Contains(r.stdout, "1 of them fixed by imagefs fsck --repair") || strings.Contains(r.stdout, "need you") {
 		t.Errorf("fsck with only repairable problems: want exit 3 and the problem marked, got %s", r)
@@ -247,19 +248,19 @@ func TestFsckRepairableExitStatus(t *testing.T) {
 	if err := os.Rename(data, data+".away"); err != nil {
 		t.Fatal(err)
 	}
-	r = execCmd(binary, "fsck", m.Store)
+	r = execCmd(binary, fsckCmd(m.Store)...)
 	if r.code != 1 || !strings.Contains(r.stdout, "missing-data: "+id+": the data file is missing\n") ||
 		!strings.Contains(r.stdout, "(--repair fixes this)") || !strings.Contains(r.stdout, "1 of them need you") {
 		t.Errorf("fsck with a problem --repair cannot fix: want exit 1, got %s", r)
 	}
-	r = execCmd(binary, "fsck", "--repair", m.Store)
+	r = execCmd(binary, fsckCmd("--repair", m.Store)...)
 	if r.code != 1 || !strings.Contains(r.stdout, "(repaired)") || !strings.Contains(r.stdout, "1 of them need you") {
 		t.Errorf("fsck --repair with a problem it cannot fix: want exit 1, got %s", r)
 	}
 	if err := os.Rename(data+".away", data); err != nil {
 		t.Fatal(err)
 	}
-	if r := execCmd(binary, "fsck", m.Store); r.code != 0 {
+	if r := execCmd(binary, fsckCmd(m.Store)...); r.code != 0 {
 		t.Errorf("fsck after the data file came back: %s", r)
 	}
 

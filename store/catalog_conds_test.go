@@ -68,13 +68,3 @@ func cond(key string, modRev int64) kv.Cond { return kv.Cond{Key: key, ModRev: m
 
 // notIterable is a backend the store cannot keep its property index in.
 type notIterable struct{ kv.Backend }
-
-// TestSharedCatalogNotYet: a backend that is not Iterable is refused.
-func TestSharedCatalogNotYet(t *testing.T) {
-	dir := t.TempDir()
-	db, err := pebblekv.Open(filepath.Join(dir, "catalog"), pebblekv.Options{})
-	require.NoError(t, err)
-	defer db.Close()
-	_, err = Open(dir, Options{Catalog: notIterable{db}})
-	assert.ErrorContains(t, err, "shared catalogs: not yet")
-}

@@ -28,8 +28,11 @@ func (c Change) ID() string {
 // once, each may deliver a batch of the others' changes, fn may run on
 // several goroutines at once (an earlier change's call may still be
 // running when a later one's starts), and none returns before its own
-// changes are delivered. fn may call the Store's read methods (Get,
-// Lookup, List...), not the ones that change records.
+// changes are delivered. A change another host committed to a shared
+// catalog is delivered the same way by the goroutine that watches the
+// catalog (watch.go), right after it is published. fn may call the
+// Store's read methods (Get, Lookup, List...), not the ones that change
+// records.
 func (s *Store) OnChange(fn func(Change)) {
 	if fn == nil {
 		s.onChange.Store(nil)
@@ -38,9 +41,11 @@ func (s *Store) OnChange(fn func(Change)) {
 	s.onChange.Store(&fn)
 }
 
-// noteChange records a committed change for deliver. Must hold s.mu;
-// takes deliverMu.
+// noteChange records a committed change for deliver, and keeps what
+// derives from the records in step (notePublished). Must hold s.mu (and
+// commitMu for writing); takes deliverMu.
 func (s *Store) noteChange(old, new *Image) {
+	s.notePublished(old, new)
 	if s.onChange.Load() == nil {
 		return
 	}

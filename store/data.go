@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,14 +49,63 @@ func NewLocalData(dir string) (DataBackend, error) {
 
 func (d *localData) path(id string) string { return filepath.Join(d.dir, id+".vhd") }
 
+// Put moves the staging file into place (rename). When dir is on another
+// filesystem than the staging file (EXDEV: a data directory shared by
+// hosts, on NFS, with staging under the local STORE), it copies it to
+// DIR/.tmp-<id>-<random>, fsyncs it, makes it 0400, renames it into
+// place, fsyncs DIR and removes the staging file; a failure leaves no
+// temporary file and the staging file in place.
 func (d *localData) Put(id, path string) error {
 	if err := os.Chmod(path, modeDataFile); err != nil {
 		return err
 	}
-	if err := os.Rename(path, d.path(id)); err != nil {
+	err := os.Rename(path, d.path(id))
+	if errors.Is(err, syscall.EXDEV) {
+		return d.copyIn(id, path)
+	}
+	if err != nil {
 		return err
 	}
 	return syncDir(d.dir)
+}
+
+// copyIn is Put across filesystems.
+func (d *localData) copyIn(id, path string) (err error) {
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(d.dir, ".tmp-"+id+"-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = io.Copy(tmp, src); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Chmod(modeDataFile); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp.Name(), d.path(id)); err != nil {
+		return err
+	}
+	if err := syncDir(d.dir); err != nil {
+		return err
+	}
+	os.Remove(path)
+	return syncDir(filepath.Dir(path))
 }
 
 func (d *localData) Open(id string) (*os.File, error) {
@@ -106,4 +156,37 @@ func (d *localData) Blocks(id string) (int64, error) {
 		return 0, err
 	}
 	return st.Blocks, nil
+}
+
+// copyOut is Reclaim across filesystems (data directory and staging on
+// two): the data is copied to path (0600, fsynced), then the data file is
+// removed. A failure leaves the data file and no file at path.
+func (d *localData) copyOut(id, path string) (err error) {
+	src, err := os.Open(d.path(id))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := dst.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if _, err = io.Copy(dst, src); err != nil {
+		return err
+	}
+	if err = dst.Sync(); err != nil {
+		return err
+	}
+	if err = syncDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	return d.Remove(id)
 }

@@ -319,6 +319,10 @@ func (k *checker) checkRecord(id string) *Image {
 		return nil
 	}
 	switch {
+	case im.Status == StatusSaving && s.uploadsElsewhere(id):
+		// Another host's upload in flight (its lease is live): its data
+		// file, if present, is a seal in flight.
+		return nil
 	case k.hasData[id] && !im.Status.Sealed():
 		return k.checkUncommittedSeal(im)
 	case im.Status == StatusSaving:
@@ -437,6 +441,10 @@ func (k *checker) checkDataFiles() error {
 			}
 			k.add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
 		case k.shared && !k.orphanShared(id):
+			// A shared catalog: younger than the grace (another host's
+			// seal may be about to commit), or of an image created
+			// after the load (by another host) whose seal stored its
+			// data since.
 		default:
 			k.add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
 		}
@@ -476,8 +484,7 @@ func (k *checker) orphanShared(id string) bool {
 	if err != nil || k.s.opts.Now().Sub(fi.ModTime()) < k.opts.OrphanGrace {
 		return false
 	}
-	cur, ok := k.current(id)
-	return ok && cur == nil
+	return !k.s.recordNow(id)
 }
 
 // dropTombstonesShared drops the tombstones whose data is gone and whose

@@ -123,7 +123,8 @@ func indexEntries(im *Image) map[string]string {
 
 // reindex writes the index changes from record old to record new: nil old
 // for a new image, nil new for a deleted one. Only the properties that
-// differ are touched.
+// differ are touched. A catalog that is not Iterable keeps no index (the
+// store's memIndex follows the published records: notePublished).
 func (t *txn) reindex(old, new *Image) {
 	if t.c.it == nil {
 		return // a shared catalog keeps no index keys
@@ -149,8 +150,12 @@ func (t *txn) reindex(old, new *Image) {
 
 // ensureIndex builds the property index in one batch when the catalog
 // does not have a complete one of this version (a catalog written before
-// the index existed). Called by load before reconcile.
+// the index existed). Called by load before reconcile. A catalog that is
+// not Iterable has its index in memory (loadMemIndex).
 func (s *Store) ensureIndex() error {
+	if s.cat.it == nil {
+		return nil
+	}
 	ctx, cancel := s.cat.ctx()
 	defer cancel()
 	p, err := s.cat.kv.Get(ctx, keyIndexVersion)
@@ -164,8 +169,20 @@ func (s *Store) ensureIndex() error {
 }
 
 // rebuildIndex replaces the whole property index with one computed from
-// the records, in one batch.
+// the records, in one batch (or, in memory, from scratch).
 func (s *Store) rebuildIndex() error {
+	if s.cat.it == nil {
+		m := newMemIndex()
+		s.pubMu.RLock()
+		for _, im := range s.images {
+			m.apply(nil, im)
+		}
+		s.pubMu.RUnlock()
+		s.commitMu.Lock()
+		s.remote.mem = m
+		s.commitMu.Unlock()
+		return nil
+	}
 	start := time.Now()
 	t := s.cat.begin()
 	it, err := s.propIter(prefixProp, endProp)
@@ -196,10 +213,14 @@ func (s *Store) rebuildIndex() error {
 	return nil
 }
 
-// propIter iterates the index keys in [lower, upper). Errors: ErrCatalog
-// (also once a commit failed: the embedded catalog's memtable may hold
-// the failed batch).
+// propIter iterates the index keys in [lower, upper): in the catalog, or
+// in memory (a snapshot) when the catalog is not Iterable. Errors:
+// ErrCatalog (also once a commit failed: the embedded catalog's memtable
+// may hold the failed batch). Must hold commitMu (read) or s.mu.
 func (s *Store) propIter(lower, upper string) (kv.Iter, error) {
+	if s.cat.it == nil {
+		return s.remote.mem.iter(lower, upper), nil
+	}
 	it, err := s.cat.it.NewIter(lower, upper)
 	if err != nil {
 		return nil, catalogErr(err)

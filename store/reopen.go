@@ -2,11 +2,13 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -65,7 +67,9 @@ type dataReclaimer interface {
 }
 
 func (d *localData) Reclaim(id, path string) error {
-	if err := os.Rename(d.path(id), path); err != nil {
+	if err := os.Rename(d.path(id), path); errors.Is(err, syscall.EXDEV) {
+		return d.copyOut(id, path)
+	} else if err != nil {
 		return err
 	}
 	if err := os.Chmod(path, 0o600); err != nil {

@@ -196,7 +196,6 @@ func (s *Store) update(id string, room kv.Room, f func(cur *Image) (*Image, erro
 			}
 			s.noteChange(cur, next)
 			s.pubMu.Lock()
-			s.indexApply(cur, next)
 			s.images[id] = next
 			if cur != nil && cur.Name != next.Name {
 				if s.byName[cur.Name] == id {

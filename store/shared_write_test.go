@@ -69,8 +69,8 @@ func twoHosts(t *testing.T) (a, b *Store, bA *etcdkv.Backend, ns, data string) {
 	return a, b, bA, ns, data
 }
 
-// within waits up to 10 s for cond.
-func within(t *testing.T, what string, cond func() bool) {
+// within10s waits up to 10 s for cond.
+func within10s(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -107,7 +107,7 @@ func TestSharedCreateSameName(t *testing.T) {
 		require.True(t, (errs[0] == nil) != (errs[1] == nil), "round %d: exactly one create wins: %v", r, errs)
 		id := ims[won].ID
 		for _, s := range []*Store{a, b} {
-			within(t, "both hosts show the winner", func() bool { im := s.Lookup(name); return im != nil && im.ID == id })
+			within10s(t, "both hosts show the winner", func() bool { im := s.Lookup(name); return im != nil && im.ID == id })
 		}
 		other, dup := bases[ims[won].InoBase]
 		require.False(t, dup, "inode range of %s also used by %s", id, other)
@@ -121,7 +121,7 @@ func TestSharedPropertyRace(t *testing.T) {
 	a, b, _, _, _ := twoHosts(t)
 	im, err := a.Create(alice, "img")
 	require.NoError(t, err)
-	within(t, "host-b sees the image", func() bool { return b.Get(im.ID) != nil })
+	within10s(t, "host-b sees the image", func() bool { return b.Get(im.ID) != nil })
 	var wg sync.WaitGroup
 	for i, s := range []*Store{a, b} {
 		wg.Go(func() {
@@ -132,7 +132,7 @@ func TestSharedPropertyRace(t *testing.T) {
 	}
 	wg.Wait()
 	for _, s := range []*Store{a, b} {
-		within(t, "all 400 properties on both hosts", func() bool { return s.Get(im.ID).customCount() == 400 })
+		within10s(t, "all 400 properties on both hosts", func() bool { return s.Get(im.ID).customCount() == 400 })
 		got := s.Get(im.ID)
 		for i := range 2 {
 			for k := range 200 {
@@ -154,7 +154,7 @@ func TestSharedDeleteRacesSet(t *testing.T) {
 	for r := range 30 {
 		im, err := a.Create(alice, "doomed")
 		require.NoError(t, err)
-		within(t, "host-b sees the image", func() bool { return b.Get(im.ID) != nil })
+		within10s(t, "host-b sees the image", func() bool { return b.Get(im.ID) != nil })
 		var derr, serr error
 		var wg sync.WaitGroup
 		wg.Go(func() { derr = a.Delete(alice, im.ID) })
@@ -168,7 +168,7 @@ func TestSharedDeleteRacesSet(t *testing.T) {
 			gone++
 		}
 		for _, s := range []*Store{a, b} {
-			within(t, "the image gone on both hosts", func() bool { return s.Get(im.ID) == nil && s.Lookup("doomed") == nil })
+			within10s(t, "the image gone on both hosts", func() bool { return s.Get(im.ID) == nil && s.Lookup("doomed") == nil })
 		}
 	}
 	t.Logf("set before the delete: %d, set found it gone: %d", setFirst, gone)
@@ -195,9 +195,9 @@ func TestSharedUploadHostLost(t *testing.T) {
 	im, err := a.Create(alice, "img")
 	require.NoError(t, err)
 	startUpload(t, a, im.ID)
-	within(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
+	within10s(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
 	require.NoError(t, bA.Close())
-	within(t, "host-b kills the upload", func() bool { return b.Get(im.ID).Status == StatusKilled })
+	within10s(t, "host-b kills the upload", func() bool { return b.Get(im.ID).Status == StatusKilled })
 	reason := b.Get(im.ID).Extra[KeyKillReason]
 	assert.Contains(t, reason, "host host-a stopped")
 	assert.Contains(t, reason, "lease expired")
@@ -217,13 +217,13 @@ func TestSharedSealAfterLeaseLost(t *testing.T) {
 	vhd := fixedVHD(t, 1<<20)
 	_, err = u.WriteAt(vhd, 0)
 	require.NoError(t, err)
-	within(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
+	within10s(t, "host-b sees the upload", func() bool { im := b.Get(im.ID); return im != nil && im.Status == StatusSaving })
 
 	c := openEtcd(t, ns)
 	_, err = c.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Delete, Key: prefixUpload + im.ID}}})
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
-	within(t, "host-b kills the upload", func() bool { return b.Get(im.ID).Status == StatusKilled })
+	within10s(t, "host-b kills the upload", func() bool { return b.Get(im.ID).Status == StatusKilled })
 	assert.Contains(t, b.Get(im.ID).Extra[KeyKillReason], "host host-a stopped")
 
 	err = a.CloseWriter(u)
@@ -233,7 +233,7 @@ func TestSharedSealAfterLeaseLost(t *testing.T) {
 	_, serr := os.Stat(filepath.Join(data, im.ID+".vhd"))
 	assert.True(t, errors.Is(serr, os.ErrNotExist), "data of the refused seal removed: %v", serr)
 	for _, s := range []*Store{a, b} {
-		within(t, "killed on both hosts", func() bool { return s.Get(im.ID).Status == StatusKilled })
+		within10s(t, "killed on both hosts", func() bool { return s.Get(im.ID).Status == StatusKilled })
 		assert.Contains(t, s.Get(im.ID).Extra[KeyKillReason], "host-a")
 	}
 }

@@ -76,6 +76,7 @@ package store
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -137,13 +138,13 @@ type Options struct {
 // Store is an open image store: STORE/catalog (Pebble), STORE/staging
 // (uploads in progress) and the sealed data.
 type Store struct {
+	lock    *os.File // STORE/imagefs.lock, held while open
 	dir     string
 	staging string
 	cat     *catalog
 	data    DataBackend
 	opts    Options
 	log     *slog.Logger // opts.Logger
-	lock    *os.File     // STORE/lock of a shared catalog's store (storelock.go), or nil
 
 	// mu serializes the writers: it is held across each catalog commit
 	// (an fsync) and across the check before it. The record readers never
@@ -188,6 +189,8 @@ type Store struct {
 	onChange   atomic.Pointer[func(Change)]
 
 	ww writerWatch // writers of provisional seals (reopen.go)
+
+	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -218,6 +221,13 @@ type liveImage struct {
 // after an unclean stop: uploads that were in flight become killed,
 // leftover staging files are removed, the data of deleted images is
 // removed, and a store that group or others can read is made private.
+//
+// With a shared Options.Catalog (kv.Backend.Shared: etcd), the records
+// are listed at one revision and then followed (watch.go): changes other
+// hosts commit are published here and delivered to OnChange as local
+// ones; the reconcile leaves alone the uploads other hosts hold (their
+// upload/<id> key is live), and the property index is held in memory
+// when the backend is not kv.Iterable.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.PropertyQuota <= 0 {
 		opts.PropertyQuota = DefaultPropertyQuota
@@ -243,39 +253,92 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
-	var lock *os.File // a shared catalog's store: STORE/lock (storelock.go)
-	if opts.Catalog != nil && opts.Catalog.Shared() {
-		l, err := lockStore(dir)
-		if err != nil {
-			return nil, err
-		}
-		lock = l
+	// STORE's lock keeps a second process off the store, whichever its
+	// catalog (Pebble's own LOCK covers only an embedded one): a store a
+	// daemon serves from a shared catalog cannot be opened at the same
+	// time as a single-host store (which would make it a catalog of its
+	// own), nor by fsck or migrate.
+	lock, err := lockStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStoreKind(dir, opts.Catalog != nil && opts.Catalog.Shared()); err != nil {
+		lock.Close()
+		return nil, err
 	}
 	cat, err := openCatalog(filepath.Join(dir, "catalog"), opts.Catalog, opts.catalogFS, opts.Logger)
 	if err != nil {
-		unlockStore(lock)
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	cat.timeout = opts.CatalogTimeout
 	s := &Store{
-		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat, lock: lock,
+		dir: dir, staging: filepath.Join(dir, "staging"), cat: cat,
 		data: opts.Data, opts: opts, log: opts.Logger,
 		images: map[string]*Image{}, byName: map[string]string{},
-		live: map[string]*liveImage{},
+		live: map[string]*liveImage{}, lock: lock,
 	}
 	s.delivered.L = &s.deliverMu
 	if err := s.load(); err != nil {
 		cat.close()
-		unlockStore(lock)
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Store) load() error {
-	if s.cat.it == nil {
-		return s.loadShared() // STAND-IN (swrite) until sread's shared Open
+// sharedMarker is the file that makes STORE a host's store of a shared
+// catalog (its staging and lock; the records are in etcd).
+const sharedMarker = "shared-catalog"
+
+// checkStoreKind refuses to open a single-host store (one with its own
+// catalog) on a shared catalog, which would hide its images, and a
+// host's store of a shared catalog as a single-host one, which would
+// start an empty catalog of its own; a store used the first time on a
+// shared catalog is marked so. Errors: ErrInvalid naming the way out.
+func checkStoreKind(dir string, shared bool) error {
+	marker := filepath.Join(dir, sharedMarker)
+	_, merr := os.Stat(marker)
+	ents, _ := os.ReadDir(filepath.Join(dir, "catalog"))
+	switch {
+	case shared && len(ents) > 0:
+		return fmt.Errorf("%w: %s is a single-host store (its catalog is %s): mount it without --catalog, or move its images into the shared catalog with imagefs migrate and mount a new STORE", ErrInvalid, dir, filepath.Join(dir, "catalog"))
+	case shared && merr != nil:
+		if err := os.WriteFile(marker, []byte("this STORE is a host's store of a shared catalog: mount it with --catalog and --data\n"), modeFile); err != nil {
+			return fmt.Errorf("mark store %s: %w", dir, err)
+		}
+	case !shared && merr == nil:
+		return fmt.Errorf("%w: %s is a host's store of a shared catalog (%s): mount it with --catalog and --data", ErrInvalid, dir, marker)
 	}
+	return nil
+}
+
+// lockName is the lock file of a store (see lockStore).
+const lockName = "imagefs.lock"
+
+// lockStore takes STORE/imagefs.lock (flock, exclusive, not waiting).
+// Errors: ErrBusy when another process holds it.
+func lockStore(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, modeFile)
+	if err != nil {
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	f.Chmod(modeFile) // an older or loosened store's file is made private like the rest
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: store %s is in use by another imagefs process (is the store mounted?)", ErrBusy, dir)
+		}
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+func (s *Store) load() error {
 	next, seqRev, rev, err := s.cat.nextInoBase()
 	if err != nil {
 		return err
@@ -289,6 +352,14 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	if s.cat.it == nil {
+		s.loadMemIndex()
+	}
+	if s.cat.kv.Shared() {
+		if err := s.loadShared(rev); err != nil {
+			return err
+		}
+	}
 	if s.opts.checkOnly {
 		return nil
 	}
@@ -296,7 +367,13 @@ func (s *Store) load() error {
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
-	return s.reconcile()
+	if err := s.reconcile(); err != nil {
+		return err
+	}
+	if s.cat.kv.Shared() {
+		s.startRemote(rev + 1)
+	}
+	return nil
 }
 
 // reconcile repairs what an unclean stop can leave (see Check): in-flight
@@ -317,7 +394,8 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close closes the catalog (Options.Catalog too, when set). Uploads
+// Close stops following a shared catalog and closes the catalog
+// (Options.Catalog too, when set). Uploads
 // still open are abandoned (they become killed at the next Open). Call
 // it once the server has stopped (no request in flight, none to come): it
 // waits for a seal still in progress (each upload's lock, taken in the
@@ -325,6 +403,7 @@ func (s *Store) reconcile() error {
 // fails.
 func (s *Store) Close() error {
 	s.stopWatch()
+	s.stopRemote()
 	var uploads []*Upload
 	s.pubMu.RLock()
 	for _, l := range s.live {
@@ -341,8 +420,11 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	defer unlockStore(s.lock)
-	return s.cat.close()
+	err := s.cat.close()
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	return err
 }
 
 // Dir returns the store's directory.
@@ -460,7 +542,6 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 			s.seqRev = rev
 			s.noteChange(nil, im)
 			s.pubMu.Lock()
-			s.indexApply(nil, im)
 			s.images[im.ID] = im
 			s.byName[name] = im.ID
 			s.pubMu.Unlock()
@@ -731,7 +812,6 @@ func (s *Store) Delete(c Caller, id string) error {
 			s.setUploadKey(id, uploadKey{}, true)
 			s.noteChange(im, nil)
 			s.pubMu.Lock()
-			s.indexApply(im, nil)
 			delete(s.images, id)
 			if s.byName[im.Name] == id {
 				delete(s.byName, im.Name)

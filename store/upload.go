@@ -717,7 +717,7 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		if cur == nil {
 			return nil, fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
 		}
-		if err := s.sealable(cur); err != nil {
+		if err := s.sealable(cur, u.started); err != nil {
 			return nil, err
 		}
 		return s.sealRecord(cur, md5hex, shahex, u.size, vsize, facts), nil
@@ -766,19 +766,36 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 var errUploadLost = fmt.Errorf("%w: the upload is no longer this host's", ErrCatalog)
 
 // sealable checks that a seal of this host may commit on record im: in a
-// shared catalog, im must still be saving with this host's upload key
-// (another host kills an upload whose host's lease expired). The
-// embedded catalog has no such keys: any record may be sealed. Errors:
-// errUploadLost. Must hold s.mu.
-func (s *Store) sealable(im *Image) error {
+// shared catalog, an upload that moved the image to saving (started)
+// must find it still saving with this host's upload key (another host
+// kills an upload whose host's lease expired); a file written under
+// another name and renamed onto image.vhd (never saving) needs the image
+// queued or killed and uploaded by no other host. The embedded catalog
+// has no such keys: any record may be sealed. Errors: errUploadLost.
+// Must hold s.mu.
+func (s *Store) sealable(im *Image, started bool) error {
 	if !s.shared() {
 		return nil
 	}
-	if im.Status != StatusSaving {
+	switch {
+	case started && im.Status != StatusSaving:
 		return fmt.Errorf("%w: image %s is %s (its upload lease of host %s expired?)", errUploadLost, im.ID, im.Status, s.opts.Host)
 	}
-	if !s.uploadsHere(im.ID) {
-		return fmt.Errorf("%w: image %s: the upload key of host %s is gone (its etcd lease expired)", errUploadLost, im.ID, s.opts.Host)
+	switch im.Status {
+	case StatusSaving:
+		if !s.uploadsHere(im.ID) {
+			return fmt.Errorf("%w: image %s: the upload key of host %s is gone (its etcd lease expired)", errUploadLost, im.ID, s.opts.Host)
+		}
+	case StatusQueued, StatusKilled:
+		// A file written under another name and renamed onto image.vhd
+		// (rsync, mv) seals without passing through saving; no other
+		// host may be uploading (the record's condition covers a start
+		// racing this commit).
+		if s.uploadsElsewhere(im.ID) {
+			return fmt.Errorf("%w: image %s is being uploaded by host %s", errUploadLost, im.ID, s.uploadKeys[im.ID].host)
+		}
+	default:
+		return fmt.Errorf("%w: image %s is %s (its upload lease of host %s expired?)", errUploadLost, im.ID, im.Status, s.opts.Host)
 	}
 	return nil
 }

@@ -237,8 +237,18 @@ func (b *Backend) checkCompaction(ctx context.Context, rev int64) {
 // Shared reports true: other hosts write the catalog too.
 func (b *Backend) Shared() bool { return true }
 
-// reqCtx applies RequestTimeout to a ctx without a deadline.
+// downTimeout bounds each request while etcd is known to be unreachable
+// (the last request found it so): the store serializes its changes, so
+// during an outage the requests queued behind the first would each wait
+// a whole RequestTimeout. The first request that gets through clears it.
+const downTimeout = time.Second
+
+// reqCtx applies RequestTimeout to a ctx without a deadline, and
+// downTimeout to any ctx while etcd is unreachable.
 func (b *Backend) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if b.down.Load() {
+		return context.WithTimeout(ctx, downTimeout)
+	}
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}
 	}
