@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,11 +29,12 @@ import (
 // namespace of its own in the etcd test cluster (scripts/etcd.sh), and
 // checks that every record is there as the store had it, with its name,
 // the inode sequence and the verified data of the 50 sealed images; a
-// second run changes nothing.
-//
-// Once the store's shared mode lands, this test should also mount the
-// migrated catalog and run imagefs fsck --verify-data on it (fsck on a
-// shared catalog is not built yet).
+// second run changes nothing. Then it mounts the migrated catalog with
+// the binary (a host of the shared catalog, with a STORE of its own):
+// images/ lists the 1,000 images and sealed images read by id equal
+// the store's data; imagefs fsck on that host's STORE is refused while it
+// is mounted (exit 2), and once unmounted imagefs fsck --verify-data
+// finds the catalog and the shared data clean (exit 0).
 func TestMigrate1000(t *testing.T) {
 	embeddedCatalogOnly(t, "migrate reads a single-host store (its embedded catalog)")
 	const total, uploaded = 1000, 50
@@ -188,6 +190,44 @@ done`, m.Mnt)
 	}
 	if len(again) != len(dst) {
 		t.Errorf("the second run changed the number of keys: %d -> %d", len(dst), len(again))
+	}
+
+	// Mount the migrated catalog: this host's STORE is a new directory.
+	srcStore, shared := m.Store, args[2:] // --catalog URL --data DIR --config FILE
+	m.Store, m.Args = filepath.Join(t.TempDir(), "host"), shared
+	m.start()
+	ents, err := os.ReadDir(m.images())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != total {
+		t.Errorf("ls images/ on the shared catalog: %d entries, want %d", len(ents), total)
+	}
+	var ids []string
+	for id, rec := range src {
+		if strings.Contains(string(rec), `"status":"active"`) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) != uploaded {
+		t.Fatalf("%d active images in the source, want %d", len(ids), uploaded)
+	}
+	for _, id := range ids[:5] {
+		cmp(t, filepath.Join(srcStore, "data", id+".vhd"), m.byID(id, "image.vhd"))
+	}
+	fsck := append([]string{"fsck", "--verify-data", m.Store}, shared...)
+	if r := execCmd(binary, fsck...); r.code != 2 || !strings.Contains(r.stderr, "is the store mounted?") {
+		t.Errorf("imagefs fsck on the STORE of a mounted host: want exit 2 and the reason: %s", r)
+	}
+	m.stop()
+	r = execCmd(binary, fsck...)
+	t.Logf("imagefs fsck --verify-data on the shared catalog: %s", r)
+	if r.code != 0 {
+		t.Errorf("imagefs fsck --verify-data on the migrated catalog: want exit 0: %s", r)
+	}
+	if want := fmt.Sprintf("%d images, %d sealed, %d verified, 0 problems", total, uploaded, uploaded); !strings.Contains(r.stdout, want) {
+		t.Errorf("fsck: want %q in\n%s", want, r.stdout)
 	}
 }
 

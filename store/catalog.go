@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -241,12 +242,14 @@ func (c *catalog) loadUploads(rev int64) (map[string]uploadKey, error) {
 	return out, catalogErr(err)
 }
 
-// loadNames reads the name index.
-func (c *catalog) loadNames(fn func(name, id string)) error {
+// loadNames reads the name index: fn gets each name/<name> key's Pair
+// (its value is the id).
+func (c *catalog) loadNames(fn func(p kv.Pair)) error {
 	ctx, cancel := loadCtx()
 	defer cancel()
 	_, err := c.kv.Scan(ctx, prefixName, "name0", 0, func(p kv.Pair) error {
-		fn(p.Key[len(prefixName):], string(p.Value))
+		p.Value = slices.Clone(p.Value) // the backend may reuse it
+		fn(p)
 		return nil
 	})
 	return catalogErr(err)

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -82,9 +84,30 @@ type CheckOptions struct {
 	// Progress, if set, is called as verification advances: bytes done
 	// and total over all sealed images.
 	Progress func(done, total int64)
+	// Catalog, when set, is a shared catalog (store/kv/etcdkv, other
+	// hosts live on it): Check checks it against Data (the shared data
+	// directory, required with it), and this host's staging in dir. See
+	// Check for what differs from an embedded catalog.
+	Catalog kv.Backend
+	// Data is the shared data directory's backend (NewLocalData); only
+	// with Catalog.
+	Data DataBackend
+	// Host is this host's name in a shared catalog ("" means
+	// os.Hostname()).
+	Host string
+	// CatalogTimeout bounds each catalog call (0 means 5 s).
+	CatalogTimeout time.Duration
+	// OrphanGrace: in a shared catalog, a data file of no record and no
+	// tombstone is an orphan only once it is older than this (by mtime):
+	// a younger one may be another host's seal between the hand-over of
+	// its data and its commit. 0 means DefaultOrphanGrace.
+	OrphanGrace time.Duration
 	// quick skips the per-file checks (for the repair at every Open).
 	quick bool
 }
+
+// DefaultOrphanGrace is CheckOptions.OrphanGrace's default.
+const DefaultOrphanGrace = 10 * time.Minute
 
 // CheckReport is what Check found. LostFound and LostFoundBytes count
 // the files in STORE/lost+found and their bytes: data no record explains,
@@ -96,6 +119,9 @@ type CheckReport struct {
 	Problems       []Problem `json:"problems"`
 	LostFound      int       `json:"lost_found"`
 	LostFoundBytes int64     `json:"lost_found_bytes"`
+	// LostFoundDir is the lost+found directory: STORE/lost+found, or
+	// DATA/lost+found with a shared catalog (where every host sees it).
+	LostFoundDir string `json:"lost_found_dir"`
 }
 
 // OK reports whether every problem found was repaired.
@@ -122,12 +148,32 @@ func (r *CheckReport) Repairable() bool {
 // Check opens the store in dir (which must not be mounted: the catalog
 // is locked while imagefs serves it) and checks the catalog against the
 // data files. It logs through slog.Default(). Errors are for a store that
-// cannot be read at all.
+// cannot be read at all (ErrBusy: it is mounted).
+//
+// With opts.Catalog (a shared catalog, other hosts live on it) dir is
+// this host's STORE (its staging; locked like a mount's, ErrBusy when
+// this host's daemon serves it) and the checks are the same, decided on
+// the catalog and the shared data directory as other hosts change them:
+// a saving image whose upload/<id> key is live (another host uploads or
+// seals it) is left alone, its data file too; a data file of no record
+// and no tombstone is an orphan only past opts.OrphanGrace; a problem
+// seen on the loaded state is read again from the catalog before it is
+// reported; repairs commit through the store's update path or under
+// conditions on the keys they change (never a blind write); lost+found
+// is DATA/lost+found; the property index is in memory (not checked).
+// Check closes opts.Catalog.
 func Check(dir string, opts CheckOptions) (*CheckReport, error) {
-	if _, err := os.Stat(filepath.Join(dir, "catalog")); err != nil {
+	o := Options{checkOnly: true}
+	if opts.Catalog != nil {
+		if opts.Data == nil {
+			opts.Catalog.Close()
+			return nil, fmt.Errorf("%w: a shared catalog needs its data directory", ErrInvalid)
+		}
+		o.Catalog, o.Data, o.Host, o.CatalogTimeout = opts.Catalog, opts.Data, opts.Host, opts.CatalogTimeout
+	} else if _, err := os.Stat(filepath.Join(dir, "catalog")); err != nil {
 		return nil, fmt.Errorf("%s is not an imagefs store: %w", dir, err)
 	}
-	s, err := Open(dir, Options{checkOnly: true})
+	s, err := Open(dir, o)
 	if err != nil {
 		return nil, err
 	}
@@ -138,8 +184,15 @@ func Check(dir string, opts CheckOptions) (*CheckReport, error) {
 // check runs the checks on a loaded store that serves no requests yet,
 // one function each, in this order (the order of the report).
 func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
-	k := &checker{s: s, opts: opts, r: &CheckReport{Images: len(s.images)},
-		now: s.opts.Now().UTC().Truncate(time.Second), hasData: map[string]bool{}}
+	s.pubMu.RLock()
+	k := &checker{s: s, opts: opts, r: &CheckReport{Images: len(s.images), LostFoundDir: s.lostFoundDir()},
+		now: s.opts.Now().UTC().Truncate(time.Second), hasData: map[string]bool{},
+		shared: s.shared()}
+	k.ids = slices.Sorted(maps.Keys(s.images))
+	s.pubMu.RUnlock()
+	if k.opts.OrphanGrace <= 0 {
+		k.opts.OrphanGrace = DefaultOrphanGrace
+	}
 	var err error
 	if k.dataIDs, err = s.data.List(); err != nil {
 		return nil, fmt.Errorf("list data files: %w", err)
@@ -147,7 +200,6 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	for _, id := range k.dataIDs {
 		k.hasData[id] = true
 	}
-	k.ids = slices.Sorted(maps.Keys(s.images))
 
 	k.checkRecords()
 	if err := k.checkDataFiles(); err != nil {
@@ -182,6 +234,50 @@ type checker struct {
 	hasData map[string]bool // the same, less those removed
 	ids     []string        // ids of the records, sorted
 	sealed  []*Image        // sealed images with their data file
+	shared  bool            // a shared catalog: other hosts change it meanwhile
+}
+
+// get returns the published record of id (a shared catalog's watch may
+// change it meanwhile), or nil.
+func (k *checker) get(id string) *Image { return k.s.published(id) }
+
+// current reads img/<id> from the catalog now (shared catalogs: a
+// problem seen on the loaded state is confirmed before it is reported):
+// the record, or nil when there is none. ok is false when the catalog
+// could not be read (then the problem is not reported).
+func (k *checker) current(id string) (im *Image, ok bool) {
+	ctx, cancel := k.s.cat.ctx()
+	defer cancel()
+	p, err := k.s.cat.kv.Get(ctx, prefixImage+id)
+	if err != nil {
+		return nil, false
+	}
+	if p.ModRev == 0 {
+		return nil, true
+	}
+	im = new(Image)
+	if json.Unmarshal(p.Value, im) != nil {
+		return nil, false
+	}
+	im.rev = p.ModRev
+	return im, true
+}
+
+// uploadLive reports whether image id's upload/<id> key is present and
+// names another host (shared catalogs): that host is uploading or
+// sealing it. A key of this host is not live: its daemon is not running
+// (Check holds the store's lock), the key waits for its lease to expire.
+func (k *checker) uploadLive(id string) bool {
+	if !k.shared {
+		return false
+	}
+	ctx, cancel := k.s.cat.ctx()
+	defer cancel()
+	p, err := k.s.cat.kv.Get(ctx, prefixUpload+id)
+	if err != nil {
+		return true // unreadable: leave it alone
+	}
+	return p.ModRev != 0 && uploadHost(p.Value) != k.s.opts.Host
 }
 
 // add reports a problem; repaired says whether it was repaired.
@@ -209,7 +305,13 @@ func (k *checker) checkRecords() {
 // and has its data file.
 func (k *checker) checkRecord(id string) *Image {
 	s, opts := k.s, k.opts
-	im := s.images[id]
+	im := k.get(id)
+	if im == nil {
+		return nil // deleted by another host meanwhile
+	}
+	if k.shared && im.Status == StatusSaving && k.uploadLive(id) {
+		return nil // another host's upload, or its seal in flight
+	}
 	switch im.Status {
 	case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated:
 	default:
@@ -246,9 +348,23 @@ func (k *checker) checkRecord(id string) *Image {
 			})
 		}
 		k.add(ProblemKillReason, id, fmt.Sprintf("%s image has %s", im.Status, KeyKillReason), repaired)
-		im = s.images[id]
+		if cur := k.get(id); cur != nil {
+			im = cur
+		}
 	}
 	if !k.hasData[id] {
+		if k.shared {
+			// Deleted by another host since the load (its data went
+			// with it)? Or its data came since the listing?
+			if cur, ok := k.current(id); !ok || cur == nil || !cur.Status.Sealed() {
+				return nil
+			}
+			if f, err := s.data.Open(id); err == nil {
+				f.Close()
+				k.hasData[id] = true
+				return im
+			}
+		}
 		k.add(ProblemMissingData, id, "the data file is missing", false)
 		return nil
 	}
@@ -262,7 +378,7 @@ func (k *checker) checkUncommittedSeal(im *Image) *Image {
 	repaired := k.opts.Repair && k.s.completeSeal(im) == nil
 	k.add(ProblemUncommitted, im.ID, fmt.Sprintf("sealed data present but status is %s", im.Status), repaired)
 	if repaired {
-		return k.s.images[im.ID]
+		return k.get(im.ID)
 	}
 	return nil
 }
@@ -316,7 +432,7 @@ func (k *checker) checkDataFiles() error {
 		return err
 	}
 	for _, id := range k.dataIDs {
-		switch _, ok := s.images[id]; {
+		switch ok := k.get(id) != nil; {
 		case ok:
 		case tombs[id]:
 			repaired := opts.Repair && s.data.Remove(id) == nil
@@ -324,9 +440,11 @@ func (k *checker) checkDataFiles() error {
 				delete(k.hasData, id)
 			}
 			k.add(ProblemDeletedData, id, "data file of a deleted image (its removal was interrupted)", repaired)
-		case s.recordNow(id):
-			// A shared catalog's image created after the load (by
-			// another host) whose seal stored its data since.
+		case k.shared && !k.orphanShared(id):
+			// A shared catalog: younger than the grace (another host's
+			// seal may be about to commit), or of an image created
+			// after the load (by another host) whose seal stored its
+			// data since.
 		default:
 			k.add(ProblemOrphanData, id, "data file of no image", opts.Repair && s.moveToLostFound(id) == nil)
 		}
@@ -334,12 +452,15 @@ func (k *checker) checkDataFiles() error {
 	if !opts.Repair {
 		return nil
 	}
+	if k.shared {
+		return k.dropTombstonesShared(tombs)
+	}
 	// Tombstones whose data is gone, or (never written so) whose
 	// image still has a record, have done their work.
 	t := s.cat.begin().small()
 	n := 0
 	for id := range tombs {
-		if !k.hasData[id] || s.images[id] != nil {
+		if !k.hasData[id] || k.get(id) != nil {
 			t.deleteTombstone(id)
 			n++
 		}
@@ -348,6 +469,41 @@ func (k *checker) checkDataFiles() error {
 		return nil
 	}
 	return t.commit()
+}
+
+// orphanShared reports whether data file id (no record loaded, no
+// tombstone) of a shared data directory is an orphan: older than the
+// grace (a younger one may be a seal of another host between its data's
+// hand-over and its commit) and still of no record in the catalog.
+func (k *checker) orphanShared(id string) bool {
+	ld, ok := k.s.data.(*localData)
+	if !ok {
+		return false // no age to go by: left alone
+	}
+	fi, err := os.Stat(ld.path(id))
+	if err != nil || k.s.opts.Now().Sub(fi.ModTime()) < k.opts.OrphanGrace {
+		return false
+	}
+	return !k.s.recordNow(id)
+}
+
+// dropTombstonesShared drops the tombstones whose data is gone and whose
+// record is absent, each under the condition that the record is still
+// absent (a shared catalog; a conflict leaves the tombstone for the
+// next run).
+func (k *checker) dropTombstonesShared(tombs map[string]bool) error {
+	for id := range tombs {
+		if k.hasData[id] || k.get(id) != nil {
+			continue
+		}
+		t := k.s.cat.begin().small()
+		t.cond(prefixImage+id, 0)
+		t.deleteTombstone(id)
+		if err := t.commit(); err != nil && !errors.Is(err, errConflict) {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkDataFileModes checks the size and mode of each sealed image's data
@@ -359,6 +515,11 @@ func (k *checker) checkDataFileModes() {
 	for _, im := range k.sealed {
 		f, err := k.s.data.Open(im.ID)
 		if err != nil {
+			if k.shared {
+				if cur, ok := k.current(im.ID); !ok || cur == nil {
+					continue // deleted by another host meanwhile
+				}
+			}
 			k.add(ProblemMissingData, im.ID, err.Error(), false)
 			continue
 		}
@@ -414,7 +575,7 @@ func (k *checker) checkReserve() {
 
 // countLostFound counts what lost+found holds.
 func (k *checker) countLostFound() {
-	if ents, err := os.ReadDir(filepath.Join(k.s.dir, "lost+found")); err == nil {
+	if ents, err := os.ReadDir(k.s.lostFoundDir()); err == nil {
 		for _, e := range ents {
 			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
 				k.r.LostFound++
@@ -425,42 +586,119 @@ func (k *checker) countLostFound() {
 }
 
 // checkNameIndex checks the name index against the records (repair:
-// rewritten; a name used by two images needs the operator).
+// each wrong name key rewritten or removed under the conditions that it
+// and the record it is made to agree with are as seen; a name used by
+// two images needs the operator). With a shared catalog a disagreement
+// is read again from the catalog before it is reported.
 func (k *checker) checkNameIndex() error {
 	s, opts := k.s, k.opts
-	names := map[string]string{}
-	if err := s.cat.loadNames(func(name, id string) { names[name] = id }); err != nil {
+	names := map[string]kv.Pair{}
+	if err := s.cat.loadNames(func(p kv.Pair) { names[p.Key[len(prefixName):]] = p }); err != nil {
 		return err
 	}
-	fix := s.cat.begin()
-	bad := 0
-	for name, id := range names {
-		if im := s.images[id]; im == nil || im.Name != name {
-			k.add(ProblemNameIndex, id, fmt.Sprintf("name %q points to an image that does not have it", name), opts.Repair)
-			fix.deleteName(name)
-			bad++
-		}
-	}
-	byName := map[string]string{}
+	byName := map[string]*Image{}
 	for _, id := range k.ids {
-		im := s.images[id]
-		if other, dup := byName[im.Name]; dup {
-			k.manual(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other))
+		im := k.get(id)
+		if im == nil {
 			continue
 		}
-		byName[im.Name] = id
-		if names[im.Name] != id {
-			k.add(ProblemNameIndex, id, fmt.Sprintf("name %q missing from the name index", im.Name), opts.Repair)
-			// No condition (putName's "absent"): the key may hold
-			// another id, which this repairs.
-			fix.put(prefixName+im.Name, []byte(id))
-			bad++
+		if other, dup := byName[im.Name]; dup {
+			k.manual(ProblemNameIndex, id, fmt.Sprintf("name %q is also used by %s", im.Name, other.ID))
+			continue
+		}
+		byName[im.Name] = im
+	}
+	// want: the fix of each wrong name key (the record that has the
+	// name; nil: remove the key).
+	type fix struct {
+		want     *Image
+		problems []int
+	}
+	fixes := map[string]*fix{}
+	note := func(name string, want *Image, id, detail string) {
+		f := fixes[name]
+		if f == nil {
+			f = &fix{want: want}
+			fixes[name] = f
+		}
+		f.problems = append(f.problems, len(k.r.Problems))
+		k.add(ProblemNameIndex, id, detail, false)
+	}
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		id := string(names[name].Value)
+		if im := k.get(id); im == nil || im.Name != name {
+			if k.shared && !k.nameWrong(name, names[name]) {
+				continue
+			}
+			note(name, byName[name], id, fmt.Sprintf("name %q points to an image that does not have it", name))
 		}
 	}
-	if opts.Repair && bad > 0 {
-		return fix.commit()
+	for _, name := range slices.Sorted(maps.Keys(byName)) {
+		im := byName[name]
+		if p, ok := names[name]; !ok || string(p.Value) != im.ID {
+			if k.shared && !k.nameWrong(name, names[name]) {
+				continue
+			}
+			note(name, im, im.ID, fmt.Sprintf("name %q missing from the name index", name))
+		}
+	}
+	if !opts.Repair {
+		return nil
+	}
+	for _, name := range slices.Sorted(maps.Keys(fixes)) {
+		f := fixes[name]
+		t := s.cat.begin()
+		t.cond(prefixName+name, names[name].ModRev)
+		if f.want != nil {
+			t.condImage(f.want.ID, f.want)
+			t.put(prefixName+name, []byte(f.want.ID))
+		} else {
+			if p := names[name]; p.ModRev != 0 {
+				if im := k.get(string(p.Value)); im != nil {
+					t.condImage(im.ID, im)
+				} else {
+					t.cond(prefixImage+string(p.Value), 0)
+				}
+			}
+			t.del(prefixName + name)
+		}
+		err := t.commit()
+		if err != nil && !errors.Is(err, errConflict) {
+			return err
+		}
+		for _, i := range f.problems {
+			k.r.Problems[i].Repaired = err == nil
+		}
 	}
 	return nil
+}
+
+// nameWrong confirms, in a shared catalog, that name/<name> (seen as p)
+// still disagrees with the records: read again, the key must be as seen
+// and the record it names must not have the name, or a record must have
+// the name without the key naming it. Renames of other hosts in between
+// are not problems.
+func (k *checker) nameWrong(name string, p kv.Pair) bool {
+	ctx, cancel := k.s.cat.ctx()
+	cur, err := k.s.cat.kv.Get(ctx, prefixName+name)
+	cancel()
+	if err != nil || cur.ModRev != p.ModRev {
+		return false
+	}
+	if cur.ModRev != 0 {
+		if im, ok := k.current(string(cur.Value)); !ok || im != nil && im.Name == name {
+			return false
+		}
+		return true
+	}
+	// The key is absent: does the record that had the name still have it?
+	for _, id := range k.ids {
+		if im := k.get(id); im != nil && im.Name == name {
+			cur, ok := k.current(id)
+			return ok && cur != nil && cur.Name == name
+		}
+	}
+	return false
 }
 
 // checkInodes checks the inode ranges: one per image, all below the next
@@ -470,7 +708,10 @@ func (k *checker) checkInodes() {
 	byIno := map[uint64]string{}
 	maxBase := uint64(0)
 	for _, id := range k.ids {
-		im := s.images[id]
+		im := k.get(id)
+		if im == nil {
+			continue
+		}
 		base := im.InoBase >> inoShift
 		if other, dup := byIno[base]; dup {
 			k.manual(ProblemInode, id, fmt.Sprintf("inode range %d is also used by %s", base, other))
@@ -478,6 +719,8 @@ func (k *checker) checkInodes() {
 		byIno[base] = id
 		maxBase = max(maxBase, base)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(k.ids) == 0 || s.nextIno > maxBase {
 		return
 	}
@@ -496,6 +739,9 @@ func (k *checker) checkInodes() {
 // checkPropertyIndex checks the property index against the records
 // (repair: rebuilt).
 func (k *checker) checkPropertyIndex() {
+	if k.s.cat.it == nil {
+		return // no index in the catalog: memIndex is rebuilt from the records at every Open
+	}
 	if err := k.s.CheckIndex(); err != nil {
 		k.add(ProblemPropertyIndex, "", err.Error(), k.opts.Repair && k.s.rebuildIndex() == nil)
 	}
@@ -514,6 +760,9 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 		}
 		f, err := s.data.Open(im.ID)
 		if err != nil {
+			if s.shared() && s.deletedNow(im.ID) {
+				continue
+			}
 			add(ProblemVerifyReadFail, im.ID, err.Error(), false)
 			continue
 		}
@@ -615,6 +864,25 @@ func (s *Store) repair(id string, fix func(cur *Image) *Image) bool {
 	return err == nil
 }
 
+// lostFoundDir is where data no record explains goes: STORE/lost+found,
+// or with a shared catalog DATA/lost+found (the shared data directory's,
+// seen by every host, and on its filesystem).
+func (s *Store) lostFoundDir() string {
+	if ld, ok := s.data.(*localData); ok && s.shared() {
+		return filepath.Join(ld.dir, "lost+found")
+	}
+	return filepath.Join(s.dir, "lost+found")
+}
+
+// deletedNow reports whether image id has no record in the catalog now
+// (read from it: a shared catalog's other hosts may have deleted it).
+func (s *Store) deletedNow(id string) bool {
+	ctx, cancel := s.cat.ctx()
+	defer cancel()
+	p, err := s.cat.kv.Get(ctx, prefixImage+id)
+	return err == nil && p.ModRev == 0
+}
+
 // moveToLostFound moves the data file of id out of the data area into
 // STORE/lost+found (local backend only), losing nothing; it is 0400
 // there, whatever its mode was.
@@ -623,7 +891,7 @@ func (s *Store) moveToLostFound(id string) error {
 	if !ok {
 		return fmt.Errorf("lost+found needs the local data backend")
 	}
-	dir := filepath.Join(s.dir, "lost+found")
+	dir := s.lostFoundDir()
 	if err := os.MkdirAll(dir, modeDir); err != nil {
 		return err
 	}

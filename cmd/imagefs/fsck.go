@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
-	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/imagefs/imagefs/store"
@@ -14,6 +16,7 @@ import (
 )
 
 const fsckHelp = `Usage: imagefs fsck [OPTIONS] STORE
+       imagefs fsck [OPTIONS] STORE --catalog etcd://HOST:PORT[,...] --data DIR
 
 Check an imagefs store that is not mounted: the catalog against the data
 files. Reports interrupted uploads, leftover staging files, seals whose
@@ -43,6 +46,16 @@ STORE/lost+found keeps data files no record explains (never removed by
 imagefs): look at them with imagefs inspect, then remove them with
 rm STORE/lost+found/*.vhd.
 
+With --catalog (a shared catalog; --data, --config and --host-id as for
+imagefs mount), checks the etcd catalog against the shared data directory
+DIR, and this host's STORE (its staging; STORE must not be mounted on this
+host, other hosts may stay mounted). Images another host is uploading or
+sealing (upload/<id> key live) are left alone, a data file of no image is
+an orphan only once it is 10 minutes old, each problem is read again from
+the catalog before it is reported, repairs commit under conditions on what
+they change (never overwriting another host's change), lost+found is
+DIR/lost+found, and the property index (in memory) is not checked.
+
 With --verify-data, re-hashes every sealed image and compares it with its
 checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
 disk. Shows a progress bar on a terminal and plain lines otherwise.
@@ -71,6 +84,11 @@ func runFsck(args []string) int {
 	repair := fl.Bool("repair", false, "fix what can be fixed without losing data")
 	verify := fl.Bool("verify-data", false, "re-hash every sealed image against checksum and os_hash_value")
 	asJSON := fl.Bool("json", false, "print the report as JSON")
+	c := defaultMountConfig()
+	fl.StringVar(&c.catalog, "catalog", "", "shared mode: check the catalog in the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS); needs --data")
+	fl.StringVar(&c.data, "data", "", "shared mode: the shared directory `DIR` of sealed image data")
+	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see imagefs mount --help)")
+	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
 	help := fl.BoolP("help", "h", false, "show this help")
 	fl.Usage = func() {
 		fmt.Fprint(os.Stderr, fsckHelp)
@@ -97,7 +115,35 @@ func runFsck(args []string) int {
 	if *verify {
 		opts.Progress = progress()
 	}
-	r, err := store.Check(fl.Arg(0), opts)
+	if c.isShared() || c.data != "" || c.hostID != "" {
+		if !c.isShared() || c.data == "" {
+			fmt.Fprintln(os.Stderr, "imagefs fsck: a shared catalog wants --catalog etcd://HOST:PORT[,...] (or --config FILE with endpoints) and --data DIR")
+			return 2
+		}
+		if err := c.resolveShared(); err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
+			return 2
+		}
+		if fi, err := os.Stat(fl.Arg(0)); err != nil || !fi.IsDir() {
+			fmt.Fprintf(os.Stderr, "imagefs fsck: %s is not a store directory: %v\n", fl.Arg(0), err)
+			return 2
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.shared.DialTimeout+c.shared.RequestTimeout)
+		be, err := openCatalog(ctx, c.shared, slog.Default())
+		cancel()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "imagefs fsck: catalog: %v\n", err)
+			return 2
+		}
+		data, err := store.NewLocalData(c.shared.Data)
+		if err != nil {
+			be.Close()
+			fmt.Fprintf(os.Stderr, "imagefs fsck: data directory %s: %v\n", c.shared.Data, err)
+			return 2
+		}
+		opts.Catalog, opts.Data, opts.Host, opts.CatalogTimeout = be, data, c.shared.Host, c.shared.RequestTimeout
+	}
+	r, err := store.Check(fl.Arg(0), opts) // closes opts.Catalog
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
 		return 2
@@ -122,13 +168,17 @@ func runFsck(args []string) int {
 			}
 		}
 		if fixable > 0 {
-			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, fl.Arg(0))
+			target := fl.Arg(0)
+			if c.shared != nil {
+				target = strings.Join(append([]string{target, "--catalog", c.catalog, "--data", c.data}, configArg(c.configFile)...), " ")
+			}
+			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, target)
 		}
 		if manual > 0 {
 			fmt.Printf("%d of them need you: restore the data file from a backup, or delete the image\n", manual)
 		}
 		if r.LostFound > 0 {
-			lf := filepath.Join(fl.Arg(0), "lost+found")
+			lf := r.LostFoundDir
 			fmt.Printf("%s holds %d files (%d bytes) of data no image record explains: look at them with imagefs inspect, then empty it with rm %s/*.vhd\n",
 				lf, r.LostFound, r.LostFoundBytes, lf)
 		}
@@ -164,4 +214,13 @@ func progress() func(done, total int64) {
 		fmt.Fprintf(os.Stderr, "verified %d of %d bytes (%d%%) in %s\n", done, total, done*100/total, time.Since(start).Round(time.Millisecond))
 		next = done*10/total + 1
 	}
+}
+
+// configArg is the --config argument of a command line to suggest (none
+// when file is "").
+func configArg(file string) []string {
+	if file == "" {
+		return nil
+	}
+	return []string{"--config", file}
 }
