@@ -3,6 +3,7 @@
 #   make start   the same in the background: returns once ./run/mnt is mounted
 #   make stop    unmount ./run/mnt and wait until the daemon has released the store
 #   make test    every test: unit, vhd and FUSE integration (needs root and /dev/fuse)
+#   make test-shared  the integration tests again, each mount on a shared etcd catalog
 #   run, start and test first install the Debian packages they need that are
 #   missing (scripts/deps.sh; apt-get as root).
 #   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 12 min; not part of make test)
@@ -26,7 +27,7 @@ LOG      ?= ./run/imagefs.log
 # The integration tests run go themselves.
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all build run start stop deps-run deps-test test unit integration race bench fuzz vet clean man install
+.PHONY: all build run start stop deps-run deps-test test test-shared unit integration race bench fuzz vet clean man install
 
 all: build
 
@@ -67,6 +68,11 @@ integration:
 
 test: deps-test vet
 	$(GO) test -count=1 -timeout 20m ./...
+
+# Every single-host integration test with its mount on a shared etcd
+# catalog of its own (the etcd test cluster of scripts/etcd.sh).
+test-shared: deps-test
+	IMAGEFS_TEST_CATALOG=etcd $(GO) test -count=1 -timeout 20m ./integration/
 
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -592,7 +592,7 @@ func TestFsckCommand(t *testing.T) {
 	}
 	if _, err := exec.LookPath("script"); err == nil {
 		// script(1) gives fsck a terminal: a progress bar, redrawn in place.
-		r = execCmd("script", "-qec", binary+" fsck --verify-data "+m.Store, "/dev/null")
+		r = execCmd("script", "-qec", binary+" "+strings.Join(fsckCmd("--verify-data", m.Store), " "), "/dev/null")
 		if r.code != 0 || !strings.Contains(r.stdout, "verifying") || !strings.Contains(r.stdout, "\r") {
 			t.Errorf("fsck --verify-data on a terminal: want a progress bar, got %q", r.stdout)
 		}

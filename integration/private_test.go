@@ -168,6 +168,7 @@ func TestStorePrivate(t *testing.T) {
 // mount removes that data instead of moving it to lost+found, which keeps
 // only data no record explains; fsck says what lost+found holds.
 func TestInterruptedDeleteCleanedAtMount(t *testing.T) {
+	embeddedCatalogOnly(t, "orphan data in a shared data directory waits out a 10-minute grace and goes to DATA/lost+found (store TestCheckShared covers it)")
 	requireTools(t, "chattr", "rmdir")
 	m := mount(t)
 	fx := makeVHD(t, 2*mib, "fixed")
