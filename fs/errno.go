@@ -77,6 +77,19 @@ func toXattrErrno(err error) syscall.Errno {
 	return toErrno(err)
 }
 
+// toSetxattrErrno maps a store error for setxattr(2): as toXattrErrno,
+// except that an unreachable shared catalog (ErrUnavailable) is EBUSY,
+// not EAGAIN: the kernel's VFS takes a setxattr handler's EAGAIN for "no
+// handler, try the security module" and turns it into EOPNOTSUPP
+// (__vfs_setxattr_noperm), which would tell the caller that the mount
+// has no user.* attributes at all. removexattr(2) passes EAGAIN through.
+func toSetxattrErrno(err error) syscall.Errno {
+	if errors.Is(err, store.ErrUnavailable) {
+		return syscall.EBUSY
+	}
+	return toXattrErrno(err)
+}
+
 // toRenamePropertyErrno maps a store error for a rename in properties/:
 // a value (or new key) that breaks the new key's rule is EPERM, because
 // rename(2)'s EINVAL means moving a directory into itself, which is what

@@ -105,6 +105,8 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	return xattr.Copy(dest, xattr.List(im.Keys()))
 }
 
+// Setxattr sets property key; while a shared catalog is unreachable it
+// fails with EBUSY (see toSetxattrErrno), not EAGAIN.
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	key, ok := xattr.Key(attr)
 	if !ok {
@@ -114,7 +116,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno != 0 {
 		return errno
 	}
-	return toXattrErrno(n.fsys.setProperty(caller(ctx), n.id, key, string(data), mode))
+	return toSetxattrErrno(n.fsys.setProperty(caller(ctx), n.id, key, string(data), mode))
 }
 
 // Removexattr of a name outside user.* is EOPNOTSUPP, as Getxattr and

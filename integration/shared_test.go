@@ -950,3 +950,82 @@ done`
 		}
 	}
 }
+
+// TestSharedXattrOutage: with all three etcd members stopped, setfattr of
+// a user.* attribute, on an image directory and on its image.vhd, fails
+// with EBUSY on both hosts, not EOPNOTSUPP (what the kernel makes of a
+// setxattr's EAGAIN: "Operation not supported" told the user the mount
+// keeps no attributes), and setfattr -x with EAGAIN as every other change;
+// getfattr -d, getfattr -n and listxattr (getfattr -d lists) keep
+// answering from the last state the host saw. Once etcd is back a
+// setfattr succeeds and the other host sees it.
+func TestSharedXattrOutage(t *testing.T) {
+	usePrivateEtcd(t)
+	hosts := sharedCluster(t, 2)
+	a, b := hosts[0], hosts[1]
+	requireTools(t, "timeout", "setfattr", "getfattr")
+	t.Cleanup(func() {
+		if r := privateEtcd.script("start"); r.err != nil {
+			t.Errorf("etcd.sh start in the cleanup: %s", r)
+		}
+	})
+	vhd := filepath.Join(t.TempDir(), "small.vhd")
+	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.mkimage("x")
+	run(t, "cp", vhd, a.dataFile("x"))
+	run(t, "setfattr", "-n", "user.os_distro", "-v", "superos", a.images("x"))
+	eventually(t, visible, "host-b: user.os_distro of x", func() bool {
+		return fileIs(b.propFile("x", "os_distro"), "superos\n")
+	})
+	before := map[*fsMount]map[string]string{a: getfattrDump(t, a.images("x")), b: getfattrDump(t, b.images("x"))}
+
+	etcdMember(t, "stop")
+	for i, m := range hosts {
+		host := hostID(i)
+		for _, p := range []string{m.images("x"), m.dataFile("x")} {
+			for _, c := range []struct {
+				args []string
+				want string
+			}{
+				{[]string{"-n", "user.os_distro", "-v", "outage", p}, "Device or resource busy"},
+				{[]string{"-n", "user.new_key", "-v", "outage", p}, "Device or resource busy"},
+				{[]string{"-x", "user.os_distro", p}, "Resource temporarily unavailable"},
+			} {
+				r := toolTimed(20*time.Second, "setfattr", c.args...)
+				t.Logf("%s, etcd down: setfattr %s: %s", host, strings.Join(c.args, " "), r)
+				if r.err == nil || !strings.Contains(r.stderr, c.want) {
+					t.Errorf("%s, etcd down: setfattr %s: %s; want %q", host, strings.Join(c.args, " "), r, c.want)
+				}
+			}
+			// Reads answer from the last known state.
+			r := toolTimed(10*time.Second, "getfattr", "--only-values", "-n", "user.os_distro", p)
+			if r.err != nil || r.stdout != "superos" {
+				t.Errorf("%s, etcd down: getfattr -n user.os_distro %s: %s; want superos", host, p, r)
+			}
+		}
+		if got := getfattrDump(t, m.images("x")); !maps.Equal(got, before[m]) {
+			t.Errorf("%s, etcd down: getfattr -d = %v, before the outage %v", host, got, before[m])
+		}
+	}
+
+	etcdMember(t, "start")
+	start := time.Now()
+	for {
+		r := toolTimed(20*time.Second, "setfattr", "-n", "user.os_distro", "-v", "after", a.images("x"))
+		if r.err == nil {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("host-a: setfattr still failing 10 s after etcd came back: %s", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	eventually(t, 5*time.Second, "host-b sees the setfattr made after the outage", func() bool {
+		return fileIs(b.propFile("x", "os_distro"), "after\n")
+	})
+	if r := execCmd("getfattr", "--only-values", "-n", "user.new_key", b.images("x")); r.err == nil {
+		t.Errorf("host-b: user.new_key = %q after the outage, want none (its setfattr was refused)", r.stdout)
+	}
+}
