@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -1027,5 +1028,114 @@ func TestSharedXattrOutage(t *testing.T) {
 	})
 	if r := execCmd("getfattr", "--only-values", "-n", "user.new_key", b.images("x")); r.err == nil {
 		t.Errorf("host-b: user.new_key = %q after the outage, want none (its setfattr was refused)", r.stdout)
+	}
+}
+
+// etcdctl runs etcdctl ARGS on the test's cluster; it must succeed.
+func etcdctl(t testing.TB, env sharedEnv, args ...string) string {
+	t.Helper()
+	requireTools(t, "etcdctl")
+	cmd := exec.Command("etcdctl", append([]string{"--endpoints=" + strings.Join(env.Endpoints, ","),
+		"--dial-timeout=2s", "--command-timeout=5s"}, args...)...)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("etcdctl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestSharedUploadKilledRemotely: host-a has an upload open (half a VHD
+// written, status saving everywhere) when an operator deletes its upload
+// key in etcd (etcdctl del; what the expiry of host-a's lease does while
+// it is cut off): host-b kills the image with a reason naming host-a, and
+// host-a, the writer's host, logs one line saying so, with the image's
+// id, name and the reason; the writer's close then fails (EIO).
+func TestSharedUploadKilledRemotely(t *testing.T) {
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	src := testutil.FixedVHD(t, 2<<20)
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatalf("host-a: open image.vhd for writing: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(src[:len(src)/2]); err != nil {
+		t.Fatalf("host-a: write half the VHD: %v", err)
+	}
+	eventually(t, visible, "host-b: status saving (host-a's upload)", func() bool {
+		return fileIs(b.propFile("cut", "status"), "saving\n")
+	})
+	logAt := len(readFile(a.log))
+
+	etcdctl(t, env, "del", env.Namespace+"upload/"+id)
+	eventually(t, 5*time.Second, "host-b: cut killed after its upload key was deleted", func() bool {
+		return fileIs(b.propFile("cut", "status"), "killed\n")
+	})
+	reason := b.checkKilled(t, "cut")
+	if !strings.Contains(reason, hostID(0)) {
+		t.Errorf("host-b: imagefs_kill_reason %q does not name %s", reason, hostID(0))
+	}
+	var line string
+	eventually(t, 5*time.Second, "host-a logs that its upload was killed by another host", func() bool {
+		for _, l := range strings.Split(string(tail(readFile(a.log), logAt)), "\n") {
+			if strings.Contains(l, "killed by another host") {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("host-a: %s", line)
+	for _, want := range []string{"id=" + id, "name=cut", reason} {
+		if !strings.Contains(line, want) {
+			t.Errorf("host-a's log line %q does not say %q", line, want)
+		}
+	}
+	if n := strings.Count(string(tail(readFile(a.log), logAt)), "killed by another host"); n != 1 {
+		t.Errorf("host-a logged %d lines about the kill, want 1", n)
+	}
+	if _, err := f.Write(src[len(src)/2:]); err != nil {
+		t.Logf("host-a: write the rest after the kill: %v", err)
+	}
+	err = f.Close()
+	if errnoOf(err) != syscall.EIO {
+		t.Errorf("host-a: close of the killed upload: %v, want EIO", err)
+	}
+	if got := a.prop("cut", "status"); got != "killed" {
+		t.Errorf("host-a: status %q after the close, want killed", got)
+	}
+}
+
+// TestSharedKillReasonAtMount: host-a's daemon is SIGKILLed mid-upload
+// while no other host is mounted (nobody watches its lease expire); its
+// next mount kills the image with the kill reason of a host that died
+// mid-upload, naming host-a ("upload interrupted: host host-a stopped
+// (its etcd lease expired) before the writer closed the file"), and
+// host-b, mounted afterwards, shows the same reason.
+func TestSharedKillReasonAtMount(t *testing.T) {
+	hosts := sharedCluster(t, 2)
+	a, b := hosts[0], hosts[1]
+	b.stop()
+	src := testutil.FixedVHD(t, 2<<20)
+	a.mkimage("alone")
+	f, err := os.OpenFile(a.dataFile("alone"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatalf("host-a: open image.vhd for writing: %v", err)
+	}
+	if _, err := f.Write(src[:len(src)/2]); err != nil {
+		t.Fatalf("host-a: write half the VHD: %v", err)
+	}
+	a.crash()
+	f.Close() // on a dead mount
+	a.start()
+	want := "upload interrupted: host " + hostID(0) + " stopped (its etcd lease expired) before the writer closed the file"
+	if got := a.checkKilled(t, "alone"); got != want {
+		t.Errorf("host-a after its remount: imagefs_kill_reason %q, want %q", got, want)
+	}
+	b.start()
+	if got := b.checkKilled(t, "alone"); got != want {
+		t.Errorf("host-b: imagefs_kill_reason %q, want %q", got, want)
 	}
 }

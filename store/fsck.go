@@ -394,7 +394,7 @@ func (k *checker) checkInterrupted(im *Image) {
 			}
 			c := cur.clone()
 			c.Status = StatusKilled
-			setExtra(c, KeyKillReason, "upload interrupted: imagefs stopped before the writer closed the file")
+			setExtra(c, KeyKillReason, k.s.interruptedReason(im.ID))
 			c.UpdatedAt = k.now
 			return c
 		})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -210,6 +211,58 @@ func (s *Store) update(id string, room kv.Room, f func(cur *Image) (*Image, erro
 	return ch, err
 }
 
+// leaseKillReason is the kill reason of an upload whose host stopped
+// (died, or lost the catalog for longer than its lease) while its
+// writer had the file open: README's wording, naming the host.
+func leaseKillReason(host string) string {
+	return fmt.Sprintf("upload interrupted: host %s stopped (its etcd lease expired) before the writer closed the file", host)
+}
+
+// interruptedReason is the kill reason of image id's upload found in
+// flight (saving) by a mount's repair or fsck --repair. On a single host:
+// imagefs stopped. In a shared catalog the upload's host is named: the
+// host its last upload key named (seen by this host's watch), or this
+// host when its upload key is this host's or its STORE/staging holds the
+// image's staging file (this host stopped mid-upload); when no host
+// knows (the key expired while no host watched), the reason says so.
+// Must hold s.mu.
+func (s *Store) interruptedReason(id string) string {
+	if !s.shared() {
+		return "upload interrupted: imagefs stopped before the writer closed the file"
+	}
+	k := s.uploadKeys[id]
+	switch {
+	case k.host != "":
+		return leaseKillReason(k.host)
+	case s.stagedHere(id):
+		return leaseKillReason(s.opts.Host)
+	}
+	return "upload interrupted: its host stopped (its etcd lease expired) before the writer closed the file; no live host saw which host it was"
+}
+
+// stagedHere reports whether STORE/staging holds a staging file of image
+// id (<id>.<time>.<seq>, see newUpload).
+func (s *Store) stagedHere(id string) bool {
+	m, _ := filepath.Glob(filepath.Join(s.staging, id+".*"))
+	return len(m) > 0
+}
+
+// noteRemoteKill logs, on the writer's host, that another host killed
+// this host's upload in progress (cur saving, next killed: this host's
+// lease expired while it was cut off from etcd, or an operator deleted
+// its upload key): one line with the image's id, name and kill reason.
+// The writer learns it at close (EIO). Must hold s.mu.
+func (s *Store) noteRemoteKill(cur, next *Image) {
+	if cur == nil || cur.Status != StatusSaving || next.Status != StatusKilled {
+		return
+	}
+	if l := s.live[next.ID]; l == nil || l.upload == nil {
+		return
+	}
+	s.log.Warn("upload of this host killed by another host: its writer's close will fail (EIO) and the data is not kept",
+		"id", next.ID, "name", next.Name, "reason", next.Extra[KeyKillReason])
+}
+
 // uploadKeyGone handles the delete of image id's upload key by the
 // catalog (its host's lease expired: the host died, or lost the catalog
 // for longer than the lease), reported by the watch with no store lock
@@ -237,7 +290,7 @@ func (s *Store) uploadKeyGone(id string) {
 		if host == "" {
 			host = "(unknown)"
 		}
-		reason = fmt.Sprintf("upload interrupted: host %s stopped (its etcd lease expired) before the writer closed the file", host)
+		reason = leaseKillReason(host)
 		next := cur.clone()
 		next.Status = StatusKilled
 		setExtra(next, KeyKillReason, reason)

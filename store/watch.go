@@ -180,6 +180,7 @@ func (s *Store) putRemote(im *Image) {
 	}
 	s.pubMu.Unlock()
 	s.noteChange(cur, im)
+	s.noteRemoteKill(cur, im)
 }
 
 // dropRemote removes image id, deleted by another host at revision rev,
