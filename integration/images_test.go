@@ -189,7 +189,8 @@ func TestRmdirDeletesImage(t *testing.T) {
 	wantErrno(t, "rmdir of a protected image", syscall.Rmdir(m.images("kept")), syscall.EPERM)
 	sh(t, `echo false > "$1"`, m.propFile("kept", "protected"))
 	run(t, "rmdir", m.images("kept"))
-	if ents, _ := os.ReadDir(filepath.Join(m.Store, "data")); len(ents) != 0 {
+	// (A shared catalog's data directory keeps its identity file.)
+	if ents, _ := filepath.Glob(filepath.Join(m.Store, "data", "*.vhd")); len(ents) != 0 {
 		t.Errorf("STORE/data after deleting every image: %v", ents)
 	}
 	// The name can be used again, by a new image.

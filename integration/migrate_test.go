@@ -370,8 +370,11 @@ func TestMigrateReportsFailures(t *testing.T) {
 	if _, ok := keys["name/good"]; !ok {
 		t.Errorf("the good image is not in the catalog")
 	}
-	ents, _ := os.ReadDir(data)
-	if len(ents) != 1 || ents[0].Name() == id+".vhd" {
+	ents, _ := filepath.Glob(filepath.Join(data, "*.vhd"))
+	if len(ents) != 1 || filepath.Base(ents[0]) == id+".vhd" {
 		t.Errorf("the data directory holds %v, want only the good image's data", ents)
+	}
+	if _, err := os.Stat(filepath.Join(data, ".imagefs-data-id")); err != nil {
+		t.Errorf("the data directory's identity file: %v", err)
 	}
 }

@@ -1139,3 +1139,193 @@ func TestSharedKillReasonAtMount(t *testing.T) {
 		t.Errorf("host-b: imagefs_kill_reason %q, want %q", got, want)
 	}
 }
+
+// mountRefused runs `imagefs mount ARGS STORE MNT` (foreground) and
+// expects it to exit without mounting within 30 s; it returns what the
+// command printed. A mount that succeeds fails the test and is
+// unmounted (SIGTERM).
+func mountRefused(t testing.TB, store, mnt string, args ...string) result {
+	t.Helper()
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, append(append([]string{"mount"}, args...), store, mnt)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("imagefs mount %s: still running after 30 s (mounted: %v), want it refused", mnt, isMounted(mnt))
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err = <-done:
+		case <-time.After(10 * time.Second):
+			exec.Command("umount", "-l", mnt).Run()
+			cmd.Process.Kill()
+			err = <-done
+		}
+	}
+	if isMounted(mnt) {
+		t.Errorf("%s mounted by a refused mount; umount -l", mnt)
+		exec.Command("umount", "-l", mnt).Run()
+	}
+	r := result{stdout: out.String(), stderr: errb.String(), err: err, code: -1}
+	if cmd.ProcessState != nil {
+		r.code = cmd.ProcessState.ExitCode()
+	}
+	return r
+}
+
+// withData returns args with the value of --data replaced by dir.
+func withData(args []string, dir string) []string {
+	out := slices.Clone(args)
+	for i := range out {
+		if out[i] == "--data" && i+1 < len(out) {
+			out[i+1] = dir
+		}
+	}
+	return out
+}
+
+// vhdFiles returns the *.vhd files of dir.
+func vhdFiles(dir string) []string {
+	m, _ := filepath.Glob(filepath.Join(dir, "*.vhd"))
+	return m
+}
+
+// TestSharedWrongDataRefused: the catalog knows its data directory. The
+// first mount of a fresh catalog writes DATA/.imagefs-data-id; while the
+// catalog holds no image a mount may give another --data (the catalog
+// takes it: a data directory set up again). Once it holds an image, a
+// second host mounting with another --data is refused (exit 1, the
+// message naming both directories and the identity file), whether that
+// directory is empty (the NFS export not mounted) or another catalog's
+// (a foreign identity file); so are imagefs fsck (exit 2) and imagefs
+// migrate (exit 2, nothing written) with that --data. Nothing is written
+// into the wrong directory; the right one still mounts on host-b.
+func TestSharedWrongDataRefused(t *testing.T) {
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	b.stop()
+	marker := filepath.Join(env.Data, ".imagefs-data-id")
+	id0 := strings.TrimSpace(string(readFile(marker)))
+	if len(id0) != 32 {
+		t.Fatalf("%s after the first mount: %q, want a 32-digit id", marker, id0)
+	}
+
+	// An empty catalog takes another data directory, and back.
+	other := filepath.Join(t.TempDir(), "other")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	args := a.Args
+	a.stop()
+	a.Args = withData(args, other)
+	a.start()
+	if got := readFile(filepath.Join(other, ".imagefs-data-id")); len(got) == 0 {
+		t.Errorf("%s/.imagefs-data-id: not written by a mount of the empty catalog", other)
+	}
+	a.stop()
+	a.Args = args
+	a.start()
+
+	vhd := filepath.Join(t.TempDir(), "small.vhd")
+	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.mkimage("x")
+	run(t, "cp", vhd, a.dataFile("x"))
+	if got := a.prop("x", "status"); got != "active" {
+		t.Fatalf("x: status %s after cp", got)
+	}
+
+	empty := filepath.Join(t.TempDir(), "empty")
+	foreign := filepath.Join(t.TempDir(), "foreign")
+	for _, d := range []string{empty, foreign} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const foreignID = "0123456789abcdef0123456789abcdef"
+	if err := os.WriteFile(filepath.Join(foreign, ".imagefs-data-id"), []byte(foreignID+"\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dir  string
+		want []string
+	}{
+		{empty, []string{empty, env.Data, id0, "no identity file .imagefs-data-id"}},
+		{foreign, []string{foreign, env.Data, id0, foreignID}},
+	} {
+		r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, c.dir)...)
+		t.Logf("host-b mount with --data %s: %s", c.dir, r)
+		if r.code != 1 {
+			t.Errorf("host-b mount with --data %s: exit %d, want 1", c.dir, r.code)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(r.stderr, w) {
+				t.Errorf("host-b mount with --data %s: its message does not name %q:\n%s", c.dir, w, r.stderr)
+			}
+		}
+		fsck := execCmd(binary, append(append([]string{"fsck"}, withData(b.Args, c.dir)...), b.Store)...)
+		if fsck.code != 2 || !strings.Contains(fsck.stderr, "not this catalog's data directory") || !strings.Contains(fsck.stderr, env.Data) {
+			t.Errorf("imagefs fsck with --data %s: want exit 2 and the reason: %s", c.dir, fsck)
+		}
+		if files := vhdFiles(c.dir); len(files) != 0 {
+			t.Errorf("%s: data files %v written", c.dir, files)
+		}
+	}
+	if got := strings.TrimSpace(string(readFile(filepath.Join(empty, ".imagefs-data-id")))); got != "" {
+		t.Errorf("%s: identity file %q written by a refused mount", empty, got)
+	}
+
+	// imagefs migrate of a single-host store with the wrong --data.
+	src := singleHostStore(t)
+	src.mkimage("single")
+	run(t, "cp", vhd, src.dataFile("single"))
+	src.stop()
+	keysBefore := etcdctl(t, env, "get", "--prefix", "--keys-only", env.Namespace)
+	mig := execCmd(binary, "migrate", src.Store, "--catalog", "etcd://"+strings.Join(env.Endpoints, ","),
+		"--data", empty, "--config", env.Config)
+	t.Logf("imagefs migrate with --data %s: %s", empty, mig)
+	if mig.code != 2 || !strings.Contains(mig.stderr, "not this catalog's data directory") || !strings.Contains(mig.stderr, env.Data) {
+		t.Errorf("imagefs migrate with --data %s: want exit 2 and the reason: %s", empty, mig)
+	}
+	if after := etcdctl(t, env, "get", "--prefix", "--keys-only", env.Namespace); after != keysBefore {
+		t.Errorf("keys changed by a refused migration:\nbefore %s\nafter %s", keysBefore, after)
+	}
+	if files := vhdFiles(empty); len(files) != 0 {
+		t.Errorf("%s: data files %v written by a refused migration", empty, files)
+	}
+
+	b.start()
+	if got := md5sum(t, b.dataFile("x")); got != md5sum(t, vhd) {
+		t.Errorf("host-b with the right --data: md5sum of x %s", got)
+	}
+}
+
+// singleHostStore mounts a single-host store (its embedded catalog, even
+// when IMAGEFS_TEST_CATALOG=etcd), stopped at the end of the test.
+func singleHostStore(t testing.TB) *fsMount {
+	t.Helper()
+	dir := t.TempDir()
+	m := &fsMount{t: t, Store: filepath.Join(dir, "store"), Mnt: filepath.Join(dir, "mnt"), log: filepath.Join(dir, "imagefs.log")}
+	if err := os.Mkdir(m.Mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		m.stop()
+		if t.Failed() {
+			t.Logf("single-host imagefs daemon log (%s):\n%s", m.log, readFile(m.log))
+		}
+	})
+	m.start()
+	return m
+}

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
 )
@@ -140,6 +141,10 @@ func Migrate(ctx context.Context, src string, dst kv.Backend, data DataBackend, 
 	return r, nil
 }
 
+// migrateCallTimeout bounds one call of Migrate into the destination
+// catalog outside its scans (the data directory's identity).
+const migrateCallTimeout = 30 * time.Second
+
 // migration is one run of Migrate.
 type migration struct {
 	ctx  context.Context
@@ -150,10 +155,11 @@ type migration struct {
 	r    *MigrateReport
 
 	// The destination as read at the start.
-	dstImg  map[string]kv.Pair // id -> img/<id>
-	dstName map[string]kv.Pair // name -> name/<name>
-	dstIno  map[uint64]string  // inode base -> id
-	srcData map[string]bool    // ids with a data file in the source
+	dstImg    map[string]kv.Pair // id -> img/<id>
+	dstName   map[string]kv.Pair // name -> name/<name>
+	dstIno    map[uint64]string  // inode base -> id
+	dstSealed []string           // ids of the sealed images in the destination
+	srcData   map[string]bool    // ids with a data file in the source
 }
 
 // migrateRecord is one record of the source: its JSON as stored, decoded.
@@ -193,6 +199,13 @@ func (m *migration) run() error {
 	}
 	m.r.Images = len(recs)
 	if err := m.readDst(); err != nil {
+		return err
+	}
+	if err := checkDataDir(dataDirCheck{
+		b: m.dst, data: m.data, host: "imagefs-migrate", images: len(m.dstImg), sealed: m.dstSealed,
+		claim: !m.opts.DryRun, now: time.Now(), log: m.s.log,
+		ctx: func() (context.Context, context.CancelFunc) { return context.WithTimeout(m.ctx, migrateCallTimeout) },
+	}); err != nil {
 		return err
 	}
 	if err := m.raiseSeqIno(recs); err != nil {
@@ -238,6 +251,9 @@ func (m *migration) readDst() error {
 		var im Image
 		if err := json.Unmarshal(p.Value, &im); err == nil {
 			m.dstIno[im.InoBase] = id
+			if im.Status.Sealed() {
+				m.dstSealed = append(m.dstSealed, id)
+			}
 		}
 		return nil
 	})

@@ -359,6 +359,9 @@ func (s *Store) load() error {
 		if err := s.loadShared(rev); err != nil {
 			return err
 		}
+		if err := s.checkDataDir(); err != nil {
+			return err
+		}
 	}
 	if s.opts.checkOnly {
 		return nil

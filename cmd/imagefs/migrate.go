@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -130,6 +131,10 @@ func runMigrate(args []string) int {
 		strings.Join(c.shared.Endpoints, ","), c.shared.Namespace, c.shared.Data)
 	start := time.Now()
 	r, err := store.Migrate(ctx, src, be, data, store.MigrateOptions{Progress: migrateProgress(start), DryRun: *dryRun})
+	if errors.Is(err, store.ErrWrongData) {
+		fmt.Fprintf(os.Stderr, "imagefs migrate: %v\n", err)
+		return 2
+	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
