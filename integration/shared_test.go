@@ -1329,3 +1329,82 @@ func singleHostStore(t testing.TB) *fsMount {
 	m.start()
 	return m
 }
+
+// TestSharedMigrateTwoStores: two single-host stores (each numbers its
+// images' inodes from 1) migrated one after the other into one shared
+// catalog, with an image made on a host in between: the second migration
+// succeeds (exit 0), renumbers its images whose inode ranges the catalog
+// already holds and says so; every image on the host then has inode
+// numbers of its own, the data of each reads back, and a second run of
+// the same migration finds everything there (exit 0, nothing written).
+func TestSharedMigrateTwoStores(t *testing.T) {
+	hosts, env := sharedClusterArgs(t, 1)
+	a := hosts[0]
+	vhd := filepath.Join(t.TempDir(), "small.vhd")
+	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := md5sum(t, vhd)
+	s1, s2 := singleHostStore(t), singleHostStore(t)
+	for _, n := range []string{"one-a", "one-b"} {
+		s1.mkimage(n)
+	}
+	run(t, "cp", vhd, s1.dataFile("one-a"))
+	for _, n := range []string{"two-a", "two-b", "two-c"} {
+		s2.mkimage(n)
+	}
+	run(t, "cp", vhd, s2.dataFile("two-a"))
+	s1.stop()
+	s2.stop()
+	migrate := func(src string) result {
+		return execCmd(binary, "migrate", src, "--catalog", "etcd://"+strings.Join(env.Endpoints, ","),
+			"--data", env.Data, "--config", env.Config)
+	}
+	if r := migrate(s1.Store); r.code != 0 {
+		t.Fatalf("migrate of the first store: %s", r)
+	}
+	eventually(t, 5*time.Second, "host-a lists the first store's images", func() bool {
+		return lsHas(a.images(), "one-a", "one-b")
+	})
+	a.mkimage("made-here")
+
+	r := migrate(s2.Store)
+	t.Logf("migrate of the second store: %s", r)
+	if r.code != 0 {
+		t.Fatalf("migrate of the second store: want exit 0: %s", r)
+	}
+	if want := "3 images: 3 migrated, 0 already there, 0 not migrated"; !strings.Contains(r.stdout, want) {
+		t.Errorf("second migration: want %q in\n%s", want, r.stdout)
+	}
+	if want := "3 images renumbered"; !strings.Contains(r.stdout, want) {
+		t.Errorf("second migration: want %q in\n%s", want, r.stdout)
+	}
+	all := []string{"made-here", "one-a", "one-b", "two-a", "two-b", "two-c"}
+	eventually(t, 5*time.Second, "host-a lists every image", func() bool { return lsHas(a.images(), all...) })
+	var rels []string
+	for _, n := range all {
+		rels = append(rels, "images/"+n, "images/"+n+"/properties", "images/"+n+"/properties/id")
+	}
+	seen := map[string]string{}
+	for rel, ino := range inodesOf(t, a, rels) {
+		if other, dup := seen[ino]; dup {
+			t.Errorf("%s and %s have one inode number %s", rel, other, ino)
+		}
+		seen[ino] = rel
+	}
+	for _, n := range []string{"one-a", "two-a"} {
+		if got := md5sum(t, a.dataFile(n)); got != sum {
+			t.Errorf("host-a: md5sum of %s = %s, want %s", n, got, sum)
+		}
+	}
+	if r := migrate(s2.Store); r.code != 0 || !strings.Contains(r.stdout, "3 images: 0 migrated, 3 already there, 0 not migrated") {
+		t.Errorf("second run of the second migration: want exit 0, everything already there: %s", r)
+	}
+	a.remount()
+	after := inodesOf(t, a, rels)
+	for rel, ino := range after {
+		if seen[ino] != rel {
+			t.Errorf("after host-a's remount: %s has inode %s (before: %s's)", rel, ino, seen[ino])
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +68,12 @@ type MigrateItem struct {
 	Outcome string `json:"outcome"` // Migrate* constants
 	Detail  string `json:"detail,omitempty"`
 	Bytes   int64  `json:"bytes,omitempty"` // data bytes copied
+	// InoFrom and InoTo: the image was renumbered (its inode base in
+	// the source was held by another image in the destination, another
+	// store's migrated before): its inode numbers are InoTo|slot in the
+	// catalog instead of InoFrom|slot. Zero when kept.
+	InoFrom uint64 `json:"ino_from,omitempty"`
+	InoTo   uint64 `json:"ino_to,omitempty"`
 }
 
 // OK reports whether the image is in the destination.
@@ -75,15 +82,18 @@ func (it MigrateItem) OK() bool { return it.Outcome == MigrateDone || it.Outcome
 // MigrateReport is what Migrate did: one item per image record of the
 // source (key order), counts, and the destination's inode sequence.
 type MigrateReport struct {
-	Images   int           `json:"images"`   // records in the source
-	Migrated int           `json:"migrated"` // written by this run
-	Skipped  int           `json:"skipped"`  // already in the destination
-	Failed   int           `json:"failed"`   // not migrated (see Items)
-	Deleted  int           `json:"deleted"`  // records of deleted images (tombstoned), left out
-	Bytes    int64         `json:"bytes"`    // data bytes copied and verified
-	SeqIno   uint64        `json:"seq_ino"`  // seq/ino in the destination afterwards
-	DryRun   bool          `json:"dry_run"`  // nothing was written (MigrateOptions.DryRun)
-	Items    []MigrateItem `json:"items"`
+	Images   int    `json:"images"`   // records in the source
+	Migrated int    `json:"migrated"` // written by this run
+	Skipped  int    `json:"skipped"`  // already in the destination
+	Failed   int    `json:"failed"`   // not migrated (see Items)
+	Deleted  int    `json:"deleted"`  // records of deleted images (tombstoned), left out
+	Bytes    int64  `json:"bytes"`    // data bytes copied and verified
+	SeqIno   uint64 `json:"seq_ino"`  // seq/ino in the destination afterwards
+	// Renumbered: images migrated by this run with new inode numbers
+	// (MigrateItem.InoFrom, InoTo).
+	Renumbered int           `json:"renumbered"`
+	DryRun     bool          `json:"dry_run"` // nothing was written (MigrateOptions.DryRun)
+	Items      []MigrateItem `json:"items"`
 }
 
 // OK reports whether every image of the source is in the destination.
@@ -159,7 +169,11 @@ type migration struct {
 	dstName   map[string]kv.Pair // name -> name/<name>
 	dstIno    map[uint64]string  // inode base -> id
 	dstSealed []string           // ids of the sealed images in the destination
-	srcData   map[string]bool    // ids with a data file in the source
+	dstRev    int64              // the revision they were read at
+	// newBase: the inode base each renumbered source image gets (set
+	// by raiseSeqIno).
+	newBase map[string]uint64
+	srcData map[string]bool // ids with a data file in the source
 }
 
 // migrateRecord is one record of the source: its JSON as stored, decoded.
@@ -208,7 +222,7 @@ func (m *migration) run() error {
 	}); err != nil {
 		return err
 	}
-	if err := m.raiseSeqIno(recs); err != nil {
+	if err := m.raiseSeqIno(recs, tombs); err != nil {
 		return err
 	}
 	for i, rec := range recs {
@@ -244,6 +258,7 @@ func (m *migration) run() error {
 // readDst reads the destination's records and names (one revision).
 func (m *migration) readDst() error {
 	m.dstImg, m.dstName, m.dstIno = map[string]kv.Pair{}, map[string]kv.Pair{}, map[uint64]string{}
+	m.dstSealed = nil
 	rev, err := m.dst.Scan(m.ctx, prefixImage, "img0", 0, func(p kv.Pair) error {
 		p.Value = bytes.Clone(p.Value)
 		id := p.Key[len(prefixImage):]
@@ -260,6 +275,7 @@ func (m *migration) readDst() error {
 	if err != nil {
 		return m.dstErr(err)
 	}
+	m.dstRev = rev
 	_, err = m.dst.Scan(m.ctx, prefixName, "name0", rev, func(p kv.Pair) error {
 		p.Value = bytes.Clone(p.Value)
 		m.dstName[p.Key[len(prefixName):]] = p
@@ -281,16 +297,43 @@ func (m *migration) dstErr(err error) error {
 
 // raiseSeqIno sets seq/ino in dst to at least the source's next inode
 // base and past every base of the source's records, before any record is
-// written; it never lowers it.
-func (m *migration) raiseSeqIno(recs []migrateRecord) error {
-	want := m.s.nextIno
-	for _, rec := range recs {
-		want = max(want, rec.im.InoBase>>inoShift+1)
-	}
+// written; it never lowers it. A source image to be written whose inode
+// base another image holds in the destination (a second store migrated
+// into one catalog: every store numbers from 1) is renumbered: it gets a
+// base of its own past them (m.newBase), taken in the same commit. The
+// commit is conditioned on seq/ino as it was when the destination was
+// read, so that an image another host creates meanwhile (it takes a base
+// and moves seq/ino) is seen before the plan is made again. Records of
+// deleted images (tombs) and uploads cut off are left out.
+func (m *migration) raiseSeqIno(recs []migrateRecord, tombs map[string]bool) error {
 	for attempt := 0; ; attempt++ {
+		want := m.s.nextIno
+		for _, rec := range recs {
+			want = max(want, rec.im.InoBase>>inoShift+1)
+		}
+		var moved []string
+		for _, rec := range recs {
+			im := rec.im
+			if tombs[im.ID] || im.Status == StatusSaving {
+				continue
+			}
+			if _, ok := m.dstImg[im.ID]; ok {
+				continue
+			}
+			if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID {
+				moved = append(moved, im.ID)
+			}
+		}
 		p, err := m.dst.Get(m.ctx, keySeqIno)
 		if err != nil {
 			return m.dstErr(err)
+		}
+		if p.ModRev > m.dstRev && attempt < 10 {
+			// An image was created after the destination was read.
+			if err := m.readDst(); err != nil {
+				return err
+			}
+			continue
 		}
 		cur := uint64(1)
 		if p.ModRev != 0 {
@@ -299,12 +342,18 @@ func (m *migration) raiseSeqIno(recs []migrateRecord) error {
 			}
 			cur = binary.BigEndian.Uint64(p.Value)
 		}
-		if cur >= want || m.opts.DryRun {
-			m.r.SeqIno = max(cur, want)
+		first := max(cur, want)
+		m.newBase = map[string]uint64{}
+		for i, id := range moved {
+			m.newBase[id] = (first + uint64(i)) << inoShift
+		}
+		next := first + uint64(len(moved))
+		if cur >= next || m.opts.DryRun {
+			m.r.SeqIno = max(cur, next)
 			return nil
 		}
 		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], want)
+		binary.BigEndian.PutUint64(v[:], next)
 		_, err = m.dst.Commit(m.ctx, &kv.Batch{
 			Conds: []kv.Cond{{Key: keySeqIno, ModRev: p.ModRev}},
 			Ops:   []kv.Op{{Kind: kv.Put, Key: keySeqIno, Value: v[:]}},
@@ -312,13 +361,34 @@ func (m *migration) raiseSeqIno(recs []migrateRecord) error {
 		})
 		switch {
 		case err == nil:
-			m.r.SeqIno = want
+			m.r.SeqIno = next
 			return nil
 		case errors.Is(err, kv.ErrConflict) && attempt < 10:
-			continue // another host took an inode base meanwhile: read again
+			// Another host took an inode base meanwhile: read again.
+			if err := m.readDst(); err != nil {
+				return err
+			}
+			continue
 		}
 		return m.dstErr(err)
 	}
+}
+
+// renumbered returns rec with its inode base set to base: the record's
+// JSON with "ino" replaced (every other field as stored).
+func renumbered(rec migrateRecord, base uint64) (migrateRecord, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(rec.raw, &fields); err != nil {
+		return rec, fmt.Errorf("%w: record %s: %v", ErrCatalog, rec.im.ID, err)
+	}
+	fields["ino"] = json.RawMessage(strconv.FormatUint(base, 10))
+	raw, err := json.Marshal(fields)
+	if err != nil {
+		return rec, err
+	}
+	im := rec.im.clone()
+	im.InoBase = base
+	return migrateRecord{raw: raw, im: im}, nil
 }
 
 // image migrates one record. Its error stops the run; what befell the
@@ -348,9 +418,18 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 		return fail(MigrateConflict, "unknown status %q (imagefs fsck the store)", im.Status)
 	}
 
-	// Already there?
+	// Already there? (Renumbered by an earlier run: the same record but
+	// for its inode base.)
 	if p, ok := m.dstImg[im.ID]; ok {
-		if !migrateJSONEqual(p.Value, rec.raw) {
+		same := migrateJSONEqual(p.Value, rec.raw)
+		var d Image
+		if !same && json.Unmarshal(p.Value, &d) == nil && d.InoBase != im.InoBase {
+			if r2, err := renumbered(rec, d.InoBase); err == nil && migrateJSONEqual(p.Value, r2.raw) {
+				same = true
+				it.InoFrom, it.InoTo = im.InoBase, d.InoBase
+			}
+		}
+		if !same {
 			return fail(MigrateConflict, "the destination has a different record for this id (changed since an earlier migration?): left as it is")
 		}
 		if n, ok := m.dstName[im.Name]; ok && string(n.Value) != im.ID {
@@ -379,8 +458,18 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 	if n, ok := m.dstName[im.Name]; ok && string(n.Value) != im.ID {
 		return fail(MigrateConflict, "the name is held in the destination by image %s: rename one of them (in the store, or on the shared mount) and run again", n.Value)
 	}
+	if base, ok := m.newBase[im.ID]; ok {
+		other := m.dstIno[im.InoBase]
+		r2, err := renumbered(rec, base)
+		if err != nil {
+			return it, err
+		}
+		it.InoFrom, it.InoTo = im.InoBase, base
+		it.Detail = fmt.Sprintf("renumbered: inode base %d is image %s's in the catalog (every store numbers its images from 1); this image's inode numbers are now %d|slot", im.InoBase, other, base)
+		rec, im = r2, r2.im
+	}
 	if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID {
-		return fail(MigrateConflict, "inode base %d is used in the destination by image %s (two stores migrated into one catalog?)", im.InoBase, other)
+		return fail(MigrateConflict, "inode base %d is used in the destination by image %s (it was taken meanwhile: run again)", im.InoBase, other)
 	}
 
 	if im.Status.Sealed() {
@@ -392,6 +481,9 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 	}
 	if m.opts.DryRun {
 		it.Outcome = MigrateDone
+		if it.InoTo != 0 {
+			m.r.Renumbered++
+		}
 		return it, nil
 	}
 	if err := m.commit(rec, true); err != nil {
@@ -413,6 +505,9 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 	}
 	m.dstIno[im.InoBase] = im.ID
 	it.Outcome = MigrateDone
+	if it.InoTo != 0 {
+		m.r.Renumbered++
+	}
 	return it, nil
 }
 

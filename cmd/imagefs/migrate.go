@@ -31,10 +31,17 @@ was saving (an upload cut off) is not: upload it again. STORE is only
 read (run imagefs fsck --repair on it first if fsck reports problems).
 
 Safe to run again, after an interruption too: images already in the
-catalog with the same record are skipped; a name or inode range that the
-catalog holds for another image, or an id with a different record there,
-is reported and left as it is (nothing is overwritten). The catalog's
-inode sequence is raised past the store's, never lowered.
+catalog with the same record are skipped; a name that the catalog holds
+for another image, or an id with a different record there, is reported
+and left as it is (nothing is overwritten). The catalog's inode sequence
+is raised past the store's, never lowered. An image whose inode range the
+catalog holds for another image (a second store migrated into one
+catalog: each store numbers its images from 1) is renumbered: it gets a
+range of its own, and the report lists it.
+
+DIR must be the catalog's data directory (its identity file
+.imagefs-data-id, see imagefs mount --help); a catalog that holds no
+image takes DIR.
 
 With --dry-run, nothing is written: the store's data is read and
 verified, the catalog read, and the report says what a migration would do
@@ -47,7 +54,7 @@ Exit status:
   0  every image is in the catalog
   1  some images were not migrated (listed, with the reason)
   2  nothing could be done (usage, not a store, the store is mounted, the
-     catalog is unreachable)
+     catalog is unreachable, DIR is not the catalog's data directory)
 
 Options:
 `
@@ -148,6 +155,19 @@ func runMigrate(args []string) int {
 			if !it.OK() {
 				fmt.Printf("%s: %s (%s, %s): %s: %s\n", not, it.ID, it.Name, it.Status, it.Outcome, it.Detail)
 			}
+		}
+		renum := "renumbered"
+		if *dryRun {
+			renum = "would be renumbered"
+		}
+		for _, it := range r.Items {
+			if it.InoTo != 0 && it.Outcome == store.MigrateDone {
+				fmt.Printf("%s: %s (%s): inode numbers %d|slot -> %d|slot (the catalog holds the first for another image)\n",
+					renum, it.ID, it.Name, it.InoFrom, it.InoTo)
+			}
+		}
+		if r.Renumbered > 0 {
+			fmt.Printf("%d images %s: their inode numbers were another image's in the catalog\n", r.Renumbered, renum)
 		}
 		if *dryRun {
 			fmt.Printf("dry run, nothing written: %d images: %d would be migrated, %d already there, %d would not be migrated, %d deleted left out; %d bytes of data verified in %s\n",
