@@ -1408,3 +1408,110 @@ func TestSharedMigrateTwoStores(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedDataTempCleanup: the data directory is on another
+// filesystem than the hosts' STOREs (a tmpfs, as an NFS export would
+// be), so a seal copies the data in through a temporary file. host-a's
+// daemon is SIGKILLed while it copies (its .tmp-<id>@host-a@* seen in
+// the data directory): its next mount removes that file. Temporary files
+// of other hosts are left alone at mount: fsck reports one unchanged for
+// longer than the grace (exit 3, kind data-temp) and not a fresh one (a
+// copy in progress); fsck --repair removes the old one only.
+func TestSharedDataTempCleanup(t *testing.T) {
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	a.stop()
+	b.stop()
+	run(t, "mount", "-t", "tmpfs", "-o", "size=512m,mode=0700", "tmpfs", env.Data)
+	t.Cleanup(func() {
+		a.stop()
+		b.stop()
+		if r := execCmd("umount", env.Data); r.err != nil {
+			t.Errorf("umount the data directory's tmpfs: %s", r)
+			execCmd("umount", "-l", env.Data)
+		}
+	})
+	a.start() // the catalog is empty: it takes the new data directory
+	b.start()
+
+	big := filepath.Join(t.TempDir(), "big.vhd")
+	if err := os.WriteFile(big, testutil.FixedVHD(t, 256<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var tmp string
+	for attempt := 0; tmp == "" && attempt < 5; attempt++ {
+		name := fmt.Sprintf("big-%d", attempt)
+		a.mkimage(name)
+		cp := make(chan result, 1)
+		go func() { cp <- execCmd("cp", big, a.dataFile(name)) }()
+		deadline := time.Now().Add(60 * time.Second)
+	poll:
+		for time.Now().Before(deadline) {
+			select {
+			case r := <-cp:
+				t.Logf("attempt %d: the seal finished before its temporary file was seen: %s", attempt, r)
+				break poll
+			default:
+			}
+			m, _ := filepath.Glob(filepath.Join(env.Data, ".tmp-*"))
+			if len(m) > 0 {
+				a.crash()
+				tmp = m[0]
+				<-cp
+				break
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	if tmp == "" {
+		t.Fatal("no seal's temporary file seen in the data directory in 5 uploads")
+	}
+	t.Logf("host-a SIGKILLed while it copied into %s", tmp)
+	if !strings.Contains(filepath.Base(tmp), "@"+hostID(0)+"@") {
+		t.Errorf("%s: the temporary file does not name host-a", tmp)
+	}
+	if !exists(tmp) {
+		t.Fatalf("%s: gone after host-a's SIGKILL; nothing left to clean up", tmp)
+	}
+
+	// Other hosts' temporary files: one unchanged for an hour, one fresh.
+	old := filepath.Join(env.Data, ".tmp-00000000-0000-0000-0000-000000000001@host-x@123")
+	fresh := filepath.Join(env.Data, ".tmp-00000000-0000-0000-0000-000000000002@host-y@456")
+	for _, p := range []string{old, fresh} {
+		if err := os.WriteFile(p, []byte("partial copy"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hour := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(old, hour, hour); err != nil {
+		t.Fatal(err)
+	}
+
+	a.start()
+	if exists(tmp) {
+		t.Errorf("%s: host-a's temporary file still there after its next mount", tmp)
+	}
+	for _, p := range []string{old, fresh} {
+		if !exists(p) {
+			t.Errorf("%s: another host's temporary file removed by host-a's mount", p)
+		}
+	}
+
+	b.stop()
+	fsck := func(args ...string) result {
+		return execCmd(binary, append(append(append([]string{"fsck"}, args...), b.Args...), b.Store)...)
+	}
+	r := fsck()
+	t.Logf("imagefs fsck: %s", r)
+	if r.code != 3 || !strings.Contains(r.stdout, "data-temp") || !strings.Contains(r.stdout, filepath.Base(old)) {
+		t.Errorf("imagefs fsck: want exit 3 and the old temporary file (data-temp): %s", r)
+	}
+	if strings.Contains(r.stdout, filepath.Base(fresh)) {
+		t.Errorf("imagefs fsck reports the fresh temporary file (a copy in progress): %s", r)
+	}
+	r = fsck("--repair")
+	t.Logf("imagefs fsck --repair: %s", r)
+	if exists(old) || !exists(fresh) {
+		t.Errorf("after fsck --repair: the old temporary file exists: %v (want removed), the fresh one: %v (want kept)", exists(old), exists(fresh))
+	}
+}

@@ -36,6 +36,10 @@ type DataBackend interface {
 // user reads it; no one writes it).
 type localData struct {
 	dir string
+	// host names the host in the temporary files of copyIn (tempPattern
+	// in datatmp.go), so that its next mount removes those a crash left
+	// and no other host's; set by Open (Options.Host).
+	host string
 }
 
 // NewLocalData returns a DataBackend storing files under dir, which it
@@ -52,7 +56,7 @@ func (d *localData) path(id string) string { return filepath.Join(d.dir, id+".vh
 // Put moves the staging file into place (rename). When dir is on another
 // filesystem than the staging file (EXDEV: a data directory shared by
 // hosts, on NFS, with staging under the local STORE), it copies it to
-// DIR/.tmp-<id>-<random>, fsyncs it, makes it 0400, renames it into
+// DIR/.tmp-<id>@<host>@<random>, fsyncs it, makes it 0400, renames it into
 // place, fsyncs DIR and removes the staging file; a failure leaves no
 // temporary file and the staging file in place.
 func (d *localData) Put(id, path string) error {
@@ -76,7 +80,7 @@ func (d *localData) copyIn(id, path string) (err error) {
 		return err
 	}
 	defer src.Close()
-	tmp, err := os.CreateTemp(d.dir, ".tmp-"+id+"-*")
+	tmp, err := os.CreateTemp(d.dir, tempPattern(id, d.host))
 	if err != nil {
 		return err
 	}

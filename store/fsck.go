@@ -33,6 +33,7 @@ const (
 	ProblemPropertyIndex  = "property-index"     // the property index disagrees with the records (repair: rebuilt)
 	ProblemChecksum       = "checksum-mismatch"  // --verify-data: data does not hash to checksum/os_hash_value
 	ProblemVerifyReadFail = "verify-read-error"  // --verify-data: data could not be read
+	ProblemDataTemp       = "data-temp"          // a temporary file a crash left in the data directory: this host's, or another's unchanged for OrphanGrace (repair: removed)
 	ProblemReserve        = "reserve-missing"    // STORE/catalog/imagefs-reserve (1 MiB kept for deletes on a full disk) is missing or short (repair: made again, once the disk has 9 MiB free)
 )
 
@@ -44,7 +45,7 @@ var repairable = map[string]bool{
 	ProblemOrphanData: true, ProblemDeletedData: true, ProblemDataMode: true,
 	ProblemStoreMode: true, ProblemNameIndex: true, ProblemStaleHashes: true,
 	ProblemKillReason: true, ProblemInode: true, ProblemPropertyIndex: true,
-	ProblemReserve: true,
+	ProblemReserve: true, ProblemDataTemp: true,
 }
 
 // Problem is one inconsistency found by Check. Repairable says whether
@@ -207,6 +208,7 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	}
 	k.checkDataFileModes()
 	k.checkStaging()
+	k.checkDataTemps()
 	k.checkStoreMode()
 	if opts.quick {
 		return k.r, nil

@@ -144,6 +144,9 @@ func Migrate(ctx context.Context, src string, dst kv.Backend, data DataBackend, 
 		return r, err
 	}
 	defer s.Close()
+	if ld, ok := data.(*localData); ok && ld.host == "" {
+		ld.host = "imagefs-migrate" // its temporary files (datatmp.go): no mount removes them, fsck does once old
+	}
 	m := &migration{ctx: ctx, s: s, dst: dst, data: data, opts: opts, r: &r}
 	if err := m.run(); err != nil {
 		return r, err

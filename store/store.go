@@ -253,6 +253,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		opts.Data = d
 	}
+	if ld, ok := opts.Data.(*localData); ok && ld.host == "" {
+		ld.host = opts.Host // names this host's temporary files (datatmp.go)
+	}
 	// STORE's lock keeps a second process off the store, whichever its
 	// catalog (Pebble's own LOCK covers only an embedded one): a store a
 	// daemon serves from a shared catalog cannot be opened at the same
