@@ -16,7 +16,7 @@ import (
 //	ErrTooBig -> E2BIG         ErrQuota -> ENOSPC        ErrRefused -> EINVAL
 //	ErrBusy -> EBUSY           ErrCatalog -> EIO         ErrNoSpace -> ENOSPC
 //	ErrCrossDirectory -> EPERM errNotUserXattr -> EOPNOTSUPP
-//	ErrUnavailable -> EAGAIN
+//	ErrUnavailable -> EAGAIN      ErrWrongData -> EINVAL (Open only)
 //	syscall.Errno -> itself
 //
 // Two faces map one store error otherwise, here too: toXattrErrno (a
@@ -60,6 +60,9 @@ var errnoMap = []struct {
 	// unsealed image).
 	{store.ErrCrossDirectory, syscall.EPERM},
 	{errNotUserXattr, syscall.EOPNOTSUPP},
+	// Open's refusal of a shared catalog's data directory: no request
+	// meets it (the mount does not start).
+	{store.ErrWrongData, syscall.EINVAL},
 }
 
 // errNotUserXattr: an xattr name outside user.* (ACLs, security labels,
