@@ -1203,7 +1203,8 @@ func vhdFiles(dir string) []string {
 // TestSharedWrongDataRefused: the catalog knows its data directory. The
 // first mount of a fresh catalog writes DATA/.imagefs-data-id; while the
 // catalog holds no image a mount may give another --data (the catalog
-// takes it: a data directory set up again). Once it holds an image, a
+// takes it: a data directory set up again), but not while the host that
+// set up the recorded one is mounted. Once it holds an image, a
 // second host mounting with another --data is refused (exit 1, the
 // message naming both directories and the identity file), whether that
 // directory is empty (the NFS export not mounted) or another catalog's
@@ -1235,6 +1236,11 @@ func TestSharedWrongDataRefused(t *testing.T) {
 	a.stop()
 	a.Args = args
 	a.start()
+	// Not from under a live host, though.
+	r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, other)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "host "+hostID(0)+", mounted now, uses "+env.Data) {
+		t.Errorf("host-b mount of the empty catalog with --data %s while host-a is mounted: want exit 1 naming host-a and %s: %s", other, env.Data, r)
+	}
 
 	vhd := filepath.Join(t.TempDir(), "small.vhd")
 	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {

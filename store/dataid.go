@@ -28,7 +28,8 @@ import (
 // later mount, fsck and migrate refuses a data directory whose identity
 // file is missing or holds another id. A catalog without image records
 // takes the data directory it is given (its first mount; or a data
-// directory set up again while the catalog holds nothing).
+// directory set up again while the catalog holds nothing), unless the
+// host that recorded the current one is mounted now.
 
 // DataIdentity is implemented by a DataBackend that can carry the
 // identity of a shared catalog's data storage (the local backend: a file
@@ -135,7 +136,9 @@ type dataDirCheck struct {
 // (c.claim) when the catalog may take it: the catalog records none yet
 // (its first mount or migration; for a catalog set up before identities
 // were recorded, only a directory that holds data of its sealed images),
-// or the catalog holds no image. Errors: ErrWrongData, the catalog's,
+// or the catalog holds no image and the host that recorded its data
+// directory is not mounted (its host/<id> key is gone) or is this host.
+// Errors: ErrWrongData, the catalog's,
 // the data directory's I/O errors.
 func checkDataDir(c dataDirCheck) error {
 	di, ok := c.data.(DataIdentity)
@@ -186,6 +189,20 @@ func checkDataDir(c dataDirCheck) error {
 			if !ours && n > 0 {
 				return fmt.Errorf("%w: %s is another catalog's data directory: its identity file %s holds %s and it has %d data files, none of an image of this catalog",
 					ErrWrongData, where, dataIDFile, mark, n)
+			}
+		}
+		if p.ModRev != 0 && rec.Host != c.host {
+			// An empty catalog takes another data directory, but not
+			// from under a live host that set up the recorded one.
+			ctx, cancel := c.ctx()
+			hp, err := c.b.Get(ctx, prefixHost+rec.Host)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("catalog: read %s: %w", prefixHost+rec.Host, catalogErr(err))
+			}
+			if hp.ModRev != 0 {
+				return fmt.Errorf("%w: %s is not this catalog's data directory: host %s, mounted now, uses %s (the catalog holds no image yet). Give --data the directory every host shares",
+					ErrWrongData, where, rec.Host, rec)
 			}
 		}
 		if !c.claim {
