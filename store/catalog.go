@@ -89,6 +89,8 @@ func catalogErr(err error) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	case errors.Is(err, kv.ErrConflict):
 		return fmt.Errorf("%w: %v", errConflict, err)
+	case errors.Is(err, kv.ErrCompacted):
+		return fmt.Errorf("%w: %w", ErrCatalog, err) // Open lists again (listShared)
 	}
 	return fmt.Errorf("%w: %v", ErrCatalog, err)
 }

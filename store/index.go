@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -151,7 +152,7 @@ func (t *txn) reindex(old, new *Image) {
 // ensureIndex builds the property index in one batch when the catalog
 // does not have a complete one of this version (a catalog written before
 // the index existed). Called by load before reconcile. A catalog that is
-// not Iterable has its index in memory (loadMemIndex).
+// not Iterable has its index in memory (buildMemIndex at load).
 func (s *Store) ensureIndex() error {
 	if s.cat.it == nil {
 		return nil
@@ -172,11 +173,8 @@ func (s *Store) ensureIndex() error {
 // the records, in one batch (or, in memory, from scratch).
 func (s *Store) rebuildIndex() error {
 	if s.cat.it == nil {
-		m := newMemIndex()
 		s.pubMu.RLock()
-		for _, im := range s.images {
-			m.apply(nil, im)
-		}
+		m := buildMemIndex(slices.Collect(maps.Values(s.images)))
 		s.pubMu.RUnlock()
 		s.commitMu.Lock()
 		s.remote.mem = m

@@ -2,10 +2,12 @@ package store
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -440,4 +442,123 @@ func TestMemIndexMemory(t *testing.T) {
 		float64(h1-h0)/float64(n), float64(h1-h0)/images)
 	runtime.KeepAlive(ims)
 	runtime.KeepAlive(m)
+}
+
+// TestMemIndexGroupsAndSnapshots: values shared by thousands of images
+// (chunked id sets, split and emptied) and values of one image, built in
+// bulk (buildMemIndex) and by apply alike; then random changes with
+// iterators opened along the way: every iterator reads exactly the
+// entries of its moment, in order, and SeekGE lands on the first entry
+// at or above its key, as in a sorted list of the encoded keys.
+func TestMemIndexGroupsAndSnapshots(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 17))
+	mk := func(i int) *Image {
+		return &Image{ID: fmt.Sprintf("%08x-%04d", r.Uint32(), i), Name: fmt.Sprintf("n-%d", i), Size: -1, VirtualSize: -1,
+			Status: StatusQueued, Visibility: "public",
+			Extra: map[string]string{"os": fmt.Sprint("d", r.IntN(3)), "big": "same", "u": fmt.Sprint("u", i, "\x00\x01x")}}
+	}
+	cur := map[string]*Image{}
+	var ims []*Image
+	for i := range 3000 {
+		im := mk(i)
+		ims = append(ims, im)
+		cur[im.ID] = im
+	}
+	want := func() []string {
+		var out []string
+		for _, im := range cur {
+			for k, v := range indexEntries(im) {
+				out = append(out, entry(k, v, im.ID))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	bulk := buildMemIndex(ims)
+	byApply := newMemIndex()
+	for _, im := range ims {
+		byApply.apply(nil, im)
+	}
+	w := want()
+	require.Equal(t, w, memKeys(t, bulk, prefixProp, endProp))
+	require.Equal(t, w, memKeys(t, byApply, prefixProp, endProp))
+	require.Equal(t, len(w), bulk.len())
+
+	m := bulk
+	type open struct {
+		it   *memIter
+		want []string
+	}
+	var opened []open
+	next := len(ims)
+	for step := range 3000 {
+		switch ids := slices.Collect(maps.Keys(cur)); r.IntN(4) {
+		case 0: // a new image
+			im := mk(next)
+			next++
+			m.apply(nil, im)
+			cur[im.ID] = im
+		case 1: // a delete
+			old := cur[ids[r.IntN(len(ids))]]
+			m.apply(old, nil)
+			delete(cur, old.ID)
+		default: // a change of the shared values
+			old := cur[ids[r.IntN(len(ids))]]
+			nx := old.clone()
+			nx.Extra["os"] = fmt.Sprint("d", r.IntN(3))
+			if r.IntN(2) == 0 {
+				nx.Extra["big"] = "other"
+			}
+			nx.Status = []Status{StatusQueued, StatusActive}[r.IntN(2)]
+			m.apply(old, nx)
+			cur[nx.ID] = nx
+		}
+		if step%300 == 0 {
+			w := want()
+			lo, hi := prefixProp, endProp
+			if r.IntN(2) == 0 {
+				lo, hi = keyPrefix("os"), keyEnd("os")
+			}
+			i, j := sort.SearchStrings(w, lo), sort.SearchStrings(w, hi)
+			opened = append(opened, open{m.iter(lo, hi).(*memIter), w[i:j]})
+			// SeekGE over the current state.
+			it := m.iter(prefixProp, endProp)
+			for range 50 {
+				k := w[r.IntN(len(w))]
+				switch r.IntN(4) {
+				case 1:
+					k = k[:1+r.IntN(len(k))]
+				case 2:
+					k += "\x00"
+				case 3:
+					key, ev, _, _ := decodeEntry([]byte(k))
+					k = valueEnd(key, ev)
+				}
+				n := sort.SearchStrings(w, k)
+				if n == len(w) {
+					require.False(t, it.SeekGE([]byte(k)), "SeekGE(%q)", k)
+					continue
+				}
+				require.True(t, it.SeekGE([]byte(k)), "SeekGE(%q)", k)
+				require.Equal(t, w[n], string(it.Key()), "SeekGE(%q)", k)
+				if n+1 < len(w) {
+					require.True(t, it.Next())
+					require.Equal(t, w[n+1], string(it.Key()), "Next after SeekGE(%q)", k)
+				}
+			}
+			require.NoError(t, it.Close())
+		}
+	}
+	require.Equal(t, want(), memKeys(t, m, prefixProp, endProp))
+	require.Equal(t, len(want()), m.len())
+	for n, o := range opened {
+		var got []string
+		for o.it.First(); o.it.Valid(); o.it.Next() {
+			got = append(got, string(o.it.Key()))
+		}
+		require.NoError(t, o.it.Close())
+		require.Equal(t, o.want, got, "iterator %d", n)
+	}
 }

@@ -79,8 +79,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -291,8 +293,18 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, err
 	}
+	if len(s.images) >= freeAfterLoad {
+		// The load's garbage (the catalog's pages and decoding buffers,
+		// about the size of the records again) goes back to the OS now,
+		// in the background, rather than over minutes of scavenging.
+		go debug.FreeOSMemory()
+	}
 	return s, nil
 }
+
+// freeAfterLoad is the number of records from which Open returns the
+// load's garbage to the OS (debug.FreeOSMemory), in both modes.
+const freeAfterLoad = 10_000
 
 // sharedMarker is the file that makes STORE a host's store of a shared
 // catalog (its staging and lock; the records are in etcd).
@@ -342,38 +354,32 @@ func lockStore(dir string) (*os.File, error) {
 }
 
 func (s *Store) load() error {
-	next, seqRev, rev, err := s.cat.nextInoBase()
-	if err != nil {
-		return err
-	}
-	s.nextIno, s.seqRev = next, seqRev
-	err = s.cat.loadAll(rev, func(im *Image) error {
-		s.images[im.ID] = im
-		s.byName[im.Name] = im.ID
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if s.cat.it == nil {
-		s.loadMemIndex()
-	}
+	var rev int64
+	var err error
 	if s.cat.kv.Shared() {
-		if err := s.loadShared(rev); err != nil {
-			return err
+		rev, err = s.loadShared() // watch.go: from the snapshot, or listed
+		if err == nil {
+			err = s.checkDataDir() // dataid.go: --data is this catalog's
 		}
-		if err := s.checkDataDir(); err != nil {
-			return err
-		}
+	} else {
+		rev, _, err = s.listRecords()
+	}
+	if err != nil {
+		return err
+	}
+	if s.cat.it == nil && s.remote.mem == nil {
+		s.remote.mem = buildMemIndex(slices.Collect(maps.Values(s.images)))
 	}
 	if s.opts.checkOnly {
 		return nil
 	}
 	s.cat.refillReserve()
 	if err := s.ensureIndex(); err != nil {
+		s.stopRemote()
 		return err
 	}
 	if err := s.reconcile(); err != nil {
+		s.stopRemote()
 		return err
 	}
 	if s.cat.kv.Shared() {
@@ -381,6 +387,32 @@ func (s *Store) load() error {
 	}
 	return nil
 }
+
+// listRecords lists seq/ino and every record at one revision into the
+// published state, and returns that revision and the records in id
+// order.
+func (s *Store) listRecords() (int64, []*Image, error) {
+	next, seqRev, rev, err := s.cat.nextInoBase()
+	if err != nil {
+		return 0, nil, err
+	}
+	if testHookListing != nil {
+		testHookListing(rev)
+	}
+	s.nextIno, s.seqRev = next, seqRev
+	var list []*Image
+	err = s.cat.loadAll(rev, func(im *Image) error {
+		s.images[im.ID] = im
+		s.byName[im.Name] = im.ID
+		list = append(list, im)
+		return nil
+	})
+	return rev, list, err
+}
+
+// testHookListing, when set (tests), is called by listRecords with the
+// revision it is about to list at.
+var testHookListing func(rev int64)
 
 // reconcile repairs what an unclean stop can leave (see Check): in-flight
 // uploads (status saving) become killed, staging files are removed, a seal
@@ -400,8 +432,9 @@ func (s *Store) reconcile() error {
 	return nil
 }
 
-// Close stops following a shared catalog and closes the catalog
-// (Options.Catalog too, when set). Uploads
+// Close stops following a shared catalog, writes this host's view of it
+// to STORE/catalog-snapshot (snapshot.go; the next Open starts from it),
+// and closes the catalog (Options.Catalog too, when set). Uploads
 // still open are abandoned (they become killed at the next Open). Call
 // it once the server has stopped (no request in flight, none to come): it
 // waits for a seal still in progress (each upload's lock, taken in the
@@ -410,6 +443,7 @@ func (s *Store) reconcile() error {
 func (s *Store) Close() error {
 	s.stopWatch()
 	s.stopRemote()
+	s.saveSnapshot() // watch.go: a shared catalog's view, for the next Open
 	var uploads []*Upload
 	s.pubMu.RLock()
 	for _, l := range s.live {

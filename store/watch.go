@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -43,39 +46,213 @@ type remoteState struct {
 	// the last batch watched, the last relist). Guarded by Store.mu.
 	rev int64
 	// cancel stops the watch goroutine, which closes done as it ends;
-	// nil when none runs.
-	cancel context.CancelFunc
-	done   chan struct{}
+	// nil when none runs. ctx is cancel's context; pending is the watch
+	// catchUp opened, for the goroutine to go on with (nil: none).
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	pending <-chan kv.WatchBatch
+	// fromSnapshot: Open's view came from the snapshot (caught up);
+	// lists: how many times Open listed the catalog. For tests and logs.
+	fromSnapshot bool
+	lists        int
+	// saved: Close wrote the snapshot (a second Close does not).
+	saved bool
 }
 
 // relistRetry is how long the watch goroutine waits before it lists the
 // catalog again after a failed list.
 const relistRetry = time.Second
 
-// loadShared completes the load of a shared catalog at revision rev (the
-// records are loaded): the upload keys, and the ids deleted meanwhile.
-func (s *Store) loadShared(rev int64) error {
-	if err := s.claimHost(); err != nil {
-		return err
+// listTries is how many times Open lists a shared catalog whose revision
+// being listed is compacted meanwhile (etcd's auto-compaction keeps the
+// last 10,000 revisions: a list of 100,000 records takes seconds, during
+// which a busy catalog may pass that many) before it gives up.
+const listTries = 3
+
+// loadShared loads this host's view of a shared catalog and returns the
+// revision it is complete at: it claims the host id (once), then starts
+// from the snapshot a previous Close wrote (snapshot.go) when it belongs
+// to this catalog and is not ahead of it, caught up by watching from its
+// revision (catchUp); otherwise, or when that fails (the revision was
+// compacted, the watch ended), it lists the catalog (listShared). Check
+// (checkOnly) always lists.
+func (s *Store) loadShared() (int64, error) {
+	var sn *snapshot
+	if !s.opts.checkOnly {
+		sn = s.openSnapshot()
 	}
-	ups, err := s.cat.loadUploads(rev)
+	claimRev, err := s.claimHost()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	s.uploadKeys = ups
-	s.remote.gone = map[string]struct{}{}
-	s.remote.rev = rev
-	return nil
+	if sn != nil && sn.rev > claimRev {
+		s.log.Warn("catalog snapshot ignored: its revision is ahead of the catalog's (a cluster restored from a backup?); listing the catalog",
+			"path", s.snapshotPath(), "snapshot_rev", sn.rev, "catalog_rev", claimRev)
+		sn = nil
+	}
+	if sn != nil {
+		start := time.Now()
+		rev, n, err := s.catchUp(sn, claimRev)
+		if err == nil {
+			s.remote.fromSnapshot = true
+			s.log.Info("catalog loaded from this host's snapshot and caught up by watching",
+				"images", len(s.images), "snapshot_rev", sn.rev, "rev", rev, "batches", n, "catch_up_ms", time.Since(start).Milliseconds())
+			return rev, nil
+		}
+		s.log.Warn("catalog snapshot could not be caught up; listing the catalog", "snapshot_rev", sn.rev, "err", err)
+		s.resetView()
+	}
+	return s.listShared()
 }
 
-// loadMemIndex builds the in-memory property index from the loaded
-// records (a backend that is not kv.Iterable).
-func (s *Store) loadMemIndex() {
-	m := newMemIndex()
-	for _, im := range s.images {
-		m.apply(nil, im)
+// resetView empties the published state (a snapshot given up on) before
+// a list.
+func (s *Store) resetView() {
+	s.images, s.byName = map[string]*Image{}, map[string]string{}
+	s.uploadKeys, s.remote.mem = nil, nil
+	s.nextIno, s.seqRev = 0, 0
+}
+
+// listShared lists the records, the upload keys and seq/ino at one
+// revision; when that revision is compacted during the list it lists
+// again at a new one, up to listTries times. Errors: the catalog's
+// (ErrCatalog wrapping kv.ErrCompacted after the last try).
+func (s *Store) listShared() (int64, error) {
+	for try := 1; ; try++ {
+		s.remote.lists++
+		rev, list, err := s.listRecords()
+		var ups map[string]uploadKey
+		if err == nil {
+			ups, err = s.cat.loadUploads(rev)
+		}
+		if err == nil {
+			s.uploadKeys = ups
+			s.remote.gone = map[string]struct{}{}
+			s.remote.rev = rev
+			if s.cat.it == nil {
+				s.remote.mem = buildMemIndex(list) // in id order: not sorted again
+			}
+			return rev, nil
+		}
+		if !errors.Is(err, kv.ErrCompacted) || try == listTries {
+			return 0, err
+		}
+		s.log.Warn("catalog compacted past the revision being listed; listing again at a new one",
+			"rev", rev, "attempt", try, "err", err)
+		s.resetView()
 	}
-	s.remote.mem = m
+}
+
+// openSnapshot reads this host's snapshot and returns it when it belongs
+// to this catalog (kv.Identified), else nil (logged, except when there
+// is none). A backend that cannot name its catalog has no snapshot.
+func (s *Store) openSnapshot() *snapshot {
+	id := s.catalogIdentity()
+	if id == "" {
+		return nil
+	}
+	start := time.Now()
+	sn, err := readSnapshot(s.snapshotPath())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		s.log.Warn("catalog snapshot unreadable; listing the catalog", "err", err)
+		return nil
+	case sn.identity != id:
+		s.log.Warn("catalog snapshot of another catalog ignored; listing the catalog",
+			"path", s.snapshotPath(), "snapshot_of", sn.identity, "catalog", id)
+		return nil
+	}
+	s.log.Info("catalog snapshot read", "path", s.snapshotPath(), "images", len(sn.images), "rev", sn.rev, "ms", time.Since(start).Milliseconds())
+	return sn
+}
+
+// catalogIdentity names the shared catalog ("" when the backend cannot).
+func (s *Store) catalogIdentity() string {
+	if b, ok := s.cat.kv.(kv.Identified); ok {
+		return b.Identity()
+	}
+	return ""
+}
+
+// catchUp publishes snapshot sn and applies the catalog's changes after
+// its revision, watching from sn.rev+1 until the watch has passed rev
+// (the revision of this Open's host claim, so every change committed
+// before the Open is applied), within loadTimeout. The watch is kept for
+// the watch goroutine (startRemote). It returns the revision reached and
+// the batches applied. Errors: the watch's (kv.ErrCompacted: the
+// snapshot's revision is gone), its end, the timeout; the caller then
+// lists the catalog.
+func (s *Store) catchUp(sn *snapshot, rev int64) (int64, int, error) {
+	for _, im := range sn.images {
+		s.images[im.ID] = im
+		s.byName[im.Name] = im.ID
+	}
+	s.nextIno, s.seqRev = max(sn.nextIno, 1), sn.seqRev
+	s.uploadKeys = sn.uploads
+	s.remote.gone = map[string]struct{}{}
+	s.remote.rev = sn.rev
+	start := time.Now()
+	if s.cat.it == nil {
+		s.remote.mem = buildMemIndex(sn.images) // in id order (saveSnapshot)
+	}
+	s.log.Debug("catalog snapshot published", "index_ms", time.Since(start).Milliseconds())
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := s.cat.kv.Watch(ctx, "", sn.rev+1)
+	timeout := time.NewTimer(loadTimeout)
+	defer timeout.Stop()
+	n := 0
+	for s.remote.rev < rev {
+		select {
+		case wb, ok := <-ch:
+			if !ok {
+				cancel()
+				return 0, n, errors.New("the watch ended")
+			}
+			if wb.Err != nil {
+				cancel()
+				return 0, n, wb.Err
+			}
+			s.applyWatched(wb)
+			n++
+		case <-timeout.C:
+			cancel()
+			return 0, n, fmt.Errorf("the watch did not reach revision %d within %v", rev, loadTimeout)
+		}
+	}
+	s.remote.ctx, s.remote.cancel, s.remote.pending = ctx, cancel, ch
+	return s.remote.rev, n, nil
+}
+
+// saveSnapshot writes this host's view of a shared catalog to
+// STORE/catalog-snapshot (snapshot.go), for the next Open; called by
+// Close once the watch goroutine has stopped. A failure is logged (the
+// next Open lists the catalog).
+func (s *Store) saveSnapshot() {
+	if !s.cat.kv.Shared() || s.opts.checkOnly {
+		return
+	}
+	id := s.catalogIdentity()
+	if id == "" || s.remote.rev == 0 || s.remote.saved {
+		return
+	}
+	s.remote.saved = true
+	start := time.Now()
+	s.mu.Lock()
+	s.pubMu.RLock()
+	sn := &snapshot{identity: id, rev: s.remote.rev, nextIno: s.nextIno, seqRev: s.seqRev,
+		images: slices.Collect(maps.Values(s.images)), uploads: maps.Clone(s.uploadKeys)}
+	s.pubMu.RUnlock()
+	s.mu.Unlock()
+	slices.SortFunc(sn.images, func(a, b *Image) int { return strings.Compare(a.ID, b.ID) })
+	if err := writeSnapshot(s.snapshotPath(), sn); err != nil {
+		s.log.Error("writing the catalog snapshot failed (the next mount lists the catalog)", "path", s.snapshotPath(), "err", err)
+		os.Remove(s.snapshotPath())
+		return
+	}
+	s.log.Info("catalog snapshot written", "path", s.snapshotPath(), "images", len(sn.images), "rev", sn.rev, "ms", time.Since(start).Milliseconds())
 }
 
 // notePublished keeps what derives from the published records in step
@@ -220,30 +397,42 @@ func (s *Store) dropRemote(id string, rev int64) {
 	s.log.Info("image deleted by another host", "id", id, "name", cur.Name)
 }
 
-// startRemote starts the watch goroutine from revision from.
+// startRemote starts the watch goroutine from revision from (going on
+// with the watch catchUp opened, when there is one).
 func (s *Store) startRemote(from int64) {
-	ctx, cancel := context.WithCancel(context.Background())
-	s.remote.cancel, s.remote.done = cancel, make(chan struct{})
-	go s.follow(ctx, from)
+	if s.remote.ctx == nil {
+		s.remote.ctx, s.remote.cancel = context.WithCancel(context.Background())
+	}
+	s.remote.done = make(chan struct{})
+	ch := s.remote.pending
+	s.remote.pending = nil
+	go s.follow(s.remote.ctx, from, ch)
 }
 
-// stopRemote stops the watch goroutine, if one runs, and waits for it.
-// Must not hold any store lock.
+// stopRemote stops the watch goroutine, if one runs, and waits for it
+// (or drops the watch catchUp opened). Must not hold any store lock.
 func (s *Store) stopRemote() {
 	if s.remote.cancel == nil {
 		return
 	}
 	s.remote.cancel()
-	<-s.remote.done
-	s.remote.cancel = nil
+	if s.remote.done != nil {
+		<-s.remote.done
+	}
+	s.remote.ctx, s.remote.cancel, s.remote.done, s.remote.pending = nil, nil, nil, nil
 }
 
-// follow watches the catalog from revision from until ctx ends, listing
-// it again whenever a watch ends.
-func (s *Store) follow(ctx context.Context, from int64) {
+// follow watches the catalog from revision from (on ch, when not nil: a
+// watch from there already open) until ctx ends, listing it again
+// whenever a watch ends.
+func (s *Store) follow(ctx context.Context, from int64, ch <-chan kv.WatchBatch) {
 	defer close(s.remote.done)
 	for {
-		why := s.drain(ctx, s.cat.kv.Watch(ctx, "", from))
+		if ch == nil {
+			ch = s.cat.kv.Watch(ctx, "", from)
+		}
+		why := s.drain(ctx, ch)
+		ch = nil
 		if ctx.Err() != nil {
 			return
 		}
@@ -410,8 +599,9 @@ var hostClaimWait = 20 * time.Second
 // id would each take the other's uploads for their own (a restart's
 // reconcile kills them), so the second is refused; a key left by a
 // daemon of this host that died vanishes with its lease, which Open
-// waits for (hostClaimWait). Errors: ErrBusy, the catalog's.
-func (s *Store) claimHost() error {
+// waits for (hostClaimWait). It returns the revision of the claim.
+// Errors: ErrBusy, the catalog's.
+func (s *Store) claimHost() (int64, error) {
 	deadline := time.Now().Add(hostClaimWait)
 	logged := false
 	for {
@@ -420,13 +610,13 @@ func (s *Store) claimHost() error {
 		t.b.Ops = append(t.b.Ops, kv.Op{Kind: kv.Put, Key: prefixHost + s.opts.Host, Leased: true})
 		err := t.commit()
 		if err == nil {
-			return nil
+			return t.rev, nil
 		}
 		if !errors.Is(err, errConflict) {
-			return err
+			return 0, err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: host id %q is served by another live imagefs daemon of this catalog (give each host its own --host-id)", ErrBusy, s.opts.Host)
+			return 0, fmt.Errorf("%w: host id %q is served by another live imagefs daemon of this catalog (give each host its own --host-id)", ErrBusy, s.opts.Host)
 		}
 		if !logged {
 			s.log.Warn("host id in use in the catalog: waiting for a previous daemon's lease to expire", "host", s.opts.Host, "wait_max", hostClaimWait)

@@ -206,3 +206,12 @@ type Iter interface {
 type Iterable interface {
 	NewIter(lo, hi string) (Iter, error)
 }
+
+// Identified is a Shared backend that names the catalog it serves: a
+// host's cached copy of the catalog (the store's snapshot) is used only
+// with the catalog it was taken from.
+type Identified interface {
+	// Identity names the database and the part of it this backend
+	// serves (etcd: the cluster's id and the namespace); "" when unknown.
+	Identity() string
+}

@@ -84,6 +84,7 @@ type Backend struct {
 	downAt   time.Time
 	down     atomic.Bool // the last call found etcd unreachable
 	closeErr error
+	cluster  uint64 // the cluster's id (set at Open)
 }
 
 var _ kv.Backend = (*Backend)(nil)
@@ -194,6 +195,7 @@ func (b *Backend) hello(ctx context.Context, eps string) error {
 	if err != nil {
 		return fmt.Errorf("etcd %s: member list: %w", eps, mapErr(err))
 	}
+	b.cluster = ml.Header.ClusterId
 	version := "unknown"
 	var rev int64
 	for _, ep := range b.cli.Endpoints() {
@@ -233,6 +235,14 @@ func (b *Backend) checkCompaction(ctx context.Context, rev int64) {
 			"or its database grows until the NOSPACE alarm stops every write", "revision", rev)
 	}
 }
+
+// Identity names the catalog: the cluster's id (as etcd reports it in
+// every response header) and the namespace.
+func (b *Backend) Identity() string {
+	return fmt.Sprintf("etcd cluster %016x namespace %q", b.cluster, b.ns)
+}
+
+var _ kv.Identified = (*Backend)(nil)
 
 // Shared reports true: other hosts write the catalog too.
 func (b *Backend) Shared() bool { return true }
