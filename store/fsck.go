@@ -359,7 +359,7 @@ func (k *checker) checkRecord(id string) *Image {
 			if cur, ok := k.current(id); !ok || cur == nil || !cur.Status.Sealed() {
 				return nil
 			}
-			if f, err := s.data.Open(id); err == nil {
+			if f, err := s.data.Open(id, ExpectOf(im)); err == nil {
 				f.Close()
 				k.hasData[id] = true
 				return im
@@ -513,7 +513,7 @@ func (k *checker) checkDataFileModes() {
 		return
 	}
 	for _, im := range k.sealed {
-		f, err := k.s.data.Open(im.ID)
+		f, err := k.s.data.Open(im.ID, ExpectOf(im))
 		if err != nil {
 			if k.shared {
 				if cur, ok := k.current(im.ID); !ok || cur == nil {
@@ -758,7 +758,7 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 			done += max(im.Size, 0)
 			continue // nothing to verify against (reported as ProblemRecord)
 		}
-		f, err := s.data.Open(im.ID)
+		f, err := s.data.Open(im.ID, ExpectOf(im))
 		if err != nil {
 			if s.shared() && s.deletedNow(im.ID) {
 				continue
@@ -802,7 +802,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // checked and hashed again and the record made active. If the data is not
 // an acceptable VHD the image is killed and the data moved aside.
 func (s *Store) completeSeal(im *Image) error {
-	f, err := s.data.Open(im.ID)
+	f, err := s.data.Open(im.ID, Expect{})
 	if err != nil {
 		return err
 	}

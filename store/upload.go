@@ -581,6 +581,11 @@ func (s *Store) seal(u *Upload) error {
 		return err
 	}
 	if err := s.handOver(u); err != nil {
+		if errors.Is(err, ErrDataStore) {
+			// A remote data store (Swift) that cannot take the data:
+			// never active without its object; the writer uploads again.
+			return s.refuse(u, "the data store did not take the upload: "+err.Error())
+		}
 		return err
 	}
 	im, err := s.commitSeal(u, md5hex, shahex, vsize, facts)
@@ -853,7 +858,7 @@ func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, e
 	if err := s.provisionalFor(id, proc); err != nil {
 		return nil, err
 	}
-	return s.data.Open(id)
+	return s.data.Open(id, ExpectOf(im))
 }
 
 // OpenUploadRead checks that c may open upload u (a scratch file, or
