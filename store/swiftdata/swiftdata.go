@@ -126,7 +126,7 @@ type Backend struct {
 	closed   bool
 
 	st struct {
-		fetches, fetchBytes, fetchFailures, verifyFailures, hits  atomic.Int64
+		fetches, fetchBytes, fetchFailures, verifyFailures, hits atomic.Int64
 		uploads, uploadBytes, uploadFailures, evictions, deletes atomic.Int64
 	}
 }
