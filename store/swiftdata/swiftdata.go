@@ -336,9 +336,7 @@ func (b *Backend) Put(id, path string) (err error) {
 		// checkHash: the MD5 computed while sending must be the ETag
 		// Swift answers. No deadline on the whole transfer: the
 		// connection's timeout bounds each pause.
-		h, perr := b.conn.ObjectPut(context.Background(), b.segments, segName(id, i),
-			io.NewSectionReader(f, off, n), true, "", "application/octet-stream",
-			swift.Headers{"Content-Length": strconv.FormatInt(n, 10)})
+		h, perr := b.putSegment(id, i, io.NewSectionReader(f, off, n))
 		if perr != nil {
 			return failure(fmt.Sprintf("upload segment %d of image %s", i, id), perr)
 		}
@@ -366,6 +364,24 @@ func (b *Backend) Put(id, path string) (err error) {
 	}
 	os.Remove(path)
 	return nil
+}
+
+// putSegment PUTs segment i of id from r. A token Swift no longer takes
+// (401: its tempauth memcached or Keystone restarted) is renewed and the
+// segment sent again, once: the library cannot rewind a body it hashes.
+func (b *Backend) putSegment(id string, i int, r *io.SectionReader) (swift.Headers, error) {
+	for attempt := 0; ; attempt++ {
+		h, err := b.conn.ObjectPut(context.Background(), b.segments, segName(id, i),
+			r, true, "", "application/octet-stream",
+			swift.Headers{"Content-Length": strconv.FormatInt(r.Size(), 10)})
+		if err == nil || attempt > 0 || !errors.Is(err, swift.AuthorizationFailed) {
+			return h, err
+		}
+		b.conn.UnAuthenticate()
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // putManifest PUTs the SLO manifest of id.
