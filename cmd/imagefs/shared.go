@@ -80,7 +80,7 @@ type sharedConfig struct {
 	RequestTimeout            time.Duration
 	LeaseTTL                  time.Duration
 
-	Data       string // absolute: the shared directory of sealed data, or swift://CONTAINER
+	Data string // absolute: the shared directory of sealed data, or swift://CONTAINER
 	// Swift: the data store's settings (shared_swift.go); nil for a
 	// data directory. DataConfig: the config file's [data] keys.
 	Swift      *swiftSettings

@@ -189,7 +189,7 @@ func applyDataConfig(conn *swift.Connection, ss *swiftSettings, vals map[string]
 		"os_tenant_name": &conn.Tenant, "os_tenant_id": &conn.TenantId,
 		"os_user_domain_name": &conn.Domain, "os_user_domain_id": &conn.DomainId,
 		"os_project_domain_name": &conn.TenantDomain, "os_project_domain_id": &conn.TenantDomainId,
-		"os_region_name": &conn.Region,
+		"os_region_name":                   &conn.Region,
 		"os_application_credential_id":     &conn.ApplicationCredentialId,
 		"os_application_credential_secret": &conn.ApplicationCredentialSecret,
 	}
