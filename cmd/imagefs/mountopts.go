@@ -119,6 +119,7 @@ func (c *mountConfig) applyOptions(list string) error {
 var secretOptions = map[string]bool{
 	"password": true, "username": true, "user_name": true, "passwd": true, "key": true,
 	"cert": true, "ca": true, "token": true, "secret": true,
+	"st_key": true, "os_password": true, "os_application_credential_secret": true,
 }
 
 func (c *mountConfig) applyOption(opt string) error {

@@ -363,7 +363,9 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		return "", fmt.Errorf("config file %s: cert and key go together", path)
 	}
 	sc.Username, sc.Password = vals["username"], vals["password"]
-	sc.DataConfig = dataVals
+	if len(dataVals) > 0 {
+		sc.DataConfig = dataVals
+	}
 	dir := filepath.Dir(path)
 	for _, p := range []struct {
 		key string
