@@ -234,8 +234,9 @@ func TestRemoveDelayed(t *testing.T) {
 	if a.Cached("img") {
 		t.Errorf("cached after Remove")
 	}
-	if ids, _ := a.List(); len(ids) != 1 {
-		t.Errorf("objects gone at once: List = %v (want them kept for the delay)", ids)
+	time.Sleep(time.Second) // half the delay
+	if ids, _ := a.List(); len(ids) != 1 || len(segmentNames(t, c, ct, "img")) != 3 {
+		t.Errorf("objects gone before the delay: List = %v, segments %v (want them kept for 2 s)", ids, segmentNames(t, c, ct, "img"))
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
