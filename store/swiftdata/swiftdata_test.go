@@ -38,7 +38,7 @@ func conn(t *testing.T) *swift.Connection {
 func newBackend(t *testing.T, c *swift.Connection, container string, mod func(*Config)) *Backend {
 	t.Helper()
 	cfg := Config{Conn: c, Container: container, SegmentSize: 1 << 20,
-		CacheDir: filepath.Join(t.TempDir(), "cache"), DeleteDelay: time.Hour, Timeout: 3 * time.Second}
+		CacheDir: filepath.Join(t.TempDir(), "cache"), DeleteDelay: time.Hour}
 	if mod != nil {
 		mod(&cfg)
 	}
