@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -79,10 +80,15 @@ func (se swiftEnv) objects(t testing.TB, suffix, prefix string) []string {
 	return strings.Fields(r.stdout)
 }
 
-// metric returns one sample of host m's metrics (0 when absent).
+// metric returns one sample of the metrics of host m's current daemon
+// (0 when absent).
 func metric(t *testing.T, m *fsMount, series string) float64 {
 	t.Helper()
-	return scrape(t, metricsAddrOf(t, m.log))[series]
+	all := metricsAddrRE.FindAllStringSubmatch(string(readFile(m.log)), -1)
+	if all == nil {
+		t.Fatalf("%s: no metrics address in the log", m.Mnt)
+	}
+	return scrape(t, all[len(all)-1][1])[series]
 }
 
 // upload makes image name on m and copies fx into it with cp; it returns
@@ -159,6 +165,18 @@ func TestSwiftUploadReadByID(t *testing.T) {
 	for id, fx := range ids {
 		cmp(t, fx.Path, a.byID(id, "image.vhd"))
 	}
+	// The cache outlives the daemon: host-b mounted again reads without
+	// a download.
+	b.remount()
+	for id, fx := range ids {
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 0 {
+		t.Errorf("host-b remounted: %v downloads of images in its cache, want 0", got)
+	}
+	if got := metric(t, b, "imagefs_data_cache_images"); got != 2 {
+		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want 2", got)
+	}
 	for _, m := range hosts {
 		if bytes.Contains(readFile(m.log), []byte("key="+se.sw.Key)) || bytes.Contains(readFile(m.log), []byte("ST_KEY")) {
 			t.Errorf("%s: the log names the Swift key", m.Mnt)
@@ -199,6 +217,55 @@ func TestSwiftConcurrentFirstReaders(t *testing.T) {
 	}
 	if got := metric(t, b, "imagefs_data_fetches_total"); got != 1 {
 		t.Errorf("host-b: imagefs_data_fetches_total = %v after ten concurrent first readers, want 1", got)
+	}
+}
+
+// Past --cache-size (5 MiB here, images of 2 MiB) the least recently
+// opened closed copy is evicted; a copy held open is not, and still
+// reads; an evicted image is downloaded again at its next open.
+func TestSwiftCacheEviction(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil, "--cache-size", "5M")
+	a, b := hosts[0], hosts[1]
+	var ids []string
+	var fxs []vhdFixture
+	for i := range 3 {
+		fx := makeVHD(t, 2*mib, "fixed")
+		ids = append(ids, swiftUpload(t, a, fmt.Sprintf("img%d", i), fx))
+		fxs = append(fxs, fx)
+	}
+	if got := metric(t, a, "imagefs_data_evictions_total"); got != 1 {
+		t.Errorf("host-a: %v evictions after sealing 3 images of 2 MiB with a 5 MiB cache, want 1", got)
+	}
+	for _, id := range ids {
+		waitByID(t, b, id)
+	}
+	held, err := os.Open(b.byID(ids[0], "image.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	time.Sleep(10 * time.Millisecond) // img0 opened before img1: older
+	for _, i := range []int{1, 2} {
+		cmp(t, fxs[i].Path, b.byID(ids[i], "image.vhd"))
+	}
+	if got := metric(t, b, "imagefs_data_evictions_total"); got != 1 {
+		t.Errorf("host-b: %v evictions, want 1 (img1: img0 is open)", got)
+	}
+	cache := filepath.Join(b.Store, "swift-cache")
+	for i, want := range []bool{true, false, true} {
+		if _, err := os.Stat(filepath.Join(cache, ids[i]+".vhd")); (err == nil) != want {
+			t.Errorf("host-b: img%d in the cache: %v, want %v", i, err == nil, want)
+		}
+	}
+	got, err := io.ReadAll(held)
+	want, _ := os.ReadFile(fxs[0].Path)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("host-b: the image held open across the eviction reads %d bytes (%v), not the upload", len(got), err)
+	}
+	before := metric(t, b, "imagefs_data_fetches_total")
+	cmp(t, fxs[1].Path, b.byID(ids[1], "image.vhd"))
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != before+1 {
+		t.Errorf("host-b: reading the evicted image made %v downloads, want 1", got-before)
 	}
 }
 

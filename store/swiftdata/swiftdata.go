@@ -347,6 +347,11 @@ func (b *Backend) Put(id, path string) (err error) {
 		return err
 	}
 	if err := b.putManifest(id, body); err != nil {
+		// It may have reached Swift all the same (an answer lost):
+		// no manifest may point at the segments removed below.
+		ctx, cancel := b.call()
+		b.conn.ObjectDelete(ctx, b.cfg.Container, id)
+		cancel()
 		return err
 	}
 	b.st.uploads.Add(1)
