@@ -101,17 +101,23 @@ pidof_server() { # pid of server $1 if it runs and is ours, else nothing
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+alive() { # pid $1 runs (a zombie its parent has not reaped yet does not)
+	local st
+	st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	[ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 stop_server() { # $1: SIGTERM, SIGKILL after 5 s, wait
 	local pid i
 	pid=$(pidof_server "$1")
 	if [ -n "$pid" ]; then
 		kill "$pid" 2>/dev/null || true
-		for i in $(seq 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			[ "$i" = 50 ] && kill -9 "$pid" 2>/dev/null
-			sleep 0.1
+		for i in $(seq 100); do
+			alive "$pid" || break
+			[ "$i" = 100 ] && kill -9 "$pid" 2>/dev/null
+			sleep 0.05
 		done
-		while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+		while alive "$pid"; do sleep 0.05; done
 	fi
 	rm -f "$RUN/$1.pid"
 }
@@ -296,7 +302,7 @@ wait_ready() {
 	local deadline=$((SECONDS + WAIT)) s p tok
 	while :; do
 		for s in $SERVERS memcached; do
-			kill -0 "$(cat "$RUN/$s.pid" 2>/dev/null || echo x)" 2>/dev/null || {
+			alive "$(cat "$RUN/$s.pid" 2>/dev/null || echo x)" || {
 				echo "swift.sh: $s exited; tail of $LOG/$s.log:" >&2
 				tail -n 20 "$LOG/$s.log" >&2
 				return 1
