@@ -235,6 +235,11 @@ func serve(c *mountConfig, ready func(error)) int {
 			defer sd.Close() // after the store's (deferred later)
 			swiftStats.b.Store(sd)
 			data = sd
+			go func() { // the mount does not wait for Swift
+				if err := sd.Check(); err != nil {
+					slog.Warn("Swift does not answer: cached images are served, but opening an uncached image fails (EIO) and a seal kills its image until it does", "err", err)
+				}
+			}()
 		} else if data, err = store.NewLocalData(c.shared.Data); err != nil {
 			be.Close()
 			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))

@@ -219,6 +219,10 @@ func New(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
+// Check authenticates and creates the containers if missing (bounded
+// like every call); the error says why Swift cannot be used now.
+func (b *Backend) Check() error { return b.ensureContainers() }
+
 // Close stops the pending deletions' timers (they stay recorded in the
 // cache directory for the next New).
 func (b *Backend) Close() error {
