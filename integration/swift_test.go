@@ -184,6 +184,65 @@ func TestSwiftUploadReadByID(t *testing.T) {
 	}
 }
 
+// A writer that writes in order has each complete segment sent while it
+// is still writing: before its close, Swift holds the segments its bytes
+// completed, and the close sends only the rest and the manifest. A writer
+// that goes back over written bytes (pwrite at 0) voids the segments
+// sent: they are deleted, and the seal sends all. host-b reads both.
+func TestSwiftSegmentsStreamedDuringUpload(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	for _, back := range []bool{false, true} {
+		fx := makeVHD(t, 4*mib+200*1024, "fixed")
+		data, err := os.ReadFile(fx.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("streamed-%v", back)
+		id := a.mkimage(name)
+		before := metric(t, a, "imagefs_data_streamed_segments_total")
+		f, err := os.OpenFile(a.dataFile(name), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(data); off += 128 << 10 {
+			if _, err := f.Write(data[off:min(off+128<<10, len(data))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		full := len(data) / mib
+		eventually(t, 20*time.Second, name+": complete segments in Swift before the close", func() bool {
+			return metric(t, a, "imagefs_data_streamed_segments_total")-before == float64(full) &&
+				len(se.objects(t, "_segments", id+"/")) == full
+		})
+		if back {
+			if _, err := f.WriteAt(data[:512], 0); err != nil { // same bytes, out of order
+				t.Fatal(err)
+			}
+			eventually(t, 20*time.Second, name+": the voided segments deleted", func() bool {
+				return len(se.objects(t, "_segments", id+"/")) == 0
+			})
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("%s: close: %v", name, err)
+		}
+		a.checkSealed(t, name, fx)
+		want := full + 1
+		if got := se.objects(t, "_segments", id+"/"); len(got) != want {
+			t.Errorf("%s: %d segments after the seal (%v), want %d", name, len(got), got, want)
+		}
+		streamed := full
+		if back {
+			streamed = 0
+		}
+		if !strings.Contains(string(readFile(a.log)), fmt.Sprintf("id=%s size=%d segments=%d segments_streamed=%d", id, fx.Size, want, streamed)) {
+			t.Errorf("%s: no log line of the upload with segments_streamed=%d", name, streamed)
+		}
+		waitByID(t, b, id)
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	}
+}
+
 // Ten readers on host-b open an image it has not cached at once: one
 // download, and all ten read the right bytes.
 func TestSwiftConcurrentFirstReaders(t *testing.T) {
@@ -339,7 +398,11 @@ func TestSwiftCorruptObjectRefused(t *testing.T) {
 	cmp(t, flipped.Path, b.byID(idF, "image.vhd"))
 	cmp(t, swapped.Path, b.byID(idS, "image.vhd"))
 
-	seg := objectFile(t, se.sw.Dir, "AUTH_test", se.container+"_segments", idF+"/00000001")
+	segs := se.objects(t, "_segments", idF+"/")
+	if len(segs) < 2 {
+		t.Fatalf("segments of %s: %v, want 2 or more", idF, segs)
+	}
+	seg := objectFile(t, se.sw.Dir, "AUTH_test", se.container+"_segments", segs[1])
 	flipByte(t, seg, 12345)
 	t.Logf("flipped byte 12345 of %s", seg)
 	other := makeVHD(t, 2*mib, "fixed") // same size, other bytes

@@ -36,6 +36,26 @@ type DataBackend interface {
 	List() ([]string, error)
 }
 
+// DataStreamer is a DataBackend that takes an upload's data while it is
+// written (Swift: each segment as soon as the writer has written past
+// it), so that the seal's Put has only the rest to send. The Store starts
+// a stream for every upload and tells it how far the data is final.
+type DataStreamer interface {
+	// Stream starts taking the upload of image id staged at path.
+	Stream(id, path string) DataStream
+}
+
+// DataStream is one upload's stream (DataStreamer).
+type DataStream interface {
+	// Written says that bytes [0, n) of the staging file never change
+	// again (in-order data; a hole before a write counts as its zeros).
+	Written(n int64)
+	// Abort voids the stream: the writer went back over final bytes, the
+	// file was truncated, or the upload was dropped. What it sent is
+	// removed; a later Put sends everything.
+	Abort()
+}
+
 // Expect is what the catalog records of an image's sealed data, for a
 // DataBackend to check a copy against: its size in bytes, its MD5 (the
 // record's checksum) and SHA-512 (os_hash_value), lowercase hex. Zero

@@ -283,6 +283,7 @@ var swiftMetrics = []swiftMetric{
 	{"verify_failures_total", "Downloads whose size, MD5 or SHA-512 did not match the catalog (quarantined; the log names the image).", true, func(s swiftdata.Stats) int64 { return s.VerifyFailures }},
 	{"cache_hits_total", "Opens served by a copy already in the cache.", true, func(s swiftdata.Stats) int64 { return s.CacheHits }},
 	{"uploads_total", "Seals uploaded to Swift (segments and manifest).", true, func(s swiftdata.Stats) int64 { return s.Uploads }},
+	{"streamed_segments_total", "Segments sent to Swift while their upload was still being written.", true, func(s swiftdata.Stats) int64 { return s.Streamed }},
 	{"upload_bytes_total", "Bytes uploaded to Swift by seals.", true, func(s swiftdata.Stats) int64 { return s.UploadBytes }},
 	{"upload_failures_total", "Seals that Swift did not take (the image is killed).", true, func(s swiftdata.Stats) int64 { return s.UploadFailures }},
 	{"evictions_total", "Cached copies evicted past --cache-size.", true, func(s swiftdata.Stats) int64 { return s.Evictions }},

@@ -100,6 +100,7 @@ type Stats struct {
 	Uploads        int64 // seals whose segments and manifest are in Swift
 	UploadBytes    int64
 	UploadFailures int64
+	Streamed       int64 // segments sent while their upload was still written
 	Evictions      int64
 	Deletes        int64 // images whose objects were deleted
 	DeletesPending int64
@@ -123,11 +124,13 @@ type Backend struct {
 	fetching map[string]*fetch // downloads in flight by id
 	bytes    int64
 	timers   map[string]*time.Timer // pending deletions
+	streams  map[string]*stream     // uploads being sent, by staging path
 	closed   bool
 
 	st struct {
 		fetches, fetchBytes, fetchFailures, verifyFailures, hits atomic.Int64
 		uploads, uploadBytes, uploadFailures, evictions, deletes atomic.Int64
+		streamed                                                 atomic.Int64
 	}
 }
 
@@ -177,6 +180,7 @@ func New(cfg Config) (*Backend, error) {
 		entries:  map[string]*entry{},
 		fetching: map[string]*fetch{},
 		timers:   map[string]*time.Timer{},
+		streams:  map[string]*stream{},
 	}
 	for _, d := range []string{cfg.CacheDir, b.quarantineDir(), b.deletesDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -245,7 +249,7 @@ func (b *Backend) Stats() Stats {
 		Fetches: b.st.fetches.Load(), FetchBytes: b.st.fetchBytes.Load(),
 		FetchFailures: b.st.fetchFailures.Load(), VerifyFailures: b.st.verifyFailures.Load(),
 		CacheHits: b.st.hits.Load(), Uploads: b.st.uploads.Load(), UploadBytes: b.st.uploadBytes.Load(),
-		UploadFailures: b.st.uploadFailures.Load(), Evictions: b.st.evictions.Load(),
+		UploadFailures: b.st.uploadFailures.Load(), Streamed: b.st.streamed.Load(), Evictions: b.st.evictions.Load(),
 		Deletes: b.st.deletes.Load(), DeletesPending: dp, CacheBytes: cb, CacheEntries: ce,
 	}
 }
@@ -254,8 +258,27 @@ func (b *Backend) cachePath(id string) string { return filepath.Join(b.cfg.Cache
 func (b *Backend) quarantineDir() string      { return filepath.Join(b.cfg.CacheDir, "quarantine") }
 func (b *Backend) deletesDir() string         { return filepath.Join(b.cfg.CacheDir, "deletes") }
 
-// segName is the name of segment i of image id in the segments container.
-func segName(id string, i int) string { return fmt.Sprintf("%s/%08d", id, i) }
+// segName is the name of segment i under prefix (ID/UPLOAD) in the
+// segments container.
+func segName(prefix string, i int) string { return fmt.Sprintf("%s/%08d", prefix, i) }
+
+// uploadPrefix is the segments' prefix of the upload of image id staged
+// at path: ID/ and a name of that staging file's own, so that two uploads
+// of one image (a scratch file renamed onto image.vhd while image.vhd is
+// written) never share a segment.
+func uploadPrefix(id, path string) string {
+	base := strings.TrimPrefix(filepath.Base(path), id)
+	base = strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, strings.Trim(base, "."))
+	if base == "" {
+		base = strconv.FormatInt(time.Now().UnixNano(), 10)
+	}
+	return id + "/" + base
+}
 
 // failure wraps err as a store.ErrDataStore with what failed; err's text
 // only (a network error must not reach the filesystem as its errno).
@@ -325,26 +348,32 @@ func (b *Backend) Put(id, path string) (err error) {
 	if nseg > MaxSegments {
 		return fmt.Errorf("%w: image %s: %d bytes make %d segments of %d bytes, more than Swift's %d", store.ErrDataStore, id, size, nseg, b.cfg.SegmentSize, MaxSegments)
 	}
+	prefix := uploadPrefix(id, path)
+	// Segments sent while the writer wrote (Stream) are kept.
+	manifest, streamed := b.takeStream(path)
+	if streamed != "" {
+		prefix = streamed
+	}
+	nStreamed := len(manifest)
+	defer func() {
+		if err != nil {
+			b.deleteSegments(prefix)
+		}
+	}()
 	if err := b.ensureContainers(); err != nil {
 		return err
 	}
-	manifest := make([]sloSegment, 0, nseg)
-	defer func() {
-		if err != nil {
-			b.deleteSegments(id, len(manifest)+1)
-		}
-	}()
-	for i := range nseg {
+	for i := len(manifest); i < nseg; i++ {
 		off := int64(i) * b.cfg.SegmentSize
 		n := min(b.cfg.SegmentSize, size-off)
 		// checkHash: the MD5 computed while sending must be the ETag
 		// Swift answers. No deadline on the whole transfer: the
 		// connection's timeout bounds each pause.
-		h, perr := b.putSegment(id, i, io.NewSectionReader(f, off, n))
+		seg, perr := b.putSegment(prefix, i, io.NewSectionReader(f, off, n))
 		if perr != nil {
 			return failure(fmt.Sprintf("upload segment %d of image %s", i, id), perr)
 		}
-		manifest = append(manifest, sloSegment{Path: "/" + b.segments + "/" + segName(id, i), Etag: h["Etag"], Size: n})
+		manifest = append(manifest, seg)
 	}
 	body, err := json.Marshal(manifest)
 	if err != nil {
@@ -361,7 +390,7 @@ func (b *Backend) Put(id, path string) (err error) {
 	b.st.uploads.Add(1)
 	b.st.uploadBytes.Add(size)
 	b.log.Info("image uploaded to Swift", "id", id, "size", size, "segments", nseg,
-		"upload_ms", time.Since(start).Milliseconds())
+		"segments_streamed", nStreamed, "upload_ms", time.Since(start).Milliseconds())
 
 	// The staging file is verified (the store hashed it): the first copy.
 	if err := os.Chmod(path, 0o400); err == nil {
@@ -378,17 +407,24 @@ func (b *Backend) Put(id, path string) (err error) {
 // putSegment PUTs segment i of id from r. A token Swift no longer takes
 // (401: its tempauth memcached or Keystone restarted) is renewed and the
 // segment sent again, once: the library cannot rewind a body it hashes.
-func (b *Backend) putSegment(id string, i int, r *io.SectionReader) (swift.Headers, error) {
+func (b *Backend) putSegment(prefix string, i int, r *io.SectionReader) (sloSegment, error) {
+	name := segName(prefix, i)
 	for attempt := 0; ; attempt++ {
-		h, err := b.conn.ObjectPut(context.Background(), b.segments, segName(id, i),
+		// checkHash: the MD5 computed while sending must be the ETag
+		// Swift answers. No deadline on the whole transfer: the
+		// connection's timeout bounds each pause.
+		h, err := b.conn.ObjectPut(context.Background(), b.segments, name,
 			r, true, "", "application/octet-stream",
 			swift.Headers{"Content-Length": strconv.FormatInt(r.Size(), 10)})
-		if err == nil || attempt > 0 || !errors.Is(err, swift.AuthorizationFailed) {
-			return h, err
+		if err == nil {
+			return sloSegment{Path: "/" + b.segments + "/" + name, Etag: h["Etag"], Size: r.Size()}, nil
+		}
+		if attempt > 0 || !errors.Is(err, swift.AuthorizationFailed) {
+			return sloSegment{}, err
 		}
 		b.conn.UnAuthenticate()
 		if _, err := r.Seek(0, io.SeekStart); err != nil {
-			return nil, err
+			return sloSegment{}, err
 		}
 	}
 }
@@ -416,22 +452,23 @@ func (b *Backend) putManifest(id string, body []byte) error {
 	return nil
 }
 
-// deleteSegments deletes segments 0..n-1 of id and any other under its
-// prefix (best effort; errors are logged).
-func (b *Backend) deleteSegments(id string, n int) error {
+// deleteSegments deletes the segments under prefix (an image's ID, or an
+// upload's ID/UPLOAD); errors are logged and the first returned.
+func (b *Backend) deleteSegments(prefix string) error {
 	ctx, cancel := b.call()
 	defer cancel()
-	names, err := b.conn.ObjectNamesAll(ctx, b.segments, &swift.ObjectsOpts{Prefix: id + "/"})
-	if err != nil && !errors.Is(err, swift.ContainerNotFound) {
-		names = nil
-		for i := range n {
-			names = append(names, segName(id, i))
-		}
+	names, err := b.conn.ObjectNamesAll(ctx, b.segments, &swift.ObjectsOpts{Prefix: prefix + "/"})
+	if errors.Is(err, swift.ContainerNotFound) {
+		return nil
+	}
+	if err != nil {
+		b.log.Warn("listing segments to delete failed", "prefix", prefix, "err", err)
+		return err
 	}
 	var first error
 	for _, name := range names {
 		if derr := b.conn.ObjectDelete(ctx, b.segments, name); derr != nil && !errors.Is(derr, swift.ObjectNotFound) {
-			b.log.Warn("deleting a segment failed", "id", id, "segment", name, "err", derr)
+			b.log.Warn("deleting a segment failed", "segment", name, "err", derr)
 			if first == nil {
 				first = derr
 			}
@@ -695,7 +732,7 @@ func (b *Backend) deleteObjects(id string) error {
 	if err != nil && !errors.Is(err, swift.ObjectNotFound) && !errors.Is(err, swift.ContainerNotFound) {
 		return err
 	}
-	return b.deleteSegments(id, 0)
+	return b.deleteSegments(id)
 }
 
 // List returns the ids that have a manifest in Swift.
@@ -726,4 +763,7 @@ func syncDir(dir string) {
 	}
 }
 
-var _ store.DataBackend = (*Backend)(nil)
+var (
+	_ store.DataBackend  = (*Backend)(nil)
+	_ store.DataStreamer = (*Backend)(nil)
+)

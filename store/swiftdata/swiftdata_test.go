@@ -223,7 +223,7 @@ func TestMismatchQuarantined(t *testing.T) {
 func TestRemoveDelayed(t *testing.T) {
 	c := conn(t)
 	ct := uniqueContainer()
-	a := newBackend(t, c, ct, func(cfg *Config) { cfg.DeleteDelay = 2 * time.Second })
+	a := newBackend(t, c, ct, func(cfg *Config) { cfg.DeleteDelay = 4 * time.Second })
 	p, _, _ := staged(t, 2<<20+1)
 	if err := a.Put("img", p); err != nil {
 		t.Fatal(err)
@@ -234,9 +234,9 @@ func TestRemoveDelayed(t *testing.T) {
 	if a.Cached("img") {
 		t.Errorf("cached after Remove")
 	}
-	time.Sleep(time.Second) // half the delay
+	time.Sleep(time.Second) // a quarter of the delay
 	if ids, _ := a.List(); len(ids) != 1 || len(segmentNames(t, c, ct, "img")) != 3 {
-		t.Errorf("objects gone before the delay: List = %v, segments %v (want them kept for 2 s)", ids, segmentNames(t, c, ct, "img"))
+		t.Errorf("objects gone before the delay: List = %v, segments %v (want them kept for 4 s)", ids, segmentNames(t, c, ct, "img"))
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -245,7 +245,7 @@ func TestRemoveDelayed(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("objects still in Swift 15 s after a 2 s delete delay: %v %v", ids, segmentNames(t, c, ct, "img"))
+			t.Fatalf("objects still in Swift 15 s after a 4 s delete delay: %v %v", ids, segmentNames(t, c, ct, "img"))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -352,5 +352,73 @@ func TestUnreachableBounded(t *testing.T) {
 		if err != nil && bytes.Contains([]byte(err.Error()), []byte("testing")) {
 			t.Errorf("error names the key: %v", err)
 		}
+	}
+}
+
+// An in-order upload's complete segments are sent while it is written;
+// the seal sends the rest and the manifest. Going back over final bytes
+// voids the stream: its segments are deleted and the seal sends all.
+func TestStreamDuringWrite(t *testing.T) {
+	c := conn(t)
+	ct := uniqueContainer()
+	a := newBackend(t, c, ct, nil)
+	data := make([]byte, 3<<20+500<<10)
+	rand.Read(data)
+	m, sh := md5.Sum(data), sha512.Sum512(data)
+	want := store.Expect{Size: int64(len(data)), MD5: hex.EncodeToString(m[:]), SHA512: hex.EncodeToString(sh[:])}
+
+	for _, back := range []bool{false, true} {
+		t.Run(fmt.Sprintf("back=%v", back), func(t *testing.T) {
+			id := fmt.Sprintf("img-%v", back)
+			p := filepath.Join(t.TempDir(), id+".123.1")
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			before := a.Stats().Streamed
+			st := a.Stream(id, p)
+			for off := 0; off < len(data); off += 256 << 10 {
+				end := min(off+256<<10, len(data))
+				if _, err := f.WriteAt(data[off:end], int64(off)); err != nil {
+					t.Fatal(err)
+				}
+				st.Written(int64(end))
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for a.Stats().Streamed-before < 3 {
+				if time.Now().After(deadline) {
+					t.Fatalf("segments streamed: %d, want 3 (of 1 MiB) before the seal", a.Stats().Streamed-before)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if back {
+				st.Abort() // the store's answer to a write before the final bytes
+				deadline := time.Now().Add(20 * time.Second)
+				for len(segmentNames(t, c, ct, id)) != 0 {
+					if time.Now().After(deadline) {
+						t.Fatalf("aborted stream's segments still there: %v", segmentNames(t, c, ct, id))
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			if err := a.Put(id, p); err != nil {
+				t.Fatal(err)
+			}
+			if got := segmentNames(t, c, ct, id); len(got) != 4 {
+				t.Errorf("segments after the seal: %v, want 4", got)
+			}
+			if got := a.Stats().Streamed - before; got != 3 {
+				t.Errorf("streamed %d segments, want 3", got)
+			}
+			b := newBackend(t, c, ct, nil)
+			f2, err := b.Open(id, want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(readAll(t, f2), data) {
+				t.Errorf("downloaded bytes differ")
+			}
+		})
 	}
 }
