@@ -50,8 +50,8 @@ type Upload struct {
 	hash    *hashPipe // nil once writes went out of order
 	// stream takes the in-order data as it is written, when the
 	// DataBackend is a DataStreamer (nil otherwise, and once out of order).
-	stream DataStream
-	started bool      // "upload started" was logged
+	stream  DataStream
+	started bool // "upload started" was logged
 	state   uploadState
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
 	exited  int  // wait status of a writer that died holding the upload, or 0
