@@ -328,6 +328,55 @@ func TestSwiftCacheEviction(t *testing.T) {
 	}
 }
 
+// imagefs prefetch on host-b downloads the active images whose
+// properties match, and those named by id, before anyone opens them: the
+// reads after it download nothing; an image that matches nothing stays
+// out of the cache.
+func TestSwiftPrefetch(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fxs := map[string]vhdFixture{}
+	ids := map[string]string{}
+	for _, name := range []string{"web1", "web2", "db", "other"} {
+		fx := makeVHD(t, 2*mib, "fixed")
+		fxs[name] = fx
+		ids[name] = swiftUpload(t, a, name, fx)
+	}
+	for _, name := range []string{"web1", "web2"} {
+		writeProp(t, a, name, "role", "web")
+	}
+	eventually(t, 5*time.Second, "host-b: role=web on web1 and web2", func() bool {
+		return strings.TrimSpace(readOptional(b.propFile("web1", "role"))) == "web" && strings.TrimSpace(readOptional(b.propFile("web2", "role"))) == "web"
+	})
+	r := execCmd(binary, "prefetch", b.Mnt, "--property", "role=web", ids["db"])
+	if r.err != nil {
+		t.Fatalf("imagefs prefetch: %s", r)
+	}
+	for _, name := range []string{"web1", "web2", "db"} {
+		if !strings.Contains(r.stdout, "cached "+ids[name]) {
+			t.Errorf("prefetch output names no %s: %q", name, r.stdout)
+		}
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 3 {
+		t.Errorf("host-b: %v downloads after the prefetch, want 3", got)
+	}
+	for _, name := range []string{"web1", "web2", "db"} {
+		if _, err := os.Stat(filepath.Join(b.Store, "swift-cache", ids[name]+".vhd")); err != nil {
+			t.Errorf("host-b: %s not in the cache after the prefetch: %v", name, err)
+		}
+		cmp(t, fxs[name].Path, b.byID(ids[name], "image.vhd"))
+	}
+	if _, err := os.Stat(filepath.Join(b.Store, "swift-cache", ids["other"]+".vhd")); err == nil {
+		t.Errorf("host-b: an image the prefetch did not name is in the cache")
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 3 {
+		t.Errorf("host-b: %v downloads after reading the prefetched images, want still 3", got)
+	}
+	if r := execCmd(binary, "prefetch", b.Mnt, "no-such-id"); r.code != 1 || !strings.Contains(r.stderr, "no-such-id") {
+		t.Errorf("imagefs prefetch of an unknown id: %s, want exit 1 naming it", r)
+	}
+}
+
 // objectFile returns the path of the object server's data file of
 // CONTAINER/NAME in the Swift at dir (its metadata, in the file's
 // user.swift.metadata xattr, names the object).
