@@ -77,7 +77,9 @@ func (st *stream) Abort() {
 	case st.wake <- struct{}{}:
 	default:
 	}
+	st.b.aborts.Add(1)
 	go func() { // the writer does not wait for Swift
+		defer st.b.aborts.Done()
 		<-st.done
 		st.b.deleteSegments(st.prefix)
 	}()

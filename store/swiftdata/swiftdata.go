@@ -125,6 +125,7 @@ type Backend struct {
 	bytes    int64
 	timers   map[string]*time.Timer // pending deletions
 	streams  map[string]*stream     // uploads being sent, by staging path
+	aborts   sync.WaitGroup         // deletions of aborted streams' segments
 	closed   bool
 
 	st struct {
@@ -228,8 +229,17 @@ func New(cfg Config) (*Backend, error) {
 func (b *Backend) Check() error { return b.ensureContainers() }
 
 // Close stops the pending deletions' timers (they stay recorded in the
-// cache directory for the next New).
+// cache directory for the next New), and waits (3 timeouts at most) for
+// the segments of aborted streams (uploads dropped at unmount) to be
+// deleted.
 func (b *Backend) Close() error {
+	done := make(chan struct{})
+	go func() { b.aborts.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * b.cfg.Timeout):
+		b.log.Warn("segments of dropped uploads may be left in Swift (it did not answer in time)")
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
