@@ -64,7 +64,22 @@ func staged(t *testing.T, n int) (string, []byte, store.Expect) {
 	return p, data, store.Expect{Size: int64(n), MD5: hex.EncodeToString(m[:]), SHA512: hex.EncodeToString(s[:])}
 }
 
-func uniqueContainer() string { return fmt.Sprintf("t%d", time.Now().UnixNano()) }
+// uniqueContainer returns a fresh container name; the containers (and
+// their segments') go after the test.
+func uniqueContainer(t *testing.T, c *swift.Connection) string {
+	ct := fmt.Sprintf("t%d", time.Now().UnixNano())
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, name := range []string{ct, ct + "_segments"} {
+			objs, _ := c.ObjectNamesAll(ctx, name, nil)
+			for _, o := range objs {
+				c.ObjectDelete(ctx, name, o)
+			}
+			c.ContainerDelete(ctx, name)
+		}
+	})
+	return ct
+}
 
 func readAll(t *testing.T, f *os.File) []byte {
 	t.Helper()
@@ -90,7 +105,7 @@ func segmentNames(t *testing.T, c *swift.Connection, container, id string) []str
 // serves its copy.
 func TestPutThenOpenElsewhere(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, nil)
 	p, data, want := staged(t, 3<<20+12345)
 	if err := a.Put("img1", p); err != nil {
@@ -134,7 +149,7 @@ func TestPutThenOpenElsewhere(t *testing.T) {
 // all.
 func TestConcurrentOpenOneDownload(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, nil)
 	p, data, want := staged(t, 5<<20)
 	if err := a.Put("img", p); err != nil {
@@ -176,7 +191,7 @@ func TestConcurrentOpenOneDownload(t *testing.T) {
 // nothing is cached.
 func TestMismatchQuarantined(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, nil)
 	p, _, want := staged(t, 1<<20+7)
 	if err := a.Put("img", p); err != nil {
@@ -187,7 +202,7 @@ func TestMismatchQuarantined(t *testing.T) {
 		name string
 		exp  store.Expect
 	}{
-		{"sha512", store.Expect{Size: want.Size, MD5: want.MD5, SHA512: want.SHA512[:127] + "0"}},
+		{"sha512", store.Expect{Size: want.Size, MD5: want.MD5, SHA512: otherLastHex(want.SHA512)}},
 		{"md5", store.Expect{Size: want.Size, MD5: "00000000000000000000000000000000", SHA512: want.SHA512}},
 		{"size", store.Expect{Size: want.Size - 1, MD5: want.MD5, SHA512: want.SHA512}},
 	} {
@@ -218,11 +233,20 @@ func TestMismatchQuarantined(t *testing.T) {
 	}
 }
 
+// otherLastHex returns h with its last hex digit changed.
+func otherLastHex(h string) string {
+	last := "0"
+	if h[len(h)-1] == '0' {
+		last = "1"
+	}
+	return h[:len(h)-1] + last
+}
+
 // Remove drops the copy at once and the objects after the delay; a
 // pending deletion survives a restart.
 func TestRemoveDelayed(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, func(cfg *Config) { cfg.DeleteDelay = 4 * time.Second })
 	p, _, _ := staged(t, 2<<20+1)
 	if err := a.Put("img", p); err != nil {
@@ -280,7 +304,7 @@ func TestRemoveDelayed(t *testing.T) {
 // ones stay.
 func TestEvictionSparesOpen(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, nil)
 	wants := map[string]store.Expect{}
 	for _, id := range []string{"a", "b", "c"} {
@@ -360,7 +384,7 @@ func TestUnreachableBounded(t *testing.T) {
 // voids the stream: its segments are deleted and the seal sends all.
 func TestStreamDuringWrite(t *testing.T) {
 	c := conn(t)
-	ct := uniqueContainer()
+	ct := uniqueContainer(t, c)
 	a := newBackend(t, c, ct, nil)
 	data := make([]byte, 3<<20+500<<10)
 	rand.Read(data)
