@@ -243,6 +243,42 @@ func TestSwiftSegmentsStreamedDuringUpload(t *testing.T) {
 	}
 }
 
+// host-a killed (SIGKILL) in the middle of an upload whose segments were
+// being sent: the image ends killed on host-b (the upload's lease
+// expires), and host-a's next mount deletes the segments it had sent.
+func TestSwiftCrashMidUpload(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 4*mib, "fixed")
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:3*mib+100]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "3 segments in Swift during the upload", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 3
+	})
+	a.crash()
+	f.Close() // on a dead mount: its error does not matter
+	eventually(t, 4*sharedLeaseTTL+5*time.Second, "host-b: the image killed", func() bool {
+		return strings.TrimSpace(readOptional(b.propFile("cut", "status"))) == "killed"
+	})
+	a.start()
+	eventually(t, 20*time.Second, "host-a remounted: the segments it sent deleted", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 0
+	})
+	if got := se.objects(t, "", id); len(got) != 0 {
+		t.Errorf("a manifest of the cut upload: %v", got)
+	}
+}
+
 // Ten readers on host-b open an image it has not cached at once: one
 // download, and all ten read the right bytes.
 func TestSwiftConcurrentFirstReaders(t *testing.T) {

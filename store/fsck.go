@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -539,8 +540,26 @@ func (k *checker) checkDataFileModes() {
 func (k *checker) checkStaging() {
 	if ents, err := os.ReadDir(k.s.staging); err == nil {
 		for _, e := range ents {
-			k.add(ProblemStaging, "", e.Name(), k.opts.Repair && os.Remove(filepath.Join(k.s.staging, e.Name())) == nil)
+			removed := k.opts.Repair && os.Remove(filepath.Join(k.s.staging, e.Name())) == nil
+			if removed {
+				k.s.voidStreamed(e.Name())
+			}
+			k.add(ProblemStaging, "", e.Name(), removed)
 		}
+	}
+}
+
+// voidStreamed removes what the data backend's stream (DataStreamer) sent
+// of the upload staged as STORE/staging/name (ID.NANOS.SEQ), which a stop
+// cut off: Swift's segments of a daemon killed mid-upload go at its next
+// mount.
+func (s *Store) voidStreamed(name string) {
+	ds, ok := s.data.(DataStreamer)
+	if !ok {
+		return
+	}
+	if id, _, ok := strings.Cut(name, "."); ok && id != "" {
+		ds.Stream(id, filepath.Join(s.staging, name)).Abort()
 	}
 }
 
