@@ -55,6 +55,9 @@ var errnoMap = []struct {
 	{store.ErrCatalog, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
 	{store.ErrUnavailable, syscall.EAGAIN},
+	// A remote data store (Swift) unreachable, or its data not matching
+	// the catalog: the open fails, as a disk's read error would.
+	{store.ErrDataStore, syscall.EIO},
 	// Not EXDEV: mv would then copy and remove, and a copy into an image
 	// directory is an upload (a property file moved there would kill an
 	// unsealed image).

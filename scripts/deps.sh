@@ -10,7 +10,10 @@ run)	pairs="fuse3:fusermount3" ;;
 test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qemu-utils:qemu-img
 	       rsync:rsync 7zip:7zz libvhdi-utils:vhdiinfo util-linux:setpriv mount:mount
 	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr
-	       etcd-server:etcd etcd-client:etcdctl" ;;
+	       etcd-server:etcd etcd-client:etcdctl
+	       swift:swift-config swift-proxy:swift-proxy-server swift-account:swift-account-server
+	       swift-container:swift-container-server swift-object:swift-object-server
+	       python3-swiftclient:swift memcached:memcached curl:curl" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 
@@ -28,7 +31,8 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 	echo "deps: installing missing Debian packages:$need" >&2
 	export DEBIAN_FRONTEND=noninteractive
 	# policy-rc.d: no package starts its service (etcd-server would start
-	# an etcd on 2379; the tests run their own with scripts/etcd.sh).
+	# an etcd on 2379, memcached one on 11211, swift-* their servers; the
+	# tests run their own with scripts/etcd.sh and scripts/swift.sh).
 	own=0
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d

@@ -273,7 +273,7 @@ var contractCases = []contractCase{
 		assert.Equal(t, int32(1), changes.Load(), "one change")
 		assert.Nil(t, s.Get(im.ID))
 		assert.Nil(t, s.Lookup("a"))
-		_, err := s.data.Open(im.ID)
+		_, err := s.data.Open(im.ID, ExpectOf(im))
 		assert.Error(t, err, "the data is gone")
 	}},
 	{"layout.md", "a delete that is refused (a `protected` image, a caller who is not the owner, ...) changes nothing.", func(t *testing.T, s *Store) {

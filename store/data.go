@@ -19,9 +19,13 @@ type DataBackend interface {
 	// Put takes the complete, fsynced staging file at path and stores it as
 	// the sealed data of image id. On success the staging file is gone.
 	Put(id, path string) error
-	// Open returns the sealed data of id, opened read-only. Errors wrap
-	// ErrNotFound when id has no sealed data.
-	Open(id string) (*os.File, error)
+	// Open returns the sealed data of id, opened read-only. want is what
+	// the catalog records of it (size and hashes; zero when unknown): a
+	// backend that fetches the data from elsewhere serves only a copy
+	// that matches it (the local backend ignores it). Errors wrap
+	// ErrNotFound when id has no sealed data, ErrDataStore when a remote
+	// store failed or its data did not match want.
+	Open(id string, want Expect) (*os.File, error)
 	// Blocks returns the 512-byte blocks the sealed data of id occupies
 	// (as st_blocks: a file with holes occupies fewer than its size).
 	// Errors wrap ErrNotFound when id has no sealed data.
@@ -30,6 +34,45 @@ type DataBackend interface {
 	Remove(id string) error
 	// List returns the ids that have sealed data.
 	List() ([]string, error)
+}
+
+// DataStreamer is a DataBackend that takes an upload's data while it is
+// written (Swift: each segment as soon as the writer has written past
+// it), so that the seal's Put has only the rest to send. The Store starts
+// a stream for every upload and tells it how far the data is final.
+type DataStreamer interface {
+	// Stream starts taking the upload of image id staged at path.
+	Stream(id, path string) DataStream
+}
+
+// DataStream is one upload's stream (DataStreamer).
+type DataStream interface {
+	// Written says that bytes [0, n) of the staging file never change
+	// again (in-order data; a hole before a write counts as its zeros).
+	Written(n int64)
+	// Abort voids the stream: the writer went back over final bytes, the
+	// file was truncated, or the upload was dropped. What it sent is
+	// removed; a later Put sends everything.
+	Abort()
+}
+
+// Expect is what the catalog records of an image's sealed data, for a
+// DataBackend to check a copy against: its size in bytes, its MD5 (the
+// record's checksum) and SHA-512 (os_hash_value), lowercase hex. Zero
+// fields are unknown.
+type Expect struct {
+	Size   int64
+	MD5    string
+	SHA512 string
+}
+
+// ExpectOf returns what im records of its sealed data.
+func ExpectOf(im *Image) Expect {
+	e := Expect{Size: im.Size, MD5: im.Checksum}
+	if im.OSHashAlgo == "sha512" {
+		e.SHA512 = im.OSHashValue
+	}
+	return e
 }
 
 // localData keeps sealed data as DIR/<id>.vhd, mode 0400 (the daemon's
@@ -112,7 +155,7 @@ func (d *localData) copyIn(id, path string) (err error) {
 	return syncDir(filepath.Dir(path))
 }
 
-func (d *localData) Open(id string) (*os.File, error) {
+func (d *localData) Open(id string, _ Expect) (*os.File, error) {
 	f, err := os.Open(d.path(id))
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("%w: sealed data of %s: %v", ErrNotFound, id, err)

@@ -47,4 +47,9 @@ var (
 	// answer) within the call's deadline; the change was refused, or its
 	// outcome is unknown until the catalog answers again (EAGAIN).
 	ErrUnavailable = errors.New("catalog unavailable")
+	// ErrDataStore: a remote data store (Swift) could not be reached
+	// within its bounded wait, refused a request, or served data that
+	// does not match the catalog's size and hashes (EIO). A seal that
+	// fails with it kills the image with the reason.
+	ErrDataStore = errors.New("data store error")
 )

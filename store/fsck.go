@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -361,7 +362,7 @@ func (k *checker) checkRecord(id string) *Image {
 			if cur, ok := k.current(id); !ok || cur == nil || !cur.Status.Sealed() {
 				return nil
 			}
-			if f, err := s.data.Open(id); err == nil {
+			if f, err := s.data.Open(id, ExpectOf(im)); err == nil {
 				f.Close()
 				k.hasData[id] = true
 				return im
@@ -515,7 +516,7 @@ func (k *checker) checkDataFileModes() {
 		return
 	}
 	for _, im := range k.sealed {
-		f, err := k.s.data.Open(im.ID)
+		f, err := k.s.data.Open(im.ID, ExpectOf(im))
 		if err != nil {
 			if k.shared {
 				if cur, ok := k.current(im.ID); !ok || cur == nil {
@@ -541,8 +542,26 @@ func (k *checker) checkDataFileModes() {
 func (k *checker) checkStaging() {
 	if ents, err := os.ReadDir(k.s.staging); err == nil {
 		for _, e := range ents {
-			k.add(ProblemStaging, "", e.Name(), k.opts.Repair && os.Remove(filepath.Join(k.s.staging, e.Name())) == nil)
+			removed := k.opts.Repair && os.Remove(filepath.Join(k.s.staging, e.Name())) == nil
+			if removed {
+				k.s.voidStreamed(e.Name())
+			}
+			k.add(ProblemStaging, "", e.Name(), removed)
 		}
+	}
+}
+
+// voidStreamed removes what the data backend's stream (DataStreamer) sent
+// of the upload staged as STORE/staging/name (ID.NANOS.SEQ), which a stop
+// cut off: Swift's segments of a daemon killed mid-upload go at its next
+// mount.
+func (s *Store) voidStreamed(name string) {
+	ds, ok := s.data.(DataStreamer)
+	if !ok {
+		return
+	}
+	if id, _, ok := strings.Cut(name, "."); ok && id != "" {
+		ds.Stream(id, filepath.Join(s.staging, name)).Abort()
 	}
 }
 
@@ -760,7 +779,7 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 			done += max(im.Size, 0)
 			continue // nothing to verify against (reported as ProblemRecord)
 		}
-		f, err := s.data.Open(im.ID)
+		f, err := s.data.Open(im.ID, ExpectOf(im))
 		if err != nil {
 			if s.shared() && s.deletedNow(im.ID) {
 				continue
@@ -804,7 +823,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // checked and hashed again and the record made active. If the data is not
 // an acceptable VHD the image is killed and the data moved aside.
 func (s *Store) completeSeal(im *Image) error {
-	f, err := s.data.Open(im.ID)
+	f, err := s.data.Open(im.ID, Expect{})
 	if err != nil {
 		return err
 	}

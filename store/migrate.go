@@ -559,7 +559,7 @@ func (m *migration) commit(rec migrateRecord, record bool) error {
 // copied, or a message saying why the data is refused (nothing is left
 // in the destination then), or an error that stops the run.
 func (m *migration) copyData(im *Image) (int64, string, error) {
-	f, err := m.s.data.Open(im.ID)
+	f, err := m.s.data.Open(im.ID, ExpectOf(im))
 	if errors.Is(err, ErrNotFound) {
 		return 0, "the data file is missing in the store: restore it from a backup (or delete the image), then run again", nil
 	}

@@ -48,7 +48,10 @@ type Upload struct {
 	dirty   bool      // modified since the last seal attempt
 	warned  bool      // a scratch file's close was logged
 	hash    *hashPipe // nil once writes went out of order
-	started bool      // "upload started" was logged
+	// stream takes the in-order data as it is written, when the
+	// DataBackend is a DataStreamer (nil otherwise, and once out of order).
+	stream  DataStream
+	started bool // "upload started" was logged
 	state   uploadState
 	nospc   bool // a write failed with ENOSPC: the upload is incomplete
 	exited  int  // wait status of a writer that died holding the upload, or 0
@@ -96,10 +99,23 @@ func (s *Store) newUpload(id, name string, slot uint32) (*Upload, error) {
 	return u, nil
 }
 
-// restartHash starts in-order hashing (and write-behind) from byte 0.
+// restartHash starts in-order hashing (and write-behind, and the data
+// backend's stream) from byte 0.
 func (u *Upload) restartHash() {
 	u.hash = newHashPipe()
 	u.wbStarted, u.wbDropped = 0, writebackWindow
+	u.abortStream()
+	if ds, ok := u.s.data.(DataStreamer); ok {
+		u.stream = ds.Stream(u.id, u.path)
+	}
+}
+
+// abortStream voids the data backend's stream, if any.
+func (u *Upload) abortStream() {
+	if u.stream != nil {
+		u.stream.Abort()
+		u.stream = nil
+	}
 }
 
 // IsImageData reports whether u is (or always was) the upload of the
@@ -174,9 +190,14 @@ func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 			u.hash.zeros(off - u.hash.n)
 			u.hash.write(p[:n])
 			u.writeBehind(u.hash.n)
+			if u.stream != nil {
+				u.stream.Written(u.hash.n)
+			}
 		} else {
 			u.dropHash()
 		}
+	} else {
+		u.abortStream() // (after a seal that failed past hashing)
 	}
 	u.setSize(max(u.size, end))
 	return n, err
@@ -210,6 +231,7 @@ func (u *Upload) dropHash() {
 		u.hash.stop()
 		u.hash = nil
 	}
+	u.abortStream()
 }
 
 // touch marks the upload modified and moves the image to saving. Must
@@ -273,7 +295,7 @@ func (u *Upload) truncateLocked(size int64) error {
 	if size == 0 {
 		u.dropHash()
 		u.restartHash()
-	} else if u.hash != nil && size < u.hash.n {
+	} else if u.hash == nil || size < u.hash.n {
 		u.dropHash()
 	}
 	u.setSize(size)
@@ -304,7 +326,7 @@ func (u *Upload) discard() {
 	}
 	u.state = uploadAbandoned
 	u.removed.Store(true)
-	u.dropHash()
+	u.dropHash() // and the stream
 	u.f.Close()
 	os.Remove(u.path)
 }
@@ -581,6 +603,11 @@ func (s *Store) seal(u *Upload) error {
 		return err
 	}
 	if err := s.handOver(u); err != nil {
+		if errors.Is(err, ErrDataStore) {
+			// A remote data store (Swift) that cannot take the data:
+			// never active without its object; the writer uploads again.
+			return s.refuse(u, "the data store did not take the upload: "+err.Error())
+		}
 		return err
 	}
 	im, err := s.commitSeal(u, md5hex, shahex, vsize, facts)
@@ -674,6 +701,7 @@ func (s *Store) handOver(u *Upload) error {
 	if err := u.f.Sync(); err != nil {
 		return fmt.Errorf("sync staged data of %s: %w", u.id, err)
 	}
+	u.stream = nil // Put takes what it sent, or voids it on failure
 	if err := s.data.Put(u.id, u.path); err != nil {
 		return fmt.Errorf("store sealed data of %s: %w", u.id, err)
 	}
@@ -853,7 +881,7 @@ func (s *Store) OpenReadBy(c Caller, id string, proc func() uint32) (*os.File, e
 	if err := s.provisionalFor(id, proc); err != nil {
 		return nil, err
 	}
-	return s.data.Open(id)
+	return s.data.Open(id, ExpectOf(im))
 }
 
 // OpenUploadRead checks that c may open upload u (a scratch file, or

@@ -124,6 +124,10 @@ func runFsck(args []string) int {
 			fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
 			return 2
 		}
+		if c.shared.Swift != nil {
+			fmt.Fprintln(os.Stderr, "imagefs fsck: --data swift:// is not supported yet (mount only)")
+			return 2
+		}
 		if fi, err := os.Stat(fl.Arg(0)); err != nil || !fi.IsDir() {
 			fmt.Fprintf(os.Stderr, "imagefs fsck: %s is not a store directory: %v\n", fl.Arg(0), err)
 			return 2

@@ -41,10 +41,11 @@ func listenMetrics(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// startMetrics serves m (and the Go runtime's and process's metrics) on
+// startMetrics serves m and more (and the Go runtime's and process's metrics) on
 // ln in the background.
-func startMetrics(ln net.Listener, m *metrics.Metrics) *metricsServer {
+func startMetrics(ln net.Listener, m *metrics.Metrics, more ...prometheus.Collector) *metricsServer {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(more...)
 	reg.MustRegister(m,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -108,6 +108,10 @@ func runMigrate(args []string) int {
 		fmt.Fprintf(os.Stderr, "imagefs migrate: %v\n", err)
 		return 2
 	}
+	if c.shared.Swift != nil {
+		fmt.Fprintln(os.Stderr, "imagefs migrate: --data swift:// is not supported yet (mount only)")
+		return 2
+	}
 	src := fl.Arg(0)
 	if _, err := os.Stat(filepath.Join(src, "catalog")); err != nil {
 		fmt.Fprintf(os.Stderr, "imagefs migrate: %s is not an imagefs store: %v\n", src, err)

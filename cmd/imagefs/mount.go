@@ -82,9 +82,14 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.StringVar(&c.logFile, "log-file", "", "append logs to `FILE` instead of stderr")
 	fl.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics (loopback only, e.g. 127.0.0.1:9477)")
 	fl.StringVar(&c.catalog, "catalog", "", "shared mode: keep the catalog in the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS); needs --data")
-	fl.StringVar(&c.data, "data", "", "shared mode: the directory `DIR` of sealed image data, shared by every host")
+	fl.StringVar(&c.data, "data", "", "shared mode: where sealed image data is kept, `DIR` (a directory every host mounts) or swift://CONTAINER (OpenStack Swift; see below)")
 	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see below)")
 	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
+	fl.StringVar(&c.cacheDir, "cache-dir", "", "--data swift://: this host's cache of verified images, `DIR` (default STORE/swift-cache)")
+	fl.StringVar(&c.cacheSize, "cache-size", "", "--data swift://: evict least recently opened closed images past `SIZE` bytes (K, M, G, T suffixes; default no limit)")
+	fl.StringVar(&c.deleteDelay, "delete-delay", "", "--data swift://: remove a deleted image's objects from Swift after `DURATION` (default 10m)")
+	fl.StringVar(&c.segmentSize, "swift-segment-size", "", "--data swift://: segment size (tests)")
+	fl.MarkHidden("swift-segment-size")
 	fl.BoolVar(&c.debug, "debug", false, "log every FUSE request and reply (level DEBUG)")
 	fl.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
 	fl.IntVar(&c.readyFD, "ready-fd", 0, "the mount helper's pipe (internal)")
@@ -102,6 +107,7 @@ func runMount(args []string) int {
 		printFlags(w, fl)
 		fmt.Fprint(w, "\n"+optionsHelp)
 		fmt.Fprint(w, "\n"+sharedHelp)
+		fmt.Fprint(w, "\n"+swiftHelp)
 		fmt.Fprint(w, mountExamples)
 	}
 	fl.Usage = func() {}
@@ -187,6 +193,7 @@ func serve(c *mountConfig, ready func(error)) int {
 	var fsMetrics fs.Metrics
 	var events store.Observer
 	var ms *metricsServer
+	swiftStats := &swiftCollector{}
 	if c.metricsAddr != "" {
 		ln, err := listenMetrics(c.metricsAddr)
 		if err != nil {
@@ -195,7 +202,7 @@ func serve(c *mountConfig, ready func(error)) int {
 		defer ln.Close()
 		m := metrics.New()
 		fsMetrics, events = m, m
-		ms = startMetrics(ln, m)
+		ms = startMetrics(ln, m, swiftStats)
 		defer ms.stop()
 	}
 	if c.cpuProfile != "" {
@@ -217,8 +224,23 @@ func serve(c *mountConfig, ready func(error)) int {
 		if err != nil {
 			return fail(err)
 		}
-		data, err := store.NewLocalData(c.shared.Data)
-		if err != nil {
+		var data store.DataBackend
+		if ss := c.shared.Swift; ss != nil {
+			slog.Info("data in Swift", "data", ss.String())
+			sd, err := openSwiftData(ss, c.shared.Host, slog.Default())
+			if err != nil {
+				be.Close()
+				return fail(err)
+			}
+			defer sd.Close() // after the store's (deferred later)
+			swiftStats.b.Store(sd)
+			data = sd
+			go func() { // the mount does not wait for Swift
+				if err := sd.Check(); err != nil {
+					slog.Warn("Swift does not answer: cached images are served, but opening an uncached image fails (EIO) and a seal kills its image until it does", "err", err)
+				}
+			}()
+		} else if data, err = store.NewLocalData(c.shared.Data); err != nil {
 			be.Close()
 			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))
 		}

@@ -33,6 +33,9 @@ type mountConfig struct {
 	// is what resolveShared makes of them (nil outside shared mode).
 	catalog, data, configFile, hostID string
 	shared                            *sharedConfig
+	// The Swift data store's (shared_swift.go), as given: cache
+	// directory, cache size, delete delay, segment size (hidden).
+	cacheDir, cacheSize, deleteDelay, segmentSize string
 
 	// readyFD is the daemon child's end of the pipe to the mount helper
 	// that started it (hidden flag --ready-fd); 0 in the foreground.
@@ -62,6 +65,10 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   data=DIR              shared mode: the sealed data of every host (= --data)
   config=FILE           shared mode: etcd credentials and settings (= --config)
   host_id=NAME          shared mode: this host's name (= --host-id)
+  cache_dir=DIR         data=swift://: this host's cache (= --cache-dir)
+  cache_size=SIZE       data=swift://: the cache's budget (= --cache-size)
+  delete_delay=DUR      data=swift://: objects of a deleted image go after
+                        DUR (= --delete-delay)
   Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
   user, nouser, users, owner, group, nofail, _netdev, comment=..., x-*,
   suid, nosuid, dev, nodev, exec, atime, noatime, relatime, strictatime,
@@ -112,6 +119,7 @@ func (c *mountConfig) applyOptions(list string) error {
 var secretOptions = map[string]bool{
 	"password": true, "username": true, "user_name": true, "passwd": true, "key": true,
 	"cert": true, "ca": true, "token": true, "secret": true,
+	"st_key": true, "os_password": true, "os_application_credential_secret": true,
 }
 
 func (c *mountConfig) applyOption(opt string) error {
@@ -180,6 +188,20 @@ func (c *mountConfig) applyOption(opt string) error {
 			return err
 		}
 		c.source = val
+	case "cache_dir", "cache_size", "delete_delay", "swift_segment_size":
+		if err := needVal(); err != nil {
+			return err
+		}
+		switch key {
+		case "cache_dir":
+			c.cacheDir = val
+		case "cache_size":
+			c.cacheSize = val
+		case "delete_delay":
+			c.deleteDelay = val
+		default:
+			c.segmentSize = val
+		}
 	case "catalog", "data", "config", "host_id":
 		if err := needVal(); err != nil {
 			return err

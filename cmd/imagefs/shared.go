@@ -80,7 +80,11 @@ type sharedConfig struct {
 	RequestTimeout            time.Duration
 	LeaseTTL                  time.Duration
 
-	Data       string // absolute: the shared directory of sealed data
+	Data string // absolute: the shared directory of sealed data, or swift://CONTAINER
+	// Swift: the data store's settings (shared_swift.go); nil for a
+	// data directory. DataConfig: the config file's [data] keys.
+	Swift      *swiftSettings
+	DataConfig map[string]string
 	Host       string // this host's name in the catalog
 	ConfigFile string // absolute, or empty
 }
@@ -150,10 +154,11 @@ func (c *mountConfig) resolveShared() error {
 		RequestTimeout: defaultRequestTimeout, LeaseTTL: defaultLeaseTTL,
 	}
 	var err error
-	if sc.Data, err = filepath.Abs(c.data); err != nil {
+	if isSwiftData(c.data) {
+		sc.Data = c.data
+	} else if sc.Data, err = filepath.Abs(c.data); err != nil {
 		return fmt.Errorf("data directory: %w", err)
-	}
-	if fi, err := os.Stat(sc.Data); err != nil {
+	} else if fi, err := os.Stat(sc.Data); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	} else if !fi.IsDir() {
 		return fmt.Errorf("data directory %s: not a directory", sc.Data)
@@ -181,6 +186,9 @@ func (c *mountConfig) resolveShared() error {
 		return fmt.Errorf("config file %s sets cert or ca, but the catalog is etcd:// (plain); use etcd+tls://", sc.ConfigFile)
 	}
 	if sc.Host, err = hostID(c.hostID); err != nil {
+		return err
+	}
+	if err := c.resolveSwift(sc); err != nil {
 		return err
 	}
 	c.shared = sc
@@ -294,6 +302,7 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		return "", fmt.Errorf("config file %s: not a regular file", path)
 	}
 	vals := map[string]string{}
+	dataVals := map[string]string{} // [data] (shared_swift.go)
 	section := ""
 	sc2 := bufio.NewScanner(f)
 	sc2.Buffer(make([]byte, 4096), 64<<10)
@@ -305,8 +314,8 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		case line[0] == '[':
 			name, ok := strings.CutSuffix(line[1:], "]")
 			name = strings.TrimSpace(name)
-			if !ok || name != "etcd" {
-				return "", fmt.Errorf("config file %s line %d: unknown section (want [etcd])", path, n)
+			if !ok || name != "etcd" && name != "data" {
+				return "", fmt.Errorf("config file %s line %d: unknown section (want [etcd] or [data])", path, n)
 			}
 			section = name
 			continue
@@ -316,6 +325,12 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 			return "", fmt.Errorf("config file %s line %d: want key = value", path, n)
 		}
 		k, v = strings.ToLower(strings.TrimSpace(k)), strings.TrimSpace(v)
+		if section == "data" {
+			if err := dataConfigKey(path, n, k, v, dataVals); err != nil {
+				return "", err
+			}
+			continue
+		}
 		switch {
 		case section == "":
 			return "", fmt.Errorf("config file %s line %d: a key before [etcd]", path, n)
@@ -336,7 +351,7 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		// bufio.ErrTooLong and read errors; neither quotes the file.
 		return "", fmt.Errorf("config file %s: %w", path, err)
 	}
-	if vals["password"] != "" || vals["key"] != "" {
+	if vals["password"] != "" || vals["key"] != "" || dataSecret(dataVals) {
 		if err := privateFile(path, fi, "config file"); err != nil {
 			return "", err
 		}
@@ -348,6 +363,9 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		return "", fmt.Errorf("config file %s: cert and key go together", path)
 	}
 	sc.Username, sc.Password = vals["username"], vals["password"]
+	if len(dataVals) > 0 {
+		sc.DataConfig = dataVals
+	}
 	dir := filepath.Dir(path)
 	for _, p := range []struct {
 		key string

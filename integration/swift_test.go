@@ -1,0 +1,630 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// The Swift data store's tests (issue 16): hosts of one shared catalog
+// (sharedClusterArgs) with --data swift://CONTAINER on the test Swift of
+// scripts/swift.sh (testutil.SwiftAuth), 1 MiB segments so that small
+// fixtures span several, and a 2 s delete delay. Credentials reach the
+// daemons through their environment (ST_AUTH, ST_USER, ST_KEY), as for
+// the swift CLI.
+
+// swiftEnv is the Swift side of a test's hosts.
+type swiftEnv struct {
+	sw        testutil.Swift
+	container string
+}
+
+// swiftCluster starts n hosts on a fresh catalog and a fresh container of
+// the Swift sw (the test Swift when sw is nil), each with a metrics
+// endpoint.
+func swiftCluster(t *testing.T, n int, sw *testutil.Swift, extra ...string) ([]*fsMount, swiftEnv) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	if sw == nil {
+		s := testutil.SwiftAuth(t)
+		sw = &s
+	}
+	for _, kv := range sw.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	se := swiftEnv{sw: *sw, container: "it-" + randHex(6)}
+	t.Cleanup(func() { // after the hosts (cleanups run last first)
+		for _, c := range []string{se.container, se.container + "_segments"} {
+			se.cli("delete", c) // best effort
+		}
+	})
+	args := append([]string{"--data", "swift://" + se.container, "--swift-segment-size", "1M",
+		"--delete-delay", "2s", "--metrics-addr", "127.0.0.1:0"}, extra...)
+	hosts, _ := sharedClusterArgs(t, n, args...)
+	return hosts, se
+}
+
+// cli runs the swift CLI on the test's account.
+func (se swiftEnv) cli(args ...string) result {
+	return execCmd("swift", append([]string{"-A", se.sw.AuthURL, "-U", se.sw.User, "-K", se.sw.Key}, args...)...)
+}
+
+// objects lists the container (suffix "" for manifests, "_segments" for
+// segments) under prefix.
+func (se swiftEnv) objects(t testing.TB, suffix, prefix string) []string {
+	t.Helper()
+	r := se.cli("list", se.container+suffix, "--prefix", prefix)
+	if r.err != nil {
+		if strings.Contains(r.stderr, "404") || strings.Contains(r.stderr, "not found") {
+			return nil
+		}
+		t.Fatalf("swift list %s%s: %s", se.container, suffix, r)
+	}
+	return strings.Fields(r.stdout)
+}
+
+// metric returns one sample of the metrics of host m's current daemon
+// (0 when absent).
+func metric(t *testing.T, m *fsMount, series string) float64 {
+	t.Helper()
+	all := metricsAddrRE.FindAllStringSubmatch(string(readFile(m.log)), -1)
+	if all == nil {
+		t.Fatalf("%s: no metrics address in the log", m.Mnt)
+	}
+	return scrape(t, all[len(all)-1][1])[series]
+}
+
+// upload makes image name on m and copies fx into it with cp; it returns
+// the image's id once it is active.
+func swiftUpload(t *testing.T, m *fsMount, name string, fx vhdFixture) string {
+	t.Helper()
+	id := m.mkimage(name)
+	run(t, "cp", fx.Path, m.dataFile(name))
+	m.checkSealed(t, name, fx)
+	return id
+}
+
+// waitByID waits until m shows image id's data.
+func waitByID(t *testing.T, m *fsMount, id string) {
+	t.Helper()
+	eventually(t, 5*time.Second, "by-id/"+id+"/image.vhd visible", func() bool { return exists(m.byID(id, "image.vhd")) })
+}
+
+// An image uploaded on host-a (cp; a fixed VHD of 4 segments and a
+// dynamic one) is in Swift as segments and a manifest; host-b reads it
+// by id: the same bytes, one download per image (fetch count), and the
+// second read goes through passthrough (no READ reaches the daemon).
+// host-a downloads nothing: its staging file is its cached copy.
+func TestSwiftUploadReadByID(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fixed := makeVHD(t, 3*mib+300*1024, "fixed")
+	dynamic := makeVHD(t, 6*mib, "dynamic")
+	ids := map[string]vhdFixture{}
+	for name, fx := range map[string]vhdFixture{"fixed": fixed, "dynamic": dynamic} {
+		id := swiftUpload(t, a, name, fx)
+		ids[id] = fx
+		segs := se.objects(t, "_segments", id+"/")
+		if want := int((fx.Size + mib - 1) / mib); len(segs) != want {
+			t.Errorf("%s: %d segments in Swift (%v), want %d of 1 MiB for %d bytes", name, len(segs), segs, want, fx.Size)
+		}
+		if got := se.objects(t, "", id); len(got) != 1 {
+			t.Errorf("%s: manifest %s: swift list = %v", name, id, got)
+		}
+		if r := se.cli("stat", se.container, id); r.err != nil || !strings.Contains(r.stdout, "Manifest") && !strings.Contains(r.stdout, "X-Static-Large-Object") {
+			t.Errorf("%s: swift stat of the manifest: %s", name, r)
+		}
+	}
+	for id, fx := range ids {
+		waitByID(t, b, id)
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
+		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading 2 images, want 2", got)
+	}
+	reads := metric(t, b, `imagefs_fuse_requests_total{op="read"}`)
+	for id, fx := range ids {
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+		if got := md5sum(t, b.byID(id, "image.vhd")); got != fx.MD5 {
+			t.Errorf("host-b: md5sum %s = %s, want %s", id, got, fx.MD5)
+		}
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
+		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading again, want still 2", got)
+	}
+	if b.passthroughActive() {
+		if got := metric(t, b, `imagefs_fuse_requests_total{op="read"}`); got != reads {
+			t.Errorf("host-b: %v READ requests reached the daemon reading cached images, want 0 (passthrough)", got-reads)
+		}
+	} else {
+		t.Logf("passthrough unavailable here: reads go through the daemon")
+	}
+	if got := metric(t, a, "imagefs_data_fetches_total"); got != 0 {
+		t.Errorf("host-a (the sealing host): %v downloads, want 0", got)
+	}
+	if got := metric(t, a, "imagefs_data_uploads_total"); got != 2 {
+		t.Errorf("host-a: imagefs_data_uploads_total = %v, want 2", got)
+	}
+	for id, fx := range ids {
+		cmp(t, fx.Path, a.byID(id, "image.vhd"))
+	}
+	// The cache outlives the daemon: host-b mounted again reads without
+	// a download.
+	b.remount()
+	for id, fx := range ids {
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 0 {
+		t.Errorf("host-b remounted: %v downloads of images in its cache, want 0", got)
+	}
+	if got := metric(t, b, "imagefs_data_cache_images"); got != 2 {
+		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want 2", got)
+	}
+	for _, m := range hosts {
+		if bytes.Contains(readFile(m.log), []byte("key="+se.sw.Key)) || bytes.Contains(readFile(m.log), []byte("ST_KEY")) {
+			t.Errorf("%s: the log names the Swift key", m.Mnt)
+		}
+	}
+}
+
+// A writer that writes in order has each complete segment sent while it
+// is still writing: before its close, Swift holds the segments its bytes
+// completed, and the close sends only the rest and the manifest. A writer
+// that goes back over written bytes (pwrite at 0) voids the segments
+// sent: they are deleted, and the seal sends all. host-b reads both.
+func TestSwiftSegmentsStreamedDuringUpload(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	for _, back := range []bool{false, true} {
+		fx := makeVHD(t, 4*mib+200*1024, "fixed")
+		data, err := os.ReadFile(fx.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("streamed-%v", back)
+		id := a.mkimage(name)
+		before := metric(t, a, "imagefs_data_streamed_segments_total")
+		f, err := os.OpenFile(a.dataFile(name), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < len(data); off += 128 << 10 {
+			if _, err := f.Write(data[off:min(off+128<<10, len(data))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		full := len(data) / mib
+		eventually(t, 20*time.Second, name+": complete segments in Swift before the close", func() bool {
+			return metric(t, a, "imagefs_data_streamed_segments_total")-before == float64(full) &&
+				len(se.objects(t, "_segments", id+"/")) == full
+		})
+		if back {
+			if _, err := f.WriteAt(data[:512], 0); err != nil { // same bytes, out of order
+				t.Fatal(err)
+			}
+			eventually(t, 20*time.Second, name+": the voided segments deleted", func() bool {
+				return len(se.objects(t, "_segments", id+"/")) == 0
+			})
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("%s: close: %v", name, err)
+		}
+		a.checkSealed(t, name, fx)
+		want := full + 1
+		if got := se.objects(t, "_segments", id+"/"); len(got) != want {
+			t.Errorf("%s: %d segments after the seal (%v), want %d", name, len(got), got, want)
+		}
+		streamed := full
+		if back {
+			streamed = 0
+		}
+		if !strings.Contains(string(readFile(a.log)), fmt.Sprintf("id=%s size=%d segments=%d segments_streamed=%d", id, fx.Size, want, streamed)) {
+			t.Errorf("%s: no log line of the upload with segments_streamed=%d", name, streamed)
+		}
+		waitByID(t, b, id)
+		cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	}
+}
+
+// host-a killed (SIGKILL) in the middle of an upload whose segments were
+// being sent: the image ends killed on host-b (the upload's lease
+// expires), and host-a's next mount deletes the segments it had sent.
+func TestSwiftCrashMidUpload(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 4*mib, "fixed")
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:3*mib+100]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "3 segments in Swift during the upload", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 3
+	})
+	a.crash()
+	f.Close() // on a dead mount: its error does not matter
+	eventually(t, 4*sharedLeaseTTL+5*time.Second, "host-b: the image killed", func() bool {
+		return strings.TrimSpace(readOptional(b.propFile("cut", "status"))) == "killed"
+	})
+	a.start()
+	eventually(t, 20*time.Second, "host-a remounted: the segments it sent deleted", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 0
+	})
+	if got := se.objects(t, "", id); len(got) != 0 {
+		t.Errorf("a manifest of the cut upload: %v", got)
+	}
+}
+
+// Ten readers on host-b open an image it has not cached at once: one
+// download, and all ten read the right bytes.
+func TestSwiftConcurrentFirstReaders(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 5*mib, "fixed")
+	id := swiftUpload(t, a, "ten", fx)
+	waitByID(t, b, id)
+	want, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 10)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := os.ReadFile(b.byID(id, "image.vhd"))
+			if err == nil && !bytes.Equal(got, want) {
+				err = fmt.Errorf("%d bytes differ from the upload", len(got))
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("reader %d: %v", i, err)
+		}
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 1 {
+		t.Errorf("host-b: imagefs_data_fetches_total = %v after ten concurrent first readers, want 1", got)
+	}
+}
+
+// Past --cache-size (5 MiB here, images of 2 MiB) the least recently
+// opened closed copy is evicted; a copy held open is not, and still
+// reads; an evicted image is downloaded again at its next open.
+func TestSwiftCacheEviction(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil, "--cache-size", "5M")
+	a, b := hosts[0], hosts[1]
+	var ids []string
+	var fxs []vhdFixture
+	for i := range 3 {
+		fx := makeVHD(t, 2*mib, "fixed")
+		ids = append(ids, swiftUpload(t, a, fmt.Sprintf("img%d", i), fx))
+		fxs = append(fxs, fx)
+	}
+	if got := metric(t, a, "imagefs_data_evictions_total"); got != 1 {
+		t.Errorf("host-a: %v evictions after sealing 3 images of 2 MiB with a 5 MiB cache, want 1", got)
+	}
+	for _, id := range ids {
+		waitByID(t, b, id)
+	}
+	held, err := os.Open(b.byID(ids[0], "image.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	time.Sleep(10 * time.Millisecond) // img0 opened before img1: older
+	for _, i := range []int{1, 2} {
+		cmp(t, fxs[i].Path, b.byID(ids[i], "image.vhd"))
+	}
+	if got := metric(t, b, "imagefs_data_evictions_total"); got != 1 {
+		t.Errorf("host-b: %v evictions, want 1 (img1: img0 is open)", got)
+	}
+	cache := filepath.Join(b.Store, "swift-cache")
+	for i, want := range []bool{true, false, true} {
+		if _, err := os.Stat(filepath.Join(cache, ids[i]+".vhd")); (err == nil) != want {
+			t.Errorf("host-b: img%d in the cache: %v, want %v", i, err == nil, want)
+		}
+	}
+	got, err := io.ReadAll(held)
+	want, _ := os.ReadFile(fxs[0].Path)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("host-b: the image held open across the eviction reads %d bytes (%v), not the upload", len(got), err)
+	}
+	before := metric(t, b, "imagefs_data_fetches_total")
+	cmp(t, fxs[1].Path, b.byID(ids[1], "image.vhd"))
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != before+1 {
+		t.Errorf("host-b: reading the evicted image made %v downloads, want 1", got-before)
+	}
+}
+
+// imagefs prefetch on host-b downloads the active images whose
+// properties match, and those named by id, before anyone opens them: the
+// reads after it download nothing; an image that matches nothing stays
+// out of the cache.
+func TestSwiftPrefetch(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fxs := map[string]vhdFixture{}
+	ids := map[string]string{}
+	for _, name := range []string{"web1", "web2", "db", "other"} {
+		fx := makeVHD(t, 2*mib, "fixed")
+		fxs[name] = fx
+		ids[name] = swiftUpload(t, a, name, fx)
+	}
+	for _, name := range []string{"web1", "web2"} {
+		writeProp(t, a, name, "role", "web")
+	}
+	eventually(t, 5*time.Second, "host-b: role=web on web1 and web2", func() bool {
+		return strings.TrimSpace(readOptional(b.propFile("web1", "role"))) == "web" && strings.TrimSpace(readOptional(b.propFile("web2", "role"))) == "web"
+	})
+	r := execCmd(binary, "prefetch", b.Mnt, "--property", "role=web", ids["db"])
+	if r.err != nil {
+		t.Fatalf("imagefs prefetch: %s", r)
+	}
+	for _, name := range []string{"web1", "web2", "db"} {
+		if !strings.Contains(r.stdout, "cached "+ids[name]) {
+			t.Errorf("prefetch output names no %s: %q", name, r.stdout)
+		}
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 3 {
+		t.Errorf("host-b: %v downloads after the prefetch, want 3", got)
+	}
+	for _, name := range []string{"web1", "web2", "db"} {
+		if _, err := os.Stat(filepath.Join(b.Store, "swift-cache", ids[name]+".vhd")); err != nil {
+			t.Errorf("host-b: %s not in the cache after the prefetch: %v", name, err)
+		}
+		cmp(t, fxs[name].Path, b.byID(ids[name], "image.vhd"))
+	}
+	if _, err := os.Stat(filepath.Join(b.Store, "swift-cache", ids["other"]+".vhd")); err == nil {
+		t.Errorf("host-b: an image the prefetch did not name is in the cache")
+	}
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 3 {
+		t.Errorf("host-b: %v downloads after reading the prefetched images, want still 3", got)
+	}
+	if r := execCmd(binary, "prefetch", b.Mnt, "no-such-id"); r.code != 1 || !strings.Contains(r.stderr, "no-such-id") {
+		t.Errorf("imagefs prefetch of an unknown id: %s, want exit 1 naming it", r)
+	}
+}
+
+// objectFile returns the path of the object server's data file of
+// CONTAINER/NAME in the Swift at dir (its metadata, in the file's
+// user.swift.metadata xattr, names the object).
+func objectFile(t *testing.T, dir, account, container, name string) string {
+	t.Helper()
+	want := []byte("/" + account + "/" + container + "/" + name)
+	var found string
+	filepath.WalkDir(filepath.Join(dir, "srv", "node"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".data") {
+			return nil
+		}
+		buf := make([]byte, 64<<10)
+		n, err := unix.Getxattr(p, "user.swift.metadata", buf)
+		if err == nil && bytes.Contains(buf[:n], want) {
+			// The name is followed by a pickle opcode, not more name.
+			i := bytes.Index(buf[:n], want) + len(want)
+			if i < n && (buf[i] < '0' || buf[i] > '9') && buf[i] != '/' {
+				found = p
+				return fs.SkipAll
+			}
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no object data file of %s/%s under %s", container, name, dir)
+	}
+	return found
+}
+
+// flipByte inverts the byte at off of file p.
+func flipByte(t *testing.T, p string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A corrupted or swapped object is never served. One byte flipped in a
+// segment's file on the object server's disk: Swift's proxy checks each
+// segment's MD5 against the manifest and cuts the download short after
+// the bad segment; an object swapped for another of the same size (a
+// plain PUT over the manifest) passes Swift's checks and only imagefs's
+// MD5 and SHA-512 against the catalog catch it. Either way host-c, which
+// has no copy, refuses the image (EIO) and logs it naming the image and
+// the host, with a metric; the swapped download is quarantined. host-a
+// (sealing) and host-b (cached before) keep serving their verified
+// copies.
+func TestSwiftCorruptObjectRefused(t *testing.T) {
+	hosts, se := swiftCluster(t, 3, nil)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	flipped, swapped := makeVHD(t, 3*mib, "dynamic"), makeVHD(t, 2*mib, "fixed")
+	idF := swiftUpload(t, a, "flipped", flipped)
+	idS := swiftUpload(t, a, "swapped", swapped)
+	for _, id := range []string{idF, idS} {
+		waitByID(t, b, id)
+		waitByID(t, c, id)
+	}
+	cmp(t, flipped.Path, b.byID(idF, "image.vhd"))
+	cmp(t, swapped.Path, b.byID(idS, "image.vhd"))
+
+	segs := se.objects(t, "_segments", idF+"/")
+	if len(segs) < 2 {
+		t.Fatalf("segments of %s: %v, want 2 or more", idF, segs)
+	}
+	seg := objectFile(t, se.sw.Dir, "AUTH_test", se.container+"_segments", segs[1])
+	flipByte(t, seg, 12345)
+	t.Logf("flipped byte 12345 of %s", seg)
+	other := makeVHD(t, 2*mib, "fixed") // same size, other bytes
+	if other.Size != swapped.Size {
+		t.Fatalf("fixture sizes %d and %d differ", other.Size, swapped.Size)
+	}
+	if r := se.cli("upload", "--object-name", idS, se.container, other.Path); r.err != nil {
+		t.Fatalf("swift upload over the manifest: %s", r)
+	}
+
+	for _, id := range []string{idF, idS} {
+		if _, err := os.ReadFile(c.byID(id, "image.vhd")); !errors.Is(err, syscall.EIO) {
+			t.Errorf("host-c: read of the corrupted image %s: %v, want EIO", id, err)
+		}
+		if _, err := os.Stat(filepath.Join(c.Store, "swift-cache", id+".vhd")); err == nil {
+			t.Errorf("host-c: the corrupted download of %s is in its cache", id)
+		}
+	}
+	log := string(readFile(c.log))
+	for _, want := range []string{
+		`msg="download from Swift failed" data=swift://` + se.container + ` host=host-c id=` + idF,
+		`msg="image data from Swift does not match the catalog; download quarantined, open refused" data=swift://` + se.container + ` host=host-c id=` + idS,
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("host-c: no log line %s", want)
+		}
+	}
+	if got := metric(t, c, "imagefs_data_verify_failures_total"); got != 1 {
+		t.Errorf("host-c: imagefs_data_verify_failures_total = %v, want 1 (the swapped object)", got)
+	}
+	if got := metric(t, c, "imagefs_data_fetch_failures_total"); got != 2 {
+		t.Errorf("host-c: imagefs_data_fetch_failures_total = %v, want 2", got)
+	}
+	q, _ := os.ReadDir(filepath.Join(c.Store, "swift-cache", "quarantine"))
+	if len(q) != 1 || !strings.HasPrefix(q[0].Name(), idS) {
+		t.Errorf("host-c: swift-cache/quarantine holds %v, want the swapped download of %s", q, idS)
+	}
+	// The hosts with verified copies serve them.
+	for _, m := range []*fsMount{a, b} {
+		cmp(t, flipped.Path, m.byID(idF, "image.vhd"))
+		cmp(t, swapped.Path, m.byID(idS, "image.vhd"))
+	}
+}
+
+// Delete on host-a: the image goes at once on every host, its objects
+// stay for the delete delay (2 s) and are gone after it; host-a's cached
+// copy goes at once.
+func TestSwiftDeleteDelayed(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 2*mib, "fixed")
+	id := swiftUpload(t, a, "doomed", fx)
+	waitByID(t, b, id)
+	cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	run(t, "rm", "-rf", a.images("doomed"))
+	eventually(t, 5*time.Second, "host-b: by-id/<id> gone", func() bool { return !exists(b.byID(id)) })
+	if _, err := os.Stat(filepath.Join(a.Store, "swift-cache", id+".vhd")); err == nil {
+		t.Errorf("host-a: the deleted image's copy is still in its cache")
+	}
+	if got := se.objects(t, "", id); len(got) != 1 {
+		t.Errorf("the manifest went at once (swift list = %v); want it kept for the delete delay", got)
+	}
+	eventually(t, 20*time.Second, "objects gone from Swift after the 2 s delay", func() bool {
+		return len(se.objects(t, "", id)) == 0 && len(se.objects(t, "_segments", id+"/")) == 0
+	})
+	if got := metric(t, a, "imagefs_data_deletes_total"); got != 1 {
+		t.Errorf("host-a: imagefs_data_deletes_total = %v, want 1", got)
+	}
+}
+
+// privateSwift starts a Swift of this test's own (scripts/swift.sh on
+// other ports, data in a temporary directory), stopped and wiped after
+// the test: a test that stops Swift must not stop the one other test
+// processes use.
+func privateSwift(t *testing.T) (testutil.Swift, func(args ...string)) {
+	t.Helper()
+	testutil.SwiftAuth(t) // installs the packages; fails or skips as the others do
+	port := testutil.SwiftPort() + 10
+	sw := testutil.Swift{AuthURL: fmt.Sprintf("http://127.0.0.1:%d/auth/v1.0", port), User: "test:tester",
+		Key: "testing", Dir: filepath.Join(t.TempDir(), "swift")}
+	script := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(filepath.Dir(etcdScriptPath()), "swift.sh"), args...)
+		cmd.Env = append(os.Environ(), "IMAGEFS_SWIFT_DIR="+sw.Dir, "IMAGEFS_SWIFT_PORT="+strconv.Itoa(port))
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("swift.sh %s (private): %v\n%s", strings.Join(args, " "), err, out)
+		}
+		t.Logf("swift.sh %s: %v", strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
+	}
+	t.Cleanup(func() { script("stop", "--wipe") })
+	script("start")
+	return sw, script
+}
+
+// Swift stopped: cached images are read; opening an image this host has
+// not cached fails with EIO within the bounded wait; a seal ends killed
+// with the reason. Swift started again: a new upload works and is read on
+// the other host.
+func TestSwiftStopped(t *testing.T) {
+	sw, script := privateSwift(t)
+	t.Setenv("GOSWIFT_TIMEOUT", "2s")
+	hosts, _ := swiftCluster(t, 2, &sw)
+	a, b := hosts[0], hosts[1]
+	cached, uncached := makeVHD(t, 2*mib, "fixed"), makeVHD(t, 2*mib, "dynamic")
+	idC := swiftUpload(t, a, "cached", cached)
+	idU := swiftUpload(t, a, "uncached", uncached)
+	waitByID(t, b, idC)
+	waitByID(t, b, idU)
+	cmp(t, cached.Path, b.byID(idC, "image.vhd"))
+
+	script("stop")
+	cmp(t, cached.Path, b.byID(idC, "image.vhd"))
+	cmp(t, uncached.Path, a.byID(idU, "image.vhd")) // the sealing host's copy
+	start := time.Now()
+	op := opTimed(30*time.Second, "read", b.byID(idU, "image.vhd"))
+	took := time.Since(start)
+	if op.Hung || op.Res.Errno != syscall.EIO {
+		t.Errorf("host-b: open of an uncached image with Swift stopped: %s, want EIO", op)
+	}
+	if took > 15*time.Second {
+		t.Errorf("host-b: the failing open took %v; want it bounded by the 2 s timeout", took)
+	}
+	t.Logf("uncached open with Swift stopped: %s", op)
+
+	fx := makeVHD(t, 2*mib, "fixed")
+	a.mkimage("outage")
+	if r := execCmd("cp", fx.Path, a.dataFile("outage")); r.err == nil {
+		t.Errorf("cp into host-a with Swift stopped succeeded")
+	}
+	reason := a.checkKilled(t, "outage")
+	if !strings.Contains(reason, "data store") {
+		t.Errorf("kill reason %q does not say the data store failed", reason)
+	}
+
+	script("start")
+	idN := swiftUpload(t, a, "after", fx)
+	waitByID(t, b, idN)
+	cmp(t, fx.Path, b.byID(idN, "image.vhd"))
+}
