@@ -84,7 +84,7 @@ type Backend struct {
 	toks    tokens        // this Backend's commits
 	term    atomic.Uint64 // the highest raft term seen in an answer
 
-	grantMu  sync.Mutex // held while a lease is granted
+	granting chan struct{} // holds a token while a lease is granted (a lock that a ctx can give up on)
 	mu       sync.Mutex
 	lease    clientv3.LeaseID // 0: none (lost; granted again in the background, or by the next commit)
 	granted  bool             // a lease was granted before (the next grant gets the Leased keys)
@@ -145,13 +145,14 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	session := make([]byte, 8)
 	rand.Read(session)
 	b := &Backend{
-		cli:     cli,
-		session: hex.EncodeToString(session),
-		ns:      cfg.Namespace,
-		nsEnd:   clientv3.GetPrefixRangeEnd(cfg.Namespace),
-		reqTO:   cfg.RequestTimeout,
-		ttl:     int64((cfg.LeaseTTL + time.Second - 1) / time.Second),
-		log:     cfg.Logger,
+		cli:      cli,
+		session:  hex.EncodeToString(session),
+		granting: make(chan struct{}, 1),
+		ns:       cfg.Namespace,
+		nsEnd:    clientv3.GetPrefixRangeEnd(cfg.Namespace),
+		reqTO:    cfg.RequestTimeout,
+		ttl:      int64((cfg.LeaseTTL + time.Second - 1) / time.Second),
+		log:      cfg.Logger,
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	octx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)

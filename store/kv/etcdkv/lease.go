@@ -43,7 +43,7 @@ type leasedKey struct {
 
 // grant takes a new lease and keeps it alive in the background; a lease
 // granted after a lost one gets this Backend's Leased keys (reattach).
-// Must hold grantMu.
+// Must hold granting.
 func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	resp, err := b.cli.Grant(ctx, b.ttl)
 	err = mapErr(err)
@@ -113,12 +113,23 @@ func (b *Backend) renew() {
 }
 
 // currentLease returns the lease for Leased puts and tokens, granting a
-// new one when the last was lost.
+// new one when the last was lost (one grant at a time: a caller waits for
+// the grant under way, or until ctx ends).
 func (b *Backend) currentLease(ctx context.Context) (clientv3.LeaseID, error) {
-	b.grantMu.Lock() // one grant at a time
-	defer b.grantMu.Unlock()
 	b.mu.Lock()
 	id := b.lease
+	b.mu.Unlock()
+	if id != 0 {
+		return id, nil
+	}
+	select {
+	case b.granting <- struct{}{}:
+	case <-ctx.Done():
+		return 0, mapErr(ctx.Err())
+	}
+	defer func() { <-b.granting }()
+	b.mu.Lock()
+	id = b.lease
 	b.mu.Unlock()
 	if id != 0 {
 		return id, nil
