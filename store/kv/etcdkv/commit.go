@@ -58,15 +58,17 @@ import (
 //     the compare; the change was never applied and never will be, so it
 //     is committed afresh under a new token.
 //
-// Both puts carry this host's lease, so that a crashed host's tokens
-// vanish; etcd refuses a transaction whose chosen branch puts with a
-// lease that no longer exists, so a retry either finds the token of an
-// earlier attempt or learns that the lease (and the token with it) is
-// gone, and then reports the outcome unknown (kv.ErrUnavailable) instead
-// of applying the change a second time. Tokens are removed by a later
-// commit's range delete (one op); those of a commit that had an
-// uncertain attempt are kept a minute, long after any stray proposal of
-// it could be applied. Extra cost per commit: one compare, two Then ops
+// Both puts carry this host's lease when it has one (a commit does not
+// wait for a lost lease to be granted again, unless its batch has a
+// Leased put), so that a crashed host's tokens vanish. etcd refuses a
+// transaction whose chosen branch puts with a lease that no longer
+// exists, so a retry either finds the token of an earlier attempt or
+// learns that the lease (and the token with it) is gone, and then
+// reports the outcome unknown (kv.ErrUnavailable) instead of applying the
+// change a second time. Tokens are removed by a later commit's range
+// delete (one op), and by Close; those of a commit that had an uncertain
+// attempt are kept a minute, long after any stray proposal of it could
+// be applied. Extra cost per commit: one compare, two Then ops
 // (one put, one range delete), one or two Else ops, against
 // --max-txn-ops (128 by default).
 //
@@ -332,20 +334,14 @@ func (b *Backend) commitLoop(ctx context.Context, p *prepared) (kv.Result, error
 	n := b.toks.begin()
 	uncertain := false // an attempt of commit n had an unknown outcome
 	defer func() { b.toks.end(n, uncertain) }()
-	var lease clientv3.LeaseID
+	lease, err := b.commitLease(ctx, p)
+	if err != nil {
+		return kv.Result{}, err
+	}
 	renewed := false
 	var firstDoubt error // the first unknown outcome, for the error
 	limit := attemptLimit
 	for {
-		if lease == 0 {
-			var err error
-			if lease, err = b.currentLease(ctx); err != nil {
-				if uncertain {
-					return kv.Result{}, unknown(firstDoubt, err)
-				}
-				return kv.Result{}, fmt.Errorf("lease: %w", err)
-			}
-		}
 		cleanTo, clean := b.toks.low()
 		if !clean {
 			cleanTo = 0
@@ -384,7 +380,10 @@ func (b *Backend) commitLoop(ctx context.Context, p *prepared) (kv.Result, error
 			// The lease expired (a partition longer than its TTL) before
 			// its keep-alive noticed; the attempt was refused whole.
 			b.lost(lease, "a write found it expired")
-			lease, renewed = 0, true
+			renewed = true
+			if lease, err = b.commitLease(ctx, p); err != nil {
+				return kv.Result{}, err
+			}
 			continue
 		case notProposed(err):
 			// No leader where it was sent (an election): refused before
@@ -408,6 +407,25 @@ func (b *Backend) commitLoop(ctx context.Context, p *prepared) (kv.Result, error
 			return kv.Result{}, doubt(uncertain, firstDoubt, err)
 		}
 	}
+}
+
+// commitLease returns the lease of a commit's Leased puts and token: a
+// batch with a Leased put waits for a lease to be granted when the last
+// was lost; any other takes the current lease, or none (its token then
+// stays until a later commit of this Backend, or Close, deletes it).
+func (b *Backend) commitLease(ctx context.Context, p *prepared) (clientv3.LeaseID, error) {
+	for _, op := range p.ops {
+		if op.Kind == kv.Put && op.Leased {
+			id, err := b.currentLease(ctx)
+			if err != nil {
+				return 0, fmt.Errorf("lease: %w", err)
+			}
+			return id, nil
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.lease, nil
 }
 
 // pause waits d, or until ctx ends (false).

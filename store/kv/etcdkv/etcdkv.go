@@ -493,11 +493,12 @@ func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan k
 	return out
 }
 
-// closeTimeout bounds the lease's revocation at Close.
+// closeTimeout bounds the requests of Close.
 const closeTimeout = 2 * time.Second
 
-// Close revokes this host's lease (its Leased keys vanish at once; at most
-// 2 s are spent trying), ends every Watch and closes the client.
+// Close deletes this Backend's commit tokens and revokes its lease (its
+// Leased keys vanish at once; at most 2 s are spent trying), ends every
+// Watch and closes the client.
 func (b *Backend) Close() error {
 	b.closing.Do(func() {
 		b.mu.Lock()
@@ -505,14 +506,18 @@ func (b *Backend) Close() error {
 		b.lease = 0
 		b.mu.Unlock()
 		b.cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		// This Backend's settled commit tokens (those put without a
+		// lease would stay); nothing is said when etcd does not answer.
+		low, _ := b.toks.low()
+		b.cli.Delete(ctx, b.ns+tokenPrefix+b.session+"/", clientv3.WithRange(b.tokenDir(low)))
 		if id != 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 			if _, err := b.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				b.log.Warn("etcd catalog: could not revoke this host's lease at close; its keys vanish after its TTL",
 					"err", mapErr(err))
 			}
-			cancel()
 		}
+		cancel()
 		b.closeErr = b.cli.Close()
 		b.wg.Wait()
 	})

@@ -69,8 +69,8 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		}
 		// The client closes the channel when the lease expired (no
 		// keep-alive answer within its TTL) or at Close.
-		if b.ctx.Err() == nil && b.lost(id, "its keep-alive ended (no answer from the cluster within the lease's TTL, or the lease was revoked)") {
-			b.renew()
+		if b.ctx.Err() == nil {
+			b.lost(id, "its keep-alive ended (no answer from the cluster within the lease's TTL, or the lease was revoked)")
 		}
 	}()
 	if again {
@@ -83,20 +83,24 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	return id, nil
 }
 
-// lost forgets lease id (if it is still the current one) and logs it
-// once; it reports whether it was current.
-func (b *Backend) lost(id clientv3.LeaseID, why string) bool {
+// lost forgets lease id (if it is still the current one), logs it once
+// and grants a new one in the background (renew).
+func (b *Backend) lost(id clientv3.LeaseID, why string) {
 	b.mu.Lock()
-	cur := b.lease == id
+	cur := b.lease == id && b.ctx.Err() == nil
 	if cur {
 		b.lease = 0
+		b.wg.Add(1)
 	}
 	b.mu.Unlock()
 	if cur {
 		b.log.Warn("etcd catalog: this host's lease is lost; a new one is granted, and this host's leased keys "+
 			"(uploads in progress) that still exist move to it", "lease", fmt.Sprintf("%x", int64(id)), "why", why)
+		go func() {
+			defer b.wg.Done()
+			b.renew()
+		}()
 	}
-	return cur
 }
 
 // renew grants a new lease after the keep-alive of the last one ended,
