@@ -887,6 +887,13 @@ done`
 		}
 	}
 	etcdMember(t, "start-member", member)
+	// What the failover cost host-a's changes (etcdkv logs each change it
+	// had to send again).
+	for _, l := range strings.Split(string(readFile(a.log)), "\n") {
+		if strings.Contains(l, "committed after a retry") {
+			t.Logf("host-a: %s", l)
+		}
+	}
 
 	// Phase 2: all members down.
 	logAt := map[*fsMount]int{}

@@ -341,7 +341,9 @@ func (b *Backend) commitLoop(ctx context.Context, p *prepared) (kv.Result, error
 	renewed := false
 	var firstDoubt error // the first unknown outcome, for the error
 	limit := attemptLimit
+	start, attempts := time.Now(), 0
 	for {
+		attempts++
 		cleanTo, clean := b.toks.low()
 		if !clean {
 			cleanTo = 0
@@ -359,6 +361,10 @@ func (b *Backend) commitLoop(ctx context.Context, p *prepared) (kv.Result, error
 					b.toks.deleted(cleanTo)
 				}
 				b.noteLeased(p, lease, res.Rev)
+				if attempts > 1 {
+					b.log.Info("etcd catalog: change committed after a retry (a member stopped, or the leader changed)",
+						"attempts", attempts, "ms", time.Since(start).Milliseconds())
+				}
 				return res, nil
 			}
 			if !again {

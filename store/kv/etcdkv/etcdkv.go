@@ -39,6 +39,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -98,6 +100,10 @@ type Backend struct {
 
 var _ kv.Backend = (*Backend)(nil)
 
+// reconnectMax bounds the pause between two attempts to connect to a
+// member that does not answer.
+const reconnectMax = time.Second
+
 // Open connects to the cluster, checks it answers (member list, version),
 // and grants this host's lease. Errors: kv.ErrUnavailable (no endpoint
 // answered within DialTimeout), an authentication or TLS error (without
@@ -132,6 +138,13 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(), // the client's own logs are per request; we log outages once
+		// A member that is back is connected to again within reconnectMax
+		// (gRPC's default backoff grows to 120 s: after an outage of ten
+		// seconds a client would wait several more for its next try).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	}
 	tlsc, err := tlsConfig(cfg)
 	if err != nil {
