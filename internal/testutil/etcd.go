@@ -13,16 +13,8 @@ import (
 	"time"
 )
 
-// etcdEndpointList is the client endpoints of the test cluster of
-// scripts/etcd.sh: loopback ports IMAGEFS_ETCD_PORT (default 23790) and
-// the next two, as the script computes them.
-func etcdEndpointList() []string {
-	port := 23790
-	if p, err := strconv.Atoi(os.Getenv("IMAGEFS_ETCD_PORT")); err == nil && p > 0 {
-		port = p
-	}
-	return []string{"127.0.0.1:" + strconv.Itoa(port), "127.0.0.1:" + strconv.Itoa(port+1), "127.0.0.1:" + strconv.Itoa(port+2)}
-}
+// The test cluster of scripts/etcd.sh (fixed loopback ports).
+var etcdEndpoints = []string{"127.0.0.1:23790", "127.0.0.1:23791", "127.0.0.1:23792"}
 
 var etcdState struct {
 	once   sync.Once
@@ -76,7 +68,7 @@ func EtcdEndpoints(tb testing.TB) []string {
 		}
 		s.err = etcdRegister(s.script, s.dir)
 		if s.err == nil {
-			s.eps = etcdEndpointList()
+			s.eps = etcdEndpoints
 			s.user = true
 		}
 	})
