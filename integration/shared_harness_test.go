@@ -48,7 +48,14 @@ type privateCluster struct {
 // privateEtcdPort is the first client port of a fault test's private
 // cluster (the shared one is on 23790-23792, etcdkv's private member on
 // 23797).
-const privateEtcdPort = 24790
+// With IMAGEFS_ETCD_PORT set (several test runs on one machine), it is
+// that port + 20 (scripts/etcd.sh's peers take PORT+10..PORT+12).
+var privateEtcdPort = func() int {
+	if os.Getenv("IMAGEFS_ETCD_PORT") != "" {
+		return testutil.EtcdPort() + 20
+	}
+	return 24790
+}()
 
 // etcdEndpoints returns the client endpoints (host:port) of the cluster
 // the test uses: the private one of a fault test, or the shared test

@@ -13,8 +13,21 @@ import (
 	"time"
 )
 
-// The test cluster of scripts/etcd.sh (fixed loopback ports).
-var etcdEndpoints = []string{"127.0.0.1:23790", "127.0.0.1:23791", "127.0.0.1:23792"}
+// EtcdPort is the first client port of the test cluster of
+// scripts/etcd.sh: IMAGEFS_ETCD_PORT (as the script reads it), default
+// 23790; its members listen on loopback at EtcdPort, +1 and +2.
+func EtcdPort() int {
+	if p, err := strconv.Atoi(os.Getenv("IMAGEFS_ETCD_PORT")); err == nil && p > 0 {
+		return p
+	}
+	return 23790
+}
+
+// etcdEndpoints are the test cluster's client endpoints (EtcdPort).
+func etcdEndpoints() []string {
+	p := EtcdPort()
+	return []string{"127.0.0.1:" + strconv.Itoa(p), "127.0.0.1:" + strconv.Itoa(p+1), "127.0.0.1:" + strconv.Itoa(p+2)}
+}
 
 var etcdState struct {
 	once   sync.Once
@@ -68,7 +81,7 @@ func EtcdEndpoints(tb testing.TB) []string {
 		}
 		s.err = etcdRegister(s.script, s.dir)
 		if s.err == nil {
-			s.eps = etcdEndpoints
+			s.eps = etcdEndpoints()
 			s.user = true
 		}
 	})
