@@ -6,7 +6,16 @@
 // namespace removed. Revisions are etcd's. Conds are compares of the same
 // etcd transaction that writes the batch; Leased puts are bound to one
 // lease of this Backend (Config.LeaseTTL), kept alive while the process
-// lives and revoked by Close.
+// lives, granted again (the Leased keys moved to it) when it is lost, and
+// revoked by Close (lease.go).
+//
+// A commit survives a leader failover or a member that stops: an attempt
+// whose outcome is unknown is sent again, made exact by a token key of
+// the commit under tx/ (reserved: Scan and Watch do not report it); see
+// commit.go. Outages are logged once each way ("etcd catalog
+// unreachable", "reachable again"), from requests and, for an outage
+// longer than the lease's TTL, from the lease's renewal even when
+// nothing else asks.
 //
 // Server settings the catalog relies on (scripts/etcd.sh starts a cluster
 // with them): auto-compaction (--auto-compaction-mode revision
