@@ -77,7 +77,8 @@ import (
 // attempt started (etcd's Status of every member, every stallRecheck: a
 // new raft term, no leader, members that disagree), or when it has
 // waited attemptLimit (doubled at each attempt): a commit that is only
-// slow on a stable cluster keeps waiting for its answer.
+// slow on a stable cluster is not sent again before attemptLimit, and its
+// retry then finds the token if the first attempt applied meanwhile.
 
 // tokenPrefix is the key prefix of commit tokens (relative to the
 // namespace). It is reserved: Scan and Watch do not report it, and a
