@@ -744,6 +744,12 @@ func writeUntil(t testing.TB, within time.Duration, path, value string) time.Dur
 // EAGAIN within 10 s, and do not hang (each runs in a child process killed
 // after 20 s).
 //
+// An upload held open (half written) across this outage, longer than
+// lease_ttl, is finished 3 lease_ttl after etcd is back: its close
+// succeeds and both hosts see it sealed (the host moved its upload key
+// to a new lease; without that the key vanished with the old lease and
+// the other host killed the image).
+//
 // Members started again: within 10 s a property write succeeds on each
 // host, and the other host sees it; each daemon logged one line about the
 // outage (not one per refused request); every change that succeeded before
@@ -895,6 +901,22 @@ done`
 		}
 	}
 
+	// An upload in progress across the outage: its writer keeps the file
+	// open, half written, until well after etcd is back.
+	data, err := os.ReadFile(vhd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkdir", a.images("held"))
+	held, err := os.OpenFile(a.dataFile("held"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Write(data[:len(data)/2]); err != nil {
+		t.Fatal(err)
+	}
+
 	// Phase 2: all members down.
 	logAt := map[*fsMount]int{}
 	for _, m := range hosts {
@@ -902,6 +924,7 @@ done`
 	}
 	etcdMember(t, "stop")
 	all := append([]string{"before"}, names...)
+	listed := append(slices.Clone(all), "held")
 	for i, m := range hosts {
 		for _, n := range all {
 			r := toolTimed(10*time.Second, "md5sum", m.byID(ids[n], "image.vhd"))
@@ -912,8 +935,8 @@ done`
 		r := toolTimed(10*time.Second, "ls", "-1", m.images())
 		if r.err != nil {
 			t.Errorf("%s, etcd down: ls images/: %s", hostID(i), r)
-		} else if got := strings.Fields(r.stdout); !slices.Equal(got, all) {
-			t.Errorf("%s, etcd down: ls images/ = %q, want %q", hostID(i), got, all)
+		} else if got := strings.Fields(r.stdout); !slices.Equal(got, listed) {
+			t.Errorf("%s, etcd down: ls images/ = %q, want %q", hostID(i), got, listed)
 		}
 	}
 	type refused struct {
@@ -957,6 +980,7 @@ done`
 
 	// Phase 3: members back.
 	etcdMember(t, "start")
+	back := time.Now()
 	for i, m := range hosts {
 		d := writeUntil(t, 10*time.Second, m.propFile(names[i], "after"), hostID(i)+"\n")
 		t.Logf("%s: first property write that succeeded: %v after etcd was back", hostID(i), d.Round(time.Millisecond))
@@ -983,10 +1007,30 @@ done`
 		}
 		return true
 	})
+	// The held upload's key was put with a lease whose keep-alive gave up
+	// during the outage; host-a moved it to a new lease, so once the old
+	// lease expired (about lease_ttl after etcd's new leader) the upload is
+	// still host-a's: it seals, and nobody killed it.
+	time.Sleep(time.Until(back.Add(3 * sharedLeaseTTL)))
+	if _, err := held.Write(data[len(data)/2:]); err != nil {
+		t.Errorf("host-a: writing the rest of held/image.vhd after the outage: %v", err)
+	}
+	if err := held.Close(); err != nil {
+		t.Errorf("host-a: close of held/image.vhd, an upload held open across the outage: %v (status %q, %s)",
+			err, readOptional(a.propFile("held", "status")), readOptional(a.propFile("held", "imagefs_kill_reason")))
+	}
+	eventually(t, 5*time.Second, "both hosts: held sealed", func() bool {
+		return fileIs(a.propFile("held", "status"), "active\n") && fileIs(b.propFile("held", "status"), "active\n")
+	})
+	for i, m := range hosts {
+		if got := readOptional(m.propFile("held", "checksum")); got != sum+"\n" {
+			t.Errorf("%s: held checksum %q, want %s", hostID(i), got, sum)
+		}
+	}
 	for i, m := range hosts {
 		checkAll("after the outage", m, hostID(i))
-		if got := lsSorted(t, m.images()); !slices.Equal(got, all) {
-			t.Errorf("%s after the outage: ls images/ = %q, want %q (no image of a refused mkdir)", hostID(i), got, all)
+		if got := lsSorted(t, m.images()); !slices.Equal(got, listed) {
+			t.Errorf("%s after the outage: ls images/ = %q, want %q (no image of a refused mkdir)", hostID(i), got, listed)
 		}
 		for _, n := range all {
 			if got := md5sum(t, m.byID(ids[n], "image.vhd")); got != sum {
