@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -466,8 +465,3 @@ func embeddedCatalogOnly(t testing.TB, why string) {
 		t.Skipf("not applicable to a shared catalog: %s", why)
 	}
 }
-
-// sharedFailover: TestSharedEtcdFaults also stops the etcd leader during
-// its uploads (see there: an open bug makes it fail about one run in
-// three).
-var sharedFailover = flag.Bool("shared-failover", false, "TestSharedEtcdFaults: stop the etcd leader during the uploads (known to fail about one run in three)")

@@ -733,7 +733,11 @@ func writeUntil(t testing.TB, within time.Duration, path, value string) time.Dur
 // uploads (mkdir, cp) and 200 property writes (10 per image, echo > file)
 // on host-a, half while the member stops and half while it is down; none
 // is refused and all of them show on host-b (images active with the
-// right checksum and bytes, every property value).
+// right checksum and bytes, every property value). Meanwhile this process
+// writes properties of another image on host-a in a loop (open, write,
+// close: each checked, close(2) included, since the commit happens
+// there), from before the stop until a second after it: none fails, the
+// slowest is logged, and host-b sees the last value of each.
 //
 // All three members down: on both hosts, sealed images are still read by
 // id (md5sum, including images the host never opened before) and ls
@@ -741,16 +745,17 @@ func writeUntil(t testing.TB, within time.Duration, path, value string) time.Dur
 // EAGAIN within 10 s, and do not hang (each runs in a child process killed
 // after 20 s).
 //
+// An upload held open (half written) across this outage, longer than
+// lease_ttl, is finished 3 lease_ttl after etcd is back: its close
+// succeeds and both hosts see it sealed (the host moved its upload key
+// to a new lease; without that the key vanished with the old lease and
+// the other host killed the image).
+//
 // Members started again: within 10 s a property write succeeds on each
 // host, and the other host sees it; each daemon logged one line about the
 // outage (not one per refused request); every change that succeeded before
 // the outage is present on both hosts, and the changes refused during it
 // are not.
-//
-// The leader's stop in phase 1 runs only with -shared-failover: a commit
-// in flight while the leader stops can wait out its whole deadline and
-// fail (EAGAIN at the close of a property file, which a shell's echo
-// does not report), about one run in three; an open bug of issue 15.
 func TestSharedEtcdFaults(t *testing.T) {
 	usePrivateEtcd(t)
 	hosts := sharedCluster(t, 2)
@@ -792,11 +797,47 @@ done`
 	member := strconv.Itoa(etcdLeader(t))
 	firstHalf := make(chan result, 1)
 	go func() { firstHalf <- shErr(upload, a.images(), vhd, "0", strconv.Itoa(uploads/2), progress) }()
-	eventually(t, 30*time.Second, "host-a: 3 images uploaded", func() bool { return countLines(progress) >= 3 })
-	if *sharedFailover {
-		etcdMember(t, "stop-member", member)
-		t.Logf("member %s (the leader) stopped after %d of %d images", member, countLines(progress), uploads)
+	// This process's property writes, each checked at close: keys w00..w19
+	// of "before", values x0, x1, ... in turn.
+	type propWrite struct {
+		key, value string
+		took       time.Duration
+		err        error
 	}
+	var writes []propWrite
+	stopWrites, writesDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(writesDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stopWrites:
+				return
+			default:
+			}
+			w := propWrite{key: fmt.Sprintf("w%02d", i%20), value: fmt.Sprintf("x%d", i)}
+			start := time.Now()
+			w.err = os.WriteFile(a.propFile("before", w.key), []byte(w.value+"\n"), 0o644)
+			w.took = time.Since(start)
+			writes = append(writes, w)
+		}
+	}()
+	eventually(t, 30*time.Second, "host-a: 3 images uploaded", func() bool { return countLines(progress) >= 3 })
+	etcdMember(t, "stop-member", member)
+	t.Logf("member %s (the leader) stopped after %d of %d images", member, countLines(progress), uploads)
+	time.Sleep(time.Second)
+	close(stopWrites)
+	<-writesDone
+	var slowest time.Duration
+	lastValue := map[string]string{}
+	for _, w := range writes {
+		if w.err != nil {
+			t.Errorf("host-a: write images/before/properties/%s = %s while the leader stopped: %v after %v", w.key, w.value, w.err, w.took.Round(time.Millisecond))
+			continue
+		}
+		slowest = max(slowest, w.took)
+		lastValue[w.key] = w.value
+	}
+	t.Logf("host-a: %d property writes while the leader stopped, slowest %v", len(writes), slowest.Round(time.Millisecond))
 	if r := <-firstHalf; r.err != nil {
 		t.Fatalf("host-a: uploads while etcd member %s stopped: %s", member, r)
 	}
@@ -816,6 +857,11 @@ done`
 		}
 		return true
 	})
+	for k, v := range lastValue {
+		if got := readOptional(b.propFile("before", k)); got != v+"\n" {
+			t.Errorf("host-b: before/properties/%s = %q, want %q (the last value host-a wrote)", k, got, v)
+		}
+	}
 	ids := map[string]string{"before": before}
 	checkAll := func(when string, m *fsMount, host string) {
 		t.Helper()
@@ -847,8 +893,29 @@ done`
 			t.Errorf("host-b: md5sum by-id of %s = %s, want %s", names[i], got, sum)
 		}
 	}
-	if *sharedFailover {
-		etcdMember(t, "start-member", member)
+	etcdMember(t, "start-member", member)
+	// What the failover cost host-a's changes (etcdkv logs each change it
+	// had to send again).
+	for _, l := range strings.Split(string(readFile(a.log)), "\n") {
+		if strings.Contains(l, "committed after a retry") {
+			t.Logf("host-a: %s", l)
+		}
+	}
+
+	// An upload in progress across the outage: its writer keeps the file
+	// open, half written, until well after etcd is back.
+	data, err := os.ReadFile(vhd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkdir", a.images("held"))
+	held, err := os.OpenFile(a.dataFile("held"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Write(data[:len(data)/2]); err != nil {
+		t.Fatal(err)
 	}
 
 	// Phase 2: all members down.
@@ -858,6 +925,7 @@ done`
 	}
 	etcdMember(t, "stop")
 	all := append([]string{"before"}, names...)
+	listed := append(slices.Clone(all), "held")
 	for i, m := range hosts {
 		for _, n := range all {
 			r := toolTimed(10*time.Second, "md5sum", m.byID(ids[n], "image.vhd"))
@@ -868,8 +936,8 @@ done`
 		r := toolTimed(10*time.Second, "ls", "-1", m.images())
 		if r.err != nil {
 			t.Errorf("%s, etcd down: ls images/: %s", hostID(i), r)
-		} else if got := strings.Fields(r.stdout); !slices.Equal(got, all) {
-			t.Errorf("%s, etcd down: ls images/ = %q, want %q", hostID(i), got, all)
+		} else if got := strings.Fields(r.stdout); !slices.Equal(got, listed) {
+			t.Errorf("%s, etcd down: ls images/ = %q, want %q", hostID(i), got, listed)
 		}
 	}
 	type refused struct {
@@ -913,6 +981,7 @@ done`
 
 	// Phase 3: members back.
 	etcdMember(t, "start")
+	back := time.Now()
 	for i, m := range hosts {
 		d := writeUntil(t, 10*time.Second, m.propFile(names[i], "after"), hostID(i)+"\n")
 		t.Logf("%s: first property write that succeeded: %v after etcd was back", hostID(i), d.Round(time.Millisecond))
@@ -939,10 +1008,30 @@ done`
 		}
 		return true
 	})
+	// The held upload's key was put with a lease whose keep-alive gave up
+	// during the outage; host-a moved it to a new lease, so once the old
+	// lease expired (about lease_ttl after etcd's new leader) the upload is
+	// still host-a's: it seals, and nobody killed it.
+	time.Sleep(time.Until(back.Add(3 * sharedLeaseTTL)))
+	if _, err := held.Write(data[len(data)/2:]); err != nil {
+		t.Errorf("host-a: writing the rest of held/image.vhd after the outage: %v", err)
+	}
+	if err := held.Close(); err != nil {
+		t.Errorf("host-a: close of held/image.vhd, an upload held open across the outage: %v (status %q, %s)",
+			err, readOptional(a.propFile("held", "status")), readOptional(a.propFile("held", "imagefs_kill_reason")))
+	}
+	eventually(t, 5*time.Second, "both hosts: held sealed", func() bool {
+		return fileIs(a.propFile("held", "status"), "active\n") && fileIs(b.propFile("held", "status"), "active\n")
+	})
+	for i, m := range hosts {
+		if got := readOptional(m.propFile("held", "checksum")); got != sum+"\n" {
+			t.Errorf("%s: held checksum %q, want %s", hostID(i), got, sum)
+		}
+	}
 	for i, m := range hosts {
 		checkAll("after the outage", m, hostID(i))
-		if got := lsSorted(t, m.images()); !slices.Equal(got, all) {
-			t.Errorf("%s after the outage: ls images/ = %q, want %q (no image of a refused mkdir)", hostID(i), got, all)
+		if got := lsSorted(t, m.images()); !slices.Equal(got, listed) {
+			t.Errorf("%s after the outage: ls images/ = %q, want %q (no image of a refused mkdir)", hostID(i), got, listed)
 		}
 		for _, n := range all {
 			if got := md5sum(t, m.byID(ids[n], "image.vhd")); got != sum {

@@ -6,7 +6,16 @@
 // namespace removed. Revisions are etcd's. Conds are compares of the same
 // etcd transaction that writes the batch; Leased puts are bound to one
 // lease of this Backend (Config.LeaseTTL), kept alive while the process
-// lives and revoked by Close.
+// lives, granted again (the Leased keys moved to it) when it is lost, and
+// revoked by Close (lease.go).
+//
+// A commit survives a leader failover or a member that stops: an attempt
+// whose outcome is unknown is sent again, made exact by a token key of
+// the commit under tx/ (reserved: Scan and Watch do not report it); see
+// commit.go. Outages are logged once each way ("etcd catalog
+// unreachable", "reachable again"), from requests and, for an outage
+// longer than the lease's TTL, from the lease's renewal even when
+// nothing else asks.
 //
 // Server settings the catalog relies on (scripts/etcd.sh starts a cluster
 // with them): auto-compaction (--auto-compaction-mode revision
@@ -21,8 +30,10 @@ package etcdkv
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +48,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -78,16 +91,28 @@ type Backend struct {
 	wg      sync.WaitGroup
 	closing sync.Once
 
-	grantMu  sync.Mutex // held while a lease is granted
+	session string        // names this Backend's commit tokens (commit.go)
+	toks    tokens        // this Backend's commits
+	term    atomic.Uint64 // the highest raft term seen in an answer
+
+	granting chan struct{} // holds a token while a lease is granted (a lock that a ctx can give up on)
 	mu       sync.Mutex
-	lease    clientv3.LeaseID // 0: none (lost; granted again on the next Leased put)
+	lease    clientv3.LeaseID // 0: none (lost; granted again in the background, or by the next commit)
+	granted  bool             // a lease was granted before (the next grant gets the Leased keys)
 	downAt   time.Time
 	down     atomic.Bool // the last call found etcd unreachable
 	closeErr error
 	cluster  uint64 // the cluster's id (set at Open)
+
+	lmu    sync.Mutex           // guards leased
+	leased map[string]leasedKey // the Leased keys this Backend wrote and did not delete (lease.go)
 }
 
 var _ kv.Backend = (*Backend)(nil)
+
+// reconnectMax bounds the pause between two attempts to connect to a
+// member that does not answer.
+const reconnectMax = time.Second
 
 // Open connects to the cluster, checks it answers (member list, version),
 // and grants this host's lease. Errors: kv.ErrUnavailable (no endpoint
@@ -123,6 +148,13 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(), // the client's own logs are per request; we log outages once
+		// A member that is back is connected to again within reconnectMax
+		// (gRPC's default backoff grows to 120 s: after an outage of ten
+		// seconds a client would wait several more for its next try).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	}
 	tlsc, err := tlsConfig(cfg)
 	if err != nil {
@@ -133,13 +165,17 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: connect: %w", eps, mapErr(err))
 	}
+	session := make([]byte, 8)
+	rand.Read(session)
 	b := &Backend{
-		cli:   cli,
-		ns:    cfg.Namespace,
-		nsEnd: clientv3.GetPrefixRangeEnd(cfg.Namespace),
-		reqTO: cfg.RequestTimeout,
-		ttl:   int64((cfg.LeaseTTL + time.Second - 1) / time.Second),
-		log:   cfg.Logger,
+		cli:      cli,
+		session:  hex.EncodeToString(session),
+		granting: make(chan struct{}, 1),
+		ns:       cfg.Namespace,
+		nsEnd:    clientv3.GetPrefixRangeEnd(cfg.Namespace),
+		reqTO:    cfg.RequestTimeout,
+		ttl:      int64((cfg.LeaseTTL + time.Second - 1) / time.Second),
+		log:      cfg.Logger,
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	octx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
@@ -202,6 +238,7 @@ func (b *Backend) hello(ctx context.Context, eps string) error {
 		st, err := b.cli.Status(ctx, ep)
 		if err == nil {
 			version, rev = st.Version, st.Header.Revision
+			b.noteTerm(st.Header)
 			break
 		}
 	}
@@ -304,6 +341,9 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", kv.ErrTooLarge, err)
 	case errors.Is(err, rpctypes.ErrCompacted):
 		return fmt.Errorf("%w: %w", kv.ErrCompacted, err)
+	case errors.Is(err, rpctypes.ErrTooManyRequests):
+		// ResourceExhausted too, but a member too busy to take it.
+		return fmt.Errorf("%w: %w", kv.ErrUnavailable, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return fmt.Errorf("%w: %w", kv.ErrUnavailable, err)
 	}
@@ -362,7 +402,8 @@ const (
 // total is quadratic in the range's size over the page size: scan a large
 // keyspace as several ranges (the store reads img/ as 16). Errors:
 // kv.ErrCompacted (rev, or the revision of the first page, was compacted
-// meanwhile: scan again at 0), kv.ErrUnavailable, fn's error.
+// meanwhile: scan again at 0), kv.ErrUnavailable, fn's error. Commit
+// tokens (tx/, commit.go) are not reported.
 func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv.Pair) error) (int64, error) {
 	start, end := b.ns+lo, b.end(hi)
 	limit := int64(firstPage)
@@ -375,13 +416,18 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 		if err != nil {
 			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, err)
 		}
+		b.noteTerm(resp.Header)
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		size := 0
 		for _, k := range resp.Kvs {
 			size += len(k.Key) + len(k.Value)
-			if err := fn(b.pair(k)); err != nil {
+			p := b.pair(k)
+			if isToken(p.Key) {
+				continue
+			}
+			if err := fn(p); err != nil {
 				return rev, err
 			}
 		}
@@ -403,6 +449,7 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 	if err != nil {
 		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, err)
 	}
+	b.noteTerm(resp.Header)
 	if len(resp.Kvs) == 0 {
 		return kv.Pair{Key: key}, nil
 	}
@@ -413,127 +460,6 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 // reports its NOSPACE alarm at Commit.
 func (b *Backend) Check(*kv.Batch) error { return nil }
 
-// Commit writes b in one etcd transaction: If every Cond holds (its key's
-// ModRevision equals Cond.ModRev; CreateRevision 0 for ModRev 0), Then the
-// Ops, Else a read of every Cond key (Result.Current, with
-// kv.ErrConflict). Several Put/Delete Ops of one key are reduced to the
-// last (etcd refuses a key written twice in a transaction); a DeleteRange
-// overlapping a Put or Delete of the same batch is refused by etcd.
-// Errors: kv.ErrConflict, kv.ErrTooLarge (request over the server's
-// --max-request-bytes or the client's 2 MiB, more Conds or Ops than
-// --max-txn-ops), an error wrapping syscall.ENOSPC (the NOSPACE alarm),
-// kv.ErrUnavailable (the outcome is then unknown).
-func (b *Backend) Commit(ctx context.Context, batch *kv.Batch) (kv.Result, error) {
-	rctx, cancel := b.reqCtx(ctx)
-	defer cancel()
-	leased := false
-	for _, op := range batch.Ops {
-		leased = leased || (op.Kind == kv.Put && op.Leased)
-	}
-	renewed := false
-	for {
-		var lease clientv3.LeaseID
-		if leased {
-			var err error
-			if lease, err = b.currentLease(rctx); err != nil {
-				return kv.Result{}, fmt.Errorf("etcd commit: lease: %w", err)
-			}
-		}
-		res, err := b.commit(rctx, batch, lease)
-		if leased && !renewed && errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			// The lease expired (a partition longer than its TTL) before
-			// its keep-alive noticed: grant a new one and try once more.
-			b.lost(lease, "a write found it expired")
-			renewed = true
-			continue
-		}
-		if notProposed(err) {
-			// An election (the leader stopped): the request was refused
-			// before it was proposed, so trying again is safe.
-			select {
-			case <-rctx.Done():
-			case <-time.After(100 * time.Millisecond):
-				continue
-			}
-		}
-		err = mapErr(err)
-		b.note(err)
-		if err != nil {
-			return res, fmt.Errorf("etcd commit: %w", err)
-		}
-		return res, nil
-	}
-}
-
-// notProposed reports whether a write was refused before it reached raft
-// (no leader at the member that got it): it was not applied.
-func notProposed(err error) bool {
-	return err != nil && (errors.Is(err, rpctypes.ErrNoLeader) || strings.Contains(err.Error(), "raft proposal dropped"))
-}
-
-func (b *Backend) commit(ctx context.Context, batch *kv.Batch, lease clientv3.LeaseID) (kv.Result, error) {
-	cmps := make([]clientv3.Cmp, len(batch.Conds))
-	reads := make([]clientv3.Op, len(batch.Conds))
-	for i, c := range batch.Conds {
-		k := b.ns + c.Key
-		if c.ModRev == 0 {
-			cmps[i] = clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
-		} else {
-			cmps[i] = clientv3.Compare(clientv3.ModRevision(k), "=", c.ModRev)
-		}
-		reads[i] = clientv3.OpGet(k)
-	}
-	// The last Put or Delete of each key wins, as in an ordered batch.
-	last := make(map[string]int, len(batch.Ops))
-	for i, op := range batch.Ops {
-		if op.Kind != kv.DeleteRange {
-			last[op.Key] = i
-		}
-	}
-	ops := make([]clientv3.Op, 0, len(batch.Ops))
-	for i, op := range batch.Ops {
-		switch op.Kind {
-		case kv.Put:
-			if last[op.Key] != i {
-				continue
-			}
-			if op.Leased {
-				ops = append(ops, clientv3.OpPut(b.ns+op.Key, string(op.Value), clientv3.WithLease(lease)))
-			} else {
-				ops = append(ops, clientv3.OpPut(b.ns+op.Key, string(op.Value)))
-			}
-		case kv.Delete:
-			if last[op.Key] != i {
-				continue
-			}
-			ops = append(ops, clientv3.OpDelete(b.ns+op.Key))
-		case kv.DeleteRange:
-			ops = append(ops, clientv3.OpDelete(b.ns+op.Key, clientv3.WithRange(b.end(op.End))))
-		default:
-			return kv.Result{}, fmt.Errorf("etcd commit: unknown op kind %d", op.Kind)
-		}
-	}
-	resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Else(reads...).Commit()
-	if err != nil {
-		return kv.Result{}, err
-	}
-	res := kv.Result{Rev: resp.Header.Revision}
-	if resp.Succeeded {
-		return res, nil
-	}
-	res.Current = make([]kv.Pair, len(batch.Conds))
-	for i, c := range batch.Conds {
-		res.Current[i] = kv.Pair{Key: c.Key}
-		if i >= len(resp.Responses) {
-			continue
-		}
-		if r := resp.Responses[i].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
-			res.Current[i] = b.pair(r.Kvs[0])
-		}
-	}
-	return res, kv.ErrConflict
-}
-
 // Watch reports every change of a key with prefix from revision from on,
 // in revision order, until ctx ends or Close (the channel is then closed).
 // A batch is the events of one etcd watch response; its Rev is the
@@ -543,7 +469,8 @@ func (b *Backend) commit(ctx context.Context, batch *kv.Batch, lease clientv3.Le
 // (the client reconnects and resumes after the last revision delivered; it
 // reports nothing meanwhile: a caller that must know watches Unavailable
 // through its own calls' errors); if the revision it resumes from was
-// compacted during the outage, ErrCompacted is reported then.
+// compacted during the outage, ErrCompacted is reported then. Commit
+// tokens (tx/, commit.go) are not reported.
 func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan kv.WatchBatch {
 	out := make(chan kv.WatchBatch, 16)
 	wctx, cancel := context.WithCancel(ctx)
@@ -575,17 +502,19 @@ func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan k
 				}
 				return
 			}
-			if len(wr.Events) == 0 {
-				continue
-			}
-			wb := kv.WatchBatch{Rev: wr.Header.Revision, Events: make([]kv.Event, len(wr.Events))}
-			for i, ev := range wr.Events {
+			wb := kv.WatchBatch{Rev: wr.Header.Revision, Events: make([]kv.Event, 0, len(wr.Events))}
+			for _, ev := range wr.Events {
 				p := b.pair(ev.Kv)
-				if ev.Type == clientv3.EventTypeDelete {
-					wb.Events[i] = kv.Event{Type: kv.EventDelete, Pair: kv.Pair{Key: p.Key, ModRev: p.ModRev}}
-				} else {
-					wb.Events[i] = kv.Event{Type: kv.EventPut, Pair: p}
+				switch {
+				case isToken(p.Key):
+				case ev.Type == clientv3.EventTypeDelete:
+					wb.Events = append(wb.Events, kv.Event{Type: kv.EventDelete, Pair: kv.Pair{Key: p.Key, ModRev: p.ModRev}})
+				default:
+					wb.Events = append(wb.Events, kv.Event{Type: kv.EventPut, Pair: p})
 				}
+			}
+			if len(wb.Events) == 0 {
+				continue
 			}
 			wb.Rev = wb.Events[len(wb.Events)-1].Pair.ModRev
 			if !send(wb) {
@@ -596,70 +525,12 @@ func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan k
 	return out
 }
 
-// grant takes a new lease and keeps it alive in the background.
-func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
-	resp, err := b.cli.Grant(ctx, b.ttl)
-	err = mapErr(err)
-	b.note(err)
-	if err != nil {
-		return 0, err
-	}
-	id := resp.ID
-	ch, err := b.cli.KeepAlive(b.ctx, id)
-	if err != nil {
-		return 0, mapErr(err)
-	}
-	b.mu.Lock()
-	b.lease = id
-	b.mu.Unlock()
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		for range ch {
-		}
-		// The client closes the channel when the lease expired (no
-		// keep-alive answer within its TTL) or at Close.
-		if b.ctx.Err() == nil {
-			b.lost(id, "its keep-alive ended (no answer from the cluster within the lease's TTL, or the lease was revoked)")
-		}
-	}()
-	return id, nil
-}
-
-// lost forgets lease id (if it is still the current one) and logs it once;
-// the next Leased put grants a new lease.
-func (b *Backend) lost(id clientv3.LeaseID, why string) {
-	b.mu.Lock()
-	cur := b.lease == id
-	if cur {
-		b.lease = 0
-	}
-	b.mu.Unlock()
-	if cur {
-		b.log.Warn("etcd catalog: this host's lease is lost: its leased keys (uploads in progress) are deleted; "+
-			"a new lease is granted for the next ones", "lease", fmt.Sprintf("%x", int64(id)), "why", why)
-	}
-}
-
-// currentLease returns the lease for Leased puts, granting a new one when
-// the last was lost.
-func (b *Backend) currentLease(ctx context.Context) (clientv3.LeaseID, error) {
-	b.grantMu.Lock() // one grant at a time
-	defer b.grantMu.Unlock()
-	b.mu.Lock()
-	id := b.lease
-	b.mu.Unlock()
-	if id != 0 {
-		return id, nil
-	}
-	return b.grant(ctx)
-}
-
-// closeTimeout bounds the lease's revocation at Close.
+// closeTimeout bounds the requests of Close.
 const closeTimeout = 2 * time.Second
 
-// Close revokes this host's lease (its Leased keys vanish at once; at most
-// 2 s are spent trying), ends every Watch and closes the client.
+// Close deletes this Backend's commit tokens and revokes its lease (its
+// Leased keys vanish at once; at most 2 s are spent trying), ends every
+// Watch and closes the client.
 func (b *Backend) Close() error {
 	b.closing.Do(func() {
 		b.mu.Lock()
@@ -667,14 +538,18 @@ func (b *Backend) Close() error {
 		b.lease = 0
 		b.mu.Unlock()
 		b.cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		// This Backend's settled commit tokens (those put without a
+		// lease would stay); nothing is said when etcd does not answer.
+		low, _ := b.toks.low()
+		b.cli.Delete(ctx, b.ns+tokenPrefix+b.session+"/", clientv3.WithRange(b.tokenDir(low)))
 		if id != 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 			if _, err := b.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				b.log.Warn("etcd catalog: could not revoke this host's lease at close; its keys vanish after its TTL",
 					"err", mapErr(err))
 			}
-			cancel()
 		}
+		cancel()
 		b.closeErr = b.cli.Close()
 		b.wg.Wait()
 	})
