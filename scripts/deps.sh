@@ -10,7 +10,7 @@ run)	pairs="fuse3:fusermount3" ;;
 test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qemu-utils:qemu-img
 	       rsync:rsync 7zip:7zz libvhdi-utils:vhdiinfo util-linux:setpriv mount:mount
 	       strace:strace vim:vim ed:ed python3:python3 e2fsprogs:chattr
-	       etcd-server:etcd etcd-client:etcdctl" ;;
+	       etcd-server:etcd etcd-client:etcdctl python3-openstackclient:openstack" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 

@@ -507,12 +507,17 @@ func mayModify(c Caller, im *Image) error {
 // min_disk 0, not protected.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
+	return s.create(c, uuid.NewString(), name)
+}
+
+// create is Create with the image's id given (a v4 UUID Create made, or
+// the one an API caller chose: CreateWithID). An id in use is ErrExists.
+func (s *Store) create(c Caller, id, name string) (*Image, error) {
 	defer s.deliver()
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
-	id := uuid.NewString()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Decided on the published state; on a conflict (another host took
@@ -521,6 +526,9 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 	err := s.commitRetry(func() (*txn, func(rev int64), error) {
 		if _, ok := s.byName[name]; ok {
 			return nil, nil, fmt.Errorf("%w: image name %q", ErrExists, name)
+		}
+		if _, ok := s.images[id]; ok {
+			return nil, nil, fmt.Errorf("%w: image id %s", ErrExists, id)
 		}
 		next := s.nextIno
 		im = &Image{

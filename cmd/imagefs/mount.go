@@ -85,6 +85,7 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.StringVar(&c.data, "data", "", "shared mode: the directory `DIR` of sealed image data, shared by every host")
 	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see below)")
 	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
+	apiFlags(fl, c)
 	fl.BoolVar(&c.debug, "debug", false, "log every FUSE request and reply (level DEBUG)")
 	fl.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
 	fl.IntVar(&c.readyFD, "ready-fd", 0, "the mount helper's pipe (internal)")
@@ -198,6 +199,13 @@ func serve(c *mountConfig, ready func(error)) int {
 		ms = startMetrics(ln, m)
 		defer ms.stop()
 	}
+	apiLn, err := listenAPI(c)
+	if err != nil {
+		return fail(err)
+	}
+	if apiLn != nil {
+		defer apiLn.Close()
+	}
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -240,6 +248,14 @@ func serve(c *mountConfig, ready func(error)) int {
 	})
 	if err != nil {
 		return fail(fmt.Errorf("mount %s: %w", c.mountpoint, err))
+	}
+	if apiLn != nil {
+		api, err := startAPI(apiLn, st, c, lg)
+		if err != nil {
+			fsys.Unmount()
+			return fail(err)
+		}
+		defer api.stop() // before the store closes (deferred earlier)
 	}
 	slog.Info("mounted", "store", c.store, "mountpoint", c.mountpoint,
 		"read_only", c.readOnly, "allow_other", c.allowOther, "pid", os.Getpid())

@@ -34,13 +34,16 @@ type mountConfig struct {
 	catalog, data, configFile, hostID string
 	shared                            *sharedConfig
 
+	api apiConfig // the Images API (api.go)
+
 	// readyFD is the daemon child's end of the pipe to the mount helper
 	// that started it (hidden flag --ready-fd); 0 in the foreground.
 	readyFD int
 }
 
 func defaultMountConfig() *mountConfig {
-	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text"}
+	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text",
+		api: apiConfig{auth: "noauth"}}
 }
 
 // optionsHelp documents the -o options (mount --help, imagefs --help).
@@ -62,7 +65,7 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   data=DIR              shared mode: the sealed data of every host (= --data)
   config=FILE           shared mode: etcd credentials and settings (= --config)
   host_id=NAME          shared mode: this host's name (= --host-id)
-  Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
+` + apiOptionsHelp + `  Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
   user, nouser, users, owner, group, nofail, _netdev, comment=..., x-*,
   suid, nosuid, dev, nodev, exec, atime, noatime, relatime, strictatime,
   lazytime, diratime, sync, async, dirsync, default_permissions, setuid=...,
@@ -197,6 +200,9 @@ func (c *mountConfig) applyOption(opt string) error {
 	case "allow_root":
 		return fmt.Errorf("mount option allow_root is not supported (it is libfuse's); use allow_other")
 	default:
+		if ok, err := c.applyAPIOption(key, val, hasVal); ok {
+			return err
+		}
 		if secretOptions[key] {
 			return fmt.Errorf("mount option %s= is refused: credentials go in the config file (config=FILE, mode 0600), never on a command line", key)
 		}
@@ -218,6 +224,9 @@ func (c *mountConfig) check() error {
 	}
 	if c.quota <= 0 {
 		return fmt.Errorf("property quota %d: want a positive number", c.quota)
+	}
+	if err := c.checkAPI(); err != nil {
+		return err
 	}
 	return c.checkShared()
 }
