@@ -152,6 +152,15 @@ func TestVersionsHealthAndUnknown(t *testing.T) {
 	if code != 404 || json.Unmarshal(b, &er) != nil || er["code"] != "404 Not Found" || er["title"] != "Not Found" {
 		t.Fatalf("unknown path: %d %s", code, b)
 	}
+	// Without Accept: webob's HTML page; text/plain: its plain text.
+	code, hdr, b := e.do("", "GET", "/v2/images/nope", "", nil, "Accept", "")
+	if code != 404 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/html") || !strings.Contains(string(b), "<h1>404 Not Found</h1>") || !strings.Contains(string(b), "No image found with ID nope") {
+		t.Fatalf("404 without Accept: %d %s %s", code, hdr.Get("Content-Type"), b)
+	}
+	code, hdr, b = e.do("", "GET", "/v2/images/nope", "", nil, "Accept", "text/plain")
+	if code != 404 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/plain") || !strings.HasPrefix(string(b), "404 Not Found\n\nNo image found with ID nope") {
+		t.Fatalf("404 as text/plain: %d %s %q", code, hdr.Get("Content-Type"), b)
+	}
 	if code, _, _ := e.do("", "PUT", "/v2/images", "application/json", []byte("{}")); code != 405 {
 		t.Fatalf("PUT /v2/images: %d, want 405", code)
 	}
@@ -503,16 +512,16 @@ func TestListFiltersAndPaging(t *testing.T) {
 		return out, m
 	}
 	for q, want := range map[string]string{
-		"?os_distro=superos&sort_key=name&sort_dir=asc":            "img-0,img-2,img-4,img-6",
-		"?os_distro=hyperos&sort=name:desc":                        "img-5,img-3,img-1",
-		"?name=img-3":                                               "img-3",
-		"?name=in:img-1,img-2&sort_key=name&sort_dir=asc":          "img-1,img-2",
-		"?status=active":                                            "img-0",
-		"?size_min=1":                                               "img-0",
-		"?size_max=10":                                              "",
+		"?os_distro=superos&sort_key=name&sort_dir=asc":   "img-0,img-2,img-4,img-6",
+		"?os_distro=hyperos&sort=name:desc":               "img-5,img-3,img-1",
+		"?name=img-3":                                     "img-3",
+		"?name=in:img-1,img-2&sort_key=name&sort_dir=asc": "img-1,img-2",
+		"?status=active":                                  "img-0",
+		"?size_min=1":                                     "img-0",
+		"?size_max=10":                                    "",
 		"?owner=alice&os_distro=hyperos&sort_key=name&sort_dir=asc": "img-1,img-3,img-5",
-		"?owner=bob":                                                "",
-		"?visibility=public":                                        "",
+		"?owner=bob":         "",
+		"?visibility=public": "",
 	} {
 		if got, _ := names(q); strings.Join(got, ",") != want {
 			t.Errorf("%s: %v, want %s", q, got, want)

@@ -24,24 +24,63 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Write(b)
 }
 
-// writeError answers with an error as Glance's (webob's) error pages do:
-// JSON {"message", "code", "title"} to a client that accepts JSON and not
-// HTML (the openstack CLI, the SDK), else plain text "STATUS\n\nMESSAGE".
-// r may be nil (plain text).
+// writeError answers with an error as Glance's error pages do (webob's
+// HTTPException): HTML to a client that accepts it or says nothing (the
+// openstack CLI shows its text), JSON {"message", "code", "title"} to one
+// that prefers JSON, else plain text "STATUS\n\nMESSAGE". r may be nil
+// (HTML).
 func writeError(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
-	if r != nil {
-		accept := r.Header.Get("Accept")
-		if strings.Contains(accept, "application/json") && !strings.Contains(accept, "text/html") {
-			writeJSON(w, code, map[string]string{"message": msg + "<br /><br />\n\n\n", "code": status, "title": http.StatusText(code)})
-			return
-		}
+	var ctype, body string
+	switch errorFormat(r) {
+	case "json":
+		writeJSON(w, code, map[string]string{"message": msg + "<br /><br />\n\n", "code": status, "title": http.StatusText(code)})
+		return
+	case "html":
+		ctype = "text/html; charset=UTF-8"
+		body = "<html>\n <head>\n  <title>" + status + "</title>\n </head>\n <body>\n  <h1>" + status +
+			"</h1>\n  " + htmlText.Replace(msg) + "<br /><br />\n\n\n\n </body>\n</html>"
+	default:
+		ctype = "text/plain; charset=UTF-8"
+		body = status + "\n\n" + msg + "\n\n\n\n"
 	}
-	body := status + "\n\n" + msg + "\n\n    "
-	w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+	w.Header().Set("Content-Type", ctype)
 	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
 	w.WriteHeader(code)
 	io.WriteString(w, body)
+}
+
+// htmlText escapes a message for an HTML error page (quotes stay
+// readable for the clients that show the page's text).
+var htmlText = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+// errorFormat is webob's choice of an error page's format by the Accept
+// header: the first of text/html and application/json the client
+// accepts (any, with no header or */*), else plain text.
+func errorFormat(r *http.Request) string {
+	if r == nil || r.Header.Get("Accept") == "" {
+		return "html"
+	}
+	htmlOK, jsonOK := false, false
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0") && !strings.Contains(params, "q=0.") {
+			continue
+		}
+		switch strings.TrimSpace(mt) {
+		case "*/*", "text/*", "text/html":
+			htmlOK = true
+		case "application/*", "application/json":
+			jsonOK = true
+		}
+	}
+	switch {
+	case htmlOK:
+		return "html"
+	case jsonOK:
+		return "json"
+	}
+	return "plain"
 }
 
 // readJSON decodes r's body (at most MaxBodyBytes) into v. It answers
