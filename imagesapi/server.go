@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imagefs/imagefs/store"
@@ -66,6 +67,7 @@ type Server struct {
 	log      *slog.Logger
 	projects map[uint32]string // uid -> project, for the owner field
 	mux      *http.ServeMux
+	inflight sync.WaitGroup // requests being served (Wait)
 }
 
 // New returns the API server of st. Errors: an unknown Auth mode, two
@@ -93,6 +95,25 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	}
 	s.routes()
 	return s, nil
+}
+
+// Wait waits until every request being served has returned, at most d;
+// it reports whether they all did. After http.Server.Shutdown or Close
+// (which do not wait for handlers of cut connections), and before the
+// store closes: an upload cut off by the stop aborts (its image queued
+// again) while the store is still open.
+func (s *Server) Wait(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // CheckListen refuses an address the auth mode may not listen on: noauth
@@ -151,6 +172,8 @@ func (s *Server) routes() {
 // ServeHTTP serves one request: Glance's 404 for an unknown path, 405
 // (with Allow) for a known path with another method.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.inflight.Add(1)
+	defer s.inflight.Done()
 	_, pattern := s.mux.Handler(r)
 	if pattern == "" {
 		rec := &statusOnly{ResponseWriter: w, r: r}

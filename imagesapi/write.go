@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -319,7 +320,8 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	buf := make([]byte, 1<<20)
+	buf := uploadBufs.Get().(*[]byte)
+	defer uploadBufs.Put(buf)
 	var off int64
 	abort := func(code int, msg string) {
 		if err := s.st.AbortWriter(u, msg); err != nil {
@@ -329,13 +331,13 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, code, msg)
 	}
 	for {
-		n, rerr := fill(r.Body, buf)
+		n, rerr := fill(r.Body, *buf)
 		if n > 0 {
 			if off+int64(n) > capBytes {
 				abort(http.StatusRequestEntityTooLarge, fmt.Sprintf("Denying attempt to upload image larger than %d bytes.", capBytes))
 				return
 			}
-			if _, err := u.WriteAt(buf[:n], off); err != nil {
+			if _, err := u.WriteAt((*buf)[:n], off); err != nil {
 				code := storeStatus(err)
 				if errors.Is(err, store.ErrNoSpace) || strings.Contains(err.Error(), "no space") {
 					code = http.StatusRequestEntityTooLarge
@@ -367,6 +369,9 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// uploadBufs are the 1 MiB buffers of uploads in progress.
+var uploadBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // fill reads r until buf is full, the body ends (io.EOF, with what came
 // before it) or fails.

@@ -94,6 +94,7 @@ func (c *mountConfig) checkAPI() error {
 // apiServer is the running Images API of a mount.
 type apiServer struct {
 	ln  net.Listener
+	h   *imagesapi.Server
 	srv *http.Server
 }
 
@@ -119,7 +120,7 @@ func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &apiServer{ln: ln, srv: imagesapi.NewHTTPServer(h)}
+	s := &apiServer{ln: ln, h: h, srv: imagesapi.NewHTTPServer(h)}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("images API stopped", "err", err)
@@ -129,14 +130,18 @@ func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger)
 	return s, nil
 }
 
-// stop closes the listener and waits up to 5 s for requests in flight (an
-// upload cut off then is aborted: its image is queued again), then closes
-// what is left.
+// stop closes the listener and waits up to 5 s for requests in flight,
+// then cuts the connections left (an upload cut off is aborted: its image
+// is queued again) and waits up to 10 s more for their handlers, so the
+// store closes after them.
 func (s *apiServer) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.srv.Shutdown(ctx); err != nil {
 		s.srv.Close()
+	}
+	if !s.h.Wait(10 * time.Second) {
+		slog.Error("images API: requests still running 15 s after the stop; closing the store under them")
 	}
 	slog.Info("images API stopped")
 }
