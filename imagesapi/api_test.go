@@ -138,7 +138,7 @@ func TestVersionsHealthAndUnknown(t *testing.T) {
 		Versions []struct{ ID, Status string }
 	}
 	json.Unmarshal(b, &v)
-	if len(v.Versions) == 0 || v.Versions[0].ID != "v2.16" || v.Versions[0].Status != "CURRENT" {
+	if len(v.Versions) == 0 || v.Versions[0].ID != "v2.15" || v.Versions[0].Status != "CURRENT" {
 		t.Fatalf("versions: %+v", v)
 	}
 	if code, _, _ := e.do("", "GET", "/versions", "", nil); code != 200 {
@@ -520,8 +520,12 @@ func TestListFiltersAndPaging(t *testing.T) {
 		"?size_min=1":                                     "img-0",
 		"?size_max=10":                                    "",
 		"?owner=alice&os_distro=hyperos&sort_key=name&sort_dir=asc": "img-1,img-3,img-5",
-		"?owner=bob":         "",
-		"?visibility=public": "",
+		"?owner=bob":             "",
+		"?visibility=public":     "",
+		"?os_hidden=true":        "",
+		"?member_status=pending": "",
+		"?tag=x":                 "",
+		"?os_hidden=false&member_status=all&name=img-2": "img-2",
 	} {
 		if got, _ := names(q); strings.Join(got, ",") != want {
 			t.Errorf("%s: %v, want %s", q, got, want)
@@ -545,7 +549,7 @@ func TestListFiltersAndPaging(t *testing.T) {
 	if got, _ := names(""); len(got) != 7 {
 		t.Fatalf("default list: %v", got)
 	}
-	for _, q := range []string{"?limit=-1", "?sort_key=nope", "?sort_dir=up", "?marker=6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", "?visibility=nope", "?size_min=x"} {
+	for _, q := range []string{"?limit=-1", "?sort_key=nope", "?sort_dir=up", "?marker=6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", "?visibility=nope", "?size_min=x", "?os_hidden=maybe", "?member_status=x"} {
 		if code, _, b := e.do("alice", "GET", "/v2/images"+q, "", nil); code != 400 {
 			t.Errorf("%s: %d, want 400: %s", q, code, b)
 		}

@@ -89,6 +89,28 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			*p.v = n
 		}
 	}
+	// No image is hidden (os_hidden) and every membership is accepted
+	// (the mount's members property): those filters keep all or none.
+	if v := q.Get("os_hidden"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(fmt.Sprintf("Invalid value for os_hidden: %s", v))
+			return
+		}
+		if b {
+			writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
+			return
+		}
+	}
+	switch v := q.Get("member_status"); v {
+	case "", "accepted", "all":
+	case "pending", "rejected":
+		writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
+		return
+	default:
+		bad(fmt.Sprintf("Invalid status value: %s", v))
+		return
+	}
 	// Property filters: every other key but the paging and sorting ones.
 	type filter struct {
 		key    string

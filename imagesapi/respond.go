@@ -163,14 +163,16 @@ func (s *Server) versions(code int) http.HandlerFunc {
 		if r.TLS != nil {
 			href = "https://" + r.Host + "/v2/"
 		}
+		// Glance's list without an image cache and without multiple
+		// stores (neither is served here): 2.15 current, 2.9, 2.7 to 2.0.
 		var vs []map[string]any
-		for minor := 16; minor >= 0; minor-- {
+		for i, v := range []string{"2.15", "2.9", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0"} {
 			status := "SUPPORTED"
-			if minor == 16 {
+			if i == 0 {
 				status = "CURRENT"
 			}
 			vs = append(vs, map[string]any{
-				"id": fmt.Sprintf("v2.%d", minor), "status": status,
+				"id": "v" + v, "status": status,
 				"links": []map[string]string{{"rel": "self", "href": href}},
 			})
 		}
