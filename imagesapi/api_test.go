@@ -39,14 +39,17 @@ type env struct {
 }
 
 // Projects of the tests: alice (uid 1000), bob (uid 2000).
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvCap(t, 0) }
+
+// newEnvCap is newEnv with an image size cap (0: the default).
+func newEnvCap(t *testing.T, sizeCap int64) *env {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(dir, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(st, Options{Auth: AuthNoAuth, Projects: map[string]uint32{"alice": 1000, "bob": 2000}})
+	h, err := New(st, Options{Auth: AuthNoAuth, Projects: map[string]uint32{"alice": 1000, "bob": 2000}, ImageSizeCap: sizeCap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,5 +564,47 @@ func TestCheckListen(t *testing.T) {
 		if err := CheckListen(addr, AuthNoAuth); (err == nil) != ok {
 			t.Errorf("CheckListen(%s): %v", addr, err)
 		}
+	}
+}
+
+// TestBounds: headers past MaxHeaderBytes, an upload past the size cap
+// (declared or sent chunked): refused, the image stays queued.
+func TestBounds(t *testing.T) {
+	e := newEnvCap(t, 2<<20)
+	code, _, _ := e.do("alice", "GET", "/v2/images", "", nil, "X-Big", strings.Repeat("x", MaxHeaderBytes+8192))
+	if code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("huge header: %d, want 431", code)
+	}
+	id := e.create("alice", map[string]any{"name": "capped"})
+	data := testutil.FixedVHD(t, 3<<20)
+	if code, b := e.put("alice", id, data); code != 413 {
+		t.Fatalf("upload over the cap: %d %s", code, b)
+	}
+	// Chunked: no length declared; the cap stops it mid-body.
+	req, _ := http.NewRequest("PUT", e.url+"/v2/images/"+id+"/file", io.MultiReader(bytes.NewReader(data)))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Tenant-Id", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 413 {
+			t.Fatalf("chunked upload over the cap: %d", resp.StatusCode)
+		}
+	}
+	if st := e.st.Get(id).Status; st != store.StatusQueued {
+		t.Fatalf("status %s after refused uploads, want queued", st)
+	}
+	// Chunked within the cap: sealed.
+	small := testutil.FixedVHD(t, 1<<20)
+	req, _ = http.NewRequest("PUT", e.url+"/v2/images/"+id+"/file", io.MultiReader(bytes.NewReader(small)))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Tenant-Id", "alice")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 204 || e.st.Get(id).Status != store.StatusActive || e.st.Get(id).Size != int64(len(small)) {
+		t.Fatalf("chunked upload: %d, %+v", resp.StatusCode, e.st.Get(id))
 	}
 }

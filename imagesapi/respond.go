@@ -1,6 +1,7 @@
 package imagesapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,9 +15,14 @@ import (
 
 // writeJSON answers with v as JSON.
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // as Python's json: <, > and & as they are
+	b := buf.Bytes()
+	if err := enc.Encode(v); err != nil {
 		code, b = http.StatusInternalServerError, []byte(`{"message": "encoding the response failed"}`)
+	} else {
+		b = bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	}
 	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
 	w.Header().Set("Content-Length", fmt.Sprint(len(b)))

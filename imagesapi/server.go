@@ -34,7 +34,8 @@ const (
 	// MaxBodyBytes bounds a JSON request body (oslo's sizelimit default,
 	// max_request_body_size 114688 bytes); larger is 413.
 	MaxBodyBytes = 114688
-	// MaxHeaderBytes bounds the request line and headers together
+	// MaxHeaderBytes bounds the request line and headers together (Go's
+	// server allows 4 KiB more); more is 431
 	// (Glance's max_header_line is 16384 per line).
 	MaxHeaderBytes = 64 << 10
 	// DefaultImageSizeCap is Glance's image_size_cap (1 TiB): a larger
