@@ -20,7 +20,7 @@ import (
 // --api-project, and their -o forms).
 type apiConfig struct {
 	listen   string            // HOST:PORT; "" serves no API
-	auth     string            // noauth (the only mode for now)
+	auth     string            // noauth (the only mode for now); "" means noauth
 	projects map[string]uint32 // project id -> uid
 }
 
@@ -84,6 +84,9 @@ func (c *mountConfig) applyAPIOption(key, val string, hasVal bool) (ok bool, err
 func (c *mountConfig) checkAPI() error {
 	if c.api.listen == "" {
 		return nil
+	}
+	if c.api.auth == "" {
+		c.api.auth = imagesapi.AuthNoAuth
 	}
 	if c.api.auth != imagesapi.AuthNoAuth {
 		return fmt.Errorf("api auth %q: only noauth is supported for now (Keystone token validation is not built yet)", c.api.auth)

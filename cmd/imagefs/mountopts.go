@@ -42,8 +42,7 @@ type mountConfig struct {
 }
 
 func defaultMountConfig() *mountConfig {
-	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text",
-		api: apiConfig{auth: "noauth"}}
+	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text"}
 }
 
 // optionsHelp documents the -o options (mount --help, imagefs --help).
