@@ -33,8 +33,8 @@ const apiOptionsHelp = `  api_listen=ADDR       serve the Images API v2 (Glance'
 // apiFlags adds the API's flags to fl.
 func apiFlags(fl *pflag.FlagSet, c *mountConfig) {
 	fl.StringVar(&c.api.listen, "api-listen", "", "serve the Images API v2 (as Glance) at http://`ADDR` (loopback with noauth, e.g. 127.0.0.1:9292); default: no API")
-	fl.StringVar(&c.api.auth, "api-auth", imagesapi.AuthNoAuth, "the API's identity `MODE`: noauth (trusts X-Tenant-Id and X-Roles; loopback only). Keystone is not supported yet")
-	fl.Var(projectsValue{&c.api}, "api-project", "map the API's project `ID=UID` to the uid owning its images on the mount (repeatable); unmapped projects see public images only")
+	fl.StringVar(&c.api.auth, "api-auth", imagesapi.AuthNoAuth, "the API's identity `MODE`: noauth (as Glance's: a request without identity headers is the admin; X-Tenant-Id and X-Roles are trusted; loopback only). Keystone is not supported yet")
+	fl.Var(projectsValue{&c.api}, "api-project", "`ID=UID`: the API's project ID is uid UID, the owner of its images on the mount (repeatable); unmapped projects see public images only")
 }
 
 // projectsValue is the repeatable --api-project ID=UID flag.
