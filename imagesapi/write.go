@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"slices"
@@ -26,13 +27,9 @@ func mayWrite(w http.ResponseWriter, r *http.Request, c store.Caller, project st
 	return true
 }
 
-// setting is one attribute to set, as the store's key and value.
-type setting struct{ key, value string }
-
 // create is POST /v2/images: an image record (status queued) with the
-// attributes given, all or nothing: every attribute is checked before
-// the image is created, and an image whose attributes fail to commit is
-// deleted again.
+// attributes given, created in one commit with them (CreateWithID), so a
+// refused attribute leaves no image behind.
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
 	if !mayWrite(w, r, c, project) {
@@ -60,83 +57,44 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		}
 		name = n
 	}
-	var sets []setting
+	var props []store.KeyValue
 	visibility, protected := "shared", "" // Glance's default visibility
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range body {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, k := range slices.Sorted(maps.Keys(body)) {
 		if k == "id" || k == "name" {
 			continue
 		}
 		v, code, msg := settable(k, body[k])
-		if code != 0 {
+		switch {
+		case code != 0:
 			writeError(w, r, code, msg)
 			return
-		}
-		switch {
 		case ignoredAtStore[k]:
 		case k == "visibility":
 			visibility = v
 		case k == "protected":
 			protected = v
 		default:
-			if err := store.ValidValue(k, v); err == nil && !store.IsCoreKey(k) {
-				err = store.ValidKey(k)
-				if err != nil {
-					s.fail(w, r, err)
-					return
-				}
-			} else if err != nil {
-				s.fail(w, r, err)
-				return
-			}
-			sets = append(sets, setting{k, v})
+			props = append(props, store.KeyValue{Key: k, Value: v})
 		}
 	}
-	sets = append(sets, setting{store.KeyVisibility, visibility})
+	props = append(props, store.KeyValue{Key: store.KeyVisibility, Value: visibility})
 	if protected != "" {
-		sets = append(sets, setting{store.KeyProtected, protected}) // last: a failed create can still delete
+		props = append(props, store.KeyValue{Key: store.KeyProtected, Value: protected})
 	}
-
 	if id == "" {
 		id = uuid.NewString()
 	}
 	if name == "" {
 		name = id // a Glance image may have no name; its directory needs one
 	}
-	im, err := s.st.CreateWithID(c, id, name)
+	// One commit: the image appears with all its attributes or not at all.
+	im, err := s.st.CreateWithID(c, id, name, props)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	for _, st := range sets {
-		if err := s.st.SetProperty(c, im.ID, st.key, st.value, store.SetAny); err != nil {
-			if derr := s.st.Delete(c, im.ID); derr != nil {
-				s.log.Error("api: deleting the image of a failed create", "id", im.ID, "err", derr)
-			}
-			s.fail(w, r, err)
-			return
-		}
-	}
-	im = s.st.Get(im.ID)
-	if im == nil {
-		writeError(w, r, http.StatusNotFound, "The image was deleted while it was being created.")
-		return
-	}
 	w.Header().Set("Location", "/v2/images/"+im.ID)
 	writeJSON(w, http.StatusCreated, s.imageJSON(im))
-}
-
-// patchOp is one operation of a JSON-Patch body.
-type patchOp struct {
-	Op    string `json:"op"`
-	Path  string `json:"path"`
-	Value any    `json:"value"`
-	has   bool
 }
 
 // Media types of Glance's PATCH.

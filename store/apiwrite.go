@@ -10,16 +10,28 @@ import (
 // the mount uses: an image created with the id its caller chose, and an
 // upload whose client went away before the end of its body.
 
+// KeyValue is one property of CreateWithID.
+type KeyValue struct{ Key, Value string }
+
 // CreateWithID is Create with the image's id chosen by the caller, as
-// Glance's POST /v2/images accepts one. id must be a UUID (any version,
-// in its canonical 36-character form, lower case). Errors: ErrInvalid
-// (id or name), ErrExists (the id or the name is taken), ErrCatalog.
-func (s *Store) CreateWithID(c Caller, id, name string) (*Image, error) {
+// Glance's POST /v2/images accepts one, and with properties (custom ones,
+// visibility, protected, min_ram, min_disk) set in the same commit, each
+// under SetProperty's rules: the image appears whole or not at all. id
+// must be a UUID in its canonical 36-character lower-case form. Errors:
+// ErrInvalid (id, name, a key or value; the name among props),
+// ErrExists (the id or the name is taken), and SetProperty's errors for
+// props (ErrImmutable, ErrNotPermitted, ErrTooBig, ErrQuota), ErrCatalog.
+func (s *Store) CreateWithID(c Caller, id, name string, props []KeyValue) (*Image, error) {
 	u, err := uuid.Parse(id)
 	if err != nil || u.String() != id {
 		return nil, fmt.Errorf("%w: image id %q is not a UUID in canonical lower-case form", ErrInvalid, id)
 	}
-	return s.create(c, id, name)
+	for _, p := range props {
+		if p.Key == KeyName {
+			return nil, fmt.Errorf("%w: the name is CreateWithID's argument, not a property", ErrInvalid)
+		}
+	}
+	return s.create(c, id, name, props)
 }
 
 // AbortWriter ends a write handle of u (in place of EndWriter) whose

@@ -11,20 +11,45 @@ func TestCreateWithID(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	c := Caller{UID: 1000, GID: 1000}
 	for _, bad := range []string{"", "x", "6C1B0B53-8D9A-4A5E-9A43-0F3C7C8A1D2E", "{6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e}", "6c1b0b538d9a4a5e9a430f3c7c8a1d2e"} {
-		if _, err := s.CreateWithID(c, bad, "a"); !errors.Is(err, ErrInvalid) {
+		if _, err := s.CreateWithID(c, bad, "a", nil); !errors.Is(err, ErrInvalid) {
 			t.Errorf("CreateWithID(%q): %v, want ErrInvalid", bad, err)
 		}
 	}
 	const id = "6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e"
-	im, err := s.CreateWithID(c, id, "a")
+	im, err := s.CreateWithID(c, id, "a", nil)
 	if err != nil || im.ID != id || im.Owner != 1000 || im.Status != StatusQueued {
 		t.Fatalf("CreateWithID: %+v, %v", im, err)
 	}
-	if _, err := s.CreateWithID(c, id, "b"); !errors.Is(err, ErrExists) {
+	if _, err := s.CreateWithID(c, id, "b", nil); !errors.Is(err, ErrExists) {
 		t.Fatalf("the same id again: %v, want ErrExists", err)
 	}
 	if s.Lookup("b") != nil || len(s.List()) != 1 {
 		t.Fatal("a refused create left an image")
+	}
+	// Properties in the same commit, under SetProperty's rules: a refused
+	// one leaves no image.
+	const id2 = "0b6c2f4e-3b1d-4c5e-8f7a-9d0e1f2a3b4c"
+	for _, bad := range [][]KeyValue{
+		{{"os_distro", "x"}, {KeyVisibility, "public"}}, // only root publicizes
+		{{KeyStatus, "active"}},
+		{{"vhd_type", "x"}},
+		{{KeyMinRAM, "-1"}},
+		{{KeyName, "other"}},
+		{{"k/ey", "x"}},
+	} {
+		if _, err := s.CreateWithID(c, id2, "c", bad); err == nil {
+			t.Errorf("CreateWithID with %v: accepted", bad)
+		}
+		if s.Get(id2) != nil || s.Lookup("c") != nil {
+			t.Fatalf("CreateWithID with %v left an image", bad)
+		}
+	}
+	im2, err := s.CreateWithID(c, id2, "c", []KeyValue{{"os_distro", "superos"}, {KeyVisibility, "shared"}, {KeyMinRAM, "512"}, {KeyProtected, "true"}})
+	if err != nil || im2.Extra["os_distro"] != "superos" || im2.Visibility != VisibilityShared || im2.MinRAM != 512 || !im2.Protected {
+		t.Fatalf("CreateWithID with properties: %+v, %v", im2, err)
+	}
+	if got, err := s.ViewImages(c, "os_distro", "superos"); err != nil || len(got) != 1 || got[0].ID != id2 {
+		t.Fatalf("the property index after CreateWithID: %v, %v", got, err)
 	}
 	// Survives a reopen.
 	dir := s.Dir()
