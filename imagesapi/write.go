@@ -104,9 +104,8 @@ const (
 )
 
 // update is PATCH /v2/images/{id} with a JSON-Patch of add, replace and
-// remove operations on top-level attributes. Every operation is checked
-// against the store's rules (CheckSetProperty) before the first is
-// applied, so a refused patch changes nothing.
+// remove operations on top-level attributes, applied in one commit
+// (Store.ChangeProperties): a refused patch changes nothing.
 func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -182,43 +181,30 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		}
 		steps = append(steps, step{op, key, v})
 	}
-	// Check every step against the store's rules before applying any,
-	// on the record as the steps before it leave it (a key added then
-	// replaced, or removed then added).
-	has := func(key string) bool { _, ok := im.Property(key); return ok }
+	// A replace or remove of a custom property the image does not have is
+	// 409, as in Glance (on the record as the operations before it leave
+	// it); the store applies all the operations in one commit, each under
+	// its rules, or none.
 	present := map[string]bool{}
+	var ops []store.PropertyOp
 	for _, st := range steps {
 		p, seen := present[st.key]
 		if !seen {
-			p = has(st.key)
+			_, p = im.Property(st.key)
 		}
 		if !store.IsCoreKey(st.key) && !p && st.op != "add" {
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s does not exist.", st.key))
 			return
 		}
-		var err error
-		switch {
-		case st.op == "remove" && !seen:
-			err = s.st.CheckRemoveProperty(c, im.ID, st.key)
-		case st.op == "remove":
-			err = s.st.MayWriteProperty(c, im.ID, st.key)
-		default:
-			err = s.st.CheckSetProperty(c, im.ID, st.key, st.value, store.SetAny)
-		}
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
 		present[st.key] = st.op != "remove"
+		ops = append(ops, store.PropertyOp{Key: st.key, Value: st.value, Remove: st.op == "remove"})
 	}
-	for _, st := range steps {
-		var err error
-		if st.op == "remove" {
-			err = s.st.RemoveProperty(c, im.ID, st.key)
-		} else {
-			err = s.st.SetProperty(c, im.ID, st.key, st.value, store.SetAny)
-		}
-		if err != nil {
+	if len(ops) > 0 {
+		if _, err := s.st.ChangeProperties(c, im.ID, ops); err != nil {
+			if errors.Is(err, store.ErrNotFound) && s.st.Get(im.ID) != nil {
+				writeError(w, r, http.StatusConflict, err.Error()) // a property removed meanwhile
+				return
+			}
 			s.fail(w, r, err)
 			return
 		}

@@ -2,8 +2,11 @@ package store
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/imagefs/imagefs/store/kv"
 )
 
 // What the HTTP face (imagesapi, Glance's Images API v2) needs beyond what
@@ -63,15 +66,49 @@ func (s *Store) AbortWriter(u *Upload, reason string) error {
 	return s.setStatus(u.id, StatusQueued, "")
 }
 
-// CheckRemoveProperty reports whether RemoveProperty(c, id, key) would
-// succeed, without changing anything (an API patch checks all its
-// operations before applying the first). Errors: as RemoveProperty.
-func (s *Store) CheckRemoveProperty(c Caller, id, key string) error {
+// PropertyOp is one change of ChangeProperties: set Key to Value, or
+// remove the custom property Key.
+type PropertyOp struct {
+	Key, Value string
+	Remove     bool
+}
+
+// ChangeProperties applies ops to image id in order, in one commit, each
+// under the rules of SetProperty (SetAny) or RemoveProperty on the record
+// as the ops before it leave it: all or nothing, as a Glance JSON-Patch.
+// Errors: those of SetProperty and RemoveProperty; nothing is changed.
+func (s *Store) ChangeProperties(c Caller, id string, ops []PropertyOp) (Change, error) {
+	defer s.deliver()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	im, err := s.getLocked(id)
+	ch, err := s.update(id, kv.Grows, func(im *Image) (*Image, error) {
+		if im == nil {
+			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+		}
+		next := im.clone()
+		for _, op := range ops {
+			if op.Remove {
+				if err := checkRemove(c, next, op.Key); err != nil {
+					return nil, err
+				}
+				deleteExtra(next, op.Key)
+				continue
+			}
+			if err := s.setPropertyRules(c, next, op.Key, op.Value, SetAny); err != nil {
+				return nil, err
+			}
+			applyValue(next, op.Key, op.Value)
+		}
+		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
+		if err := checkRecordSize(next); err != nil {
+			return nil, err
+		}
+		return next, nil
+	})
 	if err != nil {
-		return err
+		s.log.Warn("property changes refused", "id", id, "uid", c.UID, "err", err)
+		return Change{}, err
 	}
-	return checkRemove(c, im, key)
+	s.log.Info("properties changed", "id", id, "ops", len(ops), "uid", c.UID)
+	return ch, nil
 }

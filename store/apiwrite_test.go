@@ -99,3 +99,39 @@ func TestAbortWriter(t *testing.T) {
 		t.Fatalf("status %s after the full upload", st)
 	}
 }
+
+func TestChangeProperties(t *testing.T) {
+	s := newStore(t)
+	c := Caller{UID: 1000, GID: 1000}
+	im, err := s.Create(c, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ChangeProperties(c, im.ID, []PropertyOp{
+		{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "a", Remove: true},
+		{Key: KeyName, Value: "p2"}, {Key: KeyMinRAM, Value: "64"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Get(im.ID)
+	if _, ok := got.Extra["a"]; ok || got.Extra["b"] != "2" || got.Name != "p2" || got.MinRAM != 64 || s.Lookup("p2") == nil || s.Lookup("p") != nil {
+		t.Fatalf("after the ops: %+v", got)
+	}
+	// All or nothing: a refused op (last) leaves the earlier ones out.
+	for _, ops := range [][]PropertyOp{
+		{{Key: "c", Value: "3"}, {Key: KeyVisibility, Value: "public"}},
+		{{Key: "c", Value: "3"}, {Key: "nope", Remove: true}},
+		{{Key: "c", Value: "3"}, {Key: KeyChecksum, Value: "x"}},
+		{{Key: "c", Value: "3"}, {Key: KeyProtected, Value: "true"}, {Key: "b", Remove: true}},
+	} {
+		if _, err := s.ChangeProperties(c, im.ID, ops); err == nil {
+			t.Errorf("%v accepted", ops)
+		}
+		if after := s.Get(im.ID); after.Extra["c"] != "" || after.Protected || after.Extra["b"] != "2" {
+			t.Fatalf("refused %v changed the image: %+v", ops, after)
+		}
+	}
+	if _, err := s.ChangeProperties(Caller{UID: 2000, GID: 2000}, im.ID, []PropertyOp{{Key: "c", Value: "3"}}); !errors.Is(err, ErrPermission) {
+		t.Fatalf("another uid: %v, want ErrPermission", err)
+	}
+}
