@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,7 @@ func mountWithAPI(t *testing.T) *apiMount {
 	addr := ln.Addr().String()
 	ln.Close()
 	m := mount(t)
-	m.Args = append(m.Args, "--api-listen", addr)
+	m.Args = append(m.Args, "--api-listen", addr, "--api-project", "demo=1000")
 	m.remount()
 	return &apiMount{fsMount: m, url: "http://" + addr}
 }
@@ -153,6 +154,32 @@ func TestAPIOpenstackCLI(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s after image delete: %v", p, err)
 		}
+	}
+
+	// A project's image is its uid's on the mount, and its owner through
+	// the API; another project does not see it.
+	req, _ := http.NewRequest("POST", a.url+"/v2/images", strings.NewReader(`{"name": "demo-img", "visibility": "private", "os_distro": "demo"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Tenant-Id", "demo")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created map[string]any
+	json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || created["owner"] != "demo" {
+		t.Fatalf("create as project demo: %d %v", resp.StatusCode, created)
+	}
+	if uid := strings.TrimSpace(run(t, "stat", "-c", "%u", a.images("demo-img"))); uid != "1000" || a.prop("demo-img", "owner") != "1000" || a.prop("demo-img", "visibility") != "private" {
+		t.Fatalf("images/demo-img: owner uid %s, owner property %s", uid, a.prop("demo-img", "owner"))
+	}
+	req, _ = http.NewRequest("GET", a.url+"/v2/images/"+created["id"].(string), nil)
+	req.Header.Set("X-Tenant-Id", "other")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("another project reads demo's private image: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// The API stops with the mount.
