@@ -13,7 +13,8 @@ test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qem
 	       etcd-server:etcd etcd-client:etcdctl
 	       swift:swift-config swift-proxy:swift-proxy-server swift-account:swift-account-server
 	       swift-container:swift-container-server swift-object:swift-object-server
-	       python3-swiftclient:swift memcached:memcached curl:curl" ;;
+	       python3-swiftclient:swift memcached:memcached curl:curl
+	       python3-openstackclient:openstack" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 

@@ -547,12 +547,18 @@ func mayModify(c Caller, im *Image) error {
 // min_disk 0, not protected.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
+	return s.create(c, uuid.NewString(), name, nil)
+}
+
+// create is Create with the image's id given (a v4 UUID Create made, or
+// the one an API caller chose: CreateWithID) and properties set in the
+// same commit, each under SetProperty's rules. An id in use is ErrExists.
+func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, error) {
 	defer s.deliver()
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
 	now := s.opts.Now().UTC().Truncate(time.Second)
-	id := uuid.NewString()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Decided on the published state; on a conflict (another host took
@@ -562,12 +568,24 @@ func (s *Store) Create(c Caller, name string) (*Image, error) {
 		if _, ok := s.byName[name]; ok {
 			return nil, nil, fmt.Errorf("%w: image name %q", ErrExists, name)
 		}
+		if _, ok := s.images[id]; ok {
+			return nil, nil, fmt.Errorf("%w: image id %s", ErrExists, id)
+		}
 		next := s.nextIno
 		im = &Image{
 			ID: id, InoBase: next << inoShift, Name: name,
 			Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
 			Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
 			NextSlot: slotExtraBase,
+		}
+		for _, p := range props {
+			if err := s.setPropertyRules(c, im, p.Key, p.Value, SetAny); err != nil {
+				return nil, nil, err
+			}
+			applyValue(im, p.Key, p.Value)
+		}
+		if err := checkRecordSize(im); err != nil {
+			return nil, nil, err
 		}
 		t := s.cat.begin()
 		t.condImage(im.ID, nil)

@@ -90,6 +90,7 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.StringVar(&c.deleteDelay, "delete-delay", "", "--data swift://: remove a deleted image's objects from Swift after `DURATION` (default 10m)")
 	fl.StringVar(&c.segmentSize, "swift-segment-size", "", "--data swift://: segment size (tests)")
 	fl.MarkHidden("swift-segment-size")
+	apiFlags(fl, c)
 	fl.BoolVar(&c.debug, "debug", false, "log every FUSE request and reply (level DEBUG)")
 	fl.StringVar(&c.cpuProfile, "cpuprofile", "", "write a Go CPU profile to `FILE` until unmount (for performance work)")
 	fl.IntVar(&c.readyFD, "ready-fd", 0, "the mount helper's pipe (internal)")
@@ -205,6 +206,13 @@ func serve(c *mountConfig, ready func(error)) int {
 		ms = startMetrics(ln, m, swiftStats)
 		defer ms.stop()
 	}
+	apiLn, err := listenAPI(c)
+	if err != nil {
+		return fail(err)
+	}
+	if apiLn != nil {
+		defer apiLn.Close()
+	}
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -262,6 +270,14 @@ func serve(c *mountConfig, ready func(error)) int {
 	})
 	if err != nil {
 		return fail(fmt.Errorf("mount %s: %w", c.mountpoint, err))
+	}
+	if apiLn != nil {
+		api, err := startAPI(apiLn, st, c, lg)
+		if err != nil {
+			fsys.Unmount()
+			return fail(err)
+		}
+		defer api.stop() // before the store closes (deferred earlier)
 	}
 	slog.Info("mounted", "store", c.store, "mountpoint", c.mountpoint,
 		"read_only", c.readOnly, "allow_other", c.allowOther, "pid", os.Getpid())

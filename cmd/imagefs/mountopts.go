@@ -37,6 +37,8 @@ type mountConfig struct {
 	// directory, cache size, delete delay, segment size (hidden).
 	cacheDir, cacheSize, deleteDelay, segmentSize string
 
+	api apiConfig // the Images API (api.go)
+
 	// readyFD is the daemon child's end of the pipe to the mount helper
 	// that started it (hidden flag --ready-fd); 0 in the foreground.
 	readyFD int
@@ -69,7 +71,7 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   cache_size=SIZE       data=swift://: the cache's budget (= --cache-size)
   delete_delay=DUR      data=swift://: objects of a deleted image go after
                         DUR (= --delete-delay)
-  Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
+` + apiOptionsHelp + `  Accepted and ignored, for fstab and mount(8): defaults, auto, noauto,
   user, nouser, users, owner, group, nofail, _netdev, comment=..., x-*,
   suid, nosuid, dev, nodev, exec, atime, noatime, relatime, strictatime,
   lazytime, diratime, sync, async, dirsync, default_permissions, setuid=...,
@@ -219,6 +221,9 @@ func (c *mountConfig) applyOption(opt string) error {
 	case "allow_root":
 		return fmt.Errorf("mount option allow_root is not supported (it is libfuse's); use allow_other")
 	default:
+		if ok, err := c.applyAPIOption(key, val, hasVal); ok {
+			return err
+		}
 		if secretOptions[key] {
 			return fmt.Errorf("mount option %s= is refused: credentials go in the config file (config=FILE, mode 0600), never on a command line", key)
 		}
@@ -240,6 +245,9 @@ func (c *mountConfig) check() error {
 	}
 	if c.quota <= 0 {
 		return fmt.Errorf("property quota %d: want a positive number", c.quota)
+	}
+	if err := c.checkAPI(); err != nil {
+		return err
 	}
 	return c.checkShared()
 }

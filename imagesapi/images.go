@@ -1,0 +1,402 @@
+package imagesapi
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/imagefs/imagefs/store"
+)
+
+// readOnly are the attributes Glance refuses to set (403 "Attribute 'X'
+// is read-only."); reserved are those it refuses as reserved.
+var (
+	readOnly = map[string]bool{
+		"id": true, "status": true, "checksum": true, "os_hash_algo": true, "os_hash_value": true,
+		"size": true, "virtual_size": true, "created_at": true, "updated_at": true,
+		"self": true, "file": true, "schema": true, "direct_url": true, "owner": true,
+		"stores": true,
+	}
+	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true}
+)
+
+// image returns the image id as c sees it by id, or answers 404 as
+// Glance does for an image the caller may not see.
+func (s *Server) image(w http.ResponseWriter, r *http.Request, c store.Caller) *store.Image {
+	id := r.PathValue("id")
+	im := s.st.GetFor(c, id)
+	if im == nil {
+		writeError(w, r, http.StatusNotFound, fmt.Sprintf("No image found with ID %s", id))
+	}
+	return im
+}
+
+func (s *Server) show(w http.ResponseWriter, r *http.Request) {
+	c, _ := s.caller(r)
+	if im := s.image(w, r, c); im != nil {
+		writeJSON(w, http.StatusOK, s.imageJSON(im))
+	}
+}
+
+// list is GET /v2/images: Glance's filters (name, status, visibility,
+// owner, size_min, size_max, any other key as property=value; "in:a,b"
+// lists for name, status, visibility, owner and properties), sort_key and
+// sort_dir (comma lists) or sort=key:dir,..., limit and marker with the
+// next link.
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	c, _ := s.caller(r)
+	q := r.URL.Query()
+	bad := func(msg string) { writeError(w, r, http.StatusBadRequest, msg) }
+
+	limit := defaultLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			bad("limit param must be positive")
+			return
+		}
+		limit = min(n, maxLimit)
+	}
+	keys, dirs, err := sortSpec(q)
+	if err != nil {
+		bad(err.Error())
+		return
+	}
+
+	visibility := q.Get("visibility")
+	switch visibility {
+	case "", "all", "public", "private", "shared", "community":
+	default:
+		bad(fmt.Sprintf("Invalid visibility value: %s", visibility))
+		return
+	}
+	var sizeMin, sizeMax int64 = -1, -1
+	for _, p := range []struct {
+		name string
+		v    *int64
+	}{{"size_min", &sizeMin}, {"size_max", &sizeMax}} {
+		if v := q.Get(p.name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				bad(fmt.Sprintf("Invalid value for %s: %s", p.name, v))
+				return
+			}
+			*p.v = n
+		}
+	}
+	// No image is hidden (os_hidden) and every membership is accepted
+	// (the mount's members property): those filters keep all or none.
+	if v := q.Get("os_hidden"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(fmt.Sprintf("Invalid value for os_hidden: %s", v))
+			return
+		}
+		if b {
+			writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
+			return
+		}
+	}
+	switch v := q.Get("member_status"); v {
+	case "", "accepted", "all":
+	case "pending", "rejected":
+		writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
+		return
+	default:
+		bad(fmt.Sprintf("Invalid status value: %s", v))
+		return
+	}
+	// Property filters: every other key but the paging and sorting ones.
+	type filter struct {
+		key    string
+		values []string
+	}
+	var filters []filter
+	for k, vs := range q {
+		switch k {
+		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden":
+			continue
+		}
+		for _, v := range vs {
+			values := []string{v}
+			if rest, ok := strings.CutPrefix(v, "in:"); ok {
+				values = strings.Split(rest, ",")
+			}
+			if k == "owner" {
+				for i, o := range values {
+					if uid, ok := s.ownerUID(o); ok {
+						values[i] = strconv.FormatUint(uint64(uid), 10)
+					}
+				}
+			}
+			filters = append(filters, filter{k, values})
+		}
+	}
+
+	var images []*store.Image
+	for _, im := range s.st.List() {
+		// By default Glance lists what the caller may list (community
+		// images only the owner's); visibility=community and =all list
+		// every community image the caller may use by id.
+		reach := store.ReachList
+		if visibility == "community" || visibility == "all" {
+			reach = store.ReachID
+		}
+		if !store.Visible(c, im, reach) {
+			continue
+		}
+		if visibility != "" && visibility != "all" && string(im.Visibility) != visibility {
+			continue
+		}
+		if sizeMin >= 0 && (im.Size < 0 || im.Size < sizeMin) || sizeMax >= 0 && (im.Size < 0 || im.Size > sizeMax) {
+			continue
+		}
+		ok := true
+		for _, f := range filters {
+			v, has := im.Property(f.key)
+			if !has || !slices.Contains(f.values, v) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			images = append(images, im)
+		}
+	}
+	slices.SortStableFunc(images, func(a, b *store.Image) int {
+		for i, k := range keys {
+			if c := compareBy(a, b, k); c != 0 {
+				if dirs[i] == "desc" {
+					return -c
+				}
+				return c
+			}
+		}
+		return 0
+	})
+	if m := q.Get("marker"); m != "" {
+		i := slices.IndexFunc(images, func(im *store.Image) bool { return im.ID == m })
+		if i < 0 {
+			if s.st.GetFor(c, m) == nil {
+				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid marker. Image %s could not be found.", m))
+				return
+			}
+			images = nil // the marker is filtered out: nothing follows it
+		} else {
+			images = images[i+1:]
+		}
+	}
+	out := map[string]any{"schema": "/v2/schemas/images", "first": firstLink(r.URL)}
+	if len(images) > limit {
+		images = images[:limit]
+		if limit > 0 {
+			out["next"] = nextLink(r.URL, images[limit-1].ID)
+		}
+	}
+	list := make([]map[string]any, 0, len(images))
+	for _, im := range images {
+		list = append(list, s.imageJSON(im))
+	}
+	out["images"] = list
+	writeJSON(w, http.StatusOK, out)
+}
+
+func firstLink(u *url.URL) string {
+	q := u.Query()
+	q.Del("marker")
+	if len(q) == 0 {
+		return "/v2/images"
+	}
+	return "/v2/images?" + q.Encode()
+}
+
+func nextLink(u *url.URL, marker string) string {
+	q := u.Query()
+	q.Set("marker", marker)
+	return "/v2/images?" + q.Encode()
+}
+
+// sortKeys are the keys Glance sorts by.
+var sortKeys = map[string]bool{
+	"name": true, "status": true, "container_format": true, "disk_format": true, "size": true,
+	"id": true, "created_at": true, "updated_at": true, "visibility": true, "owner": true,
+	"min_ram": true, "min_disk": true, "virtual_size": true,
+}
+
+// sortSpec reads the sort keys and directions of q: sort_key and
+// sort_dir (comma lists), or sort=key[:dir],...; default created_at
+// desc, with id desc last, as Glance.
+func sortSpec(q url.Values) (keys, dirs []string, err error) {
+	if v := q.Get("sort"); v != "" {
+		if q.Has("sort_key") || q.Has("sort_dir") {
+			return nil, nil, errors.New("The 'sort' parameter is not allowed with 'sort_key' or 'sort_dir'.")
+		}
+		for _, part := range strings.Split(v, ",") {
+			k, d, _ := strings.Cut(strings.TrimSpace(part), ":")
+			if d == "" {
+				d = "desc"
+			}
+			keys, dirs = append(keys, k), append(dirs, d)
+		}
+	} else {
+		for _, k := range q["sort_key"] {
+			keys = append(keys, strings.Split(k, ",")...)
+		}
+		for _, d := range q["sort_dir"] {
+			dirs = append(dirs, strings.Split(d, ",")...)
+		}
+		if len(keys) == 0 {
+			keys = []string{"created_at"}
+		}
+		if len(dirs) > len(keys) {
+			return nil, nil, errors.New("Number of sort dirs does not match the number of sort keys")
+		}
+		if len(dirs) == 1 {
+			for len(dirs) < len(keys) {
+				dirs = append(dirs, dirs[0])
+			}
+		}
+		for len(dirs) < len(keys) {
+			dirs = append(dirs, "desc")
+		}
+	}
+	for i, k := range keys {
+		if !sortKeys[k] {
+			return nil, nil, fmt.Errorf("Invalid sort key: %s. It must be one of the following: %s.", k, strings.Join(slices.Sorted(func(yield func(string) bool) {
+				for k := range sortKeys {
+					if !yield(k) {
+						return
+					}
+				}
+			}), ", "))
+		}
+		if dirs[i] != "asc" && dirs[i] != "desc" {
+			return nil, nil, fmt.Errorf("Invalid sort direction: %s", dirs[i])
+		}
+	}
+	if !slices.Contains(keys, "id") {
+		keys, dirs = append(keys, "id"), append(dirs, "desc")
+	}
+	return keys, dirs, nil
+}
+
+func compareBy(a, b *store.Image, key string) int {
+	switch key {
+	case "name":
+		return cmp.Compare(a.Name, b.Name)
+	case "status":
+		return cmp.Compare(a.Status, b.Status)
+	case "size":
+		return cmp.Compare(a.Size, b.Size)
+	case "virtual_size":
+		return cmp.Compare(a.VirtualSize, b.VirtualSize)
+	case "id":
+		return cmp.Compare(a.ID, b.ID)
+	case "created_at":
+		return a.CreatedAt.Compare(b.CreatedAt)
+	case "updated_at":
+		return a.UpdatedAt.Compare(b.UpdatedAt)
+	case "visibility":
+		return cmp.Compare(a.Visibility, b.Visibility)
+	case "owner":
+		return cmp.Compare(a.Owner, b.Owner)
+	case "min_ram":
+		return cmp.Compare(a.MinRAM, b.MinRAM)
+	case "min_disk":
+		return cmp.Compare(a.MinDisk, b.MinDisk)
+	}
+	return 0 // disk_format, container_format: the same for every image
+}
+
+// settable checks one attribute of a create or a patch against Glance's
+// schema and returns its value as the store's string. It answers false
+// with Glance's status and message for a read-only, reserved or mistyped
+// attribute.
+func settable(key string, v any) (string, int, string) {
+	switch {
+	case readOnly[key]:
+		return "", http.StatusForbidden, fmt.Sprintf("Attribute '%s' is read-only.", key)
+	case reserved[key]:
+		return "", http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key)
+	case store.IsSystemKey(key) && !ignoredAtStore[key]:
+		return "", http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key)
+	}
+	schemaErr := func(want string) (string, int, string) {
+		return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type %s", jsonRepr(v), want)
+	}
+	switch key {
+	case "name":
+		s, ok := v.(string)
+		if !ok {
+			return schemaErr("'string'")
+		}
+		return s, 0, ""
+	case "min_ram", "min_disk":
+		f, ok := v.(float64)
+		if !ok || f != float64(int64(f)) {
+			return schemaErr("'integer'")
+		}
+		return strconv.FormatInt(int64(f), 10), 0, ""
+	case "protected":
+		b, ok := v.(bool)
+		if !ok {
+			return schemaErr("'boolean'")
+		}
+		return strconv.FormatBool(b), 0, ""
+	case "visibility":
+		s, ok := v.(string)
+		if !ok || store.ValidValue(store.KeyVisibility, s) != nil {
+			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['community', 'public', 'private', 'shared']", jsonRepr(v))
+		}
+		return s, 0, ""
+	case "disk_format":
+		if v != "vhd" {
+			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['vhd'] (imagefs stores VHD images only)", jsonRepr(v))
+		}
+		return "vhd", 0, ""
+	case "container_format":
+		if v != "bare" {
+			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['bare']", jsonRepr(v))
+		}
+		return "bare", 0, ""
+	case "tags":
+		if l, ok := v.([]any); ok && len(l) == 0 {
+			return "", 0, ""
+		}
+		return "", http.StatusBadRequest, "imagefs does not store image tags yet"
+	case "os_hidden":
+		if v == false {
+			return "", 0, ""
+		}
+		return "", http.StatusBadRequest, "imagefs does not hide images yet (os_hidden)"
+	}
+	s, ok := v.(string)
+	if !ok {
+		return schemaErr("'string'")
+	}
+	return s, 0, ""
+}
+
+// ignoredAtStore are attributes settable accepts that the store does not
+// keep (always vhd, bare, no tags, not hidden).
+var ignoredAtStore = map[string]bool{"disk_format": true, "container_format": true, "tags": true, "os_hidden": true}
+
+func jsonRepr(v any) string {
+	switch t := v.(type) {
+	case string:
+		return "'" + t + "'"
+	case nil:
+		return "None"
+	case bool:
+		if t {
+			return "True"
+		}
+		return "False"
+	}
+	return fmt.Sprint(v)
+}

@@ -1,0 +1,406 @@
+package imagesapi
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/imagefs/imagefs/store"
+)
+
+// mayWrite answers 403 for a caller that has no uid (a project not
+// mapped): it may read public images, nothing more.
+func mayWrite(w http.ResponseWriter, r *http.Request, c store.Caller, project string) bool {
+	if c == store.Anyone {
+		writeError(w, r, http.StatusForbidden, fmt.Sprintf("You are not authorized to complete this action: project %q is not mapped to a uid on this imagefs (--api-project)", project))
+		return false
+	}
+	return true
+}
+
+// create is POST /v2/images: an image record (status queued) with the
+// attributes given, created in one commit with them (CreateWithID), so a
+// refused attribute leaves no image behind.
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	c, project := s.caller(r)
+	if !mayWrite(w, r, c, project) {
+		return
+	}
+	var body map[string]any
+	if !readJSON(w, r, &body) {
+		return
+	}
+	if body == nil {
+		writeError(w, r, http.StatusBadRequest, "Request body must be a JSON object.")
+		return
+	}
+	id, _ := body["id"].(string)
+	if v, ok := body["id"]; ok && id == "" {
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type 'string'", jsonRepr(v)))
+		return
+	}
+	name := ""
+	if v, ok := body["name"]; ok && v != nil {
+		n, ok := v.(string)
+		if !ok {
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type 'string'", jsonRepr(v)))
+			return
+		}
+		name = n
+	}
+	var props []store.KeyValue
+	visibility, protected := "shared", "" // Glance's default visibility
+	for _, k := range slices.Sorted(maps.Keys(body)) {
+		if k == "id" || k == "name" {
+			continue
+		}
+		v, code, msg := settable(k, body[k])
+		switch {
+		case code != 0:
+			writeError(w, r, code, msg)
+			return
+		case ignoredAtStore[k]:
+		case k == "visibility":
+			visibility = v
+		case k == "protected":
+			protected = v
+		default:
+			props = append(props, store.KeyValue{Key: k, Value: v})
+		}
+	}
+	props = append(props, store.KeyValue{Key: store.KeyVisibility, Value: visibility})
+	if protected != "" {
+		props = append(props, store.KeyValue{Key: store.KeyProtected, Value: protected})
+	}
+	if id == "" {
+		id = uuid.NewString()
+	}
+	if name == "" {
+		name = id // a Glance image may have no name; its directory needs one
+	}
+	// One commit: the image appears with all its attributes or not at all.
+	im, err := s.st.CreateWithID(c, id, name, props)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v2/images/"+im.ID)
+	writeJSON(w, http.StatusCreated, s.imageJSON(im))
+}
+
+// Media types of Glance's PATCH.
+const (
+	patchV21 = "application/openstack-images-v2.1-json-patch"
+	patchV20 = "application/openstack-images-v2.0-json-patch"
+)
+
+// update is PATCH /v2/images/{id} with a JSON-Patch of add, replace and
+// remove operations on top-level attributes, applied in one commit
+// (Store.ChangeProperties): a refused patch changes nothing.
+func (s *Server) update(w http.ResponseWriter, r *http.Request) {
+	c, project := s.caller(r)
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != patchV21 && mt != patchV20 {
+		writeError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Unsupported Content-Type %q; supported: %s", r.Header.Get("Content-Type"), patchV21))
+		return
+	}
+	im := s.image(w, r, c)
+	if im == nil || !mayWrite(w, r, c, project) {
+		return
+	}
+	var raw []map[string]any
+	if !readJSON(w, r, &raw) {
+		return
+	}
+	type step struct {
+		op, key, value string
+	}
+	var steps []step
+	for _, m := range raw {
+		op, _ := m["op"].(string)
+		path, _ := m["path"].(string)
+		value, hasValue := m["value"]
+		switch op {
+		case "add", "replace", "remove":
+		default:
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace. Got %s.", jsonRepr(m["op"])))
+			return
+		}
+		if mt == patchV20 {
+			path = "/" + path
+		}
+		if !strings.HasPrefix(path, "/") || len(path) < 2 {
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s'", path))
+			return
+		}
+		parts := strings.Split(path[1:], "/")
+		key := strings.ReplaceAll(strings.ReplaceAll(parts[0], "~1", "/"), "~0", "~")
+		if len(parts) > 1 {
+			if reserved[key] {
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
+			} else {
+				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s' (imagefs has no tags or locations yet)", path))
+			}
+			return
+		}
+		if op == "remove" {
+			switch {
+			case readOnly[key]:
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is read-only.", key))
+				return
+			case reserved[key] || store.IsSystemKey(key):
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
+				return
+			case store.IsCoreKey(key) || ignoredAtStore[key]:
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Property %s may not be removed.", key))
+				return
+			}
+			steps = append(steps, step{op, key, ""})
+			continue
+		}
+		if !hasValue {
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Operation objects must contain exactly one member named \"value\" (op %s, path %s).", op, path))
+			return
+		}
+		v, code, msg := settable(key, value)
+		if code != 0 {
+			writeError(w, r, code, msg)
+			return
+		}
+		if ignoredAtStore[key] {
+			continue
+		}
+		steps = append(steps, step{op, key, v})
+	}
+	// A replace or remove of a custom property the image does not have is
+	// 409, as in Glance (on the record as the operations before it leave
+	// it); the store applies all the operations in one commit, each under
+	// its rules, or none.
+	present := map[string]bool{}
+	var ops []store.PropertyOp
+	for _, st := range steps {
+		p, seen := present[st.key]
+		if !seen {
+			_, p = im.Property(st.key)
+		}
+		if !store.IsCoreKey(st.key) && !p && st.op != "add" {
+			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s does not exist.", st.key))
+			return
+		}
+		present[st.key] = st.op != "remove"
+		ops = append(ops, store.PropertyOp{Key: st.key, Value: st.value, Remove: st.op == "remove"})
+	}
+	if len(ops) > 0 {
+		if _, err := s.st.ChangeProperties(c, im.ID, ops); err != nil {
+			if errors.Is(err, store.ErrNotFound) && s.st.Get(im.ID) != nil {
+				writeError(w, r, http.StatusConflict, err.Error()) // a property removed meanwhile
+				return
+			}
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if im = s.st.GetFor(c, im.ID); im == nil {
+		writeError(w, r, http.StatusNotFound, fmt.Sprintf("No image found with ID %s", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.imageJSON(im))
+}
+
+// delete is DELETE /v2/images/{id}: 204; a protected image is 403.
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	c, project := s.caller(r)
+	im := s.image(w, r, c)
+	if im == nil || !mayWrite(w, r, c, project) {
+		return
+	}
+	if err := s.st.Delete(c, im.ID); err != nil {
+		if errors.Is(err, store.ErrNotPermitted) && im.Protected {
+			writeError(w, r, http.StatusForbidden, fmt.Sprintf("Image %s is protected and cannot be deleted.", im.ID))
+			return
+		}
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// upload is PUT /v2/images/{id}/file: the body streams into the image's
+// upload (the staging file a cp into image.vhd writes), 1 MiB at a time;
+// the end of the body seals it as a cp's close does (the VHD inspection,
+// the hashes). A body that stops short (the client went away, fewer
+// bytes than its Content-Length, past the size cap) aborts the upload:
+// the image is queued again, never active.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	c, project := s.caller(r)
+	im := s.image(w, r, c)
+	if im == nil || !mayWrite(w, r, c, project) {
+		return
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/octet-stream" {
+		writeError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Unsupported Content-Type %q; image data is application/octet-stream", r.Header.Get("Content-Type")))
+		return
+	}
+	capBytes := s.opts.ImageSizeCap
+	if r.ContentLength > capBytes {
+		writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("Denying attempt to upload image larger than %d bytes.", capBytes))
+		return
+	}
+	u, err := s.st.OpenWrite(c, im.ID, true)
+	if err != nil {
+		if errors.Is(err, store.ErrImmutable) {
+			writeError(w, r, http.StatusConflict, fmt.Sprintf("Image status transition from %s to saving is not allowed", im.Status))
+			return
+		}
+		s.fail(w, r, err)
+		return
+	}
+	buf := uploadBufs.Get().(*[]byte)
+	defer uploadBufs.Put(buf)
+	var off int64
+	abort := func(code int, msg string) {
+		if err := s.st.AbortWriter(u, msg); err != nil {
+			s.log.Error("api: aborting an upload", "id", im.ID, "err", err)
+		}
+		s.log.Warn("api upload aborted", "id", im.ID, "bytes", off, "reason", msg)
+		writeError(w, r, code, msg)
+	}
+	for {
+		n, rerr := fill(r.Body, *buf)
+		if n > 0 {
+			if off+int64(n) > capBytes {
+				abort(http.StatusRequestEntityTooLarge, fmt.Sprintf("Denying attempt to upload image larger than %d bytes.", capBytes))
+				return
+			}
+			if _, err := u.WriteAt((*buf)[:n], off); err != nil {
+				code := storeStatus(err)
+				if errors.Is(err, store.ErrNoSpace) || strings.Contains(err.Error(), "no space") {
+					code = http.StatusRequestEntityTooLarge
+				}
+				abort(code, "Writing the image data failed: "+err.Error())
+				return
+			}
+			off += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			abort(http.StatusBadRequest, fmt.Sprintf("The image data stopped after %d bytes: %v", off, rerr))
+			return
+		}
+	}
+	cerr := s.st.CloseWriter(u)
+	if eerr := s.st.EndWriter(u); cerr == nil {
+		cerr = eerr
+	}
+	if cerr != nil {
+		if errors.Is(cerr, store.ErrRefused) {
+			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable VHD; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
+			return
+		}
+		s.fail(w, r, cerr)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// uploadBufs are the 1 MiB buffers of uploads in progress.
+var uploadBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// fill reads r until buf is full, the body ends (io.EOF, with what came
+// before it) or fails.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// download is GET /v2/images/{id}/file: the sealed data, with Range
+// (206, 416) and Content-MD5 (the checksum, on a whole-file answer);
+// 204 for an image without data, 403 for a deactivated one (but to the
+// admin).
+func (s *Server) download(w http.ResponseWriter, r *http.Request) {
+	c, _ := s.caller(r)
+	im := s.image(w, r, c)
+	if im == nil {
+		return
+	}
+	f, err := s.st.OpenRead(c, im.ID)
+	if err != nil {
+		if errors.Is(err, store.ErrPermission) {
+			switch im.Status {
+			case store.StatusDeactivated:
+				writeError(w, r, http.StatusForbidden, "The requested image has been deactivated. Image data download is forbidden.")
+				return
+			case store.StatusQueued, store.StatusSaving, store.StatusKilled:
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		s.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if im.Checksum != "" && r.Header.Get("Range") == "" && r.Header.Get("Content-Range") == "" {
+		w.Header().Set("Content-MD5", im.Checksum)
+	}
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// action is deactivate or reactivate: an admin's status change from
+// `from` to `to` (the store's rule), 204; already there: 204.
+func (s *Server) action(from, to store.Status, verb string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, _ := s.caller(r)
+		im := s.image(w, r, c)
+		if im == nil {
+			return
+		}
+		var err error
+		switch im.Status {
+		case to:
+			err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus) // root only: a no-op
+		case from:
+			err = s.st.SetProperty(c, im.ID, store.KeyStatus, string(to), store.SetAny)
+		default:
+			if err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus); err == nil || c.IsRoot() {
+				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Not allowed to %s image in status '%s'", verb, im.Status))
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, store.ErrImmutable) || errors.Is(err, store.ErrNotPermitted) {
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("You are not authorized to complete %s_image action.", verb))
+				return
+			}
+			s.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) {
+	s.action(store.StatusActive, store.StatusDeactivated, "deactivate")(w, r)
+}
+
+func (s *Server) reactivate(w http.ResponseWriter, r *http.Request) {
+	s.action(store.StatusDeactivated, store.StatusActive, "reactivate")(w, r)
+}
