@@ -55,8 +55,12 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 
 	limit := defaultLimit
 	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			bad("limit param must be an integer")
+			return
+		}
+		if n < 0 {
 			bad("limit param must be positive")
 			return
 		}
@@ -108,7 +112,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
 		return
 	default:
-		bad(fmt.Sprintf("Invalid status value: %s", v))
+		bad(fmt.Sprintf("Invalid status: %s", v))
 		return
 	}
 	// Property filters: every other key but the paging and sorting ones.
@@ -183,7 +187,13 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		i := slices.IndexFunc(images, func(im *store.Image) bool { return im.ID == m })
 		if i < 0 {
 			if s.st.GetFor(c, m) == nil {
-				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid marker. Image %s could not be found.", m))
+				// As Glance's image_get_all: 403 for an image the caller
+				// may not see, 400 for none.
+				if s.st.Get(m) != nil {
+					writeError(w, r, http.StatusForbidden, fmt.Sprintf("Forbidding request, image %s not visible", m))
+				} else {
+					writeError(w, r, http.StatusBadRequest, fmt.Sprintf("No image found with ID %s", m))
+				}
 				return
 			}
 			images = nil // the marker is filtered out: nothing follows it
@@ -221,12 +231,9 @@ func nextLink(u *url.URL, marker string) string {
 	return "/v2/images?" + q.Encode()
 }
 
-// sortKeys are the keys Glance sorts by.
-var sortKeys = map[string]bool{
-	"name": true, "status": true, "container_format": true, "disk_format": true, "size": true,
-	"id": true, "created_at": true, "updated_at": true, "visibility": true, "owner": true,
-	"min_ram": true, "min_disk": true, "virtual_size": true,
-}
+// sortKeys are the keys Glance sorts by (its _available_sort_keys, in
+// its order: the order of its error message).
+var sortKeys = []string{"name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at"}
 
 // sortSpec reads the sort keys and directions of q: sort_key and
 // sort_dir (comma lists), or sort=key[:dir],...; default created_at
@@ -234,7 +241,7 @@ var sortKeys = map[string]bool{
 func sortSpec(q url.Values) (keys, dirs []string, err error) {
 	if v := q.Get("sort"); v != "" {
 		if q.Has("sort_key") || q.Has("sort_dir") {
-			return nil, nil, errors.New("The 'sort' parameter is not allowed with 'sort_key' or 'sort_dir'.")
+			return nil, nil, errors.New("Old and new sorting syntax cannot be combined")
 		}
 		for _, part := range strings.Split(v, ",") {
 			k, d, _ := strings.Cut(strings.TrimSpace(part), ":")
@@ -253,7 +260,7 @@ func sortSpec(q url.Values) (keys, dirs []string, err error) {
 		if len(keys) == 0 {
 			keys = []string{"created_at"}
 		}
-		if len(dirs) > len(keys) {
+		if len(dirs) > 1 && len(dirs) != len(keys) {
 			return nil, nil, errors.New("Number of sort dirs does not match the number of sort keys")
 		}
 		if len(dirs) == 1 {
@@ -266,14 +273,8 @@ func sortSpec(q url.Values) (keys, dirs []string, err error) {
 		}
 	}
 	for i, k := range keys {
-		if !sortKeys[k] {
-			return nil, nil, fmt.Errorf("Invalid sort key: %s. It must be one of the following: %s.", k, strings.Join(slices.Sorted(func(yield func(string) bool) {
-				for k := range sortKeys {
-					if !yield(k) {
-						return
-					}
-				}
-			}), ", "))
+		if !slices.Contains(sortKeys, k) {
+			return nil, nil, fmt.Errorf("Invalid sort key: %s. It must be one of the following: %s.", k, strings.Join(sortKeys, ", "))
 		}
 		if dirs[i] != "asc" && dirs[i] != "desc" {
 			return nil, nil, fmt.Errorf("Invalid sort direction: %s", dirs[i])

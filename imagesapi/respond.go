@@ -89,29 +89,43 @@ func errorFormat(r *http.Request) string {
 	return "plain"
 }
 
-// readJSON decodes r's body (at most MaxBodyBytes) into v. It answers
-// and returns false on a wrong size or malformed JSON, as Glance does
-// (413, 400).
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+// readJSON reads r's body (at most MaxBodyBytes) as Glance's
+// JSONRequestDeserializer does and returns it decoded (a
+// map[string]any or a []any). It answers and returns false as Glance
+// does: 413 when too large; 400 "Body expected in request." with no
+// body (Content-Length 0, not chunked), "Malformed JSON in request
+// body." when it is not JSON, "Unexpected body type. Expected
+// list/dict." for a JSON scalar. The Content-Type is not looked at (as
+// Glance: a create's body is JSON whatever its media type says).
+func readJSON(w http.ResponseWriter, r *http.Request) (any, bool) {
 	if r.ContentLength > MaxBodyBytes {
 		writeError(w, r, http.StatusRequestEntityTooLarge, "Request is too large.")
-		return false
+		return nil, false
 	}
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
 		writeError(w, r, http.StatusRequestEntityTooLarge, "Request is too large.")
-		return false
+		return nil, false
 	case err != nil:
 		writeError(w, r, http.StatusBadRequest, "Could not read the request body: "+err.Error())
-		return false
+		return nil, false
+	case len(b) == 0 && len(r.TransferEncoding) == 0:
+		writeError(w, r, http.StatusBadRequest, "Body expected in request.")
+		return nil, false
 	}
-	if err := json.Unmarshal(b, v); err != nil {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
 		writeError(w, r, http.StatusBadRequest, "Malformed JSON in request body.")
-		return false
+		return nil, false
 	}
-	return true
+	switch v.(type) {
+	case map[string]any, []any:
+		return v, true
+	}
+	writeError(w, r, http.StatusBadRequest, "Unexpected body type. Expected list/dict.")
+	return nil, false
 }
 
 // glanceTime is Glance's timestamp format: UTC, seconds, Z.

@@ -35,12 +35,13 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if !mayWrite(w, r, c, project) {
 		return
 	}
-	var body map[string]any
-	if !readJSON(w, r, &body) {
+	v, ok := readJSON(w, r)
+	if !ok {
 		return
 	}
-	if body == nil {
-		writeError(w, r, http.StatusBadRequest, "Request body must be a JSON object.")
+	body, ok := v.(map[string]any)
+	if !ok {
+		writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type 'object'", jsonRepr(v)))
 		return
 	}
 	id, _ := body["id"].(string)
@@ -103,6 +104,41 @@ const (
 	patchV20 = "application/openstack-images-v2.0-json-patch"
 )
 
+// patchOp is the operation and path of the JSON-Patch operation m, as
+// Glance reads them: v2.1 (draft 10) {"op": OP, "path": PATH}, v2.0
+// (draft 4) {OP: PATH}; or Glance's message for a malformed one.
+func patchOp(m map[string]any, mt string) (op, path, msg string) {
+	if mt == patchV20 {
+		for _, k := range []string{"add", "remove", "replace"} {
+			if _, ok := m[k]; ok {
+				if op != "" {
+					return "", "", `Operation objects must contain only one member named "add", "remove", or "replace".`
+				}
+				op = k
+			}
+		}
+		if op == "" {
+			return "", "", `Operation objects must contain exactly one member named "add", "remove", or "replace".`
+		}
+		path, _ = m[op].(string)
+		return op, path, ""
+	}
+	switch v := m["op"]; v {
+	case "add", "replace", "remove":
+		op = v.(string)
+	case nil:
+		return "", "", "Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace."
+	default:
+		return "", "", fmt.Sprintf("Invalid operation: `%v`. It must be one of the following: add, remove, replace.", v)
+	}
+	p, ok := m["path"]
+	if !ok {
+		return "", "", "Unable to find 'path' in JSON Schema change"
+	}
+	path, _ = p.(string)
+	return op, path, ""
+}
+
 // update is PATCH /v2/images/{id} with a JSON-Patch of add, replace and
 // remove operations on top-level attributes, applied in one commit
 // (Store.ChangeProperties): a refused patch changes nothing.
@@ -110,34 +146,43 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != patchV21 && mt != patchV20 {
-		writeError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Unsupported Content-Type %q; supported: %s", r.Header.Get("Content-Type"), patchV21))
+		w.Header().Set("Accept-Patch", patchV20+", "+patchV21)
+		writeError(w, r, http.StatusUnsupportedMediaType, "Image PATCH expects Content-Type one of: "+patchV20+", "+patchV21)
 		return
 	}
 	im := s.image(w, r, c)
 	if im == nil || !mayWrite(w, r, c, project) {
 		return
 	}
-	var raw []map[string]any
-	if !readJSON(w, r, &raw) {
+	v, ok := readJSON(w, r)
+	if !ok {
 		return
+	}
+	list, ok := v.([]any)
+	if !ok {
+		writeError(w, r, http.StatusBadRequest, "Request body must be a JSON array of operation objects.")
+		return
+	}
+	raw := make([]map[string]any, 0, len(list))
+	for _, o := range list {
+		m, ok := o.(map[string]any)
+		if !ok {
+			writeError(w, r, http.StatusBadRequest, "Operations must be JSON objects.")
+			return
+		}
+		raw = append(raw, m)
 	}
 	type step struct {
 		op, key, value string
 	}
 	var steps []step
 	for _, m := range raw {
-		op, _ := m["op"].(string)
-		path, _ := m["path"].(string)
-		value, hasValue := m["value"]
-		switch op {
-		case "add", "replace", "remove":
-		default:
-			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace. Got %s.", jsonRepr(m["op"])))
+		op, path, msg := patchOp(m, mt)
+		if msg != "" {
+			writeError(w, r, http.StatusBadRequest, msg)
 			return
 		}
-		if mt == patchV20 {
-			path = "/" + path
-		}
+		value, hasValue := m["value"]
 		if !strings.HasPrefix(path, "/") || len(path) < 2 {
 			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s'", path))
 			return
@@ -168,7 +213,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if !hasValue {
-			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Operation objects must contain exactly one member named \"value\" (op %s, path %s).", op, path))
+			writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Operation \"%s\" requires a member named \"value\".", op))
 			return
 		}
 		v, code, msg := settable(key, value)
@@ -194,6 +239,11 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		}
 		if !store.IsCoreKey(st.key) && !p && st.op != "add" {
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s does not exist.", st.key))
+			return
+		}
+		if mt == patchV20 && st.op == "add" && (store.IsCoreKey(st.key) || p) {
+			// Glance's JSON-Patch draft 4 (v2.0): add is not replace.
+			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s already present.", st.key))
 			return
 		}
 		present[st.key] = st.op != "remove"
@@ -242,12 +292,18 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 // the image is queued again, never active.
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
-	im := s.image(w, r, c)
-	if im == nil || !mayWrite(w, r, c, project) {
+	// As Glance: the media type is checked before the image is looked up.
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/octet-stream" {
+		if r.Header.Get("Content-Type") == "" {
+			mt = "None"
+		} else if mt == "" {
+			mt = r.Header.Get("Content-Type")
+		}
+		writeError(w, r, http.StatusUnsupportedMediaType, "Invalid content type "+mt)
 		return
 	}
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/octet-stream" {
-		writeError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Unsupported Content-Type %q; image data is application/octet-stream", r.Header.Get("Content-Type")))
+	im := s.image(w, r, c)
+	if im == nil || !mayWrite(w, r, c, project) {
 		return
 	}
 	capBytes := s.opts.ImageSizeCap
