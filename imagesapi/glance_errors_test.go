@@ -75,6 +75,12 @@ func TestGlanceRequestErrors(t *testing.T) {
 		{"GET", "/v2/images?marker=6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", "", ``, 400, "No image found with ID 6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e"},
 		{"GET", "/v2/images?visibility=nope", "", ``, 400, "Invalid visibility value: nope"},
 		{"GET", "/v2/images?member_status=x", "", ``, 400, "Invalid status: x"},
+		{"GET", "/v2/images?changes-since=2026-01-01T00:00:00Z", "", ``, 400, `The "changes-since" filter is no longer available on v2.`},
+		// The body is checked before the image is looked up (Glance's
+		// deserializer runs before its controller).
+		{"PATCH", "/v2/images/6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", patchV21, `{}`, 400, "Request body must be a JSON array of operation objects."},
+		{"PATCH", "/v2/images/6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", patchV21, `[{"op":"replace","path":"/status","value":"active"}]`, 403, "Attribute 'status' is read-only."},
+		{"PATCH", "/v2/images/6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e", patchV21, `[{"op":"add","path":"/x","value":"y"}]`, 404, "No image found with ID 6c1b0b53-8d9a-4a5e-9a43-0f3c7c8a1d2e"},
 	} {
 		code, hdr, b := e.do("alice", c.method, c.path, c.ctype, []byte(c.body))
 		if code != c.code {

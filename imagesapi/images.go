@@ -72,6 +72,10 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if q.Get("changes-since") != "" {
+		bad(`The "changes-since" filter is no longer available on v2.`)
+		return
+	}
 	visibility := q.Get("visibility")
 	switch visibility {
 	case "", "all", "public", "private", "shared", "community":

@@ -150,10 +150,8 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusUnsupportedMediaType, "Image PATCH expects Content-Type one of: "+patchV20+", "+patchV21)
 		return
 	}
-	im := s.image(w, r, c)
-	if im == nil || !mayWrite(w, r, c, project) {
-		return
-	}
+	// As Glance: the body and each operation are checked (400, 403 for a
+	// read-only or reserved attribute) before the image is looked up.
 	v, ok := readJSON(w, r)
 	if !ok {
 		return
@@ -225,6 +223,10 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		steps = append(steps, step{op, key, v})
+	}
+	im := s.image(w, r, c)
+	if im == nil || !mayWrite(w, r, c, project) {
+		return
 	}
 	// A replace or remove of a custom property the image does not have is
 	// 409, as in Glance (on the record as the operations before it leave
