@@ -27,6 +27,14 @@ func tmpfsStore(t *testing.T, m *fsMount, size string) {
 		t.Fatal(err)
 	}
 	run(t, "mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", m.Store)
+	if m.catalogArgs != nil {
+		// On a shared catalog (IMAGEFS_TEST_CATALOG=etcd) the wiped store
+		// gets a fresh catalog too, as a single-host store's catalog goes
+		// with its directory: the old one's records name data that is gone
+		// (and its data directory's identity, which a mount checks).
+		m.catalogArgs = singleHostOnShared(t, filepath.Dir(m.Store), m.Store)
+		storeCatalogArgs.Store(m.Store, m.catalogArgs)
+	}
 	t.Cleanup(func() {
 		m.stop()
 		if r := execCmd("umount", m.Store); r.err != nil {
