@@ -628,3 +628,88 @@ func TestSwiftStopped(t *testing.T) {
 	waitByID(t, b, idN)
 	cmp(t, fx.Path, b.byID(idN, "image.vhd"))
 }
+
+// withoutSwiftFlags returns args without the Swift data store's flags
+// (for a mount with a directory as --data).
+func withoutSwiftFlags(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--swift-segment-size", "--delete-delay", "--cache-dir", "--cache-size":
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// A catalog is served by one data store. A catalog whose data is in a
+// shared directory (an image sealed) refuses a host mounting it with
+// --data swift://CONTAINER, naming both, before anything is written to
+// Swift; a catalog whose data is in Swift refuses a host mounting it
+// with a directory or with another container. The right store still
+// mounts.
+func TestSwiftWrongDataRefused(t *testing.T) {
+	sw := testutil.SwiftAuth(t)
+	for _, kv := range sw.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	// A directory catalog, mounted with Swift.
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 1*mib, "fixed")
+	a.mkimage("dir")
+	run(t, "cp", fx.Path, a.dataFile("dir"))
+	a.checkSealed(t, "dir", fx)
+	b.stop()
+	se := swiftEnv{sw: sw, container: "it-" + randHex(6)}
+	t.Cleanup(func() {
+		for _, c := range []string{se.container, se.container + "_segments"} {
+			se.cli("delete", c)
+		}
+	})
+	r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, "swift://"+se.container)...)
+	t.Logf("host-b mount of a directory catalog with swift://%s: %s", se.container, r)
+	if r.code != 1 || !strings.Contains(r.stderr, "not this catalog's data directory") ||
+		!strings.Contains(r.stderr, env.Data) || !strings.Contains(r.stderr, "swift://"+se.container) {
+		t.Errorf("host-b mount of a directory catalog with --data swift://%s: want exit 1 naming both stores: %s", se.container, r)
+	}
+	if objs := se.objects(t, "", ""); len(objs) != 0 {
+		t.Errorf("objects %v written to Swift by a refused mount", objs)
+	}
+	b.start()
+	cmp(t, fx.Path, b.images("dir", "image.vhd"))
+
+	// A Swift catalog, mounted with a directory or another container.
+	shosts, sse := swiftCluster(t, 2, &sw)
+	sa, sb := shosts[0], shosts[1]
+	swiftUpload(t, sa, "in-swift", fx)
+	sb.stop()
+	other := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ data, want string }{
+		{other, other},
+		{"swift://" + sse.container + "-other", "swift://" + sse.container + "-other"},
+	} {
+		args := withData(sb.Args, c.data)
+		if !strings.HasPrefix(c.data, "swift://") {
+			args = withoutSwiftFlags(args)
+		}
+		r := mountRefused(t, sb.Store, sb.Mnt, args...)
+		t.Logf("host-b mount of a Swift catalog with %s: %s", c.data, r)
+		if r.code != 1 || !strings.Contains(r.stderr, "not this catalog's data directory") ||
+			!strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, "swift://"+sse.container+" ") {
+			t.Errorf("host-b mount of a Swift catalog with --data %s: want exit 1 naming both stores: %s", c.data, r)
+		}
+	}
+	if files := vhdFiles(other); len(files) != 0 {
+		t.Errorf("%s: data files %v written by a refused mount", other, files)
+	}
+	sse.cli("delete", sse.container+"-other")
+	sb.start()
+	cmp(t, fx.Path, sb.images("in-swift", "image.vhd"))
+}
