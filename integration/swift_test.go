@@ -713,3 +713,42 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 	sb.start()
 	cmp(t, fx.Path, sb.images("in-swift", "image.vhd"))
 }
+
+// A first segment swapped for another object of its size (the same
+// bytes count, other data): Swift refuses the download (409 Conflict).
+// host-b, which has no copy, refuses the image (EIO) and logs a
+// verification failure naming the image and the host, counted in
+// imagefs_data_verify_failures_total; host-a keeps its verified copy.
+func TestSwiftSwappedSegmentRefused(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 2*mib, "fixed")
+	id := swiftUpload(t, a, "swapped-seg", fx)
+	waitByID(t, b, id)
+	segs := se.objects(t, "_segments", id+"/")
+	if len(segs) < 2 {
+		t.Fatalf("segments of %s: %v, want 2 or more", id, segs)
+	}
+	other := filepath.Join(t.TempDir(), "other")
+	data := make([]byte, mib)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(other, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := se.cli("upload", "--object-name", segs[0], se.container+"_segments", other); r.err != nil {
+		t.Fatalf("swift upload over segment %s: %s", segs[0], r)
+	}
+	if _, err := os.ReadFile(b.byID(id, "image.vhd")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("host-b: read of the image with a swapped segment: %v, want EIO", err)
+	}
+	want := `msg="image data from Swift does not match the catalog; open refused" data=swift://` + se.container + ` host=host-b id=` + id
+	if log := string(readFile(b.log)); !strings.Contains(log, want) {
+		t.Errorf("host-b: no log line %s", want)
+	}
+	if got := metric(t, b, "imagefs_data_verify_failures_total"); got != 1 {
+		t.Errorf("host-b: imagefs_data_verify_failures_total = %v, want 1", got)
+	}
+	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+}
