@@ -628,3 +628,127 @@ func TestSwiftStopped(t *testing.T) {
 	waitByID(t, b, idN)
 	cmp(t, fx.Path, b.byID(idN, "image.vhd"))
 }
+
+// withoutSwiftFlags returns args without the Swift data store's flags
+// (for a mount with a directory as --data).
+func withoutSwiftFlags(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--swift-segment-size", "--delete-delay", "--cache-dir", "--cache-size":
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// A catalog is served by one data store. A catalog whose data is in a
+// shared directory (an image sealed) refuses a host mounting it with
+// --data swift://CONTAINER, naming both, before anything is written to
+// Swift; a catalog whose data is in Swift refuses a host mounting it
+// with a directory or with another container. The right store still
+// mounts.
+func TestSwiftWrongDataRefused(t *testing.T) {
+	sw := testutil.SwiftAuth(t)
+	for _, kv := range sw.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	// A directory catalog, mounted with Swift.
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 1*mib, "fixed")
+	a.mkimage("dir")
+	run(t, "cp", fx.Path, a.dataFile("dir"))
+	a.checkSealed(t, "dir", fx)
+	b.stop()
+	se := swiftEnv{sw: sw, container: "it-" + randHex(6)}
+	t.Cleanup(func() {
+		for _, c := range []string{se.container, se.container + "_segments"} {
+			se.cli("delete", c)
+		}
+	})
+	r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, "swift://"+se.container)...)
+	t.Logf("host-b mount of a directory catalog with swift://%s: %s", se.container, r)
+	if r.code != 1 || !strings.Contains(r.stderr, "not this catalog's data directory") ||
+		!strings.Contains(r.stderr, env.Data) || !strings.Contains(r.stderr, "swift://"+se.container) {
+		t.Errorf("host-b mount of a directory catalog with --data swift://%s: want exit 1 naming both stores: %s", se.container, r)
+	}
+	if objs := se.objects(t, "", ""); len(objs) != 0 {
+		t.Errorf("objects %v written to Swift by a refused mount", objs)
+	}
+	b.start()
+	cmp(t, fx.Path, b.images("dir", "image.vhd"))
+
+	// A Swift catalog, mounted with a directory or another container.
+	shosts, sse := swiftCluster(t, 2, &sw)
+	sa, sb := shosts[0], shosts[1]
+	swiftUpload(t, sa, "in-swift", fx)
+	sb.stop()
+	other := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ data, want string }{
+		{other, other},
+		{"swift://" + sse.container + "-other", "swift://" + sse.container + "-other"},
+	} {
+		args := withData(sb.Args, c.data)
+		if !strings.HasPrefix(c.data, "swift://") {
+			args = withoutSwiftFlags(args)
+		}
+		r := mountRefused(t, sb.Store, sb.Mnt, args...)
+		t.Logf("host-b mount of a Swift catalog with %s: %s", c.data, r)
+		if r.code != 1 || !strings.Contains(r.stderr, "not this catalog's data directory") ||
+			!strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, "swift://"+sse.container+" ") {
+			t.Errorf("host-b mount of a Swift catalog with --data %s: want exit 1 naming both stores: %s", c.data, r)
+		}
+	}
+	if files := vhdFiles(other); len(files) != 0 {
+		t.Errorf("%s: data files %v written by a refused mount", other, files)
+	}
+	sse.cli("delete", sse.container+"-other")
+	sb.start()
+	cmp(t, fx.Path, sb.images("in-swift", "image.vhd"))
+}
+
+// A first segment swapped for another object of its size (the same
+// bytes count, other data): Swift refuses the download (409 Conflict).
+// host-b, which has no copy, refuses the image (EIO) and logs a
+// verification failure naming the image and the host, counted in
+// imagefs_data_verify_failures_total; host-a keeps its verified copy.
+func TestSwiftSwappedSegmentRefused(t *testing.T) {
+	hosts, se := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	fx := makeVHD(t, 2*mib, "fixed")
+	id := swiftUpload(t, a, "swapped-seg", fx)
+	waitByID(t, b, id)
+	segs := se.objects(t, "_segments", id+"/")
+	if len(segs) < 2 {
+		t.Fatalf("segments of %s: %v, want 2 or more", id, segs)
+	}
+	other := filepath.Join(t.TempDir(), "other")
+	data := make([]byte, mib)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(other, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := se.cli("upload", "--object-name", segs[0], se.container+"_segments", other); r.err != nil {
+		t.Fatalf("swift upload over segment %s: %s", segs[0], r)
+	}
+	if _, err := os.ReadFile(b.byID(id, "image.vhd")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("host-b: read of the image with a swapped segment: %v, want EIO", err)
+	}
+	want := `msg="image data from Swift does not match the catalog; open refused" data=swift://` + se.container + ` host=host-b id=` + id
+	if log := string(readFile(b.log)); !strings.Contains(log, want) {
+		t.Errorf("host-b: no log line %s", want)
+	}
+	if got := metric(t, b, "imagefs_data_verify_failures_total"); got != 1 {
+		t.Errorf("host-b: imagefs_data_verify_failures_total = %v, want 1", got)
+	}
+	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+}

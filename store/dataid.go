@@ -29,11 +29,16 @@ import (
 // file is missing or holds another id. A catalog without image records
 // takes the data directory it is given (its first mount; or a data
 // directory set up again while the catalog holds nothing), unless the
-// host that recorded the current one is mounted now.
+// host that recorded the current one is mounted now. Sealed data in
+// Swift (--data swift://CONTAINER) is recorded the same way, its identity
+// being swift://CONTAINER (no object is written): a catalog is served by
+// one data store only, never by a directory on some hosts and Swift on
+// others.
 
 // DataIdentity is implemented by a DataBackend that can carry the
 // identity of a shared catalog's data storage (the local backend: a file
-// in its directory). A backend without it is not checked.
+// in its directory; swiftdata: its container's name, swift://CONTAINER).
+// A backend without it is not checked.
 type DataIdentity interface {
 	// DataID returns the identity recorded in the storage ("" when it
 	// has none). Errors: reading it failed.
@@ -42,7 +47,8 @@ type DataIdentity interface {
 	// already, and returns the identity it holds afterwards (id, or the
 	// one found: two hosts may set up one directory at once).
 	MarkDataID(id string) (string, error)
-	// DataWhere names the storage in messages (a directory).
+	// DataWhere names the storage in messages (a directory,
+	// swift://CONTAINER).
 	DataWhere() string
 }
 
@@ -171,8 +177,8 @@ func checkDataDir(c dataDirCheck) error {
 			return fmt.Errorf("%w: %s is not this catalog's data directory: it has no identity file %s; the catalog's data directory is %s. Give --data the directory every host shares (is it mounted?)",
 				ErrWrongData, where, dataIDFile, rec)
 		case p.ModRev != 0 && c.images > 0:
-			return fmt.Errorf("%w: %s is not this catalog's data directory: its identity file %s holds %s, not this catalog's identity; the catalog's data directory is %s. Give --data the directory every host shares",
-				ErrWrongData, where, dataIDFile, mark, rec)
+			return fmt.Errorf("%w: %s is not this catalog's data directory: %s, not this catalog's identity; the catalog's data directory is %s. Give --data the directory every host shares",
+				ErrWrongData, where, identityOf(di, mark), rec)
 		case p.ModRev == 0 && (len(c.sealed) > 0 || mark != ""):
 			// The catalog records no data directory yet (set up before
 			// identities, or its first record failed): a directory
@@ -187,8 +193,8 @@ func checkDataDir(c dataDirCheck) error {
 					ErrWrongData, where, len(c.sealed))
 			}
 			if !ours && n > 0 {
-				return fmt.Errorf("%w: %s is another catalog's data directory: its identity file %s holds %s and it has %d data files, none of an image of this catalog",
-					ErrWrongData, where, dataIDFile, mark, n)
+				return fmt.Errorf("%w: %s is another catalog's data directory: %s and it has %d data files, none of an image of this catalog",
+					ErrWrongData, where, identityOf(di, mark), n)
 			}
 		}
 		if p.ModRev != 0 && rec.Host != c.host {
@@ -238,6 +244,16 @@ func checkDataDir(c dataDirCheck) error {
 		}
 		return fmt.Errorf("catalog: record the data directory: %w", catalogErr(err))
 	}
+}
+
+// identityOf says what identity mark the data store di holds, for
+// messages: a data directory's identity file, or another store's own
+// (a Swift container's name).
+func identityOf(di DataIdentity, mark string) string {
+	if _, ok := di.(*localData); ok {
+		return fmt.Sprintf("its identity file %s holds %s", dataIDFile, mark)
+	}
+	return "its identity is " + mark
 }
 
 // dataFilesOf returns how many data files the data backend holds and

@@ -14,6 +14,7 @@ import (
 	"github.com/imagefs/imagefs/fs"
 	"github.com/imagefs/imagefs/internal/metrics"
 	"github.com/imagefs/imagefs/store"
+	"github.com/imagefs/imagefs/store/swiftdata"
 	"github.com/spf13/pflag"
 )
 
@@ -243,11 +244,6 @@ func serve(c *mountConfig, ready func(error)) int {
 			defer sd.Close() // after the store's (deferred later)
 			swiftStats.b.Store(sd)
 			data = sd
-			go func() { // the mount does not wait for Swift
-				if err := sd.Check(); err != nil {
-					slog.Warn("Swift does not answer: cached images are served, but opening an uncached image fails (EIO) and a seal kills its image until it does", "err", err)
-				}
-			}()
 		} else if data, err = store.NewLocalData(c.shared.Data); err != nil {
 			be.Close()
 			return fail(fmt.Errorf("data directory %s: %w", c.shared.Data, err))
@@ -263,6 +259,16 @@ func serve(c *mountConfig, ready func(error)) int {
 		return fail(fmt.Errorf("open store: %w", err))
 	}
 	defer st.Close()
+	if sd, ok := opts.Data.(*swiftdata.Backend); ok {
+		// Once the catalog took this container (store.Open checked the
+		// data store's identity), its containers are made; the mount
+		// does not wait for Swift.
+		go func() {
+			if err := sd.Check(); err != nil {
+				slog.Warn("Swift does not answer: cached images are served, but opening an uncached image fails (EIO) and a seal kills its image until it does", "err", err)
+			}
+		}()
+	}
 	fsys, err := mountFS(st, c, fs.Options{
 		AllowOther: c.allowOther, Debug: c.debug, ReadOnly: c.readOnly,
 		Source: c.source, Logger: lg, Metrics: fsMetrics, MountOptions: c.mountOpts,

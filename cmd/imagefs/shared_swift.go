@@ -33,7 +33,9 @@ const swiftHelp = `Sealed data in OpenStack Swift (--data swift://CONTAINER):
   serves it from there; a copy that does not match is moved to
   CACHE/quarantine and the open fails (EIO). Least recently opened closed
   images are evicted past --cache-size. A deleted image's objects go after
-  --delete-delay. Every Swift call waits at most its timeout (Swift down:
+  --delete-delay (for removals pending from an earlier mount too, counted
+  from their delete). The catalog records swift://CONTAINER as its data
+  store: a host given another container or a directory is refused. Every Swift call waits at most its timeout (Swift down:
   cached images are served; an uncached open fails with EIO; a seal kills
   the image with the reason).
   Credentials: the daemon's environment as for the swift CLI (ST_AUTH,

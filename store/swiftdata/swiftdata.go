@@ -14,13 +14,17 @@
 // want). One download at a time per image; other openers wait for it. A
 // download that does not match is moved to CACHE/quarantine/ and the open
 // fails (store.ErrDataStore, EIO at the filesystem), with a log line and a
-// counter. Past Config.CacheSize, the least recently opened copies that no
+// counter; so does one Swift refuses because the first segment does not
+// match the manifest (409 Conflict), with nothing to quarantine. A later
+// segment that does not match cuts the download short in Swift: a failed
+// download (counted as such), indistinguishable from a broken connection. Past Config.CacheSize, the least recently opened copies that no
 // file of this process has open are removed.
 //
 // Remove is delayed (Config.DeleteDelay): the copy leaves the cache at
 // once, the objects after the delay, so that hosts still downloading the
-// image finish; the pending deletions are kept in CACHE/deletes/ and
-// resumed by the next New.
+// image finish; the pending deletions are kept in CACHE/deletes/ (with
+// the time of their Remove) and resumed by the next New, due its own
+// delay after their Remove.
 //
 // Every Swift call is bounded: Config.Timeout to connect and get an
 // answer, and as the longest pause of a transfer.
@@ -80,7 +84,8 @@ type Config struct {
 	// open are never removed, so the cache may exceed it.
 	CacheSize int64
 	// DeleteDelay is how long after Remove the objects are deleted
-	// (default 10 min; negative: at once).
+	// (default 10 min; negative: at once); for the deletions a previous
+	// Backend left pending too, counted from their Remove.
 	DeleteDelay time.Duration
 	// Timeout bounds every Swift call: to connect and get an answer, and
 	// the longest pause of a transfer (default 10 s).
@@ -215,11 +220,7 @@ func New(cfg Config) (*Backend, error) {
 		if err != nil {
 			continue
 		}
-		due, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(raw)))
-		if err != nil {
-			due = time.Now()
-		}
-		b.schedule(e.Name(), time.Until(due))
+		b.schedule(e.Name(), time.Until(b.dueOf(string(raw))))
 	}
 	return b, nil
 }
@@ -546,6 +547,12 @@ func (b *Backend) download(id string, want store.Expect) (err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	obj, _, err := b.conn.ObjectOpen(ctx, b.cfg.Container, id, false, nil)
+	if se := (*swift.Error)(nil); errors.As(err, &se) && se.StatusCode == 409 {
+		// Swift's SLO answers 409 Conflict when the first segment does
+		// not match the manifest (swapped, changed or gone): the data
+		// is not the image's. Nothing came, so nothing is quarantined.
+		return b.refused(id, "Swift refused the download: its first segment does not match the manifest (409 Conflict; a segment swapped, changed or deleted)")
+	}
 	if err != nil {
 		b.log.Error("download from Swift failed", "id", id, "err", err)
 		return failure("download image "+id, err)
@@ -620,6 +627,16 @@ func (b *Backend) quarantine(id string, tmp *os.File, bad string) error {
 	b.log.Error("image data from Swift does not match the catalog; download quarantined, open refused",
 		"id", id, "mismatch", bad, "quarantined", dst)
 	return fmt.Errorf("%w: image %s: the data in Swift does not match the catalog (%s); quarantined in %s", store.ErrDataStore, id, bad, dst)
+}
+
+// refused counts and logs a download Swift refused because the image's
+// objects do not match each other (a verification failure, as a
+// quarantined download) and returns the error of the open.
+func (b *Backend) refused(id, bad string) error {
+	b.st.verifyFailures.Add(1)
+	b.log.Error("image data from Swift does not match the catalog; open refused",
+		"id", id, "mismatch", bad)
+	return fmt.Errorf("%w: image %s: the data in Swift does not match the catalog (%s)", store.ErrDataStore, id, bad)
 }
 
 // added records a new copy and evicts past the budget.
@@ -697,15 +714,37 @@ func (b *Backend) Blocks(id string) (int64, error) {
 // deletes its objects after the delete delay; the pending deletion is
 // recorded in the cache directory and survives a restart.
 func (b *Backend) Remove(id string) error {
-	due := time.Now().Add(max(b.cfg.DeleteDelay, 0))
+	rec := deletedPrefix + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
 	b.mu.Lock()
 	b.dropLocked(id)
 	b.mu.Unlock()
-	if err := os.WriteFile(filepath.Join(b.deletesDir(), id), []byte(due.UTC().Format(time.RFC3339Nano)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(b.deletesDir(), id), []byte(rec), 0o600); err != nil {
 		return err
 	}
-	b.schedule(id, time.Until(due))
+	b.schedule(id, time.Until(b.dueOf(rec)))
 	return nil
+}
+
+// deletedPrefix starts a pending deletion's record, CACHE/deletes/ID:
+// "deleted=" and the time of Remove (RFC 3339, UTC). Its objects go
+// DeleteDelay after that time, the delay of the Backend that does it:
+// a delay changed between mounts applies to the pending deletions too.
+// (A record of an older version holds the due time alone.)
+const deletedPrefix = "deleted="
+
+// dueOf returns when the pending deletion recorded as rec is due (now
+// when rec cannot be read).
+func (b *Backend) dueOf(rec string) time.Time {
+	rec = strings.TrimSpace(rec)
+	at, deleted := strings.CutPrefix(rec, deletedPrefix)
+	t, err := time.Parse(time.RFC3339Nano, at)
+	switch {
+	case err != nil:
+		return time.Now()
+	case deleted:
+		return t.Add(max(b.cfg.DeleteDelay, 0))
+	}
+	return t
 }
 
 // schedule deletes the objects of id after d (again a minute later when
@@ -773,7 +812,26 @@ func syncDir(dir string) {
 	}
 }
 
+// The identity of the data store (store.DataIdentity): a Swift
+// container's is its name, swift://CONTAINER, known without reaching
+// Swift. A shared catalog records it in meta/data-dir as it records a
+// data directory's identity file, so that it is served by one data store
+// only: a host given a directory (or another container) for a catalog
+// whose data is in this container is refused at mount, and the other
+// way round.
+
+// DataID returns swift://CONTAINER.
+func (b *Backend) DataID() (string, error) { return b.DataWhere(), nil }
+
+// MarkDataID records nothing (the identity is the container's name) and
+// returns swift://CONTAINER.
+func (b *Backend) MarkDataID(string) (string, error) { return b.DataWhere(), nil }
+
+// DataWhere returns swift://CONTAINER.
+func (b *Backend) DataWhere() string { return "swift://" + b.cfg.Container }
+
 var (
 	_ store.DataBackend  = (*Backend)(nil)
 	_ store.DataStreamer = (*Backend)(nil)
+	_ store.DataIdentity = (*Backend)(nil)
 )

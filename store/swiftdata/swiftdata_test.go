@@ -233,6 +233,37 @@ func TestMismatchQuarantined(t *testing.T) {
 	}
 }
 
+// A first segment swapped for other bytes of its size: Swift refuses the
+// download (409 Conflict), which counts as a verification failure.
+func TestSwappedFirstSegmentRefused(t *testing.T) {
+	c := conn(t)
+	ct := uniqueContainer(t, c)
+	a := newBackend(t, c, ct, nil)
+	p, _, want := staged(t, 2<<20+7)
+	if err := a.Put("img", p); err != nil {
+		t.Fatal(err)
+	}
+	segs := segmentNames(t, c, ct, "img")
+	if len(segs) != 3 {
+		t.Fatalf("segments %v, want 3", segs)
+	}
+	other := make([]byte, 1<<20)
+	rand.Read(other)
+	if err := c.ObjectPutBytes(context.Background(), ct+"_segments", segs[0], other, "application/octet-stream"); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t, c, ct, nil)
+	if f, err := b.Open("img", want); err == nil {
+		f.Close()
+		t.Fatal("open of an image whose first segment was swapped succeeded")
+	} else if !errors.Is(err, store.ErrDataStore) {
+		t.Errorf("open: %v, want ErrDataStore", err)
+	}
+	if st := b.Stats(); st.VerifyFailures != 1 || st.FetchFailures != 1 || b.Cached("img") {
+		t.Errorf("stats %+v, cached %v: want 1 verify failure, 1 fetch failure, not cached", st, b.Cached("img"))
+	}
+}
+
 // otherLastHex returns h with its last hex digit changed.
 func otherLastHex(h string) string {
 	last := "0"
@@ -287,7 +318,7 @@ func TestRemoveDelayed(t *testing.T) {
 	}
 	b.Remove("img2")
 	b.Close()
-	b2 := newBackend(t, c, ct, func(cfg *Config) { cfg.CacheDir = dir })
+	b2 := newBackend(t, c, ct, func(cfg *Config) { cfg.CacheDir = dir; cfg.DeleteDelay = time.Second })
 	deadline = time.Now().Add(15 * time.Second)
 	for b2.Stats().Deletes != 1 {
 		if time.Now().After(deadline) {
@@ -296,6 +327,29 @@ func TestRemoveDelayed(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if ids, _ := b2.List(); len(ids) != 0 {
+		t.Errorf("List after the resumed deletion = %v", ids)
+	}
+
+	// The delay is the current one: a deletion pending under a delay of
+	// an hour is done by a Backend given 1 s, one second after its
+	// Remove.
+	dir = filepath.Join(t.TempDir(), "cache")
+	b3 := newBackend(t, c, ct, func(cfg *Config) { cfg.CacheDir = dir; cfg.DeleteDelay = time.Hour })
+	p, _, _ = staged(t, 1000)
+	if err := b3.Put("img3", p); err != nil {
+		t.Fatal(err)
+	}
+	b3.Remove("img3")
+	b3.Close()
+	b4 := newBackend(t, c, ct, func(cfg *Config) { cfg.CacheDir = dir; cfg.DeleteDelay = time.Second })
+	deadline = time.Now().Add(15 * time.Second)
+	for b4.Stats().Deletes != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a deletion pending under a 1 h delay was not done 15 s after a restart with a 1 s delay: %+v", b4.Stats())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if ids, _ := b4.List(); len(ids) != 0 {
 		t.Errorf("List after the resumed deletion = %v", ids)
 	}
 }
