@@ -229,6 +229,26 @@ func (b *Backend) prepare(batch *kv.Batch) (*prepared, error) {
 	return p, nil
 }
 
+// tokenEnd is the end of the token range [tokenPrefix, tokenEnd).
+const tokenEnd = "tx0" // "/" + 1
+
+// outsideTokens splits the range [lo, hi) of a DeleteRange (hi "": to the
+// namespace's end) into the parts outside the token range: none, one or
+// two [lo, hi) pairs, hi "" still meaning the namespace's end.
+func outsideTokens(lo, hi string) [][2]string {
+	if lo >= tokenEnd || (hi != "" && hi <= tokenPrefix) {
+		return [][2]string{{lo, hi}}
+	}
+	var out [][2]string
+	if lo < tokenPrefix {
+		out = append(out, [2]string{lo, tokenPrefix})
+	}
+	if hi == "" || hi > tokenEnd {
+		out = append(out, [2]string{tokenEnd, hi})
+	}
+	return out
+}
+
 // txn returns the builder of an attempt of commit n: retry says an
 // earlier attempt's outcome is unknown (the Else branch then puts
 // .../p); cleanTo > 0 deletes the tokens of commits below it.
@@ -248,7 +268,13 @@ func (b *Backend) txn(p *prepared, lease clientv3.LeaseID, n uint64, retry bool,
 		case kv.Delete:
 			then = append(then, clientv3.OpDelete(b.ns+op.Key))
 		case kv.DeleteRange:
-			then = append(then, clientv3.OpDelete(b.ns+op.Key, clientv3.WithRange(b.end(op.End))))
+			// etcd refuses a range delete overlapping a put of the same
+			// transaction ("duplicate key given in txn request"): the
+			// commit tokens' range is left out (they are leased, and
+			// deleted by their own hosts).
+			for _, r := range outsideTokens(op.Key, op.End) {
+				then = append(then, clientv3.OpDelete(b.ns+r[0], clientv3.WithRange(b.end(r[1]))))
+			}
 		}
 	}
 	then = append(then, clientv3.OpPut(dir+"a", "", clientv3.WithLease(lease)))

@@ -773,3 +773,46 @@ func TestWrongPassword(t *testing.T) {
 		t.Fatalf("the password is in the log:\n%s", logs.String())
 	}
 }
+
+// A DeleteRange over the whole namespace (or any range holding the commit
+// tokens' tx/) commits: etcd refuses a range delete that overlaps a put of
+// the same transaction, and every commit puts its token. The keys in the
+// range go, on either side of tx/; keys outside it stay.
+func TestDeleteRangeOverTokens(t *testing.T) {
+	ns := testNS(t)
+	b := openNS(t, ns, nil)
+	for _, k := range []string{"a/1", "img/x", "ty/1", "z/1"} {
+		if _, err := b.Commit(ctx5(t), &kv.Batch{Ops: []kv.Op{put(k, "v")}}); err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+	}
+	keys := func() []string {
+		var out []string
+		if _, err := b.Scan(ctx5(t), "", "", 0, func(p kv.Pair) error { out = append(out, p.Key); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// [img/, z/): img/x and ty/1 go (tx/ lies between them), z/1 stays.
+	if _, err := b.Commit(ctx5(t), &kv.Batch{Ops: []kv.Op{{Kind: kv.DeleteRange, Key: "img/", End: "z/"}}}); err != nil {
+		t.Fatalf("delete range [img/, z/): %v", err)
+	}
+	if got := keys(); !slices.Equal(got, []string{"a/1", "z/1"}) {
+		t.Errorf("after deleting [img/, z/): %q, want [a/1 z/1]", got)
+	}
+	// The whole namespace.
+	if _, err := b.Commit(ctx5(t), &kv.Batch{Ops: []kv.Op{{Kind: kv.DeleteRange}}}); err != nil {
+		t.Fatalf("delete the namespace: %v", err)
+	}
+	if got := keys(); len(got) != 0 {
+		t.Errorf("after deleting the namespace: %q, want none", got)
+	}
+	for _, c := range []struct{ lo, hi string }{{"a", "b"}, {"a", ""}, {"tx/", "tx0"}, {"u", ""}, {"", "tx/"}, {"tx/a", "u"}} {
+		got := outsideTokens(c.lo, c.hi)
+		for _, r := range got {
+			if (r[1] == "" || r[1] > tokenPrefix) && r[0] < tokenEnd {
+				t.Errorf("outsideTokens(%q, %q) = %q: overlaps the tokens", c.lo, c.hi, got)
+			}
+		}
+	}
+}
