@@ -9,6 +9,9 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // TestSharedUmountWaitsForStore: `imagefs umount MNT && imagefs fsck
@@ -144,5 +147,75 @@ func TestSharedPropertyCreateRace(t *testing.T) {
 				t.Errorf("round %d: %s = %q, want the value of %s, whose O_EXCL creation succeeded", r, key, v, hostID(i))
 			}
 		}
+	}
+}
+
+// TestSharedMigrateDeletedInodes: a migration never gives an image the
+// inode numbers of one the catalog deleted: host-a, mounted on a fresh
+// catalog, uploads web (the catalog's first image, inode base 1), looks at
+// it and deletes it; a single-host store with legacy (base 1, with data)
+// and q (base 2) is migrated. legacy is renumbered (the report says so),
+// q keeps its numbers (base 2 was never handed out), and host-a, whose
+// kernel may still cache web's inodes, shows legacy whole: its data file,
+// properties and data.
+func TestSharedMigrateDeletedInodes(t *testing.T) {
+	hosts, env := sharedClusterArgs(t, 1)
+	a := hosts[0]
+	vhd := filepath.Join(t.TempDir(), "small.vhd")
+	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := md5sum(t, vhd)
+
+	a.mkimage("web")
+	run(t, "cp", vhd, a.dataFile("web"))
+	webIno := inode(t, a.images("web"))
+	run(t, "ls", "-lR", a.images("web")) // the kernel caches web's inodes
+	run(t, "rm", "-rf", a.images("web"))
+
+	s := singleHostStore(t)
+	s.mkimage("legacy")
+	run(t, "cp", vhd, s.dataFile("legacy"))
+	s.mkimage("q")
+	legacyIno, qIno := inode(t, s.images("legacy")), inode(t, s.images("q"))
+	s.stop()
+	if legacyIno != webIno {
+		t.Fatalf("the test needs legacy's inode (%s) to be web's (%s): each store numbers from 1", legacyIno, webIno)
+	}
+
+	r := execCmd(binary, "migrate", s.Store, "--catalog", "etcd://"+strings.Join(env.Endpoints, ","),
+		"--data", env.Data, "--config", env.Config)
+	t.Logf("migrate: %s", r)
+	if r.code != 0 {
+		t.Fatalf("migrate: want exit 0: %s", r)
+	}
+	for _, want := range []string{"renumbered: ", "(legacy)", "1 images renumbered"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("migrate: want %q in\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "(q)") {
+		t.Errorf("migrate renumbered q, whose inode base the catalog never handed out:\n%s", r.stdout)
+	}
+	eventually(t, 5*time.Second, "host-a lists legacy and q", func() bool { return lsHas(a.images(), "legacy", "q") })
+	if got := inode(t, a.images("legacy")); got == webIno {
+		t.Errorf("host-a: images/legacy has inode %s, the deleted web's", got)
+	}
+	if got := inode(t, a.images("q")); got != qIno {
+		t.Errorf("host-a: images/q has inode %s, want %s (its store's)", got, qIno)
+	}
+	if !lsHas(a.images("legacy"), "image.vhd", "properties") {
+		t.Errorf("host-a: ls images/legacy = %v, want image.vhd and properties", lsSorted(t, a.images("legacy")))
+	}
+	if got := a.prop("legacy", "name"); got != "legacy" {
+		t.Errorf("host-a: images/legacy/properties/name = %q", got)
+	}
+	if got := md5sum(t, a.dataFile("legacy")); got != sum {
+		t.Errorf("host-a: md5sum of legacy = %s, want %s", got, sum)
+	}
+	// A re-run keeps what the first run gave.
+	if r := execCmd(binary, "migrate", s.Store, "--catalog", "etcd://"+strings.Join(env.Endpoints, ","),
+		"--data", env.Data, "--config", env.Config); r.code != 0 || !strings.Contains(r.stdout, "2 images: 0 migrated, 2 already there, 0 not migrated") {
+		t.Errorf("second run of the migration: want exit 0, everything already there: %s", r)
 	}
 }
