@@ -86,11 +86,12 @@ func (d *propsDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 // checked here, so the open fails with the errno the commit would.
 // Until the commit the file exists only in this handle: the writer's fd
 // works (fstat, write, ftruncate), while lookups of the name answer
-// ENOENT (the entry and attributes are not cached). The commit is a
-// SetCreate: refused with EEXIST if another writer created the key
-// meanwhile.
+// ENOENT (the entry and attributes are not cached). With O_EXCL the
+// commit is a SetCreate, refused with EEXIST if another writer (or host)
+// created the key meanwhile; without it, it overwrites that key (the last
+// writer wins, no error).
 func (d *propsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	w, err := d.fsys.st.CreatePropertyWrite(caller(ctx), d.id, name)
+	w, err := d.fsys.st.CreatePropertyWrite(caller(ctx), d.id, name, flags&syscall.O_EXCL != 0)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}

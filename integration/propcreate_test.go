@@ -108,9 +108,9 @@ func TestPropertyCreateCrash(t *testing.T) {
 
 // TestPropertyCreate: what creating a property file does with the
 // tools: echo sets the value at the close, touch and ": >" add an empty
-// value, a key another writer created meanwhile refuses the write
-// (EEXIST) and keeps the other value, a key the rules refuse fails at the
-// open.
+// value, a key another writer created meanwhile refuses an O_EXCL write
+// (EEXIST) and keeps the other value, or without O_EXCL is overwritten,
+// a key the rules refuse fails at the open.
 func TestPropertyCreate(t *testing.T) {
 	m := mount(t)
 	requireTools(t, "touch", "setfattr")
@@ -133,17 +133,32 @@ func TestPropertyCreate(t *testing.T) {
 		}
 	}
 
-	// Another writer creates the key between this open and its write.
-	f, err := os.OpenFile(m.propFile("img", "raced"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	// Another writer creates the key between this open and its write:
+	// O_EXCL (set -C) refuses the write, without it the value overwrites.
+	f, err := os.OpenFile(m.propFile("img", "raced"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, "setfattr", "-n", "user.raced", "-v", "theirs", m.images("img"))
 	_, err = f.Write([]byte("mine\n"))
-	wantErrno(t, "write of a key created meanwhile by another", err, syscall.EEXIST)
+	wantErrno(t, "O_EXCL write of a key created meanwhile by another", err, syscall.EEXIST)
 	f.Close()
 	if got := m.prop("img", "raced"); got != "theirs" {
 		t.Errorf("raced = %q, want theirs (the other writer's)", got)
+	}
+	f, err = os.OpenFile(m.propFile("img", "raced2"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "setfattr", "-n", "user.raced2", "-v", "theirs", m.images("img"))
+	if _, err := f.Write([]byte("mine\n")); err != nil {
+		t.Errorf("write of a key created meanwhile (no O_EXCL): %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Errorf("close of a key created meanwhile (no O_EXCL): %v", err)
+	}
+	if got := m.prop("img", "raced2"); got != "mine" {
+		t.Errorf("raced2 = %q, want mine (the last writer's)", got)
 	}
 
 	// Refused at the open, with nothing created: bad key, too long a key.

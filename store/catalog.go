@@ -25,6 +25,9 @@ import (
 //	img/<id>    -> JSON Image record
 //	name/<name> -> id (names are unique)
 //	seq/ino     -> next inode base, uint64 big-endian
+//	migrate/<h> -> seq/ino before the first migration of a single-host
+//	               store (h: a hash of its image ids; see
+//	               migration.raiseSeqIno), uint64 big-endian
 //	prop/<key>\x00<value>\x00<id> -> "" (property index, see index.go;
 //	               only in an Iterable backend)
 //	meta/propindex -> property index version
@@ -42,6 +45,7 @@ const (
 	prefixName      = "name/"
 	keySeqIno       = "seq/ino"
 	prefixTombstone = "del/"
+	prefixMigrate   = "migrate/"
 	// prefixUpload: upload/<id> -> JSON {"host": H, "since": RFC 3339
 	// time}, Leased: the upload of image id in progress on host H
 	// (shared catalogs only; see txn.uploadOps).

@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,10 +70,11 @@ type MigrateItem struct {
 	Outcome string `json:"outcome"` // Migrate* constants
 	Detail  string `json:"detail,omitempty"`
 	Bytes   int64  `json:"bytes,omitempty"` // data bytes copied
-	// InoFrom and InoTo: the image was renumbered (its inode base in
-	// the source was held by another image in the destination, another
-	// store's migrated before): its inode numbers are InoTo|slot in the
-	// catalog instead of InoFrom|slot. Zero when kept.
+	// InoFrom and InoTo: the image was renumbered (the destination had
+	// handed its inode base in the source out before: to another image,
+	// as another store's migrated before, or to one deleted since): its
+	// inode numbers are InoTo|slot in the catalog instead of
+	// InoFrom|slot. Zero when kept.
 	InoFrom uint64 `json:"ino_from,omitempty"`
 	InoTo   uint64 `json:"ino_to,omitempty"`
 }
@@ -109,7 +112,10 @@ func (r *MigrateReport) OK() bool { return r.Failed == 0 }
 // First seq/ino in dst is raised to at least the source's next inode
 // base and past every base the source uses (never lowered; under a
 // condition on its ModRev), so that inode numbers stay those of the
-// source and unique. Then, for each record: sealed images (active,
+// source and unique; an image whose base dst handed out before (below
+// its seq/ino: another image's, or a deleted one's) gets a new one
+// (MigrateItem.InoFrom, InoTo), so only into a fresh catalog are all
+// numbers kept. Then, for each record: sealed images (active,
 // deactivated) have their data copied into data, hashed on the way
 // (MD5 = checksum, SHA-512 = os_hash_value, size = size) into a
 // temporary file that is fsynced and then handed to data.Put; only then
@@ -301,31 +307,33 @@ func (m *migration) dstErr(err error) error {
 // raiseSeqIno sets seq/ino in dst to at least the source's next inode
 // base and past every base of the source's records, before any record is
 // written; it never lowers it. A source image to be written whose inode
-// base another image holds in the destination (a second store migrated
-// into one catalog: every store numbers from 1) is renumbered: it gets a
-// base of its own past them (m.newBase), taken in the same commit. The
+// base the destination has handed out already (below its seq/ino: held
+// by another image, as when a second store is migrated into one catalog
+// and every store numbers from 1, or by an image deleted since, whose
+// inode numbers a mounted host's kernel may still cache) is renumbered:
+// it gets a base of its own past them (m.newBase), taken in the same
+// commit. Only into a fresh catalog (no seq/ino) do all images keep the
+// source's numbers. The first run of a source records, in the same
+// commit, seq/ino as it found it under migrate/<hash of the source's
+// ids>: a re-run after an interruption takes that as the bound, so the
+// images the first run reserved bases for and did not write keep them. The
 // commit is conditioned on seq/ino as it was when the destination was
 // read, so that an image another host creates meanwhile (it takes a base
 // and moves seq/ino) is seen before the plan is made again. Records of
 // deleted images (tombs) and uploads cut off are left out.
 func (m *migration) raiseSeqIno(recs []migrateRecord, tombs map[string]bool) error {
+	// The first run of this source records seq/ino as it found it (the
+	// bases handed out before), so a re-run after an interruption keeps
+	// the bases that run reserved for the images it did not write.
+	h := sha256.New()
+	for _, rec := range recs {
+		h.Write([]byte(rec.im.ID + "\n"))
+	}
+	markKey := prefixMigrate + hex.EncodeToString(h.Sum(nil)[:16])
 	for attempt := 0; ; attempt++ {
 		want := m.s.nextIno
 		for _, rec := range recs {
 			want = max(want, rec.im.InoBase>>inoShift+1)
-		}
-		var moved []string
-		for _, rec := range recs {
-			im := rec.im
-			if tombs[im.ID] || im.Status == StatusSaving {
-				continue
-			}
-			if _, ok := m.dstImg[im.ID]; ok {
-				continue
-			}
-			if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID {
-				moved = append(moved, im.ID)
-			}
 		}
 		p, err := m.dst.Get(m.ctx, keySeqIno)
 		if err != nil {
@@ -345,26 +353,59 @@ func (m *migration) raiseSeqIno(recs []migrateRecord, tombs map[string]bool) err
 			}
 			cur = binary.BigEndian.Uint64(p.Value)
 		}
+		mark, err := m.dst.Get(m.ctx, markKey)
+		if err != nil {
+			return m.dstErr(err)
+		}
+		handed := cur // bases below were handed out before this source's first run
+		if mark.ModRev != 0 && len(mark.Value) == 8 {
+			handed = min(cur, binary.BigEndian.Uint64(mark.Value))
+		}
+		var moved []string
+		for _, rec := range recs {
+			im := rec.im
+			if tombs[im.ID] || im.Status == StatusSaving {
+				continue
+			}
+			if _, ok := m.dstImg[im.ID]; ok {
+				continue // a re-run: the image keeps the base it got
+			}
+			// Held by another image, or handed out by the catalog
+			// before (below seq/ino: an image deleted since, whose
+			// numbers a mounted host's kernel may still cache).
+			if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID || im.InoBase>>inoShift < handed {
+				moved = append(moved, im.ID)
+			}
+		}
 		first := max(cur, want)
 		m.newBase = map[string]uint64{}
 		for i, id := range moved {
 			m.newBase[id] = (first + uint64(i)) << inoShift
 		}
 		next := first + uint64(len(moved))
-		if cur >= next || m.opts.DryRun {
+		if cur >= next && mark.ModRev != 0 || m.opts.DryRun {
 			m.r.SeqIno = max(cur, next)
 			return nil
 		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], next)
-		_, err = m.dst.Commit(m.ctx, &kv.Batch{
+		b := &kv.Batch{
 			Conds: []kv.Cond{{Key: keySeqIno, ModRev: p.ModRev}},
-			Ops:   []kv.Op{{Kind: kv.Put, Key: keySeqIno, Value: v[:]}},
 			Room:  kv.Small,
-		})
+		}
+		if cur < next {
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], next)
+			b.Ops = append(b.Ops, kv.Op{Kind: kv.Put, Key: keySeqIno, Value: v[:]})
+		}
+		if mark.ModRev == 0 {
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], cur)
+			b.Conds = append(b.Conds, kv.Cond{Key: markKey, ModRev: 0})
+			b.Ops = append(b.Ops, kv.Op{Kind: kv.Put, Key: markKey, Value: v[:]})
+		}
+		_, err = m.dst.Commit(m.ctx, b)
 		switch {
 		case err == nil:
-			m.r.SeqIno = next
+			m.r.SeqIno = max(cur, next)
 			return nil
 		case errors.Is(err, kv.ErrConflict) && attempt < 10:
 			// Another host took an inode base meanwhile: read again.
@@ -468,7 +509,11 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 			return it, err
 		}
 		it.InoFrom, it.InoTo = im.InoBase, base
-		it.Detail = fmt.Sprintf("renumbered: inode base %d is image %s's in the catalog (every store numbers its images from 1); this image's inode numbers are now %d|slot", im.InoBase, other, base)
+		if other != "" {
+			it.Detail = fmt.Sprintf("renumbered: inode base %d is image %s's in the catalog (every store numbers its images from 1); this image's inode numbers are now %d|slot", im.InoBase, other, base)
+		} else {
+			it.Detail = fmt.Sprintf("renumbered: the catalog handed inode base %d out before (to an image deleted since, or being created); this image's inode numbers are now %d|slot", im.InoBase, base)
+		}
 		rec, im = r2, r2.im
 	}
 	if other, ok := m.dstIno[im.InoBase]; ok && other != im.ID {

@@ -340,7 +340,8 @@ func TestMigrateCorruptData(t *testing.T) {
 }
 
 // A destination that already has other images: a name held by another
-// id is a conflict (not overwritten), and seq/ino is never lowered.
+// id is a conflict (not overwritten), seq/ino is never lowered, and the
+// inode bases below it (handed out) are not reused.
 func TestMigrateConflicts(t *testing.T) {
 	src := t.TempDir()
 	sealed, _, _, saving := migrateSource(t, src, 4)
@@ -366,8 +367,13 @@ func TestMigrateConflicts(t *testing.T) {
 	assert.NotContains(t, d.keys(t, prefixImage), prefixImage+sealed[1])
 	_, err = os.Stat(filepath.Join(d.dir, sealed[1]+".vhd"))
 	assert.True(t, os.IsNotExist(err), "no data copied for a conflict")
-	assert.Equal(t, uint64(1000), d.seqIno(t), "seq/ino is never lowered")
-	assert.Equal(t, MigrateDone, reportItem(r, sealed[0]).Outcome)
+	assert.GreaterOrEqual(t, d.seqIno(t), uint64(1000), "seq/ino is never lowered")
+	// Every base below seq/ino was handed out: the images migrated are
+	// renumbered past it.
+	it0 := reportItem(r, sealed[0])
+	assert.Equal(t, MigrateDone, it0.Outcome)
+	assert.GreaterOrEqual(t, it0.InoTo, uint64(1000)<<inoShift, "renumbered past the catalog's seq/ino")
+	assert.Positive(t, r.Renumbered)
 	_ = saving
 }
 

@@ -13,9 +13,12 @@ import (
 // (committed) at Close and Sync after a write, and at End for a
 // truncation or a creation never written (": > f", touch). A refused
 // write sets nothing, ever. A property file made by CreatePropertyWrite
-// does not exist until its first commit, which is a SetCreate (ErrExists
-// if another writer created the key meanwhile); before it nothing is
-// stored, so a refused creation has nothing to undo.
+// does not exist until its first commit; before it nothing is stored, so
+// a refused creation has nothing to undo. That commit is a SetCreate for
+// an exclusive creation (O_EXCL: ErrExists if another writer, on this
+// host or another, created the key meanwhile), else a SetAny: the key
+// created meanwhile is overwritten, the last writer's value wins, as an
+// open of an existing file without O_EXCL would.
 //
 // Its methods may be called from several goroutines; commits take turns:
 // turn is held across the whole commit (the store's ChangeProperty,
@@ -36,8 +39,11 @@ type PropertyWrite struct {
 	// state: what the buffer holds against what is set.
 	state writeState
 	// created: the property is this writer's own creation, not committed
-	// yet (the next commit is a SetCreate).
+	// yet (the next commit creates it).
 	created bool
+	// excl: an exclusive creation (O_EXCL): the commit of created is a
+	// SetCreate, not a SetAny.
+	excl bool
 }
 
 // writeState is where a PropertyWrite stands.
@@ -77,16 +83,21 @@ func (s *Store) OpenPropertyWrite(c Caller, id, key string, trunc bool) (*Proper
 	return w, nil
 }
 
-// CreatePropertyWrite creates property file key of image id for c:
-// every rule of a new key (owner, key, quota, free space) is checked now,
-// so the create fails with the error the commit would; the property
-// exists from the first commit on (an empty value at End if nothing is
-// written). Errors: as CheckSetProperty with SetCreate.
-func (s *Store) CreatePropertyWrite(c Caller, id, key string) (*PropertyWrite, error) {
-	if err := s.CheckSetProperty(c, id, key, "", SetCreate); err != nil {
+// CreatePropertyWrite creates property file key of image id for c
+// (open(2) with O_CREAT of a name not there; excl: with O_EXCL): every
+// rule of a new key (owner, key, quota, free space) is checked now, so
+// the create fails with the error the commit would; the property exists
+// from the first commit on (an empty value at End if nothing is
+// written). Without excl a key created meanwhile (by another host of a
+// shared catalog, or another writer) is overwritten: the commit is a
+// SetAny, the last writer wins. Errors: as CheckSetProperty with
+// SetCreate (excl) or SetAny.
+func (s *Store) CreatePropertyWrite(c Caller, id, key string, excl bool) (*PropertyWrite, error) {
+	w := &PropertyWrite{s: s, c: c, id: id, key: key, state: writeTruncated, created: true, excl: excl}
+	if err := s.CheckSetProperty(c, id, key, "", w.mode()); err != nil {
 		return nil, err
 	}
-	return &PropertyWrite{s: s, c: c, id: id, key: key, state: writeTruncated, created: true}, nil
+	return w, nil
 }
 
 // Key returns the property key written.
@@ -94,7 +105,7 @@ func (w *PropertyWrite) Key() string { return w.key }
 
 // mode returns the SetMode of the next commit. Must hold w.mu.
 func (w *PropertyWrite) mode() SetMode {
-	if w.created {
+	if w.created && w.excl {
 		return SetCreate
 	}
 	return SetAny

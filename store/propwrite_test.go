@@ -18,7 +18,7 @@ func TestPropertyWrite(t *testing.T) {
 	val := func(key string) (string, bool) { return s.Get(im.ID).Property(key) }
 
 	// echo v > new key: created, written, set at Close with SetCreate.
-	w, err := s.CreatePropertyWrite(alice, im.ID, "k")
+	w, err := s.CreatePropertyWrite(alice, im.ID, "k", false)
 	require.NoError(t, err)
 	assert.True(t, w.Uncommitted())
 	require.NoError(t, w.WriteAt([]byte("v\n"), 0))
@@ -40,15 +40,24 @@ func TestPropertyWrite(t *testing.T) {
 	assert.Equal(t, "0", v, "min_ram after a refused write")
 
 	// A created key whose write is refused never appears.
-	w, err = s.CreatePropertyWrite(alice, im.ID, KeyMinDisk+"x")
+	w, err = s.CreatePropertyWrite(alice, im.ID, KeyMinDisk+"x", false)
 	require.NoError(t, err)
-	w2, err := s.CreatePropertyWrite(alice, im.ID, "taken")
+	w2, err := s.CreatePropertyWrite(alice, im.ID, "taken", true)
 	require.NoError(t, err)
 	require.NoError(t, s.SetProperty(alice, im.ID, "taken", "first", SetAny))
 	assert.ErrorIs(t, w2.WriteAt([]byte("second\n"), 0), ErrExists, "a key created meanwhile")
 	require.NoError(t, w2.End())
 	v, _ = val("taken")
 	assert.Equal(t, "first", v)
+	// Without O_EXCL a key created meanwhile is overwritten: last writer wins.
+	w3, err := s.CreatePropertyWrite(alice, im.ID, "raced", false)
+	require.NoError(t, err)
+	require.NoError(t, s.SetProperty(alice, im.ID, "raced", "first", SetAny))
+	require.NoError(t, w3.WriteAt([]byte("second\n"), 0))
+	require.NoError(t, w3.Close())
+	require.NoError(t, w3.End())
+	v, _ = val("raced")
+	assert.Equal(t, "second", v)
 	require.NoError(t, w.End()) // touch: the empty value
 	v, ok = val(KeyMinDisk + "x")
 	assert.True(t, ok)

@@ -35,9 +35,11 @@ catalog with the same record are skipped; a name that the catalog holds
 for another image, or an id with a different record there, is reported
 and left as it is (nothing is overwritten). The catalog's inode sequence
 is raised past the store's, never lowered. An image whose inode range the
-catalog holds for another image (a second store migrated into one
-catalog: each store numbers its images from 1) is renumbered: it gets a
-range of its own, and the report lists it.
+catalog has handed out before (to another image: a second store migrated
+into one catalog, each store numbers its images from 1; or to an image
+deleted since, whose numbers a mounted host may still cache) is
+renumbered: it gets a range of its own, and the report lists it. Only a
+fresh catalog keeps all the store's inode numbers.
 
 DIR must be the catalog's data directory (its identity file
 .imagefs-data-id, see imagefs mount --help); a catalog that holds no
@@ -166,12 +168,12 @@ func runMigrate(args []string) int {
 		}
 		for _, it := range r.Items {
 			if it.InoTo != 0 && it.Outcome == store.MigrateDone {
-				fmt.Printf("%s: %s (%s): inode numbers %d|slot -> %d|slot (the catalog holds the first for another image)\n",
+				fmt.Printf("%s: %s (%s): inode numbers %d|slot -> %d|slot (the catalog handed the first out before)\n",
 					renum, it.ID, it.Name, it.InoFrom, it.InoTo)
 			}
 		}
 		if r.Renumbered > 0 {
-			fmt.Printf("%d images %s: their inode numbers were another image's in the catalog\n", r.Renumbered, renum)
+			fmt.Printf("%d images %s: their inode numbers were handed out by the catalog before (another image's, or a deleted one's)\n", r.Renumbered, renum)
 		}
 		if *dryRun {
 			fmt.Printf("dry run, nothing written: %d images: %d would be migrated, %d already there, %d would not be migrated, %d deleted left out; %d bytes of data verified in %s\n",

@@ -26,9 +26,10 @@ back the store up or mount it again at once. umount(8) and fusermount3 -u
 return when the kernel has let go of the mount, while the daemon may still
 be closing the catalog (fsck then fails with "busy").
 
-imagefs finds the daemon before unmounting: the process holding the lock
-of STORE/catalog (STORE is the mount's source, as df shows it), else the
-imagefs process serving MOUNTPOINT. A dead mount (the daemon was killed)
+imagefs finds the daemon before unmounting: the process holding
+STORE/imagefs.lock, which every daemon holds whatever its catalog
+(STORE is the mount's source, as df shows it), else the imagefs process
+serving MOUNTPOINT. A dead mount (the daemon was killed)
 is unmounted and there is nothing to wait for. As root imagefs unmounts
 with umount(2), as another user with fusermount3 -u.
 
@@ -204,15 +205,23 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
+// storeLocks are the lock files a daemon holds in its STORE: imagefs.lock
+// (flock), held in every mode (single-host or a host of a shared
+// catalog), and catalog/LOCK (Pebble's fcntl lock), held by the embedded
+// catalog only, which an older daemon may hold alone.
+var storeLocks = []string{"imagefs.lock", filepath.Join("catalog", "LOCK")}
+
 // daemonOf returns the pid of the daemon serving mi and its store, or 0
-// when none is found (a dead mount). The daemon holds the fcntl lock of
-// STORE/catalog/LOCK (Pebble's); STORE is the mount's source unless
-// fsname= changed it, and then the daemon is the process that holds a
-// catalog lock and names the mountpoint in its arguments.
+// when none is found (a dead mount). The daemon holds STORE/imagefs.lock
+// (storeLocks); STORE is the mount's source unless fsname= changed it,
+// and then the daemon is the process that holds a store lock and names
+// the mountpoint in its arguments.
 func daemonOf(mi mountInfo) (int, string) {
 	if filepath.IsAbs(mi.source) {
-		if pid := lockHolder(filepath.Join(mi.source, "catalog", "LOCK")); pid > 0 {
-			return pid, mi.source
+		for _, l := range storeLocks {
+			if pid := lockHolder(filepath.Join(mi.source, l)); pid > 0 {
+				return pid, mi.source
+			}
 		}
 	}
 	ents, err := os.ReadDir("/proc")
@@ -224,17 +233,18 @@ func daemonOf(mi mountInfo) (int, string) {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		lock := catalogLockOf(pid)
-		if lock == "" || lockHolder(lock) != pid || !namesMountpoint(pid, mi.mountpoint) {
-			continue
+		for _, lock := range storeLocksOf(pid) {
+			if lockHolder(lock.path) != pid || !namesMountpoint(pid, mi.mountpoint) {
+				continue
+			}
+			return pid, lock.store
 		}
-		return pid, filepath.Dir(filepath.Dir(lock))
 	}
 	return 0, ""
 }
 
-// lockHolder returns the pid holding a write lock on the file at path
-// (F_GETLK), or 0.
+// lockHolder returns the pid holding a write lock on the file at path,
+// an fcntl lock (F_GETLK) or a flock (listed in /proc/locks), or 0.
 func lockHolder(path string) int {
 	f, err := os.Open(path)
 	if err != nil {
@@ -242,27 +252,65 @@ func lockHolder(path string) int {
 	}
 	defer f.Close()
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil || lk.Type == unix.F_UNLCK {
+	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err == nil && lk.Type != unix.F_UNLCK && lk.Pid > 0 {
+		return int(lk.Pid)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return 0
 	}
-	return int(lk.Pid)
+	return flockHolder(uint64(st.Dev), st.Ino)
 }
 
-// catalogLockOf returns the path of the catalog lock file process pid
-// has open, or "".
-func catalogLockOf(pid int) string {
+// flockHolder returns the pid that took the exclusive flock held on the
+// file dev:ino, from /proc/locks, or 0. Its lines read
+//
+//	1: FLOCK  ADVISORY  WRITE 29948 fe:00:9994531 0 EOF
+//
+// (MAJOR:MINOR in hex, the inode in decimal); a waiter's has "->" after
+// the number and is skipped.
+func flockHolder(dev, ino uint64) int {
+	b, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return 0
+	}
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), ino)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || f[3] != "WRITE" || f[5] != want {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
+			return pid
+		}
+	}
+	return 0
+}
+
+// heldLock is a store lock file a process has open, and its STORE.
+type heldLock struct{ path, store string }
+
+// storeLocksOf returns the store lock files (storeLocks) process pid has
+// open.
+func storeLocksOf(pid int) []heldLock {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	fds, err := os.ReadDir(dir)
 	if err != nil {
-		return ""
+		return nil
 	}
+	var out []heldLock
 	for _, fd := range fds {
 		t, err := os.Readlink(filepath.Join(dir, fd.Name()))
-		if err == nil && strings.HasSuffix(t, "/catalog/LOCK") {
-			return t
+		if err != nil || !filepath.IsAbs(t) {
+			continue
+		}
+		for _, l := range storeLocks {
+			if strings.HasSuffix(t, string(filepath.Separator)+l) {
+				out = append(out, heldLock{t, strings.TrimSuffix(t, string(filepath.Separator)+l)})
+			}
 		}
 	}
-	return ""
+	return out
 }
 
 // namesMountpoint reports whether one of process pid's arguments, taken
