@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/imagefs/imagefs/store/kv"
@@ -129,7 +130,8 @@ func TestSharedSnapshotRestart(t *testing.T) {
 // TestSharedSnapshotFallback: a snapshot Open cannot use makes it list
 // the catalog, with the same view as a host that never stopped: a
 // corrupt or truncated file, one of another catalog, one ahead of the
-// catalog's revision, and one whose revision the cluster compacted.
+// catalog's revision, one whose newest record the catalog's history does
+// not hold at its revision, and one whose revision the cluster compacted.
 func TestSharedSnapshotFallback(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -162,6 +164,21 @@ func TestSharedSnapshotFallback(t *testing.T) {
 			sn, err := readSnapshot(path)
 			require.NoError(t, err)
 			sn.rev += 1 << 40
+			require.NoError(t, writeSnapshot(path, sn))
+		}},
+		{"history differs", func(t *testing.T, _ *sharedCatalog, path string) {
+			// What a cluster restored from a backup older than the
+			// snapshot and written to since gives: a record of the
+			// snapshot the catalog never had at its revision, whose
+			// delete no watch shows.
+			sn, err := readSnapshot(path)
+			require.NoError(t, err)
+			ph := *sn.images[0]
+			ph.ID, ph.Name, ph.InoBase = uuid.NewString(), "phantom", 999<<20
+			for _, im := range sn.images { // the newest (a revision B wrote at since)
+				ph.rev = max(ph.rev, im.rev+1)
+			}
+			sn.images = append(sn.images, &ph)
 			require.NoError(t, writeSnapshot(path, sn))
 		}},
 		{"compacted", func(t *testing.T, cat *sharedCatalog, _ string) {

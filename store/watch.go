@@ -117,6 +117,13 @@ func (s *Store) loadShared() (int64, error) {
 		sn = nil
 	}
 	if sn != nil {
+		if err := s.checkHistory(sn); err != nil {
+			s.log.Warn("catalog snapshot ignored: the catalog's history differs from the snapshot's (a cluster restored from a backup?); listing the catalog",
+				"path", s.snapshotPath(), "snapshot_rev", sn.rev, "err", err)
+			sn = nil
+		}
+	}
+	if sn != nil {
 		start := time.Now()
 		rev, n, err := s.catchUp(sn, claimRev)
 		if err == nil {
@@ -129,6 +136,60 @@ func (s *Store) loadShared() (int64, error) {
 		s.resetView()
 	}
 	return s.listShared()
+}
+
+// checkHistory checks that the catalog's history holds the snapshot's
+// newest records (those of the highest ModRev M: one transaction's):
+// img/<id> now has ModRev M (one Get each; the usual case), or, when it
+// changed or went since, img/<id> as of revision M has ModRev M (one Scan
+// of that key at M). A cluster restored from a backup older than the
+// snapshot, and written to since, has other keys at those revisions, and
+// the watch from the snapshot's revision cannot show what the restore
+// undid (a record of the snapshot the catalog no longer has). nil for a
+// snapshot without records. Errors: a mismatch, the catalog's
+// (kv.ErrCompacted: M is no longer kept, so it cannot be checked).
+func (s *Store) checkHistory(sn *snapshot) error {
+	var newest []*Image
+	for _, im := range sn.images {
+		switch {
+		case len(newest) == 0 || im.rev > newest[0].rev:
+			newest = append(newest[:0], im)
+		case im.rev == newest[0].rev:
+			newest = append(newest, im)
+		}
+	}
+	for _, im := range newest {
+		if err := s.inHistory(prefixImage+im.ID, im.rev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inHistory checks that key was written at revision m (see checkHistory).
+func (s *Store) inHistory(key string, m int64) error {
+	ctx, cancel := s.cat.ctx()
+	defer cancel()
+	p, err := s.cat.kv.Get(ctx, key)
+	switch {
+	case err != nil:
+		return catalogErr(err)
+	case p.ModRev == m:
+		return nil
+	case p.ModRev != 0 && p.ModRev < m:
+		return fmt.Errorf("%s has ModRev %d, older than the snapshot's %d", key, p.ModRev, m)
+	}
+	var got int64
+	if _, err := s.cat.kv.Scan(ctx, key, key+"\x00", m, func(p kv.Pair) error {
+		got = p.ModRev
+		return nil
+	}); err != nil {
+		return catalogErr(err)
+	}
+	if got != m {
+		return fmt.Errorf("%s at revision %d has ModRev %d (0: absent), the snapshot's %d", key, m, got, m)
+	}
+	return nil
 }
 
 // keyCatalogID: meta/catalog-id -> a random UUID (shared catalogs only),
