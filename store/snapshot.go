@@ -58,11 +58,11 @@ type snapshot struct {
 	identity string
 	// catalogID is meta/catalog-id when the view was taken.
 	catalogID string
-	rev      int64
-	nextIno  uint64
-	seqRev   int64
-	images   []*Image // with rev set
-	uploads  map[string]uploadKey
+	rev       int64
+	nextIno   uint64
+	seqRev    int64
+	images    []*Image // with rev set
+	uploads   map[string]uploadKey
 }
 
 // errSnapshot: the snapshot file is malformed (truncated, bad checksum,
