@@ -2,11 +2,16 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // logSince returns what m's daemon log holds past offset n.
@@ -99,4 +104,85 @@ func TestSharedRemountFromSnapshot(t *testing.T) {
 		t.Fatalf("host-a's mount with a spoilt snapshot did not list the catalog, saying why:\n%s", log)
 	}
 	same("host-a mounted with a spoilt snapshot")
+}
+
+// TestSharedSnapshotRecreatedCluster: the tester's repro. host-a and
+// host-b unmount with image w in the catalog; the etcd cluster is
+// recreated (scripts/etcd.sh stop --wipe; start) and written to until its
+// revision passes the snapshots'. The new cluster has another cluster id
+// (scripts/etcd.sh: a random --initial-cluster-token per data directory),
+// and host-a's next mount does not start from its snapshot (its log says
+// why) and shows no w, as host-b does; a property written on host-a's new
+// image reaches host-b.
+func TestSharedSnapshotRecreatedCluster(t *testing.T) {
+	usePrivateEtcd(t)
+	hosts, env := sharedClusterArgs(t, 2)
+	a, b := hosts[0], hosts[1]
+	a.mkimage("w")
+	eventually(t, visible, "host-b lists w", func() bool { return slices.Equal(lsSorted(t, b.images()), []string{"w"}) })
+	a.stop()
+	b.stop()
+	if _, err := os.Stat(filepath.Join(a.Store, "catalog-snapshot")); err != nil {
+		t.Fatalf("host-a's clean unmount wrote no snapshot: %v", err)
+	}
+	cli := func() *clientv3.Client {
+		c, err := clientv3.New(clientv3.Config{Endpoints: env.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	status := func(c *clientv3.Client) (cluster uint64, rev int64) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := c.Get(ctx, "probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.ClusterId, resp.Header.Revision
+	}
+	oldCluster, oldRev := status(cli())
+
+	if r := privateEtcd.script("stop", "--wipe"); r.err != nil {
+		t.Fatalf("etcd.sh stop --wipe: %s", r)
+	}
+	if r := privateEtcd.script("start"); r.err != nil {
+		t.Fatalf("etcd.sh start: %s", r)
+	}
+	c := cli()
+	newCluster, rev := status(c)
+	if newCluster == oldCluster {
+		t.Errorf("the recreated cluster has the same cluster id %x as the earlier one", newCluster)
+	}
+	for i := 0; rev <= oldRev+10; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.Put(ctx, fmt.Sprintf("filler/%d", i), "x")
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = resp.Header.Revision
+	}
+	t.Logf("cluster %x at revision %d before, %x at %d now", oldCluster, oldRev, newCluster, rev)
+
+	n := len(readFile(a.log))
+	a.start()
+	log := logSince(a, n)
+	if bytes.Contains(log, []byte("catalog loaded from this host's snapshot")) || !bytes.Contains(log, []byte("catalog snapshot")) ||
+		!bytes.Contains(log, []byte("ignored")) {
+		t.Fatalf("host-a's mount on the recreated cluster did not list the catalog, saying why:\n%s", log)
+	}
+	if got := lsSorted(t, a.images()); len(got) != 0 {
+		t.Fatalf("host-a on the recreated cluster lists %q, want nothing", got)
+	}
+	b.start()
+	if got := lsSorted(t, b.images()); len(got) != 0 {
+		t.Fatalf("host-b on the recreated cluster lists %q, want nothing", got)
+	}
+	a.mkimage("w")
+	if err := os.WriteFile(a.propFile("w", "os_distro"), []byte("debian\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, visible, "host-a's new w on host-b", func() bool { return fileIs(b.propFile("w", "os_distro"), "debian\n") })
 }

@@ -21,6 +21,12 @@
 # with apt-get (root) without starting the packaged service; a packaged etcd
 # service that systemd runs is stopped.
 #
+# Each new cluster (a data directory without $DIR/cluster-token) gets a
+# random --initial-cluster-token, kept in $DIR/cluster-token for the
+# restarts of the same data: the cluster id derives from it and the peer
+# URLs, so a cluster started again after "stop --wipe" has another id
+# (with a fixed token, every incarnation had the same one).
+#
 # Server settings imagefs relies on (README, "Shared catalog"):
 #   --auto-compaction-mode revision --auto-compaction-retention 10000
 #       etcd keeps every revision forever otherwise (about 1.9 KB per edit)
@@ -95,6 +101,13 @@ pidof_member() { # pid of member $1 if it runs (and is ours), else nothing
 	fi
 }
 
+cluster_token() { # $DIR/cluster-token, made once per data directory
+	local f=$DIR/cluster-token
+	[ -s "$f" ] && return 0
+	printf 'imagefs-test-%s\n' "$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')" >"$f.tmp"
+	mv "$f.tmp" "$f"
+}
+
 healthy() { # member $1 answers and the cluster has a leader
 	ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$(client_port "$1")" --dial-timeout=1s --command-timeout=2s \
 		endpoint health >/dev/null 2>&1
@@ -115,7 +128,7 @@ launch() { # member $1
 	etcd --name "m$n" --data-dir "$d/data" \
 		--listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
 		--listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
-		--initial-cluster "$(cluster)" --initial-cluster-state new --initial-cluster-token imagefs-test \
+		--initial-cluster "$(cluster)" --initial-cluster-state new --initial-cluster-token "$(cat "$DIR/cluster-token")" \
 		--auto-compaction-mode revision --auto-compaction-retention 10000 \
 		--max-txn-ops 1024 --quota-backend-bytes "$QUOTA" \
 		--logger zap --log-outputs stderr \
@@ -183,6 +196,7 @@ case "${1:-}" in
 start)
 	install
 	stop_packaged
+	cluster_token
 	for n in 1 2 3; do launch "$n"; done
 	wait_healthy 1 2 3 || exit 1
 	endpoints
@@ -217,6 +231,7 @@ stop-member)
 	;;
 start-member)
 	member_arg "${2:-}"
+	cluster_token
 	launch "$2"
 	wait_healthy "$2" || exit 1
 	;;

@@ -31,6 +31,7 @@ import (
 //	prop/<key>\x00<value>\x00<id> -> "" (property index, see index.go;
 //	               only in an Iterable backend)
 //	meta/propindex -> property index version
+//	meta/catalog-id -> the catalog's id (shared catalogs; watch.go)
 //	del/<id>    -> "" (tombstone: the image's delete committed, its
 //	               data file may still exist; see Store.Delete)
 //

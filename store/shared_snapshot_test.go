@@ -1,19 +1,26 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/imagefs/imagefs/store/kv"
+	"github.com/imagefs/imagefs/store/kv/etcdkv"
 )
 
 // The snapshot of a shared catalog (snapshot.go) and Open's list (watch.go:
@@ -123,7 +130,8 @@ func TestSharedSnapshotRestart(t *testing.T) {
 // TestSharedSnapshotFallback: a snapshot Open cannot use makes it list
 // the catalog, with the same view as a host that never stopped: a
 // corrupt or truncated file, one of another catalog, one ahead of the
-// catalog's revision, and one whose revision the cluster compacted.
+// catalog's revision, one whose newest record the catalog's history does
+// not hold at its revision, and one whose revision the cluster compacted.
 func TestSharedSnapshotFallback(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -156,6 +164,21 @@ func TestSharedSnapshotFallback(t *testing.T) {
 			sn, err := readSnapshot(path)
 			require.NoError(t, err)
 			sn.rev += 1 << 40
+			require.NoError(t, writeSnapshot(path, sn))
+		}},
+		{"history differs", func(t *testing.T, _ *sharedCatalog, path string) {
+			// What a cluster restored from a backup older than the
+			// snapshot and written to since gives: a record of the
+			// snapshot the catalog never had at its revision, whose
+			// delete no watch shows.
+			sn, err := readSnapshot(path)
+			require.NoError(t, err)
+			ph := *sn.images[0]
+			ph.ID, ph.Name, ph.InoBase = uuid.NewString(), "phantom", 999<<20
+			for _, im := range sn.images { // the newest (a revision B wrote at since)
+				ph.rev = max(ph.rev, im.rev+1)
+			}
+			sn.images = append(sn.images, &ph)
 			require.NoError(t, writeSnapshot(path, sn))
 		}},
 		{"compacted", func(t *testing.T, cat *sharedCatalog, _ string) {
@@ -236,4 +259,199 @@ func TestSharedOpenListsAgainWhenCompacted(t *testing.T) {
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, ErrCatalog) && errors.Is(err, kv.ErrCompacted), "err: %v", err)
 	assert.Len(t, listed, listTries)
+}
+
+// logBuf is a log's text, safe for the store's goroutines.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// openLogged opens host's store in dir on the catalog as open does, and
+// returns its log too.
+func (c *sharedCatalog) openLogged(host, dir string) (*Store, *logBuf) {
+	t := c.t
+	t.Helper()
+	lb := &logBuf{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testLog{t, host}, lb), nil))
+	b, err := etcdkv.Open(context.Background(), etcdkv.Config{Endpoints: c.eps, Namespace: c.ns, LeaseTTL: 2 * time.Second, Logger: log})
+	require.NoError(t, err)
+	d, err := NewLocalData(c.data)
+	require.NoError(t, err)
+	s, err := Open(dir, Options{Catalog: b, Data: d, Host: host, Logger: log})
+	require.NoError(t, err)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { s.Close() }) })
+	return s, lb
+}
+
+// catalogIDOf reads meta/catalog-id in cat's namespace ("" when absent).
+func catalogIDOf(t *testing.T, cat *sharedCatalog) string {
+	t.Helper()
+	resp, err := cat.client().Get(context.Background(), cat.ns+keyCatalogID)
+	require.NoError(t, err)
+	if len(resp.Kvs) == 0 {
+		return ""
+	}
+	return string(resp.Kvs[0].Value)
+}
+
+// TestSharedSnapshotRecreatedCluster: a snapshot taken of a catalog that
+// is gone, under the cluster id and namespace a recreated etcd cluster
+// repeats (scripts/etcd.sh's members, names and peer URLs are the same
+// every time; its revision passes the snapshot's after some writes), is
+// not trusted: the catalog there has another meta/catalog-id, so Open
+// lists it (one log line says why) and serves what etcd holds, not the
+// snapshot's images. (The earlier catalog is another namespace of this
+// cluster, its snapshot's identity made the later one's: what two
+// incarnations of a cluster with one cluster id give; the integration
+// test TestSharedSnapshotRecreatedCluster recreates a real cluster.)
+func TestSharedSnapshotRecreatedCluster(t *testing.T) {
+	old := newSharedCatalog(t)
+	dir := filepath.Join(t.TempDir(), "store")
+	a, _ := old.open("a", dir)
+	ghosts := fillCatalog(t, a, 5)
+	require.NoError(t, a.Close())
+	path := filepath.Join(dir, snapshotName)
+	sn, err := readSnapshot(path)
+	require.NoError(t, err)
+	require.Equal(t, catalogIDOf(t, old), sn.catalogID, "the snapshot holds the catalog's id")
+	require.NotEmpty(t, sn.catalogID)
+
+	cat := newSharedCatalog(t)
+	b, _ := cat.open("b", "")
+	fillCatalog(t, b, 3)
+	id := catalogIDOf(t, cat)
+	require.NotEmpty(t, id, "the first mount creates the catalog id")
+	require.NotEqual(t, sn.catalogID, id)
+	sn.identity = b.catalogIdentity() // the same cluster id and namespace
+	require.NoError(t, writeSnapshot(path, sn))
+
+	a2, lb := cat.openLogged("a", dir)
+	assert.False(t, a2.remote.fromSnapshot, "the snapshot of the earlier catalog is not used")
+	assert.Equal(t, 1, a2.remote.lists, "the catalog is listed")
+	assert.Contains(t, lb.String(), "catalog snapshot ignored: it is of an earlier catalog")
+	for _, g := range ghosts {
+		assert.Nil(t, a2.Get(g.ID), "an image of the earlier catalog")
+	}
+	sameView(t, b, a2)
+	require.NoError(t, a2.Close())
+	sn2, err := readSnapshot(path)
+	require.NoError(t, err)
+	assert.Equal(t, id, sn2.catalogID, "the next snapshot is the catalog's")
+	a3, _ := cat.open("a", dir)
+	assert.True(t, a3.remote.fromSnapshot, "and is used")
+	sameView(t, b, a3)
+}
+
+// TestSharedSnapshotNamespaceRecreated: the namespace deleted (etcdctl
+// del --prefix: the cluster and its revisions go on) and made again by
+// another host's mount: the snapshot of the earlier catalog is not
+// trusted, whether the catalog has a new id already (made by the other
+// host) or this Open makes it. A host mounted while its namespace is
+// deleted writes no snapshot at Close unless a new catalog id came
+// meanwhile, and then the snapshot carries the new id.
+func TestSharedSnapshotNamespaceRecreated(t *testing.T) {
+	wipe := func(t *testing.T, cat *sharedCatalog) {
+		_, err := cat.client().Delete(context.Background(), cat.ns, clientv3.WithPrefix())
+		require.NoError(t, err)
+	}
+	for _, other := range []bool{true, false} {
+		t.Run(fmt.Sprintf("new-id-by-another-host=%v", other), func(t *testing.T) {
+			cat := newSharedCatalog(t)
+			dir := filepath.Join(t.TempDir(), "store")
+			a, _ := cat.open("a", dir)
+			fillCatalog(t, a, 5)
+			first := catalogIDOf(t, cat)
+			require.NoError(t, a.Close())
+			wipe(t, cat)
+			var b *Store
+			if other {
+				b, _ = cat.open("b", "")
+				fillCatalog(t, b, 2)
+			}
+			a2, lb := cat.openLogged("a", dir)
+			assert.False(t, a2.remote.fromSnapshot, "the snapshot of the deleted catalog is not used")
+			assert.Equal(t, 1, a2.remote.lists)
+			assert.Contains(t, lb.String(), "catalog snapshot ignored: it is of an earlier catalog")
+			assert.NotEqual(t, first, catalogIDOf(t, cat))
+			assert.NotEmpty(t, catalogIDOf(t, cat))
+			if other {
+				sameView(t, b, a2)
+			} else {
+				assert.Empty(t, a2.List())
+			}
+		})
+	}
+
+	t.Run("deleted-while-mounted", func(t *testing.T) {
+		cat := newSharedCatalog(t)
+		dir := filepath.Join(t.TempDir(), "store")
+		a, _ := cat.open("a", dir)
+		fillCatalog(t, a, 3)
+		wipe(t, cat)
+		within(t, "A sees the images go", func() bool { return len(a.List()) == 0 })
+		a.mu.Lock()
+		assert.Empty(t, a.remote.catalogID, "the watch reports the id's delete")
+		a.mu.Unlock()
+		require.NoError(t, a.Close())
+		_, err := os.Stat(filepath.Join(dir, snapshotName))
+		assert.ErrorIs(t, err, os.ErrNotExist, "no snapshot without a catalog id")
+
+		// Made again by another host while A is mounted: A's
+		// snapshot carries the new id, and is used.
+		a2, _ := cat.open("a", dir)
+		wipe(t, cat)
+		within(t, "A's view empty", func() bool { a2.mu.Lock(); defer a2.mu.Unlock(); return a2.remote.catalogID == "" })
+		b, _ := cat.open("b", "")
+		fillCatalog(t, b, 2)
+		id := catalogIDOf(t, cat)
+		within(t, "A follows", func() bool {
+			a2.mu.Lock()
+			defer a2.mu.Unlock()
+			return a2.remote.catalogID == id && len(a2.images) == 2
+		})
+		require.NoError(t, a2.Close())
+		sn, err := readSnapshot(filepath.Join(dir, snapshotName))
+		require.NoError(t, err)
+		assert.Equal(t, id, sn.catalogID)
+		a3, _ := cat.open("a", dir)
+		assert.True(t, a3.remote.fromSnapshot)
+		sameView(t, b, a3)
+	})
+}
+
+// TestSharedCatalogIDOnce: hosts mounting an empty namespace at once
+// agree on one catalog id: it is created once (committed only while
+// absent), the others read it.
+func TestSharedCatalogIDOnce(t *testing.T) {
+	cat := newSharedCatalog(t)
+	stores := make([]*Store, 4)
+	var wg sync.WaitGroup
+	for i := range stores {
+		wg.Go(func() { stores[i], _ = cat.open(fmt.Sprintf("h%d", i), "") })
+	}
+	wg.Wait()
+	id := catalogIDOf(t, cat)
+	require.NotEmpty(t, id)
+	for _, s := range stores {
+		s.mu.Lock()
+		assert.Equal(t, id, s.remote.catalogID)
+		s.mu.Unlock()
+	}
+	resp, err := cat.client().Get(context.Background(), cat.ns+keyCatalogID)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), resp.Kvs[0].Version, "written once")
 }

@@ -24,13 +24,17 @@ import (
 // (watch.go: catchUp), so the view it serves is as current as a fresh
 // list's. It is a cache: Open lists the catalog instead whenever the
 // snapshot is missing, unreadable, fails its checksum, belongs to another
-// catalog (Identity: etcd cluster and namespace), is ahead of the
-// catalog's revision, or the watch reports its revision compacted.
+// catalog (Identity: etcd cluster and namespace), holds another catalog
+// id than meta/catalog-id (a catalog recreated under the same cluster id
+// and namespace: a recreated etcd cluster, a namespace deleted; see
+// Store.catalogID), is ahead of the catalog's revision, or the watch
+// reports its revision compacted.
 //
 // Layout (integers are varints, as encoding/binary's):
 //
 //	snapshotMagic
-//	identity (uvarint length + bytes), rev, nextIno (uvarint), seqRev
+//	identity (uvarint length + bytes), catalog id (likewise), rev,
+//	nextIno (uvarint), seqRev
 //	count of records (uvarint), then per record: ModRev, length, the
 //	record's fields (appendImage)
 //	count of upload keys (uvarint), then per key: id, ModRev, host
@@ -42,7 +46,7 @@ import (
 // its ModRev is above the published one's (applyEvent).
 const (
 	snapshotName  = "catalog-snapshot"
-	snapshotMagic = "imagefs catalog snapshot 1\n"
+	snapshotMagic = "imagefs catalog snapshot 2\n" // 1: no catalog id
 	// snapshotMaxRecord bounds one record's length in a snapshot (a
 	// record is at most MaxRecordBytes plus imagefs's own few hundred
 	// bytes): a corrupt length is refused before it is allocated.
@@ -52,11 +56,13 @@ const (
 // snapshot is a shared catalog's state at revision rev.
 type snapshot struct {
 	identity string
-	rev      int64
-	nextIno  uint64
-	seqRev   int64
-	images   []*Image // with rev set
-	uploads  map[string]uploadKey
+	// catalogID is meta/catalog-id when the view was taken.
+	catalogID string
+	rev       int64
+	nextIno   uint64
+	seqRev    int64
+	images    []*Image // with rev set
+	uploads   map[string]uploadKey
 }
 
 // errSnapshot: the snapshot file is malformed (truncated, bad checksum,
@@ -86,6 +92,7 @@ func writeSnapshot(path string, sn *snapshot) (err error) {
 	var buf []byte
 	buf = append(buf, snapshotMagic...)
 	buf = appendString(buf, sn.identity)
+	buf = appendString(buf, sn.catalogID)
 	buf = binary.AppendVarint(buf, sn.rev)
 	buf = binary.AppendUvarint(buf, sn.nextIno)
 	buf = binary.AppendVarint(buf, sn.seqRev)
@@ -258,6 +265,11 @@ func (r *snapReader) read() (*snapshot, error) {
 		return nil, err
 	}
 	sn.identity = string(id)
+	cid, err := r.bytes(1024)
+	if err != nil {
+		return nil, err
+	}
+	sn.catalogID = string(cid)
 	if sn.rev, err = r.varint(); err != nil {
 		return nil, err
 	}

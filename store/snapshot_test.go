@@ -86,7 +86,7 @@ func TestSnapshotRecordRoundTrip(t *testing.T) {
 }
 
 // TestSnapshotFile: a snapshot written and read back holds the same
-// state (records with their ModRevs, upload keys, seq/ino, identity),
+// state (records with their ModRevs, upload keys, seq/ino, identity, catalog id),
 // whatever the number of records (chunks) and the length of one (a
 // length of several bytes); any byte changed, or the file cut short, is
 // refused as errSnapshot.
@@ -99,12 +99,13 @@ func TestSnapshotFile(t *testing.T) {
 		ims = append(ims, im)
 	}
 	ims[3].Extra["big"] = string(make([]byte, 300_000)) // a length of 3 bytes
-	sn := &snapshot{identity: "etcd cluster x namespace \"/n/\"", rev: 4242, nextIno: 77 << 20, seqRev: 4000,
+	sn := &snapshot{identity: "etcd cluster x namespace \"/n/\"", catalogID: "5b0c6a52-4f0e-4d39-9a57-3f1d2c8e7a10", rev: 4242, nextIno: 77 << 20, seqRev: 4000,
 		images: ims, uploads: map[string]uploadKey{"u1": {rev: 4100, host: "h1"}, "u2": {host: "h2"}}}
 	require.NoError(t, writeSnapshot(path, sn))
 	got, err := readSnapshot(path)
 	require.NoError(t, err)
 	assert.Equal(t, sn.identity, got.identity)
+	assert.Equal(t, sn.catalogID, got.catalogID)
 	assert.Equal(t, sn.rev, got.rev)
 	assert.Equal(t, sn.nextIno, got.nextIno)
 	assert.Equal(t, sn.seqRev, got.seqRev)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/imagefs/imagefs/store/kv"
 )
 
@@ -58,6 +60,11 @@ type remoteState struct {
 	lists        int
 	// saved: Close wrote the snapshot (a second Close does not).
 	saved bool
+	// catalogID is meta/catalog-id as this host's view has it (read or
+	// created at Open, then followed by the watch; "" when deleted, or
+	// in Check, which neither reads nor writes snapshots). Guarded by
+	// Store.mu.
+	catalogID string
 }
 
 // relistRetry is how long the watch goroutine waits before it lists the
@@ -71,12 +78,14 @@ const relistRetry = time.Second
 const listTries = 3
 
 // loadShared loads this host's view of a shared catalog and returns the
-// revision it is complete at: it claims the host id (once), then starts
-// from the snapshot a previous Close wrote (snapshot.go) when it belongs
-// to this catalog and is not ahead of it, caught up by watching from its
-// revision (catchUp); otherwise, or when that fails (the revision was
-// compacted, the watch ended), it lists the catalog (listShared). Check
-// (checkOnly) always lists.
+// revision it is complete at: it claims the host id (once), reads or
+// creates the catalog id (catalogID), then starts from the snapshot a
+// previous Close wrote (snapshot.go) when it belongs to this catalog (its
+// identity and catalog id) and is not ahead of it, caught up by watching
+// from its revision (catchUp); otherwise, or when that fails (the
+// revision was compacted, the watch ended), it lists the catalog
+// (listShared). Check (checkOnly) always lists, and neither reads nor
+// creates the catalog id.
 func (s *Store) loadShared() (int64, error) {
 	var sn *snapshot
 	if !s.opts.checkOnly {
@@ -86,10 +95,33 @@ func (s *Store) loadShared() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if !s.opts.checkOnly {
+		id, created, err := s.catalogID()
+		if err != nil {
+			return 0, err
+		}
+		s.remote.catalogID = id
+		if sn != nil && sn.catalogID != id {
+			why := "the catalog's id differs (the etcd cluster was recreated, or the namespace deleted and made again)"
+			if created {
+				why = "the catalog had no id yet (a new catalog: the etcd cluster was recreated, or the namespace deleted; or one made before catalog ids)"
+			}
+			s.log.Warn("catalog snapshot ignored: it is of an earlier catalog under this cluster id and namespace; listing the catalog",
+				"path", s.snapshotPath(), "why", why, "snapshot_catalog_id", sn.catalogID, "catalog_id", id)
+			sn = nil
+		}
+	}
 	if sn != nil && sn.rev > claimRev {
 		s.log.Warn("catalog snapshot ignored: its revision is ahead of the catalog's (a cluster restored from a backup?); listing the catalog",
 			"path", s.snapshotPath(), "snapshot_rev", sn.rev, "catalog_rev", claimRev)
 		sn = nil
+	}
+	if sn != nil {
+		if err := s.checkHistory(sn); err != nil {
+			s.log.Warn("catalog snapshot ignored: the catalog's history differs from the snapshot's (a cluster restored from a backup?); listing the catalog",
+				"path", s.snapshotPath(), "snapshot_rev", sn.rev, "err", err)
+			sn = nil
+		}
 	}
 	if sn != nil {
 		start := time.Now()
@@ -104,6 +136,104 @@ func (s *Store) loadShared() (int64, error) {
 		s.resetView()
 	}
 	return s.listShared()
+}
+
+// checkHistory checks that the catalog's history holds the snapshot's
+// newest records (those of the highest ModRev M: one transaction's; 4 of
+// them at most):
+// img/<id> now has ModRev M (one Get each; the usual case), or, when it
+// changed or went since, img/<id> as of revision M has ModRev M (one Scan
+// of that key at M). A cluster restored from a backup older than the
+// snapshot, and written to since, has other keys at those revisions, and
+// the watch from the snapshot's revision cannot show what the restore
+// undid (a record of the snapshot the catalog no longer has). nil for a
+// snapshot without records. Errors: a mismatch, the catalog's
+// (kv.ErrCompacted: M is no longer kept, so it cannot be checked).
+func (s *Store) checkHistory(sn *snapshot) error {
+	var newest []*Image
+	for _, im := range sn.images {
+		switch {
+		case len(newest) == 0 || im.rev > newest[0].rev:
+			newest = append(newest[:0], im)
+		case im.rev == newest[0].rev:
+			newest = append(newest, im)
+		}
+	}
+	// One transaction's keys stand or fall together: a few are enough
+	// (a migration's batch holds hundreds).
+	for _, im := range newest[:min(len(newest), 4)] {
+		if err := s.inHistory(prefixImage+im.ID, im.rev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inHistory checks that key was written at revision m (see checkHistory).
+func (s *Store) inHistory(key string, m int64) error {
+	ctx, cancel := s.cat.ctx()
+	defer cancel()
+	p, err := s.cat.kv.Get(ctx, key)
+	switch {
+	case err != nil:
+		return catalogErr(err)
+	case p.ModRev == m:
+		return nil
+	case p.ModRev != 0 && p.ModRev < m:
+		return fmt.Errorf("%s has ModRev %d, older than the snapshot's %d", key, p.ModRev, m)
+	}
+	var got int64
+	if _, err := s.cat.kv.Scan(ctx, key, key+"\x00", m, func(p kv.Pair) error {
+		got = p.ModRev
+		return nil
+	}); err != nil {
+		return catalogErr(err)
+	}
+	if got != m {
+		return fmt.Errorf("%s at revision %d has ModRev %d (0: absent), the snapshot's %d", key, m, got, m)
+	}
+	return nil
+}
+
+// keyCatalogID: meta/catalog-id -> a random UUID (shared catalogs only),
+// the identity of one catalog in its namespace: created by the first
+// mount of a namespace that has none (a new catalog, or one made before
+// catalog ids; fsck and migrate do not create it), never changed. A
+// recreated etcd cluster (scripts/etcd.sh's cluster id repeats with the
+// same member names and peer URLs) or a namespace deleted and made again
+// has another one, so no host's snapshot of the earlier catalog is
+// trusted.
+const keyCatalogID = "meta/catalog-id"
+
+// catalogID returns meta/catalog-id, creating it (a new random UUID,
+// committed only if the key is still absent) when there is none; created
+// reports that this call created it. One Get when it exists. Errors: the
+// catalog's.
+func (s *Store) catalogID() (id string, created bool, err error) {
+	for try := 0; ; try++ {
+		ctx, cancel := s.cat.ctx()
+		p, err := s.cat.kv.Get(ctx, keyCatalogID)
+		cancel()
+		if err != nil {
+			return "", false, catalogErr(err)
+		}
+		if p.ModRev != 0 && len(p.Value) != 0 {
+			return string(p.Value), false, nil
+		}
+		id := uuid.NewString()
+		t := s.cat.begin().small()
+		t.cond(keyCatalogID, p.ModRev)
+		t.b.Ops = append(t.b.Ops, kv.Op{Kind: kv.Put, Key: keyCatalogID, Value: []byte(id)})
+		err = t.commit()
+		if err == nil {
+			s.log.Info("catalog id created", "catalog_id", id)
+			return id, true, nil
+		}
+		if !errors.Is(err, errConflict) || try == 2 {
+			return "", false, err
+		}
+		// Another host created it meanwhile: read it.
+	}
 }
 
 // resetView empties the published state (a snapshot given up on) before
@@ -241,8 +371,16 @@ func (s *Store) saveSnapshot() {
 	s.remote.saved = true
 	start := time.Now()
 	s.mu.Lock()
+	if s.remote.catalogID == "" {
+		// The catalog id was deleted (the namespace with it): a
+		// snapshot could not be told from a later catalog's.
+		s.mu.Unlock()
+		os.Remove(s.snapshotPath())
+		s.log.Warn("catalog snapshot not written: the catalog has no id (its namespace was deleted?); the next mount lists the catalog")
+		return
+	}
 	s.pubMu.RLock()
-	sn := &snapshot{identity: id, rev: s.remote.rev, nextIno: s.nextIno, seqRev: s.seqRev,
+	sn := &snapshot{identity: id, catalogID: s.remote.catalogID, rev: s.remote.rev, nextIno: s.nextIno, seqRev: s.seqRev,
 		images: slices.Collect(maps.Values(s.images)), uploads: maps.Clone(s.uploadKeys)}
 	s.pubMu.RUnlock()
 	s.mu.Unlock()
@@ -329,6 +467,14 @@ func (s *Store) applyEvent(ev kv.Event) {
 	case key == keySeqIno:
 		if ev.Type == kv.EventPut && len(ev.Pair.Value) == 8 && rev > s.seqRev {
 			s.nextIno, s.seqRev = binary.BigEndian.Uint64(ev.Pair.Value), rev
+		}
+	case key == keyCatalogID:
+		// The namespace deleted (and made again): the snapshot Close
+		// writes must carry the catalog's id now, or none.
+		if ev.Type == kv.EventDelete {
+			s.remote.catalogID = ""
+		} else {
+			s.remote.catalogID = string(ev.Pair.Value)
 		}
 	}
 }
