@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,17 +26,28 @@ import (
 	"github.com/imagefs/imagefs/store/kv"
 )
 
-// These tests run against the real 3-member cluster of scripts/etcd.sh
+// These tests run against a real 3-member cluster of scripts/etcd.sh
 // (testutil.EtcdEndpoints starts it; TestMain stops it), each in its own
-// namespace; the outage and authentication tests start a private
-// one-member etcd of their own, so that they disturb no other test
-// process that shares the cluster.
+// namespace. The failover tests stop and kill its members, so this
+// package has a cluster of its own (etcdkvPortOffset past the test
+// cluster's ports, in its own directory): the other packages' test
+// processes, which go test runs at the same time on the shared test
+// cluster, are not disturbed (a migrate of the integration tests failed
+// to get its lease while a leader here was killed). The outage and
+// authentication tests start a private one-member etcd besides.
+
+// etcdkvPortOffset moves this package's cluster from the test cluster's
+// first client port (IMAGEFS_ETCD_PORT, default 23790) to 23840-23842,
+// peers 23850-23852.
+const etcdkvPortOffset = 50
 
 func TestMain(m *testing.M) {
 	if os.Getenv("ETCDKV_HOLDER") != "" {
 		holder()
 		return
 	}
+	os.Setenv("IMAGEFS_ETCD_PORT", strconv.Itoa(testutil.EtcdPort()+etcdkvPortOffset))
+	os.Setenv("IMAGEFS_ETCD_DIR", testutil.EtcdDir()+"-etcdkv")
 	code := m.Run()
 	testutil.StopServices()
 	os.Exit(code)
