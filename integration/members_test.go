@@ -212,3 +212,11 @@ func TestMembersOpenstackCLI(t *testing.T) {
 	}
 	wantHidden(t, a, B, "shared-cli", id)
 }
+
+// acceptAs makes uid, a pending member of images/<name>, accept it: it
+// writes its status to properties/members under by-id/ (a pending member
+// reaches the image by id only, as Glance).
+func (m *fsMount) acceptAs(t testing.TB, uid, name string) {
+	t.Helper()
+	mustAsUser(t, uid, `echo accepted > "$1"`, m.byID(m.prop(name, "id"), "properties", "members"))
+}
