@@ -137,7 +137,7 @@ func TestMembersOpenstackCLI(t *testing.T) {
 	}
 	propsAs := func(uid string) string { // properties/members through by-id, as uid
 		t.Helper()
-		return strings.TrimSpace(mustAsUser(t, uid, `cat "$1"`, a.byID(id, "properties", "members")))
+		return memberStatuses(mustAsUser(t, uid, `cat "$1"`, a.byID(id, "properties", "members")))
 	}
 
 	// The owner shares it: pending; the member reaches it by id only.
@@ -219,4 +219,18 @@ func TestMembersOpenstackCLI(t *testing.T) {
 func (m *fsMount) acceptAs(t testing.TB, uid, name string) {
 	t.Helper()
 	mustAsUser(t, uid, `echo accepted > "$1"`, m.byID(m.prop(name, "id"), "properties", "members"))
+}
+
+// memberStatuses is a members property's "ID STATUS" lines, without the
+// times that follow.
+func memberStatuses(v string) string {
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSpace(v), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			lines = append(lines, f[0]+" "+f[1])
+		} else if len(f) == 1 {
+			lines = append(lines, f[0])
+		}
+	}
+	return strings.Join(lines, "\n")
 }

@@ -65,8 +65,8 @@ func VisibleAs(c Caller, im *Image, v Reach, ms MemberStatus) bool {
 	case VisibilityCommunity:
 		return v == ReachID
 	case VisibilityShared:
-		m, ok := im.MemberFor(c)
-		return ok && (ms == MemberAll || m.Status == ms)
+		st, ok := im.memberStatus(c)
+		return ok && (ms == MemberAll || st == ms)
 	}
 	return false
 }

@@ -615,7 +615,7 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyVisibility, "everyone", SetAny), ErrInvalid)
 		assert.NoError(t, s.SetProperty(Root, im.ID, KeyVisibility, "public", SetAny))
 	}},
-	{"concepts.md", "`members` | the members of a `shared` image, one `ID STATUS` line each: a uid (or an API project id), then `pending`, `accepted` or `rejected` | owner adds and removes members; each member sets its own status", func(t *testing.T, s *Store) {
+	{"concepts.md", "`members` | the members of a `shared` image, one `ID STATUS CREATED UPDATED` line each: a uid (or an API project id), `pending`, `accepted` or `rejected`, the times it was added and last changed | owner adds and removes members; each member sets its own status", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n", SetAny), ErrNotPermitted, "not shared")
 		im = withVisibility(t, s, im, "shared")
@@ -624,12 +624,12 @@ var contractCases = []contractCase{
 		assert.True(t, im.IsMember(1002))
 		assert.True(t, im.IsMember(1003))
 		assert.False(t, im.IsMember(1004))
-		assert.Equal(t, "1002 pending\n1003 pending", im.Extra[KeyMembers])
+		assert.Equal(t, "1002 pending\n1003 pending", statuses(im))
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "bob smith\n", SetAny), ErrInvalid)
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002 accepted\n1003\n", SetAny), ErrNotPermitted, "the owner accepts")
 		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyMembers, "1002\n", SetAny), ErrPermission, "a member removes another")
 		require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "accepted\n", SetAny))
-		assert.Equal(t, "1002 accepted\n1003 pending", s.Get(im.ID).Extra[KeyMembers])
+		assert.Equal(t, "1002 accepted\n1003 pending", statuses(s.Get(im.ID)))
 	}},
 	{"concepts.md", "`protected` | `true`/`false`; a protected image cannot be deleted, by root either | owner", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")

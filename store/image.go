@@ -116,9 +116,6 @@ type Image struct {
 	// Slots maps each extra key to its inode slot; slots are never reused.
 	Slots    map[string]uint32 `json:"slots,omitempty"`
 	NextSlot uint32            `json:"next_slot"`
-	// MemberTimes: when each member (Extra["members"], members.go) was
-	// added and last changed, by member id.
-	MemberTimes map[string]MemberTime `json:"member_times,omitempty"`
 
 	// rev is the ModRev of the record's img/<id> key as the catalog
 	// reported it (at load, or the revision of the commit that wrote
@@ -131,7 +128,6 @@ func (im *Image) clone() *Image {
 	c := *im
 	c.Extra = maps.Clone(im.Extra)
 	c.Slots = maps.Clone(im.Slots)
-	c.MemberTimes = cloneMemberTimes(im.MemberTimes)
 	return &c
 }
 

@@ -2,7 +2,6 @@ package store
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,11 +22,12 @@ import (
 // (/v2/images/{id}/members) translate.
 //
 // The record keeps the members in the members property (Extra), one per
-// line, "ID STATUS", in the order they were added, and their times in
-// Image.MemberTimes. A line without a status is a member from before
-// members had one (a store written by an earlier imagefs, where every
-// member saw and listed the image): it reads as accepted, and the next
-// change of the members writes it with its status.
+// line, "ID STATUS CREATED UPDATED" (the times RFC 3339 UTC, seconds), in
+// the order they were added. A line with an id alone is a member from
+// before members had a status (a store written by an earlier imagefs,
+// where every member saw and listed the image): it reads as accepted,
+// added when the image was created, and the next change of the members
+// writes it whole.
 
 // MemberStatus is a member's status, as in Glance.
 type MemberStatus string
@@ -61,13 +61,6 @@ type Member struct {
 	UpdatedAt time.Time // when its status last changed (UTC, seconds)
 }
 
-// MemberTime is when a member was added and last changed (the record's
-// Image.MemberTimes, by member id).
-type MemberTime struct {
-	Created time.Time `json:"c"`
-	Updated time.Time `json:"u"`
-}
-
 func validStatus(s string) bool {
 	switch MemberStatus(s) {
 	case MemberPending, MemberAccepted, MemberRejected:
@@ -95,15 +88,17 @@ func ValidMemberID(id string) error {
 }
 
 // memberLine is one line of a members value as written: an id, a status,
-// or both.
+// or both (and the times, which a write does not change).
 type memberLine struct {
 	id     string
 	status MemberStatus // "" when not given
 }
 
-// parseMembers reads a members value: lines "ID", "ID STATUS" or, for a
-// member writing its own status, "STATUS". Blank lines are skipped.
-// Errors wrap ErrInvalid and name the line.
+// parseMembers reads a members value: lines "ID", "ID STATUS", "ID
+// STATUS CREATED UPDATED" (the file as read: the times are imagefs's and
+// a write leaves them as they are) or, for a member writing its own
+// status, "STATUS". Blank lines are skipped. Errors wrap ErrInvalid and
+// name the line.
 func parseMembers(value string) ([]memberLine, error) {
 	var out []memberLine
 	seen := map[string]bool{}
@@ -119,13 +114,16 @@ func parseMembers(value string) ([]memberLine, error) {
 			} else {
 				ml.id = f[0]
 			}
-		case 2:
+		case 2, 4:
+			if len(f) == 4 && (!validTime(f[2]) || !validTime(f[3])) {
+				return nil, fmt.Errorf("%w: members: %q: the times after the status are RFC 3339 (as read; imagefs keeps them)", ErrInvalid, line)
+			}
 			if !validStatus(f[1]) {
 				return nil, fmt.Errorf("%w: members: %q: the status must be pending, accepted or rejected (lines are ID or ID STATUS)", ErrInvalid, line)
 			}
 			ml = memberLine{id: f[0], status: MemberStatus(f[1])}
 		default:
-			return nil, fmt.Errorf("%w: members: %q: a line is ID or ID STATUS (a uid or a project id, then pending, accepted or rejected)", ErrInvalid, line)
+			return nil, fmt.Errorf("%w: members: %q: a line is ID or ID STATUS (a uid or a project id, then pending, accepted or rejected; then the times, as read)", ErrInvalid, line)
 		}
 		if ml.id != "" {
 			if err := ValidMemberID(ml.id); err != nil {
@@ -148,8 +146,14 @@ func checkMembers(value string) error {
 	return err
 }
 
+func validTime(s string) bool {
+	_, err := time.Parse(time.RFC3339, s)
+	return err == nil
+}
+
 // Members returns the image's members in the order they were added. A
-// member stored without a status (an earlier imagefs's) is accepted.
+// member stored without a status (an earlier imagefs's) is accepted,
+// added when the image was created.
 func (im *Image) Members() []Member {
 	v := im.Extra[KeyMembers]
 	if v == "" {
@@ -158,15 +162,16 @@ func (im *Image) Members() []Member {
 	var out []Member
 	for _, line := range strings.Split(v, "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || len(f) > 2 {
+		if len(f) == 0 {
 			continue
 		}
 		m := Member{ID: f[0], Status: MemberAccepted, CreatedAt: im.CreatedAt, UpdatedAt: im.CreatedAt}
-		if len(f) == 2 {
+		if len(f) >= 2 {
 			m.Status = MemberStatus(f[1])
 		}
-		if t, ok := im.MemberTimes[m.ID]; ok {
-			m.CreatedAt, m.UpdatedAt = t.Created, t.Updated
+		if len(f) >= 4 {
+			m.CreatedAt, _ = time.Parse(time.RFC3339, f[2])
+			m.UpdatedAt, _ = time.Parse(time.RFC3339, f[3])
 		}
 		out = append(out, m)
 	}
@@ -197,6 +202,28 @@ func (im *Image) MemberFor(c Caller) (Member, bool) {
 	return Member{}, false
 }
 
+// memberStatus is c's status as a member of im (Visible's question, asked
+// of every shared image a listing meets: the lines' first two fields
+// only, no times parsed).
+func (im *Image) memberStatus(c Caller) (MemberStatus, bool) {
+	v := im.Extra[KeyMembers]
+	if c.UID == Anyone.UID || v == "" {
+		return "", false
+	}
+	for line := range strings.SplitSeq(v, "\n") {
+		id, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if id == "" || !c.matches(id) {
+			continue
+		}
+		status, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
+		if status == "" {
+			return MemberAccepted, true // an earlier imagefs's member
+		}
+		return MemberStatus(status), true
+	}
+	return "", false
+}
+
 // IsMember reports whether uid is one of the image's members, whatever
 // its status.
 func (im *Image) IsMember(uid uint32) bool {
@@ -204,22 +231,18 @@ func (im *Image) IsMember(uid uint32) bool {
 	return ok
 }
 
-// setMembers writes list as im's members (a clone being changed): the
-// value, one "ID STATUS" line each, and their times.
+// setMembers writes list as im's members (a clone being changed), one
+// "ID STATUS CREATED UPDATED" line each.
 func setMembers(im *Image, list []Member) {
 	if len(list) == 0 {
 		deleteExtra(im, KeyMembers)
-		im.MemberTimes = nil
 		return
 	}
-	var b strings.Builder
-	times := make(map[string]MemberTime, len(list))
-	for _, m := range list {
-		b.WriteString(m.ID + " " + string(m.Status) + "\n")
-		times[m.ID] = MemberTime{Created: m.CreatedAt, Updated: m.UpdatedAt}
+	lines := make([]string, len(list))
+	for i, m := range list {
+		lines[i] = m.ID + " " + string(m.Status) + " " + timeString(m.CreatedAt) + " " + timeString(m.UpdatedAt)
 	}
-	setExtra(im, KeyMembers, strings.TrimSuffix(b.String(), "\n"))
-	im.MemberTimes = times
+	setExtra(im, KeyMembers, strings.Join(lines, "\n"))
 }
 
 // sharedOnly refuses a change of members of an image that is not shared,
@@ -574,9 +597,6 @@ func (s *Store) SetMemberStatus(c Caller, id, member string, status MemberStatus
 	}
 	return Member{}, fmt.Errorf("%w %s of image %s (removed meanwhile)", ErrNoMember, member, id)
 }
-
-// cloneMemberTimes is clone's copy of MemberTimes.
-func cloneMemberTimes(m map[string]MemberTime) map[string]MemberTime { return maps.Clone(m) }
 
 // membersRules is setPropertyRules for the members property: mode's
 // condition, then membersAfter's rules.

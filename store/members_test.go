@@ -3,12 +3,22 @@ package store
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+// statuses is im's members as "ID STATUS" lines (their times left out).
+func statuses(im *Image) string {
+	var lines []string
+	for _, m := range im.Members() {
+		lines = append(lines, m.ID+" "+string(m.Status))
+	}
+	return strings.Join(lines, "\n")
+}
 
 // listed reports whether c lists im (ListFor) and sees it by id (GetFor).
 func listedAndByID(s *Store, c Caller, id string) (bool, bool) {
@@ -75,7 +85,7 @@ func TestMembersAPI(t *testing.T) {
 	assert.True(t, m.UpdatedAt.After(before.UpdatedAt), "updated_at moves")
 	listed, byID = listedAndByID(s, bob, im.ID)
 	assert.Equal(t, [2]bool{true, true}, [2]bool{listed, byID}, "accepted member")
-	assert.Equal(t, "1002 accepted\n3f9d2c5a0b7e4c1d8e6f5a4b3c2d1e0f pending", s.Get(im.ID).Extra[KeyMembers], "the mount's view")
+	assert.Equal(t, "1002 accepted\n3f9d2c5a0b7e4c1d8e6f5a4b3c2d1e0f pending", statuses(s.Get(im.ID)), "the mount's view")
 
 	// Rejected: by id, not listed.
 	_, err = s.SetMemberStatus(bob, im.ID, "1002", MemberRejected)
@@ -144,7 +154,7 @@ func TestMemberQuota(t *testing.T) {
 	assert.ErrorIs(t, err, ErrQuota, "Glance counts before it looks for the duplicate")
 	assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n1003\n1004", SetAny), ErrQuota)
 	require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n1004", SetAny), "a change within the quota")
-	assert.Equal(t, "1002 pending\n1004 pending", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 pending\n1004 pending", statuses(s.Get(im.ID)))
 }
 
 // TestMembersProperty: the mount's face, the members property written by
@@ -157,7 +167,7 @@ func TestMembersProperty(t *testing.T) {
 
 	// The owner writes uids (the format of earlier imagefs): pending.
 	require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n1003\n", SetAny))
-	assert.Equal(t, "1002 pending\n1003 pending", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 pending\n1003 pending", statuses(s.Get(im.ID)))
 	listed, byID := listedAndByID(s, bob, im.ID)
 	assert.Equal(t, [2]bool{false, true}, [2]bool{listed, byID})
 	// Syntax.
@@ -173,12 +183,12 @@ func TestMembersProperty(t *testing.T) {
 	require.NoError(t, s.MayWriteProperty(bob, im.ID, KeyMembers), "a member opens members for writing")
 	assert.ErrorIs(t, s.MayWriteProperty(bob, im.ID, "os_distro"), ErrPermission)
 	require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "accepted\n", SetAny))
-	assert.Equal(t, "1002 accepted\n1003 pending", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 accepted\n1003 pending", statuses(s.Get(im.ID)))
 	listed, byID = listedAndByID(s, bob, im.ID)
 	assert.Equal(t, [2]bool{true, true}, [2]bool{listed, byID}, "accepted on the mount")
 	require.NoError(t, s.SetProperty(carolC, im.ID, KeyMembers, "1003 rejected\n", SetAny))
 	require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "1002 pending\n1003 rejected\n", SetAny))
-	assert.Equal(t, "1002 pending\n1003 rejected", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 pending\n1003 rejected", statuses(s.Get(im.ID)))
 	before := s.Get(im.ID)
 	assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyMembers, "1003 accepted\n", SetAny), ErrPermission, "another member's line")
 	assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyMembers, "1002 accepted\n1003 accepted\n", SetAny), ErrPermission, "another's status")
@@ -189,11 +199,23 @@ func TestMembersProperty(t *testing.T) {
 	unchanged(t, s, before)
 	// Its own line alone is its status (the others stay).
 	require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "1002 accepted\n", SetAny))
-	assert.Equal(t, "1002 accepted\n1003 rejected", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 accepted\n1003 rejected", statuses(s.Get(im.ID)))
+
+	// The file as read: each line with its times (added, last changed),
+	// which a write of the file as read leaves as they are.
+	v := s.Get(im.ID).Extra[KeyMembers]
+	ms := s.Get(im.ID).Members()
+	assert.Equal(t, "1002 accepted "+timeString(ms[0].CreatedAt)+" "+timeString(ms[0].UpdatedAt)+"\n"+
+		"1003 rejected "+timeString(ms[1].CreatedAt)+" "+timeString(ms[1].UpdatedAt), v)
+	require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, v+"\n", SetAny))
+	require.NoError(t, s.SetProperty(carolC, im.ID, KeyMembers, v+"\n", SetAny))
+	assert.Equal(t, ms, s.Get(im.ID).Members())
+	assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002 accepted yesterday today\n1003", SetAny), ErrInvalid)
+	assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002 accepted 2026-12-07T17:00:00Z\n1003", SetAny), ErrInvalid, "three fields")
 
 	// The owner's list keeps the statuses it does not name.
 	require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1003\n1002\n1005\n", SetAny))
-	assert.Equal(t, "1003 rejected\n1002 accepted\n1005 pending", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1003 rejected\n1002 accepted\n1005 pending", statuses(s.Get(im.ID)))
 	// Root sets any status.
 	require.NoError(t, s.SetProperty(Root, im.ID, KeyMembers, "1003 accepted\n1002 accepted\n1005 rejected\n", SetAny))
 
@@ -203,7 +225,6 @@ func TestMembersProperty(t *testing.T) {
 	withVisibility(t, s, im, "shared")
 	require.NoError(t, s.RemoveProperty(alice, im.ID, KeyMembers))
 	assert.Nil(t, s.GetFor(bob, im.ID))
-	assert.Nil(t, s.Get(im.ID).MemberTimes)
 }
 
 // TestMembersEarlierFormat: a store written by an earlier imagefs keeps
@@ -235,5 +256,5 @@ func TestMembersEarlierFormat(t *testing.T) {
 	listed, byID := listedAndByID(s, bob, im.ID)
 	assert.Equal(t, [2]bool{true, true}, [2]bool{listed, byID})
 	require.NoError(t, s.SetProperty(carolC, im.ID, KeyMembers, "rejected", SetAny))
-	assert.Equal(t, "1002 accepted\n1003 rejected", s.Get(im.ID).Extra[KeyMembers])
+	assert.Equal(t, "1002 accepted\n1003 rejected", statuses(s.Get(im.ID)))
 }

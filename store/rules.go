@@ -138,7 +138,4 @@ func setExtra(im *Image, key, value string) {
 func deleteExtra(im *Image, key string) {
 	delete(im.Extra, key)
 	delete(im.Slots, key)
-	if key == KeyMembers {
-		im.MemberTimes = nil
-	}
 }
