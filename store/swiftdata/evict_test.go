@@ -105,3 +105,55 @@ func TestEvictAtLastClose(t *testing.T) {
 		t.Errorf("the removed copy is still in the cache 2 s after its last close")
 	}
 }
+
+// Evict while the image's download is in flight: the download finishes
+// and its opener gets the image's bytes (it opened before the delete);
+// the copy leaves the cache at that file's close.
+func TestEvictDuringDownload(t *testing.T) {
+	c := conn(t)
+	ct := uniqueContainer(t, c)
+	a := newBackend(t, c, ct, nil)
+	p, data, want := staged(t, 24<<20)
+	if err := a.Put("img", p); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t, c, ct, nil)
+	type opened struct {
+		f   *os.File
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		f, err := b.Open("img", want)
+		done <- opened{f, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b.mu.Lock()
+		inFlight := b.fetching["img"] != nil
+		b.mu.Unlock()
+		if inFlight {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no download in flight 10 s after the open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.Evict("img")
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("the open in flight at Evict: %v", o.err)
+	}
+	if !b.Cached("img") {
+		t.Errorf("the copy downloaded for an open in flight left the cache before that file's close")
+	}
+	got, err := io.ReadAll(o.f)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("the open in flight at Evict reads %d bytes (%v), not the image", len(got), err)
+	}
+	o.f.Close()
+	if !gone(t, b.cachePath("img")) || b.Cached("img") {
+		t.Errorf("the evicted copy is still in the cache 2 s after its last close")
+	}
+}
