@@ -19,8 +19,8 @@ type DataCache interface {
 }
 
 // evictCopy tells a DataCache backend that another host deleted image
-// id. It returns at once (the backend works in a goroutine of its own):
-// the caller may hold the store's locks.
+// id. It returns at once (Evict runs in a goroutine of its own): the
+// caller holds the store's locks.
 func (s *Store) evictCopy(id string) {
 	if dc, ok := s.data.(DataCache); ok {
 		go dc.Evict(id)
