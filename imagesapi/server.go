@@ -167,6 +167,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
+	s.metadefRoutes(m) // metadefs.go
 	s.mux = m
 }
 

@@ -193,6 +193,8 @@ type Store struct {
 	ww writerWatch // writers of provisional seals (reopen.go)
 
 	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
+
+	metadefMu sync.Mutex // serializes metadefs changes, read to commit (metadefs.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
