@@ -350,9 +350,11 @@ func (m *metadefChange) putContent(name string, c *metadefContent, rev int64) er
 }
 
 // metadefCommit runs decide and commits its change, again (up to 8
-// times) when another host changed a key it read meanwhile. decide reads
-// what it needs (getNamespace, getContent, ...) and returns the change;
-// its error is returned as it is. Holds metadefMu throughout.
+// times) when another host changed a key it read meanwhile (then
+// ErrBusy). decide reads what it needs (getNamespace, getContent, ...)
+// and returns the change; its error is returned as it is. Holds
+// metadefMu throughout: the store's only lock it takes, and no other is
+// held (a leaf, held across catalog reads and the commit).
 func (s *Store) metadefCommit(decide func() (*metadefChange, error)) error {
 	s.metadefMu.Lock()
 	defer s.metadefMu.Unlock()
@@ -367,13 +369,16 @@ func (s *Store) metadefCommit(decide func() (*metadefChange, error)) error {
 		ctx, cancel := s.cat.ctx()
 		_, err = s.cat.kv.Commit(ctx, &kv.Batch{Conds: ch.conds, Ops: ch.ops, Room: ch.room})
 		cancel()
-		if errors.Is(err, kv.ErrConflict) && attempt < 8 {
-			continue
+		if errors.Is(err, kv.ErrConflict) {
+			if attempt < 8 {
+				continue
+			}
+			return fmt.Errorf("%w: the metadata definitions kept changing on other hosts meanwhile; try again", ErrBusy)
 		}
 		if errors.Is(err, kv.ErrTooLarge) {
 			return fmt.Errorf("%w: the change is larger than the catalog accepts in one request: %v", ErrQuota, err)
 		}
-		if err != nil && !errors.Is(err, kv.ErrUnavailable) && !errors.Is(err, kv.ErrConflict) {
+		if err != nil && !errors.Is(err, kv.ErrUnavailable) {
 			s.log.Error("metadefs commit failed; nothing was changed", "err", err)
 		}
 		return catalogErr(err)
