@@ -1,6 +1,8 @@
 package store
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -903,4 +905,77 @@ func (s *Store) DissociateMetadefResourceType(c MetadefCaller, name, rt string) 
 		}
 		return ch, nil
 	})
+}
+
+// metadefs copies the source's metadata definitions into the
+// destination (the last step of Migrate): each namespace (its record and
+// its elements' record) in one commit under the condition that neither
+// exists there, each introduced resource type likewise. One already
+// there with the same records is skipped; one there with other records
+// is a conflict (MigrateReport.MetadefConflicts): nothing of it is
+// written. A dry run writes nothing and counts what it would write.
+func (m *migration) metadefs() error {
+	src := map[string][]byte{}
+	_, err := m.s.cat.kv.Scan(context.Background(), "metadefs/", "metadefs0", 0, func(p kv.Pair) error {
+		src[p.Key] = bytes.Clone(p.Value)
+		return nil
+	})
+	if err != nil {
+		return catalogErr(err)
+	}
+	var units [][]string // keys written together
+	for k := range src {
+		switch {
+		case strings.HasPrefix(k, prefixMetadefNS):
+			units = append(units, []string{k, prefixMetadefContent + k[len(prefixMetadefNS):]})
+		case strings.HasPrefix(k, prefixMetadefRT):
+			units = append(units, []string{k})
+		}
+	}
+	slices.SortFunc(units, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
+	for _, keys := range units {
+		if err := m.ctx.Err(); err != nil {
+			return err
+		}
+		b := &kv.Batch{Room: kv.Grows}
+		same, anyDst := true, false
+		for _, k := range keys {
+			ctx, cancel := context.WithTimeout(m.ctx, migrateCallTimeout)
+			p, err := m.dst.Get(ctx, k)
+			cancel()
+			if err != nil {
+				return m.dstErr(err)
+			}
+			v, inSrc := src[k]
+			inDst := p.ModRev != 0
+			anyDst = anyDst || inDst
+			same = same && inSrc == inDst && (!inSrc || bytes.Equal(p.Value, v))
+			b.Conds = append(b.Conds, kv.Cond{Key: k})
+			if inSrc {
+				b.Ops = append(b.Ops, kv.Op{Kind: kv.Put, Key: k, Value: v})
+			}
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(keys[0], prefixMetadefNS), prefixMetadefRT)
+		switch {
+		case same:
+			m.r.MetadefsSkipped++
+		case anyDst:
+			m.r.MetadefConflicts = append(m.r.MetadefConflicts, name)
+		case m.opts.DryRun:
+			m.r.Metadefs++
+		default:
+			ctx, cancel := context.WithTimeout(m.ctx, migrateCallTimeout)
+			_, err := m.dst.Commit(ctx, b)
+			cancel()
+			if errors.Is(err, kv.ErrConflict) {
+				m.r.MetadefConflicts = append(m.r.MetadefConflicts, name)
+				continue
+			}
+			if err != nil {
+				return m.dstErr(err)
+			}
+			m.r.Metadefs++
+		}
+	}
+	return nil
 }

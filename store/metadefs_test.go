@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/imagefs/imagefs/store/kv"
 )
 
 var (
@@ -292,4 +295,55 @@ func TestMetadefsShared(t *testing.T) {
 	require.NoError(t, a.DeleteMetadefNamespace(mdAdmin, "shared2"))
 	_, _, err = b.MetadefNamespace(mdAdmin, "shared2")
 	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+// imagefs migrate carries the metadata definitions: a namespace with its
+// elements and an introduced resource type are written once (a re-run
+// skips them), a dry run writes nothing, and a namespace the
+// destination holds differently is a conflict left as it is there.
+func TestMetadefsMigrate(t *testing.T) {
+	src := t.TempDir()
+	s, err := Open(src, Options{})
+	require.NoError(t, err)
+	_, err = s.CreateMetadefNamespace(mdAdmin, MetadefNamespace{Namespace: "OS::Mig", Visibility: MetadefPublic,
+		ResourceTypes: []MetadefAssociation{{Name: "OS::Custom::Mig"}}},
+		map[MetadefKind][]MetadefElement{MetadefTags: {{Name: "t"}}})
+	require.NoError(t, err)
+	_, err = s.CreateMetadefNamespace(mdAdmin, MetadefNamespace{Namespace: "clash"}, nil)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	d := newMigrateDst(t)
+	// The destination holds "clash" already, as another store made it.
+	_, err = d.kv.Commit(context.Background(), &kv.Batch{Ops: []kv.Op{{Kind: kv.Put, Key: prefixMetadefNS + "clash", Value: []byte(`{"namespace":"clash","visibility":"public"}`)}}})
+	require.NoError(t, err)
+
+	r, err := Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{DryRun: true})
+	require.NoError(t, err)
+	assert.Equal(t, 2, r.Metadefs, "OS::Mig and OS::Custom::Mig would be written")
+	assert.Len(t, d.keys(t, "metadefs/"), 1, "a dry run writes nothing")
+
+	r, err = Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, 2, r.Metadefs)
+	assert.Equal(t, []string{"clash"}, r.MetadefConflicts)
+	assert.False(t, r.OK())
+	assert.JSONEq(t, `{"namespace":"clash","visibility":"public"}`, string(d.keys(t, prefixMetadefNS+"clash")[prefixMetadefNS+"clash"].Value), "left as it was")
+	before := d.keys(t, "metadefs/")
+
+	r, err = Migrate(context.Background(), src, d.kv, d.data, MigrateOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, 0, r.Metadefs)
+	assert.Equal(t, 2, r.MetadefsSkipped)
+	assert.Equal(t, before, d.keys(t, "metadefs/"), "a re-run changes nothing")
+
+	// A host of the shared catalog serves them.
+	host, _ := openHost(t, d.ns, "host-a", d.dir)
+	ns, content, err := host.MetadefNamespace(mdBob, "OS::Mig")
+	require.NoError(t, err)
+	assert.Equal(t, "OS::Custom::Mig", ns.ResourceTypes[0].Name)
+	assert.Equal(t, []string{"t"}, tagNames(content[MetadefTags]))
+	rts, err := host.MetadefResourceTypes()
+	require.NoError(t, err)
+	assert.Equal(t, "OS::Custom::Mig", rts[len(rts)-1].Name)
 }
