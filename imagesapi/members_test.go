@@ -54,8 +54,8 @@ func (e *env) ids(who, query string) []string {
 	return out
 }
 
-// code is the status of a request with a JSON body (nil: none).
-func (e *env) code(who, method, path string, v any) (int, string) {
+// memberCode is the status of a request with a JSON body (nil: none).
+func (e *env) memberCode(who, method, path string, v any) (int, string) {
 	e.t.Helper()
 	var body []byte
 	if v != nil {
@@ -96,19 +96,19 @@ func TestMembersShareAcceptReject(t *testing.T) {
 
 	// 409 for an existing member; the owner does not accept (403);
 	// an invalid status is 400; carol (no member) gets 404.
-	if code, b := e.code("alice", "POST", members, map[string]any{"member": "bob"}); code != 409 || !strings.Contains(b, "Member bob is duplicated for image "+id) {
+	if code, b := e.memberCode("alice", "POST", members, map[string]any{"member": "bob"}); code != 409 || !strings.Contains(b, "Member bob is duplicated for image "+id) {
 		t.Fatalf("add again: %d %s", code, b)
 	}
-	if code, b := e.code("alice", "PUT", members+"/bob", map[string]any{"status": "accepted"}); code != 403 || !strings.Contains(b, "Not allowed to update members for image") {
+	if code, b := e.memberCode("alice", "PUT", members+"/bob", map[string]any{"status": "accepted"}); code != 403 || !strings.Contains(b, "Not allowed to update members for image") {
 		t.Fatalf("the owner accepts: %d %s", code, b)
 	}
-	if code, b := e.code("bob", "PUT", members+"/bob", map[string]any{"status": "notavalidstatus"}); code != 400 || !strings.Contains(b, `Status must be \"pending\", \"accepted\" or \"rejected\".`) {
+	if code, b := e.memberCode("bob", "PUT", members+"/bob", map[string]any{"status": "notavalidstatus"}); code != 400 || !strings.Contains(b, `Status must be \"pending\", \"accepted\" or \"rejected\".`) {
 		t.Fatalf("invalid status: %d %s", code, b)
 	}
-	if code, _ := e.code("carol", "PUT", members+"/bob", map[string]any{"status": "accepted"}); code != 404 {
+	if code, _ := e.memberCode("carol", "PUT", members+"/bob", map[string]any{"status": "accepted"}); code != 404 {
 		t.Fatalf("carol sets bob's status: %d, want 404", code)
 	}
-	if code, _ := e.code("bob", "POST", members, map[string]any{"member": "carol"}); code != 403 {
+	if code, _ := e.memberCode("bob", "POST", members, map[string]any{"member": "carol"}); code != 403 {
 		t.Fatalf("a member adds a member: %d, want 403", code)
 	}
 	if memberLines(e.st.Get(id)) != "2000 pending" {
@@ -143,7 +143,7 @@ func TestMembersShareAcceptReject(t *testing.T) {
 	if got := e.json("bob", "GET", members, nil, 200)["members"].([]any); len(got) != 1 || got[0].(map[string]any)["member_id"] != "bob" {
 		t.Fatalf("bob's list: %v", got)
 	}
-	if code, _ := e.code("bob", "GET", members+"/0f3c9a2e5b7d4e1f8a6b5c4d3e2f1a0b", nil); code != 404 {
+	if code, _ := e.memberCode("bob", "GET", members+"/0f3c9a2e5b7d4e1f8a6b5c4d3e2f1a0b", nil); code != 404 {
 		t.Fatalf("bob shows another member: %d, want 404", code)
 	}
 	if got := e.json("", "GET", members, nil, 200)["members"].([]any); len(got) != 2 {
@@ -163,21 +163,21 @@ func TestMembersShareAcceptReject(t *testing.T) {
 	if slices.Contains(e.ids("bob", "?member_status=accepted"), id) {
 		t.Error("member_status=accepted lists it")
 	}
-	if code, _ := e.code("bob", "GET", "/v2/images?member_status=maybe", nil); code != 400 {
+	if code, _ := e.memberCode("bob", "GET", "/v2/images?member_status=maybe", nil); code != 400 {
 		t.Errorf("member_status=maybe: %d", code)
 	}
 
 	// A member does not remove itself; the owner does.
-	if code, b := e.code("bob", "DELETE", members+"/bob", nil); code != 403 || !strings.Contains(b, "Not allowed to delete members for image") {
+	if code, b := e.memberCode("bob", "DELETE", members+"/bob", nil); code != 403 || !strings.Contains(b, "Not allowed to delete members for image") {
 		t.Fatalf("a member removes itself: %d %s", code, b)
 	}
-	if code, _ := e.code("alice", "DELETE", members+"/carol", nil); code != 404 {
+	if code, _ := e.memberCode("alice", "DELETE", members+"/carol", nil); code != 404 {
 		t.Fatalf("remove a non-member: %d, want 404", code)
 	}
-	if code, _ := e.code("alice", "DELETE", members+"/bob", nil); code != 204 {
+	if code, _ := e.memberCode("alice", "DELETE", members+"/bob", nil); code != 204 {
 		t.Fatalf("remove: %d", code)
 	}
-	if code, _ := e.code("bob", "GET", "/v2/images/"+id, nil); code != 404 {
+	if code, _ := e.memberCode("bob", "GET", "/v2/images/"+id, nil); code != 404 {
 		t.Fatalf("a removed member sees the image: %d", code)
 	}
 }
@@ -208,7 +208,7 @@ func TestMembersRefusals(t *testing.T) {
 		{"alice", "GET", sm + "/bob", nil, 404, "bob not found in the member list of the image " + shared},
 		{"stranger", "POST", sm, map[string]any{"member": "bob"}, 404, "not found"}, // unmapped: public images only
 	} {
-		code, b := e.code(c.who, c.method, c.path, c.body)
+		code, b := e.memberCode(c.who, c.method, c.path, c.body)
 		if code != c.code || !strings.Contains(b, c.msg) {
 			t.Errorf("%s %s %v as %s: %d %s, want %d %q", c.method, c.path, c.body, c.who, code, b, c.code, c.msg)
 		}
@@ -216,16 +216,16 @@ func TestMembersRefusals(t *testing.T) {
 	// image_member_quota: 413 past it (2 here).
 	e.json("alice", "POST", sm, map[string]any{"member": "bob"}, 200)
 	e.json("alice", "POST", sm, map[string]any{"member": "carol"}, 200)
-	if code, b := e.code("alice", "POST", sm, map[string]any{"member": "dave"}); code != 413 || !strings.Contains(b, "Image member limit exceeded for image "+shared) {
+	if code, b := e.memberCode("alice", "POST", sm, map[string]any{"member": "dave"}); code != 413 || !strings.Contains(b, "Image member limit exceeded for image "+shared) {
 		t.Fatalf("past the quota: %d %s", code, b)
 	}
 	// The members attribute is the members API's: reserved in an image.
-	if code, _ := e.code("alice", "POST", "/v2/images", map[string]any{"name": "x", "members": "2000"}); code != 403 {
+	if code, _ := e.memberCode("alice", "POST", "/v2/images", map[string]any{"name": "x", "members": "2000"}); code != 403 {
 		t.Errorf("create with members: %d, want 403", code)
 	}
 	// The admin sets a member's status and removes members of others' images.
 	e.json("admin", "PUT", sm+"/carol", map[string]any{"status": "accepted"}, 200)
-	if code, _ := e.code("admin", "DELETE", sm+"/carol", nil); code != 204 {
+	if code, _ := e.memberCode("admin", "DELETE", sm+"/carol", nil); code != 204 {
 		t.Fatalf("admin removes: %d", code)
 	}
 	// Schemas.
@@ -247,7 +247,7 @@ func TestMembersProjectMappedLater(t *testing.T) {
 	if got := memberLines(e.st.Get(id)); got != "dave pending" {
 		t.Fatalf("members property = %q", got)
 	}
-	if code, _ := e.code("dave", "GET", "/v2/images/"+id, nil); code != 404 {
+	if code, _ := e.memberCode("dave", "GET", "/v2/images/"+id, nil); code != 404 {
 		t.Fatalf("an unmapped project sees a shared image: %d", code)
 	}
 	// The same store served with dave mapped.

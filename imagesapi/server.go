@@ -2,7 +2,9 @@
 // Glance's Images API v2 (as Glance 25 serves it): the versions document,
 // /v2/images (list with filters, create, show, JSON-Patch update, delete),
 // image data (PUT and GET .../file), deactivate and reactivate, the image
-// schemas and /healthcheck. It is a thin face, like fs/: every rule
+// schemas and /healthcheck; and the metadata definitions API
+// (/v2/metadefs, /v2/schemas/metadefs/*: metadefs.go) over the store's
+// metadefs (store/metadefs.go). It is a thin face, like fs/: every rule
 // (visibility, ownership, protected, system properties, immutability, the
 // VHD inspection at seal, quotas) is the store's, and an upload goes
 // through the same staging and seal as a cp into image.vhd.
@@ -167,7 +169,8 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
-	s.memberRoutes(m) // members.go
+	s.memberRoutes(m)  // members.go
+	s.metadefRoutes(m) // metadefs.go
 	s.mux = m
 }
 

@@ -34,6 +34,7 @@ import (
 //	meta/catalog-id -> the catalog's id (shared catalogs; watch.go)
 //	del/<id>    -> "" (tombstone: the image's delete committed, its
 //	               data file may still exist; see Store.Delete)
+//	metadefs/...   metadata definitions (not images; see metadefs.go)
 //
 // Each batch carries the conditions a shared catalog checks (kv.Cond):
 // the ModRev of img/<id> as the store last saw it for every record

@@ -72,6 +72,11 @@
 // (events.go) may be called with 1, 2 or 3 held, so it must be quick and
 // must not call the Store. Close runs after the server has stopped; it
 // takes 1 (waiting for a seal in flight), then 3.
+//
+// Store.metadefMu (metadefs.go) is apart from all of these: it
+// serializes the changes of metadata definitions, held across their
+// catalog reads and commit, and neither is taken under another store lock
+// nor takes one.
 package store
 
 import (
@@ -201,6 +206,8 @@ type Store struct {
 	ww writerWatch // writers of provisional seals (reopen.go)
 
 	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
+
+	metadefMu sync.Mutex // serializes metadefs changes, read to commit (metadefs.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -391,6 +398,7 @@ func (s *Store) load() error {
 		return err
 	}
 	if s.cat.kv.Shared() {
+		s.evictOrphanCopies() // datacache.go
 		s.startRemote(rev + 1)
 	}
 	return nil

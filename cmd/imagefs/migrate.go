@@ -182,6 +182,14 @@ func runMigrate(args []string) int {
 			fmt.Printf("%d images: %d migrated, %d already there, %d not migrated, %d deleted left out; %d bytes of data copied and verified in %s\n",
 				r.Images, r.Migrated, r.Skipped, r.Failed, r.Deleted, r.Bytes, time.Since(start).Round(time.Millisecond))
 		}
+		if r.Metadefs+r.MetadefsSkipped+len(r.MetadefConflicts) > 0 {
+			verb := "migrated"
+			if *dryRun {
+				verb = "would be migrated"
+			}
+			fmt.Printf("metadata definitions (namespaces and resource types): %d %s, %d already there, %d held by the catalog with other definitions (not migrated: %s)\n",
+				r.Metadefs, verb, r.MetadefsSkipped, len(r.MetadefConflicts), strings.Join(r.MetadefConflicts, ", "))
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imagefs migrate: stopped: %v (run it again to complete the migration)\n", err)
