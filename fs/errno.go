@@ -42,6 +42,7 @@ var errnoMap = []struct {
 	err   error
 	errno syscall.Errno
 }{
+	{store.ErrNoMember, syscall.ENOENT}, // wraps ErrNotFound
 	{store.ErrNotFound, syscall.ENOENT},
 	{store.ErrExists, syscall.EEXIST},
 	{store.ErrImmutable, syscall.EPERM},

@@ -181,6 +181,9 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 	if store.IsSystemKey(p.key) {
 		a.Mode = syscall.S_IFREG | 0o444
 	}
+	if store.OthersWrite(p.key) {
+		a.Mode = syscall.S_IFREG | 0o666 // members write their own status
+	}
 }
 
 func (p *propNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -22,7 +22,8 @@ var (
 		"self": true, "file": true, "schema": true, "direct_url": true, "owner": true,
 		"stores": true,
 	}
-	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true}
+	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true,
+		store.KeyMembers: true} // members.go: the members API
 )
 
 // image returns the image id as c sees it by id, or answers 404 as
@@ -97,8 +98,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			*p.v = n
 		}
 	}
-	// No image is hidden (os_hidden) and every membership is accepted
-	// (the mount's members property): those filters keep all or none.
+	// No image is hidden (os_hidden): that filter keeps all or none.
 	if v := q.Get("os_hidden"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -110,11 +110,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	memberStatus := store.MemberAccepted // a member lists a shared image it accepted
 	switch v := q.Get("member_status"); v {
-	case "", "accepted", "all":
-	case "pending", "rejected":
-		writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
-		return
+	case "":
+	case "accepted", "pending", "rejected", "all":
+		memberStatus = store.MemberStatus(v)
 	default:
 		bad(fmt.Sprintf("Invalid status: %s", v))
 		return
@@ -155,7 +155,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		if visibility == "community" || visibility == "all" {
 			reach = store.ReachID
 		}
-		if !store.Visible(c, im, reach) {
+		if !store.VisibleAs(c, im, reach, memberStatus) {
 			continue
 		}
 		if visibility != "" && visibility != "all" && string(im.Visibility) != visibility {

@@ -169,6 +169,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
+	s.memberRoutes(m)  // members.go
 	s.metadefRoutes(m) // metadefs.go
 	s.mux = m
 }
@@ -236,7 +237,7 @@ func (s *Server) caller(r *http.Request) (store.Caller, string) {
 		return store.Root, ""
 	}
 	if uid, ok := s.opts.Projects[project]; ok {
-		return store.Caller{UID: uid, GID: uid}, project
+		return store.Caller{UID: uid, GID: uid, Project: project}, project
 	}
 	return store.Anyone, project
 }

@@ -86,6 +86,7 @@ func TestCatalogVisibility(t *testing.T) {
 		}
 	}
 	mustAsUser(t, alice, `printf '1002\n' > "$1"`, m.propFile("alice-shared", "members"))
+	m.acceptAs(t, "1002", "alice-shared") // listed once the member accepts
 	run(t, "mkdir", m.images("root-private"))
 	writeProp(t, m, "root-private", "os_distro", "superos")
 	writeProp(t, m, "root-private", "visibility", "private")

@@ -97,7 +97,7 @@ func (s *Store) ChangeProperties(c Caller, id string, ops []PropertyOp) (Change,
 			if err := s.setPropertyRules(c, next, op.Key, op.Value, SetAny); err != nil {
 				return nil, err
 			}
-			applyValue(next, op.Key, op.Value)
+			s.applyChange(c, next, op.Key, op.Value)
 		}
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {

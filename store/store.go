@@ -103,6 +103,10 @@ import (
 // Caller identifies who asks: the uid and gid of the calling process.
 type Caller struct {
 	UID, GID uint32
+	// Project is the API project the caller acts for ("" on the mount):
+	// a member of an image named by this project id matches the caller
+	// too (a project added as a member before it was mapped to a uid).
+	Project string
 }
 
 // Root is the superuser caller.
@@ -117,6 +121,10 @@ type Options struct {
 	// system ones do not count, as in Glance): adding one more is
 	// ErrQuota. 0 means DefaultPropertyQuota.
 	PropertyQuota int
+	// MemberQuota limits the members of one image (Glance's
+	// image_member_quota): adding one more is ErrQuota. 0 means
+	// DefaultMemberQuota; negative, no limit.
+	MemberQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
@@ -590,7 +598,7 @@ func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, err
 			if err := s.setPropertyRules(c, im, p.Key, p.Value, SetAny); err != nil {
 				return nil, nil, err
 			}
-			applyValue(im, p.Key, p.Value)
+			s.applyChange(c, im, p.Key, p.Value)
 		}
 		if err := checkRecordSize(im); err != nil {
 			return nil, nil, err
@@ -681,7 +689,7 @@ func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (C
 			return nil, err
 		}
 		next := im.clone()
-		applyValue(next, key, value)
+		s.applyChange(c, next, key, value)
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {
 			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
@@ -704,6 +712,9 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 	}
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
+	}
+	if key == KeyMembers {
+		return s.membersRules(c, im, value, mode)
 	}
 	if err := mayModify(c, im); err != nil {
 		return err
@@ -785,6 +796,9 @@ func checkTake(c Caller, im *Image, key string, rename bool) error {
 	default:
 		err = mayModify(c, im)
 	}
+	if err == nil {
+		err = takeMembers(im, key)
+	}
 	if err == nil && im.Protected && !rename {
 		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
@@ -825,7 +839,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
 			return nil, err
 		}
-		applyValue(next, to, value)
+		s.applyChange(c, next, to, value)
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {
 			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
@@ -952,7 +966,7 @@ func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) 
 	// The commit SetProperty would make, checked against the free space
 	// it needs but not committed.
 	next := im.clone()
-	applyValue(next, key, value)
+	s.applyChange(c, next, key, value)
 	if err := checkRecordSize(next); err != nil {
 		return err
 	}
@@ -982,6 +996,9 @@ func (s *Store) MayWriteProperty(c Caller, id, key string) error {
 	}
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
+	}
+	if key == KeyMembers {
+		return mayWriteMembers(c, im)
 	}
 	return mayModify(c, im)
 }

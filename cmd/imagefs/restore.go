@@ -24,7 +24,8 @@ For each BACKUP_DIR, imagefs restore makes the image through the mount
 uploads image.vhd, and compares the new image's checksum (MD5) and
 os_hash_value (SHA-512) with the backed-up ones. Then it sets every
 property that may be set: custom properties, min_ram, min_disk,
-visibility, members, protected (last), and status deactivated (root only).
+visibility, members (of a shared image; pending again: each member
+accepts anew), protected (last), and status deactivated (root only).
 System properties (id, checksum, size, created_at, owner, vhd_*, ...) are
 made by imagefs: the restored image has a new id, the caller as owner, and
 the same data and hashes.
@@ -197,7 +198,7 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 
 	keys := make([]string, 0, len(props))
 	for k := range props {
-		if store.IsSystemKey(k) || k == store.KeyName || k == store.KeyProtected {
+		if store.IsSystemKey(k) || k == store.KeyName || k == store.KeyProtected || k == store.KeyMembers {
 			continue
 		}
 		keys = append(keys, k)
@@ -218,6 +219,13 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 			return err
 		}
 	}
+	// members after visibility (only a shared image has them), as
+	// pending again: the owner adds members, each accepts anew.
+	if v := restoredMembers(props); v != "" {
+		if err := set(store.KeyMembers, v); err != nil {
+			return err
+		}
+	}
 	if props[store.KeyStatus] == string(store.StatusDeactivated) {
 		if err := os.WriteFile(filepath.Join(img, "properties", store.KeyStatus), []byte("deactivated\n"), 0o644); err != nil {
 			return fmt.Errorf("deactivating (the backup is deactivated; only root may): %w", err)
@@ -228,6 +236,21 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 		return set(store.KeyProtected, v)
 	}
 	return nil
+}
+
+// restoredMembers is the members value a restore writes: the backed-up
+// members' ids, one per line, for a shared image; "" for none.
+func restoredMembers(props map[string]string) string {
+	if props[store.KeyVisibility] != string(store.VisibilityShared) {
+		return ""
+	}
+	var ids []string
+	for _, line := range strings.Split(props[store.KeyMembers], "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			ids = append(ids, f[0])
+		}
+	}
+	return strings.Join(ids, "\n")
 }
 
 // readProp reads property key of the image directory img.
