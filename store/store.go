@@ -717,6 +717,12 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 			return err
 		}
 	}
+	if key == KeyDiskFormat || key == KeyContainerFormat {
+		// Fixed once there is data, whatever the value (EPERM first).
+		if err := s.checkFormatChange(im, key); err != nil {
+			return err
+		}
+	}
 	if err := ValidValue(key, value); err != nil {
 		return err
 	}
@@ -729,11 +735,6 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 	}
 	if key == KeyVisibility && Visibility(value) == VisibilityPublic && !c.IsRoot() && im.Visibility != VisibilityPublic {
 		return fmt.Errorf("%w: only root may make an image public", ErrNotPermitted)
-	}
-	if key == KeyDiskFormat || key == KeyContainerFormat {
-		if err := s.checkFormatChange(im, key); err != nil {
-			return err
-		}
 	}
 	if key == KeyName && value != im.Name {
 		if _, taken := s.byName[value]; taken {
