@@ -75,16 +75,6 @@ func (f *FS) invalidate(c store.Change) {
 	if c.New != nil && (c.Old == nil || c.New.Name != c.Old.Name) {
 		add(child(images, c.New.Name))
 	}
-	// A disk_format change renames the data file (image.vhd, image.raw):
-	// the old entry goes (dropEntry: a setxattr on the image directory
-	// holds its lock, hence the bounded wait).
-	if c.Old != nil && c.New != nil && c.Old.DataName() != c.New.DataName() && c.Old.DataName() != "" {
-		for _, d := range dirs {
-			if d.GetChild(c.Old.DataName()) != nil {
-				f.dropEntry(d, c.Old.DataName())
-			}
-		}
-	}
 	// Property files are one inode under both trees: their content is
 	// notified once, the entry of a removed one under each tree.
 	var done map[*gofs.Inode]bool

@@ -560,7 +560,7 @@ func (s *Store) EndWriter(u *Upload) error {
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
 		u.warned = true
-		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
+		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto the image's data file (image.vhd, or image.raw for a raw image) to upload it",
 			"id", u.id, "file", u.name, "size", u.size)
 	}
 	return nil
