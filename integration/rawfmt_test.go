@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // randomFile writes n random bytes to a new file (what Tempest uploads)
@@ -218,4 +219,39 @@ func readFileOr(path string) string {
 	defer f.Close()
 	b, _ := io.ReadAll(f)
 	return string(b)
+}
+
+// TestSwiftRawImage: a raw image on the shared catalog with its data in
+// Swift. Host a makes it raw and copies random bytes in; host b sees it
+// raw (the record through etcd), `imagefs prefetch` of its id caches the
+// data (it opens by-id/ID/image.raw), and by-id/ID/image.raw holds the
+// same bytes.
+func TestSwiftRawImage(t *testing.T) {
+	hosts, _ := swiftCluster(t, 2, nil)
+	a, b := hosts[0], hosts[1]
+	id := a.mkimage("r")
+	sh(t, `echo raw > "$1"`, a.propFile("r", "disk_format"))
+	src := randomFile(t, "disk.bin", 3*mib+5)
+	run(t, "cp", src, a.images("r")+"/")
+	if st := a.prop("r", "status"); st != "active" {
+		t.Fatalf("status %s after cp", st)
+	}
+	eventually(t, 5*time.Second, "host-b: r active and raw", func() bool {
+		return strings.TrimSpace(readOptional(b.propFile("r", "status"))) == "active" &&
+			strings.TrimSpace(readOptional(b.propFile("r", "disk_format"))) == "raw"
+	})
+	r := execCmd(binary, "prefetch", b.Mnt, id)
+	if r.err != nil || !strings.Contains(r.stdout, "cached "+id) {
+		t.Fatalf("imagefs prefetch of the raw image: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(b.Store, "swift-cache", id+".vhd")); err != nil {
+		t.Errorf("host-b: not in the cache after the prefetch: %v", err)
+	}
+	if got := entries(t, b.byID(id)); !slices.Equal(got, []string{"image.raw", "properties"}) {
+		t.Fatalf("host-b: by-id/%s lists %v", id, got)
+	}
+	cmp(t, src, b.byID(id, "image.raw"))
+	if got := metric(t, b, "imagefs_data_fetches_total"); got != 1 {
+		t.Errorf("host-b: %v downloads, want 1 (the prefetch's)", got)
+	}
 }
