@@ -255,3 +255,29 @@ func TestSwiftRawImage(t *testing.T) {
 		t.Errorf("host-b: %v downloads, want 1 (the prefetch's)", got)
 	}
 }
+
+// TestRestoreRawBackup: a backup of a raw image (cp -a: image.raw and
+// properties/) is restored as a raw image: imagefs restore sets
+// disk_format raw before the upload, uploads image.raw and checks its
+// hashes.
+func TestRestoreRawBackup(t *testing.T) {
+	m := mount(t)
+	m.mkimage("r")
+	writeProp(t, m, "r", "disk_format", "raw")
+	src := randomFile(t, "disk.bin", mib+1)
+	run(t, "cp", src, m.images("r", "image.raw"))
+	writeProp(t, m, "r", "os_distro", "superos")
+	bk := t.TempDir()
+	run(t, "cp", "-a", m.images("r"), bk+"/")
+	r := execCmd(binary, "restore", "--name", "r2", filepath.Join(bk, "r"), m.Mnt)
+	if r.err != nil {
+		t.Fatalf("imagefs restore: %s", r)
+	}
+	for k, want := range map[string]string{"status": "active", "disk_format": "raw", "os_distro": "superos",
+		"checksum": m.prop("r", "checksum"), "virtual_size": strconv.Itoa(mib + 1)} {
+		if got := m.prop("r2", k); got != want {
+			t.Errorf("restored r2: %s = %q, want %q", k, got, want)
+		}
+	}
+	cmp(t, src, m.images("r2", "image.raw"))
+}
