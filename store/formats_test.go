@@ -1,13 +1,18 @@
 package store
 
 import (
+	"context"
 	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imagefs/imagefs/store/kv"
+	"github.com/imagefs/imagefs/store/kv/pebblekv"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -265,18 +270,58 @@ func TestDataNames(t *testing.T) {
 // formats (no such fields) is a VHD image in a bare container; a record
 // with them empty has them unset.
 func TestRecordFormatsDecode(t *testing.T) {
-	var old Image
-	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","name":"n","status":"active","size":5,"virtual_size":5}`), &old))
+	old := newRecord()
+	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","name":"n","status":"active","size":5,"virtual_size":5}`), old))
 	assert.Equal(t, DiskFormatVHD, old.DiskFormat)
 	assert.Equal(t, ContainerFormatBare, old.ContainerFormat)
 	assert.Equal(t, int64(5), old.Size)
-	var unset Image
-	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","disk_format":"","container_format":""}`), &unset))
+	unset := newRecord()
+	require.NoError(t, json.Unmarshal([]byte(`{"id":"x","disk_format":"","container_format":""}`), unset))
 	assert.Equal(t, "", unset.DiskFormat)
 	assert.Equal(t, "", unset.ContainerFormat)
 	b, err := json.Marshal(&Image{ID: "y", DiskFormat: "raw", ContainerFormat: "bare"})
 	require.NoError(t, err)
-	var back Image
-	require.NoError(t, json.Unmarshal(b, &back))
+	back := newRecord()
+	require.NoError(t, json.Unmarshal(b, back))
 	assert.Equal(t, "raw", back.DiskFormat)
+}
+
+// TestLegacyRecordLoadsAsVHD: a catalog written before imagefs kept the
+// formats (records without the fields) opens with every image vhd and
+// bare: image.vhd, the VHD check at seal, its index entries.
+func TestLegacyRecordLoadsAsVHD(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	a, _ := active(t, s, alice, "a")
+	q := queued(t, s, alice, "q")
+	require.NoError(t, s.Close())
+
+	db, err := pebblekv.Open(filepath.Join(dir, "catalog"), pebblekv.Options{})
+	require.NoError(t, err)
+	var ops []kv.Op
+	for _, id := range []string{a.ID, q.ID} {
+		p, err := db.Get(context.Background(), prefixImage+id)
+		require.NoError(t, err)
+		var fields map[string]any
+		require.NoError(t, json.Unmarshal(p.Value, &fields))
+		delete(fields, "disk_format")
+		delete(fields, "container_format")
+		v, err := json.Marshal(fields)
+		require.NoError(t, err)
+		ops = append(ops, kv.Op{Kind: kv.Put, Key: prefixImage + id, Value: v})
+	}
+	_, err = db.Commit(context.Background(), &kv.Batch{Ops: ops})
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s = openStore(t, dir)
+	defer s.Close()
+	for _, id := range []string{a.ID, q.ID} {
+		im := s.Get(id)
+		assert.Equal(t, DiskFormatVHD, im.DiskFormat)
+		assert.Equal(t, ContainerFormatBare, im.ContainerFormat)
+		assert.Equal(t, ImageDataName, im.DataName())
+	}
+	require.NoError(t, s.CheckIndex())
+	assert.ErrorIs(t, upload(t, s, alice, q.ID, randomBytes(t, 4096), 4096), ErrRefused, "checked as a VHD")
 }

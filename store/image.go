@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"maps"
 	"slices"
 	"strconv"
@@ -106,7 +105,7 @@ type Image struct {
 	// one: Glance's null). ContainerFormat is ContainerFormatBare or ""
 	// (unset). Both are settable only while the image holds no data
 	// (formats.go). Records written before they were kept decode as vhd
-	// and bare (UnmarshalJSON).
+	// and bare (newRecord).
 	DiskFormat      string `json:"disk_format"`
 	ContainerFormat string `json:"container_format"`
 
@@ -133,17 +132,13 @@ type Image struct {
 	rev int64
 }
 
-// UnmarshalJSON decodes a catalog record; a record written before
-// imagefs kept disk_format and container_format (no such fields) is a
-// VHD image in a bare container, as imagefs stored only those.
-func (im *Image) UnmarshalJSON(b []byte) error {
-	type record Image // without this method
-	r := record{DiskFormat: DiskFormatVHD, ContainerFormat: ContainerFormatBare}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return err
-	}
-	*im = Image(r)
-	return nil
+// newRecord returns an Image to decode a catalog record (JSON) into: a
+// record written before imagefs kept disk_format and container_format
+// (no such fields) is a VHD image in a bare container, as imagefs stored
+// only those. (Not an UnmarshalJSON method: that parses every record
+// twice, and loads decode many.)
+func newRecord() *Image {
+	return &Image{DiskFormat: DiskFormatVHD, ContainerFormat: ContainerFormatBare}
 }
 
 func (im *Image) clone() *Image {
