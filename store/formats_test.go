@@ -235,6 +235,8 @@ func TestDataNames(t *testing.T) {
 	_, err = s.CreateFile(alice, r.ID, ImageDataName, Writer{})
 	assert.ErrorIs(t, err, ErrInvalid)
 	assert.Contains(t, err.Error(), "its data file is image.raw")
+	_, err = s.CreateFile(bob, v.ID, RawDataName, Writer{})
+	assert.ErrorIs(t, err, ErrPermission, "another's image: EACCES first")
 
 	// cp disk.img images/r/: the image's data, sealed as raw.
 	data := randomBytes(t, 5000)
@@ -262,6 +264,8 @@ func TestDataNames(t *testing.T) {
 	require.NoError(t, s.RenameScratch(alice, r2.ID, ".disk.XXXX", RawDataName, RenameReplace))
 	assert.Equal(t, StatusActive, s.Get(r2.ID).Status)
 	assert.Equal(t, int64(len(data)), s.Get(r2.ID).VirtualSize)
+	_, err = s.CreateFile(alice, r2.ID, ImageDataName, Writer{})
+	assert.ErrorIs(t, err, ErrImmutable, "a sealed image: EPERM first")
 	// The data file names keep their names.
 	assert.ErrorIs(t, s.RenameScratch(alice, r2.ID, RawDataName, ".x", RenameReplace), ErrNotPermitted)
 }

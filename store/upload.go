@@ -1024,6 +1024,9 @@ func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error)
 		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
 	}
 	if err := wrongDataName(im, name); err != nil {
+		if werr := writable(c, im); werr != nil {
+			return nil, werr // a sealed image, another's: as for any name
+		}
 		return nil, err
 	}
 	dataName := im.DataName()
