@@ -144,6 +144,30 @@ func TestRawImageOnMount(t *testing.T) {
 	if got := strings.Fields(a.oscOK("image", "list", "--property", "disk_format=raw", "-f", "value", "-c", "Name")); !slices.Equal(slices.Sorted(slices.Values(got)), []string{"fromapi", "r"}) {
 		t.Errorf("image list disk_format=raw: %v", got)
 	}
+
+	// Created through the API without formats (Glance's null): no data
+	// file and no format files; cp is refused (EINVAL at the create)
+	// until echo sets both, creating their files.
+	resp, err := http.Post(a.url+"/v2/images", "application/json", strings.NewReader(`{"name": "noformat"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := entries(t, a.images("noformat")); !slices.Equal(got, []string{"properties"}) {
+		t.Fatalf("images/noformat lists %v", got)
+	}
+	if _, err := os.Stat(a.propFile("noformat", "disk_format")); !os.IsNotExist(err) {
+		t.Fatalf("properties/disk_format of an image without one: %v", err)
+	}
+	if r := execCmd("cp", odd, a.images("noformat")+"/"); r.err == nil || !strings.Contains(r.stderr, "Invalid argument") {
+		t.Fatalf("cp into an image without formats: %s", r)
+	}
+	sh(t, `echo raw > "$1/disk_format" && echo bare > "$1/container_format"`, a.images("noformat", "properties"))
+	run(t, "cp", odd, a.images("noformat")+"/")
+	if a.prop("noformat", "status") != "active" {
+		t.Fatalf("noformat after echo and cp: %s", a.prop("noformat", "status"))
+	}
+	cmp(t, odd, a.images("noformat", "image.raw"))
 }
 
 // TestRawUploadRules: raw bytes copied into an image still vhd (the
