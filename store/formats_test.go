@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -328,4 +329,45 @@ func TestLegacyRecordLoadsAsVHD(t *testing.T) {
 	}
 	require.NoError(t, s.CheckIndex())
 	assert.ErrorIs(t, upload(t, s, alice, q.ID, randomBytes(t, 4096), 4096), ErrRefused, "checked as a VHD")
+}
+
+// TestFormatFlipsDuringUploads: disk_format flipped between vhd and raw
+// while uploads start and seal: every sealed record was checked as the
+// format it says (VHD facts and the VHD's virtual size for vhd; none and
+// virtual_size = size for raw); no change lands during an upload.
+func TestFormatFlipsDuringUploads(t *testing.T) {
+	s := newStore(t)
+	data := fixedVHD(t, 1<<20) // a fixed VHD is also a valid raw disk
+	for round := range 20 {
+		im := queued(t, s, alice, "f"+strconv.Itoa(round))
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s.SetProperty(alice, im.ID, KeyDiskFormat, []string{"raw", "vhd"}[i%2], SetAny)
+			}
+		}()
+		require.NoError(t, upload(t, s, alice, im.ID, data, 64<<10))
+		close(stop)
+		<-done
+		got := s.Get(im.ID)
+		require.Equal(t, StatusActive, got.Status)
+		switch got.DiskFormat {
+		case DiskFormatVHD:
+			assert.Equal(t, "fixed", got.Extra[KeyVHDDiskType], "round %d", round)
+			assert.Equal(t, int64(1<<20), got.VirtualSize, "round %d", round)
+		case DiskFormatRaw:
+			_, has := got.Extra[KeyVHDDiskType]
+			assert.False(t, has, "round %d: a raw image with VHD facts", round)
+			assert.Equal(t, int64(len(data)), got.VirtualSize, "round %d", round)
+		default:
+			t.Fatalf("round %d: disk_format %q", round, got.DiskFormat)
+		}
+	}
 }
