@@ -178,7 +178,7 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 	a.Blocks = (a.Size + 511) / 512
 	a.Nlink = 1
 	a.Mode = syscall.S_IFREG | 0o644
-	if store.IsSystemKey(p.key) {
+	if im.Fixed(p.key) {
 		a.Mode = syscall.S_IFREG | 0o444
 	}
 	if store.OthersWrite(p.key) {

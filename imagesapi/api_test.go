@@ -125,6 +125,14 @@ func (e *env) create(who string, v map[string]any) string {
 	return e.json(who, "POST", "/v2/images", v, 201)["id"].(string)
 }
 
+// vhd returns the attributes m of a create with disk_format vhd and
+// container_format bare: as in Glance, an image takes data only once
+// both are set.
+func vhd(m map[string]any) map[string]any {
+	m["disk_format"], m["container_format"] = "vhd", "bare"
+	return m
+}
+
 func (e *env) put(who, id string, data []byte) (int, []byte) {
 	e.t.Helper()
 	code, _, b := e.do(who, "PUT", "/v2/images/"+id+"/file", "application/octet-stream", data)
@@ -323,7 +331,7 @@ func TestUploadRefusedIsKilled(t *testing.T) {
 	rand.Read(junk)
 	trunc := testutil.FixedVHD(t, 1<<20)
 	for name, data := range map[string][]byte{"random": junk, "truncated": trunc[:len(trunc)-300], "empty": nil} {
-		id := e.create("alice", map[string]any{"name": name})
+		id := e.create("alice", vhd(map[string]any{"name": name}))
 		code, b := e.put("alice", id, data)
 		var er map[string]string
 		if code != 400 || json.Unmarshal(b, &er) != nil || er["code"] != "400 Bad Request" {
@@ -340,7 +348,7 @@ func TestUploadRefusedIsKilled(t *testing.T) {
 // leaves the image queued, never active, and no staging file.
 func TestUploadCutOff(t *testing.T) {
 	e := newEnv(t)
-	id := e.create("alice", map[string]any{"name": "cut"})
+	id := e.create("alice", vhd(map[string]any{"name": "cut"}))
 	data := testutil.FixedVHD(t, 8<<20)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
 	if err != nil {
@@ -446,9 +454,9 @@ func TestPatch(t *testing.T) {
 
 func TestIdentityAndActions(t *testing.T) {
 	e := newEnv(t)
-	priv := e.create("alice", map[string]any{"name": "priv", "visibility": "private"})
+	priv := e.create("alice", vhd(map[string]any{"name": "priv", "visibility": "private"}))
 	e.put("alice", priv, testutil.FixedVHD(t, 1<<20))
-	pub := e.create("admin", map[string]any{"name": "pub", "visibility": "public"})
+	pub := e.create("admin", vhd(map[string]any{"name": "pub", "visibility": "public"}))
 	e.put("admin", pub, testutil.FixedVHD(t, 1<<20))
 	names := func(who, query string) []string {
 		t.Helper()
@@ -501,7 +509,7 @@ func TestListFiltersAndPaging(t *testing.T) {
 	e := newEnv(t)
 	var ids []string
 	for i := range 7 {
-		props := map[string]any{"name": fmt.Sprintf("img-%d", i), "os_distro": []string{"superos", "hyperos"}[i%2]}
+		props := vhd(map[string]any{"name": fmt.Sprintf("img-%d", i), "os_distro": []string{"superos", "hyperos"}[i%2]})
 		ids = append(ids, e.create("alice", props))
 	}
 	e.put("alice", ids[0], testutil.FixedVHD(t, 1<<20))
@@ -575,7 +583,7 @@ func TestBounds(t *testing.T) {
 	if code != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("huge header: %d, want 431", code)
 	}
-	id := e.create("alice", map[string]any{"name": "capped"})
+	id := e.create("alice", vhd(map[string]any{"name": "capped"}))
 	data := testutil.FixedVHD(t, 3<<20)
 	if code, b := e.put("alice", id, data); code != 413 {
 		t.Fatalf("upload over the cap: %d %s", code, b)

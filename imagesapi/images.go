@@ -314,8 +314,12 @@ func compareBy(a, b *store.Image, key string) int {
 		return cmp.Compare(a.MinRAM, b.MinRAM)
 	case "min_disk":
 		return cmp.Compare(a.MinDisk, b.MinDisk)
+	case "disk_format":
+		return cmp.Compare(a.DiskFormat, b.DiskFormat)
+	case "container_format":
+		return cmp.Compare(a.ContainerFormat, b.ContainerFormat)
 	}
-	return 0 // disk_format, container_format: the same for every image
+	return 0
 }
 
 // settable checks one attribute of a create or a patch against Glance's
@@ -359,16 +363,8 @@ func settable(key string, v any) (string, int, string) {
 			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['community', 'public', 'private', 'shared']", jsonRepr(v))
 		}
 		return s, 0, ""
-	case "disk_format":
-		if v != "vhd" {
-			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['vhd'] (imagefs stores VHD images only)", jsonRepr(v))
-		}
-		return "vhd", 0, ""
-	case "container_format":
-		if v != "bare" {
-			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['bare']", jsonRepr(v))
-		}
-		return "bare", 0, ""
+	case "disk_format", "container_format":
+		return formatValue(key, v)
 	case "tags":
 		if l, ok := v.([]any); ok && len(l) == 0 {
 			return "", 0, ""
@@ -388,8 +384,8 @@ func settable(key string, v any) (string, int, string) {
 }
 
 // ignoredAtStore are attributes settable accepts that the store does not
-// keep (always vhd, bare, no tags, not hidden).
-var ignoredAtStore = map[string]bool{"disk_format": true, "container_format": true, "tags": true, "os_hidden": true}
+// keep (no tags, not hidden).
+var ignoredAtStore = map[string]bool{"tags": true, "os_hidden": true}
 
 func jsonRepr(v any) string {
 	switch t := v.(type) {

@@ -167,8 +167,8 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["virtual_size"] = size(im.VirtualSize)
 	m["min_ram"] = im.MinRAM
 	m["min_disk"] = im.MinDisk
-	m["disk_format"] = "vhd"
-	m["container_format"] = "bare"
+	m["disk_format"] = nullable(im.DiskFormat)
+	m["container_format"] = nullable(im.ContainerFormat)
 	m["created_at"] = glanceTime(im.CreatedAt)
 	m["updated_at"] = glanceTime(im.UpdatedAt)
 	m["tags"] = []string{}

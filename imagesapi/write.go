@@ -257,6 +257,11 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 				writeError(w, r, http.StatusConflict, err.Error()) // a property removed meanwhile
 				return
 			}
+			if k := formatKeyOf(opKeys(ops)); k != "" && errors.Is(err, store.ErrImmutable) {
+				// The image holds data (or is being uploaded): Glance's words.
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute %s can be only replaced for a queued image.", k))
+				return
+			}
 			s.fail(w, r, err)
 			return
 		}
@@ -266,6 +271,15 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.imageJSON(im))
+}
+
+// opKeys lists the keys of ops.
+func opKeys(ops []store.PropertyOp) []string {
+	keys := make([]string, len(ops))
+	for i, op := range ops {
+		keys[i] = op.Key
+	}
+	return keys
 }
 
 // delete is DELETE /v2/images/{id}: 204; a protected image is 403.
@@ -287,9 +301,11 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 }
 
 // upload is PUT /v2/images/{id}/file: the body streams into the image's
-// upload (the staging file a cp into image.vhd writes), 1 MiB at a time;
-// the end of the body seals it as a cp's close does (the VHD inspection,
-// the hashes). A body that stops short (the client went away, fewer
+// upload (the staging file a cp into image.vhd or image.raw writes), 1
+// MiB at a time; the end of the body seals it as a cp's close does (the
+// inspection its disk_format asks for, the hashes). An image whose
+// disk_format or container_format is unset takes no data (400, as
+// Glance). A body that stops short (the client went away, fewer
 // bytes than its Content-Length, past the size cap) aborts the upload:
 // the image is queued again, never active.
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
@@ -306,6 +322,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	im := s.image(w, r, c)
 	if im == nil || !mayWrite(w, r, c, project) {
+		return
+	}
+	if msg := store.FormatsMissing(im); msg != "" && !im.Status.Sealed() {
+		// Glance's 400; the store refuses the same upload (OpenWrite).
+		writeError(w, r, http.StatusBadRequest, msg)
 		return
 	}
 	capBytes := s.opts.ImageSizeCap
@@ -363,7 +384,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	if cerr != nil {
 		if errors.Is(cerr, store.ErrRefused) {
-			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable VHD; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
+			what := "VHD"
+			if im.DiskFormat == store.DiskFormatRaw {
+				what = "raw disk"
+			}
+			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
 			return
 		}
 		s.fail(w, r, cerr)

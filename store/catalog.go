@@ -223,7 +223,7 @@ func (c *catalog) loadRange(lower, upper string, rev int64) ([]*Image, error) {
 	ctx, cancel := loadCtx()
 	defer cancel()
 	_, err := c.kv.Scan(ctx, lower, upper, rev, func(p kv.Pair) error {
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(p.Value, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
 		}

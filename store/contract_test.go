@@ -433,7 +433,7 @@ var contractCases = []contractCase{
 	{"layout.md", "System properties ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
 		im, _ := active(t, s, alice, "a")
 		for _, k := range []string{KeyID, KeyChecksum, KeyOSHashAlgo, KeyOSHashValue, KeySize, KeyVirtualSize, KeyOwner,
-			KeyCreatedAt, KeyUpdatedAt, KeyDiskFormat, KeyContainerFormat, KeyVHDDiskType, KeyKillReason} {
+			KeyCreatedAt, KeyUpdatedAt, KeyVHDDiskType, KeyKillReason} {
 			for _, c := range []Caller{alice, Root} {
 				assert.ErrorIs(t, s.SetProperty(c, im.ID, k, "x", SetAny), ErrImmutable, k)
 				assert.ErrorIs(t, s.RemoveProperty(c, im.ID, k), ErrImmutable, k)
@@ -651,13 +651,18 @@ var contractCases = []contractCase{
 			assert.ErrorIs(t, s.SetProperty(bob, im.ID, k, "1", SetAny), ErrPermission)
 		}
 	}},
-	{"concepts.md", "`disk_format`, `container_format` | `vhd`, `bare` | fixed by the service", func(t *testing.T, s *Store) {
+	{"concepts.md", "`disk_format` | `vhd` (the default of `mkdir`) or `raw` ... | owner, while the image holds no data (`queued` or `killed`)", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		df, _ := im.Property(KeyDiskFormat)
 		cf, _ := im.Property(KeyContainerFormat)
 		assert.Equal(t, []string{"vhd", "bare"}, []string{df, cf})
-		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyDiskFormat, "qcow2", SetAny), ErrImmutable)
-		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyContainerFormat, "ovf", SetAny), ErrImmutable)
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyDiskFormat, "qcow2", SetAny), ErrInvalid)
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyContainerFormat, "ovf", SetAny), ErrInvalid)
+		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyDiskFormat, "raw", SetAny), ErrPermission)
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyDiskFormat, "raw", SetAny))
+		act, _ := active(t, s, alice, "b")
+		assert.ErrorIs(t, s.SetProperty(Root, act.ID, KeyDiskFormat, "raw", SetAny), ErrImmutable)
+		assert.ErrorIs(t, s.SetProperty(Root, act.ID, KeyContainerFormat, "bare", SetAny), ErrImmutable)
 	}},
 	{"concepts.md", "custom keys | key 1-250 bytes (so that the extended attribute `user.<key>` fits the kernel's 255-byte limit), value up to 65535 bytes | owner", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -901,10 +906,10 @@ var contractCases = []contractCase{
 		assert.NoError(t, err)
 		unchanged(t, s, im)
 	}},
-	{"README.md", "System properties (`id`, `status`, `checksum`, `os_hash_*`, `size`, `virtual_size`, `owner`, `created_at`, `updated_at`, `disk_format`, `container_format`, `vhd_*`, `imagefs_*`, `os_glance*`) ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
+	{"README.md", "System properties (`id`, `status`, `checksum`, `os_hash_*`, `size`, `virtual_size`, `owner`, `created_at`, `updated_at`, `vhd_*`, `imagefs_*`, `os_glance*`) ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		for _, k := range []string{KeyID, KeyStatus, KeyChecksum, KeyOSHashAlgo, KeyOSHashValue, "os_hash_other", KeySize,
-			KeyVirtualSize, KeyOwner, KeyCreatedAt, KeyUpdatedAt, KeyDiskFormat, KeyContainerFormat, "vhd_x", "imagefs_x", "os_glance_x"} {
+			KeyVirtualSize, KeyOwner, KeyCreatedAt, KeyUpdatedAt, "vhd_x", "imagefs_x", "os_glance_x"} {
 			if k == "os_hash_other" {
 				continue // os_hash_* names the two keys above; other os_hash_ keys are custom
 			}

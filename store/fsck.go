@@ -258,7 +258,7 @@ func (k *checker) current(id string) (im *Image, ok bool) {
 	if p.ModRev == 0 {
 		return nil, true
 	}
-	im = new(Image)
+	im = newRecord()
 	if json.Unmarshal(p.Value, im) != nil {
 		return nil, false
 	}

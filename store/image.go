@@ -58,8 +58,7 @@ var coreKeys = []string{
 var systemKeys = map[string]bool{
 	KeyID: true, KeyStatus: true, KeyChecksum: true, KeyOSHashAlgo: true,
 	KeyOSHashValue: true, KeySize: true, KeyVirtualSize: true, KeyOwner: true,
-	KeyCreatedAt: true, KeyUpdatedAt: true, KeyDiskFormat: true,
-	KeyContainerFormat: true,
+	KeyCreatedAt: true, KeyUpdatedAt: true,
 }
 
 // systemPrefixes mark system-maintained extra properties (VHD facts, the
@@ -101,6 +100,15 @@ type Image struct {
 	MinRAM     int64      `json:"min_ram"`
 	MinDisk    int64      `json:"min_disk"`
 
+	// DiskFormat is Glance's disk_format: DiskFormatVHD or DiskFormatRaw,
+	// "" while unset (an image created through the Images API without
+	// one: Glance's null). ContainerFormat is ContainerFormatBare or ""
+	// (unset). Both are settable only while the image holds no data
+	// (formats.go). Records written before they were kept decode as vhd
+	// and bare (newRecord).
+	DiskFormat      string `json:"disk_format"`
+	ContainerFormat string `json:"container_format"`
+
 	Checksum    string `json:"checksum,omitempty"`
 	OSHashAlgo  string `json:"os_hash_algo,omitempty"`
 	OSHashValue string `json:"os_hash_value,omitempty"`
@@ -122,6 +130,15 @@ type Image struct {
 	// it): the condition of the next change of the record. Not in the
 	// record.
 	rev int64
+}
+
+// newRecord returns an Image to decode a catalog record (JSON) into: a
+// record written before imagefs kept disk_format and container_format
+// (no such fields) is a VHD image in a bare container, as imagefs stored
+// only those. (Not an UnmarshalJSON method: that parses every record
+// twice, and loads decode many.)
+func newRecord() *Image {
+	return &Image{DiskFormat: DiskFormatVHD, ContainerFormat: ContainerFormatBare}
 }
 
 func (im *Image) clone() *Image {
@@ -165,9 +182,9 @@ func (im *Image) Property(key string) (string, bool) {
 	case KeyMinDisk:
 		return strconv.FormatInt(im.MinDisk, 10), true
 	case KeyDiskFormat:
-		return "vhd", true
+		return im.DiskFormat, im.DiskFormat != ""
 	case KeyContainerFormat:
-		return "bare", true
+		return im.ContainerFormat, im.ContainerFormat != ""
 	case KeyCreatedAt:
 		return timeString(im.CreatedAt), true
 	case KeyUpdatedAt:

@@ -205,7 +205,7 @@ func (m *migration) run() error {
 	var recs []migrateRecord
 	_, err := m.s.cat.kv.Scan(context.Background(), prefixImage, "img0", 0, func(p kv.Pair) error {
 		raw := bytes.Clone(p.Value)
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(raw, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
 		}

@@ -85,6 +85,8 @@ func ValidValue(key, value string) error {
 		return ValidName(value)
 	case KeyMembers:
 		return checkMembers(value)
+	case KeyDiskFormat, KeyContainerFormat:
+		return validFormat(key, value)
 	default:
 		if len(value) > MaxValueBytes {
 			return fmt.Errorf("%w: %s: value is %d bytes, limit %d", ErrTooBig, key, len(value), MaxValueBytes)
@@ -106,6 +108,10 @@ func applyValue(im *Image, key, value string) {
 		im.Protected = value == "true"
 	case KeyVisibility:
 		im.Visibility = Visibility(value)
+	case KeyDiskFormat:
+		im.DiskFormat = value
+	case KeyContainerFormat:
+		im.ContainerFormat = value
 	case KeyStatus:
 		im.Status = Status(value)
 		if im.Status == StatusActive {

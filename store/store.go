@@ -560,16 +560,26 @@ func mayModify(c Caller, im *Image) error {
 
 // Create makes a new image named name owned by c (uid, and gid as its
 // group): a v4 UUID, status queued, visibility private, min_ram and
-// min_disk 0, not protected.
+// min_disk 0, not protected, disk_format vhd, container_format bare.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
-	return s.create(c, uuid.NewString(), name, nil)
+	return s.create(c, uuid.NewString(), name, mountFormats, nil)
 }
 
+// imageFormats are the disk_format and container_format a new image
+// starts with ("": unset).
+type imageFormats struct{ disk, container string }
+
+// mountFormats are those of an image made on the mount (mkdir): vhd,
+// bare. An image created through the Images API starts with none, as in
+// Glance (CreateWithID).
+var mountFormats = imageFormats{DiskFormatVHD, ContainerFormatBare}
+
 // create is Create with the image's id given (a v4 UUID Create made, or
-// the one an API caller chose: CreateWithID) and properties set in the
-// same commit, each under SetProperty's rules. An id in use is ErrExists.
-func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, error) {
+// the one an API caller chose: CreateWithID), its initial formats, and
+// properties set in the same commit, each under SetProperty's rules. An
+// id in use is ErrExists.
+func (s *Store) create(c Caller, id, name string, formats imageFormats, props []KeyValue) (*Image, error) {
 	defer s.deliver()
 	if err := ValidName(name); err != nil {
 		return nil, err
@@ -591,6 +601,7 @@ func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, err
 		im = &Image{
 			ID: id, InoBase: next << inoShift, Name: name,
 			Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
+			DiskFormat: formats.disk, ContainerFormat: formats.container,
 			Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
 			NextSlot: slotExtraBase,
 		}
@@ -722,6 +733,12 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 
 	if !IsCoreKey(key) {
 		if err := ValidKey(key); err != nil {
+			return err
+		}
+	}
+	if key == KeyDiskFormat || key == KeyContainerFormat {
+		// Fixed once there is data, whatever the value (EPERM first).
+		if err := s.checkFormatChange(im, key); err != nil {
 			return err
 		}
 	}
@@ -1000,5 +1017,11 @@ func (s *Store) MayWriteProperty(c Caller, id, key string) error {
 	if key == KeyMembers {
 		return mayWriteMembers(c, im)
 	}
-	return mayModify(c, im)
+	if err := mayModify(c, im); err != nil {
+		return err
+	}
+	if key == KeyDiskFormat || key == KeyContainerFormat {
+		return s.checkFormatChange(im, key)
+	}
+	return nil
 }

@@ -436,7 +436,7 @@ func (s *Store) applyEvent(ev kv.Event) {
 			s.dropRemote(id, rev)
 			return
 		}
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(ev.Pair.Value, im); err != nil || im.ID != id {
 			s.log.Error("catalog: a record another host wrote cannot be read; ignored", "key", key, "rev", rev, "err", err)
 			return
