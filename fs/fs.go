@@ -38,6 +38,7 @@ const (
 	inoImages     = 2
 	inoByID       = 3
 	inoByProperty = 4
+	inoByTag      = 5
 )
 
 // cacheTimeout is how long the kernel may cache entries and attributes of
@@ -206,7 +207,7 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
 	go f.entries.run(done)
-	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c) })
+	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c); f.invalidateTagViews(c) })
 	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
 		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")

@@ -1,7 +1,7 @@
 // Package imagesapi serves the catalog of a store over HTTP as OpenStack
 // Glance's Images API v2 (as Glance 25 serves it): the versions document,
 // /v2/images (list with filters, create, show, JSON-Patch update, delete),
-// image data (PUT and GET .../file), deactivate and reactivate, the image
+// image data (PUT and GET .../file), deactivate and reactivate, tags, the image
 // schemas and /healthcheck. It is a thin face, like fs/: every rule
 // (visibility, ownership, protected, system properties, immutability, the
 // VHD inspection at seal, quotas) is the store's, and an upload goes
@@ -167,6 +167,8 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
+	m.HandleFunc("PUT /v2/images/{id}/tags/{tag}", s.addTag)
+	m.HandleFunc("DELETE /v2/images/{id}/tags/{tag}", s.deleteTag)
 	s.mux = m
 }
 

@@ -112,6 +112,9 @@ type Options struct {
 	// system ones do not count, as in Glance): adding one more is
 	// ErrQuota. 0 means DefaultPropertyQuota.
 	PropertyQuota int
+	// TagQuota limits the tags of one image (Glance's image_tag_quota):
+	// more is ErrQuota. 0 means DefaultTagQuota.
+	TagQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
@@ -724,7 +727,12 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 			return fmt.Errorf("%w: image name %q", ErrExists, value)
 		}
 	}
-	if n := im.customCount(); !exists && n >= s.opts.PropertyQuota {
+	if key == KeyTags {
+		if err := s.checkTagQuota(value); err != nil {
+			return err
+		}
+	}
+	if n := im.customCount(); !exists && key != KeyTags && n >= s.opts.PropertyQuota {
 		return fmt.Errorf("%w: image %s has %d custom properties, limit %d", ErrQuota, im.ID, n, s.opts.PropertyQuota)
 	}
 	if !exists && im.NextSlot >= SlotScratchBase {
@@ -777,7 +785,7 @@ func checkTake(c Caller, im *Image, key string, rename bool) error {
 	default:
 		err = mayModify(c, im)
 	}
-	if err == nil && im.Protected && !rename {
+	if err == nil && im.Protected && !rename && key != KeyTags { // as RemoveTag
 		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
 	if err != nil {
