@@ -256,3 +256,31 @@ func TestTagIndex(t *testing.T) {
 	}
 	assert.Contains(t, want, entry(KeyTags, "secret", c.ID))
 }
+
+// TestSharedTags: on a shared catalog (etcd: the property index is in
+// memory on each host), host A's tag changes reach host B's tag views
+// and records, and B's AddTag on the record it learnt keeps A's tags.
+func TestSharedTags(t *testing.T) {
+	cat := newSharedCatalog(t)
+	a, _ := cat.open("a", "")
+	b, _ := cat.open("b", "")
+	im, err := a.Create(alice, "one")
+	require.NoError(t, err)
+	require.NoError(t, a.AddTag(alice, im.ID, "x86"))
+	require.NoError(t, a.SetProperty(alice, im.ID, KeyOSHidden, "true", SetAny))
+	within(t, "A's tag on B", func() bool { g := b.Get(im.ID); return g != nil && g.HasTag("x86") && g.Hidden() })
+	got, err := b.ViewImages(alice, KeyTags, "x86")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"one"}, names(got))
+	require.NoError(t, b.AddTag(alice, im.ID, "lts"))
+	within(t, "B's tag on A", func() bool { return a.Get(im.ID).HasTag("lts") })
+	assert.Equal(t, []string{"lts", "x86"}, a.Get(im.ID).Tags())
+	require.NoError(t, a.RemoveTag(alice, im.ID, "x86"))
+	within(t, "A's removal on B", func() bool { return !b.Get(im.ID).HasTag("x86") })
+	got, err = b.ViewImages(alice, KeyTags, "x86")
+	require.NoError(t, err)
+	assert.Empty(t, got)
+	vals, err := b.ViewValues(alice, KeyTags, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"lts"}, vals)
+}
