@@ -98,17 +98,22 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			*p.v = n
 		}
 	}
-	// No image is hidden (os_hidden): that filter keeps all or none.
-	if v := q.Get("os_hidden"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			bad(fmt.Sprintf("Invalid value for os_hidden: %s", v))
+	// os_hidden: Glance lists hidden images only with os_hidden=true,
+	// and then only those.
+	hidden := false
+	if q.Has("os_hidden") {
+		switch v := strings.ToLower(q.Get("os_hidden")); v {
+		case "true", "false":
+			hidden = v == "true"
+		default:
+			bad(fmt.Sprintf("Invalid value '%s' for 'os_hidden' filter. Valid values are 'true' or 'false'.", v))
 			return
 		}
-		if b {
-			writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
-			return
-		}
+	}
+	// tag (repeatable): the image has every one, as Glance's filter.
+	var tags []string
+	for _, t := range q["tag"] {
+		tags = append(tags, strings.TrimSpace(t))
 	}
 	memberStatus := store.MemberAccepted // a member lists a shared image it accepted
 	switch v := q.Get("member_status"); v {
@@ -127,7 +132,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	var filters []filter
 	for k, vs := range q {
 		switch k {
-		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden":
+		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden", "tag":
 			continue
 		}
 		for _, v := range vs {
@@ -162,6 +167,9 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if sizeMin >= 0 && (im.Size < 0 || im.Size < sizeMin) || sizeMax >= 0 && (im.Size < 0 || im.Size > sizeMax) {
+			continue
+		}
+		if im.Hidden() != hidden || !hasTags(im, tags) {
 			continue
 		}
 		ok := true
@@ -365,16 +373,29 @@ func settable(key string, v any) (string, int, string) {
 		return s, 0, ""
 	case "disk_format", "container_format":
 		return formatValue(key, v)
-	case "tags":
-		if l, ok := v.([]any); ok && len(l) == 0 {
-			return "", 0, ""
+	case store.KeyTags:
+		l, ok := v.([]any)
+		if !ok {
+			return schemaErr("'array'")
 		}
-		return "", http.StatusBadRequest, "imagefs does not store image tags yet"
-	case "os_hidden":
-		if v == false {
-			return "", 0, ""
+		tags := make([]string, 0, len(l))
+		for _, e := range l {
+			t, ok := e.(string)
+			if !ok {
+				return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type 'string'", jsonRepr(e))
+			}
+			if msg := tagSchemaErr(t); msg != "" {
+				return "", http.StatusBadRequest, msg
+			}
+			tags = append(tags, t)
 		}
-		return "", http.StatusBadRequest, "imagefs does not hide images yet (os_hidden)"
+		return store.FormatTags(tags), 0, ""
+	case store.KeyOSHidden:
+		b, ok := v.(bool)
+		if !ok {
+			return schemaErr("'boolean'")
+		}
+		return strconv.FormatBool(b), 0, ""
 	}
 	s, ok := v.(string)
 	if !ok {
@@ -384,8 +405,13 @@ func settable(key string, v any) (string, int, string) {
 }
 
 // ignoredAtStore are attributes settable accepts that the store does not
-// keep (no tags, not hidden).
-var ignoredAtStore = map[string]bool{"tags": true, "os_hidden": true}
+// keep: none since the store keeps formats, tags and os_hidden.
+var ignoredAtStore = map[string]bool{}
+
+// isBase reports whether key is one of Glance's base attributes of an
+// image the store keeps (never removed by a patch; replace needs no
+// value before): the core properties and the tags.
+func isBase(key string) bool { return store.IsCoreKey(key) || key == store.KeyTags }
 
 func jsonRepr(v any) string {
 	switch t := v.(type) {

@@ -158,7 +158,7 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["status"] = string(im.Status)
 	m["visibility"] = string(im.Visibility)
 	m["protected"] = im.Protected
-	m["os_hidden"] = false
+	m["os_hidden"] = im.Hidden()
 	m["checksum"] = nullable(im.Checksum)
 	m["os_hash_algo"] = nullable(im.OSHashAlgo)
 	m["os_hash_value"] = nullable(im.OSHashValue)
@@ -171,7 +171,7 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["container_format"] = nullable(im.ContainerFormat)
 	m["created_at"] = glanceTime(im.CreatedAt)
 	m["updated_at"] = glanceTime(im.UpdatedAt)
-	m["tags"] = []string{}
+	m["tags"] = im.Tags()
 	m["self"] = "/v2/images/" + im.ID
 	m["file"] = "/v2/images/" + im.ID + "/file"
 	m["schema"] = "/v2/schemas/image"

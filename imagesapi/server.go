@@ -1,7 +1,7 @@
 // Package imagesapi serves the catalog of a store over HTTP as OpenStack
 // Glance's Images API v2 (as Glance 25 serves it): the versions document,
 // /v2/images (list with filters, create, show, JSON-Patch update, delete),
-// image data (PUT and GET .../file), deactivate and reactivate, the image
+// image data (PUT and GET .../file), deactivate and reactivate, tags, the image
 // schemas and /healthcheck; and the metadata definitions API
 // (/v2/metadefs, /v2/schemas/metadefs/*: metadefs.go) over the store's
 // metadefs (store/metadefs.go). It is a thin face, like fs/: every rule
@@ -171,6 +171,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
 	s.memberRoutes(m)  // members.go
 	s.metadefRoutes(m) // metadefs.go
+	m.HandleFunc("PUT /v2/images/{id}/tags/{tag}", s.addTag)
+	m.HandleFunc("DELETE /v2/images/{id}/tags/{tag}", s.deleteTag)
 	s.mux = m
 }
 

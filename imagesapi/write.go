@@ -91,6 +91,9 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	// One commit: the image appears with all its attributes or not at all.
 	im, err := s.st.CreateWithID(c, id, name, props)
 	if err != nil {
+		if tagQuotaErr(w, r, err) {
+			return
+		}
 		s.fail(w, r, err)
 		return
 	}
@@ -191,7 +194,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			if reserved[key] {
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
 			} else {
-				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s' (imagefs has no tags or locations yet)", path))
+				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s'", path))
 			}
 			return
 		}
@@ -203,7 +206,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			case reserved[key] || store.IsSystemKey(key):
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
 				return
-			case store.IsCoreKey(key) || ignoredAtStore[key]:
+			case isBase(key) || ignoredAtStore[key]:
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Property %s may not be removed.", key))
 				return
 			}
@@ -239,11 +242,11 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		if !seen {
 			_, p = im.Property(st.key)
 		}
-		if !store.IsCoreKey(st.key) && !p && st.op != "add" {
+		if !isBase(st.key) && !p && st.op != "add" {
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s does not exist.", st.key))
 			return
 		}
-		if mt == patchV20 && st.op == "add" && (store.IsCoreKey(st.key) || p) {
+		if mt == patchV20 && st.op == "add" && (isBase(st.key) || p) {
 			// Glance's JSON-Patch draft 4 (v2.0): add is not replace.
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s already present.", st.key))
 			return
@@ -260,6 +263,9 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			if k := formatKeyOf(opKeys(ops)); k != "" && errors.Is(err, store.ErrImmutable) {
 				// The image holds data (or is being uploaded): Glance's words.
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute %s can be only replaced for a queued image.", k))
+				return
+			}
+			if tagQuotaErr(w, r, err) {
 				return
 			}
 			s.fail(w, r, err)

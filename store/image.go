@@ -52,6 +52,7 @@ var coreKeys = []string{
 	KeySize, KeyVirtualSize, KeyOwner, KeyVisibility, KeyProtected,
 	KeyMinRAM, KeyMinDisk, KeyDiskFormat, KeyContainerFormat,
 	KeyCreatedAt, KeyUpdatedAt,
+	KeyOSHidden, // tags.go
 }
 
 // systemKeys are maintained by imagefs; nobody may set or remove them.
@@ -189,18 +190,20 @@ func (im *Image) Property(key string) (string, bool) {
 		return timeString(im.CreatedAt), true
 	case KeyUpdatedAt:
 		return timeString(im.UpdatedAt), true
+	case KeyOSHidden:
+		return strconv.FormatBool(im.Hidden()), true
 	}
 	v, ok := im.Extra[key]
 	return v, ok
 }
 
 // customCount counts the properties the owner added (not core, not
-// system-maintained): what the property quota limits, as Glance's
+// system-maintained, not the tags): what the property quota limits, as Glance's
 // image_property_quota does.
 func (im *Image) customCount() int {
 	n := 0
 	for k := range im.Extra {
-		if !IsSystemKey(k) {
+		if !IsSystemKey(k) && !IsCoreKey(k) && k != KeyTags {
 			n++
 		}
 	}
@@ -216,8 +219,12 @@ func (im *Image) Keys() []string {
 			keys = append(keys, k)
 		}
 	}
-	extra := slices.Sorted(maps.Keys(im.Extra))
-	return append(keys, extra...)
+	for _, k := range slices.Sorted(maps.Keys(im.Extra)) {
+		if !IsCoreKey(k) { // os_hidden is kept in Extra (tags.go)
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // Inode slots within an image's inode range (InoBase | slot).
@@ -238,6 +245,7 @@ const (
 	SlotByIDDir      = 4 // by-id/<id>
 	SlotByIDPropsDir = 5 // by-id/<id>/properties
 	SlotViewLink     = 6 // the symlink by-property/<key>/<value>/<name> (one inode in every view)
+	SlotTagLink      = 7 // the symlink by-tag/<tag>/<name> (one inode in every tag's view)
 	slotCoreBase     = 16
 	slotExtraBase    = 64
 	// SlotScratchBase starts the in-memory slots of scratch files.

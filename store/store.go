@@ -125,6 +125,9 @@ type Options struct {
 	// image_member_quota): adding one more is ErrQuota. 0 means
 	// DefaultMemberQuota; negative, no limit.
 	MemberQuota int
+	// TagQuota limits the tags of one image (Glance's image_tag_quota):
+	// more is ErrQuota. 0 means DefaultTagQuota.
+	TagQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
@@ -760,7 +763,12 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 			return fmt.Errorf("%w: image name %q", ErrExists, value)
 		}
 	}
-	if n := im.customCount(); !exists && n >= s.opts.PropertyQuota {
+	if key == KeyTags {
+		if err := s.checkTagQuota(value); err != nil {
+			return err
+		}
+	}
+	if n := im.customCount(); !exists && key != KeyTags && n >= s.opts.PropertyQuota {
 		return fmt.Errorf("%w: image %s has %d custom properties, limit %d", ErrQuota, im.ID, n, s.opts.PropertyQuota)
 	}
 	if !exists && im.NextSlot >= SlotScratchBase {
@@ -816,7 +824,7 @@ func checkTake(c Caller, im *Image, key string, rename bool) error {
 	if err == nil {
 		err = takeMembers(im, key)
 	}
-	if err == nil && im.Protected && !rename {
+	if err == nil && im.Protected && !rename && key != KeyTags { // as RemoveTag
 		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
 	if err != nil {
