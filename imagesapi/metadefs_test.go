@@ -328,8 +328,8 @@ func TestMetadefErrors(t *testing.T) {
 	e := newEnv(t)
 	e.mdCreateNS("ns1", map[string]any{"protected": true, "objects": []map[string]any{{"name": "obj", "required": []string{"a"},
 		"properties": map[string]any{"a": map[string]any{"type": "string", "title": "A"}}}},
-		"properties": map[string]any{"p": map[string]any{"type": "integer", "title": "P", "minimum": 1}},
-		"tags":       []map[string]any{{"name": "t1"}},
+		"properties":                 map[string]any{"p": map[string]any{"type": "integer", "title": "P", "minimum": 1}},
+		"tags":                       []map[string]any{{"name": "t1"}},
 		"resource_type_associations": []map[string]any{{"name": "OS::Glance::Image", "prefix": "hw_"}}})
 	show := e.json("alice", "GET", mdNS+"/ns1", nil, 200)
 	if show["objects"] == nil || show["properties"].(map[string]any)["p"] == nil || fmt.Sprint(names(show["tags"], "name")) != "[t1]" {
