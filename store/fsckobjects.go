@@ -138,7 +138,9 @@ type objectsCheck struct {
 //   - a sealed image: its manifest names segments that are all listed
 //     with the size and MD5 it records (missing-data, checksum-mismatch),
 //     and its size is the record's (size-mismatch); the segments of its
-//     other uploads are orphans (a sealed image takes no upload);
+//     other uploads are orphans (a sealed image takes no upload). Without
+//     its manifest (missing-data, from checkRecords) its segments are
+//     left alone;
 //   - an image that is not sealed: a manifest is an orphan unless its
 //     upload/<id> key is live (another host's seal in flight); segments
 //     are orphans when the host that sent them (named in their upload's
@@ -225,8 +227,13 @@ func (c *objectsCheck) image(id string) error {
 // sealed checks a sealed image's manifest and its other uploads.
 func (c *objectsCheck) sealed(im *Image, mi *ManifestInfo) {
 	k, id := c.k, im.ID
+	if mi == nil {
+		// Its object is missing (checkRecords reports it): its segments
+		// are left to the operator, who may write the manifest again.
+		return
+	}
 	named := map[string]bool{}
-	if mi != nil {
+	{
 		if mi.Size != im.Size {
 			if cur, ok := k.current(id); ok && cur != nil && cur.Status.Sealed() && cur.Size == im.Size {
 				k.add(ProblemSizeMismatch, id, fmt.Sprintf("its object in %s is %d bytes, record says %d", c.where, mi.Size, im.Size), false)
