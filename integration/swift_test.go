@@ -262,8 +262,9 @@ func swiftFsck(t *testing.T, m *fsMount, store, host, delay string, args ...stri
 	all := append([]string{"fsck"}, args...)
 	all = append(all, "--catalog", get("--catalog"), "--data", get("--data"), "--config", get("--config"),
 		"--host-id", host, "--delete-delay", delay, store)
+	start := time.Now()
 	r := execCmd(binary, all...)
-	t.Logf("imagefs fsck %s as %s: %s", strings.Join(args, " "), host, r)
+	t.Logf("imagefs fsck %s as %s (%v): %s", strings.Join(args, " "), host, time.Since(start).Round(time.Millisecond), r)
 	return r
 }
 
