@@ -144,8 +144,7 @@ type objectsCheck struct {
 //   - an image that is not sealed: a manifest is an orphan unless its
 //     upload/<id> key is live (another host's seal in flight); segments
 //     are orphans when the host that sent them (named in their upload's
-//     prefix) is gone (no host/<host> key) or is this host (whose daemon
-//     is not running: Check holds its lock); an upload of an older
+//     prefix) is gone (no host/<host> key); an upload of an older
 //     version, which names no host, only once its newest segment is
 //     older than OrphanGrace and no upload/<id> key is live;
 //   - no record: a manifest marked deleted is left to its delete until
@@ -307,17 +306,15 @@ func (c *objectsCheck) unsealed(im *Image, mi *ManifestInfo) {
 }
 
 // uploadGone reports whether the upload that sent u can no longer be in
-// progress: its host is gone or is this host, or (an upload that names no
-// host) its newest segment is older than OrphanGrace.
+// progress: its host is gone (no host/<id> key: no daemon serves it; this
+// host's own key goes with its daemon's lease, since Check takes no
+// claim), or (an upload that names no host) its newest segment is older
+// than OrphanGrace.
 func (c *objectsCheck) uploadGone(u UploadObjects) bool {
-	k := c.k
-	switch {
-	case u.Host == k.s.opts.Host:
-		return true // this host's daemon is not running (Check holds the store's lock)
-	case u.Host != "":
+	if u.Host != "" {
 		return c.hosts != nil && !c.hosts[u.Host]
 	}
-	return k.s.opts.Now().Sub(u.newest()) >= k.opts.OrphanGrace
+	return c.k.s.opts.Now().Sub(u.newest()) >= c.k.opts.OrphanGrace
 }
 
 // noRecord checks the objects of an image that has no record.
