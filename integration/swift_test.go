@@ -867,7 +867,10 @@ func lastIndex(args []string, s string) int {
 // are orphan-segments; --repair removes the orphans and nothing else. A
 // deleted image's objects (host-a's delete delay is an hour here) are
 // left alone until the delete delay after the delete, then removed as
-// deleted-data.
+// deleted-data. Of an image that is not sealed (queued), an object is
+// orphan-data, and segments are orphans only when the host that sent
+// them is gone: those of live host-a (a scratch file's upload, say) stay,
+// and those that name no host (an older version's) stay for 10 minutes.
 func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 	hosts, se := swiftCluster(t, 1, nil, "--delete-delay", "1h")
 	a := hosts[0]
@@ -875,6 +878,7 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 	idGone := swiftUpload(t, a, "gone", fxGone)
 	idKept := swiftUpload(t, a, "kept", fxKept)
 	idDoomed := swiftUpload(t, a, "doomed", fxDoomed)
+	idQueued := a.mkimage("queued")
 	segsGone := se.objects(t, "_segments", idGone+"/")
 	segsKept := se.objects(t, "_segments", idKept+"/")
 	segsDoomed := se.objects(t, "_segments", idDoomed+"/")
@@ -890,6 +894,10 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 		{se.container, orphan},
 		{se.container + "_segments", orphan + "/1_1@host-a/00000000"},
 		{se.container + "_segments", idKept + "/2_2@host-a/00000000"},
+		{se.container, idQueued},
+		{se.container + "_segments", idQueued + "/3_3/00000000"},
+		{se.container + "_segments", idQueued + "/4_4@host-gone/00000000"},
+		{se.container + "_segments", idQueued + "/5_5@host-a/00000000"},
 	} {
 		if r := se.cli("upload", "--object-name", o[1], o[0], small); r.err != nil {
 			t.Fatalf("swift upload %s/%s: %s", o[0], o[1], r)
@@ -908,12 +916,14 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 		"orphan-data: " + orphan + ": object in swift://" + se.container + " of no image (--repair fixes this)",
 		"orphan-segments: " + orphan + ": 1 segments",
 		"orphan-segments: " + idKept + ": 1 segments (12 bytes) " + idKept + "/2_2@host-a/",
+		"orphan-data: " + idQueued + ": object in swift://" + se.container + " of a queued image",
+		"orphan-segments: " + idQueued + ": 1 segments (12 bytes) " + idQueued + "/4_4@host-gone/ in swift://" + se.container + " sent by host host-gone,",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("fsck: no line %q", want)
 		}
 	}
-	for _, id := range []string{idDoomed, "orphan-segments: " + idGone} {
+	for _, id := range []string{idDoomed, "orphan-segments: " + idGone, idQueued + "/3_3/", idQueued + "/5_5@host-a/"} {
 		if strings.Contains(r.stdout, id) {
 			t.Errorf("fsck reports %s", id)
 		}
@@ -923,14 +933,17 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 	}
 
 	r = swiftFsck(t, a, admin, "host-admin", "1h", "--repair")
-	if r.code != 1 || strings.Count(r.stdout, "(repaired)") != 3 {
-		t.Errorf("fsck --repair: want exit 1 and 3 problems repaired: %s", r)
+	if r.code != 1 || strings.Count(r.stdout, "(repaired)") != 5 {
+		t.Errorf("fsck --repair: want exit 1 and 5 problems repaired: %s", r)
 	}
-	if got := se.objects(t, "", orphan); len(got) != 0 {
-		t.Errorf("the orphan object after fsck --repair: %v", got)
+	for _, o := range []string{orphan, idQueued} {
+		if got := se.objects(t, "", o); len(got) != 0 {
+			t.Errorf("the orphan object %s after fsck --repair: %v", o, got)
+		}
 	}
 	for prefix, want := range map[string][]string{
 		orphan + "/": nil, idGone + "/": segsGone, idKept + "/": segsKept, idDoomed + "/": segsDoomed,
+		idQueued + "/": {idQueued + "/3_3/00000000", idQueued + "/5_5@host-a/00000000"},
 	} {
 		if got := se.objects(t, "_segments", prefix); !slices.Equal(got, want) {
 			t.Errorf("segments %s after fsck --repair: %v, want %v", prefix, got, want)

@@ -207,7 +207,11 @@ func runFsck(args []string) int {
 			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, target)
 		}
 		if manual > 0 {
-			fmt.Printf("%d of them need you: restore the data file from a backup, or delete the image\n", manual)
+			what := "restore the data file from a backup"
+			if c.shared != nil && c.shared.Swift != nil {
+				what = "put the image's object back in Swift"
+			}
+			fmt.Printf("%d of them need you: %s, or delete the image\n", manual, what)
 		}
 		if r.LostFound > 0 {
 			lf := r.LostFoundDir
