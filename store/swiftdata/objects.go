@@ -150,11 +150,17 @@ func (b *Backend) RemoveManifest(id string) error {
 	return nil
 }
 
-// RemoveSegments deletes the segments named PREFIX/... now
-// (store.DataObjects).
+// RemoveSegments deletes the segments named PREFIX/... now, and an
+// object named PREFIX itself (a stray name without an upload's "/",
+// which ListObjects gives as its own prefix) (store.DataObjects).
 func (b *Backend) RemoveSegments(prefix string) error {
 	if err := b.deleteSegments(prefix); err != nil {
 		return failure("delete the segments "+prefix+"/", err)
+	}
+	ctx, cancel := b.call()
+	defer cancel()
+	if err := b.conn.ObjectDelete(ctx, b.segments, prefix); err != nil && !errors.Is(err, swift.ObjectNotFound) && !errors.Is(err, swift.ContainerNotFound) {
+		return failure("delete the segment "+prefix, err)
 	}
 	return nil
 }

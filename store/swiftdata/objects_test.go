@@ -98,6 +98,31 @@ func TestObjectsForFsck(t *testing.T) {
 	if n := segmentNames(t, c, ct, "img2"); len(n) != 0 {
 		t.Errorf("after RemoveSegments: %v", n)
 	}
+
+	// A stray object of the segments' container (no "/"): its own
+	// upload, removed by RemoveSegments.
+	if err := b.conn.ObjectPutBytes(t.Context(), b.segments, "stray", []byte("x"), ""); err != nil {
+		t.Fatal(err)
+	}
+	ls, err = b.ListObjects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stray *store.UploadObjects
+	for i := range ls.Uploads {
+		if ls.Uploads[i].ID == "stray" {
+			stray = &ls.Uploads[i]
+		}
+	}
+	if stray == nil || stray.Prefix != "stray" || len(stray.Segments) != 1 {
+		t.Fatalf("uploads %+v: want the stray object as upload stray", ls.Uploads)
+	}
+	if err := b.RemoveSegments(stray.Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.conn.Object(t.Context(), b.segments, "stray"); err == nil {
+		t.Errorf("the stray object is still there after RemoveSegments")
+	}
 }
 
 func uploadOf(name string) string { return name[:strings.LastIndexByte(name, '/')] }
