@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/imagefs/imagefs/internal/testutil"
+	"github.com/ncw/swift/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,9 +54,7 @@ func swiftCluster(t *testing.T, n int, sw *testutil.Swift, extra ...string) ([]*
 	}
 	se := swiftEnv{sw: *sw, container: "it-" + randHex(6)}
 	t.Cleanup(func() { // after the hosts (cleanups run last first)
-		for _, c := range []string{se.container, se.container + "_segments"} {
-			se.cli("delete", c) // best effort
-		}
+		se.drop(se.container, se.container+"_segments") // best effort
 	})
 	args := append([]string{"--data", "swift://" + se.container, "--swift-segment-size", "1M",
 		"--delete-delay", "2s", "--metrics-addr", "127.0.0.1:0"}, extra...)
@@ -67,18 +67,54 @@ func (se swiftEnv) cli(args ...string) result {
 	return execCmd("swift", append([]string{"-A", se.sw.AuthURL, "-U", se.sw.User, "-K", se.sw.Key}, args...)...)
 }
 
+// client returns a connection to the test's account (the swift CLI
+// takes seconds to start on a busy machine: the checks that poll use
+// this).
+func (se swiftEnv) client() *swift.Connection {
+	return &swift.Connection{AuthUrl: se.sw.AuthURL, UserName: se.sw.User, ApiKey: se.sw.Key,
+		Timeout: 10 * time.Second, ConnectTimeout: 10 * time.Second}
+}
+
+// drop deletes the containers and their objects, as far as Swift lets
+// it (best effort: errors are ignored).
+func (se swiftEnv) drop(containers ...string) {
+	c, ctx := se.client(), context.Background()
+	for _, ct := range containers {
+		names, _ := c.ObjectNamesAll(ctx, ct, nil)
+		for _, n := range names {
+			c.ObjectDelete(ctx, ct, n)
+		}
+		c.ContainerDelete(ctx, ct)
+	}
+}
+
 // objects lists the container (suffix "" for manifests, "_segments" for
 // segments) under prefix.
 func (se swiftEnv) objects(t testing.TB, suffix, prefix string) []string {
 	t.Helper()
-	r := se.cli("list", se.container+suffix, "--prefix", prefix)
-	if r.err != nil {
-		if strings.Contains(r.stderr, "404") || strings.Contains(r.stderr, "not found") {
-			return nil
-		}
-		t.Fatalf("swift list %s%s: %s", se.container, suffix, r)
+	names, err := se.client().ObjectNamesAll(context.Background(), se.container+suffix, &swift.ObjectsOpts{Prefix: prefix})
+	if errors.Is(err, swift.ContainerNotFound) {
+		return nil
 	}
-	return strings.Fields(r.stdout)
+	if err != nil {
+		t.Fatalf("swift list %s%s: %v", se.container, suffix, err)
+	}
+	return names
+}
+
+// manifest returns the headers of the manifest of image id in Swift, nil
+// when it is not there (a HEAD: the container's listing may lag behind
+// its objects).
+func (se swiftEnv) manifest(t testing.TB, id string) swift.Headers {
+	t.Helper()
+	_, h, err := se.client().Object(context.Background(), se.container, id)
+	if errors.Is(err, swift.ObjectNotFound) || errors.Is(err, swift.ContainerNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("swift stat %s %s: %v", se.container, id, err)
+	}
+	return h
 }
 
 // metric returns one sample of the metrics of host m's current daemon
@@ -108,66 +144,105 @@ func waitByID(t *testing.T, m *fsMount, id string) {
 	eventually(t, 5*time.Second, "by-id/"+id+"/image.vhd visible", func() bool { return exists(m.byID(id, "image.vhd")) })
 }
 
-// An image uploaded on host-a (cp; a fixed VHD of 4 segments and a
-// dynamic one) is in Swift as segments and a manifest; host-b reads it
-// by id: the same bytes, one download per image (fetch count), and the
-// second read goes through passthrough (no READ reaches the daemon).
-// host-a downloads nothing: its staging file is its cached copy.
+// sampleFixture is the shared sample VHD file (read where it is, never
+// copied) as a fixture.
+func sampleFixture(t *testing.T, file string) vhdFixture {
+	t.Helper()
+	p := filepath.Join(sampleDir(t), file)
+	return vhdFixture{Path: p, Subformat: "dynamic", Size: fileSize(t, p),
+		VirtualSize: qemuVirtualSize(t, p), MD5: md5sum(t, p), SHA512: sha512sum(t, p)}
+}
+
+// cacheFile returns the path of image id's copy in host m's cache.
+func cacheFile(m *fsMount, id string) string {
+	return filepath.Join(m.Store, "swift-cache", id+".vhd")
+}
+
+// Images uploaded on host-a with cp, rsync and dd (two dynamic VHDs of
+// the shared samples, and a fixed one of 4 segments) are in Swift as
+// segments and a manifest; host-b and host-c read each by id: the same
+// bytes, exactly one download per host and image (the fetch count and
+// bytes), and the second read downloads nothing and goes through
+// passthrough (no READ reaches the daemon). host-a downloads nothing: its
+// staging files are its cached copies.
 func TestSwiftUploadReadByID(t *testing.T) {
-	hosts, se := swiftCluster(t, 2, nil)
-	a, b := hosts[0], hosts[1]
-	fixed := makeVHD(t, 3*mib+300*1024, "fixed")
-	dynamic := makeVHD(t, 6*mib, "dynamic")
+	requireTools(t, "rsync", "dd")
+	hosts, se := swiftCluster(t, 3, nil)
+	a := hosts[0]
+	uploads := []struct {
+		tool string
+		fx   vhdFixture
+	}{
+		{"cp", sampleFixture(t, "qemu.vhd")},
+		{"rsync", sampleFixture(t, "xapi.vhd")}, // a temporary file renamed onto image.vhd
+		{"dd", makeVHD(t, 3*mib+300*1024, "fixed")},
+	}
 	ids := map[string]vhdFixture{}
-	for name, fx := range map[string]vhdFixture{"fixed": fixed, "dynamic": dynamic} {
-		id := swiftUpload(t, a, name, fx)
-		ids[id] = fx
+	var total int64
+	for _, u := range uploads {
+		name := u.tool
+		id := a.mkimage(name)
+		switch u.tool {
+		case "cp":
+			run(t, "cp", u.fx.Path, a.dataFile(name))
+		case "rsync":
+			run(t, "rsync", u.fx.Path, a.dataFile(name))
+		case "dd":
+			run(t, "dd", "if="+u.fx.Path, "of="+a.dataFile(name), "bs=256k", "status=none")
+		}
+		a.checkSealed(t, name, u.fx)
+		ids[id] = u.fx
+		total += u.fx.Size
 		segs := se.objects(t, "_segments", id+"/")
-		if want := int((fx.Size + mib - 1) / mib); len(segs) != want {
-			t.Errorf("%s: %d segments in Swift (%v), want %d of 1 MiB for %d bytes", name, len(segs), segs, want, fx.Size)
+		if want := int((u.fx.Size + mib - 1) / mib); len(segs) != want {
+			t.Errorf("%s: %d segments in Swift (%v), want %d of 1 MiB for %d bytes", name, len(segs), segs, want, u.fx.Size)
 		}
-		if got := se.objects(t, "", id); len(got) != 1 {
-			t.Errorf("%s: manifest %s: swift list = %v", name, id, got)
-		}
-		if r := se.cli("stat", se.container, id); r.err != nil || !strings.Contains(r.stdout, "Manifest") && !strings.Contains(r.stdout, "X-Static-Large-Object") {
-			t.Errorf("%s: swift stat of the manifest: %s", name, r)
+		if h := se.manifest(t, id); h["X-Static-Large-Object"] != "True" {
+			t.Errorf("%s: no static large object manifest %s in Swift (headers %v)", name, id, h)
 		}
 	}
-	for id, fx := range ids {
-		waitByID(t, b, id)
-		cmp(t, fx.Path, b.byID(id, "image.vhd"))
-	}
-	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
-		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading 2 images, want 2", got)
-	}
-	reads := metric(t, b, `imagefs_fuse_requests_total{op="read"}`)
-	for id, fx := range ids {
-		cmp(t, fx.Path, b.byID(id, "image.vhd"))
-		if got := md5sum(t, b.byID(id, "image.vhd")); got != fx.MD5 {
-			t.Errorf("host-b: md5sum %s = %s, want %s", id, got, fx.MD5)
+	for _, m := range hosts[1:] {
+		host := filepath.Base(filepath.Dir(m.Store))
+		for id, fx := range ids {
+			waitByID(t, m, id)
+			cmp(t, fx.Path, m.byID(id, "image.vhd"))
 		}
-	}
-	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
-		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading again, want still 2", got)
-	}
-	if b.passthroughActive() {
-		if got := metric(t, b, `imagefs_fuse_requests_total{op="read"}`); got != reads {
-			t.Errorf("host-b: %v READ requests reached the daemon reading cached images, want 0 (passthrough)", got-reads)
+		if got := metric(t, m, "imagefs_data_fetches_total"); got != float64(len(ids)) {
+			t.Errorf("%s: imagefs_data_fetches_total = %v after reading %d images, want %d", host, got, len(ids), len(ids))
 		}
-	} else {
-		t.Logf("passthrough unavailable here: reads go through the daemon")
+		if got := metric(t, m, "imagefs_data_fetch_bytes_total"); got != float64(total) {
+			t.Errorf("%s: imagefs_data_fetch_bytes_total = %v, want %d (each image once)", host, got, total)
+		}
+		reads := metric(t, m, `imagefs_fuse_requests_total{op="read"}`)
+		for id, fx := range ids {
+			cmp(t, fx.Path, m.byID(id, "image.vhd"))
+			if got := md5sum(t, m.byID(id, "image.vhd")); got != fx.MD5 {
+				t.Errorf("%s: md5sum %s = %s, want %s", host, id, got, fx.MD5)
+			}
+		}
+		if got := metric(t, m, "imagefs_data_fetches_total"); got != float64(len(ids)) {
+			t.Errorf("%s: imagefs_data_fetches_total = %v after reading again, want still %d", host, got, len(ids))
+		}
+		if m.passthroughActive() {
+			if got := metric(t, m, `imagefs_fuse_requests_total{op="read"}`); got != reads {
+				t.Errorf("%s: %v READ requests reached the daemon reading cached images, want 0 (passthrough)", host, got-reads)
+			}
+		} else {
+			t.Logf("passthrough unavailable here: reads go through the daemon")
+		}
 	}
 	if got := metric(t, a, "imagefs_data_fetches_total"); got != 0 {
 		t.Errorf("host-a (the sealing host): %v downloads, want 0", got)
 	}
-	if got := metric(t, a, "imagefs_data_uploads_total"); got != 2 {
-		t.Errorf("host-a: imagefs_data_uploads_total = %v, want 2", got)
+	if got := metric(t, a, "imagefs_data_uploads_total"); got != float64(len(ids)) {
+		t.Errorf("host-a: imagefs_data_uploads_total = %v, want %d", got, len(ids))
 	}
 	for id, fx := range ids {
 		cmp(t, fx.Path, a.byID(id, "image.vhd"))
 	}
 	// The cache outlives the daemon: host-b mounted again reads without
 	// a download.
+	b := hosts[1]
 	b.remount()
 	for id, fx := range ids {
 		cmp(t, fx.Path, b.byID(id, "image.vhd"))
@@ -175,8 +250,8 @@ func TestSwiftUploadReadByID(t *testing.T) {
 	if got := metric(t, b, "imagefs_data_fetches_total"); got != 0 {
 		t.Errorf("host-b remounted: %v downloads of images in its cache, want 0", got)
 	}
-	if got := metric(t, b, "imagefs_data_cache_images"); got != 2 {
-		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want 2", got)
+	if got := metric(t, b, "imagefs_data_cache_images"); got != float64(len(ids)) {
+		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want %d", got, len(ids))
 	}
 	for _, m := range hosts {
 		if bytes.Contains(readFile(m.log), []byte("key="+se.sw.Key)) || bytes.Contains(readFile(m.log), []byte("ST_KEY")) {
@@ -627,29 +702,106 @@ func TestSwiftCorruptObjectRefused(t *testing.T) {
 	}
 }
 
-// Delete on host-a: the image goes at once on every host, its objects
-// stay for the delete delay (2 s) and are gone after it; host-a's cached
-// copy goes at once.
+// Delete on host-a while host-b reads: the image goes at once on every
+// host; host-b's reader, which had it open, reads its bytes to the end;
+// the objects stay for the delete delay (2 s) and are gone after it; no
+// host keeps the image in its cache: host-a's (the deleting host's) and
+// host-c's copies go at once (nobody has them open), host-b's at its
+// reader's close. host-c down during the delete of a second image: its
+// next mount evicts the copy of the image the catalog no longer has.
 func TestSwiftDeleteDelayed(t *testing.T) {
-	hosts, se := swiftCluster(t, 2, nil)
-	a, b := hosts[0], hosts[1]
-	fx := makeVHD(t, 2*mib, "fixed")
+	hosts, se := swiftCluster(t, 3, nil)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	fx := makeVHD(t, 2*mib+300*1024, "fixed")
 	id := swiftUpload(t, a, "doomed", fx)
-	waitByID(t, b, id)
-	cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	fx2 := makeVHD(t, 1*mib, "fixed")
+	id2 := swiftUpload(t, a, "while-down", fx2)
+	for _, m := range []*fsMount{b, c} {
+		for _, img := range []struct {
+			id string
+			fx vhdFixture
+		}{{id, fx}, {id2, fx2}} {
+			waitByID(t, m, img.id)
+			cmp(t, img.fx.Path, m.byID(img.id, "image.vhd"))
+		}
+	}
+	for _, m := range hosts {
+		if _, err := os.Stat(cacheFile(m, id)); err != nil {
+			t.Fatalf("%s: no copy in the cache before the delete: %v", m.Mnt, err)
+		}
+	}
+	want, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := os.Open(b.byID(id, "image.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	head := make([]byte, mib)
+	if _, err := io.ReadFull(reader, head); err != nil {
+		t.Fatal(err)
+	}
+
 	run(t, "rm", "-rf", a.images("doomed"))
-	eventually(t, 5*time.Second, "host-b: by-id/<id> gone", func() bool { return !exists(b.byID(id)) })
-	if _, err := os.Stat(filepath.Join(a.Store, "swift-cache", id+".vhd")); err == nil {
+	for _, m := range []*fsMount{b, c} {
+		eventually(t, 5*time.Second, m.Mnt+": by-id/<id> gone", func() bool { return !exists(m.byID(id)) })
+	}
+	if _, err := os.Stat(cacheFile(a, id)); err == nil {
 		t.Errorf("host-a: the deleted image's copy is still in its cache")
 	}
-	if got := se.objects(t, "", id); len(got) != 1 {
-		t.Errorf("the manifest went at once (swift list = %v); want it kept for the delete delay", got)
+	eventually(t, 5*time.Second, "host-c: the deleted image's copy gone from its cache", func() bool {
+		_, err := os.Stat(cacheFile(c, id))
+		return os.IsNotExist(err)
+	})
+	if se.manifest(t, id) == nil {
+		t.Errorf("the manifest went at once; want it kept for the delete delay")
 	}
+	if _, err := os.Stat(cacheFile(b, id)); err != nil {
+		t.Errorf("host-b: the copy its reader has open left the cache before the reader's close: %v", err)
+	}
+	rest, err := io.ReadAll(reader)
+	if got := append(head, rest...); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("host-b: the reader that had the image open across its delete read %d bytes (%v), not the image", len(got), err)
+	}
+	reader.Close()
+	eventually(t, 5*time.Second, "host-b: the deleted image's copy gone from its cache after the reader's close", func() bool {
+		_, err := os.Stat(cacheFile(b, id))
+		return os.IsNotExist(err)
+	})
 	eventually(t, 20*time.Second, "objects gone from Swift after the 2 s delay", func() bool {
-		return len(se.objects(t, "", id)) == 0 && len(se.objects(t, "_segments", id+"/")) == 0
+		return se.manifest(t, id) == nil && len(se.objects(t, "_segments", id+"/")) == 0
 	})
 	if got := metric(t, a, "imagefs_data_deletes_total"); got != 1 {
 		t.Errorf("host-a: imagefs_data_deletes_total = %v, want 1", got)
+	}
+	for _, m := range []*fsMount{b, c} {
+		if got := metric(t, m, "imagefs_data_cache_images"); got != 1 {
+			t.Errorf("%s: imagefs_data_cache_images = %v after the delete, want 1 (while-down)", m.Mnt, got)
+		}
+	}
+
+	// host-c down during the delete. Its catalog snapshot removed, it
+	// lists the catalog at its next mount: no delete event reaches it,
+	// only the mount's check of its cache against the catalog.
+	c.stop()
+	run(t, "rm", "-rf", a.images("while-down"))
+	eventually(t, 5*time.Second, "host-b: while-down gone", func() bool { return !exists(b.byID(id2)) })
+	if err := os.Remove(filepath.Join(c.Store, "catalog-snapshot")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cacheFile(c, id2)); err != nil {
+		t.Fatalf("host-c (down): its copy of while-down: %v", err)
+	}
+	c.start()
+	if _, err := os.Stat(cacheFile(c, id2)); !os.IsNotExist(err) {
+		t.Errorf("host-c remounted: the copy of an image deleted while it was down is still in its cache (%v)", err)
+	}
+	for _, m := range hosts {
+		if files := vhdFiles(filepath.Join(m.Store, "swift-cache")); len(files) != 0 {
+			t.Errorf("%s: copies of deleted images left in the cache: %v", m.Mnt, files)
+		}
 	}
 }
 
@@ -761,9 +913,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 	b.stop()
 	se := swiftEnv{sw: sw, container: "it-" + randHex(6)}
 	t.Cleanup(func() {
-		for _, c := range []string{se.container, se.container + "_segments"} {
-			se.cli("delete", c)
-		}
+		se.drop(se.container, se.container+"_segments")
 	})
 	r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, "swift://"+se.container)...)
 	t.Logf("host-b mount of a directory catalog with swift://%s: %s", se.container, r)
@@ -804,7 +954,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 	if files := vhdFiles(other); len(files) != 0 {
 		t.Errorf("%s: data files %v written by a refused mount", other, files)
 	}
-	sse.cli("delete", sse.container+"-other")
+	sse.drop(sse.container+"-other", sse.container+"-other_segments")
 	sb.start()
 	cmp(t, fx.Path, sb.images("in-swift", "image.vhd"))
 }
@@ -882,12 +1032,9 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 	segsGone := se.objects(t, "_segments", idGone+"/")
 	segsKept := se.objects(t, "_segments", idKept+"/")
 	segsDoomed := se.objects(t, "_segments", idDoomed+"/")
-	if r := se.cli("delete", "--leave-segments", se.container, idGone); r.err != nil {
-		t.Fatalf("swift delete of the manifest: %s", r)
-	}
-	small := filepath.Join(t.TempDir(), "small")
-	if err := os.WriteFile(small, []byte("not an image"), 0o600); err != nil {
-		t.Fatal(err)
+	sc, ctx := se.client(), context.Background()
+	if err := sc.ObjectDelete(ctx, se.container, idGone); err != nil { // the manifest only
+		t.Fatalf("delete the manifest: %v", err)
 	}
 	const orphan = "0000-no-such-image"
 	for _, o := range [][2]string{
@@ -899,8 +1046,8 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 		{se.container + "_segments", idQueued + "/4_4@host-gone/00000000"},
 		{se.container + "_segments", idQueued + "/5_5@host-a/00000000"},
 	} {
-		if r := se.cli("upload", "--object-name", o[1], o[0], small); r.err != nil {
-			t.Fatalf("swift upload %s/%s: %s", o[0], o[1], r)
+		if err := sc.ObjectPutBytes(ctx, o[0], o[1], []byte("not an image"), ""); err != nil {
+			t.Fatalf("put %s/%s: %v", o[0], o[1], err)
 		}
 	}
 	run(t, "rm", "-rf", a.images("doomed"))

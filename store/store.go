@@ -383,6 +383,7 @@ func (s *Store) load() error {
 		return err
 	}
 	if s.cat.kv.Shared() {
+		s.evictOrphanCopies() // datacache.go
 		s.startRemote(rev + 1)
 	}
 	return nil
