@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -179,13 +180,7 @@ func (k *checker) checkObjects(do DataObjects) error {
 		c.uploads[u.ID] = append(c.uploads[u.ID], u)
 		ids[u.ID] = true
 	}
-	for _, id := range slices.Sorted(func(yield func(string) bool) {
-		for id := range ids {
-			if !yield(id) {
-				return
-			}
-		}
-	}) {
+	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		if err := c.image(id); err != nil {
 			return err
 		}
@@ -231,30 +226,28 @@ func (c *objectsCheck) sealed(im *Image, mi *ManifestInfo) {
 		// are left to the operator, who may write the manifest again.
 		return
 	}
+	if mi.Size != im.Size {
+		if cur, ok := k.current(id); ok && cur != nil && cur.Status.Sealed() && cur.Size == im.Size {
+			k.add(ProblemSizeMismatch, id, fmt.Sprintf("its object in %s is %d bytes, record says %d", c.where, mi.Size, im.Size), false)
+		}
+	}
 	named := map[string]bool{}
-	{
-		if mi.Size != im.Size {
-			if cur, ok := k.current(id); ok && cur != nil && cur.Status.Sealed() && cur.Size == im.Size {
-				k.add(ProblemSizeMismatch, id, fmt.Sprintf("its object in %s is %d bytes, record says %d", c.where, mi.Size, im.Size), false)
-			}
+	var missing []string
+	for _, s := range mi.Segments {
+		named[uploadOf(s.Name)] = true
+		l, ok := c.listed[s.Name]
+		switch {
+		case !ok:
+			missing = append(missing, s.Name)
+		case l.Size != s.Size:
+			k.add(ProblemSizeMismatch, id, fmt.Sprintf("segment %s is %d bytes, its manifest says %d", s.Name, l.Size, s.Size), false)
+		case s.MD5 != "" && l.MD5 != "" && !strings.EqualFold(s.MD5, l.MD5):
+			k.add(ProblemChecksum, id, fmt.Sprintf("segment %s has md5 %s, its manifest says %s (replaced or damaged)", s.Name, l.MD5, s.MD5), false)
 		}
-		var missing []string
-		for _, s := range mi.Segments {
-			named[uploadOf(s.Name)] = true
-			l, ok := c.listed[s.Name]
-			switch {
-			case !ok:
-				missing = append(missing, s.Name)
-			case l.Size != s.Size:
-				k.add(ProblemSizeMismatch, id, fmt.Sprintf("segment %s is %d bytes, its manifest says %d", s.Name, l.Size, s.Size), false)
-			case s.MD5 != "" && l.MD5 != "" && !strings.EqualFold(s.MD5, l.MD5):
-				k.add(ProblemChecksum, id, fmt.Sprintf("segment %s has md5 %s, its manifest says %s (replaced or damaged)", s.Name, l.MD5, s.MD5), false)
-			}
-		}
-		if len(missing) > 0 {
-			if _, err := c.do.Manifest(id); err == nil { // not deleted meanwhile
-				k.add(ProblemMissingData, id, fmt.Sprintf("%d of the %d segments its manifest names are missing from %s (first %s)", len(missing), len(mi.Segments), c.where, missing[0]), false)
-			}
+	}
+	if len(missing) > 0 {
+		if _, err := c.do.Manifest(id); err == nil { // not deleted meanwhile
+			k.add(ProblemMissingData, id, fmt.Sprintf("%d of the %d segments its manifest names are missing from %s (first %s)", len(missing), len(mi.Segments), c.where, missing[0]), false)
 		}
 	}
 	for _, u := range c.uploads[id] {
