@@ -964,6 +964,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 // host-b, which has no copy, refuses the image (EIO) and logs a
 // verification failure naming the image and the host, counted in
 // imagefs_data_verify_failures_total; host-a keeps its verified copy.
+// fsck reports the segment (checksum-mismatch).
 func TestSwiftSwappedSegmentRefused(t *testing.T) {
 	hosts, se := swiftCluster(t, 2, nil)
 	a, b := hosts[0], hosts[1]
@@ -996,6 +997,17 @@ func TestSwiftSwappedSegmentRefused(t *testing.T) {
 		t.Errorf("host-b: imagefs_data_verify_failures_total = %v, want 1", got)
 	}
 	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+
+	// fsck (without --verify-data: from Swift's listing) finds the
+	// segment whose MD5 is not the one its manifest records.
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "")
+	if r.code != 1 || !strings.Contains(r.stdout, "checksum-mismatch: "+id+": segment "+segs[0]+" has md5 ") {
+		t.Errorf("fsck: want exit 1 and the swapped segment of %s (checksum-mismatch): %s", id, r)
+	}
 }
 
 // lastIndex returns the index of the last s in args (-1: none): a later
