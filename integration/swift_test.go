@@ -1125,3 +1125,46 @@ func TestSwiftFsckMissingAndOrphans(t *testing.T) {
 		t.Errorf("the deleted image's objects after fsck --repair past the delay: %v %v", got, segs)
 	}
 }
+
+// A seal cut off after its manifest reached Swift and before its record
+// committed (here: host-a killed mid-upload, and the manifest put by
+// hand): host-a's next mount kills the image (the data cannot be sealed
+// from there: its staging file is gone), and fsck --repair removes the
+// manifest of the killed image (orphan-data).
+func TestSwiftUncommittedSealKilled(t *testing.T) {
+	hosts, se := swiftCluster(t, 1, nil)
+	a := hosts[0]
+	fx := makeVHD(t, 2*mib, "fixed")
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:mib+100]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "a segment in Swift during the upload", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 1
+	})
+	a.crash()
+	f.Close()
+	if err := se.client().ObjectPutBytes(context.Background(), se.container, id, data, ""); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	if st := strings.TrimSpace(readOptional(a.propFile("cut", "status"))); st != "killed" {
+		t.Errorf("host-a remounted: status %q, want killed", st)
+	}
+	a.stop()
+	r := swiftFsck(t, a, a.Store, "host-a", "", "--repair")
+	if r.code != 0 || !strings.Contains(r.stdout, "orphan-data: "+id+": object in swift://"+se.container+" of a killed image") {
+		t.Errorf("fsck --repair: want exit 0 and the killed image's object removed (orphan-data): %s", r)
+	}
+	if got := se.objects(t, "", id); len(got) != 0 {
+		t.Errorf("the killed image's object after fsck --repair: %v", got)
+	}
+}
