@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -318,39 +319,112 @@ func TestSwiftSegmentsStreamedDuringUpload(t *testing.T) {
 	}
 }
 
+// swiftFsck runs imagefs fsck ARGS on the catalog and container of m's
+// cluster, as host (its STORE store, which must not be mounted), with a
+// delete delay of delay ("" for the hosts' 2 s).
+func swiftFsck(t *testing.T, m *fsMount, store, host, delay string, args ...string) result {
+	t.Helper()
+	get := func(flag string) string {
+		if i := lastIndex(m.Args, flag); i >= 0 && i+1 < len(m.Args) {
+			return m.Args[i+1]
+		}
+		t.Fatalf("%s: no %s in %v", m.Mnt, flag, m.Args)
+		return ""
+	}
+	if delay == "" {
+		delay = get("--delete-delay")
+	}
+	all := append([]string{"fsck"}, args...)
+	all = append(all, "--catalog", get("--catalog"), "--data", get("--data"), "--config", get("--config"),
+		"--host-id", host, "--delete-delay", delay, store)
+	start := time.Now()
+	r := execCmd(binary, all...)
+	t.Logf("imagefs fsck %s as %s (%v): %s", strings.Join(args, " "), host, time.Since(start).Round(time.Millisecond), r)
+	return r
+}
+
 // host-a killed (SIGKILL) in the middle of an upload whose segments were
 // being sent: the image ends killed on host-b (the upload's lease
-// expires), and host-a's next mount deletes the segments it had sent.
+// expires), with a reason naming host-a. Then, twice:
+//
+//   - host-a comes back: its next mount deletes the segments it had sent;
+//   - host-a stays down: fsck --repair, run on host-b's STORE (host-b
+//     unmounted, as fsck of a shared catalog is run), removes them
+//     (orphan-segments: their upload's host is gone); before the crash,
+//     the same fsck --repair left the segments of host-a's upload in
+//     progress alone.
 func TestSwiftCrashMidUpload(t *testing.T) {
 	hosts, se := swiftCluster(t, 2, nil)
 	a, b := hosts[0], hosts[1]
-	fx := makeVHD(t, 4*mib, "fixed")
-	data, err := os.ReadFile(fx.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := a.mkimage("cut")
-	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(data[:3*mib+100]); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 20*time.Second, "3 segments in Swift during the upload", func() bool {
-		return len(se.objects(t, "_segments", id+"/")) == 3
-	})
-	a.crash()
-	f.Close() // on a dead mount: its error does not matter
-	eventually(t, 4*sharedLeaseTTL+5*time.Second, "host-b: the image killed", func() bool {
-		return strings.TrimSpace(readOptional(b.propFile("cut", "status"))) == "killed"
-	})
-	a.start()
-	eventually(t, 20*time.Second, "host-a remounted: the segments it sent deleted", func() bool {
-		return len(se.objects(t, "_segments", id+"/")) == 0
-	})
-	if got := se.objects(t, "", id); len(got) != 0 {
-		t.Errorf("a manifest of the cut upload: %v", got)
+	for _, comesBack := range []bool{true, false} {
+		name := fmt.Sprintf("cut-%v", comesBack)
+		fx := makeVHD(t, 4*mib, "fixed")
+		data, err := os.ReadFile(fx.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := a.mkimage(name)
+		f, err := os.OpenFile(a.dataFile(name), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data[:3*mib+100]); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 20*time.Second, name+": 3 segments in Swift during the upload", func() bool {
+			return len(se.objects(t, "_segments", id+"/")) == 3
+		})
+		if !comesBack {
+			// An upload in progress on a live host is not an orphan.
+			b.stop()
+			if r := swiftFsck(t, b, b.Store, "host-b", "", "--repair"); r.code != 0 || strings.Contains(r.stdout, "orphan") {
+				t.Errorf("%s: fsck --repair with host-a's upload in progress: want exit 0 and no orphans: %s", name, r)
+			}
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 3 {
+				t.Errorf("%s: fsck --repair during host-a's upload left %d segments %v, want its 3", name, len(got), got)
+			}
+			b.start()
+		}
+		a.crash()
+		f.Close() // on a dead mount: its error does not matter
+		eventually(t, 4*sharedLeaseTTL+5*time.Second, name+": host-b: the image killed", func() bool {
+			return strings.TrimSpace(readOptional(b.propFile(name, "status"))) == "killed"
+		})
+		if reason := readOptional(b.propFile(name, "imagefs_kill_reason")); !strings.Contains(reason, "host-a") {
+			t.Errorf("%s: host-b: kill reason %q does not name host-a", name, reason)
+		}
+		if comesBack {
+			a.start()
+			eventually(t, 20*time.Second, name+": host-a remounted: the segments it sent deleted", func() bool {
+				return len(se.objects(t, "_segments", id+"/")) == 0
+			})
+		} else {
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 3 {
+				t.Fatalf("%s: segments of the cut upload before fsck: %v, want 3", name, got)
+			}
+			b.stop()
+			r := swiftFsck(t, b, b.Store, "host-b", "")
+			if r.code != 3 || !strings.Contains(r.stdout, "orphan-segments: "+id+": 3 segments") || !strings.Contains(r.stdout, "sent by host host-a") {
+				t.Errorf("%s: fsck after host-a's crash: want exit 3 and orphan-segments of %s sent by host-a: %s", name, id, r)
+			}
+			if r := swiftFsck(t, b, b.Store, "host-b", "", "--repair"); r.code != 0 {
+				t.Errorf("%s: fsck --repair: want exit 0: %s", name, r)
+			}
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 0 {
+				t.Errorf("%s: segments of the cut upload after fsck --repair: %v, want none", name, got)
+			}
+			if r := swiftFsck(t, b, b.Store, "host-b", ""); r.code != 0 {
+				t.Errorf("%s: fsck after the repair: want exit 0: %s", name, r)
+			}
+			b.start()
+			a.start()
+		}
+		if got := se.objects(t, "", id); len(got) != 0 {
+			t.Errorf("%s: a manifest of the cut upload: %v", name, got)
+		}
+		if st := strings.TrimSpace(readOptional(b.propFile(name, "status"))); st != "killed" {
+			t.Errorf("%s: host-b: status %q, want killed", name, st)
+		}
 	}
 }
 
@@ -544,7 +618,9 @@ func flipByte(t *testing.T, p string, off int64) {
 // has no copy, refuses the image (EIO) and logs it naming the image and
 // the host, with a metric; the swapped download is quarantined. host-a
 // (sealing) and host-b (cached before) keep serving their verified
-// copies.
+// copies. fsck --verify-data (run before host-c's reads) reports both
+// images (checksum-mismatch): it reads each segment on its own, so a
+// byte flipped on the object server's disk hashes wrong.
 func TestSwiftCorruptObjectRefused(t *testing.T) {
 	hosts, se := swiftCluster(t, 3, nil)
 	a, b, c := hosts[0], hosts[1], hosts[2]
@@ -571,6 +647,25 @@ func TestSwiftCorruptObjectRefused(t *testing.T) {
 	}
 	if r := se.cli("upload", "--object-name", idS, se.container, other.Path); r.err != nil {
 		t.Fatalf("swift upload over the manifest: %s", r)
+	}
+
+	// fsck --verify-data, from a host that mounts nothing (its own
+	// STORE), streams the objects from Swift and finds both.
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "", "--verify-data")
+	for _, id := range []string{idF, idS} {
+		if !strings.Contains(r.stdout, "checksum-mismatch: "+id+": data hashes to md5") {
+			t.Errorf("fsck --verify-data: no checksum-mismatch of %s: %s", id, r)
+		}
+	}
+	if r.code != 1 || !strings.Contains(r.stdout, "2 sealed, 2 verified") {
+		t.Errorf("fsck --verify-data: want exit 1 and 2 images verified: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(admin, "swift-cache", idF+".vhd")); err == nil {
+		t.Errorf("fsck --verify-data cached %s: want it streamed past the cache", idF)
 	}
 
 	for _, id := range []string{idF, idS} {
@@ -869,6 +964,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 // host-b, which has no copy, refuses the image (EIO) and logs a
 // verification failure naming the image and the host, counted in
 // imagefs_data_verify_failures_total; host-a keeps its verified copy.
+// fsck reports the segment (checksum-mismatch).
 func TestSwiftSwappedSegmentRefused(t *testing.T) {
 	hosts, se := swiftCluster(t, 2, nil)
 	a, b := hosts[0], hosts[1]
@@ -901,4 +997,174 @@ func TestSwiftSwappedSegmentRefused(t *testing.T) {
 		t.Errorf("host-b: imagefs_data_verify_failures_total = %v, want 1", got)
 	}
 	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+
+	// fsck (without --verify-data: from Swift's listing) finds the
+	// segment whose MD5 is not the one its manifest records.
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "")
+	if r.code != 1 || !strings.Contains(r.stdout, "checksum-mismatch: "+id+": segment "+segs[0]+" has md5 ") {
+		t.Errorf("fsck: want exit 1 and the swapped segment of %s (checksum-mismatch): %s", id, r)
+	}
+}
+
+// lastIndex returns the index of the last s in args (-1: none): a later
+// flag wins over an earlier one.
+func lastIndex(args []string, s string) int {
+	for i := len(args) - 1; i >= 0; i-- {
+		if args[i] == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// fsck of a Swift data store, from a host that mounts nothing (its own
+// STORE), while host-a stays mounted: an active image whose manifest was
+// deleted is missing-data (--repair leaves the image and its segments to
+// the operator); an object of no image is orphan-data; segments of no
+// image, and segments of a sealed image that its manifest does not name,
+// are orphan-segments; --repair removes the orphans and nothing else. A
+// deleted image's objects (host-a's delete delay is an hour here) are
+// left alone until the delete delay after the delete, then removed as
+// deleted-data. Of an image that is not sealed (queued), an object is
+// orphan-data, and segments are orphans only when the host that sent
+// them is gone: those of live host-a (a scratch file's upload, say) stay,
+// and those that name no host (an older version's) stay for 10 minutes.
+func TestSwiftFsckMissingAndOrphans(t *testing.T) {
+	hosts, se := swiftCluster(t, 1, nil, "--delete-delay", "1h")
+	a := hosts[0]
+	fxGone, fxKept, fxDoomed := makeVHD(t, 2*mib, "fixed"), makeVHD(t, 2*mib, "dynamic"), makeVHD(t, 2*mib, "fixed")
+	idGone := swiftUpload(t, a, "gone", fxGone)
+	idKept := swiftUpload(t, a, "kept", fxKept)
+	idDoomed := swiftUpload(t, a, "doomed", fxDoomed)
+	idQueued := a.mkimage("queued")
+	segsGone := se.objects(t, "_segments", idGone+"/")
+	segsKept := se.objects(t, "_segments", idKept+"/")
+	segsDoomed := se.objects(t, "_segments", idDoomed+"/")
+	sc, ctx := se.client(), context.Background()
+	if err := sc.ObjectDelete(ctx, se.container, idGone); err != nil { // the manifest only
+		t.Fatalf("delete the manifest: %v", err)
+	}
+	const orphan = "0000-no-such-image"
+	for _, o := range [][2]string{
+		{se.container, orphan},
+		{se.container + "_segments", orphan + "/1_1@host-a/00000000"},
+		{se.container + "_segments", idKept + "/2_2@host-a/00000000"},
+		{se.container, idQueued},
+		{se.container + "_segments", idQueued + "/3_3/00000000"},
+		{se.container + "_segments", idQueued + "/4_4@host-gone/00000000"},
+		{se.container + "_segments", idQueued + "/5_5@host-a/00000000"},
+	} {
+		if err := sc.ObjectPutBytes(ctx, o[0], o[1], []byte("not an image"), ""); err != nil {
+			t.Fatalf("put %s/%s: %v", o[0], o[1], err)
+		}
+	}
+	run(t, "rm", "-rf", a.images("doomed"))
+	deleted := time.Now()
+
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "1h")
+	for _, want := range []string{
+		"missing-data: " + idGone + ": its object is missing from swift://" + se.container,
+		"orphan-data: " + orphan + ": object in swift://" + se.container + " of no image (--repair fixes this)",
+		"orphan-segments: " + orphan + ": 1 segments",
+		"orphan-segments: " + idKept + ": 1 segments (12 bytes) " + idKept + "/2_2@host-a/",
+		"orphan-data: " + idQueued + ": object in swift://" + se.container + " of a queued image",
+		"orphan-segments: " + idQueued + ": 1 segments (12 bytes) " + idQueued + "/4_4@host-gone/ in swift://" + se.container + " sent by host host-gone,",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("fsck: no line %q", want)
+		}
+	}
+	for _, id := range []string{idDoomed, "orphan-segments: " + idGone, idQueued + "/3_3/", idQueued + "/5_5@host-a/"} {
+		if strings.Contains(r.stdout, id) {
+			t.Errorf("fsck reports %s", id)
+		}
+	}
+	if r.code != 1 {
+		t.Errorf("fsck: exit %d, want 1 (missing-data needs the operator)", r.code)
+	}
+
+	r = swiftFsck(t, a, admin, "host-admin", "1h", "--repair")
+	if r.code != 1 || strings.Count(r.stdout, "(repaired)") != 5 {
+		t.Errorf("fsck --repair: want exit 1 and 5 problems repaired: %s", r)
+	}
+	for _, o := range []string{orphan, idQueued} {
+		if got := se.objects(t, "", o); len(got) != 0 {
+			t.Errorf("the orphan object %s after fsck --repair: %v", o, got)
+		}
+	}
+	for prefix, want := range map[string][]string{
+		orphan + "/": nil, idGone + "/": segsGone, idKept + "/": segsKept, idDoomed + "/": segsDoomed,
+		idQueued + "/": {idQueued + "/3_3/00000000", idQueued + "/5_5@host-a/00000000"},
+	} {
+		if got := se.objects(t, "_segments", prefix); !slices.Equal(got, want) {
+			t.Errorf("segments %s after fsck --repair: %v, want %v", prefix, got, want)
+		}
+	}
+	if got := se.objects(t, "", idDoomed); len(got) != 1 {
+		t.Errorf("the deleted image's manifest, in its delete delay, after fsck --repair: %v, want kept", got)
+	}
+	cmp(t, fxKept.Path, a.images("kept", "image.vhd"))
+
+	// Past the delete delay (1 s for this fsck), the deleted image's
+	// objects are host-a's removal that did not happen.
+	time.Sleep(time.Until(deleted.Add(1500 * time.Millisecond)))
+	r = swiftFsck(t, a, admin, "host-admin", "1s", "--repair")
+	if !strings.Contains(r.stdout, "deleted-data: "+idDoomed+": objects in swift://"+se.container+" of an image deleted at ") ||
+		!strings.Contains(r.stdout, "by host-a, still there past the delete delay 1s (its host did not remove them) (repaired)") {
+		t.Errorf("fsck --repair past the delete delay: no deleted-data of %s repaired: %s", idDoomed, r)
+	}
+	if got, segs := se.objects(t, "", idDoomed), se.objects(t, "_segments", idDoomed+"/"); len(got)+len(segs) != 0 {
+		t.Errorf("the deleted image's objects after fsck --repair past the delay: %v %v", got, segs)
+	}
+}
+
+// A seal cut off after its manifest reached Swift and before its record
+// committed (here: host-a killed mid-upload, and the manifest put by
+// hand): host-a's next mount kills the image (the data cannot be sealed
+// from there: its staging file is gone), and fsck --repair removes the
+// manifest of the killed image (orphan-data).
+func TestSwiftUncommittedSealKilled(t *testing.T) {
+	hosts, se := swiftCluster(t, 1, nil)
+	a := hosts[0]
+	fx := makeVHD(t, 2*mib, "fixed")
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:mib+100]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "a segment in Swift during the upload", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 1
+	})
+	a.crash()
+	f.Close()
+	if err := se.client().ObjectPutBytes(context.Background(), se.container, id, data, ""); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	if st := strings.TrimSpace(readOptional(a.propFile("cut", "status"))); st != "killed" {
+		t.Errorf("host-a remounted: status %q, want killed", st)
+	}
+	a.stop()
+	r := swiftFsck(t, a, a.Store, "host-a", "", "--repair")
+	if r.code != 0 || !strings.Contains(r.stdout, "orphan-data: "+id+": object in swift://"+se.container+" of a killed image") {
+		t.Errorf("fsck --repair: want exit 0 and the killed image's object removed (orphan-data): %s", r)
+	}
+	if got := se.objects(t, "", id); len(got) != 0 {
+		t.Errorf("the killed image's object after fsck --repair: %v", got)
+	}
 }

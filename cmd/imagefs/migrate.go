@@ -111,7 +111,7 @@ func runMigrate(args []string) int {
 		return 2
 	}
 	if c.shared.Swift != nil {
-		fmt.Fprintln(os.Stderr, "imagefs migrate: --data swift:// is not supported yet (mount only)")
+		fmt.Fprintln(os.Stderr, "imagefs migrate: --data swift://: migrating into a Swift data store is not supported yet; migrate into a shared data directory (--data DIR)")
 		return 2
 	}
 	src := fl.Arg(0)

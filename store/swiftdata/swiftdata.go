@@ -290,9 +290,20 @@ func (b *Backend) deletesDir() string         { return filepath.Join(b.cfg.Cache
 func segName(prefix string, i int) string { return fmt.Sprintf("%s/%08d", prefix, i) }
 
 // uploadPrefix is the segments' prefix of the upload of image id staged
-// at path: ID/ and a name of that staging file's own, so that two uploads
-// of one image (a scratch file renamed onto image.vhd while image.vhd is
-// written) never share a segment.
+// at path by this host: ID/ and a name of that staging file's own, so that
+// two uploads of one image (a scratch file renamed onto image.vhd while
+// image.vhd is written) never share a segment, then "@HOST" (Config.Host,
+// when it has a host id's characters only), so that fsck tells the
+// segments of a host that is gone (orphans) from an upload in progress.
+func (b *Backend) uploadPrefix(id, path string) string {
+	p := uploadPrefix(id, path)
+	if h := b.cfg.Host; h != "" && strings.Trim(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == "" {
+		p += "@" + h
+	}
+	return p
+}
+
+// uploadPrefix is Backend.uploadPrefix without the host.
 func uploadPrefix(id, path string) string {
 	base := strings.TrimPrefix(filepath.Base(path), id)
 	base = strings.Map(func(r rune) rune {
@@ -375,7 +386,7 @@ func (b *Backend) Put(id, path string) (err error) {
 	if nseg > MaxSegments {
 		return fmt.Errorf("%w: image %s: %d bytes make %d segments of %d bytes, more than Swift's %d", store.ErrDataStore, id, size, nseg, b.cfg.SegmentSize, MaxSegments)
 	}
-	prefix := uploadPrefix(id, path)
+	prefix := b.uploadPrefix(id, path)
 	// Segments sent while the writer wrote (Stream) are kept.
 	manifest, streamed := b.takeStream(path)
 	if streamed != "" {
@@ -732,11 +743,15 @@ func (b *Backend) Blocks(id string) (int64, error) {
 }
 
 // Remove drops the cached copy of id at its last close (at once when no
-// file has it open; evict.go) and deletes its objects after the delete
-// delay; the pending deletion is recorded in the cache directory and
-// survives a restart.
+// file has it open; evict.go), marks its manifest deleted (deletedHeader:
+// the time and this host, which fsck reads to leave the objects to this
+// delete), and deletes its objects after the delete delay; the pending
+// deletion is recorded in the cache directory and survives a restart. A
+// mark Swift did not take is an error (the deletion is scheduled all the
+// same): the store keeps the image's tombstone, which tells fsck the same.
 func (b *Backend) Remove(id string) error {
-	rec := deletedPrefix + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
+	now := time.Now()
+	rec := deletedPrefix + now.UTC().Format(time.RFC3339Nano) + "\n"
 	b.mu.Lock()
 	b.doomLocked(id, "deleted on this host")
 	b.mu.Unlock()
@@ -744,7 +759,7 @@ func (b *Backend) Remove(id string) error {
 		return err
 	}
 	b.schedule(id, time.Until(b.dueOf(rec)))
-	return nil
+	return b.markDeleted(id, now)
 }
 
 // deletedPrefix starts a pending deletion's record, CACHE/deletes/ID:
