@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,12 +61,14 @@ func TestUnlinkDuringSeal(t *testing.T) {
 		id := m.mkimage(name)
 		// The test process opens (without O_TRUNC, so its own close seals
 		// nothing) and hands the descriptor to a child that writes and
-		// closes last: the seal runs at that RELEASE.
+		// closes last: the seal runs at that RELEASE. The child writes
+		// only after the test process has closed its copy: a close (FLUSH)
+		// that comes after data was written ends the upload.
 		f, err := os.OpenFile(m.dataFile(name), os.O_WRONLY, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		child := exec.Command("sh", "-c", `cat "$1" >&3 && read x; exec 3>&-`, "sh", fx.Path)
+		child := exec.Command("sh", "-c", `read go && cat "$1" >&3 && read x; exec 3>&-`, "sh", fx.Path)
 		child.ExtraFiles = []*os.File{f}
 		stdin, err := child.StdinPipe()
 		if err != nil {
@@ -75,6 +78,9 @@ func TestUnlinkDuringSeal(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.Close()
+		if _, err := io.WriteString(stdin, "go\n"); err != nil {
+			t.Fatal(err)
+		}
 		// Wait for the data, then let the child close while unlinks run.
 		deadline := time.Now().Add(30 * time.Second)
 		for fileSize(t, m.dataFile(name)) < fx.Size && time.Now().Before(deadline) {
