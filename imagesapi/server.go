@@ -174,6 +174,8 @@ func (s *Server) routes() {
 	})
 	m.HandleFunc("GET /v2/schemas/image", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, imageSchema()) })
 	m.HandleFunc("GET /v2/schemas/images", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, imagesSchema()) })
+	m.HandleFunc("GET /v2/info/import", s.infoImport)
+	m.HandleFunc("GET /v2/info/stores", s.infoStores)
 	m.HandleFunc("GET /v2/images", s.list)
 	m.HandleFunc("POST /v2/images", s.create)
 	m.HandleFunc("GET /v2/images/{id}", s.show)
