@@ -160,8 +160,10 @@ func NewValidator(cfg KeystoneConfig) (*Validator, error) {
 // Validate returns the identity of token. Errors: ErrTokenInvalid (no
 // such token, expired, revoked), ErrKeystoneUnavailable (wrapped, with
 // the reason; never the token or a password). It waits at most about
-// twice the Timeout (the service token, then the check), or until ctx
-// ends. Concurrent calls for one token share one Keystone call.
+// three times the Timeout (a turn among the checks in flight, the service
+// token, the check). Concurrent calls for one token share one Keystone
+// call, which the first caller's going away does not cut short (the
+// others stop waiting when their ctx ends).
 func (v *Validator) Validate(ctx context.Context, token string) (*Identity, error) {
 	if token == "" {
 		return nil, ErrTokenInvalid
@@ -192,7 +194,9 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Identity, erro
 	v.inflight[key] = c
 	v.mu.Unlock()
 
-	c.id, c.err = v.check(ctx, token)
+	// The call is shared: a caller that goes away does not cut it short
+	// for the others (each Keystone call has its own timeout).
+	c.id, c.err = v.check(context.WithoutCancel(ctx), token)
 	v.mu.Lock()
 	delete(v.inflight, key)
 	now = v.now()
@@ -291,6 +295,8 @@ func (v *Validator) serviceToken(ctx context.Context, renew bool) (string, error
 		}},
 	}}
 	b, _ := json.Marshal(body)
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "POST", v.base+"/auth/tokens?nocatalog", bytes.NewReader(b))
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrKeystoneUnavailable, err)
@@ -337,6 +343,8 @@ type tokenBody struct {
 // validate is one GET /v3/auth/tokens: the identity, or the status that
 // refused it.
 func (v *Validator) validate(ctx context.Context, svc, token string) (*Identity, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "GET", v.base+"/auth/tokens?nocatalog", nil)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %v", ErrKeystoneUnavailable, err)

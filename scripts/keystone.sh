@@ -27,7 +27,7 @@
 #   admin / admin-imagefs-test     project admin, role admin (bootstrap)
 #   tu1..tu4 / pw1..pw4            projects tp1..tp4, role member (Tempest)
 #   tuadm / pwadm                  project tpadm, role admin (Tempest)
-#   imagefs / imagefs-service-test project service, roles admin and service:
+#   imagefs / imagefs-service-test project service, role service:
 #                                  the Images API's service user, which
 #                                  validates the callers' tokens
 # Catalog: service "glance" of type image, public, internal and admin
@@ -83,7 +83,7 @@ tu2 tp2 member pw2
 tu3 tp3 member pw3
 tu4 tp4 member pw4
 tuadm tpadm admin pwadm
-imagefs service admin,service imagefs-service-test
+imagefs service service imagefs-service-test
 EOF
 	)
 }
