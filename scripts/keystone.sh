@@ -11,7 +11,7 @@
 #                                      (60 s at most), create what is missing
 #                                      of the accounts below, print the auth URL
 #   scripts/keystone.sh status         the server's pid; exit 1 unless it runs
-#                                      and answers GET /v3
+#                                      and answers GET /v3 (within 5 s)
 #   scripts/keystone.sh stop [--wipe]  stop it (SIGTERM, SIGKILL after 5 s);
 #                                      --wipe also removes the state directory
 #
@@ -173,8 +173,11 @@ pid_running() { # our server's pid, if it runs
 	local pid
 	[ -f "$PIDF" ] || return 0
 	pid=$(cat "$PIDF")
-	[ -r "/proc/$pid/cmdline" ] || return 0
-	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$DIR/serve.py" && echo "$pid"
+	# The command line read whole first: "tr | grep -q" under pipefail
+	# fails when grep exits before tr has written (SIGPIPE), and a running
+	# server would then look stopped.
+	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+	case "$cmdline" in *"$DIR/serve.py"*) echo "$pid" ;; esac
 	return 0
 }
 
@@ -328,10 +331,12 @@ start)
 	write_credentials
 	write_conf
 	setup
+	running=$(pid_running)
 	launch
 	if ! wait_ready || ! provision; then
-		stop_server
-		die "Keystone did not start (logs in $LOG)"
+		# A server this start did not launch is left running.
+		[ -n "$running" ] || stop_server
+		die "Keystone did not start or could not be provisioned (logs in $LOG)"
 	fi
 	echo "$URL"
 	;;
@@ -342,7 +347,7 @@ status)
 		exit 1
 	fi
 	echo "keystone 127.0.0.1:$PORT pid $pid"
-	curl -fsS -m 2 -o /dev/null "$URL" 2>/dev/null || { echo "keystone does not answer GET /v3"; exit 1; }
+	curl -fsS -m 5 -o /dev/null "$URL" 2>/dev/null || { echo "keystone does not answer GET /v3"; exit 1; }
 	;;
 stop)
 	stop_server
