@@ -180,6 +180,7 @@ func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	return withDots(&r.Inode, []fuse.DirEntry{
 		{Name: "by-id", Mode: syscall.S_IFDIR, Ino: inoByID},
 		{Name: "by-property", Mode: syscall.S_IFDIR, Ino: inoByProperty},
+		{Name: "by-tag", Mode: syscall.S_IFDIR, Ino: inoByTag},
 		{Name: "images", Mode: syscall.S_IFDIR, Ino: inoImages},
 	}), 0
 }

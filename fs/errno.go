@@ -42,6 +42,7 @@ var errnoMap = []struct {
 	err   error
 	errno syscall.Errno
 }{
+	{store.ErrNoMember, syscall.ENOENT}, // wraps ErrNotFound
 	{store.ErrNotFound, syscall.ENOENT},
 	{store.ErrExists, syscall.EEXIST},
 	{store.ErrImmutable, syscall.EPERM},
@@ -66,6 +67,8 @@ var errnoMap = []struct {
 	// Open's refusal of a shared catalog's data directory: no request
 	// meets it (the mount does not start).
 	{store.ErrWrongData, syscall.EINVAL},
+	// RemoveTag's (the Images API's): the mount rewrites the tags file.
+	{store.ErrNoTag, syscall.ENOENT},
 }
 
 // errNotUserXattr: an xattr name outside user.* (ACLs, security labels,

@@ -38,6 +38,7 @@ const (
 	inoImages     = 2
 	inoByID       = 3
 	inoByProperty = 4
+	inoByTag      = 5
 )
 
 // cacheTimeout is how long the kernel may cache entries and attributes of
@@ -101,8 +102,11 @@ type FS struct {
 	// pageGates order invalidate against the page stores of opens
 	// (notify.go).
 	pageGates [64]pageGate
-	// entries sends the kernel's entry notifications (notify.go).
-	entries *entryNotifier
+	// entries sends the kernel's entry notifications (notify.go); later
+	// those of dropEntryLater, which may wait for a directory lock the
+	// kernel holds for the request being served, so that they never hold
+	// up the others (a view's entry after an rm in properties/).
+	entries, later *entryNotifier
 	// pathGetattrs holds the cancel channels of the GETATTR requests in
 	// flight that came without a file handle (bypath.go).
 	pathGetattrs sync.Map
@@ -130,7 +134,7 @@ func (f *FS) fixedDirAttr(a *fuse.Attr, mode uint32) {
 // root it mounts directly (mount(2)); otherwise it uses fusermount3. Call
 // Wait to serve until unmounted, Unmount to stop.
 func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
-	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes, entries: newEntryNotifier()}
+	f := &FS{st: st, started: time.Now(), allowOther: o.AllowOther, cacheNodes: o.CacheNodes, entries: newEntryNotifier(), later: newEntryNotifier()}
 	if f.cacheNodes <= 0 {
 		f.cacheNodes = DefaultCacheNodes
 	}
@@ -206,7 +210,8 @@ func Mount(st *store.Store, mountpoint string, o Options) (*FS, error) {
 	go func() { server.Wait(); close(done) }()
 	go f.reapLoop(done)
 	go f.entries.run(done)
-	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c) })
+	go f.later.run(done)
+	st.OnChange(func(c store.Change) { f.invalidate(c); f.invalidateViews(c); f.invalidateTagViews(c) })
 	go func() { <-done; st.OnChange(nil) }()
 	if server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
 		lg.Warn("kernel does not offer FUSE passthrough; sealed data is read through imagefs")

@@ -37,8 +37,8 @@ func wantNames(t *testing.T, dir string, want ...string) {
 
 func TestFixedDirectories(t *testing.T) {
 	m := newTestMount(t, mountConfig{})
-	wantNames(t, m.mnt, "by-id", "by-property", "images")
-	for _, d := range []string{"", "images", "by-id", "by-property"} {
+	wantNames(t, m.mnt, "by-id", "by-property", "by-tag", "images")
+	for _, d := range []string{"", "images", "by-id", "by-property", "by-tag"} {
 		fi, err := os.Stat(m.path(d))
 		noErr(t, "stat "+d, err)
 		if !fi.IsDir() {
@@ -56,6 +56,7 @@ func TestFixedDirectories(t *testing.T) {
 	id := m.mkdir("a")
 	wantErrno(t, "rmdir by-id/<id>", syscall.Rmdir(m.path("by-id", id)), syscall.EPERM)
 	wantErrno(t, "rmdir by-property", syscall.Rmdir(m.path("by-property")), syscall.EPERM)
+	wantErrno(t, "rmdir by-tag", syscall.Rmdir(m.path("by-tag")), syscall.EPERM)
 	if err := os.Mkdir(m.path("other"), 0o755); err == nil {
 		t.Error("mkdir at the root succeeded")
 	}

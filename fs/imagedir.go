@@ -9,7 +9,8 @@ import (
 	"github.com/imagefs/imagefs/store"
 )
 
-// imageDir is images/<name>/ or by-id/<id>/: image.vhd, properties/ and
+// imageDir is images/<name>/ or by-id/<id>/: the data file (image.vhd,
+// or image.raw for a raw image: store.Image.DataName), properties/ and
 // any scratch files (uploads in progress under other names).
 type imageDir struct {
 	node
@@ -73,7 +74,7 @@ func (d *imageDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return nil, syscall.ENOENT
 	}
 	switch name {
-	case store.ImageDataName:
+	case im.DataName():
 		if !d.fsys.st.DataVisible(im, d.byID) {
 			return nil, syscall.ENOENT // none (yet); a writer creates it
 		}
@@ -112,8 +113,8 @@ func (d *imageDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 		return nil, syscall.ENOENT
 	}
 	var ents []fuse.DirEntry
-	if d.fsys.st.DataVisible(im, d.byID) {
-		ents = append(ents, fuse.DirEntry{Name: store.ImageDataName, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG})
+	if dn := im.DataName(); dn != "" && d.fsys.st.DataVisible(im, d.byID) {
+		ents = append(ents, fuse.DirEntry{Name: dn, Ino: im.Ino(store.SlotData), Mode: syscall.S_IFREG})
 	}
 	ents = append(ents, fuse.DirEntry{Name: "properties", Ino: im.Ino(d.propsSlot()), Mode: syscall.S_IFDIR})
 	for _, name := range d.fsys.st.ScratchNames(d.id) {
@@ -145,7 +146,7 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	var fuseFlags uint32
 	if data {
 		ch, fuseFlags = d.fsys.dataInode(ctx, &d.Inode, im, out), fuse.FOPEN_DIRECT_IO
-		if name != store.ImageDataName {
+		if name != im.DataName() {
 			// The image's data under the name the writer gave: the name
 			// lasts as long as the kernel's entry, which is not kept.
 			out.SetEntryTimeout(uncached)
@@ -157,15 +158,16 @@ func (d *imageDir) Create(ctx context.Context, name string, flags uint32, mode u
 	return ch, &uploadHandle{st: d.fsys.st, u: u, write: true, opener: w.PID, node: ch}, fuseFlags, 0
 }
 
-// Unlink of image.vhd deletes the image when the caller holds this
-// directory open (rm -r, find -delete: see delete.go); otherwise it
+// Unlink of the data file (image.vhd, image.raw) deletes the image when
+// the caller holds this directory open (rm -r, find -delete: see
+// delete.go); otherwise it
 // discards an unsealed upload (cp --remove-destination, install, mv
 // across filesystems) and is EPERM on sealed data.
 func (d *imageDir) Unlink(ctx context.Context, name string) syscall.Errno {
 	if d.image() == nil && !d.byID && d.fsys.ghostFor(ctx, d.id) != nil {
 		return 0 // went with the image the caller deleted (a scratch file)
 	}
-	if name == store.ImageDataName {
+	if im := d.image(); im != nil && name == im.DataName() || im == nil && store.IsDataName(name) {
 		if d.heldByCaller(ctx) {
 			return d.deleteByUnlink(ctx)
 		}
@@ -189,7 +191,7 @@ func (d *imageDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if err := d.fsys.st.RenameScratch(caller(ctx), d.id, name, newName, mode); err != nil {
 		return toErrno(err)
 	}
-	if (newName == store.ImageDataName || !store.IsTempName(newName)) && scratch != nil {
+	if (store.IsDataName(newName) || !store.IsTempName(newName)) && scratch != nil {
 		// The kernel now maps image.vhd to the scratch file's inode, and
 		// may keep that entry for a jiffy or two even uncached. Drop the
 		// inode's cached attributes (no directory lock is needed, unlike

@@ -19,7 +19,8 @@ import (
 // request that changed the record (store.Store.OnChange, called with no
 // store lock held), and work out what to drop from go-fuse's tree, whose
 // own locks are released before they return. Entry notifications go
-// through one goroutine per mount (entryNotifier).
+// through two goroutines per mount (entryNotifier): one for those sent
+// after the reply (dropEntryLater), one for the others.
 
 // dropEntryWait is how long dropEntry waits for the kernel.
 const dropEntryWait = 100 * time.Millisecond
@@ -104,9 +105,10 @@ func (f *FS) dropEntry(dir *gofs.Inode, name string) {
 // dropEntryLater drops the kernel's entry name in dir without waiting:
 // for an entry in a directory whose lock the kernel may hold for the
 // request being served (properties/ during an unlink, rename or create
-// in it).
+// in it). It has a notifier of its own: the next dropEntry of that same
+// request (a view's entry) is not queued behind it.
 func (f *FS) dropEntryLater(dir *gofs.Inode, name string) {
-	f.entries.queue(entryNote{dir: dir, name: name})
+	f.later.queue(entryNote{dir: dir, name: name})
 }
 
 // pageGate orders the page stores of opens (propNode.cacheForOpen)

@@ -178,8 +178,11 @@ func (p *propNode) fillPropAttr(im *store.Image, a *fuse.Attr) {
 	a.Blocks = (a.Size + 511) / 512
 	a.Nlink = 1
 	a.Mode = syscall.S_IFREG | 0o644
-	if store.IsSystemKey(p.key) {
+	if im.Fixed(p.key) {
 		a.Mode = syscall.S_IFREG | 0o444
+	}
+	if store.OthersWrite(p.key) {
+		a.Mode = syscall.S_IFREG | 0o666 // members write their own status
 	}
 }
 

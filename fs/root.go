@@ -9,7 +9,7 @@ import (
 	"github.com/imagefs/imagefs/layout"
 )
 
-// rootNode is MOUNTPOINT/: images/, by-id/, by-property/.
+// rootNode is MOUNTPOINT/: images/, by-id/, by-property/, by-tag/.
 type rootNode struct {
 	gofs.Inode
 	fsys *FS
@@ -29,6 +29,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	add("images", &imagesDir{imageListDir{fsys: r.fsys}}, inoImages)
 	add("by-id", &byIDDir{imageListDir{fsys: r.fsys, byID: true}}, inoByID)
 	add("by-property", &byPropertyDir{fsys: r.fsys}, inoByProperty)
+	add("by-tag", &byTagDir{fsys: r.fsys}, inoByTag)
 }
 
 // Lookup finds the fixed directories, with cached entries and attributes.

@@ -32,8 +32,7 @@ func (f *FS) invalidateViews(c store.Change) {
 	if bp == nil || c.Old == nil {
 		return
 	}
-	access := c.New != nil && c.New.Owner == c.Old.Owner && c.New.Visibility == c.Old.Visibility &&
-		c.New.Extra[store.KeyMembers] == c.Old.Extra[store.KeyMembers]
+	access := accessUnchanged(c)
 	viewer := f.viewer()
 	notified := false
 	for _, k := range c.Old.Keys() {
@@ -90,6 +89,14 @@ func (f *FS) invalidateViews(c store.Change) {
 			}
 		}
 	}
+}
+
+// accessUnchanged reports whether change c (of an image that existed
+// before it) leaves who may see the image as it was: not a delete, the
+// same owner, visibility and members.
+func accessUnchanged(c store.Change) bool {
+	return c.New != nil && c.New.Owner == c.Old.Owner && c.New.Visibility == c.Old.Visibility &&
+		c.New.Extra[store.KeyMembers] == c.Old.Extra[store.KeyMembers]
 }
 
 // viewer is whom the kernel's cached view entries serve: without

@@ -28,7 +28,7 @@ func TestConcurrentRequests(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			who := []string{"alice", "bob", "admin"}[i%3]
-			body, _ := json.Marshal(map[string]any{"name": fmt.Sprintf("c-%d", i), "k": "v"})
+			body, _ := json.Marshal(vhd(map[string]any{"name": fmt.Sprintf("c-%d", i), "k": "v"}))
 			code, _, b := e.do(who, "POST", "/v2/images", "application/json", body)
 			if code != 201 {
 				errs <- fmt.Errorf("create %d: %d %s", i, code, b)

@@ -131,7 +131,7 @@ func TestGlanceRequestErrors(t *testing.T) {
 // and the image keeps its data and status.
 func TestGlanceDataStatusCodes(t *testing.T) {
 	e := newEnv(t)
-	id := e.create("alice", map[string]any{"name": "d"})
+	id := e.create("alice", vhd(map[string]any{"name": "d"}))
 	if code, _, b := e.do("alice", "GET", "/v2/images/"+id+"/file", "", nil); code != 204 || len(b) != 0 {
 		t.Fatalf("download of a queued image: %d %q, want 204 and no body", code, b)
 	}

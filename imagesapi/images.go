@@ -22,7 +22,8 @@ var (
 		"self": true, "file": true, "schema": true, "direct_url": true, "owner": true,
 		"stores": true,
 	}
-	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true}
+	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true,
+		store.KeyMembers: true} // members.go: the members API
 )
 
 // image returns the image id as c sees it by id, or answers 404 as
@@ -97,24 +98,28 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			*p.v = n
 		}
 	}
-	// No image is hidden (os_hidden) and every membership is accepted
-	// (the mount's members property): those filters keep all or none.
-	if v := q.Get("os_hidden"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			bad(fmt.Sprintf("Invalid value for os_hidden: %s", v))
-			return
-		}
-		if b {
-			writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
+	// os_hidden: Glance lists hidden images only with os_hidden=true,
+	// and then only those.
+	hidden := false
+	if q.Has("os_hidden") {
+		switch v := strings.ToLower(q.Get("os_hidden")); v {
+		case "true", "false":
+			hidden = v == "true"
+		default:
+			bad(fmt.Sprintf("Invalid value '%s' for 'os_hidden' filter. Valid values are 'true' or 'false'.", v))
 			return
 		}
 	}
+	// tag (repeatable): the image has every one, as Glance's filter.
+	var tags []string
+	for _, t := range q["tag"] {
+		tags = append(tags, strings.TrimSpace(t))
+	}
+	memberStatus := store.MemberAccepted // a member lists a shared image it accepted
 	switch v := q.Get("member_status"); v {
-	case "", "accepted", "all":
-	case "pending", "rejected":
-		writeJSON(w, http.StatusOK, map[string]any{"images": []any{}, "schema": "/v2/schemas/images", "first": firstLink(r.URL)})
-		return
+	case "":
+	case "accepted", "pending", "rejected", "all":
+		memberStatus = store.MemberStatus(v)
 	default:
 		bad(fmt.Sprintf("Invalid status: %s", v))
 		return
@@ -127,7 +132,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	var filters []filter
 	for k, vs := range q {
 		switch k {
-		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden":
+		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden", "tag":
 			continue
 		}
 		for _, v := range vs {
@@ -155,13 +160,16 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		if visibility == "community" || visibility == "all" {
 			reach = store.ReachID
 		}
-		if !store.Visible(c, im, reach) {
+		if !store.VisibleAs(c, im, reach, memberStatus) {
 			continue
 		}
 		if visibility != "" && visibility != "all" && string(im.Visibility) != visibility {
 			continue
 		}
 		if sizeMin >= 0 && (im.Size < 0 || im.Size < sizeMin) || sizeMax >= 0 && (im.Size < 0 || im.Size > sizeMax) {
+			continue
+		}
+		if im.Hidden() != hidden || !hasTags(im, tags) {
 			continue
 		}
 		ok := true
@@ -314,8 +322,12 @@ func compareBy(a, b *store.Image, key string) int {
 		return cmp.Compare(a.MinRAM, b.MinRAM)
 	case "min_disk":
 		return cmp.Compare(a.MinDisk, b.MinDisk)
+	case "disk_format":
+		return cmp.Compare(a.DiskFormat, b.DiskFormat)
+	case "container_format":
+		return cmp.Compare(a.ContainerFormat, b.ContainerFormat)
 	}
-	return 0 // disk_format, container_format: the same for every image
+	return 0
 }
 
 // settable checks one attribute of a create or a patch against Glance's
@@ -359,26 +371,31 @@ func settable(key string, v any) (string, int, string) {
 			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['community', 'public', 'private', 'shared']", jsonRepr(v))
 		}
 		return s, 0, ""
-	case "disk_format":
-		if v != "vhd" {
-			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['vhd'] (imagefs stores VHD images only)", jsonRepr(v))
+	case "disk_format", "container_format":
+		return formatValue(key, v)
+	case store.KeyTags:
+		l, ok := v.([]any)
+		if !ok {
+			return schemaErr("'array'")
 		}
-		return "vhd", 0, ""
-	case "container_format":
-		if v != "bare" {
-			return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not one of ['bare']", jsonRepr(v))
+		tags := make([]string, 0, len(l))
+		for _, e := range l {
+			t, ok := e.(string)
+			if !ok {
+				return "", http.StatusBadRequest, fmt.Sprintf("Provided object does not match schema 'image': %s is not of type 'string'", jsonRepr(e))
+			}
+			if msg := tagSchemaErr(t); msg != "" {
+				return "", http.StatusBadRequest, msg
+			}
+			tags = append(tags, t)
 		}
-		return "bare", 0, ""
-	case "tags":
-		if l, ok := v.([]any); ok && len(l) == 0 {
-			return "", 0, ""
+		return store.FormatTags(tags), 0, ""
+	case store.KeyOSHidden:
+		b, ok := v.(bool)
+		if !ok {
+			return schemaErr("'boolean'")
 		}
-		return "", http.StatusBadRequest, "imagefs does not store image tags yet"
-	case "os_hidden":
-		if v == false {
-			return "", 0, ""
-		}
-		return "", http.StatusBadRequest, "imagefs does not hide images yet (os_hidden)"
+		return strconv.FormatBool(b), 0, ""
 	}
 	s, ok := v.(string)
 	if !ok {
@@ -388,8 +405,13 @@ func settable(key string, v any) (string, int, string) {
 }
 
 // ignoredAtStore are attributes settable accepts that the store does not
-// keep (always vhd, bare, no tags, not hidden).
-var ignoredAtStore = map[string]bool{"disk_format": true, "container_format": true, "tags": true, "os_hidden": true}
+// keep: none since the store keeps formats, tags and os_hidden.
+var ignoredAtStore = map[string]bool{}
+
+// isBase reports whether key is one of Glance's base attributes of an
+// image the store keeps (never removed by a patch; replace needs no
+// value before): the core properties and the tags.
+func isBase(key string) bool { return store.IsCoreKey(key) || key == store.KeyTags }
 
 func jsonRepr(v any) string {
 	switch t := v.(type) {

@@ -137,7 +137,9 @@ func glanceTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05
 func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m := make(map[string]any, 24+len(im.Extra))
 	for k, v := range im.Extra {
-		m[k] = v
+		if k != store.KeyMembers { // served by the members API
+			m[k] = v
+		}
 	}
 	nullable := func(v string) any {
 		if v == "" {
@@ -156,7 +158,7 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["status"] = string(im.Status)
 	m["visibility"] = string(im.Visibility)
 	m["protected"] = im.Protected
-	m["os_hidden"] = false
+	m["os_hidden"] = im.Hidden()
 	m["checksum"] = nullable(im.Checksum)
 	m["os_hash_algo"] = nullable(im.OSHashAlgo)
 	m["os_hash_value"] = nullable(im.OSHashValue)
@@ -165,11 +167,11 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["virtual_size"] = size(im.VirtualSize)
 	m["min_ram"] = im.MinRAM
 	m["min_disk"] = im.MinDisk
-	m["disk_format"] = "vhd"
-	m["container_format"] = "bare"
+	m["disk_format"] = nullable(im.DiskFormat)
+	m["container_format"] = nullable(im.ContainerFormat)
 	m["created_at"] = glanceTime(im.CreatedAt)
 	m["updated_at"] = glanceTime(im.UpdatedAt)
-	m["tags"] = []string{}
+	m["tags"] = im.Tags()
 	m["self"] = "/v2/images/" + im.ID
 	m["file"] = "/v2/images/" + im.ID + "/file"
 	m["schema"] = "/v2/schemas/image"

@@ -1,9 +1,11 @@
 package imagesapi
 
+import "github.com/imagefs/imagefs/store"
+
 // imageSchema is GET /v2/schemas/image: the JSON schema of an image as
 // Glance publishes it (its base properties; custom properties are
-// strings), narrowed to what imagefs stores (disk_format vhd,
-// container_format bare).
+// strings), narrowed to what imagefs stores (disk_format vhd or raw,
+// container_format bare: store.DiskFormats, store.ContainerFormats).
 func imageSchema() map[string]any {
 	str := func(desc string, extra ...any) map[string]any {
 		m := map[string]any{"type": "string", "description": desc}
@@ -39,8 +41,8 @@ func imageSchema() map[string]any {
 			"owner":            map[string]any{"type": []any{"null", "string"}, "description": "Owner of the image", "maxLength": 255},
 			"size":             map[string]any{"type": []any{"null", "integer"}, "readOnly": true, "description": "Size of image file in bytes"},
 			"virtual_size":     map[string]any{"type": []any{"null", "integer"}, "readOnly": true, "description": "Virtual size of image in bytes"},
-			"container_format": map[string]any{"type": []any{"null", "string"}, "description": "Format of the container", "enum": []any{nil, "bare"}},
-			"disk_format":      map[string]any{"type": []any{"null", "string"}, "description": "Format of the disk", "enum": []any{nil, "vhd"}},
+			"container_format": map[string]any{"type": []any{"null", "string"}, "description": "Format of the container", "enum": formatEnum(store.ContainerFormats)},
+			"disk_format":      map[string]any{"type": []any{"null", "string"}, "description": "Format of the disk", "enum": formatEnum(store.DiskFormats)},
 			"created_at":       str("Date and time of image registration", "readOnly", true),
 			"updated_at":       str("Date and time of the last image modification", "readOnly", true),
 			"tags":             map[string]any{"type": "array", "description": "List of strings related to the image", "items": map[string]any{"type": "string", "maxLength": 255}},
@@ -53,6 +55,16 @@ func imageSchema() map[string]any {
 			"locations":        map[string]any{"type": "array", "description": "A set of URLs to access the image file kept in external store", "items": map[string]any{"type": "object"}},
 		},
 	}
+}
+
+// formatEnum is the schema's enum of a format: null, then the formats
+// imagefs stores, as Glance lists [None] + its configured formats.
+func formatEnum(formats []string) []any {
+	e := []any{nil}
+	for _, f := range formats {
+		e = append(e, f)
+	}
+	return e
 }
 
 // imagesSchema is GET /v2/schemas/images: a list of images, with the

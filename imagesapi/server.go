@@ -1,8 +1,10 @@
 // Package imagesapi serves the catalog of a store over HTTP as OpenStack
 // Glance's Images API v2 (as Glance 25 serves it): the versions document,
 // /v2/images (list with filters, create, show, JSON-Patch update, delete),
-// image data (PUT and GET .../file), deactivate and reactivate, the image
-// schemas and /healthcheck. It is a thin face, like fs/: every rule
+// image data (PUT and GET .../file), deactivate and reactivate, tags, the image
+// schemas and /healthcheck; and the metadata definitions API
+// (/v2/metadefs, /v2/schemas/metadefs/*: metadefs.go) over the store's
+// metadefs (store/metadefs.go). It is a thin face, like fs/: every rule
 // (visibility, ownership, protected, system properties, immutability, the
 // VHD inspection at seal, quotas) is the store's, and an upload goes
 // through the same staging and seal as a cp into image.vhd.
@@ -185,6 +187,10 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
+	s.memberRoutes(m)  // members.go
+	s.metadefRoutes(m) // metadefs.go
+	m.HandleFunc("PUT /v2/images/{id}/tags/{tag}", s.addTag)
+	m.HandleFunc("DELETE /v2/images/{id}/tags/{tag}", s.deleteTag)
 	s.mux = m
 }
 
@@ -273,7 +279,7 @@ func (s *Server) caller(r *http.Request) (store.Caller, string) {
 		return store.Root, ""
 	}
 	if uid, ok := s.opts.Projects[project]; ok {
-		return store.Caller{UID: uid, GID: uid}, project
+		return store.Caller{UID: uid, GID: uid, Project: project}, project
 	}
 	return store.Anyone, project
 }

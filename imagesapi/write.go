@@ -99,6 +99,9 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	// One commit: the image appears with all its attributes or not at all.
 	im, err := s.st.CreateWithID(c, id, name, props)
 	if err != nil {
+		if tagQuotaErr(w, r, err) {
+			return
+		}
 		s.fail(w, r, err)
 		return
 	}
@@ -199,7 +202,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			if reserved[key] {
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
 			} else {
-				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s' (imagefs has no tags or locations yet)", path))
+				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid JSON pointer for this resource: '%s'", path))
 			}
 			return
 		}
@@ -211,7 +214,7 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 			case reserved[key] || store.IsSystemKey(key):
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is reserved.", key))
 				return
-			case store.IsCoreKey(key) || ignoredAtStore[key]:
+			case isBase(key) || ignoredAtStore[key]:
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Property %s may not be removed.", key))
 				return
 			}
@@ -247,11 +250,11 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		if !seen {
 			_, p = im.Property(st.key)
 		}
-		if !store.IsCoreKey(st.key) && !p && st.op != "add" {
+		if !isBase(st.key) && !p && st.op != "add" {
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s does not exist.", st.key))
 			return
 		}
-		if mt == patchV20 && st.op == "add" && (store.IsCoreKey(st.key) || p) {
+		if mt == patchV20 && st.op == "add" && (isBase(st.key) || p) {
 			// Glance's JSON-Patch draft 4 (v2.0): add is not replace.
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Property %s already present.", st.key))
 			return
@@ -265,6 +268,14 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 				writeError(w, r, http.StatusConflict, err.Error()) // a property removed meanwhile
 				return
 			}
+			if k := formatKeyOf(opKeys(ops)); k != "" && errors.Is(err, store.ErrImmutable) {
+				// The image holds data (or is being uploaded): Glance's words.
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute %s can be only replaced for a queued image.", k))
+				return
+			}
+			if tagQuotaErr(w, r, err) {
+				return
+			}
 			s.fail(w, r, err)
 			return
 		}
@@ -274,6 +285,15 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.imageJSON(im))
+}
+
+// opKeys lists the keys of ops.
+func opKeys(ops []store.PropertyOp) []string {
+	keys := make([]string, len(ops))
+	for i, op := range ops {
+		keys[i] = op.Key
+	}
+	return keys
 }
 
 // delete is DELETE /v2/images/{id}: 204; a protected image is 403.
@@ -295,9 +315,11 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 }
 
 // upload is PUT /v2/images/{id}/file: the body streams into the image's
-// upload (the staging file a cp into image.vhd writes), 1 MiB at a time;
-// the end of the body seals it as a cp's close does (the VHD inspection,
-// the hashes). A body that stops short (the client went away, fewer
+// upload (the staging file a cp into image.vhd or image.raw writes), 1
+// MiB at a time; the end of the body seals it as a cp's close does (the
+// inspection its disk_format asks for, the hashes). An image whose
+// disk_format or container_format is unset takes no data (400, as
+// Glance). A body that stops short (the client went away, fewer
 // bytes than its Content-Length, past the size cap) aborts the upload:
 // the image is queued again, never active.
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
@@ -314,6 +336,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	im := s.image(w, r, c)
 	if im == nil || !mayWrite(w, r, c, project) {
+		return
+	}
+	if msg := store.FormatsMissing(im); msg != "" && !im.Status.Sealed() {
+		// Glance's 400; the store refuses the same upload (OpenWrite).
+		writeError(w, r, http.StatusBadRequest, msg)
 		return
 	}
 	capBytes := s.opts.ImageSizeCap
@@ -371,7 +398,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	if cerr != nil {
 		if errors.Is(cerr, store.ErrRefused) {
-			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable VHD; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
+			what := "VHD"
+			if im.DiskFormat == store.DiskFormatRaw {
+				what = "raw disk"
+			}
+			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
 			return
 		}
 		s.fail(w, r, cerr)

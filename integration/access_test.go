@@ -408,9 +408,16 @@ func TestAccessShared(t *testing.T) {
 
 	// As the issue writes it: printf '1002\n' > properties/members.
 	mustAsUser(t, userA, `printf '1002\n' > "$1"`, a.propFile("a-shared", "members"))
-	if got := a.prop("a-shared", "members"); got != "1002" {
-		t.Fatalf("members = %q, want 1002", got)
+	if got := memberStatuses(a.prop("a-shared", "members")); got != "1002 pending" {
+		t.Fatalf("members = %q, want 1002 pending", got)
 	}
+	// Pending: by id only (as Glance: usable, not listed), until the
+	// member accepts.
+	if got := B.ls(a.images()); slices.Contains(got, "a-shared") {
+		t.Fatalf("a pending member lists the image: %v", got)
+	}
+	mustAsUser(t, userB, `cmp "$1" "$2"`, fx.Path, a.byID(id, "image.vhd"))
+	B.must("write", a.byID(id, "properties", "members"), "accepted\n")
 	wantListed(t, a, B, "a-shared", id, fx.Path)
 	mustAsUser(t, userB, `cmp "$1" "$2"`, fx.Path, a.dataFile("a-shared"))
 	wantHidden(t, a, C, "a-shared", id)
@@ -419,18 +426,19 @@ func TestAccessShared(t *testing.T) {
 	B.withCaps().want("write", a.propFile("a-shared", "members"), []string{"1002\n1003\n"}, syscall.EACCES)
 	B.want("rmdir", a.images("a-shared"), nil, syscall.EACCES, syscall.EPERM)
 	B.withCaps().want("rmdir", a.images("a-shared"), nil, syscall.EACCES)
-	if got := a.prop("a-shared", "members"); got != "1002" {
-		t.Errorf("members = %q after the member's attempts, want 1002", got)
+	if got := memberStatuses(a.prop("a-shared", "members")); got != "1002 accepted" {
+		t.Errorf("members = %q after the member's attempts, want 1002 accepted", got)
 	}
 	wantHidden(t, a, C, "a-shared", id)
 
-	// members is one decimal uid per line.
-	A.want("write", a.propFile("a-shared", "members"), []string{"bob\n"}, syscall.EINVAL)
-	if got := a.prop("a-shared", "members"); got != "1002" {
-		t.Errorf("members = %q after an invalid value, want 1002", got)
+	// members is one ID or ID STATUS per line.
+	A.want("write", a.propFile("a-shared", "members"), []string{"bob smith\n"}, syscall.EINVAL)
+	if got := memberStatuses(a.prop("a-shared", "members")); got != "1002 accepted" {
+		t.Errorf("members = %q after an invalid value, want 1002 accepted", got)
 	}
 
 	A.must("write", a.propFile("a-shared", "members"), "1003\n")
+	a.acceptAs(t, userC, "a-shared")
 	wantListed(t, a, C, "a-shared", id, fx.Path)
 	wantHidden(t, a, B, "a-shared", id)
 }
@@ -524,6 +532,7 @@ func TestAccessInvalidValues(t *testing.T) {
 	props := filepath.Join(dir, "properties")
 	// Every key below exists before it is written: a new property file
 	// is created with an empty value at open, before the value is known.
+	A.must("write", filepath.Join(props, "visibility"), "shared\n") // members need it
 	A.must("write", filepath.Join(props, "members"), "1005\n")
 
 	for _, c := range []struct{ key, value string }{
@@ -532,7 +541,7 @@ func TestAccessInvalidValues(t *testing.T) {
 		{"protected", "yes"}, {"protected", "True"}, {"protected", ""},
 		{"visibility", "everyone"}, {"visibility", "Public"}, {"visibility", ""},
 		{"name", ""}, {"name", "a/b"}, {"name", "."}, {"name", ".."}, {"name", strings.Repeat("n", 256)},
-		{"members", "bob"}, {"members", "-5"},
+		{"members", "bob smith"}, {"members", "1005 maybe"}, {"members", "1005\n1005"},
 	} {
 		before := a.snapshot("a-img")
 		what := fmt.Sprintf("%s=%q", c.key, c.value)

@@ -86,6 +86,7 @@ func TestCatalogVisibility(t *testing.T) {
 		}
 	}
 	mustAsUser(t, alice, `printf '1002\n' > "$1"`, m.propFile("alice-shared", "members"))
+	m.acceptAs(t, "1002", "alice-shared") // listed once the member accepts
 	run(t, "mkdir", m.images("root-private"))
 	writeProp(t, m, "root-private", "os_distro", "superos")
 	writeProp(t, m, "root-private", "visibility", "private")
@@ -175,9 +176,10 @@ func TestLsOnePass(t *testing.T) {
 }
 
 // TestLsJSONTypes: in imagefs ls --json, size, virtual_size, min_ram and
-// min_disk are numbers and protected and os_hidden booleans, as in
-// Glance's image JSON; a value that is not one stays a string, and a
-// missing one is null.
+// min_disk are numbers, protected and os_hidden booleans and tags a list,
+// as in Glance's image JSON, and a missing one is null (tags: []). (Every
+// one of them is typed in the store now, os_hidden and tags included: no
+// value of them is anything else.)
 func TestLsJSONTypes(t *testing.T) {
 	m := mount(t)
 	fx := makeVHD(t, 2*mib, "fixed")
@@ -186,11 +188,11 @@ func TestLsJSONTypes(t *testing.T) {
 	writeProp(t, m, "typed", "min_ram", "1024")
 	writeProp(t, m, "typed", "protected", "true")
 	writeProp(t, m, "typed", "os_hidden", "false")
+	writeProp(t, m, "typed", "tags", "x86\nlts")
 	run(t, "mkdir", m.images("odd"))
-	writeProp(t, m, "odd", "os_hidden", "maybe")
 
 	out := run(t, binary, "ls", m.Mnt, "--json", "--column", "virtual_size", "--column", "min_ram",
-		"--column", "min_disk", "--column", "protected", "--column", "os_hidden")
+		"--column", "min_disk", "--column", "protected", "--column", "os_hidden", "--column", "tags")
 	var rows []map[string]any
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -208,9 +210,15 @@ func TestLsJSONTypes(t *testing.T) {
 			t.Errorf("typed: %q = %#v (%T), want %#v (%T)", k, typed[k], typed[k], w, w)
 		}
 	}
-	if odd["size"] != nil || odd["virtual_size"] != nil || odd["os_hidden"] != "maybe" || odd["protected"] != false {
-		t.Errorf("odd: size %#v, virtual_size %#v, os_hidden %#v, protected %#v; want null, null, \"maybe\", false",
+	if tags, _ := json.Marshal(typed["tags"]); string(tags) != `["lts","x86"]` {
+		t.Errorf("typed: tags %s, want [\"lts\",\"x86\"]", tags)
+	}
+	if odd["size"] != nil || odd["virtual_size"] != nil || odd["os_hidden"] != false || odd["protected"] != false {
+		t.Errorf("odd: size %#v, virtual_size %#v, os_hidden %#v, protected %#v; want null, null, false, false",
 			odd["size"], odd["virtual_size"], odd["os_hidden"], odd["protected"])
+	}
+	if tags, ok := odd["tags"].([]any); !ok || len(tags) != 0 {
+		t.Errorf("odd: tags %#v, want []", odd["tags"])
 	}
 	if !strings.Contains(out, `"min_ram": 1024`) || !strings.Contains(out, `"protected": true`) {
 		t.Errorf("numbers and booleans are not bare in the output:\n%s", out)

@@ -235,6 +235,7 @@ var revokeCases = []revokeCase{
 		func(a *accessMount, name string) {
 			a.as(userA).must("write", a.propFile(name, "visibility"), "shared\n")
 			a.as(userA).must("write", a.propFile(name, "members"), userB+"\n")
+			a.acceptAs(a.t, userB, name)
 		},
 		func(a *accessMount, name string) {
 			a.as(userA).must("write", a.propFile(name, "members"), userC+"\n")
@@ -364,6 +365,7 @@ func TestPropertyPagesPerUser(t *testing.T) {
 	for i := range n {
 		dir := a.images(fmt.Sprintf("pg-%02d", i))
 		mustAsUser(t, userA, `mkdir "$1" && echo shared > "$1/properties/visibility" && echo 1002 > "$1/properties/members" && echo superos > "$1/properties/os_distro"`, dir)
+		a.acceptAs(t, userB, fmt.Sprintf("pg-%02d", i))
 	}
 	grep := func(uid string) {
 		t.Helper()

@@ -79,6 +79,7 @@ func TestScratchUnreadableByOthers(t *testing.T) {
 		{"sc-shared", func(name string) {
 			A.must("write", a.propFile(name, "visibility"), "shared\n")
 			A.must("write", a.propFile(name, "members"), userB+"\n")
+			a.acceptAs(t, userB, name)
 		}, []actor{B}, false},
 		{"sc-public", func(name string) {
 			if err := os.WriteFile(a.propFile(name, "visibility"), []byte("public\n"), 0o644); err != nil {

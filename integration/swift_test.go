@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/imagefs/imagefs/internal/testutil"
+	"github.com/ncw/swift/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,9 +54,7 @@ func swiftCluster(t *testing.T, n int, sw *testutil.Swift, extra ...string) ([]*
 	}
 	se := swiftEnv{sw: *sw, container: "it-" + randHex(6)}
 	t.Cleanup(func() { // after the hosts (cleanups run last first)
-		for _, c := range []string{se.container, se.container + "_segments"} {
-			se.cli("delete", c) // best effort
-		}
+		se.drop(se.container, se.container+"_segments") // best effort
 	})
 	args := append([]string{"--data", "swift://" + se.container, "--swift-segment-size", "1M",
 		"--delete-delay", "2s", "--metrics-addr", "127.0.0.1:0"}, extra...)
@@ -66,18 +67,54 @@ func (se swiftEnv) cli(args ...string) result {
 	return execCmd("swift", append([]string{"-A", se.sw.AuthURL, "-U", se.sw.User, "-K", se.sw.Key}, args...)...)
 }
 
+// client returns a connection to the test's account (the swift CLI
+// takes seconds to start on a busy machine: the checks that poll use
+// this).
+func (se swiftEnv) client() *swift.Connection {
+	return &swift.Connection{AuthUrl: se.sw.AuthURL, UserName: se.sw.User, ApiKey: se.sw.Key,
+		Timeout: 10 * time.Second, ConnectTimeout: 10 * time.Second}
+}
+
+// drop deletes the containers and their objects, as far as Swift lets
+// it (best effort: errors are ignored).
+func (se swiftEnv) drop(containers ...string) {
+	c, ctx := se.client(), context.Background()
+	for _, ct := range containers {
+		names, _ := c.ObjectNamesAll(ctx, ct, nil)
+		for _, n := range names {
+			c.ObjectDelete(ctx, ct, n)
+		}
+		c.ContainerDelete(ctx, ct)
+	}
+}
+
 // objects lists the container (suffix "" for manifests, "_segments" for
 // segments) under prefix.
 func (se swiftEnv) objects(t testing.TB, suffix, prefix string) []string {
 	t.Helper()
-	r := se.cli("list", se.container+suffix, "--prefix", prefix)
-	if r.err != nil {
-		if strings.Contains(r.stderr, "404") || strings.Contains(r.stderr, "not found") {
-			return nil
-		}
-		t.Fatalf("swift list %s%s: %s", se.container, suffix, r)
+	names, err := se.client().ObjectNamesAll(context.Background(), se.container+suffix, &swift.ObjectsOpts{Prefix: prefix})
+	if errors.Is(err, swift.ContainerNotFound) {
+		return nil
 	}
-	return strings.Fields(r.stdout)
+	if err != nil {
+		t.Fatalf("swift list %s%s: %v", se.container, suffix, err)
+	}
+	return names
+}
+
+// manifest returns the headers of the manifest of image id in Swift, nil
+// when it is not there (a HEAD: the container's listing may lag behind
+// its objects).
+func (se swiftEnv) manifest(t testing.TB, id string) swift.Headers {
+	t.Helper()
+	_, h, err := se.client().Object(context.Background(), se.container, id)
+	if errors.Is(err, swift.ObjectNotFound) || errors.Is(err, swift.ContainerNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("swift stat %s %s: %v", se.container, id, err)
+	}
+	return h
 }
 
 // metric returns one sample of the metrics of host m's current daemon
@@ -107,66 +144,105 @@ func waitByID(t *testing.T, m *fsMount, id string) {
 	eventually(t, 5*time.Second, "by-id/"+id+"/image.vhd visible", func() bool { return exists(m.byID(id, "image.vhd")) })
 }
 
-// An image uploaded on host-a (cp; a fixed VHD of 4 segments and a
-// dynamic one) is in Swift as segments and a manifest; host-b reads it
-// by id: the same bytes, one download per image (fetch count), and the
-// second read goes through passthrough (no READ reaches the daemon).
-// host-a downloads nothing: its staging file is its cached copy.
+// sampleFixture is the shared sample VHD file (read where it is, never
+// copied) as a fixture.
+func sampleFixture(t *testing.T, file string) vhdFixture {
+	t.Helper()
+	p := filepath.Join(sampleDir(t), file)
+	return vhdFixture{Path: p, Subformat: "dynamic", Size: fileSize(t, p),
+		VirtualSize: qemuVirtualSize(t, p), MD5: md5sum(t, p), SHA512: sha512sum(t, p)}
+}
+
+// cacheFile returns the path of image id's copy in host m's cache.
+func cacheFile(m *fsMount, id string) string {
+	return filepath.Join(m.Store, "swift-cache", id+".vhd")
+}
+
+// Images uploaded on host-a with cp, rsync and dd (two dynamic VHDs of
+// the shared samples, and a fixed one of 4 segments) are in Swift as
+// segments and a manifest; host-b and host-c read each by id: the same
+// bytes, exactly one download per host and image (the fetch count and
+// bytes), and the second read downloads nothing and goes through
+// passthrough (no READ reaches the daemon). host-a downloads nothing: its
+// staging files are its cached copies.
 func TestSwiftUploadReadByID(t *testing.T) {
-	hosts, se := swiftCluster(t, 2, nil)
-	a, b := hosts[0], hosts[1]
-	fixed := makeVHD(t, 3*mib+300*1024, "fixed")
-	dynamic := makeVHD(t, 6*mib, "dynamic")
+	requireTools(t, "rsync", "dd")
+	hosts, se := swiftCluster(t, 3, nil)
+	a := hosts[0]
+	uploads := []struct {
+		tool string
+		fx   vhdFixture
+	}{
+		{"cp", sampleFixture(t, "qemu.vhd")},
+		{"rsync", sampleFixture(t, "xapi.vhd")}, // a temporary file renamed onto image.vhd
+		{"dd", makeVHD(t, 3*mib+300*1024, "fixed")},
+	}
 	ids := map[string]vhdFixture{}
-	for name, fx := range map[string]vhdFixture{"fixed": fixed, "dynamic": dynamic} {
-		id := swiftUpload(t, a, name, fx)
-		ids[id] = fx
+	var total int64
+	for _, u := range uploads {
+		name := u.tool
+		id := a.mkimage(name)
+		switch u.tool {
+		case "cp":
+			run(t, "cp", u.fx.Path, a.dataFile(name))
+		case "rsync":
+			run(t, "rsync", u.fx.Path, a.dataFile(name))
+		case "dd":
+			run(t, "dd", "if="+u.fx.Path, "of="+a.dataFile(name), "bs=256k", "status=none")
+		}
+		a.checkSealed(t, name, u.fx)
+		ids[id] = u.fx
+		total += u.fx.Size
 		segs := se.objects(t, "_segments", id+"/")
-		if want := int((fx.Size + mib - 1) / mib); len(segs) != want {
-			t.Errorf("%s: %d segments in Swift (%v), want %d of 1 MiB for %d bytes", name, len(segs), segs, want, fx.Size)
+		if want := int((u.fx.Size + mib - 1) / mib); len(segs) != want {
+			t.Errorf("%s: %d segments in Swift (%v), want %d of 1 MiB for %d bytes", name, len(segs), segs, want, u.fx.Size)
 		}
-		if got := se.objects(t, "", id); len(got) != 1 {
-			t.Errorf("%s: manifest %s: swift list = %v", name, id, got)
-		}
-		if r := se.cli("stat", se.container, id); r.err != nil || !strings.Contains(r.stdout, "Manifest") && !strings.Contains(r.stdout, "X-Static-Large-Object") {
-			t.Errorf("%s: swift stat of the manifest: %s", name, r)
+		if h := se.manifest(t, id); h["X-Static-Large-Object"] != "True" {
+			t.Errorf("%s: no static large object manifest %s in Swift (headers %v)", name, id, h)
 		}
 	}
-	for id, fx := range ids {
-		waitByID(t, b, id)
-		cmp(t, fx.Path, b.byID(id, "image.vhd"))
-	}
-	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
-		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading 2 images, want 2", got)
-	}
-	reads := metric(t, b, `imagefs_fuse_requests_total{op="read"}`)
-	for id, fx := range ids {
-		cmp(t, fx.Path, b.byID(id, "image.vhd"))
-		if got := md5sum(t, b.byID(id, "image.vhd")); got != fx.MD5 {
-			t.Errorf("host-b: md5sum %s = %s, want %s", id, got, fx.MD5)
+	for _, m := range hosts[1:] {
+		host := filepath.Base(filepath.Dir(m.Store))
+		for id, fx := range ids {
+			waitByID(t, m, id)
+			cmp(t, fx.Path, m.byID(id, "image.vhd"))
 		}
-	}
-	if got := metric(t, b, "imagefs_data_fetches_total"); got != 2 {
-		t.Errorf("host-b: imagefs_data_fetches_total = %v after reading again, want still 2", got)
-	}
-	if b.passthroughActive() {
-		if got := metric(t, b, `imagefs_fuse_requests_total{op="read"}`); got != reads {
-			t.Errorf("host-b: %v READ requests reached the daemon reading cached images, want 0 (passthrough)", got-reads)
+		if got := metric(t, m, "imagefs_data_fetches_total"); got != float64(len(ids)) {
+			t.Errorf("%s: imagefs_data_fetches_total = %v after reading %d images, want %d", host, got, len(ids), len(ids))
 		}
-	} else {
-		t.Logf("passthrough unavailable here: reads go through the daemon")
+		if got := metric(t, m, "imagefs_data_fetch_bytes_total"); got != float64(total) {
+			t.Errorf("%s: imagefs_data_fetch_bytes_total = %v, want %d (each image once)", host, got, total)
+		}
+		reads := metric(t, m, `imagefs_fuse_requests_total{op="read"}`)
+		for id, fx := range ids {
+			cmp(t, fx.Path, m.byID(id, "image.vhd"))
+			if got := md5sum(t, m.byID(id, "image.vhd")); got != fx.MD5 {
+				t.Errorf("%s: md5sum %s = %s, want %s", host, id, got, fx.MD5)
+			}
+		}
+		if got := metric(t, m, "imagefs_data_fetches_total"); got != float64(len(ids)) {
+			t.Errorf("%s: imagefs_data_fetches_total = %v after reading again, want still %d", host, got, len(ids))
+		}
+		if m.passthroughActive() {
+			if got := metric(t, m, `imagefs_fuse_requests_total{op="read"}`); got != reads {
+				t.Errorf("%s: %v READ requests reached the daemon reading cached images, want 0 (passthrough)", host, got-reads)
+			}
+		} else {
+			t.Logf("passthrough unavailable here: reads go through the daemon")
+		}
 	}
 	if got := metric(t, a, "imagefs_data_fetches_total"); got != 0 {
 		t.Errorf("host-a (the sealing host): %v downloads, want 0", got)
 	}
-	if got := metric(t, a, "imagefs_data_uploads_total"); got != 2 {
-		t.Errorf("host-a: imagefs_data_uploads_total = %v, want 2", got)
+	if got := metric(t, a, "imagefs_data_uploads_total"); got != float64(len(ids)) {
+		t.Errorf("host-a: imagefs_data_uploads_total = %v, want %d", got, len(ids))
 	}
 	for id, fx := range ids {
 		cmp(t, fx.Path, a.byID(id, "image.vhd"))
 	}
 	// The cache outlives the daemon: host-b mounted again reads without
 	// a download.
+	b := hosts[1]
 	b.remount()
 	for id, fx := range ids {
 		cmp(t, fx.Path, b.byID(id, "image.vhd"))
@@ -174,8 +250,8 @@ func TestSwiftUploadReadByID(t *testing.T) {
 	if got := metric(t, b, "imagefs_data_fetches_total"); got != 0 {
 		t.Errorf("host-b remounted: %v downloads of images in its cache, want 0", got)
 	}
-	if got := metric(t, b, "imagefs_data_cache_images"); got != 2 {
-		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want 2", got)
+	if got := metric(t, b, "imagefs_data_cache_images"); got != float64(len(ids)) {
+		t.Errorf("host-b remounted: imagefs_data_cache_images = %v, want %d", got, len(ids))
 	}
 	for _, m := range hosts {
 		if bytes.Contains(readFile(m.log), []byte("key="+se.sw.Key)) || bytes.Contains(readFile(m.log), []byte("ST_KEY")) {
@@ -243,39 +319,112 @@ func TestSwiftSegmentsStreamedDuringUpload(t *testing.T) {
 	}
 }
 
+// swiftFsck runs imagefs fsck ARGS on the catalog and container of m's
+// cluster, as host (its STORE store, which must not be mounted), with a
+// delete delay of delay ("" for the hosts' 2 s).
+func swiftFsck(t *testing.T, m *fsMount, store, host, delay string, args ...string) result {
+	t.Helper()
+	get := func(flag string) string {
+		if i := lastIndex(m.Args, flag); i >= 0 && i+1 < len(m.Args) {
+			return m.Args[i+1]
+		}
+		t.Fatalf("%s: no %s in %v", m.Mnt, flag, m.Args)
+		return ""
+	}
+	if delay == "" {
+		delay = get("--delete-delay")
+	}
+	all := append([]string{"fsck"}, args...)
+	all = append(all, "--catalog", get("--catalog"), "--data", get("--data"), "--config", get("--config"),
+		"--host-id", host, "--delete-delay", delay, store)
+	start := time.Now()
+	r := execCmd(binary, all...)
+	t.Logf("imagefs fsck %s as %s (%v): %s", strings.Join(args, " "), host, time.Since(start).Round(time.Millisecond), r)
+	return r
+}
+
 // host-a killed (SIGKILL) in the middle of an upload whose segments were
 // being sent: the image ends killed on host-b (the upload's lease
-// expires), and host-a's next mount deletes the segments it had sent.
+// expires), with a reason naming host-a. Then, twice:
+//
+//   - host-a comes back: its next mount deletes the segments it had sent;
+//   - host-a stays down: fsck --repair, run on host-b's STORE (host-b
+//     unmounted, as fsck of a shared catalog is run), removes them
+//     (orphan-segments: their upload's host is gone); before the crash,
+//     the same fsck --repair left the segments of host-a's upload in
+//     progress alone.
 func TestSwiftCrashMidUpload(t *testing.T) {
 	hosts, se := swiftCluster(t, 2, nil)
 	a, b := hosts[0], hosts[1]
-	fx := makeVHD(t, 4*mib, "fixed")
-	data, err := os.ReadFile(fx.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := a.mkimage("cut")
-	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(data[:3*mib+100]); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 20*time.Second, "3 segments in Swift during the upload", func() bool {
-		return len(se.objects(t, "_segments", id+"/")) == 3
-	})
-	a.crash()
-	f.Close() // on a dead mount: its error does not matter
-	eventually(t, 4*sharedLeaseTTL+5*time.Second, "host-b: the image killed", func() bool {
-		return strings.TrimSpace(readOptional(b.propFile("cut", "status"))) == "killed"
-	})
-	a.start()
-	eventually(t, 20*time.Second, "host-a remounted: the segments it sent deleted", func() bool {
-		return len(se.objects(t, "_segments", id+"/")) == 0
-	})
-	if got := se.objects(t, "", id); len(got) != 0 {
-		t.Errorf("a manifest of the cut upload: %v", got)
+	for _, comesBack := range []bool{true, false} {
+		name := fmt.Sprintf("cut-%v", comesBack)
+		fx := makeVHD(t, 4*mib, "fixed")
+		data, err := os.ReadFile(fx.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := a.mkimage(name)
+		f, err := os.OpenFile(a.dataFile(name), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(data[:3*mib+100]); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 20*time.Second, name+": 3 segments in Swift during the upload", func() bool {
+			return len(se.objects(t, "_segments", id+"/")) == 3
+		})
+		if !comesBack {
+			// An upload in progress on a live host is not an orphan.
+			b.stop()
+			if r := swiftFsck(t, b, b.Store, "host-b", "", "--repair"); r.code != 0 || strings.Contains(r.stdout, "orphan") {
+				t.Errorf("%s: fsck --repair with host-a's upload in progress: want exit 0 and no orphans: %s", name, r)
+			}
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 3 {
+				t.Errorf("%s: fsck --repair during host-a's upload left %d segments %v, want its 3", name, len(got), got)
+			}
+			b.start()
+		}
+		a.crash()
+		f.Close() // on a dead mount: its error does not matter
+		eventually(t, 4*sharedLeaseTTL+5*time.Second, name+": host-b: the image killed", func() bool {
+			return strings.TrimSpace(readOptional(b.propFile(name, "status"))) == "killed"
+		})
+		if reason := readOptional(b.propFile(name, "imagefs_kill_reason")); !strings.Contains(reason, "host-a") {
+			t.Errorf("%s: host-b: kill reason %q does not name host-a", name, reason)
+		}
+		if comesBack {
+			a.start()
+			eventually(t, 20*time.Second, name+": host-a remounted: the segments it sent deleted", func() bool {
+				return len(se.objects(t, "_segments", id+"/")) == 0
+			})
+		} else {
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 3 {
+				t.Fatalf("%s: segments of the cut upload before fsck: %v, want 3", name, got)
+			}
+			b.stop()
+			r := swiftFsck(t, b, b.Store, "host-b", "")
+			if r.code != 3 || !strings.Contains(r.stdout, "orphan-segments: "+id+": 3 segments") || !strings.Contains(r.stdout, "sent by host host-a") {
+				t.Errorf("%s: fsck after host-a's crash: want exit 3 and orphan-segments of %s sent by host-a: %s", name, id, r)
+			}
+			if r := swiftFsck(t, b, b.Store, "host-b", "", "--repair"); r.code != 0 {
+				t.Errorf("%s: fsck --repair: want exit 0: %s", name, r)
+			}
+			if got := se.objects(t, "_segments", id+"/"); len(got) != 0 {
+				t.Errorf("%s: segments of the cut upload after fsck --repair: %v, want none", name, got)
+			}
+			if r := swiftFsck(t, b, b.Store, "host-b", ""); r.code != 0 {
+				t.Errorf("%s: fsck after the repair: want exit 0: %s", name, r)
+			}
+			b.start()
+			a.start()
+		}
+		if got := se.objects(t, "", id); len(got) != 0 {
+			t.Errorf("%s: a manifest of the cut upload: %v", name, got)
+		}
+		if st := strings.TrimSpace(readOptional(b.propFile(name, "status"))); st != "killed" {
+			t.Errorf("%s: host-b: status %q, want killed", name, st)
+		}
 	}
 }
 
@@ -469,7 +618,9 @@ func flipByte(t *testing.T, p string, off int64) {
 // has no copy, refuses the image (EIO) and logs it naming the image and
 // the host, with a metric; the swapped download is quarantined. host-a
 // (sealing) and host-b (cached before) keep serving their verified
-// copies.
+// copies. fsck --verify-data (run before host-c's reads) reports both
+// images (checksum-mismatch): it reads each segment on its own, so a
+// byte flipped on the object server's disk hashes wrong.
 func TestSwiftCorruptObjectRefused(t *testing.T) {
 	hosts, se := swiftCluster(t, 3, nil)
 	a, b, c := hosts[0], hosts[1], hosts[2]
@@ -496,6 +647,25 @@ func TestSwiftCorruptObjectRefused(t *testing.T) {
 	}
 	if r := se.cli("upload", "--object-name", idS, se.container, other.Path); r.err != nil {
 		t.Fatalf("swift upload over the manifest: %s", r)
+	}
+
+	// fsck --verify-data, from a host that mounts nothing (its own
+	// STORE), streams the objects from Swift and finds both.
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "", "--verify-data")
+	for _, id := range []string{idF, idS} {
+		if !strings.Contains(r.stdout, "checksum-mismatch: "+id+": data hashes to md5") {
+			t.Errorf("fsck --verify-data: no checksum-mismatch of %s: %s", id, r)
+		}
+	}
+	if r.code != 1 || !strings.Contains(r.stdout, "2 sealed, 2 verified") {
+		t.Errorf("fsck --verify-data: want exit 1 and 2 images verified: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(admin, "swift-cache", idF+".vhd")); err == nil {
+		t.Errorf("fsck --verify-data cached %s: want it streamed past the cache", idF)
 	}
 
 	for _, id := range []string{idF, idS} {
@@ -532,29 +702,106 @@ func TestSwiftCorruptObjectRefused(t *testing.T) {
 	}
 }
 
-// Delete on host-a: the image goes at once on every host, its objects
-// stay for the delete delay (2 s) and are gone after it; host-a's cached
-// copy goes at once.
+// Delete on host-a while host-b reads: the image goes at once on every
+// host; host-b's reader, which had it open, reads its bytes to the end;
+// the objects stay for the delete delay (2 s) and are gone after it; no
+// host keeps the image in its cache: host-a's (the deleting host's) and
+// host-c's copies go at once (nobody has them open), host-b's at its
+// reader's close. host-c down during the delete of a second image: its
+// next mount evicts the copy of the image the catalog no longer has.
 func TestSwiftDeleteDelayed(t *testing.T) {
-	hosts, se := swiftCluster(t, 2, nil)
-	a, b := hosts[0], hosts[1]
-	fx := makeVHD(t, 2*mib, "fixed")
+	hosts, se := swiftCluster(t, 3, nil)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	fx := makeVHD(t, 2*mib+300*1024, "fixed")
 	id := swiftUpload(t, a, "doomed", fx)
-	waitByID(t, b, id)
-	cmp(t, fx.Path, b.byID(id, "image.vhd"))
+	fx2 := makeVHD(t, 1*mib, "fixed")
+	id2 := swiftUpload(t, a, "while-down", fx2)
+	for _, m := range []*fsMount{b, c} {
+		for _, img := range []struct {
+			id string
+			fx vhdFixture
+		}{{id, fx}, {id2, fx2}} {
+			waitByID(t, m, img.id)
+			cmp(t, img.fx.Path, m.byID(img.id, "image.vhd"))
+		}
+	}
+	for _, m := range hosts {
+		if _, err := os.Stat(cacheFile(m, id)); err != nil {
+			t.Fatalf("%s: no copy in the cache before the delete: %v", m.Mnt, err)
+		}
+	}
+	want, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := os.Open(b.byID(id, "image.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	head := make([]byte, mib)
+	if _, err := io.ReadFull(reader, head); err != nil {
+		t.Fatal(err)
+	}
+
 	run(t, "rm", "-rf", a.images("doomed"))
-	eventually(t, 5*time.Second, "host-b: by-id/<id> gone", func() bool { return !exists(b.byID(id)) })
-	if _, err := os.Stat(filepath.Join(a.Store, "swift-cache", id+".vhd")); err == nil {
+	for _, m := range []*fsMount{b, c} {
+		eventually(t, 5*time.Second, m.Mnt+": by-id/<id> gone", func() bool { return !exists(m.byID(id)) })
+	}
+	if _, err := os.Stat(cacheFile(a, id)); err == nil {
 		t.Errorf("host-a: the deleted image's copy is still in its cache")
 	}
-	if got := se.objects(t, "", id); len(got) != 1 {
-		t.Errorf("the manifest went at once (swift list = %v); want it kept for the delete delay", got)
+	eventually(t, 5*time.Second, "host-c: the deleted image's copy gone from its cache", func() bool {
+		_, err := os.Stat(cacheFile(c, id))
+		return os.IsNotExist(err)
+	})
+	if se.manifest(t, id) == nil {
+		t.Errorf("the manifest went at once; want it kept for the delete delay")
 	}
+	if _, err := os.Stat(cacheFile(b, id)); err != nil {
+		t.Errorf("host-b: the copy its reader has open left the cache before the reader's close: %v", err)
+	}
+	rest, err := io.ReadAll(reader)
+	if got := append(head, rest...); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("host-b: the reader that had the image open across its delete read %d bytes (%v), not the image", len(got), err)
+	}
+	reader.Close()
+	eventually(t, 5*time.Second, "host-b: the deleted image's copy gone from its cache after the reader's close", func() bool {
+		_, err := os.Stat(cacheFile(b, id))
+		return os.IsNotExist(err)
+	})
 	eventually(t, 20*time.Second, "objects gone from Swift after the 2 s delay", func() bool {
-		return len(se.objects(t, "", id)) == 0 && len(se.objects(t, "_segments", id+"/")) == 0
+		return se.manifest(t, id) == nil && len(se.objects(t, "_segments", id+"/")) == 0
 	})
 	if got := metric(t, a, "imagefs_data_deletes_total"); got != 1 {
 		t.Errorf("host-a: imagefs_data_deletes_total = %v, want 1", got)
+	}
+	for _, m := range []*fsMount{b, c} {
+		if got := metric(t, m, "imagefs_data_cache_images"); got != 1 {
+			t.Errorf("%s: imagefs_data_cache_images = %v after the delete, want 1 (while-down)", m.Mnt, got)
+		}
+	}
+
+	// host-c down during the delete. Its catalog snapshot removed, it
+	// lists the catalog at its next mount: no delete event reaches it,
+	// only the mount's check of its cache against the catalog.
+	c.stop()
+	run(t, "rm", "-rf", a.images("while-down"))
+	eventually(t, 5*time.Second, "host-b: while-down gone", func() bool { return !exists(b.byID(id2)) })
+	if err := os.Remove(filepath.Join(c.Store, "catalog-snapshot")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cacheFile(c, id2)); err != nil {
+		t.Fatalf("host-c (down): its copy of while-down: %v", err)
+	}
+	c.start()
+	if _, err := os.Stat(cacheFile(c, id2)); !os.IsNotExist(err) {
+		t.Errorf("host-c remounted: the copy of an image deleted while it was down is still in its cache (%v)", err)
+	}
+	for _, m := range hosts {
+		if files := vhdFiles(filepath.Join(m.Store, "swift-cache")); len(files) != 0 {
+			t.Errorf("%s: copies of deleted images left in the cache: %v", m.Mnt, files)
+		}
 	}
 }
 
@@ -666,9 +913,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 	b.stop()
 	se := swiftEnv{sw: sw, container: "it-" + randHex(6)}
 	t.Cleanup(func() {
-		for _, c := range []string{se.container, se.container + "_segments"} {
-			se.cli("delete", c)
-		}
+		se.drop(se.container, se.container+"_segments")
 	})
 	r := mountRefused(t, b.Store, b.Mnt, withData(b.Args, "swift://"+se.container)...)
 	t.Logf("host-b mount of a directory catalog with swift://%s: %s", se.container, r)
@@ -709,7 +954,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 	if files := vhdFiles(other); len(files) != 0 {
 		t.Errorf("%s: data files %v written by a refused mount", other, files)
 	}
-	sse.cli("delete", sse.container+"-other")
+	sse.drop(sse.container+"-other", sse.container+"-other_segments")
 	sb.start()
 	cmp(t, fx.Path, sb.images("in-swift", "image.vhd"))
 }
@@ -719,6 +964,7 @@ func TestSwiftWrongDataRefused(t *testing.T) {
 // host-b, which has no copy, refuses the image (EIO) and logs a
 // verification failure naming the image and the host, counted in
 // imagefs_data_verify_failures_total; host-a keeps its verified copy.
+// fsck reports the segment (checksum-mismatch).
 func TestSwiftSwappedSegmentRefused(t *testing.T) {
 	hosts, se := swiftCluster(t, 2, nil)
 	a, b := hosts[0], hosts[1]
@@ -751,4 +997,174 @@ func TestSwiftSwappedSegmentRefused(t *testing.T) {
 		t.Errorf("host-b: imagefs_data_verify_failures_total = %v, want 1", got)
 	}
 	cmp(t, fx.Path, a.byID(id, "image.vhd"))
+
+	// fsck (without --verify-data: from Swift's listing) finds the
+	// segment whose MD5 is not the one its manifest records.
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "")
+	if r.code != 1 || !strings.Contains(r.stdout, "checksum-mismatch: "+id+": segment "+segs[0]+" has md5 ") {
+		t.Errorf("fsck: want exit 1 and the swapped segment of %s (checksum-mismatch): %s", id, r)
+	}
+}
+
+// lastIndex returns the index of the last s in args (-1: none): a later
+// flag wins over an earlier one.
+func lastIndex(args []string, s string) int {
+	for i := len(args) - 1; i >= 0; i-- {
+		if args[i] == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// fsck of a Swift data store, from a host that mounts nothing (its own
+// STORE), while host-a stays mounted: an active image whose manifest was
+// deleted is missing-data (--repair leaves the image and its segments to
+// the operator); an object of no image is orphan-data; segments of no
+// image, and segments of a sealed image that its manifest does not name,
+// are orphan-segments; --repair removes the orphans and nothing else. A
+// deleted image's objects (host-a's delete delay is an hour here) are
+// left alone until the delete delay after the delete, then removed as
+// deleted-data. Of an image that is not sealed (queued), an object is
+// orphan-data, and segments are orphans only when the host that sent
+// them is gone: those of live host-a (a scratch file's upload, say) stay,
+// and those that name no host (an older version's) stay for 10 minutes.
+func TestSwiftFsckMissingAndOrphans(t *testing.T) {
+	hosts, se := swiftCluster(t, 1, nil, "--delete-delay", "1h")
+	a := hosts[0]
+	fxGone, fxKept, fxDoomed := makeVHD(t, 2*mib, "fixed"), makeVHD(t, 2*mib, "dynamic"), makeVHD(t, 2*mib, "fixed")
+	idGone := swiftUpload(t, a, "gone", fxGone)
+	idKept := swiftUpload(t, a, "kept", fxKept)
+	idDoomed := swiftUpload(t, a, "doomed", fxDoomed)
+	idQueued := a.mkimage("queued")
+	segsGone := se.objects(t, "_segments", idGone+"/")
+	segsKept := se.objects(t, "_segments", idKept+"/")
+	segsDoomed := se.objects(t, "_segments", idDoomed+"/")
+	sc, ctx := se.client(), context.Background()
+	if err := sc.ObjectDelete(ctx, se.container, idGone); err != nil { // the manifest only
+		t.Fatalf("delete the manifest: %v", err)
+	}
+	const orphan = "0000-no-such-image"
+	for _, o := range [][2]string{
+		{se.container, orphan},
+		{se.container + "_segments", orphan + "/1_1@host-a/00000000"},
+		{se.container + "_segments", idKept + "/2_2@host-a/00000000"},
+		{se.container, idQueued},
+		{se.container + "_segments", idQueued + "/3_3/00000000"},
+		{se.container + "_segments", idQueued + "/4_4@host-gone/00000000"},
+		{se.container + "_segments", idQueued + "/5_5@host-a/00000000"},
+	} {
+		if err := sc.ObjectPutBytes(ctx, o[0], o[1], []byte("not an image"), ""); err != nil {
+			t.Fatalf("put %s/%s: %v", o[0], o[1], err)
+		}
+	}
+	run(t, "rm", "-rf", a.images("doomed"))
+	deleted := time.Now()
+
+	admin := filepath.Join(t.TempDir(), "admin-store")
+	if err := os.Mkdir(admin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := swiftFsck(t, a, admin, "host-admin", "1h")
+	for _, want := range []string{
+		"missing-data: " + idGone + ": its object is missing from swift://" + se.container,
+		"orphan-data: " + orphan + ": object in swift://" + se.container + " of no image (--repair fixes this)",
+		"orphan-segments: " + orphan + ": 1 segments",
+		"orphan-segments: " + idKept + ": 1 segments (12 bytes) " + idKept + "/2_2@host-a/",
+		"orphan-data: " + idQueued + ": object in swift://" + se.container + " of a queued image",
+		"orphan-segments: " + idQueued + ": 1 segments (12 bytes) " + idQueued + "/4_4@host-gone/ in swift://" + se.container + " sent by host host-gone,",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("fsck: no line %q", want)
+		}
+	}
+	for _, id := range []string{idDoomed, "orphan-segments: " + idGone, idQueued + "/3_3/", idQueued + "/5_5@host-a/"} {
+		if strings.Contains(r.stdout, id) {
+			t.Errorf("fsck reports %s", id)
+		}
+	}
+	if r.code != 1 {
+		t.Errorf("fsck: exit %d, want 1 (missing-data needs the operator)", r.code)
+	}
+
+	r = swiftFsck(t, a, admin, "host-admin", "1h", "--repair")
+	if r.code != 1 || strings.Count(r.stdout, "(repaired)") != 5 {
+		t.Errorf("fsck --repair: want exit 1 and 5 problems repaired: %s", r)
+	}
+	for _, o := range []string{orphan, idQueued} {
+		if got := se.objects(t, "", o); len(got) != 0 {
+			t.Errorf("the orphan object %s after fsck --repair: %v", o, got)
+		}
+	}
+	for prefix, want := range map[string][]string{
+		orphan + "/": nil, idGone + "/": segsGone, idKept + "/": segsKept, idDoomed + "/": segsDoomed,
+		idQueued + "/": {idQueued + "/3_3/00000000", idQueued + "/5_5@host-a/00000000"},
+	} {
+		if got := se.objects(t, "_segments", prefix); !slices.Equal(got, want) {
+			t.Errorf("segments %s after fsck --repair: %v, want %v", prefix, got, want)
+		}
+	}
+	if got := se.objects(t, "", idDoomed); len(got) != 1 {
+		t.Errorf("the deleted image's manifest, in its delete delay, after fsck --repair: %v, want kept", got)
+	}
+	cmp(t, fxKept.Path, a.images("kept", "image.vhd"))
+
+	// Past the delete delay (1 s for this fsck), the deleted image's
+	// objects are host-a's removal that did not happen.
+	time.Sleep(time.Until(deleted.Add(1500 * time.Millisecond)))
+	r = swiftFsck(t, a, admin, "host-admin", "1s", "--repair")
+	if !strings.Contains(r.stdout, "deleted-data: "+idDoomed+": objects in swift://"+se.container+" of an image deleted at ") ||
+		!strings.Contains(r.stdout, "by host-a, still there past the delete delay 1s (its host did not remove them) (repaired)") {
+		t.Errorf("fsck --repair past the delete delay: no deleted-data of %s repaired: %s", idDoomed, r)
+	}
+	if got, segs := se.objects(t, "", idDoomed), se.objects(t, "_segments", idDoomed+"/"); len(got)+len(segs) != 0 {
+		t.Errorf("the deleted image's objects after fsck --repair past the delay: %v %v", got, segs)
+	}
+}
+
+// A seal cut off after its manifest reached Swift and before its record
+// committed (here: host-a killed mid-upload, and the manifest put by
+// hand): host-a's next mount kills the image (the data cannot be sealed
+// from there: its staging file is gone), and fsck --repair removes the
+// manifest of the killed image (orphan-data).
+func TestSwiftUncommittedSealKilled(t *testing.T) {
+	hosts, se := swiftCluster(t, 1, nil)
+	a := hosts[0]
+	fx := makeVHD(t, 2*mib, "fixed")
+	data, err := os.ReadFile(fx.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.mkimage("cut")
+	f, err := os.OpenFile(a.dataFile("cut"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[:mib+100]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "a segment in Swift during the upload", func() bool {
+		return len(se.objects(t, "_segments", id+"/")) == 1
+	})
+	a.crash()
+	f.Close()
+	if err := se.client().ObjectPutBytes(context.Background(), se.container, id, data, ""); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	if st := strings.TrimSpace(readOptional(a.propFile("cut", "status"))); st != "killed" {
+		t.Errorf("host-a remounted: status %q, want killed", st)
+	}
+	a.stop()
+	r := swiftFsck(t, a, a.Store, "host-a", "", "--repair")
+	if r.code != 0 || !strings.Contains(r.stdout, "orphan-data: "+id+": object in swift://"+se.container+" of a killed image") {
+		t.Errorf("fsck --repair: want exit 0 and the killed image's object removed (orphan-data): %s", r)
+	}
+	if got := se.objects(t, "", id); len(got) != 0 {
+		t.Errorf("the killed image's object after fsck --repair: %v", got)
+	}
 }

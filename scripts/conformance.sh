@@ -151,7 +151,7 @@ horizon = false
 region = RegionOne
 endpoint_type = publicURL
 container_formats = bare
-disk_formats = raw,vhd
+disk_formats = raw
 
 [image-feature-enabled]
 api_v2 = true

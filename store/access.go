@@ -2,12 +2,11 @@ package store
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 )
 
-// KeyMembers lists the uids an image is shared with (visibility shared),
-// one decimal uid per line. The owner edits it.
+// KeyMembers lists the members of an image (visibility shared), one
+// "ID STATUS" line each (members.go): the owner adds and removes them,
+// each member sets its own status.
 const KeyMembers = "members"
 
 // Reach says how a caller reaches an image, for the visibility rules.
@@ -37,12 +36,23 @@ const (
 //
 //	visibility  owner/root  members  everyone else
 //	private     list, id    -        -
-//	shared      list, id    list, id -
+//	shared      list, id    list (accepted), id (any status) -
 //	community   list, id    id       id (usable by id, not listed)
 //	public      list, id    list, id list, id
 //
 // Everyone else gets ENOENT, as if the image did not exist.
 func Visible(c Caller, im *Image, v Reach) bool {
+	ms := MemberAccepted
+	if v == ReachID {
+		ms = MemberAll
+	}
+	return VisibleAs(c, im, v, ms)
+}
+
+// VisibleAs is Visible with Glance's member_status list filter: a member
+// of a shared image sees it when its status is ms (MemberAll: any).
+// Visible lists with MemberAccepted and reaches by id with MemberAll.
+func VisibleAs(c Caller, im *Image, v Reach, ms MemberStatus) bool {
 	if c.UID == Anyone.UID {
 		return im.Visibility == VisibilityPublic
 	}
@@ -55,7 +65,8 @@ func Visible(c Caller, im *Image, v Reach) bool {
 	case VisibilityCommunity:
 		return v == ReachID
 	case VisibilityShared:
-		return im.IsMember(c.UID)
+		st, ok := im.memberStatus(c)
+		return ok && (ms == MemberAll || st == ms)
 	}
 	return false
 }
@@ -71,34 +82,10 @@ func (c Caller) Owns(im *Image) bool { return c.IsRoot() || c.UID == im.Owner }
 // uid is (uid_t)-1, which no process can have.
 var Anyone = Caller{UID: ^uint32(0), GID: ^uint32(0)}
 
-// IsMember reports whether uid is listed in the image's members.
-func (im *Image) IsMember(uid uint32) bool {
-	for _, line := range strings.Split(im.Extra[KeyMembers], "\n") {
-		if n, err := strconv.ParseUint(strings.TrimSpace(line), 10, 32); err == nil && uint32(n) == uid {
-			return true
-		}
-	}
-	return false
-}
-
 // OthersMayRead reports whether users other than the owner may use the
 // image at all; the mode bits of its files show it (0755/0644 rather than
 // 0700/0600). The daemon enforces Visible whatever the mode bits say.
 func (im *Image) OthersMayRead() bool { return im.Visibility != VisibilityPrivate }
-
-// checkMembers validates a members value: decimal uids, one per line.
-func checkMembers(value string) error {
-	for _, line := range strings.Split(value, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if _, err := strconv.ParseUint(line, 10, 32); err != nil {
-			return fmt.Errorf("%w: members: %q is not a uid (one decimal uid per line)", ErrInvalid, line)
-		}
-	}
-	return nil
-}
 
 // checkStatusChange allows root to deactivate an active image and to
 // reactivate a deactivated one; every other status change is the

@@ -18,9 +18,12 @@ type KeyValue struct{ Key, Value string }
 
 // CreateWithID is Create with the image's id chosen by the caller, as
 // Glance's POST /v2/images accepts one, and with properties (custom ones,
-// visibility, protected, min_ram, min_disk) set in the same commit, each
+// visibility, protected, min_ram, min_disk, disk_format, container_format)
+// set in the same commit, each
 // under SetProperty's rules: the image appears whole or not at all. id
-// must be a UUID in its canonical 36-character lower-case form. Errors:
+// must be a UUID in its canonical 36-character lower-case form. As in
+// Glance, disk_format and container_format are unset unless props set
+// them (no data is accepted until both are: FormatsMissing). Errors:
 // ErrInvalid (id, name, a key or value; the name among props),
 // ErrExists (the id or the name is taken), and SetProperty's errors for
 // props (ErrImmutable, ErrNotPermitted, ErrTooBig, ErrQuota), ErrCatalog.
@@ -34,7 +37,7 @@ func (s *Store) CreateWithID(c Caller, id, name string, props []KeyValue) (*Imag
 			return nil, fmt.Errorf("%w: the name is CreateWithID's argument, not a property", ErrInvalid)
 		}
 	}
-	return s.create(c, id, name, props)
+	return s.create(c, id, name, imageFormats{}, props)
 }
 
 // AbortWriter ends a write handle of u (in place of EndWriter) whose
@@ -97,7 +100,7 @@ func (s *Store) ChangeProperties(c Caller, id string, ops []PropertyOp) (Change,
 			if err := s.setPropertyRules(c, next, op.Key, op.Value, SetAny); err != nil {
 				return nil, err
 			}
-			applyValue(next, op.Key, op.Value)
+			s.applyChange(c, next, op.Key, op.Value)
 		}
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {

@@ -34,6 +34,7 @@ import (
 //	meta/catalog-id -> the catalog's id (shared catalogs; watch.go)
 //	del/<id>    -> "" (tombstone: the image's delete committed, its
 //	               data file may still exist; see Store.Delete)
+//	metadefs/...   metadata definitions (not images; see metadefs.go)
 //
 // Each batch carries the conditions a shared catalog checks (kv.Cond):
 // the ModRev of img/<id> as the store last saw it for every record
@@ -222,7 +223,7 @@ func (c *catalog) loadRange(lower, upper string, rev int64) ([]*Image, error) {
 	ctx, cancel := loadCtx()
 	defer cancel()
 	_, err := c.kv.Scan(ctx, lower, upper, rev, func(p kv.Pair) error {
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(p.Value, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
 		}

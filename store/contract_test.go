@@ -433,7 +433,7 @@ var contractCases = []contractCase{
 	{"layout.md", "System properties ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
 		im, _ := active(t, s, alice, "a")
 		for _, k := range []string{KeyID, KeyChecksum, KeyOSHashAlgo, KeyOSHashValue, KeySize, KeyVirtualSize, KeyOwner,
-			KeyCreatedAt, KeyUpdatedAt, KeyDiskFormat, KeyContainerFormat, KeyVHDDiskType, KeyKillReason} {
+			KeyCreatedAt, KeyUpdatedAt, KeyVHDDiskType, KeyKillReason} {
 			for _, c := range []Caller{alice, Root} {
 				assert.ErrorIs(t, s.SetProperty(c, im.ID, k, "x", SetAny), ErrImmutable, k)
 				assert.ErrorIs(t, s.RemoveProperty(c, im.ID, k), ErrImmutable, k)
@@ -485,7 +485,7 @@ var contractCases = []contractCase{
 		assert.True(t, bob.Owns(im))
 		assert.False(t, alice.Owns(im))
 	}},
-	{"layout.md", "Others see an image according to its `visibility` (`private`: nobody else, ENOENT; `shared`: the uids in `members`; `community`: everyone by id, listed only for its owner; `public`: everyone).", func(t *testing.T, s *Store) {
+	{"layout.md", "Others see an image according to its `visibility` (`private`: nobody else, ENOENT; `shared`: its `members`, by id, and listed once they accepted; `community`: everyone by id, listed only for its owner; `public`: everyone).", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		sees := func(c Caller) (byName, byID, listed bool) {
 			return s.LookupFor(c, "a") != nil, s.GetFor(c, im.ID) != nil, slices.ContainsFunc(s.ListFor(c), func(x *Image) bool { return x.ID == im.ID })
@@ -500,7 +500,11 @@ var contractCases = []contractCase{
 
 		withVisibility(t, s, im, "shared")
 		require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n", SetAny))
-		assert.Equal(t, all, see(bob), "shared: a member")
+		assert.Equal(t, idOnly, see(bob), "shared: a pending member")
+		require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "accepted\n", SetAny))
+		assert.Equal(t, all, see(bob), "shared: a member who accepted")
+		require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "rejected\n", SetAny))
+		assert.Equal(t, idOnly, see(bob), "shared: a member who rejected")
 		assert.Equal(t, none, see(carolC), "shared: not a member")
 
 		withVisibility(t, s, im, "community")
@@ -611,15 +615,21 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyVisibility, "everyone", SetAny), ErrInvalid)
 		assert.NoError(t, s.SetProperty(Root, im.ID, KeyVisibility, "public", SetAny))
 	}},
-	{"concepts.md", "`members` | uids that see a `shared` image, one decimal uid per line | owner", func(t *testing.T, s *Store) {
-		im := withVisibility(t, s, queued(t, s, alice, "a"), "shared")
+	{"concepts.md", "`members` | the members of a `shared` image, one `ID STATUS CREATED UPDATED` line each: a uid (or an API project id), `pending`, `accepted` or `rejected`, the times it was added and last changed | owner adds and removes members; each member sets its own status", func(t *testing.T, s *Store) {
+		im := queued(t, s, alice, "a")
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n", SetAny), ErrNotPermitted, "not shared")
+		im = withVisibility(t, s, im, "shared")
 		require.NoError(t, s.SetProperty(alice, im.ID, KeyMembers, "1002\n1003\n", SetAny))
 		im = s.Get(im.ID)
 		assert.True(t, im.IsMember(1002))
 		assert.True(t, im.IsMember(1003))
 		assert.False(t, im.IsMember(1004))
-		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "bob\n", SetAny), ErrInvalid)
-		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyMembers, "1002\n", SetAny), ErrPermission)
+		assert.Equal(t, "1002 pending\n1003 pending", statuses(im))
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "bob smith\n", SetAny), ErrInvalid)
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyMembers, "1002 accepted\n1003\n", SetAny), ErrNotPermitted, "the owner accepts")
+		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyMembers, "1002\n", SetAny), ErrPermission, "a member removes another")
+		require.NoError(t, s.SetProperty(bob, im.ID, KeyMembers, "accepted\n", SetAny))
+		assert.Equal(t, "1002 accepted\n1003 pending", statuses(s.Get(im.ID)))
 	}},
 	{"concepts.md", "`protected` | `true`/`false`; a protected image cannot be deleted, by root either | owner", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -641,13 +651,18 @@ var contractCases = []contractCase{
 			assert.ErrorIs(t, s.SetProperty(bob, im.ID, k, "1", SetAny), ErrPermission)
 		}
 	}},
-	{"concepts.md", "`disk_format`, `container_format` | `vhd`, `bare` | fixed by the service", func(t *testing.T, s *Store) {
+	{"concepts.md", "`disk_format` | `vhd` (the default of `mkdir`) or `raw` ... | owner, while the image holds no data (`queued` or `killed`)", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		df, _ := im.Property(KeyDiskFormat)
 		cf, _ := im.Property(KeyContainerFormat)
 		assert.Equal(t, []string{"vhd", "bare"}, []string{df, cf})
-		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyDiskFormat, "qcow2", SetAny), ErrImmutable)
-		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyContainerFormat, "ovf", SetAny), ErrImmutable)
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyDiskFormat, "qcow2", SetAny), ErrInvalid)
+		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyContainerFormat, "ovf", SetAny), ErrInvalid)
+		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyDiskFormat, "raw", SetAny), ErrPermission)
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyDiskFormat, "raw", SetAny))
+		act, _ := active(t, s, alice, "b")
+		assert.ErrorIs(t, s.SetProperty(Root, act.ID, KeyDiskFormat, "raw", SetAny), ErrImmutable)
+		assert.ErrorIs(t, s.SetProperty(Root, act.ID, KeyContainerFormat, "bare", SetAny), ErrImmutable)
 	}},
 	{"concepts.md", "custom keys | key 1-250 bytes (so that the extended attribute `user.<key>` fits the kernel's 255-byte limit), value up to 65535 bytes | owner", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -802,6 +817,7 @@ var contractCases = []contractCase{
 	}},
 	{"concepts.md", "Properties other than the system ones stay editable.", func(t *testing.T, s *Store) {
 		im, _ := active(t, s, alice, "a")
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyVisibility, "shared", SetAny), "members need it")
 		for k, v := range map[string]string{KeyMinRAM: "512", KeyMinDisk: "10", KeyVisibility: "shared", KeyMembers: "1002",
 			KeyProtected: "true", KeyName: "a2", "os_distro": "superos"} {
 			assert.NoError(t, s.SetProperty(alice, im.ID, k, v, SetAny), k)
@@ -890,10 +906,10 @@ var contractCases = []contractCase{
 		assert.NoError(t, err)
 		unchanged(t, s, im)
 	}},
-	{"README.md", "System properties (`id`, `status`, `checksum`, `os_hash_*`, `size`, `virtual_size`, `owner`, `created_at`, `updated_at`, `disk_format`, `container_format`, `vhd_*`, `imagefs_*`, `os_glance*`) ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
+	{"README.md", "System properties (`id`, `status`, `checksum`, `os_hash_*`, `size`, `virtual_size`, `owner`, `created_at`, `updated_at`, `vhd_*`, `imagefs_*`, `os_glance*`) ... refuse changes with EPERM, root included.", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		for _, k := range []string{KeyID, KeyStatus, KeyChecksum, KeyOSHashAlgo, KeyOSHashValue, "os_hash_other", KeySize,
-			KeyVirtualSize, KeyOwner, KeyCreatedAt, KeyUpdatedAt, KeyDiskFormat, KeyContainerFormat, "vhd_x", "imagefs_x", "os_glance_x"} {
+			KeyVirtualSize, KeyOwner, KeyCreatedAt, KeyUpdatedAt, "vhd_x", "imagefs_x", "os_glance_x"} {
 			if k == "os_hash_other" {
 				continue // os_hash_* names the two keys above; other os_hash_ keys are custom
 			}

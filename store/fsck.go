@@ -104,6 +104,11 @@ type CheckOptions struct {
 	// a younger one may be another host's seal between the hand-over of
 	// its data and its commit. 0 means DefaultOrphanGrace.
 	OrphanGrace time.Duration
+	// DeleteDelay: with a data store of objects (DataObjects: Swift), the
+	// objects of an image deleted (marked so by its host) are left to
+	// that host's delayed removal until this long after the delete, then
+	// they are deleted-data. 0 means DefaultDeleteDelay.
+	DeleteDelay time.Duration
 	// quick skips the per-file checks (for the repair at every Open).
 	quick bool
 }
@@ -195,6 +200,11 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	if k.opts.OrphanGrace <= 0 {
 		k.opts.OrphanGrace = DefaultOrphanGrace
 	}
+	if k.opts.DeleteDelay <= 0 {
+		k.opts.DeleteDelay = DefaultDeleteDelay
+	}
+	do, objects := s.data.(DataObjects)
+	k.objects = objects
 	var err error
 	if k.dataIDs, err = s.data.List(); err != nil {
 		return nil, fmt.Errorf("list data files: %w", err)
@@ -204,10 +214,16 @@ func (s *Store) check(opts CheckOptions) (*CheckReport, error) {
 	}
 
 	k.checkRecords()
-	if err := k.checkDataFiles(); err != nil {
+	if objects && !opts.quick {
+		if err := k.checkObjects(do); err != nil {
+			return nil, err
+		}
+	} else if err := k.checkDataFiles(); err != nil {
 		return nil, err
 	}
-	k.checkDataFileModes()
+	if !objects {
+		k.checkDataFileModes()
+	}
 	k.checkStaging()
 	k.checkDataTemps()
 	k.checkStoreMode()
@@ -238,6 +254,7 @@ type checker struct {
 	ids     []string        // ids of the records, sorted
 	sealed  []*Image        // sealed images with their data file
 	shared  bool            // a shared catalog: other hosts change it meanwhile
+	objects bool            // the data store is one of objects (DataObjects: Swift)
 }
 
 // get returns the published record of id (a shared catalog's watch may
@@ -258,7 +275,7 @@ func (k *checker) current(id string) (im *Image, ok bool) {
 	if p.ModRev == 0 {
 		return nil, true
 	}
-	im = new(Image)
+	im = newRecord()
 	if json.Unmarshal(p.Value, im) != nil {
 		return nil, false
 	}
@@ -326,7 +343,7 @@ func (k *checker) checkRecord(id string) *Image {
 		// Another host's upload in flight (its lease is live): its data
 		// file, if present, is a seal in flight.
 		return nil
-	case k.hasData[id] && !im.Status.Sealed():
+	case k.hasData[id] && !im.Status.Sealed() && !k.objects:
 		return k.checkUncommittedSeal(im)
 	case im.Status == StatusSaving:
 		k.checkInterrupted(im)
@@ -362,11 +379,23 @@ func (k *checker) checkRecord(id string) *Image {
 			if cur, ok := k.current(id); !ok || cur == nil || !cur.Status.Sealed() {
 				return nil
 			}
-			if f, err := s.data.Open(id, ExpectOf(im)); err == nil {
+			if k.objects {
+				if _, err := s.data.(DataObjects).Manifest(id); !errors.Is(err, ErrNotFound) {
+					if err != nil {
+						return nil // the store cannot say (the object check reports it)
+					}
+					k.hasData[id] = true
+					return im
+				}
+			} else if f, err := s.data.Open(id, ExpectOf(im)); err == nil {
 				f.Close()
 				k.hasData[id] = true
 				return im
 			}
+		}
+		if k.objects {
+			k.add(ProblemMissingData, id, "its object is missing from "+k.dataWhere(), false)
+			return nil
 		}
 		k.add(ProblemMissingData, id, "the data file is missing", false)
 		return nil
@@ -779,7 +808,7 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 			done += max(im.Size, 0)
 			continue // nothing to verify against (reported as ProblemRecord)
 		}
-		f, err := s.data.Open(im.ID, ExpectOf(im))
+		f, err := s.readSealed(im)
 		if err != nil {
 			if s.shared() && s.deletedNow(im.ID) {
 				continue
@@ -797,6 +826,9 @@ func (s *Store) verify(sealed []*Image, opts CheckOptions, add func(kind, id, de
 		f.Close()
 		if err != nil {
 			p.stop()
+			if s.shared() && s.deletedNow(im.ID) {
+				continue
+			}
 			add(ProblemVerifyReadFail, im.ID, err.Error(), false)
 			continue
 		}

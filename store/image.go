@@ -52,14 +52,14 @@ var coreKeys = []string{
 	KeySize, KeyVirtualSize, KeyOwner, KeyVisibility, KeyProtected,
 	KeyMinRAM, KeyMinDisk, KeyDiskFormat, KeyContainerFormat,
 	KeyCreatedAt, KeyUpdatedAt,
+	KeyOSHidden, // tags.go
 }
 
 // systemKeys are maintained by imagefs; nobody may set or remove them.
 var systemKeys = map[string]bool{
 	KeyID: true, KeyStatus: true, KeyChecksum: true, KeyOSHashAlgo: true,
 	KeyOSHashValue: true, KeySize: true, KeyVirtualSize: true, KeyOwner: true,
-	KeyCreatedAt: true, KeyUpdatedAt: true, KeyDiskFormat: true,
-	KeyContainerFormat: true,
+	KeyCreatedAt: true, KeyUpdatedAt: true,
 }
 
 // systemPrefixes mark system-maintained extra properties (VHD facts, the
@@ -101,6 +101,15 @@ type Image struct {
 	MinRAM     int64      `json:"min_ram"`
 	MinDisk    int64      `json:"min_disk"`
 
+	// DiskFormat is Glance's disk_format: DiskFormatVHD or DiskFormatRaw,
+	// "" while unset (an image created through the Images API without
+	// one: Glance's null). ContainerFormat is ContainerFormatBare or ""
+	// (unset). Both are settable only while the image holds no data
+	// (formats.go). Records written before they were kept decode as vhd
+	// and bare (newRecord).
+	DiskFormat      string `json:"disk_format"`
+	ContainerFormat string `json:"container_format"`
+
 	Checksum    string `json:"checksum,omitempty"`
 	OSHashAlgo  string `json:"os_hash_algo,omitempty"`
 	OSHashValue string `json:"os_hash_value,omitempty"`
@@ -122,6 +131,15 @@ type Image struct {
 	// it): the condition of the next change of the record. Not in the
 	// record.
 	rev int64
+}
+
+// newRecord returns an Image to decode a catalog record (JSON) into: a
+// record written before imagefs kept disk_format and container_format
+// (no such fields) is a VHD image in a bare container, as imagefs stored
+// only those. (Not an UnmarshalJSON method: that parses every record
+// twice, and loads decode many.)
+func newRecord() *Image {
+	return &Image{DiskFormat: DiskFormatVHD, ContainerFormat: ContainerFormatBare}
 }
 
 func (im *Image) clone() *Image {
@@ -165,25 +183,27 @@ func (im *Image) Property(key string) (string, bool) {
 	case KeyMinDisk:
 		return strconv.FormatInt(im.MinDisk, 10), true
 	case KeyDiskFormat:
-		return "vhd", true
+		return im.DiskFormat, im.DiskFormat != ""
 	case KeyContainerFormat:
-		return "bare", true
+		return im.ContainerFormat, im.ContainerFormat != ""
 	case KeyCreatedAt:
 		return timeString(im.CreatedAt), true
 	case KeyUpdatedAt:
 		return timeString(im.UpdatedAt), true
+	case KeyOSHidden:
+		return strconv.FormatBool(im.Hidden()), true
 	}
 	v, ok := im.Extra[key]
 	return v, ok
 }
 
 // customCount counts the properties the owner added (not core, not
-// system-maintained): what the property quota limits, as Glance's
+// system-maintained, not the tags): what the property quota limits, as Glance's
 // image_property_quota does.
 func (im *Image) customCount() int {
 	n := 0
 	for k := range im.Extra {
-		if !IsSystemKey(k) {
+		if !IsSystemKey(k) && !IsCoreKey(k) && k != KeyTags {
 			n++
 		}
 	}
@@ -199,8 +219,12 @@ func (im *Image) Keys() []string {
 			keys = append(keys, k)
 		}
 	}
-	extra := slices.Sorted(maps.Keys(im.Extra))
-	return append(keys, extra...)
+	for _, k := range slices.Sorted(maps.Keys(im.Extra)) {
+		if !IsCoreKey(k) { // os_hidden is kept in Extra (tags.go)
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // Inode slots within an image's inode range (InoBase | slot).
@@ -221,6 +245,7 @@ const (
 	SlotByIDDir      = 4 // by-id/<id>
 	SlotByIDPropsDir = 5 // by-id/<id>/properties
 	SlotViewLink     = 6 // the symlink by-property/<key>/<value>/<name> (one inode in every view)
+	SlotTagLink      = 7 // the symlink by-tag/<tag>/<name> (one inode in every tag's view)
 	slotCoreBase     = 16
 	slotExtraBase    = 64
 	// SlotScratchBase starts the in-memory slots of scratch files.

@@ -13,7 +13,8 @@ import (
 )
 
 // The property index: one empty-valued catalog key per property of every
-// image (only in an Iterable backend: kv.Iterable),
+// image, and per tag (key "tags", the tag as the value: tags.go; only in
+// an Iterable backend: kv.Iterable),
 //
 //	prop/<key> \x00 <escaped value> \x00 <id>
 //
@@ -35,7 +36,8 @@ const (
 	prefixProp      = "prop/"
 	endProp         = "prop0" // '0' follows '/'
 	keyIndexVersion = "meta/propindex"
-	indexVersion    = "1"
+	// indexVersion 2: os_hidden of every image, one entry per tag.
+	indexVersion = "2"
 )
 
 // KV is one (key, value) pair of the property index.
@@ -107,19 +109,25 @@ func decodeEntry(k []byte) (key, ev, id string, ok bool) {
 	return string(rest[:i]), string(rest[i+1 : j]), string(rest[j+1:]), true
 }
 
-// indexEntries returns the properties of im the index holds.
-func indexEntries(im *Image) map[string]string {
+// indexEntries returns the (key, value) pairs of im the index holds
+// (forIndexed's).
+func indexEntries(im *Image) map[KV]bool {
 	if im == nil {
 		return nil
 	}
-	keys := im.Keys()
-	m := make(map[string]string, len(keys))
-	for _, k := range keys {
-		if indexable(k) {
-			m[k], _ = im.Property(k)
-		}
-	}
+	m := make(map[KV]bool, len(coreKeys)+len(im.Extra))
+	forIndexed(im, func(k, v string) { m[KV{k, v}] = true })
 	return m
+}
+
+// indexHas reports whether im has the index entry (key, value): its
+// property key equals value, or, for the tags, it has the tag value.
+func (im *Image) indexHas(key, value string) bool {
+	if key == KeyTags {
+		return im.HasTag(value)
+	}
+	v, has := im.Property(key)
+	return has && v == value
 }
 
 // reindex writes the index changes from record old to record new: nil old
@@ -137,14 +145,14 @@ func (t *txn) reindex(old, new *Image) {
 		id = old.ID
 	}
 	before, after := indexEntries(old), indexEntries(new)
-	for k, v := range before {
-		if nv, ok := after[k]; !ok || nv != v {
-			t.del(entry(k, v, id))
+	for e := range before {
+		if !after[e] {
+			t.del(entry(e.Key, e.Value, id))
 		}
 	}
-	for k, v := range after {
-		if ov, ok := before[k]; !ok || ov != v {
-			t.put(entry(k, v, id), nil)
+	for e := range after {
+		if !before[e] {
+			t.put(entry(e.Key, e.Value, id), nil)
 		}
 	}
 }
@@ -198,8 +206,8 @@ func (s *Store) rebuildIndex() error {
 	}
 	n := 0
 	for _, im := range s.images {
-		for k, v := range indexEntries(im) {
-			t.put(entry(k, v, im.ID), nil)
+		for e := range indexEntries(im) {
+			t.put(entry(e.Key, e.Value, im.ID), nil)
 			n++
 		}
 	}
@@ -287,7 +295,8 @@ func (s *Store) CheckIndex() error {
 			it.Close()
 			return fmt.Errorf("%w: index entry %s=%q names missing image %s", ErrCatalog, k, unescIndex(ev), id)
 		}
-		if v, has := im.Property(k); !has || v != unescIndex(ev) {
+		if !im.indexHas(k, unescIndex(ev)) {
+			v, has := im.Property(k)
 			it.Close()
 			return fmt.Errorf("%w: index entry %s=%q for image %s, record has %q (set %v)", ErrCatalog, k, unescIndex(ev), id, v, has)
 		}
@@ -341,7 +350,7 @@ func (s *Store) ViewKeys(c Caller, ok func(value string) bool) ([]string, error)
 			it.Close()
 			return nil, fmt.Errorf("%w: malformed index key %q", ErrCatalog, it.Key())
 		}
-		if s.keyInUse(it, c, key, ok) {
+		if key != KeyTags && s.keyInUse(it, c, key, ok) { // tags: by-tag/, not by-property/
 			out = append(out, key)
 		}
 		valid = it.SeekGE([]byte(keyEnd(key)))
@@ -397,7 +406,7 @@ func (s *Store) ViewValues(c Caller, key string, ok func(value string) bool) ([]
 // ViewHasKey reports whether ViewKeys(c, ok) would list key, reading only
 // that key's entries.
 func (s *Store) ViewHasKey(c Caller, key string, ok func(value string) bool) (bool, error) {
-	if !indexable(key) {
+	if !indexable(key) || key == KeyTags {
 		return false, nil
 	}
 	s.commitMu.RLock()

@@ -222,17 +222,18 @@ func TestViewVisibility(t *testing.T) {
 	mk := func(c Caller, name, vis string, props ...string) *Image {
 		im, err := s.Create(c, name)
 		require.NoError(t, err)
+		if vis != "private" { // first: only a shared image has members
+			require.NoError(t, s.SetProperty(Root, im.ID, KeyVisibility, vis, SetAny))
+		}
 		for i := 0; i < len(props); i += 2 {
 			require.NoError(t, s.SetProperty(c, im.ID, props[i], props[i+1], SetAny))
-		}
-		if vis != "private" {
-			require.NoError(t, s.SetProperty(Root, im.ID, KeyVisibility, vis, SetAny))
 		}
 		return s.Get(im.ID)
 	}
 	mk(alice, "a-private", "private", "os_distro", "superos", "secret_project", "apollo")
 	mk(alice, "a-community", "community", "os_distro", "superos")
-	mk(alice, "a-shared", "shared", "os_distro", "superos", KeyMembers, "1002")
+	shared := mk(alice, "a-shared", "shared", "os_distro", "superos", KeyMembers, "1002")
+	require.NoError(t, s.SetProperty(bob, shared.ID, KeyMembers, "accepted", SetAny)) // listed once accepted
 	mk(Root, "pub", "public", "os_distro", "superos", "empty", "")
 	mk(carol, "c-private", "private", "os_distro", "carolos")
 

@@ -155,7 +155,12 @@ func forIndexed(im *Image, fn func(k, v string)) {
 		}
 	}
 	for k, v := range im.Extra {
-		if !IsCoreKey(k) && indexable(k) {
+		switch {
+		case k == KeyTags:
+			for _, t := range ParseTags(v) {
+				fn(k, t) // one entry per tag (tags.go)
+			}
+		case !IsCoreKey(k) && indexable(k):
 			fn(k, v)
 		}
 	}
@@ -180,14 +185,14 @@ func (m *memIndex) apply(old, new *Image) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	changed := false
-	for k, v := range before {
-		if nv, ok := after[k]; !ok || nv != v {
-			changed = m.remove(k, escIndex(v), id) || changed
+	for e := range before {
+		if !after[e] {
+			changed = m.remove(e.Key, escIndex(e.Value), id) || changed
 		}
 	}
-	for k, v := range after {
-		if ov, ok := before[k]; !ok || ov != v {
-			changed = m.add(k, escIndex(v), id) || changed
+	for e := range after {
+		if !before[e] {
+			changed = m.add(e.Key, escIndex(e.Value), id) || changed
 		}
 	}
 	if changed {

@@ -288,8 +288,8 @@ func TestMemIndexSeekLikePebble(t *testing.T) {
 		}
 		im := &Image{ID: fmt.Sprintf("%08x-%d", r.Uint32(), i), Name: fmt.Sprint(i), Size: -1, VirtualSize: -1, Extra: extra}
 		m.apply(nil, im)
-		for k, v := range indexEntries(im) {
-			key := entryKey(k, v, im.ID)
+		for e := range indexEntries(im) {
+			key := entryKey(e.Key, e.Value, im.ID)
 			require.NoError(t, db.Set(key, nil, nil))
 			all = append(all, string(key))
 		}
@@ -469,8 +469,8 @@ func TestMemIndexGroupsAndSnapshots(t *testing.T) {
 	want := func() []string {
 		var out []string
 		for _, im := range cur {
-			for k, v := range indexEntries(im) {
-				out = append(out, entry(k, v, im.ID))
+			for e := range indexEntries(im) {
+				out = append(out, entry(e.Key, e.Value, im.ID))
 			}
 		}
 		slices.Sort(out)

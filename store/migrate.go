@@ -97,10 +97,17 @@ type MigrateReport struct {
 	Renumbered int           `json:"renumbered"`
 	DryRun     bool          `json:"dry_run"` // nothing was written (MigrateOptions.DryRun)
 	Items      []MigrateItem `json:"items"`
+	// Metadata definitions (metadefs.go): namespaces and resource types
+	// written (a dry run: to be written), already there, and those the
+	// destination holds with other records (not written).
+	Metadefs         int      `json:"metadefs"`
+	MetadefsSkipped  int      `json:"metadefs_skipped"`
+	MetadefConflicts []string `json:"metadef_conflicts,omitempty"`
 }
 
-// OK reports whether every image of the source is in the destination.
-func (r *MigrateReport) OK() bool { return r.Failed == 0 }
+// OK reports whether every image and metadata definition of the source
+// is in the destination.
+func (r *MigrateReport) OK() bool { return r.Failed == 0 && len(r.MetadefConflicts) == 0 }
 
 // Migrate copies the single-host store in src (which must not be
 // mounted: its catalog is locked while imagefs serves it, and Migrate
@@ -124,7 +131,10 @@ func (r *MigrateReport) OK() bool { return r.Failed == 0 }
 // never leaves a sealed record without its data, and a re-run completes
 // what was cut off. queued and killed images are migrated as records;
 // saving ones are not (MigrateSaving: upload them again); records of
-// deleted images (a del/<id> tombstone) are left out.
+// deleted images (a del/<id> tombstone) are left out. Last, the
+// metadata definitions (the API's metadefs): each namespace and resource
+// type the destination lacks is written, one that it holds differently
+// is reported (MigrateReport.MetadefConflicts) and left as it is there.
 //
 // Safe to run again: an image whose record is already in dst, equal as
 // JSON, is skipped (its data is copied again only if missing). A name
@@ -195,7 +205,7 @@ func (m *migration) run() error {
 	var recs []migrateRecord
 	_, err := m.s.cat.kv.Scan(context.Background(), prefixImage, "img0", 0, func(p kv.Pair) error {
 		raw := bytes.Clone(p.Value)
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(raw, im); err != nil {
 			return fmt.Errorf("%w: record %s: %v", ErrCatalog, p.Key, err)
 		}
@@ -261,7 +271,7 @@ func (m *migration) run() error {
 			m.opts.Progress(i+1, len(recs), it)
 		}
 	}
-	return nil
+	return m.metadefs()
 }
 
 // readDst reads the destination's records and names (one revision).

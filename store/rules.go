@@ -71,7 +71,7 @@ func ValidValue(key, value string) error {
 		if err != nil || n < 0 {
 			return bad("must be an integer >= 0")
 		}
-	case KeyProtected:
+	case KeyProtected, KeyOSHidden:
 		if value != "true" && value != "false" {
 			return bad("must be true or false")
 		}
@@ -85,6 +85,10 @@ func ValidValue(key, value string) error {
 		return ValidName(value)
 	case KeyMembers:
 		return checkMembers(value)
+	case KeyDiskFormat, KeyContainerFormat:
+		return validFormat(key, value)
+	case KeyTags:
+		return validTags(value)
 	default:
 		if len(value) > MaxValueBytes {
 			return fmt.Errorf("%w: %s: value is %d bytes, limit %d", ErrTooBig, key, len(value), MaxValueBytes)
@@ -106,6 +110,14 @@ func applyValue(im *Image, key, value string) {
 		im.Protected = value == "true"
 	case KeyVisibility:
 		im.Visibility = Visibility(value)
+	case KeyDiskFormat:
+		im.DiskFormat = value
+	case KeyContainerFormat:
+		im.ContainerFormat = value
+	case KeyTags:
+		applyTags(im, value)
+	case KeyOSHidden:
+		applyHidden(im, value)
 	case KeyStatus:
 		im.Status = Status(value)
 		if im.Status == StatusActive {

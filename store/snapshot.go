@@ -46,7 +46,7 @@ import (
 // its ModRev is above the published one's (applyEvent).
 const (
 	snapshotName  = "catalog-snapshot"
-	snapshotMagic = "imagefs catalog snapshot 2\n" // 1: no catalog id
+	snapshotMagic = "imagefs catalog snapshot 3\n" // 1: no catalog id; 2: no disk and container formats
 	// snapshotMaxRecord bounds one record's length in a snapshot (a
 	// record is at most MaxRecordBytes plus imagefs's own few hundred
 	// bytes): a corrupt length is refused before it is allocated.
@@ -410,6 +410,8 @@ func appendImage(b []byte, im *Image) []byte {
 	b = appendString(b, im.OSHashValue)
 	b = binary.AppendVarint(b, im.Size)
 	b = binary.AppendVarint(b, im.VirtualSize)
+	b = appendString(b, im.DiskFormat)
+	b = appendString(b, im.ContainerFormat)
 	for _, t := range []time.Time{im.CreatedAt, im.UpdatedAt} {
 		tb, err := t.MarshalBinary()
 		if err != nil {
@@ -449,6 +451,8 @@ func decodeImage(rec []byte) (*Image, error) {
 	im.OSHashValue = d.str()
 	im.Size = d.varint()
 	im.VirtualSize = d.varint()
+	im.DiskFormat = d.str()
+	im.ContainerFormat = d.str()
 	for _, t := range []*time.Time{&im.CreatedAt, &im.UpdatedAt} {
 		if err := t.UnmarshalBinary([]byte(d.str())); err != nil && d.err == nil {
 			d.err = err

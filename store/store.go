@@ -72,6 +72,11 @@
 // (events.go) may be called with 1, 2 or 3 held, so it must be quick and
 // must not call the Store. Close runs after the server has stopped; it
 // takes 1 (waiting for a seal in flight), then 3.
+//
+// Store.metadefMu (metadefs.go) is apart from all of these: it
+// serializes the changes of metadata definitions, held across their
+// catalog reads and commit, and neither is taken under another store lock
+// nor takes one.
 package store
 
 import (
@@ -98,6 +103,10 @@ import (
 // Caller identifies who asks: the uid and gid of the calling process.
 type Caller struct {
 	UID, GID uint32
+	// Project is the API project the caller acts for ("" on the mount):
+	// a member of an image named by this project id matches the caller
+	// too (a project added as a member before it was mapped to a uid).
+	Project string
 }
 
 // Root is the superuser caller.
@@ -112,6 +121,13 @@ type Options struct {
 	// system ones do not count, as in Glance): adding one more is
 	// ErrQuota. 0 means DefaultPropertyQuota.
 	PropertyQuota int
+	// MemberQuota limits the members of one image (Glance's
+	// image_member_quota): adding one more is ErrQuota. 0 means
+	// DefaultMemberQuota; negative, no limit.
+	MemberQuota int
+	// TagQuota limits the tags of one image (Glance's image_tag_quota):
+	// more is ErrQuota. 0 means DefaultTagQuota.
+	TagQuota int
 	// Data keeps sealed data; nil means local files under STORE/data.
 	Data DataBackend
 	// Now returns the current time; nil means time.Now.
@@ -193,6 +209,8 @@ type Store struct {
 	ww writerWatch // writers of provisional seals (reopen.go)
 
 	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
+
+	metadefMu sync.Mutex // serializes metadefs changes, read to commit (metadefs.go)
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -383,6 +401,7 @@ func (s *Store) load() error {
 		return err
 	}
 	if s.cat.kv.Shared() {
+		s.evictOrphanCopies() // datacache.go
 		s.startRemote(rev + 1)
 	}
 	return nil
@@ -544,16 +563,26 @@ func mayModify(c Caller, im *Image) error {
 
 // Create makes a new image named name owned by c (uid, and gid as its
 // group): a v4 UUID, status queued, visibility private, min_ram and
-// min_disk 0, not protected.
+// min_disk 0, not protected, disk_format vhd, container_format bare.
 // Errors: ErrInvalid (name), ErrExists (name taken), ErrCatalog.
 func (s *Store) Create(c Caller, name string) (*Image, error) {
-	return s.create(c, uuid.NewString(), name, nil)
+	return s.create(c, uuid.NewString(), name, mountFormats, nil)
 }
 
+// imageFormats are the disk_format and container_format a new image
+// starts with ("": unset).
+type imageFormats struct{ disk, container string }
+
+// mountFormats are those of an image made on the mount (mkdir): vhd,
+// bare. An image created through the Images API starts with none, as in
+// Glance (CreateWithID).
+var mountFormats = imageFormats{DiskFormatVHD, ContainerFormatBare}
+
 // create is Create with the image's id given (a v4 UUID Create made, or
-// the one an API caller chose: CreateWithID) and properties set in the
-// same commit, each under SetProperty's rules. An id in use is ErrExists.
-func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, error) {
+// the one an API caller chose: CreateWithID), its initial formats, and
+// properties set in the same commit, each under SetProperty's rules. An
+// id in use is ErrExists.
+func (s *Store) create(c Caller, id, name string, formats imageFormats, props []KeyValue) (*Image, error) {
 	defer s.deliver()
 	if err := ValidName(name); err != nil {
 		return nil, err
@@ -575,6 +604,7 @@ func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, err
 		im = &Image{
 			ID: id, InoBase: next << inoShift, Name: name,
 			Status: StatusQueued, Owner: c.UID, GID: c.GID, Visibility: VisibilityPrivate,
+			DiskFormat: formats.disk, ContainerFormat: formats.container,
 			Size: -1, VirtualSize: -1, CreatedAt: now, UpdatedAt: now,
 			NextSlot: slotExtraBase,
 		}
@@ -582,7 +612,7 @@ func (s *Store) create(c Caller, id, name string, props []KeyValue) (*Image, err
 			if err := s.setPropertyRules(c, im, p.Key, p.Value, SetAny); err != nil {
 				return nil, nil, err
 			}
-			applyValue(im, p.Key, p.Value)
+			s.applyChange(c, im, p.Key, p.Value)
 		}
 		if err := checkRecordSize(im); err != nil {
 			return nil, nil, err
@@ -673,7 +703,7 @@ func (s *Store) ChangeProperty(c Caller, id, key, value string, mode SetMode) (C
 			return nil, err
 		}
 		next := im.clone()
-		applyValue(next, key, value)
+		s.applyChange(c, next, key, value)
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {
 			s.log.Warn("property change refused", "id", id, "key", key, "uid", c.UID, "err", err)
@@ -697,12 +727,21 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
 	}
+	if key == KeyMembers {
+		return s.membersRules(c, im, value, mode)
+	}
 	if err := mayModify(c, im); err != nil {
 		return err
 	}
 
 	if !IsCoreKey(key) {
 		if err := ValidKey(key); err != nil {
+			return err
+		}
+	}
+	if key == KeyDiskFormat || key == KeyContainerFormat {
+		// Fixed once there is data, whatever the value (EPERM first).
+		if err := s.checkFormatChange(im, key); err != nil {
 			return err
 		}
 	}
@@ -724,7 +763,12 @@ func (s *Store) setPropertyRules(c Caller, im *Image, key, value string, mode Se
 			return fmt.Errorf("%w: image name %q", ErrExists, value)
 		}
 	}
-	if n := im.customCount(); !exists && n >= s.opts.PropertyQuota {
+	if key == KeyTags {
+		if err := s.checkTagQuota(value); err != nil {
+			return err
+		}
+	}
+	if n := im.customCount(); !exists && key != KeyTags && n >= s.opts.PropertyQuota {
 		return fmt.Errorf("%w: image %s has %d custom properties, limit %d", ErrQuota, im.ID, n, s.opts.PropertyQuota)
 	}
 	if !exists && im.NextSlot >= SlotScratchBase {
@@ -777,7 +821,10 @@ func checkTake(c Caller, im *Image, key string, rename bool) error {
 	default:
 		err = mayModify(c, im)
 	}
-	if err == nil && im.Protected && !rename {
+	if err == nil {
+		err = takeMembers(im, key)
+	}
+	if err == nil && im.Protected && !rename && key != KeyTags { // as RemoveTag
 		err = fmt.Errorf("%w: image %s is protected: its properties cannot be removed (set protected=false first)", ErrNotPermitted, im.ID)
 	}
 	if err != nil {
@@ -817,7 +864,7 @@ func (s *Store) RenameProperty(c Caller, id, from, to string, mode RenameMode) e
 			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
 			return nil, err
 		}
-		applyValue(next, to, value)
+		s.applyChange(c, next, to, value)
 		next.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 		if err := checkRecordSize(next); err != nil {
 			s.log.Warn("property rename refused", "id", id, "from", from, "key", to, "uid", c.UID, "err", err)
@@ -944,7 +991,7 @@ func (s *Store) CheckSetProperty(c Caller, id, key, value string, mode SetMode) 
 	// The commit SetProperty would make, checked against the free space
 	// it needs but not committed.
 	next := im.clone()
-	applyValue(next, key, value)
+	s.applyChange(c, next, key, value)
 	if err := checkRecordSize(next); err != nil {
 		return err
 	}
@@ -975,5 +1022,14 @@ func (s *Store) MayWriteProperty(c Caller, id, key string) error {
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)
 	}
-	return mayModify(c, im)
+	if key == KeyMembers {
+		return mayWriteMembers(c, im)
+	}
+	if err := mayModify(c, im); err != nil {
+		return err
+	}
+	if key == KeyDiskFormat || key == KeyContainerFormat {
+		return s.checkFormatChange(im, key)
+	}
+	return nil
 }

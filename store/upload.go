@@ -17,7 +17,8 @@ import (
 	"github.com/imagefs/imagefs/store/kv"
 )
 
-// ImageDataName is the name of the image data file in an image directory.
+// ImageDataName is the name of a VHD image's data file in its image
+// directory; a raw image's is RawDataName (formats.go: DataName).
 const ImageDataName = "image.vhd"
 
 // Upload is one staged data file being written: the upload of an image's
@@ -425,7 +426,7 @@ func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload
 	s.mu.Lock()
 	im, err := s.getLocked(id)
 	if err == nil {
-		err = writable(c, im)
+		err = uploadable(c, im)
 	}
 	if err != nil {
 		s.mu.Unlock()
@@ -559,7 +560,7 @@ func (s *Store) EndWriter(u *Upload) error {
 	if u.writers == 0 && u.name != "" && u.state == uploadOpen && !u.warned {
 		// cp FILE images/NAME/ lands here: say what happens to it.
 		u.warned = true
-		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto image.vhd to upload it",
+		s.log.Warn("scratch file closed: it is never sealed and is dropped at unmount; rename it onto the image's data file (image.vhd, or image.raw for a raw image) to upload it",
 			"id", u.id, "file", u.name, "size", u.size)
 	}
 	return nil
@@ -591,7 +592,11 @@ func (s *Store) seal(u *Upload) error {
 	if err != nil {
 		return err
 	}
-	facts, vsize, refusal, err := u.inspectStaged()
+	format := ""
+	if im := s.Get(u.id); im != nil {
+		format = im.DiskFormat
+	}
+	facts, vsize, refusal, err := u.inspectStaged(format)
 	if err != nil {
 		return err
 	}
@@ -610,7 +615,7 @@ func (s *Store) seal(u *Upload) error {
 		}
 		return err
 	}
-	im, err := s.commitSeal(u, md5hex, shahex, vsize, facts)
+	im, err := s.commitSeal(u, format, md5hex, shahex, vsize, facts)
 	if err != nil {
 		return err
 	}
@@ -642,11 +647,12 @@ func (s *Store) sealTurn(u *Upload) (*liveImage, error) {
 	return l, nil
 }
 
-// inspectStaged decides whether the staged data may be sealed: refusal
-// says why not (no space, a writer that failed, empty, not an acceptable
-// VHD); otherwise facts are its VHD facts and vsize its virtual size.
-// Must hold u.mu.
-func (u *Upload) inspectStaged() (facts map[string]string, vsize int64, refusal string, err error) {
+// inspectStaged decides whether the staged data may be sealed as disk
+// format format (the record's disk_format): refusal says why not (no
+// space, a writer that failed, empty, no disk_format, not an acceptable
+// VHD, not a raw disk); otherwise facts are its VHD facts (none for raw)
+// and vsize its virtual size. Must hold u.mu.
+func (u *Upload) inspectStaged(format string) (facts map[string]string, vsize int64, refusal string, err error) {
 	switch {
 	case u.nospc:
 		return nil, 0, reasonNoSpace(u.size), nil
@@ -654,6 +660,13 @@ func (u *Upload) inspectStaged() (facts map[string]string, vsize int64, refusal 
 		return nil, 0, reasonWriterFailed(u.size, u.exited), nil
 	case u.size == 0:
 		return nil, 0, reasonEmpty, nil
+	case format == DiskFormatRaw:
+		vsize, refusal = inspectRaw(u.f, u.size)
+		return nil, vsize, refusal, nil
+	case format != DiskFormatVHD:
+		// Not reached: no upload starts without a disk_format, nor may it
+		// change during one.
+		return nil, 0, "the image has no disk_format (set it, then upload again)", nil
 	}
 	if facts, vsize, refusal, err = inspectVHD(u.f, u.size); err != nil {
 		return nil, 0, "", fmt.Errorf("inspect staged data of %s: %w", u.id, err)
@@ -716,7 +729,7 @@ func (s *Store) handOver(u *Upload) error {
 // data is removed (and the image killed, if the catalog takes that). A
 // read-write opener's seal is recorded as provisional (reopen.go). Must
 // hold u.mu.
-func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts map[string]string) (*Image, error) {
+func (s *Store) commitSeal(u *Upload, format, md5hex, shahex string, vsize int64, facts map[string]string) (*Image, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.live[u.id]; l != nil && l.upload == u {
@@ -747,6 +760,11 @@ func (s *Store) commitSeal(u *Upload, md5hex, shahex string, vsize int64, facts 
 		}
 		if err := s.sealable(cur, u.started); err != nil {
 			return nil, err
+		}
+		if cur.DiskFormat != format {
+			// Another host's change (this host refuses one during an
+			// upload): the data was checked as the other format.
+			return nil, fmt.Errorf("%w: image %s: disk_format changed from %s to %s during the seal", errUploadLost, u.id, format, cur.DiskFormat)
 		}
 		return s.sealRecord(cur, md5hex, shahex, u.size, vsize, facts), nil
 	})
@@ -990,15 +1008,29 @@ func IsTempName(name string) bool {
 }
 
 // CreateFile creates file name in image id's directory, opened for
-// writing by c (pair with EndWriter). image.vhd, and any name that is not a
+// writing by c (pair with EndWriter). The image's data file (DataName:
+// image.vhd, or image.raw for a raw image), and any name that is not a
 // temporary name (cp FILE.vhd images/NAME/), starts an upload of the
 // image's data as OpenWrite with trunc does: it is sealed at the opener's
-// close and then shows as image.vhd only; the returned Upload's Name is
-// "". A temporary name makes a scratch file (CreateScratch). Errors: as
-// OpenWrite and CreateScratch (ErrImmutable for a sealed image, ErrBusy
-// while another writer uploads).
+// close and then shows under the data file's name only; the returned
+// Upload's Name is "". A temporary name makes a scratch file
+// (CreateScratch). Errors: as OpenWrite and CreateScratch (ErrImmutable
+// for a sealed image, ErrBusy while another writer uploads, ErrInvalid
+// while a format is unset), ErrInvalid for the other format's data file
+// name (image.vhd in a raw image's directory, image.raw in a VHD one's).
 func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error) {
-	if name != ImageDataName {
+	im := s.Get(id)
+	if im == nil {
+		return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
+	}
+	if err := wrongDataName(im, name); err != nil {
+		if werr := writable(c, im); werr != nil {
+			return nil, werr // a sealed image, another's: as for any name
+		}
+		return nil, err
+	}
+	dataName := im.DataName()
+	if name != dataName {
 		if err := validScratchName(name); err != nil {
 			return nil, err
 		}
@@ -1012,7 +1044,7 @@ func (s *Store) CreateFile(c Caller, id, name string, w Writer) (*Upload, error)
 		if l := s.live[id]; l != nil {
 			s.pubMu.Lock()
 			l.alias = ""
-			if name != ImageDataName {
+			if name != dataName {
 				l.alias = name // qemu-img opens it again by that name
 			}
 			s.pubMu.Unlock()
@@ -1033,7 +1065,7 @@ func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 	defer s.mu.Unlock()
 	im, err := s.getLocked(id)
 	if err == nil {
-		err = writable(c, im)
+		err = uploadable(c, im)
 	}
 	if err != nil {
 		return nil, err
@@ -1055,7 +1087,7 @@ func (s *Store) CreateScratch(c Caller, id, name string) (*Upload, error) {
 }
 
 func validScratchName(name string) error {
-	if name == ImageDataName || name == "properties" {
+	if IsDataName(name) || name == "properties" {
 		return fmt.Errorf("%w: %s is reserved", ErrExists, name)
 	}
 	if err := ValidName(name); err != nil {
@@ -1146,21 +1178,23 @@ func (s *Store) RemoveScratch(c Caller, id, name string) error {
 }
 
 // RenameScratch renames scratch file from to to in image id's directory.
-// Renaming onto image.vhd, or onto any name that is not a temporary name
-// (rsync's .FILE.XXXXXX onto FILE), completes the upload with the scratch
-// file's data: it is checked and sealed now if no writer still has it
-// open, and then shows as image.vhd only. Errors: as CreateScratch, plus
-// ErrRefused from the seal and ErrBusy while another writer has image.vhd
-// open (one writer at a time), ErrNotPermitted for a rename of image.vhd
-// or from or to properties, and with RenameNoReplace ErrExists when to is
-// taken (image.vhd always is), decided under the store's lock.
+// Renaming onto the data file (image.vhd, or image.raw for a raw image),
+// or onto any name that is not a temporary name (rsync's .FILE.XXXXXX
+// onto FILE), completes the upload with the scratch file's data: it is
+// checked and sealed now if no writer still has it open, and then shows
+// as the data file only. Errors: as CreateScratch, plus ErrRefused from
+// the seal and ErrBusy while another writer has the data file open (one
+// writer at a time), ErrNotPermitted for a rename of a data file or from
+// or to properties, ErrInvalid onto the other format's data file name,
+// and with RenameNoReplace ErrExists when to is taken (the data file
+// always is), decided under the store's lock.
 func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) error {
 	defer s.deliver()
-	if from == ImageDataName || from == "properties" || to == "properties" {
-		return fmt.Errorf("%w: %s and properties keep their names", ErrNotPermitted, ImageDataName)
+	if IsDataName(from) || from == "properties" || to == "properties" {
+		return fmt.Errorf("%w: the data file and properties keep their names", ErrNotPermitted)
 	}
-	toData := to == ImageDataName || !IsTempName(to)
-	if to != ImageDataName {
+	toData := IsDataName(to) || !IsTempName(to)
+	if !IsDataName(to) {
 		if err := validScratchName(to); err != nil {
 			return err
 		}
@@ -1185,7 +1219,10 @@ func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) er
 				err = mayModify(c, im)
 			}
 			if err == nil && toData {
-				err = writable(c, im)
+				err = uploadable(c, im)
+			}
+			if err == nil {
+				err = wrongDataName(im, to)
 			}
 			if err != nil {
 				return true, err
@@ -1199,7 +1236,7 @@ func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) er
 			if u == nil {
 				return true, fmt.Errorf("%w: scratch file %s", ErrNotFound, from)
 			}
-			if mode == RenameNoReplace && (to == ImageDataName || l.scratch[to] != nil) {
+			if mode == RenameNoReplace && (to == im.DataName() || l.scratch[to] != nil) {
 				return true, fmt.Errorf("%w: %s (no replace)", ErrExists, to)
 			}
 			if toData && cur != nil && cur.writers > 0 && cur.state == uploadOpen {

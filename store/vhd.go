@@ -110,7 +110,7 @@ func refusalReason(r io.ReaderAt, size int64, f *vhd.Finding) string {
 		if what := foreignFormat(r, size); what != "" {
 			return fmt.Sprintf("not a VHD: this is %s; convert it with qemu-img convert -O vpc %s", what, rule)
 		}
-		return fmt.Sprintf("upload incomplete or not a VHD: no VHD footer at the end of the %d bytes: an interrupted copy? or raw data (convert it with qemu-img convert -f raw -O vpc) %s", size, rule)
+		return fmt.Sprintf("upload incomplete or not a VHD: no VHD footer at the end of the %d bytes: an interrupted copy? or raw data: convert it with qemu-img convert -f raw -O vpc, or keep it raw in an image whose disk_format is raw (set it before the upload: echo raw > properties/disk_format) %s", size, rule)
 	case "footer-missing":
 		return fmt.Sprintf("upload incomplete: no VHD footer at the end of the %d bytes, only its copy at offset 0: an interrupted copy? %s", size, rule)
 	}

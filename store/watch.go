@@ -413,8 +413,8 @@ func (s *Store) notePublished(old, new *Image) {
 // store lock). Events this host's state already has are skipped: a put
 // of img/<id> whose ModRev is not above the published record's, a delete
 // whose ModRev is not above it. A delete removes the image and abandons
-// this host's uploads of it (its data file is the deleting host's to
-// remove). upload/<id> keys are tracked in uploadKeys, seq/ino in nextIno
+// this host's uploads of it (its data is the deleting host's to remove;
+// a copy of it on this host is evicted: DataCache). upload/<id> keys are tracked in uploadKeys, seq/ino in nextIno
 // and seqRev. A delete converted from a conflict's Current (key absent)
 // must carry the revision the database reported (Result.Rev), not 0.
 // Must hold s.mu; takes commitMu (write) for the whole batch and pubMu.
@@ -436,7 +436,7 @@ func (s *Store) applyEvent(ev kv.Event) {
 			s.dropRemote(id, rev)
 			return
 		}
-		im := new(Image)
+		im := newRecord()
 		if err := json.Unmarshal(ev.Pair.Value, im); err != nil || im.ID != id {
 			s.log.Error("catalog: a record another host wrote cannot be read; ignored", "key", key, "rev", rev, "err", err)
 			return
@@ -508,7 +508,8 @@ func (s *Store) putRemote(im *Image) {
 
 // dropRemote removes image id, deleted by another host at revision rev,
 // unless the published record is as recent; this host's uploads of it
-// are abandoned. Must hold s.mu and commitMu (write).
+// are abandoned and its copy of the data evicted (DataCache). Must hold
+// s.mu and commitMu (write).
 func (s *Store) dropRemote(id string, rev int64) {
 	cur := s.images[id]
 	if cur == nil || cur.rev >= rev {
@@ -524,6 +525,7 @@ func (s *Store) dropRemote(id string, rev int64) {
 	s.pubMu.Unlock()
 	delete(s.uploadKeys, id)
 	s.noteChange(cur, nil)
+	s.evictCopy(id) // this host's copy of its data (datacache.go)
 	if l != nil {
 		// Upload.mu ranks above Store.mu: abandon them without it, as
 		// Store.Delete does after it unlocks.

@@ -17,6 +17,7 @@ import (
 
 const fsckHelp = `Usage: imagefs fsck [OPTIONS] STORE
        imagefs fsck [OPTIONS] STORE --catalog etcd://HOST:PORT[,...] --data DIR
+       imagefs fsck [OPTIONS] STORE --catalog etcd://HOST:PORT[,...] --data swift://CONTAINER
 
 Check an imagefs store that is not mounted: the catalog against the data
 files. Reports interrupted uploads, leftover staging files, seals whose
@@ -56,6 +57,17 @@ the catalog before it is reported, repairs commit under conditions on what
 they change (never overwriting another host's change), lost+found is
 DIR/lost+found, and the property index (in memory) is not checked.
 
+With --data swift://CONTAINER (credentials as for imagefs mount), checks
+the records against the objects: an active image whose manifest is
+missing, or whose manifest names segments that are missing or differ
+(missing-data, size-mismatch, checksum-mismatch); manifests of no image,
+or of an image that is not active (orphan-data); segments no manifest
+names whose upload's host is gone (orphan-segments). Uploads of a live
+host (host/<id> key) and a deleted image's objects until --delete-delay
+after its delete are left alone. --repair removes the orphans; an image
+whose object is missing stays as it is (restore it, or delete the image).
+--verify-data streams each image's segments from Swift (not the cache).
+
 With --verify-data, re-hashes every sealed image and compares it with its
 checksum (MD5) and os_hash_value (SHA-512), catching bit rot on the backing
 disk. Shows a progress bar on a terminal and plain lines otherwise.
@@ -86,7 +98,9 @@ func runFsck(args []string) int {
 	asJSON := fl.Bool("json", false, "print the report as JSON")
 	c := defaultMountConfig()
 	fl.StringVar(&c.catalog, "catalog", "", "shared mode: check the catalog in the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS); needs --data")
-	fl.StringVar(&c.data, "data", "", "shared mode: the shared directory `DIR` of sealed image data")
+	fl.StringVar(&c.data, "data", "", "shared mode: the shared directory `DIR` of sealed image data, or swift://CONTAINER")
+	fl.StringVar(&c.cacheDir, "cache-dir", "", "--data swift://: this host's cache `DIR` (default STORE/swift-cache; a deleted image's removal that fsck --repair schedules is kept there)")
+	fl.StringVar(&c.deleteDelay, "delete-delay", "", "--data swift://: the hosts' `DURATION` after a delete before its objects go (default 10m): deleted images' objects are left alone until then")
 	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see imagefs mount --help)")
 	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
 	help := fl.BoolP("help", "h", false, "show this help")
@@ -120,12 +134,9 @@ func runFsck(args []string) int {
 			fmt.Fprintln(os.Stderr, "imagefs fsck: a shared catalog wants --catalog etcd://HOST:PORT[,...] (or --config FILE with endpoints) and --data DIR")
 			return 2
 		}
+		c.store = fl.Arg(0) // the default cache directory's parent
 		if err := c.resolveShared(); err != nil {
 			fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
-			return 2
-		}
-		if c.shared.Swift != nil {
-			fmt.Fprintln(os.Stderr, "imagefs fsck: --data swift:// is not supported yet (mount only)")
 			return 2
 		}
 		if fi, err := os.Stat(fl.Arg(0)); err != nil || !fi.IsDir() {
@@ -139,8 +150,25 @@ func runFsck(args []string) int {
 			fmt.Fprintf(os.Stderr, "imagefs fsck: catalog: %v\n", err)
 			return 2
 		}
-		data, err := store.NewLocalData(c.shared.Data)
-		if err != nil {
+		var data store.DataBackend
+		if ss := c.shared.Swift; ss != nil {
+			sd, err := openSwiftData(ss, c.shared.Host, slog.Default())
+			if err != nil {
+				be.Close()
+				fmt.Fprintf(os.Stderr, "imagefs fsck: %v\n", err)
+				return 2
+			}
+			// Closed after the check: it waits for the removals of
+			// this host's cut-off uploads (staging leftovers).
+			defer sd.Close()
+			data = sd
+			switch {
+			case ss.DeleteDelay > 0:
+				opts.DeleteDelay = ss.DeleteDelay
+			case ss.DeleteDelay < 0: // --delete-delay 0s: at once
+				opts.DeleteDelay = time.Nanosecond
+			}
+		} else if data, err = store.NewLocalData(c.shared.Data); err != nil {
 			be.Close()
 			fmt.Fprintf(os.Stderr, "imagefs fsck: data directory %s: %v\n", c.shared.Data, err)
 			return 2
@@ -179,7 +207,11 @@ func runFsck(args []string) int {
 			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, target)
 		}
 		if manual > 0 {
-			fmt.Printf("%d of them need you: restore the data file from a backup, or delete the image\n", manual)
+			what := "restore the data file from a backup"
+			if c.shared != nil && c.shared.Swift != nil {
+				what = "put the image's object back in Swift"
+			}
+			fmt.Printf("%d of them need you: %s, or delete the image\n", manual, what)
 		}
 		if r.LostFound > 0 {
 			lf := r.LostFoundDir

@@ -36,9 +36,9 @@ checked against those records. A value that has no view directory
 in .catalog/images.
 
 A property an image does not have shows as empty (null in --json). In
---json, size, virtual_size, min_ram and min_disk are numbers and
-protected and os_hidden booleans, as in Glance's image JSON; other
-values are strings.
+--json, size, virtual_size, min_ram and min_disk are numbers,
+protected and os_hidden booleans and tags a list of strings ([] for
+none), as in Glance's image JSON; other values are strings.
 
 Options:
 `
@@ -371,17 +371,26 @@ func writeLsTable(w io.Writer, columns []string, rows []lsRow) {
 
 func displayWidth(s string) int { return len([]rune(s)) }
 
-// lsJSONTypes are the properties --json prints as numbers or booleans,
-// as Glance's image JSON does; every other value is a string.
+// lsJSONTypes are the properties --json prints as numbers, booleans or
+// (tags) a list of strings, as Glance's image JSON does; every other
+// value is a string.
 var lsJSONTypes = map[string]string{
 	"size": "number", "virtual_size": "number", "min_ram": "number", "min_disk": "number",
-	"protected": "bool", "os_hidden": "bool",
+	"protected": "bool", "os_hidden": "bool", "tags": "list",
 }
 
 // lsJSONValue returns the JSON of value v of column c: null when absent,
 // a number or boolean for the typed properties when v is one, else a
 // string.
 func lsJSONValue(c string, v *string) []byte {
+	if lsJSONTypes[c] == "list" { // tags: one per line; none: []
+		l := []string{}
+		if v != nil && *v != "" {
+			l = strings.Split(*v, "\n")
+		}
+		b, _ := json.Marshal(l)
+		return b
+	}
 	if v == nil {
 		return []byte("null")
 	}

@@ -63,6 +63,19 @@ func TestLsOutput(t *testing.T) {
 	b.Reset()
 	writeLsJSON(&b, cols, nil)
 	assert.Equal(t, "[]\n", b.String())
+
+	// tags as a list, [] for none; os_hidden a boolean.
+	b.Reset()
+	writeLsJSON(&b, []string{"name", "tags", "os_hidden"}, []lsRow{
+		{"name": sp("a"), "tags": sp("lts\nx86"), "os_hidden": sp("true")},
+		{"name": sp("b"), "tags": nil, "os_hidden": sp("false")},
+	})
+	got = nil
+	require.NoError(t, json.Unmarshal(b.Bytes(), &got), b.String())
+	assert.Equal(t, []map[string]any{
+		{"name": "a", "tags": []any{"lts", "x86"}, "os_hidden": true},
+		{"name": "b", "tags": []any{}, "os_hidden": false},
+	}, got)
 }
 
 func TestLsUsageErrors(t *testing.T) {

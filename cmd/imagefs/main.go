@@ -36,9 +36,10 @@ func register(name, summary string, run func(args []string) int) {
 const helpTop = `Usage: imagefs COMMAND [ARGS]
        imagefs STORE MOUNTPOINT [-o OPTIONS] [-f]
 
-Serve a catalog of VHD virtual machine images as a FUSE filesystem: one
-directory per image under images/ and by-id/, the data as image.vhd, the
-properties as files and user.* extended attributes.
+Serve a catalog of virtual machine images (VHD or raw) as a FUSE
+filesystem: one directory per image under images/ and by-id/, the data as
+image.vhd (image.raw for a raw image), the properties as files and user.*
+extended attributes.
 
 Commands:
 `

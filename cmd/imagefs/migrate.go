@@ -111,7 +111,7 @@ func runMigrate(args []string) int {
 		return 2
 	}
 	if c.shared.Swift != nil {
-		fmt.Fprintln(os.Stderr, "imagefs migrate: --data swift:// is not supported yet (mount only)")
+		fmt.Fprintln(os.Stderr, "imagefs migrate: --data swift://: migrating into a Swift data store is not supported yet; migrate into a shared data directory (--data DIR)")
 		return 2
 	}
 	src := fl.Arg(0)
@@ -181,6 +181,14 @@ func runMigrate(args []string) int {
 		} else {
 			fmt.Printf("%d images: %d migrated, %d already there, %d not migrated, %d deleted left out; %d bytes of data copied and verified in %s\n",
 				r.Images, r.Migrated, r.Skipped, r.Failed, r.Deleted, r.Bytes, time.Since(start).Round(time.Millisecond))
+		}
+		if r.Metadefs+r.MetadefsSkipped+len(r.MetadefConflicts) > 0 {
+			verb := "migrated"
+			if *dryRun {
+				verb = "would be migrated"
+			}
+			fmt.Printf("metadata definitions (namespaces and resource types): %d %s, %d already there, %d held by the catalog with other definitions (not migrated: %s)\n",
+				r.Metadefs, verb, r.MetadefsSkipped, len(r.MetadefConflicts), strings.Join(r.MetadefConflicts, ", "))
 		}
 	}
 	if err != nil {

@@ -77,6 +77,7 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (non-root mounters need user_allow_other in /etc/fuse.conf)")
 	fl.BoolVar(&c.readOnly, "read-only", false, "mount read-only: every change fails with EROFS")
 	fl.IntVar(&c.quota, "property-quota", c.quota, "allow at most `N` properties per image")
+	fl.IntVar(&c.memberQuota, "member-quota", c.memberQuota, "allow at most `N` members per image (Glance's image_member_quota)")
 	fl.IntVar(&c.cacheNodes, "cache-nodes", c.cacheNodes, "let the kernel keep about `N` files and directories of images (about 800 bytes of daemon memory each); beyond that the least recently used images are dropped")
 	fl.StringArrayVarP(opts, "options", "o", nil, "comma-separated mount options `OPTS` (see below)")
 	fl.StringVar(&c.logFormat, "log-format", c.logFormat, "write log lines in `FORMAT`: text or json")
@@ -225,7 +226,7 @@ func serve(c *mountConfig, ready func(error)) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	opts := store.Options{PropertyQuota: c.quota, Events: events, Logger: slog.Default()}
+	opts := store.Options{PropertyQuota: c.quota, MemberQuota: c.memberQuota, Events: events, Logger: slog.Default()}
 	if c.shared != nil {
 		slog.Info("shared catalog", "catalog", c.shared)
 		ctx, cancel := context.WithTimeout(context.Background(), c.shared.DialTimeout+c.shared.RequestTimeout)

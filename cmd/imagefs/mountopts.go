@@ -14,14 +14,15 @@ import (
 type mountConfig struct {
 	store, mountpoint string
 
-	allowOther bool
-	debug      bool
-	readOnly   bool
-	foreground bool // the mount-helper form: stay in the foreground
-	quota      int
-	cacheNodes int      // nodes the kernel may keep under image directories
-	source     string   // fsname=: the source shown by df (default: STORE)
-	mountOpts  []string // passed on to mount(2): noexec
+	allowOther  bool
+	debug       bool
+	readOnly    bool
+	foreground  bool // the mount-helper form: stay in the foreground
+	quota       int
+	memberQuota int
+	cacheNodes  int      // nodes the kernel may keep under image directories
+	source      string   // fsname=: the source shown by df (default: STORE)
+	mountOpts   []string // passed on to mount(2): noexec
 
 	logFormat   string // text or json
 	logFile     string // append logs here instead of stderr
@@ -45,7 +46,7 @@ type mountConfig struct {
 }
 
 func defaultMountConfig() *mountConfig {
-	return &mountConfig{quota: store.DefaultPropertyQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text"}
+	return &mountConfig{quota: store.DefaultPropertyQuota, memberQuota: store.DefaultMemberQuota, cacheNodes: fs.DefaultCacheNodes, logFormat: "text"}
 }
 
 // optionsHelp documents the -o options (mount --help, imagefs --help).
@@ -54,6 +55,7 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   ro, rw                read-only (every change fails with EROFS), read-write
   debug                 log every FUSE request and reply (= --debug)
   property_quota=N      allow at most N properties per image
+  member_quota=N        allow at most N members per image
   cache_nodes=N         let the kernel keep about N files and directories
                         of images (= --cache-nodes)
   foreground            mount helper: stay in the foreground, log to stderr
@@ -157,7 +159,7 @@ func (c *mountConfig) applyOption(opt string) error {
 		c.foreground = true
 	case "noexec":
 		c.mountOpts = append(c.mountOpts, "noexec")
-	case "property_quota", "cache_nodes":
+	case "property_quota", "cache_nodes", "member_quota":
 		if err := needVal(); err != nil {
 			return err
 		}
@@ -165,9 +167,12 @@ func (c *mountConfig) applyOption(opt string) error {
 		if err != nil || n <= 0 {
 			return fmt.Errorf("mount option %s=%s: want a positive number", key, val)
 		}
-		if key == "property_quota" {
+		switch key {
+		case "property_quota":
 			c.quota = n
-		} else {
+		case "member_quota":
+			c.memberQuota = n
+		default:
 			c.cacheNodes = n
 		}
 	case "log_format":
@@ -245,6 +250,9 @@ func (c *mountConfig) check() error {
 	}
 	if c.quota <= 0 {
 		return fmt.Errorf("property quota %d: want a positive number", c.quota)
+	}
+	if c.memberQuota <= 0 {
+		return fmt.Errorf("member quota %d: want a positive number", c.memberQuota)
 	}
 	if err := c.checkAPI(); err != nil {
 		return err

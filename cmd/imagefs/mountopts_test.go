@@ -9,12 +9,12 @@ import (
 func TestApplyOptions(t *testing.T) {
 	c := defaultMountConfig()
 	// What mount(8) and mount.fuse3 pass for an fstab line.
-	list := "rw,allow_other,nofail,_netdev,noatime,x-systemd.requires=local-fs.target,comment=imagefs,defaults,noauto,nosuid,nodev,dev,suid,ro,property_quota=64,cache_nodes=5000,log_format=json,log_file=/var/log/imagefs.log,metrics-addr=127.0.0.1:9477,noexec,fsname=images,debug,foreground"
+	list := "rw,allow_other,nofail,_netdev,noatime,x-systemd.requires=local-fs.target,comment=imagefs,defaults,noauto,nosuid,nodev,dev,suid,ro,property_quota=64,member_quota=16,cache_nodes=5000,log_format=json,log_file=/var/log/imagefs.log,metrics-addr=127.0.0.1:9477,noexec,fsname=images,debug,foreground"
 	if err := c.applyOptions(list); err != nil {
 		t.Fatal(err)
 	}
 	want := &mountConfig{
-		allowOther: true, readOnly: true, debug: true, foreground: true, quota: 64,
+		allowOther: true, readOnly: true, debug: true, foreground: true, quota: 64, memberQuota: 16,
 		cacheNodes: 5000, source: "images", mountOpts: []string{"noexec"},
 		logFormat: "json", logFile: "/var/log/imagefs.log", metricsAddr: "127.0.0.1:9477",
 	}

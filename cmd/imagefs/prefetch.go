@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imagefs/imagefs/store"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
@@ -21,7 +22,7 @@ const prefetchHelp = `Usage: imagefs prefetch MOUNTPOINT [--property KEY=VALUE].
 Fill this host's cache of a mount whose data is in Swift (--data
 swift://CONTAINER) ahead of use: each active image named by id, or whose
 properties match every --property, is opened once through
-MOUNTPOINT/by-id/ID/image.vhd, which makes the daemon download it, check
+MOUNTPOINT/by-id/ID/image.vhd (image.raw for a raw image), which makes the daemon download it, check
 its size, MD5 and SHA-512 against the catalog and keep it in its cache
 (an image already cached costs nothing). On a terminal a progress bar
 shows the images done; otherwise one line per image.
@@ -144,7 +145,7 @@ func runPrefetch(args []string) int {
 			defer wg.Done()
 			for t := range next {
 				t0 := time.Now()
-				err := prefetchOne(filepath.Join(mnt, "by-id", t.id, "image.vhd"))
+				err := prefetchOne(byIDData(mnt, t.id))
 				mu.Lock()
 				label := t.id
 				if t.name != "" {
@@ -196,4 +197,17 @@ func prefetchOne(path string) error {
 		return err
 	}
 	return nil
+}
+
+// byIDData returns the path of image id's data file under mnt's by-id/:
+// image.vhd, or image.raw when its properties/disk_format says raw.
+func byIDData(mnt, id string) string {
+	dir := filepath.Join(mnt, "by-id", id)
+	name := store.ImageDataName
+	if b, err := os.ReadFile(filepath.Join(dir, "properties", store.KeyDiskFormat)); err == nil {
+		if n := store.DataFileName(strings.TrimSuffix(string(b), "\n")); n != "" {
+			name = n
+		}
+	}
+	return filepath.Join(dir, name)
 }

@@ -17,14 +17,17 @@ const restoreHelp = `Usage: imagefs restore [OPTIONS] BACKUP_DIR... MOUNTPOINT
 
 Restore images from backups of their directories into a mounted imagefs.
 A backup is a copy of images/NAME/ (or by-id/ID/) made with 'cp -a' or
-'rsync -a': BACKUP_DIR/image.vhd and BACKUP_DIR/properties/KEY.
+'rsync -a': BACKUP_DIR/image.vhd (image.raw for a raw image) and
+BACKUP_DIR/properties/KEY.
 
 For each BACKUP_DIR, imagefs restore makes the image through the mount
 (mkdir MOUNTPOINT/images/NAME, NAME from properties/name unless --name),
-uploads image.vhd, and compares the new image's checksum (MD5) and
+sets its disk_format when the backup's is not vhd, uploads the data
+file, and compares the new image's checksum (MD5) and
 os_hash_value (SHA-512) with the backed-up ones. Then it sets every
 property that may be set: custom properties, min_ram, min_disk,
-visibility, members, protected (last), and status deactivated (root only).
+visibility, members (of a shared image; pending again: each member
+accepts anew), protected (last), and status deactivated (root only).
 System properties (id, checksum, size, created_at, owner, vhd_*, ...) are
 made by imagefs: the restored image has a new id, the caller as owner, and
 the same data and hashes.
@@ -143,9 +146,15 @@ func restoreImage(dir, mnt, name string) (restored, error) {
 	if want == "" {
 		return r, errors.New("the backup has no properties/checksum to verify the data against")
 	}
-	data := filepath.Join(dir, store.ImageDataName)
+	dataName := store.ImageDataName
+	if f, ok := props[store.KeyDiskFormat]; ok {
+		if dataName = store.DataFileName(f); dataName == "" {
+			return r, fmt.Errorf("backed-up disk_format is %q: imagefs stores vhd or raw", f)
+		}
+	}
+	data := filepath.Join(dir, dataName)
 	if fi, err := os.Stat(data); err != nil || !fi.Mode().IsRegular() {
-		return r, fmt.Errorf("no %s in the backup: %v", store.ImageDataName, err)
+		return r, fmt.Errorf("no %s in the backup: %v", dataName, err)
 	}
 	if name == "" {
 		name = props[store.KeyName]
@@ -174,7 +183,13 @@ func restoreImage(dir, mnt, name string) (restored, error) {
 // fillRestored uploads data into the new image directory img, checks its
 // hashes against props and sets the settable properties.
 func fillRestored(r *restored, img, data string, props map[string]string) error {
-	if err := copyFile(data, filepath.Join(img, store.ImageDataName)); err != nil {
+	if f, ok := props[store.KeyDiskFormat]; ok && f != store.DiskFormatVHD {
+		// Before the data: the format decides how it is checked.
+		if err := os.WriteFile(filepath.Join(img, "properties", store.KeyDiskFormat), []byte(f+"\n"), 0o644); err != nil {
+			return fmt.Errorf("setting disk_format=%q: %w", f, err)
+		}
+	}
+	if err := copyFile(data, filepath.Join(img, filepath.Base(data))); err != nil {
 		return fmt.Errorf("upload of %s: %w", data, err)
 	}
 	prop := func(key string) string {
@@ -190,14 +205,14 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 			continue
 		}
 		if got := prop(key); got != want {
-			return fmt.Errorf("%s of the restored data is %s, the backup says %s: the backup's image.vhd is not the data it was taken from", key, got, want)
+			return fmt.Errorf("%s of the restored data is %s, the backup says %s: the backup's %s is not the data it was taken from", key, got, want, filepath.Base(data))
 		}
 	}
 	r.id, r.checksum = prop(store.KeyID), prop(store.KeyChecksum)
 
 	keys := make([]string, 0, len(props))
 	for k := range props {
-		if store.IsSystemKey(k) || k == store.KeyName || k == store.KeyProtected {
+		if store.IsSystemKey(k) || k == store.KeyName || k == store.KeyProtected || k == store.KeyMembers {
 			continue
 		}
 		keys = append(keys, k)
@@ -218,6 +233,13 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 			return err
 		}
 	}
+	// members after visibility (only a shared image has them), as
+	// pending again: the owner adds members, each accepts anew.
+	if v := restoredMembers(props); v != "" {
+		if err := set(store.KeyMembers, v); err != nil {
+			return err
+		}
+	}
 	if props[store.KeyStatus] == string(store.StatusDeactivated) {
 		if err := os.WriteFile(filepath.Join(img, "properties", store.KeyStatus), []byte("deactivated\n"), 0o644); err != nil {
 			return fmt.Errorf("deactivating (the backup is deactivated; only root may): %w", err)
@@ -228,6 +250,21 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 		return set(store.KeyProtected, v)
 	}
 	return nil
+}
+
+// restoredMembers is the members value a restore writes: the backed-up
+// members' ids, one per line, for a shared image; "" for none.
+func restoredMembers(props map[string]string) string {
+	if props[store.KeyVisibility] != string(store.VisibilityShared) {
+		return ""
+	}
+	var ids []string
+	for _, line := range strings.Split(props[store.KeyMembers], "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			ids = append(ids, f[0])
+		}
+	}
+	return strings.Join(ids, "\n")
 }
 
 // readProp reads property key of the image directory img.

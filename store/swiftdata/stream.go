@@ -31,7 +31,7 @@ type stream struct {
 // Stream starts sending the upload of image id staged at path; see
 // store.DataStreamer.
 func (b *Backend) Stream(id, path string) store.DataStream {
-	st := &stream{b: b, id: id, path: path, prefix: uploadPrefix(id, path),
+	st := &stream{b: b, id: id, path: path, prefix: b.uploadPrefix(id, path),
 		wake: make(chan struct{}, 1), done: make(chan struct{}), segmentBytes: b.cfg.SegmentSize}
 	b.mu.Lock()
 	if old := b.streams[path]; old != nil {

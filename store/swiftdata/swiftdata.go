@@ -21,10 +21,13 @@
 // file of this process has open are removed.
 //
 // Remove is delayed (Config.DeleteDelay): the copy leaves the cache at
-// once, the objects after the delay, so that hosts still downloading the
-// image finish; the pending deletions are kept in CACHE/deletes/ (with
-// the time of their Remove) and resumed by the next New, due its own
-// delay after their Remove.
+// its last close (at once when no file has it open; evict.go), the
+// objects after the delay, so that hosts still downloading the image
+// finish; the pending deletions are kept in CACHE/deletes/ (with the
+// time of their Remove) and resumed by the next New, due its own delay
+// after their Remove. Every other host drops its copy the same way when
+// the store tells it the catalog deleted the image (Evict,
+// store.DataCache).
 //
 // Every Swift call is bounded: Config.Timeout to connect and get an
 // answer, and as the longest pause of a transfer.
@@ -130,8 +133,13 @@ type Backend struct {
 	bytes    int64
 	timers   map[string]*time.Timer // pending deletions
 	streams  map[string]*stream     // uploads being sent, by staging path
+	doomed   map[string]string      // copies of deleted images, gone at their last close: why
+	pins     map[string]int         // Opens in progress by id (evict.go)
 	aborts   sync.WaitGroup         // deletions of aborted streams' segments
 	closed   bool
+
+	reapStop chan struct{} // stops the reaper (evict.go)
+	closes   *os.File      // inotify: closes in the cache directory; nil: polled
 
 	st struct {
 		fetches, fetchBytes, fetchFailures, verifyFailures, hits atomic.Int64
@@ -187,6 +195,8 @@ func New(cfg Config) (*Backend, error) {
 		fetching: map[string]*fetch{},
 		timers:   map[string]*time.Timer{},
 		streams:  map[string]*stream{},
+		doomed:   map[string]string{},
+		pins:     map[string]int{},
 	}
 	for _, d := range []string{cfg.CacheDir, b.quarantineDir(), b.deletesDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -222,6 +232,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 		b.schedule(e.Name(), time.Until(b.dueOf(string(raw))))
 	}
+	b.startReaper()
 	return b, nil
 }
 
@@ -230,8 +241,10 @@ func New(cfg Config) (*Backend, error) {
 func (b *Backend) Check() error { return b.ensureContainers() }
 
 // Close stops the pending deletions' timers (they stay recorded in the
-// cache directory for the next New), and waits (3 timeouts at most) for
-// the segments of aborted streams (uploads dropped at unmount) to be
+// cache directory for the next New) and the reaper of deleted images'
+// copies (those still held stay in the cache, and the next mount's store
+// evicts them: store.DataCache), and waits (3 timeouts at most) for the
+// segments of aborted streams (uploads dropped at unmount) to be
 // deleted.
 func (b *Backend) Close() error {
 	done := make(chan struct{})
@@ -243,6 +256,9 @@ func (b *Backend) Close() error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if !b.closed {
+		b.stopReaper()
+	}
 	b.closed = true
 	for id, t := range b.timers {
 		t.Stop()
@@ -274,9 +290,20 @@ func (b *Backend) deletesDir() string         { return filepath.Join(b.cfg.Cache
 func segName(prefix string, i int) string { return fmt.Sprintf("%s/%08d", prefix, i) }
 
 // uploadPrefix is the segments' prefix of the upload of image id staged
-// at path: ID/ and a name of that staging file's own, so that two uploads
-// of one image (a scratch file renamed onto image.vhd while image.vhd is
-// written) never share a segment.
+// at path by this host: ID/ and a name of that staging file's own, so that
+// two uploads of one image (a scratch file renamed onto image.vhd while
+// image.vhd is written) never share a segment, then "@HOST" (Config.Host,
+// when it has a host id's characters only), so that fsck tells the
+// segments of a host that is gone (orphans) from an upload in progress.
+func (b *Backend) uploadPrefix(id, path string) string {
+	p := uploadPrefix(id, path)
+	if h := b.cfg.Host; h != "" && strings.Trim(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == "" {
+		p += "@" + h
+	}
+	return p
+}
+
+// uploadPrefix is Backend.uploadPrefix without the host.
 func uploadPrefix(id, path string) string {
 	base := strings.TrimPrefix(filepath.Base(path), id)
 	base = strings.Map(func(r rune) rune {
@@ -359,7 +386,7 @@ func (b *Backend) Put(id, path string) (err error) {
 	if nseg > MaxSegments {
 		return fmt.Errorf("%w: image %s: %d bytes make %d segments of %d bytes, more than Swift's %d", store.ErrDataStore, id, size, nseg, b.cfg.SegmentSize, MaxSegments)
 	}
-	prefix := uploadPrefix(id, path)
+	prefix := b.uploadPrefix(id, path)
 	// Segments sent while the writer wrote (Stream) are kept.
 	manifest, streamed := b.takeStream(path)
 	if streamed != "" {
@@ -491,8 +518,12 @@ func (b *Backend) deleteSegments(prefix string) error {
 // Open returns a verified copy of image id from the cache, downloading it
 // first when this host has none. want must give the size and at least one
 // hash (else only a cached copy is served). A copy whose size is not
-// want.Size is dropped and fetched again. Errors wrap store.ErrDataStore.
+// want.Size is dropped and fetched again. A copy Remove or Evict doomed
+// is still served (the caller found the record before the delete): it
+// goes at its last close. Errors wrap store.ErrDataStore.
 func (b *Backend) Open(id string, want store.Expect) (*os.File, error) {
+	b.pin(id)
+	defer b.unpin(id)
 	fetched := false // by this call: its open of the copy is no cache hit
 	for {
 		b.mu.Lock()
@@ -658,6 +689,7 @@ func (b *Backend) dropLocked(id string) {
 		b.bytes -= e.size
 		delete(b.entries, id)
 	}
+	delete(b.doomed, id)
 	os.Remove(b.cachePath(id))
 }
 
@@ -710,19 +742,24 @@ func (b *Backend) Blocks(id string) (int64, error) {
 	return st.Blocks, nil
 }
 
-// Remove drops the cached copy of id now (open files keep reading it) and
-// deletes its objects after the delete delay; the pending deletion is
-// recorded in the cache directory and survives a restart.
+// Remove drops the cached copy of id at its last close (at once when no
+// file has it open; evict.go), marks its manifest deleted (deletedHeader:
+// the time and this host, which fsck reads to leave the objects to this
+// delete), and deletes its objects after the delete delay; the pending
+// deletion is recorded in the cache directory and survives a restart. A
+// mark Swift did not take is an error (the deletion is scheduled all the
+// same): the store keeps the image's tombstone, which tells fsck the same.
 func (b *Backend) Remove(id string) error {
-	rec := deletedPrefix + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
+	now := time.Now()
+	rec := deletedPrefix + now.UTC().Format(time.RFC3339Nano) + "\n"
 	b.mu.Lock()
-	b.dropLocked(id)
+	b.doomLocked(id, "deleted on this host")
 	b.mu.Unlock()
 	if err := os.WriteFile(filepath.Join(b.deletesDir(), id), []byte(rec), 0o600); err != nil {
 		return err
 	}
 	b.schedule(id, time.Until(b.dueOf(rec)))
-	return nil
+	return b.markDeleted(id, now)
 }
 
 // deletedPrefix starts a pending deletion's record, CACHE/deletes/ID:
