@@ -8,7 +8,7 @@
 #   missing (scripts/deps.sh; apt-get as root).
 #   make conformance  Tempest's Images API tests (tempest.api.image.v2) against a mount's API
 #                in keystone mode, with the Keystone of scripts/keystone.sh; the target is
-#                integration/conformance/expected-failures.txt (about 5-10 min)
+#                integration/conformance/expected-failures.txt (about 1 min; more on a busy machine)
 #   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 12 min; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
 #   make man     write docs/imagefs.1 from the help texts
