@@ -6,6 +6,9 @@
 #   make test-shared  the integration tests again, each mount on a shared etcd catalog
 #   run, start and test first install the Debian packages they need that are
 #   missing (scripts/deps.sh; apt-get as root).
+#   make conformance  Tempest's Images API tests (tempest.api.image.v2) against a mount's API
+#                in keystone mode, with the Keystone of scripts/keystone.sh; the target is
+#                integration/conformance/expected-failures.txt (about 1 min; more on a busy machine)
 #   make bench   the performance suite and the Go benchmarks, table in bench-out/bench.md (about 12 min; not part of make test)
 #   make fuzz    fuzz the VHD parser (FUZZTIME=3m)
 #   make man     write docs/imagefs.1 from the help texts
@@ -27,7 +30,7 @@ LOG      ?= ./run/imagefs.log
 # The integration tests run go themselves.
 export PATH := $(dir $(GO)):$(PATH)
 
-.PHONY: all build run start stop deps-run deps-test test test-shared unit integration race bench fuzz vet clean man install
+.PHONY: all build run start stop deps-run deps-test test test-shared conformance unit integration race bench fuzz vet clean man install
 
 all: build
 
@@ -73,6 +76,10 @@ test: deps-test vet
 # catalog of its own (the etcd test cluster of scripts/etcd.sh).
 test-shared: deps-test
 	IMAGEFS_TEST_CATALOG=etcd $(GO) test -count=1 -timeout 20m ./integration/
+
+# Tempest's tempest.api.image.v2 against the Images API (scripts/conformance.sh).
+conformance: deps-test
+	GO=$(GO) bash scripts/conformance.sh
 
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("IMAGEFS_TEST_LOG") == "" {
 		slog.SetDefault(slog.New(slog.DiscardHandler))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testutil.StopServices() // the test Keystone (keystone_test.go)
+	os.Exit(code)
 }
 
 // env is a real store in a temporary directory served over loopback.

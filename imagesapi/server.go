@@ -9,8 +9,9 @@
 // VHD inspection at seal, quotas) is the store's, and an upload goes
 // through the same staging and seal as a cp into image.vhd.
 //
-// Identity: only noauth for now (AuthNoAuth), for a trusted loopback.
-// Keystone token validation is not built yet.
+// Identity: AuthKeystone validates each request's X-Auth-Token against
+// Keystone (Validator) and takes the caller's project, user and roles from
+// it; AuthNoAuth trusts identity headers, for a trusted loopback.
 package imagesapi
 
 import (
@@ -51,8 +52,11 @@ const (
 
 // Options configure a Server.
 type Options struct {
-	// Auth is the identity mode: AuthNoAuth (the only one for now).
+	// Auth is the identity mode: AuthNoAuth or AuthKeystone.
 	Auth string
+	// Keystone is how AuthKeystone reaches Keystone (required with it,
+	// ignored otherwise).
+	Keystone *KeystoneConfig
 	// Projects maps a project id (X-Tenant-Id) to the uid that owns its
 	// images on the mount. An unmapped project sees only public images.
 	Projects map[string]uint32
@@ -71,14 +75,26 @@ type Server struct {
 	projects map[uint32]string // uid -> project, for the owner field
 	mux      *http.ServeMux
 	inflight sync.WaitGroup // requests being served (Wait)
+	keystone *Validator     // AuthKeystone's; nil in noauth mode
 }
 
 // New returns the API server of st. Errors: an unknown Auth mode, two
 // projects mapped to one uid, a project mapped to uid 0 (root is the
 // admin role, not a project).
 func New(st *store.Store, opts Options) (*Server, error) {
-	if opts.Auth != AuthNoAuth {
-		return nil, fmt.Errorf("api auth %q: only %q is supported for now (Keystone is not built yet)", opts.Auth, AuthNoAuth)
+	var v *Validator
+	switch opts.Auth {
+	case AuthNoAuth:
+	case AuthKeystone:
+		if opts.Keystone == nil {
+			return nil, errors.New("api auth keystone: no Keystone settings (the config file's [keystone] section)")
+		}
+		var err error
+		if v, err = NewValidator(*opts.Keystone); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("api auth %q: want %q or %q", opts.Auth, AuthKeystone, AuthNoAuth)
 	}
 	if opts.ImageSizeCap <= 0 {
 		opts.ImageSizeCap = DefaultImageSizeCap
@@ -86,7 +102,7 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{st: st, opts: opts, log: opts.Logger, projects: map[uint32]string{}}
+	s := &Server{st: st, opts: opts, log: opts.Logger, projects: map[uint32]string{}, keystone: v}
 	for p, uid := range opts.Projects {
 		if uid == 0 {
 			return nil, fmt.Errorf("api project %s: uid 0 is root (the admin role), not a project's", p)
@@ -160,6 +176,8 @@ func (s *Server) routes() {
 	})
 	m.HandleFunc("GET /v2/schemas/image", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, imageSchema()) })
 	m.HandleFunc("GET /v2/schemas/images", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, imagesSchema()) })
+	m.HandleFunc("GET /v2/info/import", s.infoImport)
+	m.HandleFunc("GET /v2/info/stores", s.infoStores)
 	m.HandleFunc("GET /v2/images", s.list)
 	m.HandleFunc("POST /v2/images", s.create)
 	m.HandleFunc("GET /v2/images/{id}", s.show)
@@ -181,6 +199,12 @@ func (s *Server) routes() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inflight.Add(1)
 	defer s.inflight.Done()
+	if s.keystone != nil && !unauthenticated(r) {
+		var ok bool
+		if r, ok = s.authenticate(w, r); !ok {
+			return
+		}
+	}
 	_, pattern := s.mux.Handler(r)
 	if pattern == "" {
 		rec := &statusOnly{ResponseWriter: w, r: r}
@@ -224,7 +248,23 @@ func (w *statusOnly) Write(p []byte) (int, error) {
 // unauthenticated context is; X-Roles naming admin: root; otherwise the
 // uid of the project in X-Tenant-Id (or X-Project-Id), or, unmapped or
 // absent, store.Anyone (public images only).
+//
+// In keystone mode it is the token's identity (authenticate): the admin
+// role is root, else the uid its project maps to, else store.Anyone.
 func (s *Server) caller(r *http.Request) (store.Caller, string) {
+	if s.keystone != nil {
+		id, _ := r.Context().Value(identityKey{}).(*Identity)
+		if id == nil {
+			return store.Anyone, ""
+		}
+		if id.IsAdmin() {
+			return store.Root, id.ProjectID
+		}
+		if uid, ok := s.opts.Projects[id.ProjectID]; ok && id.ProjectID != "" {
+			return store.Caller{UID: uid, GID: uid}, id.ProjectID
+		}
+		return store.Anyone, id.ProjectID
+	}
 	project := r.Header.Get("X-Project-Id")
 	if project == "" {
 		project = r.Header.Get("X-Tenant-Id")

@@ -58,6 +58,14 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		}
 		name = n
 	}
+	// As Glance's deserializer: read-only and reserved attributes (403)
+	// before any value is checked against the schema (400).
+	for _, k := range slices.Sorted(maps.Keys(body)) {
+		if code, msg := forbiddenAttr(k); code != 0 && k != "id" && k != "name" {
+			writeError(w, r, code, msg)
+			return
+		}
+	}
 	var props []store.KeyValue
 	visibility, protected := "shared", "" // Glance's default visibility
 	for _, k := range slices.Sorted(maps.Keys(body)) {

@@ -14,7 +14,8 @@ test)	pairs="fuse3:fusermount3 fuse3:mount.fuse3 attr:getfattr attr:setfattr qem
 	       swift:swift-config swift-proxy:swift-proxy-server swift-account:swift-account-server
 	       swift-container:swift-container-server swift-object:swift-object-server
 	       python3-swiftclient:swift memcached:memcached curl:curl
-	       python3-openstackclient:openstack python3-glanceclient:glance python3-tempest:tempest" ;;
+	       python3-openstackclient:openstack python3-glanceclient:glance python3-tempest:tempest
+	       python3-keystone:keystone-manage" ;;
 *)	echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 

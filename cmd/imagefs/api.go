@@ -20,20 +20,23 @@ import (
 // --api-project, and their -o forms).
 type apiConfig struct {
 	listen   string            // HOST:PORT; "" serves no API
-	auth     string            // noauth (the only mode for now); "" means noauth
+	auth     string            // noauth or keystone; "" means noauth
 	projects map[string]uint32 // project id -> uid
+	// keystone: the config file's [keystone] (resolveAPIConfig), with
+	// auth keystone.
+	keystone *imagesapi.KeystoneConfig
 }
 
 // apiOptionsHelp documents the API's -o options.
 const apiOptionsHelp = `  api_listen=ADDR       serve the Images API v2 (Glance's) at http://ADDR (= --api-listen)
-  api_auth=MODE         the API's identity mode: noauth (= --api-auth)
+  api_auth=MODE         the API's identity mode: keystone or noauth (= --api-auth)
   api_project=ID=UID    the API's project ID owns the uid's images (= --api-project)
 `
 
 // apiFlags adds the API's flags to fl.
 func apiFlags(fl *pflag.FlagSet, c *mountConfig) {
 	fl.StringVar(&c.api.listen, "api-listen", "", "serve the Images API v2 (as Glance) at http://`ADDR` (loopback with noauth, e.g. 127.0.0.1:9292); default: no API")
-	fl.StringVar(&c.api.auth, "api-auth", imagesapi.AuthNoAuth, "the API's identity `MODE`: noauth (as Glance's: a request without identity headers is the admin; X-Tenant-Id and X-Roles are trusted; loopback only). Keystone is not supported yet")
+	fl.StringVar(&c.api.auth, "api-auth", imagesapi.AuthNoAuth, "the API's identity `MODE`: keystone (each X-Auth-Token validated against the Keystone of the config file's [keystone] section) or noauth (as Glance's: a request without identity headers is the admin; X-Tenant-Id and X-Roles are trusted; loopback only)")
 	fl.Var(projectsValue{&c.api}, "api-project", "`ID=UID`: the API's project ID is uid UID, the owner of its images on the mount (repeatable); unmapped projects see public images only")
 }
 
@@ -88,8 +91,11 @@ func (c *mountConfig) checkAPI() error {
 	if c.api.auth == "" {
 		c.api.auth = imagesapi.AuthNoAuth
 	}
-	if c.api.auth != imagesapi.AuthNoAuth {
-		return fmt.Errorf("api auth %q: only noauth is supported for now (Keystone token validation is not built yet)", c.api.auth)
+	if c.api.auth != imagesapi.AuthNoAuth && c.api.auth != imagesapi.AuthKeystone {
+		return fmt.Errorf("api auth %q: want keystone or noauth", c.api.auth)
+	}
+	if c.api.auth == imagesapi.AuthKeystone && c.configFile == "" {
+		return fmt.Errorf("--api-auth keystone needs the Keystone settings: --config FILE with a [keystone] section (see imagefs mount --help)")
 	}
 	return imagesapi.CheckListen(c.api.listen, c.api.auth)
 }
@@ -110,6 +116,9 @@ func listenAPI(c *mountConfig) (net.Listener, error) {
 	if err := c.checkAPI(); err != nil {
 		return nil, err
 	}
+	if err := c.resolveAPIConfig(); err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", c.api.listen)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
@@ -119,7 +128,7 @@ func listenAPI(c *mountConfig) (net.Listener, error) {
 
 // startAPI serves the Images API of st on ln in the background.
 func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger) (*apiServer, error) {
-	h, err := imagesapi.New(st, imagesapi.Options{Auth: c.api.auth, Projects: c.api.projects, Logger: lg})
+	h, err := imagesapi.New(st, imagesapi.Options{Auth: c.api.auth, Keystone: c.api.keystone, Projects: c.api.projects, Logger: lg})
 	if err != nil {
 		return nil, err
 	}

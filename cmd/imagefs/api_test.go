@@ -19,7 +19,8 @@ func TestAPIOptions(t *testing.T) {
 	for opts, want := range map[string]string{
 		"api_listen=0.0.0.0:9292":                     "loopback",
 		"api_listen=10.0.0.1:9292":                    "loopback",
-		"api_listen=127.0.0.1:9292,api_auth=keystone": "only noauth",
+		"api_listen=127.0.0.1:9292,api_auth=keystone": "needs the Keystone settings",
+		"api_listen=127.0.0.1:9292,api_auth=ldap":     "want keystone or noauth",
 	} {
 		c := defaultMountConfig()
 		if err := c.applyOptions(opts); err != nil {

@@ -110,6 +110,7 @@ func runMount(args []string) int {
 		printFlags(w, fl)
 		fmt.Fprint(w, "\n"+optionsHelp)
 		fmt.Fprint(w, "\n"+sharedHelp)
+		fmt.Fprint(w, "\n"+apiConfigHelp)
 		fmt.Fprint(w, "\n"+swiftHelp)
 		fmt.Fprint(w, mountExamples)
 	}

@@ -120,7 +120,13 @@ func (c *sharedConfig) LogValue() slog.Value {
 }
 
 // isShared reports whether c asks for shared mode.
-func (c *mountConfig) isShared() bool { return c.catalog != "" || c.configFile != "" }
+//
+// A config file alone is shared mode, unless the API is in keystone mode
+// without --data: then it is the single host's [keystone] and [api]
+// (apiconfig.go).
+func (c *mountConfig) isShared() bool {
+	return c.catalog != "" || c.configFile != "" && (c.data != "" || c.api.auth != "keystone" || c.api.listen == "")
+}
 
 // checkShared is check's part for shared mode: usage errors only (no
 // file is read).
@@ -128,7 +134,7 @@ func (c *mountConfig) checkShared() error {
 	switch {
 	case c.catalog != "" && c.data == "":
 		return fmt.Errorf("--catalog needs --data DIR (the directory of sealed data every host shares)")
-	case c.configFile != "" && c.data == "":
+	case c.configFile != "" && c.data == "" && c.isShared():
 		return fmt.Errorf("--config is for shared mode, which needs --data DIR (and --catalog, or endpoints in the config file)")
 	case c.data != "" && !c.isShared():
 		return fmt.Errorf("--data needs --catalog etcd://HOST:PORT[,...] (or a --config file with endpoints)")
@@ -314,11 +320,14 @@ func readSharedConfig(path string, sc *sharedConfig) (string, error) {
 		case line[0] == '[':
 			name, ok := strings.CutSuffix(line[1:], "]")
 			name = strings.TrimSpace(name)
-			if !ok || name != "etcd" && name != "data" {
-				return "", fmt.Errorf("config file %s line %d: unknown section (want [etcd] or [data])", path, n)
+			if !ok || name != "etcd" && name != "data" && name != "keystone" && name != "api" {
+				return "", fmt.Errorf("config file %s line %d: unknown section (want [etcd], [data], [keystone] or [api])", path, n)
 			}
 			section = name
 			continue
+		}
+		if section == "keystone" || section == "api" {
+			continue // the Images API's (apiconfig.go)
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {

@@ -160,12 +160,14 @@ func etcdRegister(script, dir string) error {
 }
 
 // StopServices is for TestMain, after m.Run: this process stops being a
-// user of the test etcd cluster (and of the test Swift, SwiftAuth), and
+// user of the test etcd cluster (and of the test Swift, SwiftAuth, and
+// Keystone, KeystoneServer), and
 // stops each when it was started by a test process and no other live test
 // process uses it. It does nothing for a service this process did not ask
 // for.
 func StopServices() {
 	stopSwift()
+	stopKeystone()
 	s := &etcdState
 	if !s.user {
 		return
