@@ -90,11 +90,14 @@ pidof_server() { # pid of server $1 if it runs and is ours, else nothing
 	pid=$(cat "$f")
 	# A recorded pid may have been reused: ours only if its command line
 	# names our config (servers) or our port (memcached).
-	[ -r "/proc/$pid/cmdline" ] || return 0
+	# (Read whole first: `tr | grep -q` under pipefail fails when grep's
+	# early exit gives tr a SIGPIPE, and a running server looks stopped.)
+	local cmdline
+	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
 	if [ "$1" = memcached ]; then
-		tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-p $(port_of memcached) " && echo "$pid"
+		case "$cmdline" in *"-p $(port_of memcached) "*) echo "$pid" ;; esac
 	else
-		tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$ETC/$1-server.conf" && echo "$pid"
+		case "$cmdline" in *"$ETC/$1-server.conf"*) echo "$pid" ;; esac
 	fi
 	return 0
 }
