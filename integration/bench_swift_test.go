@@ -346,6 +346,15 @@ func benchSwift(t *testing.T, tab *benchTable) {
 		value: median(hwmFetch), refName: "the same at " + smallName, ref: median(hwmFetchSmall), target: 1.1,
 		note: fmt.Sprintf("median of %d each; reset before each read", runs)})
 
+	// The daemons' own account of each transfer, for the output.
+	for _, m := range []*fsMount{a, b} {
+		for _, l := range strings.Split(string(readFile(m.log)), "\n") {
+			if strings.Contains(l, "image uploaded to Swift") || strings.Contains(l, "image fetched from Swift") {
+				t.Logf("%s: %s", filepath.Base(filepath.Dir(m.log)), l)
+			}
+		}
+	}
+
 	// The images go (their objects at once: --delete-delay 0s), then the
 	// containers, before the daemons and the services stop.
 	for _, name := range append(runNames("cp-", len(ids)), runNames("small-", len(smallIDs))...) {
