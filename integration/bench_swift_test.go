@@ -172,6 +172,21 @@ func benchSwift(t *testing.T, tab *benchTable) {
 	sizeName := fmt.Sprintf("%d MiB", sizeMiB)
 	seg := strconv.Itoa(benchSwiftSegment)
 
+	// CPU seconds of each upload: the client's (imagefs's daemon and cp,
+	// or the swift CLI) and the Swift servers'.
+	cpu := map[string][]float64{}
+	swiftRun := filepath.Join(root, "swift", "run")
+	swiftCPU := func() float64 {
+		var sum float64
+		for _, s := range []string{"proxy", "object", "container", "account"} {
+			if pid, err := os.ReadFile(filepath.Join(swiftRun, s+".pid")); err == nil {
+				if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+					sum += procCPU(n)
+				}
+			}
+		}
+		return sum
+	}
 	// Uploads: cp into host A until active, cp into the single-host
 	// mount, swift upload; rotated, so that none always runs first.
 	upload := map[string]func(r int) time.Duration{
@@ -187,7 +202,10 @@ func benchSwift(t *testing.T, tab *benchTable) {
 		},
 		"swift": func(r int) time.Duration {
 			obj := fmt.Sprintf("swift-upload-%d", r)
-			d := timeCmd(t, "swift", "upload", "--use-slo", "--segment-size", seg, "--object-name", obj, container, src)
+			srv0 := swiftCPU()
+			d, own := timeCPU(t, "swift", "upload", "--use-slo", "--segment-size", seg, "--object-name", obj, container, src)
+			cpu["swift"] = append(cpu["swift"], own)
+			cpu["swift servers"] = append(cpu["swift servers"], swiftCPU()-srv0)
 			run(t, "swift", "delete", container, obj) // the manifest and its segments
 			return d
 		},
@@ -198,7 +216,10 @@ func benchSwift(t *testing.T, tab *benchTable) {
 		name := fmt.Sprintf("cp-%d", r)
 		id := a.mkimage(name)
 		resetHWM(t, a)
-		d := timeCmd(t, "cp", src, a.dataFile(name))
+		srv0, own0 := swiftCPU(), procCPU(a.cmd.Process.Pid)
+		d, cpCPU := timeCPU(t, "cp", src, a.dataFile(name))
+		cpu["imagefs"] = append(cpu["imagefs"], procCPU(a.cmd.Process.Pid)-own0+cpCPU)
+		cpu["imagefs servers"] = append(cpu["imagefs servers"], swiftCPU()-srv0)
 		hwmUp = append(hwmUp, peakRSS(t, a))
 		if got := a.prop(name, "status"); got != "active" {
 			t.Fatalf("host A: after cp: status %s", got)
@@ -227,7 +248,8 @@ func benchSwift(t *testing.T, tab *benchTable) {
 	singleT, swiftT := median(res["single"]), median(res["swift"])
 	tab.add(figure{name: "cp of a " + sizeName + " VHD into host A (etcd catalog, data in Swift) until active", unit: "s",
 		value: median(res["imagefs"]), refName: "the larger of single-host cp and swift upload", ref: max(singleT, swiftT), target: 1.2,
-		note: fmt.Sprintf("single-host cp %s, `swift upload --use-slo --segment-size 64M` %s; interleaved%s", fmtValue(singleT, "s"), fmtValue(swiftT, "s"), streamNote)})
+		note: fmt.Sprintf("single-host cp %s, `swift upload --use-slo --segment-size 64M` %s; interleaved%s; CPU seconds: imagefs (daemon and cp) %.1f + Swift's servers %.1f, swift CLI %.1f + Swift's servers %.1f",
+			fmtValue(singleT, "s"), fmtValue(swiftT, "s"), streamNote, median(cpu["imagefs"]), median(cpu["imagefs servers"]), median(cpu["swift"]), median(cpu["swift servers"]))})
 	tab.add(figure{name: "the same cp", unit: "s", value: median(res["imagefs"]), refName: "swift upload", ref: swiftT, info: true})
 	tab.add(figure{name: "the same cp", unit: "s", value: median(res["imagefs"]), refName: "single-host cp", ref: singleT, info: true})
 
@@ -367,6 +389,42 @@ func benchSwift(t *testing.T, tab *benchTable) {
 	for _, c := range []string{container, container + "_segments"} {
 		execCmd("swift", "delete", c) // best effort: the data is wiped anyway
 	}
+}
+
+// timeCPU runs a command (it must succeed) and returns its wall time and
+// its CPU time (user and system) in seconds.
+func timeCPU(t testing.TB, name string, args ...string) (time.Duration, float64) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
+	}
+	d := time.Since(start)
+	return d, (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+}
+
+// procCPU returns the CPU time (user and system) of process pid so far
+// in seconds (0 when it cannot be read).
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces), from field 3 on.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
 }
 
 func runNames(prefix string, n int) []string {
