@@ -500,3 +500,60 @@ func TestStreamDuringWrite(t *testing.T) {
 		})
 	}
 }
+
+// A writer faster than Swift is held back: Written returns once the
+// final bytes reach at most one complete segment past the one being
+// sent, so the seal has about two segments left to send, not all the
+// writer got ahead by. With a Swift that never answers, the holding back
+// ends after the timeout.
+func TestStreamHoldsWriter(t *testing.T) {
+	data := make([]byte, 6<<20+100)
+	rand.Read(data)
+	write := func(t *testing.T, b *Backend) (*stream, time.Duration) {
+		p := filepath.Join(t.TempDir(), "img.123.1")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st := b.Stream("img", p).(*stream)
+		t.Cleanup(st.Abort)
+		start := time.Now()
+		st.Written(int64(len(data))) // 6 complete segments of 1 MiB and 100 bytes
+		return st, time.Since(start)
+	}
+
+	t.Run("swift", func(t *testing.T) {
+		c := conn(t)
+		b := newBackend(t, c, uniqueContainer(t, c), nil)
+		st, d := write(t, b)
+		st.mu.Lock()
+		sent := len(st.sent)
+		st.mu.Unlock()
+		// 6 MiB + 100 bytes final: at most segment sent+1 complete
+		// beside the one in flight means sent+2 >= 7.
+		if sent < 5 {
+			t.Errorf("Written returned after %v with %d segments sent, want >= 5 (the writer at most one segment ahead of the one in flight)", d, sent)
+		}
+	})
+
+	t.Run("silent", func(t *testing.T) {
+		silent, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		go func() { // accepts and never answers
+			for {
+				c, err := silent.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		c := &swift.Connection{AuthUrl: "http://" + silent.Addr().String() + "/auth/v1.0", UserName: "test:tester", ApiKey: "testing"}
+		b := newBackend(t, c, "x", func(cfg *Config) { cfg.Timeout = time.Second })
+		if _, d := write(t, b); d > 5*time.Second {
+			t.Errorf("Written held the writer %v with Swift silent and a 1 s timeout", d)
+		}
+	})
+}
