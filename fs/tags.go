@@ -116,7 +116,7 @@ func (d *tagDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if im == nil || !im.HasTag(d.tag) {
 		return nil, syscall.ENOENT
 	}
-	l := &tagLink{fsys: d.fsys, id: im.ID}
+	l := &viewLink{fsys: d.fsys, id: im.ID, up: "../../"} // by-tag/<tag>/<name> -> ../../by-id/<id>
 	l.fillAttr(im, &out.Attr)
 	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ReachList))
 	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotTagLink)}), 0
@@ -124,46 +124,6 @@ func (d *tagDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Unlink of a view's symlink.
 func (d *tagDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-
-// tagLink is the symlink by-tag/<tag>/<name> -> ../../by-id/<id>.
-type tagLink struct {
-	gofs.Inode
-	viewXattr
-	fsys *FS
-	id   string
-}
-
-var _ = (gofs.NodeReadlinker)((*tagLink)(nil))
-var _ = (gofs.NodeGetattrer)((*tagLink)(nil))
-
-func (l *tagLink) target() string { return "../../by-id/" + l.id }
-
-// fillAttr: as viewLink's (views.go).
-func (l *tagLink) fillAttr(im *store.Image, a *fuse.Attr) {
-	a.Mode = syscall.S_IFLNK | 0o777
-	a.Size = uint64(len(l.target()))
-	a.Nlink = 1
-	a.Blksize = 4096
-	a.Blocks = 0
-	a.Uid = im.Owner
-	a.Gid = im.GID
-	t := im.UpdatedAt
-	a.SetTimes(&t, &t, &t)
-}
-
-func (l *tagLink) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	im := l.fsys.st.Get(l.id)
-	if im == nil {
-		return syscall.ENOENT
-	}
-	l.fillAttr(im, &out.Attr)
-	out.SetTimeout(untilChanged)
-	return 0
-}
-
-func (l *tagLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	return []byte(l.target()), 0
-}
 
 // invalidateTagViews drops what the kernel keeps of by-tag/ that change c
 // makes stale, as invalidateViews does for by-property/: the link's

@@ -242,25 +242,28 @@ func (d *viewValueDir) Lookup(ctx context.Context, name string, out *fuse.EntryO
 	if v, ok := im.Property(d.key); !ok || v != d.value {
 		return nil, syscall.ENOENT
 	}
-	l := &viewLink{fsys: d.fsys, id: im.ID}
+	l := &viewLink{fsys: d.fsys, id: im.ID, up: "../../../"}
 	l.fillAttr(im, &out.Attr)
 	d.fsys.viewEntry(out, store.Visible(store.Anyone, im, store.ReachList))
 	return d.NewInode(ctx, l, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: im.Ino(store.SlotViewLink)}), 0
 }
 
 // viewLink is the symlink to by-id/<id>. It has one inode per image,
-// whichever view it is reached through.
+// whichever view it is reached through. up is the path from the link's
+// directory to the mount's root ("../../../" under by-property/<key>/<value>/,
+// "../../" under by-tag/<tag>/).
 type viewLink struct {
 	gofs.Inode
 	viewXattr
 	fsys *FS
 	id   string
+	up   string
 }
 
 var _ = (gofs.NodeReadlinker)((*viewLink)(nil))
 var _ = (gofs.NodeGetattrer)((*viewLink)(nil))
 
-func (l *viewLink) target() string { return "../../../by-id/" + l.id }
+func (l *viewLink) target() string { return l.up + "by-id/" + l.id }
 
 func (l *viewLink) fillAttr(im *store.Image, a *fuse.Attr) {
 	a.Mode = syscall.S_IFLNK | 0o777
