@@ -116,6 +116,23 @@ func (d *propsDir) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno := d.fsys.refusedFor(ctx, d.id); errno != 0 {
 		return errno // rm -r goes on after a refused delete (delete.go)
 	}
+	im := d.fsys.st.Get(d.id)
+	if im == nil && d.fsys.ghostFor(ctx, d.id) != nil {
+		return 0 // went with the image the caller deleted (delete.go)
+	}
+	if im != nil && name == store.KeyID && im.DataName() == "" {
+		// An image with no data file yet (created through the Images API
+		// without formats): rm -r and find -delete reach properties/
+		// first, and id is its first entry. Its unlink by a process that
+		// holds the image directory open is the delete of the image, as
+		// the unlink of image.vhd is otherwise (delete.go); before any
+		// custom property is removed, so nothing is half-deleted.
+		if _, parent := d.Parent(); parent != nil {
+			if idir, ok := parent.Operations().(*imageDir); ok && idir.heldByCaller(ctx) {
+				return idir.deleteByUnlink(ctx)
+			}
+		}
+	}
 	return toErrno(d.fsys.st.RemoveProperty(caller(ctx), d.id, name))
 }
 

@@ -168,6 +168,34 @@ func TestRawImageOnMount(t *testing.T) {
 		t.Fatalf("noformat after echo and cp: %s", a.prop("noformat", "status"))
 	}
 	cmp(t, odd, a.images("noformat", "image.raw"))
+
+	// rm -rf and find -delete of an image without formats (no data file:
+	// they reach properties/ first) delete the whole image, custom
+	// properties included, and fail nowhere (they failed with EPERM on
+	// each system property after removing the custom ones).
+	for i, del := range [][]string{{"rm", "-rf"}, {"find", "", "-delete"}} {
+		name := "noformat-del" + strconv.Itoa(i)
+		resp, err := http.Post(a.url+"/v2/images", "application/json", strings.NewReader(`{"name": "`+name+`", "hw_disk_bus": "scsi"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if a.prop(name, "hw_disk_bus") != "scsi" {
+			t.Fatalf("%s: hw_disk_bus %q", name, a.prop(name, "hw_disk_bus"))
+		}
+		args := slices.Clone(del)
+		if args[0] == "find" {
+			args[1] = a.images(name)
+		} else {
+			args = append(args, a.images(name))
+		}
+		if r := execCmd(args[0], args[1:]...); r.err != nil {
+			t.Errorf("%v of an image without formats: %s", del, r)
+		}
+		if _, err := os.Stat(a.images(name)); !os.IsNotExist(err) {
+			t.Errorf("%v: images/%s still there: %v", del, name, err)
+		}
+	}
 }
 
 // TestRawUploadRules: raw bytes copied into an image still vhd (the
