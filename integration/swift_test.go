@@ -407,6 +407,10 @@ func TestSwiftCrashMidUpload(t *testing.T) {
 			if r.code != 3 || !strings.Contains(r.stdout, "orphan-segments: "+id+": 3 segments") || !strings.Contains(r.stdout, "sent by host host-a") {
 				t.Errorf("%s: fsck after host-a's crash: want exit 3 and orphan-segments of %s sent by host-a: %s", name, id, r)
 			}
+			// The repair it suggests is this run's, options included.
+			if !strings.Contains(r.stdout, "--host-id host-b --delete-delay ") {
+				t.Errorf("%s: fsck's suggested repair leaves out this run's --host-id or --delete-delay: %s", name, r.stdout)
+			}
 			if r := swiftFsck(t, b, b.Store, "host-b", "", "--repair"); r.code != 0 {
 				t.Errorf("%s: fsck --repair: want exit 0: %s", name, r)
 			}

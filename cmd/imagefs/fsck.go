@@ -202,7 +202,13 @@ func runFsck(args []string) int {
 		if fixable > 0 {
 			target := fl.Arg(0)
 			if c.shared != nil {
-				target = strings.Join(append([]string{target, "--catalog", c.catalog, "--data", c.data}, configArg(c.configFile)...), " ")
+				args := []string{target, "--catalog", c.catalog, "--data", c.data}
+				for _, o := range [][2]string{{"--host-id", c.hostID}, {"--delete-delay", c.deleteDelay}, {"--cache-dir", c.cacheDir}} {
+					if o[1] != "" { // the options this run was given, so the repair sees what it saw
+						args = append(args, o[0], o[1])
+					}
+				}
+				target = strings.Join(append(args, configArg(c.configFile)...), " ")
 			}
 			fmt.Printf("%d of them fixed by imagefs fsck --repair %s\n", fixable, target)
 		}
