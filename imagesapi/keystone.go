@@ -87,7 +87,23 @@ func (id *Identity) IsAdmin() bool {
 var (
 	ErrTokenInvalid        = errors.New("the token is not valid")
 	ErrKeystoneUnavailable = errors.New("keystone is unavailable")
+	// errServiceRefused: Keystone answered and refused the service user
+	// (wrong name, password, project or domain): no later request can
+	// succeed until the config file is fixed.
+	errServiceRefused = errors.New("keystone refused the service user")
 )
+
+// CheckService authenticates the service user once (as a mount starts):
+// an error, naming the user and the HTTP status but never the password,
+// when Keystone answers and refuses it; nil when Keystone takes it or
+// does not answer within the timeout (it may come up later; requests get
+// 503 until it does).
+func (v *Validator) CheckService(ctx context.Context) error {
+	if _, err := v.serviceToken(ctx, true); errors.Is(err, errServiceRefused) {
+		return err
+	}
+	return nil
+}
 
 // Validator checks Keystone tokens with a service token of its own
 // (GET /v3/auth/tokens, X-Subject-Token), remembering valid ones until
@@ -313,7 +329,11 @@ func (v *Validator) serviceToken(ctx context.Context, renew bool) (string, error
 	if resp.StatusCode != http.StatusCreated || tok == "" || derr != nil {
 		// 401: the service user's name, password or project is wrong;
 		// the caller can do nothing about it either way.
-		return "", fmt.Errorf("%w: the service user %q (project %q) could not authenticate at %s: HTTP %d", ErrKeystoneUnavailable, v.cfg.Username, v.cfg.Project, v.base, resp.StatusCode)
+		err := ErrKeystoneUnavailable
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			err = fmt.Errorf("%w (%w)", ErrKeystoneUnavailable, errServiceRefused)
+		}
+		return "", fmt.Errorf("%w: the service user %q (project %q) could not authenticate at %s: HTTP %d", err, v.cfg.Username, v.cfg.Project, v.base, resp.StatusCode)
 	}
 	until = out.Token.ExpiresAt.Add(-time.Minute)
 	v.mu.Lock()

@@ -176,6 +176,15 @@ func TestKeystoneValidator(t *testing.T) {
 	if len(vw.cache) != 0 {
 		t.Fatal("a token was cached while Keystone could not check it")
 	}
+	// As a mount starts: the refused service user is an error (the mount
+	// fails, rather than answering 503 to every request), the right one
+	// is not.
+	if err := vw.CheckService(ctx); err == nil || strings.Contains(err.Error(), "xyzzy") || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("CheckService with a wrong service password: %v", err)
+	}
+	if err := vs.CheckService(ctx); err != nil {
+		t.Fatalf("CheckService with the right service user: %v", err)
+	}
 }
 
 // TestKeystoneUnreachable: a Keystone that accepts connections and never

@@ -15,6 +15,7 @@
 package imagesapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,16 @@ type Server struct {
 // New returns the API server of st. Errors: an unknown Auth mode, two
 // projects mapped to one uid, a project mapped to uid 0 (root is the
 // admin role, not a project).
+// CheckKeystone authenticates the service user once in keystone mode
+// (Validator.CheckService): an error when Keystone refuses it; nil in
+// noauth mode, or when Keystone takes it or does not answer.
+func (s *Server) CheckKeystone(ctx context.Context) error {
+	if s.keystone == nil {
+		return nil
+	}
+	return s.keystone.CheckService(ctx)
+}
+
 func New(st *store.Store, opts Options) (*Server, error) {
 	var v *Validator
 	switch opts.Auth {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imagefs/imagefs/internal/testutil"
 )
@@ -184,5 +186,53 @@ func TestAPIKeystoneOpenstackCLI(t *testing.T) {
 	// The service user's password is in no log line.
 	if log, _ := os.ReadFile(a.log); strings.Contains(string(log), a.k.Account(t, "imagefs").Password) {
 		t.Fatal("the daemon's log holds the service user's password")
+	}
+}
+
+// TestAPIKeystoneServiceUserRefused: a [keystone] section whose service
+// user Keystone refuses (here a wrong password; as pasted from an example
+// with a comment after the value) fails the mount, saying so without the
+// password, where it used to mount and answer 503 to every request.
+func TestAPIKeystoneServiceUserRefused(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	k := testutil.KeystoneServer(t)
+	svc := k.Account(t, "imagefs")
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	conf := filepath.Join(dir, "imagefs.conf")
+	body := fmt.Sprintf("[keystone]\nauth_url = %s\nusername = %s\npassword = %s # the service user's\nproject_name = %s\ntimeout = 30s\n",
+		k.AuthURL, svc.User, svc.Password, svc.Project)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	// Output to a file, not a pipe: a daemon that did mount would hold a
+	// pipe open and the test would wait on it.
+	out := filepath.Join(dir, "mount.out")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "mount", "--config", conf, "--api-listen", addr, "--api-auth", "keystone", filepath.Join(dir, "store"), mnt)
+	cmd.Stdout, cmd.Stderr = f, f
+	runErr := cmd.Run()
+	f.Close()
+	msg, _ := os.ReadFile(out)
+	if isMounted(mnt) {
+		execCmd("fusermount3", "-u", mnt)
+		t.Fatalf("mounted with a service user Keystone refuses: %v: %s", runErr, msg)
+	}
+	if runErr == nil || !strings.Contains(string(msg), "could not authenticate") || !strings.Contains(string(msg), "401") || strings.Contains(string(msg), svc.Password) {
+		t.Fatalf("mount with a refused service user: want a failure naming it (401), without the password: %v: %s", runErr, msg)
 	}
 }

@@ -132,6 +132,11 @@ func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	// A service user Keystone refuses would make every request a 503:
+	// refuse the mount instead, saying why.
+	if err := h.CheckKeystone(context.Background()); err != nil {
+		return nil, fmt.Errorf("api: %w (the [keystone] section of %s)", err, c.configFile)
+	}
 	s := &apiServer{ln: ln, h: h, srv: imagesapi.NewHTTPServer(h)}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
