@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -39,7 +40,9 @@ import (
 //   - download: GET .../file read to the end (1 MiB reads, discarded),
 //     warm (the backing file in the page cache) and cold (page, dentry and
 //     inode caches dropped before each), against reading by-id/ID/image.vhd
-//     of the same image the same way.
+//     of the same image the same way, and against a plain HTTP file server
+//     (http.ServeFile of the backing file in this process) read by the
+//     same client: what HTTP on loopback costs here.
 //   - create N images (IMAGEFS_BENCH_API_IMAGES, default 1,000) with 3
 //     properties each, POST /v2/images one after another on one keep-alive
 //     connection, against mkdir + 3 property writes on the mount; delete
@@ -149,20 +152,20 @@ func (a *apiBench) upload(id, src string) time.Duration {
 	return time.Since(start)
 }
 
-// download reads GET .../file to the end in 1 MiB reads and returns the
-// time and the bytes read.
-func (a *apiBench) download(id string, sum io.Writer) (time.Duration, int64) {
+// download reads GET url to the end in 1 MiB reads and returns the time
+// and the bytes read.
+func (a *apiBench) download(url string, sum io.Writer) (time.Duration, int64) {
 	a.t.Helper()
 	buf := make([]byte, 1<<20)
 	start := time.Now()
-	resp, err := a.c.Get(a.url + "/v2/images/" + id + "/file")
+	resp, err := a.c.Get(url)
 	if err != nil {
 		a.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		a.t.Fatalf("GET .../file: %d: %s", resp.StatusCode, b)
+		a.t.Fatalf("GET %s: %d: %s", url, resp.StatusCode, b)
 	}
 	var n int64
 	for {
@@ -175,7 +178,7 @@ func (a *apiBench) download(id string, sum io.Writer) (time.Duration, int64) {
 			return time.Since(start), n
 		}
 		if err != nil {
-			a.t.Fatalf("GET .../file after %d bytes: %v", n, err)
+			a.t.Fatalf("GET %s after %d bytes: %v", url, n, err)
 		}
 	}
 }
@@ -302,21 +305,39 @@ func benchAPIData(t *testing.T, tab *benchTable, a *apiBench, m *fsMount, src st
 }
 
 // benchAPIDownload: GET .../file against a read of by-id/ID/image.vhd,
-// warm and cold, interleaved.
+// and against a plain HTTP file server (Go's http.ServeFile of the
+// image's backing file, in this process: sendfile, as the API's
+// download) with the same client, warm and cold, the three rotated.
 func benchAPIDownload(t *testing.T, tab *benchTable, a *apiBench, m *fsMount, id string, size int64, want string, sizeMiB int) {
 	path := m.byID(id, "image.vhd")
 	h := md5.New()
-	if _, got := a.download(id, h); got != size || hex.EncodeToString(h.Sum(nil)) != want {
+	if _, got := a.download(a.url+"/v2/images/"+id+"/file", h); got != size || hex.EncodeToString(h.Sum(nil)) != want {
 		t.Fatalf("GET .../file: %d bytes (want %d), md5 %x (want %s)", got, size, h.Sum(nil), want)
 	}
-	get := func() float64 {
-		d, got := a.download(id, nil)
-		if got != size {
-			t.Fatalf("GET .../file: %d bytes, want %d", got, size)
-		}
-		return d.Seconds()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	read := func() float64 { return readAll(t, path).Seconds() }
+	backing := m.backing(id)
+	plain := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, backing) })}
+	go plain.Serve(ln)
+	defer plain.Close()
+	plainURL := "http://" + ln.Addr().String() + "/image.vhd"
+	get := func(url string) func() float64 {
+		return func() float64 {
+			d, got := a.download(url, nil)
+			if got != size {
+				t.Fatalf("GET %s: %d bytes, want %d", url, got, size)
+			}
+			return d.Seconds()
+		}
+	}
+	ways := map[string]func() float64{
+		"api":   get(a.url + "/v2/images/" + id + "/file"),
+		"plain": get(plainURL),
+		"mount": func() float64 { return readAll(t, path).Seconds() },
+	}
+	order := []string{"api", "mount", "plain"}
 	mib := fmt.Sprintf("%d MiB", sizeMiB)
 	for _, c := range []struct {
 		name   string
@@ -327,32 +348,29 @@ func benchAPIDownload(t *testing.T, tab *benchTable, a *apiBench, m *fsMount, id
 		{"API download (GET .../file to the end) of a sealed " + mib + " image, warm cache", *benchRuns, false, glanceReadWarm},
 		{"the same, cold cache", max(1, (*benchRuns+1)/2), true, glanceReadCold},
 	} {
-		get()
-		read() // warm both
-		var gets, reads []float64
-		for r := range c.runs {
-			first, second := &gets, &reads
-			fa, fb := get, read
-			if r%2 == 1 {
-				first, second, fa, fb = second, first, fb, fa
-			}
-			if c.cold {
-				dropCaches(t)
-			}
-			*first = append(*first, fa())
-			if c.cold {
-				dropCaches(t)
-			}
-			*second = append(*second, fb())
+		for _, k := range order {
+			ways[k]() // warm all
 		}
-		t.Logf("%s: GET %v, by-id read %v", c.name, gets, reads)
+		res := map[string][]float64{}
+		for r := range c.runs {
+			for _, k := range append(slices.Clone(order[r%3:]), order[:r%3]...) {
+				if c.cold {
+					dropCaches(t)
+				}
+				res[k] = append(res[k], ways[k]())
+			}
+		}
+		t.Logf("%s: API %v, by-id read %v, plain HTTP %v", c.name, res["api"], res["mount"], res["plain"])
 		note := "1 MiB reads, discarded"
 		if c.cold {
 			note = "page, dentry and inode caches dropped before each"
 		}
-		tab.add(figure{name: c.name, unit: "s", value: median(gets), refName: "read of by-id/ID/image.vhd", ref: median(reads), info: true, note: note})
+		v := median(res["api"])
+		tab.add(figure{name: c.name, unit: "s", value: v, refName: "read of by-id/ID/image.vhd", ref: median(res["mount"]), info: true, note: note})
+		tab.add(figure{name: "the same download", unit: "s", value: v, refName: "a plain HTTP file server (Go's http.ServeFile of the backing file), same client", ref: median(res["plain"]), info: true,
+			note: "what HTTP on loopback takes here"})
 		if sizeMiB == 1024 {
-			tab.add(figure{name: "the same download", unit: "s", value: median(gets), refName: "Glance (issue 17)", ref: c.glance, info: true})
+			tab.add(figure{name: "the same download", unit: "s", value: v, refName: "Glance (issue 17)", ref: c.glance, info: true})
 		}
 	}
 }
