@@ -87,7 +87,7 @@ race:
 
 # One package at a time: the suite's ratios need the machine to itself.
 # BENCH_ONLY=REGEXP runs only the suite's sections it matches (upload, read,
-# list, scale, views, shared, swift), without the Go benchmarks of store/:
+# list, scale, views, shared, swift, api), without the Go benchmarks of store/:
 # make bench BENCH_ONLY=swift.
 bench:
 	@mkdir -p $(BENCH_OUT) $(IMAGEFS_BENCH_DIR)

@@ -36,7 +36,7 @@ var (
 	benchOut     = flag.String("bench-out", "", "TestBenchSuite: also write the table to this file")
 	benchSizeMiB = flag.Int("bench-size-mib", 2048, "TestBenchSuite: disk size of the VHD that is uploaded and read, in MiB")
 	benchRuns    = flag.Int("bench-runs", 5, "TestBenchSuite: runs per figure (uploads and cold reads: about half as many); the median counts")
-	benchOnly    = flag.String("bench-only", "", "TestBenchSuite: run only the sections matching this regexp: upload, read, list, scale, views, shared, swift")
+	benchOnly    = flag.String("bench-only", "", "TestBenchSuite: run only the sections matching this regexp: upload, read, list, scale, views, shared, swift, api")
 	benchListN   = flag.Int("bench-list-images", 10_000, "TestBenchSuite: images in the catalog of the list section")
 	benchScaleN  = flag.Int("bench-scale-images", 100_000, "TestBenchSuite: images in the catalog of the scale section")
 	benchArgs    = flag.String("bench-daemon-args", "", "TestBenchSuite: more arguments of imagefs mount, space-separated (--cpuprofile=FILE, --debug)")
@@ -209,6 +209,9 @@ func TestBenchSuite(t *testing.T) {
 	}
 	if only.MatchString("swift") {
 		benchSwift(t, tab) // bench_swift_test.go
+	}
+	if only.MatchString("api") {
+		benchAPI(t, tab) // bench_api_test.go
 	}
 
 	load, _ := os.ReadFile("/proc/loadavg")
