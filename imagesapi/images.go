@@ -54,18 +54,10 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	bad := func(msg string) { writeError(w, r, http.StatusBadRequest, msg) }
 
-	limit := defaultLimit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil {
-			bad("limit param must be an integer")
-			return
-		}
-		if n < 0 {
-			bad("limit param must be positive")
-			return
-		}
-		limit = min(n, maxLimit)
+	limit, msg := listLimit(q.Get("limit"))
+	if msg != "" {
+		bad(msg)
+		return
 	}
 	keys, dirs, err := sortSpec(q)
 	if err != nil {
@@ -426,4 +418,21 @@ func jsonRepr(v any) string {
 		return "False"
 	}
 	return fmt.Sprint(v)
+}
+
+// listLimit parses a list's limit parameter as Glance does (an integer,
+// surrounding spaces allowed as Python's int takes them; at most
+// maxLimit; defaultLimit when empty): the limit, or the 400 message.
+func listLimit(v string) (int, string) {
+	if v == "" {
+		return defaultLimit, ""
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return 0, "limit param must be an integer"
+	}
+	if n < 0 {
+		return 0, "limit param must be positive"
+	}
+	return min(n, maxLimit), ""
 }

@@ -589,18 +589,10 @@ var namespaceSortKeys = []string{"created_at", "updated_at", "namespace", "displ
 func (s *Server) mdListNamespaces(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	bad := func(msg string) { writeError(w, r, http.StatusBadRequest, msg) }
-	limit := defaultLimit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			bad("limit param must be an integer")
-			return
-		}
-		if n < 0 {
-			bad("limit param must be positive")
-			return
-		}
-		limit = min(n, maxLimit)
+	limit, msg := listLimit(q.Get("limit"))
+	if msg != "" {
+		bad(msg)
+		return
 	}
 	dir := cmp.Or(q.Get("sort_dir"), "desc")
 	if dir != "asc" && dir != "desc" {
