@@ -323,7 +323,7 @@ func (c *objectsCheck) noRecord(id string, mi *ManifestInfo) {
 		}
 		repaired := k.opts.Repair && c.removeAll(id)
 		k.add(ProblemDeletedData, id, fmt.Sprintf("objects in %s of an image deleted at %s by %s, still there past the delete delay %v (its host did not remove them)",
-			c.where, mi.DeletedAt.UTC().Format(time.RFC3339), mi.DeletedBy, k.opts.DeleteDelay), repaired)
+			c.where, mi.DeletedAt.UTC().Format(time.RFC3339), mi.DeletedBy, k.opts.DeleteDelay.Truncate(time.Millisecond)), repaired)
 		return
 	}
 	if mi != nil && (c.tombs[id] || c.tombstoneNow(id)) {
