@@ -56,10 +56,10 @@ type Upload struct {
 	// stage: a glance-direct stage (import.go): it ends without a seal
 	// (EndStage) and is sealed by Import; the image is uploading, then
 	// importing, never saving. Set at creation.
-	stage   bool
-	state   uploadState
-	nospc   bool // a write failed with ENOSPC: the upload is incomplete
-	exited  int  // wait status of a writer that died holding the upload, or 0
+	stage  bool
+	state  uploadState
+	nospc  bool // a write failed with ENOSPC: the upload is incomplete
+	exited int  // wait status of a writer that died holding the upload, or 0
 	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
 	// nothing written after, the last EndWriter seals (refuses) an empty
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
