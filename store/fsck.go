@@ -890,8 +890,12 @@ func (s *Store) completeSeal(im *Image) error {
 	if err != nil {
 		return err
 	}
-	facts, vsize, refusal, err := inspectVHD(f, fi.Size())
-	if err != nil {
+	var facts map[string]string
+	var vsize int64
+	var refusal string
+	if im.DiskFormat == DiskFormatRaw {
+		vsize, refusal = inspectRaw(f, fi.Size()) // as the seal checked it
+	} else if facts, vsize, refusal, err = inspectVHD(f, fi.Size()); err != nil {
 		return err
 	}
 	if refusal != "" {
@@ -903,6 +907,9 @@ func (s *Store) completeSeal(im *Image) error {
 		_, err := s.update(im.ID, kv.Small, func(cur *Image) (*Image, error) {
 			if cur == nil || cur.Status.Sealed() {
 				return nil, nil
+			}
+			if stagedStatus(cur.Status) {
+				return unstaged(cur, "Error: "+refusal, s.now()), nil // an import: queued (import.go)
 			}
 			c := cur.clone()
 			c.Status = StatusKilled

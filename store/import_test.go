@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+
+	"github.com/imagefs/imagefs/store/kv"
 	"github.com/stretchr/testify/require"
 )
 
@@ -120,4 +122,40 @@ func TestImportRefusedQueues(t *testing.T) {
 	require.Empty(t, left)
 	// Others may not import (not the owner), nor a queued image.
 	require.ErrorIs(t, s.Import(alice, id, ImportTask{}, nil), ErrNotStaged)
+}
+
+// TestImportUncommittedSealCompleted: a daemon that stopped after an
+// import handed its raw data over and before the seal's commit: the next
+// Open completes the seal from the data as a raw disk (the record's
+// disk_format), and the task succeeds.
+func TestImportUncommittedSealCompleted(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	require.NoError(t, err)
+	data := []byte("raw bytes of an import that crashed before its commit")
+	id := stageRaw(t, s, alice, "uncommitted", data)
+	u := s.CurrentUpload(id)
+	s.mu.Lock()
+	_, err = s.update(id, kv.Small, func(cur *Image) (*Image, error) {
+		next := cur.clone()
+		next.Status = StatusImporting
+		setTasks(next, []ImportTask{{ID: "t", Status: TaskProcessing}})
+		return next, nil
+	})
+	s.mu.Unlock()
+	require.NoError(t, err)
+	u.mu.Lock()
+	require.NoError(t, s.handOver(u)) // the crash: no commitSeal
+	u.mu.Unlock()
+	require.NoError(t, s.Close())
+	s, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	im := s.Get(id)
+	require.Equal(t, StatusActive, im.Status, "%+v", im)
+	require.Equal(t, int64(len(data)), im.Size)
+	require.NotContains(t, im.Extra, KeyStageHost)
+	ts, _ := s.ImportTasks(alice, id)
+	require.Len(t, ts, 1)
+	require.Equal(t, TaskSuccess, ts[0].Status)
 }
