@@ -229,6 +229,13 @@ func TestStageRefusals(t *testing.T) {
 	if code, _, b := e.importReq("bob", id, glanceDirect); code != 403 {
 		t.Fatalf("bob imports alice's staged community image: %d %s", code, b)
 	}
+	big := map[string]any{"method": map[string]any{"name": "glance-direct"}, "note": strings.Repeat("x", store.MaxImportRequest)}
+	if code, _, b := e.importReq("alice", id, big); code != 413 {
+		t.Fatalf("import request over %d bytes: %d %s", store.MaxImportRequest, code, b)
+	}
+	if st := e.st.Get(id).Status; st != store.StatusUploading {
+		t.Fatalf("after refused imports: %s", st)
+	}
 	if code, _, b := e.importReq("alice", id, glanceDirect); code != 202 {
 		t.Fatalf("import: %d %s", code, b)
 	}

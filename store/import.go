@@ -342,7 +342,9 @@ func (s *Store) Import(c Caller, id string, t ImportTask, done func(error)) erro
 	}
 	s.log.Info("import started", "id", id, "task", t.ID, "uid", c.UID)
 	unlock = false
+	s.imports.Add(1)
 	go func() {
+		defer s.imports.Done()
 		err := s.sealImport(u)
 		u.mu.Unlock()
 		s.deliver()

@@ -211,6 +211,8 @@ type Store struct {
 	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 
 	metadefMu sync.Mutex // serializes metadefs changes, read to commit (metadefs.go)
+
+	imports sync.WaitGroup // imports' seals in flight (import.go); Close waits for them
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -460,6 +462,7 @@ func (s *Store) reconcile() error {
 // lock order: Upload.mu before Store.mu), and any store call after it
 // fails.
 func (s *Store) Close() error {
+	s.imports.Wait() // an import's seal commits before the catalog closes
 	s.stopWatch()
 	s.stopRemote()
 	s.saveSnapshot() // watch.go: a shared catalog's view, for the next Open
