@@ -13,7 +13,9 @@
 //     state. Held through a whole WriteAt, Truncate and seal: inspection,
 //     re-hash, fsync, data hand-over (DataBackend.Put) and the commit. May
 //     be held across disk I/O and a catalog commit. Readers that must not
-//     wait for it read atomics (Upload.Size, IsImageData, Removed).
+//     wait for it read atomics (Upload.Size, IsImageData, Removed). An
+//     import (import.go) takes it in its request and the goroutine that
+//     seals the staged data releases it.
 //  2. liveImage.sealMu: makes the seals of one image take turns (and the
 //     undo of a provisional seal, and DiscardUpload). Held across a whole
 //     seal, I/O and commit included.
