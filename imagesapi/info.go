@@ -8,14 +8,13 @@ import (
 )
 
 // infoImport is GET /v2/info/import: the interoperable import methods, as
-// Glance lists them. imagefs has none (no stage/import: data goes in with
-// PUT .../file), as a Glance whose enabled_import_methods is empty; a
-// client (Tempest among them) then does not try one.
+// Glance lists them: glance-direct only (stage, then import: import.go);
+// not web-download, glance-download or copy-image.
 func (s *Server) infoImport(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"import-methods": map[string]any{
 		"description": "Import methods available.",
 		"type":        "array",
-		"value":       []string{},
+		"value":       []string{importMethod},
 	}})
 }
 

@@ -5,13 +5,13 @@ import (
 	"testing"
 )
 
-// TestInfoEndpoints: /v2/info/import lists no import method (Glance with
-// none enabled), /v2/info/stores is Glance's 404 without multiple stores.
+// TestInfoEndpoints: /v2/info/import lists glance-direct (import.go),
+// /v2/info/stores is Glance's 404 without multiple stores.
 func TestInfoEndpoints(t *testing.T) {
 	e := newEnv(t)
 	m := e.json("alice", "GET", "/v2/info/import", nil, 200)
 	im, _ := m["import-methods"].(map[string]any)
-	if v, ok := im["value"].([]any); !ok || len(v) != 0 || im["type"] != "array" {
+	if v, ok := im["value"].([]any); !ok || len(v) != 1 || v[0] != "glance-direct" || im["type"] != "array" {
 		t.Fatalf("info/import: %v", m)
 	}
 	code, _, body := e.do("alice", "GET", "/v2/info/stores", "", nil)

@@ -137,7 +137,9 @@ func glanceTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05
 func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m := make(map[string]any, 24+len(im.Extra))
 	for k, v := range im.Extra {
-		if k != store.KeyMembers { // served by the members API
+		// members: served by the members API; the import's bookkeeping by
+		// .../tasks (and Glance hides its stage host too).
+		if k != store.KeyMembers && k != store.KeyImportTasks && k != store.KeyStageHost {
 			m[k] = v
 		}
 	}

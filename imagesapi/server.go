@@ -196,6 +196,9 @@ func (s *Server) routes() {
 	m.HandleFunc("DELETE /v2/images/{id}", s.delete)
 	m.HandleFunc("PUT /v2/images/{id}/file", s.upload)
 	m.HandleFunc("GET /v2/images/{id}/file", s.download)
+	m.HandleFunc("PUT /v2/images/{id}/stage", s.stage)         // import.go
+	m.HandleFunc("POST /v2/images/{id}/import", s.importImage) // import.go
+	m.HandleFunc("GET /v2/images/{id}/tasks", s.imageTasks)    // import.go
 	m.HandleFunc("POST /v2/images/{id}/actions/deactivate", s.deactivate)
 	m.HandleFunc("POST /v2/images/{id}/actions/reactivate", s.reactivate)
 	s.memberRoutes(m)  // members.go
@@ -210,6 +213,7 @@ func (s *Server) routes() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inflight.Add(1)
 	defer s.inflight.Done()
+	r = withRequestID(w, r) // import.go: X-Openstack-Request-Id
 	if s.keystone != nil && !unauthenticated(r) {
 		var ok bool
 		if r, ok = s.authenticate(w, r); !ok {

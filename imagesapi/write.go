@@ -106,6 +106,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/v2/images/"+im.ID)
+	w.Header().Set("OpenStack-image-import-methods", importMethod) // as Glance with import enabled
 	writeJSON(w, http.StatusCreated, s.imageJSON(im))
 }
 
@@ -350,7 +351,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	u, err := s.st.OpenWrite(c, im.ID, true)
 	if err != nil {
-		if errors.Is(err, store.ErrImmutable) {
+		if errors.Is(err, store.ErrImmutable) || im.Status == store.StatusUploading || im.Status == store.StatusImporting {
 			writeError(w, r, http.StatusConflict, fmt.Sprintf("Image status transition from %s to saving is not allowed", im.Status))
 			return
 		}
@@ -445,7 +446,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 			case store.StatusDeactivated:
 				writeError(w, r, http.StatusForbidden, "The requested image has been deactivated. Image data download is forbidden.")
 				return
-			case store.StatusQueued, store.StatusSaving, store.StatusKilled:
+			case store.StatusQueued, store.StatusSaving, store.StatusKilled, store.StatusUploading, store.StatusImporting:
 				w.WriteHeader(http.StatusNoContent)
 				return
 			}

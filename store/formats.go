@@ -129,6 +129,9 @@ func uploadable(c Caller, im *Image) error {
 	if err := writable(c, im); err != nil {
 		return err
 	}
+	if stagedStatus(im.Status) {
+		return fmt.Errorf("%w: image %s is %s: its data is staged for import (import it, or remove image.vhd to drop the staged data)", ErrBusy, im.ID, im.Status)
+	}
 	if msg := FormatsMissing(im); msg != "" {
 		return fmt.Errorf("%w: image %s: %s (on the mount: echo vhd or raw > properties/disk_format)", ErrInvalid, im.ID, msg)
 	}

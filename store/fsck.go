@@ -18,6 +18,7 @@ import (
 // Kinds of problem Check reports.
 const (
 	ProblemInterrupted    = "interrupted-upload" // status saving with no writer (repair: killed)
+	ProblemStaged         = "interrupted-import" // status uploading or importing of this host, whose staged data did not outlive its daemon (repair: queued)
 	ProblemStaging        = "staging-leftover"   // staging file of no upload (repair: removed)
 	ProblemUncommitted    = "uncommitted-seal"   // sealed data whose record did not commit (repair: verified and sealed)
 	ProblemOrphanData     = "orphan-data"        // data file of no image (repair: moved to STORE/lost+found)
@@ -42,7 +43,7 @@ const (
 // two collisions it reports as not repairable: a name or an inode range
 // used by two images).
 var repairable = map[string]bool{
-	ProblemInterrupted: true, ProblemStaging: true, ProblemUncommitted: true,
+	ProblemInterrupted: true, ProblemStaged: true, ProblemStaging: true, ProblemUncommitted: true,
 	ProblemOrphanData: true, ProblemDeletedData: true, ProblemDataMode: true,
 	ProblemStoreMode: true, ProblemNameIndex: true, ProblemStaleHashes: true,
 	ProblemKillReason: true, ProblemInode: true, ProblemPropertyIndex: true,
@@ -333,12 +334,14 @@ func (k *checker) checkRecord(id string) *Image {
 		return nil // another host's upload, or its seal in flight
 	}
 	switch im.Status {
-	case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated:
+	case StatusQueued, StatusKilled, StatusSaving, StatusActive, StatusDeactivated, StatusUploading, StatusImporting:
 	default:
 		k.add(ProblemRecord, id, fmt.Sprintf("unknown status %q", im.Status), false)
 		return nil
 	}
 	switch {
+	case k.shared && stagedStatus(im.Status) && im.Extra[KeyStageHost] != s.opts.Host:
+		return nil // another host's stage or import (its seal may be in flight)
 	case im.Status == StatusSaving && s.uploadsElsewhere(id):
 		// Another host's upload in flight (its lease is live): its data
 		// file, if present, is a seal in flight.
@@ -347,6 +350,9 @@ func (k *checker) checkRecord(id string) *Image {
 		return k.checkUncommittedSeal(im)
 	case im.Status == StatusSaving:
 		k.checkInterrupted(im)
+		return nil
+	case stagedStatus(im.Status):
+		k.checkStaged(im)
 		return nil
 	case !im.Status.Sealed():
 		k.checkStaleHashes(im)
@@ -432,6 +438,26 @@ func (k *checker) checkInterrupted(im *Image) {
 		})
 	}
 	k.add(ProblemInterrupted, im.ID, "upload was in flight when imagefs stopped", repaired)
+}
+
+// checkStaged: an image uploading or importing whose staged data was in
+// this host's STORE/staging when imagefs stopped (a remount drops staged
+// data: import.go); repair: queued again, its import task failed. Another
+// host's stage is left alone (that host's daemon may be running).
+func (k *checker) checkStaged(im *Image) {
+	if host := im.Extra[KeyStageHost]; k.shared && host != k.s.opts.Host {
+		return
+	}
+	repaired := false
+	if k.opts.Repair {
+		repaired = k.s.repair(im.ID, func(cur *Image) *Image {
+			if !stagedStatus(cur.Status) {
+				return nil
+			}
+			return unstaged(cur, "Error: the import was interrupted: imagefs stopped before it ended (stage the data again)", k.now)
+		})
+	}
+	k.add(ProblemStaged, im.ID, fmt.Sprintf("status %s, but staged data does not outlive imagefs", im.Status), repaired)
 }
 
 // checkStaleHashes: an image that is not sealed keeps no hashes or sizes
@@ -864,8 +890,12 @@ func (s *Store) completeSeal(im *Image) error {
 	if err != nil {
 		return err
 	}
-	facts, vsize, refusal, err := inspectVHD(f, fi.Size())
-	if err != nil {
+	var facts map[string]string
+	var vsize int64
+	var refusal string
+	if im.DiskFormat == DiskFormatRaw {
+		vsize, refusal = inspectRaw(f, fi.Size()) // as the seal checked it
+	} else if facts, vsize, refusal, err = inspectVHD(f, fi.Size()); err != nil {
 		return err
 	}
 	if refusal != "" {
@@ -877,6 +907,9 @@ func (s *Store) completeSeal(im *Image) error {
 		_, err := s.update(im.ID, kv.Small, func(cur *Image) (*Image, error) {
 			if cur == nil || cur.Status.Sealed() {
 				return nil, nil
+			}
+			if stagedStatus(cur.Status) {
+				return unstaged(cur, "Error: "+refusal, s.now()), nil // an import: queued (import.go)
 			}
 			c := cur.clone()
 			c.Status = StatusKilled

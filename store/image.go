@@ -17,6 +17,11 @@ const (
 	StatusActive      Status = "active"      // data sealed and verified
 	StatusKilled      Status = "killed"      // upload failed; may be uploaded again
 	StatusDeactivated Status = "deactivated" // an admin blocked data reads
+	// StatusUploading: data is being staged, or staged and awaiting its
+	// import (Glance's glance-direct import; import.go).
+	StatusUploading Status = "uploading"
+	// StatusImporting: staged data is being sealed by an import.
+	StatusImporting Status = "importing"
 )
 
 // Sealed reports whether the image data is sealed (never written again).

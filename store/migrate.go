@@ -374,7 +374,7 @@ func (m *migration) raiseSeqIno(recs []migrateRecord, tombs map[string]bool) err
 		var moved []string
 		for _, rec := range recs {
 			im := rec.im
-			if tombs[im.ID] || im.Status == StatusSaving {
+			if tombs[im.ID] || im.Status == StatusSaving || stagedStatus(im.Status) {
 				continue
 			}
 			if _, ok := m.dstImg[im.ID]; ok {
@@ -458,8 +458,8 @@ func (m *migration) image(rec migrateRecord) (MigrateItem, error) {
 		return fail(MigrateConflict, "the record's id or name is not valid (imagefs fsck the store)")
 	}
 	switch im.Status {
-	case StatusSaving:
-		return fail(MigrateSaving, "an upload was in progress when the store was last unmounted: not migrated; upload the image again")
+	case StatusSaving, StatusUploading, StatusImporting:
+		return fail(MigrateSaving, "an upload (or a stage or import) was in progress when the store was last unmounted: not migrated; upload the image again")
 	case StatusQueued, StatusKilled:
 		if m.srcData[im.ID] {
 			return fail(MigrateNeedsRepair, "a data file of this %s image is in the store (a seal that did not commit): run imagefs fsck --repair on the store first", im.Status)

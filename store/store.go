@@ -13,7 +13,9 @@
 //     state. Held through a whole WriteAt, Truncate and seal: inspection,
 //     re-hash, fsync, data hand-over (DataBackend.Put) and the commit. May
 //     be held across disk I/O and a catalog commit. Readers that must not
-//     wait for it read atomics (Upload.Size, IsImageData, Removed).
+//     wait for it read atomics (Upload.Size, IsImageData, Removed). An
+//     import (import.go) takes it in its request and the goroutine that
+//     seals the staged data releases it.
 //  2. liveImage.sealMu: makes the seals of one image take turns (and the
 //     undo of a provisional seal, and DiscardUpload). Held across a whole
 //     seal, I/O and commit included.
@@ -211,6 +213,8 @@ type Store struct {
 	remote remoteState // a shared catalog's watch, the in-memory property index (watch.go)
 
 	metadefMu sync.Mutex // serializes metadefs changes, read to commit (metadefs.go)
+
+	imports sync.WaitGroup // imports' seals in flight (import.go); Close waits for them
 }
 
 // liveImage is the in-memory state of an image's uploads.
@@ -460,6 +464,7 @@ func (s *Store) reconcile() error {
 // lock order: Upload.mu before Store.mu), and any store call after it
 // fails.
 func (s *Store) Close() error {
+	s.imports.Wait() // an import's seal commits before the catalog closes
 	s.stopWatch()
 	s.stopRemote()
 	s.saveSnapshot() // watch.go: a shared catalog's view, for the next Open

@@ -53,9 +53,13 @@ type Upload struct {
 	// DataBackend is a DataStreamer (nil otherwise, and once out of order).
 	stream  DataStream
 	started bool // "upload started" was logged
-	state   uploadState
-	nospc   bool // a write failed with ENOSPC: the upload is incomplete
-	exited  int  // wait status of a writer that died holding the upload, or 0
+	// stage: a glance-direct stage (import.go): it ends without a seal
+	// (EndStage) and is sealed by Import; the image is uploading, then
+	// importing, never saving. Set at creation.
+	stage  bool
+	state  uploadState
+	nospc  bool // a write failed with ENOSPC: the upload is incomplete
+	exited int  // wait status of a writer that died holding the upload, or 0
 	// truncated: set to 0 bytes (O_TRUNC, create, truncate -s 0); with
 	// nothing written after, the last EndWriter seals (refuses) an empty
 	// upload. Not at the opener's close: a shell opens, dup2s and closes
@@ -345,6 +349,10 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 		if im.Status.Sealed() {
 			return nil, fmt.Errorf("%w: image %s is %s; its data never changes", ErrImmutable, id, im.Status)
 		}
+		if stagedStatus(im.Status) {
+			// Staged for import (import.go moves it on).
+			return nil, fmt.Errorf("%w: image %s is %s (staged for import)", ErrBusy, id, im.Status)
+		}
 		if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
 			return nil, nil
 		}
@@ -460,6 +468,9 @@ func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload
 	}
 	if err := u.usable(); err != nil {
 		return nil, err
+	}
+	if u.stage {
+		return nil, fmt.Errorf("%w: image %s has data staged for import", ErrBusy, id)
 	}
 	if u.writers > 0 {
 		// Two writers at once (two cp into one image) would interleave
@@ -677,6 +688,9 @@ func (u *Upload) inspectStaged(format string) (facts map[string]string, vsize in
 // refuse drops a refused upload and kills its image with the reason; the
 // error wraps ErrRefused. Must hold u.mu.
 func (s *Store) refuse(u *Upload, refusal string) error {
+	if u.stage {
+		return s.refuseImport(u, refusal) // import.go: queued again
+	}
 	s.log.Warn("upload refused; image killed", "id", u.id, "reason", refusal)
 	// Give the space back first (a refused upload is often one that
 	// filled the disk); a new upload starts from scratch.
@@ -758,7 +772,7 @@ func (s *Store) commitSeal(u *Upload, format, md5hex, shahex string, vsize int64
 		if cur == nil {
 			return nil, fmt.Errorf("%w: image %s was deleted", ErrNotFound, u.id)
 		}
-		if err := s.sealable(cur, u.started); err != nil {
+		if err := s.sealable(cur, u); err != nil {
 			return nil, err
 		}
 		if cur.DiskFormat != format {
@@ -784,6 +798,13 @@ func (s *Store) commitSeal(u *Upload, format, md5hex, shahex string, vsize int64
 			reason = "the seal was refused: " + err.Error() + "; upload again"
 		}
 		kill, kerr := s.update(u.id, kv.Small, func(cur *Image) (*Image, error) {
+			if u.stage {
+				// An import: queued again, as a refused one (import.go).
+				if cur == nil || cur.Status != StatusImporting {
+					return nil, nil
+				}
+				return unstaged(cur, "Error: "+reason, s.now()), nil
+			}
 			// Not an image that another host killed, or uploads now.
 			if cur == nil || s.shared() && (cur.Status != StatusSaving || s.uploadsElsewhere(u.id)) {
 				return nil, nil
@@ -794,7 +815,7 @@ func (s *Store) commitSeal(u *Upload, format, md5hex, shahex string, vsize int64
 			killed.UpdatedAt = s.opts.Now().UTC().Truncate(time.Second)
 			return killed, nil
 		})
-		if kerr == nil && kill.New != nil {
+		if kerr == nil && kill.New != nil && !u.stage {
 			s.emit(Event{Kind: EventKilled, ID: u.id, Reason: reason})
 		}
 		return nil, err
@@ -819,8 +840,16 @@ var errUploadLost = fmt.Errorf("%w: the upload is no longer this host's", ErrCat
 // queued or killed and uploaded by no other host. The embedded catalog
 // has no such keys: any record may be sealed. Errors: errUploadLost.
 // Must hold s.mu.
-func (s *Store) sealable(im *Image, started bool) error {
+func (s *Store) sealable(im *Image, u *Upload) error {
 	if !s.shared() {
+		return nil
+	}
+	started := u.started
+	if u.stage {
+		// An import (import.go): the image importing, staged here.
+		if im.Status != StatusImporting || im.Extra[KeyStageHost] != s.opts.Host {
+			return fmt.Errorf("%w: image %s is %s, staged on host %q (not %s)", errUploadLost, im.ID, im.Status, im.Extra[KeyStageHost], s.opts.Host)
+		}
 		return nil
 	}
 	switch {
@@ -857,6 +886,10 @@ func (s *Store) sealRecord(im *Image, md5hex, shahex string, size, vsize int64, 
 	next.Size = size
 	next.VirtualSize = vsize
 	deleteExtra(next, KeyKillReason)
+	deleteExtra(next, KeyStageHost)
+	if im.Status == StatusImporting {
+		finishTask(next, TaskSuccess, "", s.now())
+	}
 	for _, k := range slices.Sorted(maps.Keys(facts)) {
 		setExtra(next, k, facts[k])
 	}
@@ -966,6 +999,9 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	im, err := s.getLocked(id)
 	if err == nil {
 		err = writable(c, im)
+	}
+	if err == nil && stagedStatus(im.Status) {
+		return true, s.discardStaged(im, l, u) // import.go; releases s.mu
 	}
 	if err == nil && u != nil && u.writers > 0 {
 		err = fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
