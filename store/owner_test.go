@@ -98,12 +98,12 @@ func TestOwnerPropertyStaysSystem(t *testing.T) {
 // TestOwnerValues: the owner's forms (ParseOwner) and what is refused.
 func TestOwnerValues(t *testing.T) {
 	for v, want := range map[string]Owner{
-		"1002":                          {UID: 1002, GID: 1002},
-		"0":                             {},
-		projectX:                        {Project: projectX},
-		"demo":                          {Project: "demo"},
-		"12ab":                          {Project: "12ab"},
-		strings.Repeat("p", 255):        {Project: strings.Repeat("p", 255)},
+		"1002":                         {UID: 1002, GID: 1002},
+		"0":                            {},
+		projectX:                       {Project: projectX},
+		"demo":                         {Project: "demo"},
+		"12ab":                         {Project: "12ab"},
+		strings.Repeat("p", 255):       {Project: strings.Repeat("p", 255)},
 		"ünïcode project / with slash": {Project: "ünïcode project / with slash"},
 	} {
 		got, err := ParseOwner(v)
