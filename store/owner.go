@@ -126,8 +126,9 @@ func ownerOp(c Caller, im *Image, v string) error {
 
 // SetOwner gives image id to o (a uid and group, or a project), for
 // caller c: only root may (the mount's chown of an image directory; an
-// Images API admin). The image's members, visibility and data stay. A
-// change to the owner it has already commits nothing. Errors:
+// Images API admin). The image's members, visibility and data stay. The
+// owner it has already is no change, for any caller (chown(2) to oneself),
+// and commits nothing. Errors:
 // ErrNotFound, ErrNotPermitted (not root), ErrInvalid (o), ErrCatalog,
 // ErrUnavailable.
 func (s *Store) SetOwner(c Caller, id string, o Owner) (Change, error) {
@@ -138,11 +139,11 @@ func (s *Store) SetOwner(c Caller, id string, o Owner) (Change, error) {
 		if im == nil {
 			return nil, fmt.Errorf("%w: image %s", ErrNotFound, id)
 		}
+		if OwnerOf(im) == o {
+			return nil, nil // nothing to change (chown to the owner it has: anyone)
+		}
 		if err := checkOwnerChange(c, im, o); err != nil {
 			return nil, err
-		}
-		if OwnerOf(im) == o {
-			return nil, nil // nothing to change
 		}
 		next := im.clone()
 		applyOwner(next, o)
