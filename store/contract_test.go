@@ -770,7 +770,7 @@ var contractCases = []contractCase{
 		}
 		assert.Equal(t, data, readAll(t, s, Root, im.ID))
 	}},
-	{"concepts.md", "Transitions: queued -> saving -> active or killed; a discarded upload (`rm image.vhd` of an unsealed image) goes back to queued; active <-> deactivated (the owner or root).", func(t *testing.T, s *Store) {
+	{"concepts.md", "Transitions: queued -> saving -> active or killed; a discarded upload (`rm image.vhd` of an unsealed image) goes back to queued; active <-> deactivated (the owner or root, ...).", func(t *testing.T, s *Store) {
 		im, u := saving(t, s, alice, "a") // queued -> saving at the first write
 		assert.ErrorIs(t, closeWrite(s, u), ErrRefused)
 		assert.Equal(t, StatusKilled, s.Get(im.ID).Status, "saving -> killed")
