@@ -558,7 +558,7 @@ func mayModify(c Caller, im *Image) error {
 	if c.IsRoot() || c.UID == im.Owner {
 		return nil
 	}
-	return fmt.Errorf("%w: uid %d does not own image %s (owner %d)", ErrPermission, c.UID, im.ID, im.Owner)
+	return fmt.Errorf("%w: uid %d does not own image %s (owner %s)", ErrPermission, c.UID, im.ID, OwnerOf(im))
 }
 
 // Create makes a new image named name owned by c (uid, and gid as its
