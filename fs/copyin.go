@@ -41,10 +41,14 @@ func noteMade(ino *gofs.Inode, im *store.Image, maker uint32) {
 
 var _ = (gofs.NodeSetattrer)((*imageDir)(nil))
 
-// Setattr of an image directory: times, mode and owner are not kept
-// (EOPNOTSUPP), but the times call of a copy that put nothing into the
-// image it made removes that image (see above).
+// Setattr of an image directory: chown (owner, group) gives the image to
+// that uid, root only (Store.SetOwner; others get EPERM); times and mode
+// are not kept (EOPNOTSUPP), but the times call of a copy that put
+// nothing into the image it made removes that image (see above).
 func (d *imageDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+		return d.chown(ctx, in, out)
+	}
 	const times = fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW
 	if in.Valid&times != 0 && !d.byID && d.removeUnfilled(ctx) {
 		out.Mode = syscall.S_IFDIR | 0o700
@@ -72,4 +76,27 @@ func (d *imageDir) removeUnfilled(ctx context.Context) bool {
 	d.fsys.forgetImage(im)
 	d.fsys.dropEntry(d.fsys.root().GetChild("images"), im.Name)
 	return true
+}
+
+// chown of an image directory (images/<name> or by-id/<id>): the image's
+// owner becomes the uid given, its group the gid given (each kept when
+// not given), through Store.SetOwner: root only (EPERM), as chown(2).
+// A change of mode or times in the same call is not kept, as above.
+func (d *imageDir) chown(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	im := d.imageFor(ctx)
+	if im == nil {
+		return syscall.ENOENT
+	}
+	o := store.OwnerOf(im) // a project stays unless a uid is given
+	if in.Valid&fuse.FATTR_UID != 0 {
+		o.Project = ""
+		o.UID = in.Uid
+	}
+	if in.Valid&fuse.FATTR_GID != 0 {
+		o.GID = in.Gid
+	}
+	if _, err := d.fsys.st.SetOwner(caller(ctx), d.id, o); err != nil {
+		return toErrno(err)
+	}
+	return d.Getattr(ctx, nil, out)
 }

@@ -480,9 +480,18 @@ func TestIdentityAndActions(t *testing.T) {
 	if code, _, _ := e.do("alice", "DELETE", "/v2/images/"+pub, "", nil); code != 403 {
 		t.Fatalf("alice deletes the admin's public image: %d, want 403", code)
 	}
-	// Deactivate: admin only; data then forbidden but to the admin.
-	if code, _, _ := e.do("alice", "POST", "/v2/images/"+priv+"/actions/deactivate", "", nil); code != 403 {
-		t.Fatalf("alice deactivates: %d, want 403", code)
+	// Deactivate: the owner or the admin, not another project (bob, who
+	// sees the public image); data then forbidden but to the admin.
+	if code, _, _ := e.do("bob", "POST", "/v2/images/"+pub+"/actions/deactivate", "", nil); code != 403 {
+		t.Fatalf("bob deactivates the admin's public image: %d, want 403", code)
+	}
+	for i := 0; i < 2; i++ { // the second is a no-op, 204 too
+		if code, _, b := e.do("alice", "POST", "/v2/images/"+priv+"/actions/deactivate", "", nil); code != 204 {
+			t.Fatalf("alice deactivates her image: %d %s", code, b)
+		}
+	}
+	if code, _, _ := e.do("alice", "POST", "/v2/images/"+priv+"/actions/reactivate", "", nil); code != 204 || e.st.Get(priv).Status != store.StatusActive {
+		t.Fatalf("alice reactivates her image: %d", code)
 	}
 	for i := 0; i < 2; i++ { // the second is a no-op, 204 too
 		if code, _, b := e.do("admin", "POST", "/v2/images/"+priv+"/actions/deactivate", "", nil); code != 204 {
@@ -502,8 +511,10 @@ func TestIdentityAndActions(t *testing.T) {
 		t.Fatalf("reactivate: %d", code)
 	}
 	q := e.create("alice", map[string]any{"name": "q"})
-	if code, _, _ := e.do("admin", "POST", "/v2/images/"+q+"/actions/deactivate", "", nil); code != 400 {
-		t.Fatalf("deactivate a queued image: %d, want 400", code)
+	for _, who := range []string{"admin", "alice"} {
+		if code, _, _ := e.do(who, "POST", "/v2/images/"+q+"/actions/deactivate", "", nil); code != 400 {
+			t.Fatalf("%s deactivates a queued image: %d, want 400", who, code)
+		}
 	}
 }
 

@@ -19,8 +19,8 @@ var (
 	readOnly = map[string]bool{
 		"id": true, "status": true, "checksum": true, "os_hash_algo": true, "os_hash_value": true,
 		"size": true, "virtual_size": true, "created_at": true, "updated_at": true,
-		"self": true, "file": true, "schema": true, "direct_url": true, "owner": true,
-		"stores": true,
+		"self": true, "file": true, "schema": true, "direct_url": true,
+		"stores": true, // owner is not: the admin sets it (owner.go)
 	}
 	reserved = map[string]bool{"deleted": true, "deleted_at": true, "location": true, "locations": true,
 		store.KeyMembers: true} // members.go: the members API
@@ -328,6 +328,8 @@ func compareBy(a, b *store.Image, key string) int {
 // attribute.
 func settable(key string, v any) (string, int, string) {
 	switch {
+	case key == store.KeyOwner:
+		return ownerValue(v) // a system key the admin sets (owner.go)
 	case readOnly[key]:
 		return "", http.StatusForbidden, fmt.Sprintf("Attribute '%s' is read-only.", key)
 	case reserved[key]:

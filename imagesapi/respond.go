@@ -164,7 +164,7 @@ func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m["checksum"] = nullable(im.Checksum)
 	m["os_hash_algo"] = nullable(im.OSHashAlgo)
 	m["os_hash_value"] = nullable(im.OSHashValue)
-	m["owner"] = s.owner(im.Owner)
+	m["owner"] = s.ownerOf(im)
 	m["size"] = size(im.Size)
 	m["virtual_size"] = size(im.VirtualSize)
 	m["min_ram"] = im.MinRAM

@@ -61,13 +61,14 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	// As Glance's deserializer: read-only and reserved attributes (403)
 	// before any value is checked against the schema (400).
 	for _, k := range slices.Sorted(maps.Keys(body)) {
-		if code, msg := forbiddenAttr(k); code != 0 && k != "id" && k != "name" {
+		if code, msg := forbiddenAttr(k); code != 0 && k != "id" && k != "name" && k != store.KeyOwner {
 			writeError(w, r, code, msg)
 			return
 		}
 	}
 	var props []store.KeyValue
 	visibility, protected := "shared", "" // Glance's default visibility
+	owner, ownerGiven := "", false
 	for _, k := range slices.Sorted(maps.Keys(body)) {
 		if k == "id" || k == "name" {
 			continue
@@ -77,6 +78,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		case code != 0:
 			writeError(w, r, code, msg)
 			return
+		case k == store.KeyOwner:
+			owner, ownerGiven = v, true
 		case ignoredAtStore[k]:
 		case k == "visibility":
 			visibility = v
@@ -90,6 +93,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if protected != "" {
 		props = append(props, store.KeyValue{Key: store.KeyProtected, Value: protected})
 	}
+	op, ok := s.createOwner(w, r, c, project, owner, ownerGiven)
+	if !ok {
+		return
+	}
+	props = append(props, op...)
 	if id == "" {
 		id = uuid.NewString()
 	}
@@ -209,6 +217,9 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 		}
 		if op == "remove" {
 			switch {
+			case key == store.KeyOwner: // Glance's base attribute, not reserved
+				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Property %s may not be removed.", key))
+				return
 			case readOnly[key]:
 				writeError(w, r, http.StatusForbidden, fmt.Sprintf("Attribute '%s' is read-only.", key))
 				return
@@ -247,6 +258,13 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request) {
 	present := map[string]bool{}
 	var ops []store.PropertyOp
 	for _, st := range steps {
+		if st.key == store.KeyOwner {
+			if !c.IsRoot() {
+				writeError(w, r, http.StatusForbidden, "Owner can't be updated by non admin.")
+				return
+			}
+			st.value = s.storeOwner(st.value)
+		}
 		p, seen := present[st.key]
 		if !seen {
 			_, p = im.Property(st.key)
@@ -462,8 +480,9 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
-// action is deactivate or reactivate: an admin's status change from
-// `from` to `to` (the store's rule), 204; already there: 204.
+// action is deactivate or reactivate: the owner's or the admin's status
+// change from `from` to `to` (the store's rule), 204; already there: 204;
+// from another status: 400 (for those who may change it; 403 for others).
 func (s *Server) action(from, to store.Status, verb string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, _ := s.caller(r)
@@ -474,11 +493,11 @@ func (s *Server) action(from, to store.Status, verb string) http.HandlerFunc {
 		var err error
 		switch im.Status {
 		case to:
-			err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus) // root only: a no-op
+			err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus) // the owner or root: a no-op
 		case from:
 			err = s.st.SetProperty(c, im.ID, store.KeyStatus, string(to), store.SetAny)
 		default:
-			if err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus); err == nil || c.IsRoot() {
+			if err = s.st.MayWriteProperty(c, im.ID, store.KeyStatus); err == nil || c.Owns(im) {
 				writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Not allowed to %s image in status '%s'", verb, im.Status))
 				return
 			}

@@ -93,8 +93,9 @@ func TestSealedImmutable(t *testing.T) {
 }
 
 // TestSealedModes checks the modes layout.md gives: a sealed image.vhd is
-// 0444, system-maintained property files are 0444, the ones the owner
-// edits 0644, for a private image (the default) and a public one; the
+// 0444, system-maintained property files are 0444 (status 0644: the
+// owner deactivates a sealed image), the ones the owner edits 0644, for a
+// private image (the default) and a public one; the
 // backing file in STORE/data is 0400 (the daemon's user only).
 func TestSealedModes(t *testing.T) {
 	m := mount(t)
@@ -115,6 +116,8 @@ func TestSealedModes(t *testing.T) {
 			for _, k := range systemKeys {
 				want[m.propFile(vis, k)] = 0o444
 			}
+			// The owner deactivates a sealed image by writing its status.
+			want[m.propFile(vis, "status")] = 0o644
 			for _, k := range ownerKeys {
 				want[m.propFile(vis, k)] = 0o644
 			}

@@ -87,18 +87,20 @@ var Anyone = Caller{UID: ^uint32(0), GID: ^uint32(0)}
 // 0700/0600). The daemon enforces Visible whatever the mode bits say.
 func (im *Image) OthersMayRead() bool { return im.Visibility != VisibilityPrivate }
 
-// checkStatusChange allows root to deactivate an active image and to
-// reactivate a deactivated one; every other status change is the
-// system's.
+// checkStatusChange allows the image's owner and root to deactivate an
+// active image and to reactivate a deactivated one (as Glance's default
+// policy lets the admin and the owner's project); every other status
+// change is the system's. Data reads of a deactivated image stay root's
+// only (OpenReadBy).
 func checkStatusChange(c Caller, im *Image, value string) error {
 	from, to := im.Status, Status(value)
 	allowed := (from == StatusActive && to == StatusDeactivated) ||
 		(from == StatusDeactivated && to == StatusActive)
 	if !allowed {
-		return fmt.Errorf("%w: status is maintained by imagefs (root may only deactivate an active image or reactivate a deactivated one; %s -> %s)", ErrImmutable, from, value)
+		return fmt.Errorf("%w: status is maintained by imagefs (the owner or root may only deactivate an active image or reactivate a deactivated one; %s -> %s)", ErrImmutable, from, value)
 	}
-	if !c.IsRoot() {
-		return fmt.Errorf("%w: only root may %s an image", ErrNotPermitted, map[Status]string{StatusDeactivated: "deactivate", StatusActive: "reactivate"}[to])
+	if !c.Owns(im) {
+		return fmt.Errorf("%w: only the owner of image %s or root may %s it", ErrNotPermitted, im.ID, map[Status]string{StatusDeactivated: "deactivate", StatusActive: "reactivate"}[to])
 	}
 	return nil
 }

@@ -20,7 +20,9 @@ type KeyValue struct{ Key, Value string }
 // Glance's POST /v2/images accepts one, and with properties (custom ones,
 // visibility, protected, min_ram, min_disk, disk_format, container_format)
 // set in the same commit, each
-// under SetProperty's rules: the image appears whole or not at all. id
+// under SetProperty's rules, and the owner (KeyOwner, ParseOwner's form:
+// root only, as SetOwner; the image is c's otherwise): the image appears
+// whole or not at all. id
 // must be a UUID in its canonical 36-character lower-case form. As in
 // Glance, disk_format and container_format are unset unless props set
 // them (no data is accepted until both are: FormatsMissing). Errors:
@@ -79,6 +81,8 @@ type PropertyOp struct {
 // ChangeProperties applies ops to image id in order, in one commit, each
 // under the rules of SetProperty (SetAny) or RemoveProperty on the record
 // as the ops before it leave it: all or nothing, as a Glance JSON-Patch.
+// A set of KeyOwner (ParseOwner's form) gives the image to that owner,
+// root only, as SetOwner (a remove of it is refused as SetProperty's).
 // Errors: those of SetProperty and RemoveProperty; nothing is changed.
 func (s *Store) ChangeProperties(c Caller, id string, ops []PropertyOp) (Change, error) {
 	defer s.deliver()
@@ -90,6 +94,12 @@ func (s *Store) ChangeProperties(c Caller, id string, ops []PropertyOp) (Change,
 		}
 		next := im.clone()
 		for _, op := range ops {
+			if op.Key == KeyOwner && !op.Remove { // root only (owner.go)
+				if err := ownerOp(c, next, op.Value); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if op.Remove {
 				if err := checkRemove(c, next, op.Key); err != nil {
 					return nil, err

@@ -588,11 +588,20 @@ var contractCases = []contractCase{
 		assert.Equal(t, strconv.Itoa(len(data)), size)
 		assert.Equal(t, strconv.Itoa(3<<20), vsize)
 	}},
-	{"concepts.md", "`owner` | the uid (decimal) that created the image | nobody (system)", func(t *testing.T, s *Store) {
+	{"concepts.md", "`owner` | the uid (decimal) that created the image, or a Keystone project id that no uid maps ... | root only ...; writing the property is refused (EPERM), root included", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
 		v, _ := im.Property(KeyOwner)
 		assert.Equal(t, "1001", v)
 		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyOwner, "1002", SetAny), ErrImmutable)
+		_, err := s.SetOwner(alice, im.ID, Owner{UID: 1002, GID: 1002})
+		assert.ErrorIs(t, err, ErrNotPermitted, "the owner does not give its image away")
+		_, err = s.SetOwner(Root, im.ID, Owner{Project: "0f3c9a2e5b7d4e1f8a6b5c4d3e2f1a0b"})
+		require.NoError(t, err)
+		got := s.Get(im.ID)
+		v, _ = got.Property(KeyOwner)
+		assert.Equal(t, "0f3c9a2e5b7d4e1f8a6b5c4d3e2f1a0b", v)
+		assert.Equal(t, uint32(0), got.Owner, "uid 0 on the mount")
+		assert.False(t, alice.Owns(got))
 	}},
 	{"concepts.md", "`created_at`, `updated_at` | RFC 3339 UTC timestamps | nobody (system)", func(t *testing.T, s *Store) {
 		im := queued(t, s, alice, "a")
@@ -746,11 +755,11 @@ var contractCases = []contractCase{
 		assert.False(t, s.DataVisible(im, true), "none under by-id/")
 		assert.True(t, s.DataVisible(im, false), "an empty images/<name>/image.vhd to upload into")
 	}},
-	{"concepts.md", "`deactivated` | root has blocked use of the data ...; data reads are refused to everyone but root; properties stay readable", func(t *testing.T, s *Store) {
+	{"concepts.md", "`deactivated` | the owner or root has blocked use of the data ...; data reads are refused to everyone but root; properties stay readable", func(t *testing.T, s *Store) {
 		im, data := active(t, s, alice, "a")
 		im = withVisibility(t, s, im, "public")
-		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyStatus, "deactivated", SetAny), ErrNotPermitted, "root only")
-		require.NoError(t, s.SetProperty(Root, im.ID, KeyStatus, "deactivated", SetAny))
+		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyStatus, "deactivated", SetAny), ErrNotPermitted, "the owner or root only")
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyStatus, "deactivated", SetAny))
 		for _, c := range []Caller{alice, bob} {
 			_, err := s.OpenRead(c, im.ID)
 			assert.ErrorIs(t, err, ErrPermission)
@@ -761,7 +770,7 @@ var contractCases = []contractCase{
 		}
 		assert.Equal(t, data, readAll(t, s, Root, im.ID))
 	}},
-	{"concepts.md", "Transitions: queued -> saving -> active or killed; a discarded upload (`rm image.vhd` of an unsealed image) goes back to queued; active <-> deactivated (root).", func(t *testing.T, s *Store) {
+	{"concepts.md", "Transitions: queued -> saving -> active or killed; a discarded upload (`rm image.vhd` of an unsealed image) goes back to queued; active <-> deactivated (the owner or root, ...).", func(t *testing.T, s *Store) {
 		im, u := saving(t, s, alice, "a") // queued -> saving at the first write
 		assert.ErrorIs(t, closeWrite(s, u), ErrRefused)
 		assert.Equal(t, StatusKilled, s.Get(im.ID).Status, "saving -> killed")
@@ -771,9 +780,11 @@ var contractCases = []contractCase{
 		got, err := uploadResult(t, s, alice, im.ID, fixedVHD(t, 1<<20))
 		require.NoError(t, err)
 		assert.Equal(t, StatusActive, got.Status, "saving -> active")
-		require.NoError(t, s.SetProperty(Root, im.ID, KeyStatus, "deactivated", SetAny))
-		require.NoError(t, s.SetProperty(Root, im.ID, KeyStatus, "active", SetAny))
-		assert.Equal(t, StatusActive, s.Get(im.ID).Status)
+		for _, c := range []Caller{alice, Root} {
+			require.NoError(t, s.SetProperty(c, im.ID, KeyStatus, "deactivated", SetAny), "uid %d", c.UID)
+			require.NoError(t, s.SetProperty(c, im.ID, KeyStatus, "active", SetAny), "uid %d", c.UID)
+			assert.Equal(t, StatusActive, s.Get(im.ID).Status)
+		}
 
 		// No other status can be written, by root either (EPERM).
 		k := killed(t, s, alice, "k")
@@ -1036,7 +1047,7 @@ var contractCases = []contractCase{
 		require.NoError(t, s.SetProperty(Root, im.ID, KeyProtected, "false", SetAny))
 		require.NoError(t, s.Delete(Root, im.ID))
 	}},
-	{"README.md", "Root deactivates an active image ... (and `echo active` undoes it). ... No other status can be written, by root either (EPERM).", func(t *testing.T, s *Store) {
+	{"README.md", "The owner or root deactivates an active image ... (and `echo active` undoes it). ... No other status can be written, by root either (EPERM).", func(t *testing.T, s *Store) {
 		q := queued(t, s, alice, "q")
 		assert.ErrorIs(t, s.SetProperty(Root, q.ID, KeyStatus, "deactivated", SetAny), ErrImmutable, "queued is not active")
 		assert.ErrorIs(t, s.SetProperty(Root, q.ID, KeyStatus, "active", SetAny), ErrImmutable, "no seal by writing status")
@@ -1044,7 +1055,9 @@ var contractCases = []contractCase{
 		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyStatus, "killed", SetAny), ErrImmutable)
 		assert.ErrorIs(t, s.SetProperty(Root, im.ID, KeyStatus, "queued", SetAny), ErrImmutable)
 		require.NoError(t, s.SetProperty(Root, im.ID, KeyStatus, "deactivated", SetAny))
-		assert.ErrorIs(t, s.SetProperty(alice, im.ID, KeyStatus, "active", SetAny), ErrNotPermitted, "the owner may not reactivate")
+		assert.ErrorIs(t, s.SetProperty(bob, im.ID, KeyStatus, "active", SetAny), ErrNotPermitted, "another user may not reactivate")
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyStatus, "active", SetAny), "the owner reactivates")
+		require.NoError(t, s.SetProperty(alice, im.ID, KeyStatus, "deactivated", SetAny), "the owner deactivates")
 		require.NoError(t, s.SetProperty(Root, im.ID, KeyStatus, "active", SetAny))
 	}},
 	{"README.md", "Names are one namespace for all users: a name taken by any image, hidden ones included, answers EEXIST to `mkdir`, to `mv` onto it and to setting `name` (file or xattr). A name is visible to all as taken, never its image", func(t *testing.T, s *Store) {
@@ -1155,7 +1168,7 @@ var contractCases = []contractCase{
 		require.NoError(t, s.RemoveScratch(alice, im.ID, ".tmp"))
 		assert.Empty(t, staged())
 	}},
-	{"README.md", "the image is `deactivated` with the reason in `imagefs_deactivate_reason` (not bootable; root may reactivate it, which removes the reason)", func(t *testing.T, s *Store) {
+	{"README.md", "the image is `deactivated` with the reason in `imagefs_deactivate_reason` (not bootable; its owner or root may reactivate it, which removes the reason)", func(t *testing.T, s *Store) {
 		im, _ := active(t, s, alice, "a")
 		rawCommit(t, s, func(tx *txn) { // as a writer's late reopen leaves it (reopen.go)
 			next := im.clone()
@@ -1167,9 +1180,9 @@ var contractCases = []contractCase{
 		s2, err := Open(crashCopy(t, s), Options{})
 		require.NoError(t, err)
 		defer s2.Close()
-		assert.ErrorIs(t, s2.SetProperty(alice, im.ID, KeyStatus, "active", SetAny), ErrNotPermitted)
+		assert.ErrorIs(t, s2.SetProperty(bob, im.ID, KeyStatus, "active", SetAny), ErrNotPermitted)
 		assert.ErrorIs(t, s2.SetProperty(Root, im.ID, KeyDeactivateReason, "", SetAny), ErrImmutable)
-		require.NoError(t, s2.SetProperty(Root, im.ID, KeyStatus, "active", SetAny))
+		require.NoError(t, s2.SetProperty(alice, im.ID, KeyStatus, "active", SetAny))
 		_, has := s2.Get(im.ID).Extra[KeyDeactivateReason]
 		assert.False(t, has, "reactivating removes the reason")
 	}},

@@ -170,9 +170,16 @@ func inspectRaw(r io.ReaderAt, size int64) (vsize int64, refusal string) {
 }
 
 // Fixed reports whether property key of im can be set by nobody, root
-// included: a system key, or disk_format and container_format once the
-// image holds data (or receives it: saving). Its file shows mode 0444.
+// included: a system key (but the status of a sealed image, which its
+// owner or root writes to deactivate or reactivate it), or disk_format
+// and container_format once the image holds data (or receives it:
+// saving). Its file shows mode 0444.
 func (im *Image) Fixed(key string) bool {
+	if key == KeyStatus {
+		// The owner (or root) deactivates and reactivates a sealed image
+		// by writing it (checkStatusChange).
+		return !im.Status.Sealed()
+	}
 	if IsSystemKey(key) {
 		return true
 	}

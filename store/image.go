@@ -97,6 +97,10 @@ type Image struct {
 	Name    string `json:"name"`
 	Status  Status `json:"status"`
 	Owner   uint32 `json:"owner"`
+	// OwnerProject is the Keystone project that owns the image when no
+	// uid maps it (owner.go): Owner and GID are 0 then, and the owner
+	// property shows the project. "" for an image a uid owns.
+	OwnerProject string `json:"owner_project,omitempty"`
 	// GID is the group of the process that created the image, shown as
 	// the group of its files; records written before it was kept have 0.
 	GID uint32 `json:"gid,omitempty"`
@@ -178,7 +182,7 @@ func (im *Image) Property(key string) (string, bool) {
 	case KeyVirtualSize:
 		return strconv.FormatInt(im.VirtualSize, 10), im.VirtualSize >= 0
 	case KeyOwner:
-		return strconv.FormatUint(uint64(im.Owner), 10), true
+		return OwnerOf(im).String(), true
 	case KeyVisibility:
 		return string(im.Visibility), true
 	case KeyProtected:

@@ -121,7 +121,7 @@ func applyValue(im *Image, key, value string) {
 	case KeyStatus:
 		im.Status = Status(value)
 		if im.Status == StatusActive {
-			deleteExtra(im, KeyDeactivateReason) // root reactivated it
+			deleteExtra(im, KeyDeactivateReason) // the owner or root reactivated it
 		}
 	default:
 		setExtra(im, key, value)

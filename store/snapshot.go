@@ -46,7 +46,7 @@ import (
 // its ModRev is above the published one's (applyEvent).
 const (
 	snapshotName  = "catalog-snapshot"
-	snapshotMagic = "imagefs catalog snapshot 3\n" // 1: no catalog id; 2: no disk and container formats
+	snapshotMagic = "imagefs catalog snapshot 4\n" // 1: no catalog id; 2: no disk and container formats; 3: no project owner
 	// snapshotMaxRecord bounds one record's length in a snapshot (a
 	// record is at most MaxRecordBytes plus imagefs's own few hundred
 	// bytes): a corrupt length is refused before it is allocated.
@@ -397,6 +397,7 @@ func appendImage(b []byte, im *Image) []byte {
 	b = appendString(b, string(im.Status))
 	b = binary.AppendUvarint(b, uint64(im.Owner))
 	b = binary.AppendUvarint(b, uint64(im.GID))
+	b = appendString(b, im.OwnerProject)
 	b = appendString(b, string(im.Visibility))
 	if im.Protected {
 		b = append(b, 1)
@@ -442,6 +443,7 @@ func decodeImage(rec []byte) (*Image, error) {
 	im.Status = Status(d.str())
 	im.Owner = uint32(d.uvarint())
 	im.GID = uint32(d.uvarint())
+	im.OwnerProject = d.str()
 	im.Visibility = Visibility(d.str())
 	im.Protected = d.byte() == 1
 	im.MinRAM = d.varint()

@@ -563,7 +563,7 @@ func mayModify(c Caller, im *Image) error {
 	if c.IsRoot() || c.UID == im.Owner {
 		return nil
 	}
-	return fmt.Errorf("%w: uid %d does not own image %s (owner %d)", ErrPermission, c.UID, im.ID, im.Owner)
+	return fmt.Errorf("%w: uid %d does not own image %s (owner %s)", ErrPermission, c.UID, im.ID, OwnerOf(im))
 }
 
 // Create makes a new image named name owned by c (uid, and gid as its
@@ -614,6 +614,12 @@ func (s *Store) create(c Caller, id, name string, formats imageFormats, props []
 			NextSlot: slotExtraBase,
 		}
 		for _, p := range props {
+			if p.Key == KeyOwner { // root only (owner.go)
+				if err := ownerOp(c, im, p.Value); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
 			if err := s.setPropertyRules(c, im, p.Key, p.Value, SetAny); err != nil {
 				return nil, nil, err
 			}
@@ -643,7 +649,7 @@ func (s *Store) create(c Caller, id, name string, formats imageFormats, props []
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("image created", "id", im.ID, "name", name, "owner", c.UID)
+	s.log.Info("image created", "id", im.ID, "name", name, "owner", OwnerOf(im).String(), "uid", c.UID)
 	s.emit(Event{Kind: EventCreated, ID: im.ID})
 	return im, nil
 }
@@ -1021,8 +1027,8 @@ func (s *Store) MayWriteProperty(c Caller, id, key string) error {
 	if err != nil {
 		return err
 	}
-	if key == KeyStatus && c.IsRoot() && im.Status.Sealed() {
-		return nil // root may deactivate or reactivate
+	if key == KeyStatus && c.Owns(im) && im.Status.Sealed() {
+		return nil // the owner or root may deactivate or reactivate
 	}
 	if IsSystemKey(key) {
 		return fmt.Errorf("%w: %s is maintained by imagefs", ErrImmutable, key)

@@ -27,7 +27,7 @@ file, and compares the new image's checksum (MD5) and
 os_hash_value (SHA-512) with the backed-up ones. Then it sets every
 property that may be set: custom properties, min_ram, min_disk,
 visibility, members (of a shared image; pending again: each member
-accepts anew), protected (last), and status deactivated (root only).
+accepts anew), protected (last), and status deactivated.
 System properties (id, checksum, size, created_at, owner, vhd_*, ...) are
 made by imagefs: the restored image has a new id, the caller as owner, and
 the same data and hashes.
@@ -242,7 +242,7 @@ func fillRestored(r *restored, img, data string, props map[string]string) error 
 	}
 	if props[store.KeyStatus] == string(store.StatusDeactivated) {
 		if err := os.WriteFile(filepath.Join(img, "properties", store.KeyStatus), []byte("deactivated\n"), 0o644); err != nil {
-			return fmt.Errorf("deactivating (the backup is deactivated; only root may): %w", err)
+			return fmt.Errorf("deactivating (the backup is deactivated): %w", err)
 		}
 	}
 	// protected last: a protected image could not be removed on failure.
