@@ -52,6 +52,7 @@ var errnoMap = []struct {
 	{store.ErrTooBig, syscall.E2BIG},
 	{store.ErrQuota, syscall.ENOSPC},
 	{store.ErrRefused, syscall.EINVAL},
+	{store.ErrNotStaged, syscall.EBUSY}, // wraps ErrBusy; an import is the API's only
 	{store.ErrBusy, syscall.EBUSY},
 	{store.ErrCatalog, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
