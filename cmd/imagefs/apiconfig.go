@@ -57,7 +57,7 @@ type apiFileSettings struct {
 	// certFile, keyFile: [api] cert_file and key_file, absolute; both or
 	// neither.
 	certFile, keyFile string
-	shared   bool                      // it has [etcd] or [data]
+	shared            bool // it has [etcd] or [data]
 }
 
 // readAPIConfig reads the API's sections of the config file at path
