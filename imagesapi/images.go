@@ -144,7 +144,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 
 	var images []*store.Image
-	for _, im := range s.st.List() {
+	for _, im := range s.st.ListUnsorted() { // sorted below
 		// By default Glance lists what the caller may list (community
 		// images only the owner's); visibility=community and =all list
 		// every community image the caller may use by id.
@@ -176,17 +176,10 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			images = append(images, im)
 		}
 	}
-	slices.SortStableFunc(images, func(a, b *store.Image) int {
-		for i, k := range keys {
-			if c := compareBy(a, b, k); c != 0 {
-				if dirs[i] == "desc" {
-					return -c
-				}
-				return c
-			}
-		}
-		return 0
-	})
+	// The order is total (id is always a key): the images after the
+	// marker are those that sort after it, and a page is the first
+	// limit of them (listfast.go).
+	order := listOrder(keys, dirs)
 	if m := q.Get("marker"); m != "" {
 		i := slices.IndexFunc(images, func(im *store.Image) bool { return im.ID == m })
 		if i < 0 {
@@ -202,22 +195,20 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			}
 			images = nil // the marker is filtered out: nothing follows it
 		} else {
-			images = images[i+1:]
+			mk := images[i]
+			images = slices.DeleteFunc(images, func(im *store.Image) bool { return order(im, mk) <= 0 })
 		}
 	}
-	out := map[string]any{"schema": "/v2/schemas/images", "first": firstLink(r.URL)}
+	next := ""
 	if len(images) > limit {
-		images = images[:limit]
+		images = firstN(images, limit, order)
 		if limit > 0 {
-			out["next"] = nextLink(r.URL, images[limit-1].ID)
+			next = nextLink(r.URL, images[limit-1].ID)
 		}
+	} else {
+		slices.SortFunc(images, order)
 	}
-	list := make([]map[string]any, 0, len(images))
-	for _, im := range images {
-		list = append(list, s.imageJSON(im))
-	}
-	out["images"] = list
-	writeJSON(w, http.StatusOK, out)
+	s.writeList(w, firstLink(r.URL), next, images)
 }
 
 func firstLink(u *url.URL) string {
