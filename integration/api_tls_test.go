@@ -27,9 +27,9 @@ import (
 // made in the test (no key is committed), written as PEM files.
 type tlsFiles struct {
 	ca, cert, key string // paths
-	caPool         *x509.CertPool
-	caCert         *x509.Certificate
-	caKey          *ecdsa.PrivateKey
+	caPool        *x509.CertPool
+	caCert        *x509.Certificate
+	caKey         *ecdsa.PrivateKey
 }
 
 func newTLSFiles(t *testing.T) *tlsFiles {
