@@ -143,53 +143,44 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	var images []*store.Image
-	for _, im := range s.st.List() {
-		// By default Glance lists what the caller may list (community
-		// images only the owner's); visibility=community and =all list
-		// every community image the caller may use by id.
-		reach := store.ReachList
-		if visibility == "community" || visibility == "all" {
-			reach = store.ReachID
-		}
+	// By default Glance lists what the caller may list (community
+	// images only the owner's); visibility=community and =all list
+	// every community image the caller may use by id.
+	reach := store.ReachList
+	if visibility == "community" || visibility == "all" {
+		reach = store.ReachID
+	}
+	listed := func(im *store.Image) bool {
 		if !store.VisibleAs(c, im, reach, memberStatus) {
-			continue
+			return false
 		}
 		if visibility != "" && visibility != "all" && string(im.Visibility) != visibility {
-			continue
+			return false
 		}
 		if sizeMin >= 0 && (im.Size < 0 || im.Size < sizeMin) || sizeMax >= 0 && (im.Size < 0 || im.Size > sizeMax) {
-			continue
+			return false
 		}
 		if im.Hidden() != hidden || !hasTags(im, tags) {
-			continue
+			return false
 		}
-		ok := true
 		for _, f := range filters {
 			v, has := im.Property(f.key)
 			if !has || !slices.Contains(f.values, v) {
-				ok = false
-				break
+				return false
 			}
 		}
-		if ok {
-			images = append(images, im)
-		}
+		return true
 	}
-	slices.SortStableFunc(images, func(a, b *store.Image) int {
-		for i, k := range keys {
-			if c := compareBy(a, b, k); c != 0 {
-				if dirs[i] == "desc" {
-					return -c
-				}
-				return c
-			}
-		}
-		return 0
-	})
+	// The order is total (id is always a key): the images after the
+	// marker are those that sort after it, and a page is the first
+	// limit of them (listfast.go).
+	order := listOrder(keys, dirs)
+	all := s.st.ListUnsorted() // sorted below
+	var marker *store.Image
 	if m := q.Get("marker"); m != "" {
-		i := slices.IndexFunc(images, func(im *store.Image) bool { return im.ID == m })
-		if i < 0 {
+		if i := slices.IndexFunc(all, func(im *store.Image) bool { return im.ID == m }); i >= 0 && listed(all[i]) {
+			marker = all[i]
+		} else {
 			if s.st.GetFor(c, m) == nil {
 				// As Glance's image_get_all: 403 for an image the caller
 				// may not see, 400 for none.
@@ -200,24 +191,25 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 				}
 				return
 			}
-			images = nil // the marker is filtered out: nothing follows it
-		} else {
-			images = images[i+1:]
+			all = nil // the marker is filtered out: nothing follows it
 		}
 	}
-	out := map[string]any{"schema": "/v2/schemas/images", "first": firstLink(r.URL)}
+	var images []*store.Image
+	for _, im := range all {
+		if (marker == nil || order(im, marker) > 0) && listed(im) {
+			images = append(images, im)
+		}
+	}
+	next := ""
 	if len(images) > limit {
-		images = images[:limit]
+		images = firstN(images, limit, order)
 		if limit > 0 {
-			out["next"] = nextLink(r.URL, images[limit-1].ID)
+			next = nextLink(r.URL, images[limit-1].ID)
 		}
+	} else {
+		slices.SortFunc(images, order)
 	}
-	list := make([]map[string]any, 0, len(images))
-	for _, im := range images {
-		list = append(list, s.imageJSON(im))
-	}
-	out["images"] = list
-	writeJSON(w, http.StatusOK, out)
+	s.writeList(w, firstLink(r.URL), next, images)
 }
 
 func firstLink(u *url.URL) string {

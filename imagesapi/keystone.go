@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -39,8 +42,13 @@ type KeystoneConfig struct {
 	// CacheSize bounds the tokens remembered (valid and invalid); 0 means
 	// DefaultTokenCacheSize.
 	CacheSize int
+	// CAFile is a PEM file of the CA certificates that an https
+	// AuthURL's certificate is checked against, in place of the
+	// system's ("": the system's).
+	CAFile string
 	// Client is the HTTP client to Keystone; nil means one with Timeout
-	// (and the system's CAs for https).
+	// (and the CAs of CAFile, or the system's, for https; TLS 1.2 at
+	// least).
 	Client *http.Client
 }
 
@@ -91,15 +99,20 @@ var (
 	// (wrong name, password, project or domain): no later request can
 	// succeed until the config file is fixed.
 	errServiceRefused = errors.New("keystone refused the service user")
+	// errUntrusted: Keystone's https certificate does not verify against
+	// the CAs (the [keystone] cafile, or the system's): no request can
+	// succeed until the config file or the certificate is fixed.
+	errUntrusted = errors.New("keystone's certificate is not trusted")
 )
 
 // CheckService authenticates the service user once (as a mount starts):
 // an error, naming the user and the HTTP status but never the password,
-// when Keystone answers and refuses it; nil when Keystone takes it or
-// does not answer within the timeout (it may come up later; requests get
-// 503 until it does).
+// when Keystone answers and refuses it, or naming the reason when an
+// https Keystone's certificate does not verify (CAFile); nil when
+// Keystone takes it or does not answer within the timeout (it may come
+// up later; requests get 503 until it does).
 func (v *Validator) CheckService(ctx context.Context) error {
-	if _, err := v.serviceToken(ctx, true); errors.Is(err, errServiceRefused) {
+	if _, err := v.serviceToken(ctx, true); errors.Is(err, errServiceRefused) || errors.Is(err, errUntrusted) {
 		return err
 	}
 	return nil
@@ -135,7 +148,8 @@ type call struct {
 }
 
 // NewValidator returns a Validator for cfg. Errors: no AuthURL, a URL
-// that is not http(s), no service user or password or project.
+// that is not http(s), no service user or password or project, a CAFile
+// that cannot be read or holds no PEM certificate.
 func NewValidator(cfg KeystoneConfig) (*Validator, error) {
 	u := strings.TrimRight(cfg.AuthURL, "/")
 	switch {
@@ -163,7 +177,20 @@ func NewValidator(cfg KeystoneConfig) (*Validator, error) {
 	}
 	client := cfg.Client
 	if client == nil {
-		client = &http.Client{Timeout: cfg.Timeout}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("keystone cafile: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("keystone cafile %s: no PEM certificate in it (want -----BEGIN CERTIFICATE----- blocks)", cfg.CAFile)
+			}
+			tr.TLSClientConfig.RootCAs = pool
+		}
+		client = &http.Client{Timeout: cfg.Timeout, Transport: tr}
 	}
 	return &Validator{
 		cfg: cfg, base: u, client: client, now: time.Now,
@@ -319,6 +346,10 @@ func (v *Validator) serviceToken(ctx context.Context, renew bool) (string, error
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := v.client.Do(req)
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) {
+		return "", fmt.Errorf("%w (%w): %s: %v (cafile in [keystone] names the CA that signed it)", ErrKeystoneUnavailable, errUntrusted, v.base, cve.Err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("%w: getting the service token from %s: %v", ErrKeystoneUnavailable, v.base, scrub(err))
 	}

@@ -134,6 +134,9 @@ func glanceTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05
 // imageJSON is im as Glance's image entity: its core fields with Glance's
 // types (numbers as numbers, null when unset), its extra properties as
 // top-level strings, and the links.
+// The list writes the same bytes without the map (appendImageJSON,
+// listfast.go): a field added here is added there too
+// (TestListJSONAsMaps fails until it is).
 func (s *Server) imageJSON(im *store.Image) map[string]any {
 	m := make(map[string]any, 24+len(im.Extra))
 	for k, v := range im.Extra {

@@ -25,17 +25,23 @@ type apiConfig struct {
 	// keystone: the config file's [keystone] (resolveAPIConfig), with
 	// auth keystone.
 	keystone *imagesapi.KeystoneConfig
+	// certFile, keyFile: the config file's [api] cert_file and key_file
+	// (resolveAPIConfig); tls their certificate, loaded by listenAPI:
+	// the API is served over https when it is set.
+	certFile, keyFile string
+	tls               *imagesapi.CertFiles
 }
 
 // apiOptionsHelp documents the API's -o options.
-const apiOptionsHelp = `  api_listen=ADDR       serve the Images API v2 (Glance's) at http://ADDR (= --api-listen)
+const apiOptionsHelp = `  api_listen=ADDR       serve the Images API v2 (Glance's) at http://ADDR, https:// with
+                        [api] cert_file and key_file in the config file (= --api-listen)
   api_auth=MODE         the API's identity mode: keystone or noauth (= --api-auth)
   api_project=ID=UID    the API's project ID owns the uid's images (= --api-project)
 `
 
 // apiFlags adds the API's flags to fl.
 func apiFlags(fl *pflag.FlagSet, c *mountConfig) {
-	fl.StringVar(&c.api.listen, "api-listen", "", "serve the Images API v2 (as Glance) at http://`ADDR` (loopback with noauth, e.g. 127.0.0.1:9292); default: no API")
+	fl.StringVar(&c.api.listen, "api-listen", "", "serve the Images API v2 (as Glance) at http://`ADDR` (loopback with noauth, e.g. 127.0.0.1:9292), https:// with [api] cert_file and key_file in the config file; default: no API")
 	fl.StringVar(&c.api.auth, "api-auth", imagesapi.AuthNoAuth, "the API's identity `MODE`: keystone (each X-Auth-Token validated against the Keystone of the config file's [keystone] section) or noauth (as Glance's: a request without identity headers is the admin; X-Tenant-Id and X-Roles are trusted; loopback only)")
 	fl.Var(projectsValue{&c.api}, "api-project", "`ID=UID`: the API's project ID is uid UID, the owner of its images on the mount (repeatable); unmapped projects see public images only")
 }
@@ -119,6 +125,13 @@ func listenAPI(c *mountConfig) (net.Listener, error) {
 	if err := c.resolveAPIConfig(); err != nil {
 		return nil, err
 	}
+	if c.api.certFile != "" {
+		cf, err := imagesapi.LoadCertFiles(c.api.certFile, c.api.keyFile, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w (config file %s)", err, c.configFile)
+		}
+		c.api.tls = cf
+	}
 	ln, err := net.Listen("tcp", c.api.listen)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
@@ -137,13 +150,25 @@ func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger)
 	if err := h.CheckKeystone(context.Background()); err != nil {
 		return nil, fmt.Errorf("api: %w (the [keystone] section of %s)", err, c.configFile)
 	}
-	s := &apiServer{ln: ln, h: h, srv: imagesapi.NewHTTPServer(h)}
+	s := &apiServer{ln: ln, h: h}
+	scheme, serve := "http", func() error { return s.srv.Serve(ln) }
+	if c.api.tls != nil {
+		s.srv = imagesapi.NewTLSServer(h, c.api.tls)
+		scheme, serve = "https", func() error { return s.srv.ServeTLS(ln, "", "") }
+	} else {
+		s.srv = imagesapi.NewHTTPServer(h)
+	}
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("images API stopped", "err", err)
 		}
 	}()
-	slog.Info("images API listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/v2/images", "auth", c.api.auth)
+	attrs := []any{"addr", ln.Addr().String(), "url", scheme + "://" + ln.Addr().String() + "/v2/images", "auth", c.api.auth}
+	if c.api.tls != nil {
+		leaf := c.api.tls.Leaf()
+		attrs = append(attrs, "cert_file", c.api.certFile, "subject", leaf.Subject.String(), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	slog.Info("images API listening", attrs...)
 	return s, nil
 }
 

@@ -30,21 +30,34 @@ const apiConfigHelp = `Images API sections of the config file (--config FILE, si
     timeout = 5s                      each call to Keystone; past it, 503
     cache_size = 10000                tokens remembered (a valid one 5 min at
                                       most, never past its expiry)
+    cafile = PATH                     PEM CA certificates an https auth_url's
+                                      certificate is checked against (default:
+                                      the system's)
   [api]
     project = PROJECT_ID=UID          as --api-project (repeatable)
+    cert_file = PATH                  serve the API over https (TLS 1.2 or
+                                      later): the PEM server certificate, then
+                                      its chain; reloaded when it changes
+    key_file = PATH                   its PEM private key, unencrypted, mode
+                                      0600 (root's: 0640 at most)
+  (relative paths are the config file's directory's)
 `
 
 // keystoneKeys are the keys of [keystone].
 var keystoneKeys = map[string]bool{
 	"auth_url": true, "username": true, "password": true, "project_name": true,
 	"user_domain_name": true, "project_domain_name": true, "timeout": true, "cache_size": true,
+	"cafile": true,
 }
 
 // apiFileSettings is what the config file says of the API.
 type apiFileSettings struct {
 	keystone *imagesapi.KeystoneConfig // nil without [keystone]
 	projects []string                  // [api] project values, ID=UID
-	shared   bool                      // it has [etcd] or [data]
+	// certFile, keyFile: [api] cert_file and key_file, absolute; both or
+	// neither.
+	certFile, keyFile string
+	shared            bool // it has [etcd] or [data]
 }
 
 // readAPIConfig reads the API's sections of the config file at path
@@ -100,6 +113,15 @@ func readAPIConfig(path string) (*apiFileSettings, error) {
 			return nil, fmt.Errorf("config file %s line %d: %s has no value", path, n, k)
 		case section == "api" && k == "project":
 			out.projects = append(out.projects, v)
+		case section == "api" && (k == "cert_file" || k == "key_file"):
+			dst := &out.certFile
+			if k == "key_file" {
+				dst = &out.keyFile
+			}
+			if *dst != "" {
+				return nil, fmt.Errorf("config file %s line %d: %s given twice", path, n, k)
+			}
+			*dst = configPath(path, v)
 		case section == "api" || !keystoneKeys[k]:
 			if len(k) > 24 || strings.Trim(k, "abcdefghijklmnopqrstuvwxyz_") != "" {
 				return nil, fmt.Errorf("config file %s line %d: unknown key", path, n)
@@ -113,6 +135,9 @@ func readAPIConfig(path string) (*apiFileSettings, error) {
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	if (out.certFile == "") != (out.keyFile == "") {
+		return nil, fmt.Errorf("config file %s: [api] needs both cert_file and key_file for TLS (they may name one file)", path)
 	}
 	if len(ks) == 0 {
 		return out, nil
@@ -131,6 +156,9 @@ func readAPIConfig(path string) (*apiFileSettings, error) {
 		AuthURL: ks["auth_url"], Username: ks["username"], Password: ks["password"],
 		UserDomain: ks["user_domain_name"], Project: ks["project_name"], ProjectDomain: ks["project_domain_name"],
 	}
+	if v := ks["cafile"]; v != "" {
+		kc.CAFile = configPath(path, v)
+	}
 	if v := ks["timeout"]; v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -147,6 +175,15 @@ func readAPIConfig(path string) (*apiFileSettings, error) {
 	}
 	out.keystone = kc
 	return out, nil
+}
+
+// configPath is a path of the config file at conf: relative ones are of
+// its directory.
+func configPath(conf, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(conf), p)
 }
 
 // resolveAPIConfig reads the config file's API sections into c.api
@@ -185,5 +222,6 @@ func (c *mountConfig) resolveAPIConfig() error {
 		}
 		c.api.keystone = fs.keystone
 	}
+	c.api.certFile, c.api.keyFile = fs.certFile, fs.keyFile
 	return nil
 }

@@ -85,7 +85,7 @@ func mountFlags(c *mountConfig, opts *[]string) *pflag.FlagSet {
 	fl.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics (loopback only, e.g. 127.0.0.1:9477)")
 	fl.StringVar(&c.catalog, "catalog", "", "shared mode: keep the catalog in the etcd cluster at `URL` etcd://HOST:PORT[,HOST:PORT...] (etcd+tls:// for TLS); needs --data")
 	fl.StringVar(&c.data, "data", "", "shared mode: where sealed image data is kept, `DIR` (a directory every host mounts) or swift://CONTAINER (OpenStack Swift; see below)")
-	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE` (see below)")
+	fl.StringVar(&c.configFile, "config", "", "shared mode: read etcd credentials and settings from `FILE`; with --api-listen: the API's [keystone] and [api] (Keystone, TLS) (see below)")
 	fl.StringVar(&c.hostID, "host-id", "", "shared mode: this host's `NAME` in the catalog (default the hostname)")
 	fl.StringVar(&c.cacheDir, "cache-dir", "", "--data swift://: this host's cache of verified images, `DIR` (default STORE/swift-cache)")
 	fl.StringVar(&c.cacheSize, "cache-size", "", "--data swift://: evict least recently opened closed images past `SIZE` bytes (K, M, G, T suffixes; default no limit)")

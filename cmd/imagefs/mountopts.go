@@ -67,7 +67,8 @@ const optionsHelp = `Mount options (-o OPT[,OPT...], as in /etc/fstab; later opt
   noexec                forbid executing files from the mount
   catalog=URL           shared mode: the etcd catalog (= --catalog; below)
   data=DIR              shared mode: the sealed data of every host (= --data)
-  config=FILE           shared mode: etcd credentials and settings (= --config)
+  config=FILE           shared mode: etcd credentials and settings; the API's
+                        [keystone] and [api] (= --config)
   host_id=NAME          shared mode: this host's name (= --host-id)
   cache_dir=DIR         data=swift://: this host's cache (= --cache-dir)
   cache_size=SIZE       data=swift://: the cache's budget (= --cache-size)

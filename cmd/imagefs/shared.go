@@ -121,11 +121,11 @@ func (c *sharedConfig) LogValue() slog.Value {
 
 // isShared reports whether c asks for shared mode.
 //
-// A config file alone is shared mode, unless the API is in keystone mode
-// without --data: then it is the single host's [keystone] and [api]
-// (apiconfig.go).
+// A config file alone is shared mode, unless the API is served without
+// --data: then it is the single host's [keystone] and [api]
+// (apiconfig.go; keystone mode, TLS).
 func (c *mountConfig) isShared() bool {
-	return c.catalog != "" || c.configFile != "" && (c.data != "" || c.api.auth != "keystone" || c.api.listen == "")
+	return c.catalog != "" || c.configFile != "" && (c.data != "" || c.api.listen == "")
 }
 
 // checkShared is check's part for shared mode: usage errors only (no
