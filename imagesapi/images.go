@@ -301,7 +301,8 @@ func compareBy(a, b *store.Image, key string) int {
 	case "visibility":
 		return cmp.Compare(a.Visibility, b.Visibility)
 	case "owner":
-		return cmp.Compare(a.Owner, b.Owner)
+		// by uid, then project (not the project names Glance compares)
+		return cmp.Or(cmp.Compare(a.Owner, b.Owner), cmp.Compare(a.OwnerProject, b.OwnerProject))
 	case "min_ram":
 		return cmp.Compare(a.MinRAM, b.MinRAM)
 	case "min_disk":

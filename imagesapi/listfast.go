@@ -127,8 +127,8 @@ func (s *Server) appendImageJSON(b []byte, im *store.Image) []byte {
 	var extraBuf [16]string
 	extras := extraBuf[:0]
 	for k := range im.Extra {
-		if k == store.KeyMembers {
-			continue
+		if k == store.KeyMembers || k == store.KeyImportTasks || k == store.KeyStageHost {
+			continue // as imageJSON hides them
 		}
 		if _, fixed := slices.BinarySearch(imageFields, k); fixed {
 			continue
@@ -193,7 +193,7 @@ func (s *Server) appendImageJSON(b []byte, im *store.Image) []byte {
 		case "os_hidden":
 			b = strconv.AppendBool(b, im.Hidden())
 		case "owner":
-			b = appendJSONString(b, s.owner(im.Owner))
+			b = appendJSONString(b, s.ownerOf(im))
 		case "protected":
 			b = strconv.AppendBool(b, im.Protected)
 		case "schema":

@@ -100,8 +100,16 @@ func TestListJSONAsMaps(t *testing.T) {
 		t.Fatalf("upload: %d %s", code, b)
 	}
 
+	// An owner that is a project no uid maps, and a staged image (its
+	// stage host and import bookkeeping are hidden).
+	mk(store.Root, "projected", store.KeyValue{Key: store.KeyOwner, Value: "0f3cproject"})
+	staged := e.json("", "POST", "/v2/images", map[string]any{"name": "staged", "disk_format": "raw", "container_format": "bare"}, 201)
+	if code, _, b := e.do("", "PUT", "/v2/images/"+staged["id"].(string)+"/stage", "application/octet-stream", make([]byte, 4096)); code != 204 {
+		t.Fatalf("stage: %d %s", code, b)
+	}
+
 	images := e.st.ListUnsorted()
-	if len(images) != 4 {
+	if len(images) != 6 {
 		t.Fatalf("%d images", len(images))
 	}
 	for _, im := range images {
