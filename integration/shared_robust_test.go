@@ -1,12 +1,19 @@
 package integration
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imagefs/imagefs/internal/testutil"
 )
 
 // Robustness of the shared catalog (a fresh tester's findings): a second
@@ -146,4 +153,203 @@ func TestSharedSecondWriterRefused(t *testing.T) {
 	})
 	run(t, "cp", fx.Path, b.dataFile("y"))
 	b.checkSealed(t, "y", fx)
+}
+
+// TestSharedPropertyWriteOutage: while etcd does not answer, `echo v >
+// images/X/properties/k` in bash fails (a non-zero exit and bash's
+// "write error: Resource temporarily unavailable"): the write(2) itself
+// is refused with EAGAIN, not only the close, whose error bash ignores.
+// So for a new key, and so with one member of three left (no quorum:
+// the client's connection stays up). Once etcd is back, the values are
+// the ones before the outage (nothing emptied, no new key) and a write
+// succeeds.
+func TestSharedPropertyWriteOutage(t *testing.T) {
+	usePrivateEtcd(t)
+	a := sharedCluster(t, 1)[0]
+	requireTools(t, "bash", "timeout")
+	t.Cleanup(func() {
+		if r := privateEtcd.script("start"); r.err != nil {
+			t.Errorf("etcd.sh start in the cleanup: %s", r)
+		}
+	})
+	a.mkimage("x")
+	writeProp(t, a, "x", "k", "before")
+	echo := func(when, key, value string) {
+		t.Helper()
+		start := time.Now()
+		r := toolTimed(30*time.Second, "bash", "-c", `echo "$1" > "$2"`, "bash", value, a.propFile("x", key))
+		took := time.Since(start)
+		t.Logf("%s: echo %s > properties/%s: %s, stderr %q, after %v", when, value, key, r, r.stderr, took.Round(time.Millisecond))
+		if r.err == nil || !strings.Contains(r.stderr, "Resource temporarily unavailable") {
+			t.Errorf("%s: echo %s > properties/%s: %s (stderr %q); want a failure with EAGAIN (Resource temporarily unavailable)",
+				when, value, key, r, r.stderr)
+		}
+		if took > 10*time.Second {
+			t.Errorf("%s: echo took %v, want the refusal within request_timeout (5 s)", when, took)
+		}
+	}
+
+	etcdMember(t, "stop")
+	echo("etcd stopped", "k", "outage-1")
+	echo("etcd stopped", "new_key", "outage-2")
+	time.Sleep(1500 * time.Millisecond)
+	echo("etcd stopped for a while", "k", "outage-3")
+	etcdMember(t, "start")
+	writeUntil(t, 10*time.Second, a.propFile("x", "after"), "1\n")
+	if got := readOptional(a.propFile("x", "k")); got != "before\n" {
+		t.Errorf("after the outage: properties/k = %q, want %q (the refused writes set nothing)", got, "before\n")
+	}
+	if exists(a.propFile("x", "new_key")) {
+		t.Errorf("after the outage: properties/new_key exists (%q); its write was refused", readOptional(a.propFile("x", "new_key")))
+	}
+
+	// No quorum: two members stopped, the third still accepts connections.
+	etcdMember(t, "stop-member", "1")
+	etcdMember(t, "stop-member", "2")
+	time.Sleep(1500 * time.Millisecond)
+	echo("one member of three", "k", "no-quorum")
+	etcdMember(t, "start")
+	writeUntil(t, 10*time.Second, a.propFile("x", "k"), "after\n")
+	if got := readOptional(a.propFile("x", "k")); got != "after\n" {
+		t.Errorf("after the outages: properties/k = %q, want after", got)
+	}
+}
+
+// cpuTime returns the CPU time (user and system) process pid has used.
+func cpuTime(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatalf("read /proc/%d/stat: %v", pid, err)
+	}
+	// Fields after the command's closing parenthesis: state is field 3,
+	// utime 14 and stime 15, in clock ticks (USER_HZ, 100 on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// TestSharedCatalogWiped: the etcd cluster is wiped and started again
+// under a mounted host (scripts/etcd.sh stop --wipe, start: a new cluster
+// id), or recreated with the same cluster id (its members' data removed,
+// its token kept: the revision starts again). The host logs one error
+// saying that the catalog at etcd://... is not the one it mounted, and
+// why, within a few lease_ttl and without anyone asking; changes are
+// refused with EIO at once (mkdir, a property write in bash at its
+// write, setfattr), several of them meanwhile costing the daemon little
+// CPU (no retry loop: under 1 s of CPU in 5 s, where it spun on each
+// change for request_timeout); sealed images stay readable (md5sum by
+// id, ls, properties); the unmount is clean and writes no snapshot of
+// the gone catalog.
+func TestSharedCatalogWiped(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		sameID bool
+	}{{"new-cluster-id", false}, {"same-cluster-id", true}} {
+		t.Run(c.name, func(t *testing.T) { testCatalogWiped(t, c.sameID) })
+	}
+}
+
+func testCatalogWiped(t *testing.T, sameID bool) {
+	usePrivateEtcd(t)
+	a := sharedCluster(t, 1)[0]
+	requireTools(t, "bash", "timeout", "md5sum", "setfattr")
+	t.Cleanup(func() {
+		if r := privateEtcd.script("start"); r.err != nil {
+			t.Errorf("etcd.sh start in the cleanup: %s", r)
+		}
+	})
+	vhd := filepath.Join(t.TempDir(), "small.vhd")
+	if err := os.WriteFile(vhd, testutil.FixedVHD(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := md5sum(t, vhd)
+	id := a.mkimage("x")
+	run(t, "cp", vhd, a.dataFile("x"))
+	writeProp(t, a, "x", "k", "before")
+	logAt := len(readFile(a.log))
+
+	if sameID {
+		etcdMember(t, "stop")
+		dir := ""
+		for _, e := range privateEtcd.env {
+			if v, ok := strings.CutPrefix(e, "IMAGEFS_ETCD_DIR="); ok {
+				dir = v
+			}
+		}
+		for i := 1; i <= 3; i++ {
+			if err := os.RemoveAll(filepath.Join(dir, fmt.Sprintf("m%d", i), "data")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		etcdMember(t, "stop", "--wipe")
+	}
+	etcdMember(t, "start")
+	const said = "is not the one this host mounted"
+	eventually(t, 4*sharedLeaseTTL+10*time.Second, "host-a logs that the catalog is not the one it mounted", func() bool {
+		return bytes.Contains(tail(readFile(a.log), logAt), []byte(said))
+	})
+
+	pid := a.cmd.Process.Pid
+	cpu0, wall0 := cpuTime(t, pid), time.Now()
+	for i := range 3 {
+		start := time.Now()
+		err := os.Mkdir(a.images(fmt.Sprintf("new-%d", i)), 0o755)
+		wantErrno(t, "mkdir on a wiped catalog", err, syscall.EIO)
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("mkdir on a wiped catalog took %v, want a refusal at once", d)
+		}
+		r := toolTimed(20*time.Second, "bash", "-c", `echo wiped > "$1"`, "bash", a.propFile("x", "k"))
+		if r.err == nil || !strings.Contains(r.stderr, "Input/output error") {
+			t.Errorf("echo > properties/k on a wiped catalog: %s (stderr %q); want a failure with EIO", r, r.stderr)
+		}
+		r = toolTimed(20*time.Second, "setfattr", "-n", "user.k", "-v", "wiped", a.images("x"))
+		if r.err == nil || !strings.Contains(r.stderr, "Input/output error") {
+			t.Errorf("setfattr on a wiped catalog: %s (stderr %q); want a failure with EIO", r, r.stderr)
+		}
+		time.Sleep(time.Second)
+	}
+	time.Sleep(time.Until(wall0.Add(5 * time.Second)))
+	cpu := cpuTime(t, pid) - cpu0
+	t.Logf("host-a: %v of CPU in %v after the wipe, with 9 refused changes", cpu, time.Since(wall0).Round(time.Millisecond))
+	if cpu > time.Second {
+		t.Errorf("host-a used %v of CPU in %v on a wiped catalog: a retry loop?", cpu, time.Since(wall0).Round(time.Millisecond))
+	}
+	if got := md5sum(t, a.byID(id, "image.vhd")); got != sum {
+		t.Errorf("md5sum by-id/%s/image.vhd on a wiped catalog = %s, want %s", id, got, sum)
+	}
+	if got := lsSorted(t, a.images()); !slices.Equal(got, []string{"x"}) {
+		t.Errorf("ls images/ on a wiped catalog = %q, want [x]", got)
+	}
+	if got := readOptional(a.propFile("x", "k")); got != "before\n" {
+		t.Errorf("properties/k on a wiped catalog = %q, want before", got)
+	}
+	lines := 0
+	for _, l := range strings.Split(string(tail(readFile(a.log), logAt)), "\n") {
+		if strings.Contains(l, said) {
+			lines++
+			t.Logf("host-a: %s", l)
+			for _, want := range []string{"etcd://" + strings.Join(etcdEndpoints(t), ","), "level=ERROR"} {
+				if !strings.Contains(l, want) {
+					t.Errorf("the log line does not say %q", want)
+				}
+			}
+		}
+	}
+	if lines != 1 {
+		t.Errorf("host-a logged %d lines saying the catalog %s, want 1", lines, said)
+	}
+
+	a.stop()
+	if t.Failed() {
+		return
+	}
+	if _, err := os.Stat(filepath.Join(a.Store, "catalog-snapshot")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("STORE/catalog-snapshot after the unmount: %v; want none (the view is of a gone catalog)", err)
+	}
+	if isMounted(a.Mnt) {
+		t.Errorf("%s still mounted after the unmount", a.Mnt)
+	}
 }
