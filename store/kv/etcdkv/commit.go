@@ -505,7 +505,7 @@ func doubt(uncertain bool, first, err error) error {
 // cluster's leadership changed since it began (unsettled), or when it
 // has waited limit.
 func (b *Backend) attempt(ctx context.Context, txn func(context.Context) clientv3.Txn, limit time.Duration) (*clientv3.TxnResponse, error) {
-	term := b.term.Load()
+	term, floor := b.term.Load(), b.floor()
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
@@ -538,7 +538,7 @@ func (b *Backend) attempt(ctx context.Context, txn func(context.Context) clientv
 		return nil, err
 	}
 	b.noteTerm(resp.Header)
-	b.noteHeader(resp.Header, true)
+	b.noteHeader(resp.Header, floor)
 	return resp, nil
 }
 

@@ -430,6 +430,7 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, err)
 		}
 		rctx, cancel := b.reqCtx(ctx)
+		floor := b.floor()
 		resp, err := b.cli.Get(rctx, start, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(limit))
 		cancel()
 		err = mapErr(err)
@@ -438,7 +439,7 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, err)
 		}
 		b.noteTerm(resp.Header)
-		if b.noteHeader(resp.Header, true); b.replacedErr() != nil {
+		if b.noteHeader(resp.Header, floor); b.replacedErr() != nil {
 			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, b.replacedErr())
 		}
 		if rev == 0 {
@@ -470,6 +471,7 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 	}
 	rctx, cancel := b.reqCtx(ctx)
 	defer cancel()
+	floor := b.floor()
 	resp, err := b.cli.Get(rctx, b.ns+key)
 	err = mapErr(err)
 	b.note(err)
@@ -477,7 +479,7 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, err)
 	}
 	b.noteTerm(resp.Header)
-	if b.noteHeader(resp.Header, true); b.replacedErr() != nil {
+	if b.noteHeader(resp.Header, floor); b.replacedErr() != nil {
 		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, b.replacedErr())
 	}
 	if len(resp.Kvs) == 0 {
@@ -527,7 +529,7 @@ func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan k
 			}
 		}
 		for wr := range wch {
-			if b.noteHeader(wr.Header, false); b.replacedErr() != nil {
+			if b.noteHeader(wr.Header, 0); b.replacedErr() != nil {
 				send(kv.WatchBatch{Rev: wr.Header.Revision, Err: fmt.Errorf("etcd watch %q: %w", prefix, b.replacedErr())})
 				return
 			}

@@ -24,8 +24,8 @@ import (
 // header is checked against the cluster as opened: another cluster id
 // (scripts/etcd.sh gives each new cluster another), or, in the answer
 // of a linearizable request (a read, a transaction, a lease grant), a
-// revision below one an earlier such answer reported (a cluster
-// recreated with the same id). Either makes the Backend replaced: it
+// revision below the highest such answer received before the request
+// was sent (a cluster recreated with the same id). Either makes the Backend replaced: it
 // logs one error naming the problem, and every call fails at once with
 // kv.ErrReplaced (no request, no retry, no lease renewal) until the
 // catalog is opened again (a remount).
@@ -52,13 +52,14 @@ func (b *Backend) Probe(ctx context.Context) error {
 	}
 	rctx, cancel := b.reqCtx(ctx)
 	defer cancel()
+	floor := b.floor()
 	resp, err := b.cli.Get(rctx, b.ns+probeKey, clientv3.WithCountOnly())
 	err = mapErr(err)
 	b.note(err)
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
-	b.noteHeader(resp.Header, true)
+	b.noteHeader(resp.Header, floor)
 	return b.replacedErr()
 }
 
@@ -74,11 +75,18 @@ func (b *Backend) connected() bool {
 // noteAnswer records that the cluster answered (Probe's freshness).
 func (b *Backend) noteAnswer() { b.lastOK.Store(time.Now().UnixNano()) }
 
+// floor returns the highest revision a linearizable answer reported so
+// far: a linearizable request sent now is answered at this revision or
+// a later one (answers of requests in flight at once may come in any
+// order, so each request takes its floor before it is sent).
+func (b *Backend) floor() int64 { return b.maxRev.Load() }
+
 // noteHeader checks a response's header against the cluster as opened:
-// its cluster id, and, for the answer of a linearizable request
-// (linear), a revision not below the highest such answer seen. A
+// its cluster id, and, for the answer of a linearizable request sent
+// when floor (> 0) was the highest revision seen, a revision not below
+// floor; 0 for any other answer (a watch's, a keep-alive's, a Status). A
 // mismatch makes the Backend replaced (logged once).
-func (b *Backend) noteHeader(h *etcdserverpb.ResponseHeader, linear bool) {
+func (b *Backend) noteHeader(h *etcdserverpb.ResponseHeader, floor int64) {
 	if h == nil {
 		return
 	}
@@ -87,20 +95,19 @@ func (b *Backend) noteHeader(h *etcdserverpb.ResponseHeader, linear bool) {
 			"(the cluster was wiped and started again, or recreated)", h.ClusterId, b.cluster))
 		return
 	}
-	if !linear || h.Revision <= 0 {
+	if floor <= 0 || h.Revision <= 0 {
+		return
+	}
+	if h.Revision < floor {
+		b.replaced(fmt.Sprintf("the etcd cluster's revision went back from %d to %d "+
+			"(the cluster was wiped and recreated with the same id, or restored from a backup)", floor, h.Revision))
 		return
 	}
 	for {
 		cur := b.maxRev.Load()
-		if h.Revision >= cur {
-			if b.maxRev.CompareAndSwap(cur, h.Revision) {
-				return
-			}
-			continue
+		if h.Revision <= cur || b.maxRev.CompareAndSwap(cur, h.Revision) {
+			return
 		}
-		b.replaced(fmt.Sprintf("the etcd cluster's revision went back from %d to %d "+
-			"(the cluster was wiped and recreated with the same id, or restored from a backup)", cur, h.Revision))
-		return
 	}
 }
 

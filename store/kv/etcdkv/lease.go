@@ -48,6 +48,7 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	if err := b.replacedErr(); err != nil {
 		return 0, err
 	}
+	floor := b.floor()
 	resp, err := b.cli.Grant(ctx, b.ttl)
 	err = mapErr(err)
 	b.note(err)
@@ -55,7 +56,7 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		return 0, err
 	}
 	b.noteTerm(resp.ResponseHeader)
-	if b.noteHeader(resp.ResponseHeader, true); b.replacedErr() != nil {
+	if b.noteHeader(resp.ResponseHeader, floor); b.replacedErr() != nil {
 		return 0, b.replacedErr() // a lease of another catalog: left to expire
 	}
 	id := resp.ID
@@ -73,7 +74,7 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		defer b.wg.Done()
 		for ka := range ch {
 			b.noteAnswer()
-			b.noteHeader(ka.ResponseHeader, false)
+			b.noteHeader(ka.ResponseHeader, 0)
 		}
 		// The client closes the channel when the lease expired (no
 		// keep-alive answer within its TTL) or at Close.
