@@ -157,8 +157,9 @@ func TestSharedSecondWriterRefused(t *testing.T) {
 
 // TestSharedPropertyWriteOutage: while etcd does not answer, `echo v >
 // images/X/properties/k` in bash fails (a non-zero exit and bash's
-// "write error: Resource temporarily unavailable"): the write(2) itself
-// is refused with EAGAIN, not only the close, whose error bash ignores.
+// "write error: Device or resource busy"): the write(2) itself is
+// refused, with EBUSY (EAGAIN makes Go's os.File.Write wait forever), not
+// only the close (EAGAIN), whose error bash ignores.
 // So for a new key, and so with one member of three left (no quorum:
 // the client's connection stays up). Once etcd is back, the values are
 // the ones before the outage (nothing emptied, no new key) and a write
@@ -180,8 +181,8 @@ func TestSharedPropertyWriteOutage(t *testing.T) {
 		r := toolTimed(30*time.Second, "bash", "-c", `echo "$1" > "$2"`, "bash", value, a.propFile("x", key))
 		took := time.Since(start)
 		t.Logf("%s: echo %s > properties/%s: %s, stderr %q, after %v", when, value, key, r, r.stderr, took.Round(time.Millisecond))
-		if r.err == nil || !strings.Contains(r.stderr, "Resource temporarily unavailable") {
-			t.Errorf("%s: echo %s > properties/%s: %s (stderr %q); want a failure with EAGAIN (Resource temporarily unavailable)",
+		if r.err == nil || !strings.Contains(r.stderr, "write error: Device or resource busy") {
+			t.Errorf("%s: echo %s > properties/%s: %s (stderr %q); want a failure of its write with EBUSY (Device or resource busy)",
 				when, value, key, r, r.stderr)
 		}
 		if took > 10*time.Second {

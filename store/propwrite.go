@@ -145,8 +145,8 @@ func (w *PropertyWrite) ReadAt(p []byte, off int64) int {
 // the commit and is refused with its error (nothing is set any more: the
 // value stays as it was, a created key does not appear). On a shared
 // catalog that does not answer, every write is refused with
-// ErrUnavailable (EAGAIN), ErrCatalog (EIO) on one that is not the
-// catalog mounted (catalogReachable): the data is not taken and the
+// ErrUnavailable (the mount says EBUSY), ErrCatalog (EIO) on one that is
+// not the catalog mounted (catalogReachable): the data is not taken and the
 // truncation of an O_TRUNC open is not set at End, but the writer is not
 // refused for good (a write again once the catalog is back is set at
 // Close as usual). A catalog lost after the write is reported by Close.
