@@ -100,6 +100,19 @@ func toSetxattrErrno(err error) syscall.Errno {
 	return toXattrErrno(err)
 }
 
+// toPropWriteErrno maps a store error for a property file's write(2):
+// as toErrno, except that an unreachable shared catalog (ErrUnavailable)
+// is EBUSY, not EAGAIN: a write(2) of a blocking descriptor is not
+// expected to say EAGAIN, and Go's runtime (os.File.Write) takes it for
+// "would block" and waits, forever, for the FUSE file to poll writable
+// again. The close's commit keeps EAGAIN.
+func toPropWriteErrno(err error) syscall.Errno {
+	if errors.Is(err, store.ErrUnavailable) {
+		return syscall.EBUSY
+	}
+	return toErrno(err)
+}
+
 // toRenamePropertyErrno maps a store error for a rename in properties/:
 // a value (or new key) that breaks the new key's rule is EPERM, because
 // rename(2)'s EINVAL means moving a directory into itself, which is what

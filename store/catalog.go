@@ -415,8 +415,9 @@ func (t *txn) commit() error {
 		t.rev, t.cur = res.Rev, res.Current
 		return catalogErr(err)
 	}
-	if errors.Is(err, kv.ErrUnavailable) {
-		// Logged by the backend, once per outage, not per request.
+	if errors.Is(err, kv.ErrUnavailable) || errors.Is(err, kv.ErrReplaced) {
+		// Logged by the backend, once per outage (or once for a catalog
+		// replaced under this host), not per request.
 		return catalogErr(err)
 	}
 	if err != nil {

@@ -143,8 +143,23 @@ func (w *PropertyWrite) ReadAt(p []byte, off int64) int {
 // value longer than MaxValueBytes is ErrTooBig (and Close reports it); a
 // write that ends a line checks the value so far against every rule of
 // the commit and is refused with its error (nothing is set any more: the
-// value stays as it was, a created key does not appear).
+// value stays as it was, a created key does not appear). On a shared
+// catalog that does not answer, every write is refused with
+// ErrUnavailable (the mount says EBUSY), ErrCatalog (EIO) on one that is
+// not the catalog mounted (catalogReachable): the data is not taken and the
+// truncation of an O_TRUNC open is not set at End, but the writer is not
+// refused for good (a write again once the catalog is back is set at
+// Close as usual). A catalog lost after the write is reported by Close.
 func (w *PropertyWrite) WriteAt(p []byte, off int64) error {
+	if err := w.s.catalogReachable(); err != nil {
+		w.mu.Lock()
+		if w.state == writeTruncated {
+			w.state = writeClean // echo's failed write: End does not empty the value
+		}
+		w.mu.Unlock()
+		w.s.log.Debug("property write refused: catalog unreachable", "id", w.id, "key", w.key, "uid", w.c.UID, "err", err)
+		return err
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	end := off + int64(len(p))

@@ -91,6 +91,21 @@ func (s *Store) uploadsElsewhere(id string) bool {
 	return ok && k.rev != 0 && k.host != s.opts.Host
 }
 
+// uploadingElsewhere refuses a change of image id's data or upload
+// status while another host holds its upload key (that host's writer
+// has the image's data open): ErrBusy naming the host, as a second
+// writer on one host gets (openWriteTry), so that the second writer of
+// two hosts is refused at open (or at its first write, when it opened
+// before the other's first write), not at close. nil on the embedded
+// catalog, and once the other host's upload ended (sealed: the caller's
+// ErrImmutable; killed, its host gone: the key is deleted). Must hold s.mu.
+func (s *Store) uploadingElsewhere(id string) error {
+	if !s.shared() || !s.uploadsElsewhere(id) {
+		return nil
+	}
+	return fmt.Errorf("%w: image %s is being uploaded by another writer (on host %s)", ErrBusy, id, s.uploadKeys[id].host)
+}
+
 // errContended: a change kept conflicting (see commitRetry).
 var errContended = fmt.Errorf("%w: catalog contended: the record kept changing on other hosts", ErrBusy)
 

@@ -172,7 +172,9 @@ func (u *Upload) usable() error {
 }
 
 // WriteAt writes p at off. Errors: ErrImmutable once sealed, ErrNotFound
-// once abandoned, the staging file's I/O errors (ENOSPC) as they are.
+// once abandoned, ErrBusy at the first write when another host of a shared
+// catalog began uploading the image since this open, the staging file's
+// I/O errors (ENOSPC) as they are.
 func (u *Upload) WriteAt(p []byte, off int64) (int, error) {
 	defer u.s.deliver()
 	u.mu.Lock()
@@ -353,6 +355,9 @@ func (s *Store) setStatus(id string, st Status, reason string) error {
 			// Staged for import (import.go moves it on).
 			return nil, fmt.Errorf("%w: image %s is %s (staged for import)", ErrBusy, id, im.Status)
 		}
+		if err := s.uploadingElsewhere(id); err != nil {
+			return nil, err // the other host's upload key and status are its own
+		}
 		if im.Status == st && (st != StatusKilled || im.Extra[KeyKillReason] == reason) {
 			return nil, nil
 		}
@@ -402,7 +407,9 @@ func writable(c Caller, im *Image) error {
 // OpenWrite opens image id's data for writing by c, starting an upload if
 // none is in progress; trunc discards staged data (O_TRUNC). Every
 // successful OpenWrite must be paired with EndWriter. Errors: ErrNotFound,
-// ErrImmutable (sealed), ErrPermission.
+// ErrImmutable (sealed), ErrPermission, ErrBusy (another writer has the
+// upload open: on this host, or on another host of a shared catalog,
+// whose upload key is in the catalog).
 func (s *Store) OpenWrite(c Caller, id string, trunc bool) (*Upload, error) {
 	return s.OpenWriteBy(c, id, trunc, Writer{})
 }
@@ -435,6 +442,9 @@ func (s *Store) openWriteTry(c Caller, id string, trunc bool, w Writer) (*Upload
 	im, err := s.getLocked(id)
 	if err == nil {
 		err = uploadable(c, im)
+	}
+	if err == nil {
+		err = s.uploadingElsewhere(id) // one writer across hosts too
 	}
 	if err != nil {
 		s.mu.Unlock()
@@ -1006,6 +1016,9 @@ func (s *Store) discardUpload(c Caller, id string, l *liveImage, u *Upload) (don
 	if err == nil && u != nil && u.writers > 0 {
 		err = fmt.Errorf("%w: image %s is being uploaded", ErrBusy, id)
 	}
+	if err == nil {
+		err = s.uploadingElsewhere(id)
+	}
 	if err != nil {
 		s.mu.Unlock()
 		return true, err
@@ -1256,6 +1269,9 @@ func (s *Store) RenameScratch(c Caller, id, from, to string, mode RenameMode) er
 			}
 			if err == nil && toData {
 				err = uploadable(c, im)
+				if err == nil {
+					err = s.uploadingElsewhere(id)
+				}
 			}
 			if err == nil {
 				err = wrongDataName(im, to)

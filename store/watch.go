@@ -369,6 +369,13 @@ func (s *Store) saveSnapshot() {
 		return
 	}
 	s.remote.saved = true
+	if err := s.catalogReplaced(); err != nil {
+		// This host's view is of a catalog that is gone: no later
+		// mount may start from it.
+		os.Remove(s.snapshotPath())
+		s.log.Warn("catalog snapshot not written: the catalog is not the one this host mounted; the next mount lists the catalog")
+		return
+	}
 	start := time.Now()
 	s.mu.Lock()
 	if s.remote.catalogID == "" {
@@ -572,7 +579,8 @@ func (s *Store) stopRemote() {
 
 // follow watches the catalog from revision from (on ch, when not nil: a
 // watch from there already open) until ctx ends, listing it again
-// whenever a watch ends.
+// whenever a watch ends; it stops once the catalog is found replaced
+// (no longer the one this host mounted).
 func (s *Store) follow(ctx context.Context, from int64, ch <-chan kv.WatchBatch) {
 	defer close(s.remote.done)
 	for {
@@ -636,13 +644,19 @@ func (s *Store) applyWatched(wb kv.WatchBatch) {
 // differences from the published state as events; it retries a failed
 // list every relistRetry (logging the first failure) until ctx ends (its
 // error is then returned). It returns the revision listed and the number
-// of differences applied.
+// of differences applied. A replaced catalog (catalogReplaced) ends it
+// with its error at once.
 func (s *Store) relist(ctx context.Context) (rev int64, n int, err error) {
 	logged := false
 	for {
 		rev, n, err = s.relistOnce()
 		if err == nil {
 			return rev, n, nil
+		}
+		if rerr := s.catalogReplaced(); rerr != nil {
+			// Not the catalog this host mounted (the backend logged
+			// why): nothing to follow until a remount.
+			return 0, 0, rerr
 		}
 		if !logged {
 			s.log.Error("listing the catalog failed; retrying every second", "err", err)

@@ -46,6 +46,12 @@ var (
 	// ErrTooLarge: the batch exceeds what the database accepts in one
 	// request.
 	ErrTooLarge = errors.New("catalog: change too large")
+	// ErrReplaced: the database answering is not the catalog this
+	// backend opened (a shared catalog wiped, recreated or restored
+	// under it: another cluster id, a revision that went back); every
+	// call fails with it, without a request, until the backend is opened
+	// again.
+	ErrReplaced = errors.New("catalog replaced")
 )
 
 // No space is reported as an error wrapping syscall.ENOSPC (the embedded
@@ -214,4 +220,20 @@ type Identified interface {
 	// Identity names the database and the part of it this backend
 	// serves (etcd: the cluster's id and the namespace); "" when unknown.
 	Identity() string
+}
+
+// Prober is a Shared backend that can tell, cheaply, whether a change
+// would reach the database now, so that a caller whose own commit comes
+// later (a property file's close, which shells ignore) can refuse early.
+type Prober interface {
+	// Probe returns nil when the database answered a request recently
+	// (about a second) or answers one now; ErrUnavailable when it does
+	// not answer within ctx's deadline (while it is known unreachable,
+	// within about a second); ErrReplaced. A nil from Probe promises
+	// nothing about a later Commit.
+	Probe(ctx context.Context) error
+	// Replaced returns the error (wrapping ErrReplaced) of a backend
+	// that found the database answering is not the catalog it opened,
+	// else nil; it sends no request.
+	Replaced() error
 }

@@ -344,6 +344,9 @@ func (b *Backend) outcome(p *prepared, resp *clientv3.TxnResponse) (res kv.Resul
 // alarm), kv.ErrUnavailable (no answer before the deadline: the outcome
 // is then unknown).
 func (b *Backend) Commit(ctx context.Context, batch *kv.Batch) (kv.Result, error) {
+	if err := b.replacedErr(); err != nil {
+		return kv.Result{}, fmt.Errorf("etcd commit: %w", err)
+	}
 	p, err := b.prepare(batch)
 	if err != nil {
 		return kv.Result{}, err
@@ -352,6 +355,11 @@ func (b *Backend) Commit(ctx context.Context, batch *kv.Batch) (kv.Result, error
 	defer cancel()
 	res, err := b.commitLoop(rctx, p)
 	b.note(err)
+	if rerr := b.replacedErr(); rerr != nil {
+		// Its answer came from another catalog: whatever it says (a
+		// conflict, mostly) is not about this host's.
+		return kv.Result{}, fmt.Errorf("etcd commit: %w", rerr)
+	}
 	if err != nil {
 		return res, fmt.Errorf("etcd commit: %w", err)
 	}
@@ -497,7 +505,7 @@ func doubt(uncertain bool, first, err error) error {
 // cluster's leadership changed since it began (unsettled), or when it
 // has waited limit.
 func (b *Backend) attempt(ctx context.Context, txn func(context.Context) clientv3.Txn, limit time.Duration) (*clientv3.TxnResponse, error) {
-	term := b.term.Load()
+	term, floor := b.term.Load(), b.floor()
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
@@ -530,6 +538,7 @@ func (b *Backend) attempt(ctx context.Context, txn func(context.Context) clientv
 		return nil, err
 	}
 	b.noteTerm(resp.Header)
+	b.noteHeader(resp.Header, floor)
 	return resp, nil
 }
 

@@ -88,6 +88,8 @@ type Backend struct {
 	log     *slog.Logger
 	ctx     context.Context // ends at Close
 	cancel  context.CancelFunc
+	wctx    context.Context // ends at Close, or when replaced: every Watch's
+	wcancel context.CancelFunc
 	wg      sync.WaitGroup
 	closing sync.Once
 
@@ -103,6 +105,14 @@ type Backend struct {
 	down     atomic.Bool // the last call found etcd unreachable
 	closeErr error
 	cluster  uint64 // the cluster's id (set at Open)
+
+	// Health (health.go): the catalog's name for messages, when the
+	// cluster last answered (unix ns), the highest revision a
+	// linearizable answer reported, and the error of a replaced catalog.
+	url    string
+	lastOK atomic.Int64
+	maxRev atomic.Int64
+	gone   atomic.Pointer[error]
 
 	lmu    sync.Mutex           // guards leased
 	leased map[string]leasedKey // the Leased keys this Backend wrote and did not delete (lease.go)
@@ -161,6 +171,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	ccfg.TLS = tlsc
+	url := catalogURL(cfg.Endpoints, tlsc != nil)
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: connect: %w", eps, mapErr(err))
@@ -176,8 +187,10 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		reqTO:    cfg.RequestTimeout,
 		ttl:      int64((cfg.LeaseTTL + time.Second - 1) / time.Second),
 		log:      cfg.Logger,
+		url:      url,
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.wctx, b.wcancel = context.WithCancel(b.ctx)
 	octx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if err := b.hello(octx, eps); err != nil {
@@ -242,6 +255,8 @@ func (b *Backend) hello(ctx context.Context, eps string) error {
 			break
 		}
 	}
+	b.maxRev.Store(rev)
+	b.noteAnswer()
 	b.log.Info("etcd catalog connected", "endpoints", eps, "members", len(ml.Members),
 		"version", version, "revision", rev, "namespace", b.ns)
 	if version != "unknown" && (strings.HasPrefix(version, "3.0.") || strings.HasPrefix(version, "3.1.") ||
@@ -305,6 +320,9 @@ func (b *Backend) reqCtx(ctx context.Context) (context.Context, context.CancelFu
 // note records whether etcd answered: one log line when it becomes
 // unreachable, one when it is back.
 func (b *Backend) note(err error) {
+	if err == nil {
+		b.noteAnswer()
+	}
 	if err != nil && errors.Is(err, kv.ErrUnavailable) {
 		if b.down.CompareAndSwap(false, true) {
 			b.mu.Lock()
@@ -408,7 +426,11 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 	start, end := b.ns+lo, b.end(hi)
 	limit := int64(firstPage)
 	for {
+		if err := b.replacedErr(); err != nil {
+			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, err)
+		}
 		rctx, cancel := b.reqCtx(ctx)
+		floor := b.floor()
 		resp, err := b.cli.Get(rctx, start, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(limit))
 		cancel()
 		err = mapErr(err)
@@ -417,6 +439,9 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, err)
 		}
 		b.noteTerm(resp.Header)
+		if b.noteHeader(resp.Header, floor); b.replacedErr() != nil {
+			return rev, fmt.Errorf("etcd scan %q..%q: %w", lo, hi, b.replacedErr())
+		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
@@ -441,8 +466,12 @@ func (b *Backend) Scan(ctx context.Context, lo, hi string, rev int64, fn func(kv
 
 // Get returns key's current Pair (ModRev 0 when absent).
 func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
+	if err := b.replacedErr(); err != nil {
+		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, err)
+	}
 	rctx, cancel := b.reqCtx(ctx)
 	defer cancel()
+	floor := b.floor()
 	resp, err := b.cli.Get(rctx, b.ns+key)
 	err = mapErr(err)
 	b.note(err)
@@ -450,6 +479,9 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, err)
 	}
 	b.noteTerm(resp.Header)
+	if b.noteHeader(resp.Header, floor); b.replacedErr() != nil {
+		return kv.Pair{}, fmt.Errorf("etcd get %q: %w", key, b.replacedErr())
+	}
 	if len(resp.Kvs) == 0 {
 		return kv.Pair{Key: key}, nil
 	}
@@ -461,7 +493,8 @@ func (b *Backend) Get(ctx context.Context, key string) (kv.Pair, error) {
 func (b *Backend) Check(*kv.Batch) error { return nil }
 
 // Watch reports every change of a key with prefix from revision from on,
-// in revision order, until ctx ends or Close (the channel is then closed).
+// in revision order, until ctx ends, Close, or the catalog is found
+// replaced (health.go; the channel is then closed).
 // A batch is the events of one etcd watch response; its Rev is the
 // revision of its last event (the response's revision for one without).
 // When from was compacted, one batch with Err wrapping kv.ErrCompacted is
@@ -473,8 +506,13 @@ func (b *Backend) Check(*kv.Batch) error { return nil }
 // tokens (tx/, commit.go) are not reported.
 func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan kv.WatchBatch {
 	out := make(chan kv.WatchBatch, 16)
+	if err := b.replacedErr(); err != nil {
+		out <- kv.WatchBatch{Err: fmt.Errorf("etcd watch %q: %w", prefix, err)}
+		close(out)
+		return out
+	}
 	wctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(b.ctx, cancel)
+	stop := context.AfterFunc(b.wctx, cancel)
 	wch := b.cli.Watch(wctx, b.ns+prefix, clientv3.WithPrefix(), clientv3.WithRev(from))
 	b.wg.Add(1)
 	go func() {
@@ -491,6 +529,10 @@ func (b *Backend) Watch(ctx context.Context, prefix string, from int64) <-chan k
 			}
 		}
 		for wr := range wch {
+			if b.noteHeader(wr.Header, 0); b.replacedErr() != nil {
+				send(kv.WatchBatch{Rev: wr.Header.Revision, Err: fmt.Errorf("etcd watch %q: %w", prefix, b.replacedErr())})
+				return
+			}
 			if wr.CompactRevision != 0 || errors.Is(wr.Err(), rpctypes.ErrCompacted) {
 				send(kv.WatchBatch{Rev: wr.Header.Revision, Err: fmt.Errorf("etcd watch %q from %d: %w (compacted at %d)",
 					prefix, from, kv.ErrCompacted, wr.CompactRevision)})
@@ -541,9 +583,12 @@ func (b *Backend) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		// This Backend's settled commit tokens (those put without a
 		// lease would stay); nothing is said when etcd does not answer.
+		// Nothing is sent to a replaced catalog (it is not this host's).
 		low, _ := b.toks.low()
-		b.cli.Delete(ctx, b.ns+tokenPrefix+b.session+"/", clientv3.WithRange(b.tokenDir(low)))
-		if id != 0 {
+		if b.replacedErr() == nil {
+			b.cli.Delete(ctx, b.ns+tokenPrefix+b.session+"/", clientv3.WithRange(b.tokenDir(low)))
+		}
+		if id != 0 && b.replacedErr() == nil {
 			if _, err := b.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				b.log.Warn("etcd catalog: could not revoke this host's lease at close; its keys vanish after its TTL",
 					"err", mapErr(err))

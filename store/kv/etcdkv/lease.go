@@ -45,6 +45,10 @@ type leasedKey struct {
 // granted after a lost one gets this Backend's Leased keys (reattach).
 // Must hold granting.
 func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
+	if err := b.replacedErr(); err != nil {
+		return 0, err
+	}
+	floor := b.floor()
 	resp, err := b.cli.Grant(ctx, b.ttl)
 	err = mapErr(err)
 	b.note(err)
@@ -52,6 +56,9 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 		return 0, err
 	}
 	b.noteTerm(resp.ResponseHeader)
+	if b.noteHeader(resp.ResponseHeader, floor); b.replacedErr() != nil {
+		return 0, b.replacedErr() // a lease of another catalog: left to expire
+	}
 	id := resp.ID
 	ch, err := b.cli.KeepAlive(b.ctx, id)
 	if err != nil {
@@ -65,7 +72,9 @@ func (b *Backend) grant(ctx context.Context) (clientv3.LeaseID, error) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		for range ch {
+		for ka := range ch {
+			b.noteAnswer()
+			b.noteHeader(ka.ResponseHeader, 0)
 		}
 		// The client closes the channel when the lease expired (no
 		// keep-alive answer within its TTL) or at Close.
@@ -110,7 +119,7 @@ func (b *Backend) renew() {
 		ctx, cancel := context.WithTimeout(b.ctx, b.reqTO)
 		_, err := b.currentLease(ctx)
 		cancel()
-		if err == nil || !pause(b.ctx, renewPause) {
+		if err == nil || errors.Is(err, kv.ErrReplaced) || !pause(b.ctx, renewPause) {
 			return
 		}
 	}
