@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
-	"strings"
 
 	"github.com/google/uuid"
 
@@ -96,40 +94,13 @@ func (s *Server) stage(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	buf := uploadBufs.Get().(*[]byte)
-	defer uploadBufs.Put(buf)
-	var off int64
-	abort := func(code int, msg string) {
+	if off, code, msg := receive(r.Body, u, capBytes, "The incoming image is too large: "); code != 0 {
 		if err := s.st.AbortStage(u, msg); err != nil {
 			s.log.Error("api: aborting a stage", "id", im.ID, "err", err)
 		}
 		s.log.Warn("api stage aborted", "id", im.ID, "bytes", off, "reason", msg)
 		writeError(w, r, code, msg)
-	}
-	for {
-		n, rerr := fill(r.Body, *buf)
-		if n > 0 {
-			if off+int64(n) > capBytes {
-				abort(http.StatusRequestEntityTooLarge, fmt.Sprintf("The incoming image is too large: Denying attempt to upload image larger than %d bytes.", capBytes))
-				return
-			}
-			if _, err := u.WriteAt((*buf)[:n], off); err != nil {
-				code := storeStatus(err)
-				if errors.Is(err, store.ErrNoSpace) || strings.Contains(err.Error(), "no space") {
-					code = http.StatusRequestEntityTooLarge
-				}
-				abort(code, "Writing the image data failed: "+err.Error())
-				return
-			}
-			off += int64(n)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			abort(http.StatusBadRequest, fmt.Sprintf("The image data stopped after %d bytes: %v", off, rerr))
-			return
-		}
+		return
 	}
 	if err := s.st.EndStage(u); err != nil {
 		s.fail(w, r, err)

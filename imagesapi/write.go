@@ -376,40 +376,13 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	buf := uploadBufs.Get().(*[]byte)
-	defer uploadBufs.Put(buf)
-	var off int64
-	abort := func(code int, msg string) {
+	if off, code, msg := receive(r.Body, u, capBytes, ""); code != 0 {
 		if err := s.st.AbortWriter(u, msg); err != nil {
 			s.log.Error("api: aborting an upload", "id", im.ID, "err", err)
 		}
 		s.log.Warn("api upload aborted", "id", im.ID, "bytes", off, "reason", msg)
 		writeError(w, r, code, msg)
-	}
-	for {
-		n, rerr := fill(r.Body, *buf)
-		if n > 0 {
-			if off+int64(n) > capBytes {
-				abort(http.StatusRequestEntityTooLarge, fmt.Sprintf("Denying attempt to upload image larger than %d bytes.", capBytes))
-				return
-			}
-			if _, err := u.WriteAt((*buf)[:n], off); err != nil {
-				code := storeStatus(err)
-				if errors.Is(err, store.ErrNoSpace) || strings.Contains(err.Error(), "no space") {
-					code = http.StatusRequestEntityTooLarge
-				}
-				abort(code, "Writing the image data failed: "+err.Error())
-				return
-			}
-			off += int64(n)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			abort(http.StatusBadRequest, fmt.Sprintf("The image data stopped after %d bytes: %v", off, rerr))
-			return
-		}
+		return
 	}
 	cerr := s.st.CloseWriter(u)
 	if eerr := s.st.EndWriter(u); cerr == nil {
@@ -435,6 +408,39 @@ var uploadBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b
 
 // fill reads r until buf is full, the body ends (io.EOF, with what came
 // before it) or fails.
+// receive writes body into u from offset 0 through a pooled buffer (no
+// whole image in memory): the bytes written, and 0 with "" when the body
+// ended, else Glance's status code and message for what stopped it (413
+// past capBytes, prefix before Glance's "Denying attempt..."; the store's
+// code for a refused write, 413 for no space; 400 for a body cut off).
+// The caller aborts u on a non-zero code.
+func receive(body io.Reader, u *store.Upload, capBytes int64, prefix string) (off int64, code int, msg string) {
+	buf := uploadBufs.Get().(*[]byte)
+	defer uploadBufs.Put(buf)
+	for {
+		n, rerr := fill(body, *buf)
+		if n > 0 {
+			if off+int64(n) > capBytes {
+				return off, http.StatusRequestEntityTooLarge, fmt.Sprintf("%sDenying attempt to upload image larger than %d bytes.", prefix, capBytes)
+			}
+			if _, err := u.WriteAt((*buf)[:n], off); err != nil {
+				code := storeStatus(err)
+				if errors.Is(err, store.ErrNoSpace) || strings.Contains(err.Error(), "no space") {
+					code = http.StatusRequestEntityTooLarge
+				}
+				return off, code, "Writing the image data failed: " + err.Error()
+			}
+			off += int64(n)
+		}
+		if rerr == io.EOF {
+			return off, 0, ""
+		}
+		if rerr != nil {
+			return off, http.StatusBadRequest, fmt.Sprintf("The image data stopped after %d bytes: %v", off, rerr)
+		}
+	}
+}
+
 func fill(r io.Reader, buf []byte) (int, error) {
 	n := 0
 	for n < len(buf) {
