@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 
 	"github.com/google/uuid"
@@ -60,13 +59,7 @@ func (s *Server) userID(r *http.Request) string {
 // uploading is not allowed"), 413 (size cap), 204.
 func (s *Server) stage(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/octet-stream" {
-		if r.Header.Get("Content-Type") == "" {
-			mt = "None"
-		} else if mt == "" {
-			mt = r.Header.Get("Content-Type")
-		}
-		writeError(w, r, http.StatusUnsupportedMediaType, "Invalid content type "+mt)
+	if !octetStream(w, r) {
 		return
 	}
 	im := s.image(w, r, c)

@@ -344,13 +344,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	c, project := s.caller(r)
 	// As Glance: the media type is checked before the image is looked up.
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/octet-stream" {
-		if r.Header.Get("Content-Type") == "" {
-			mt = "None"
-		} else if mt == "" {
-			mt = r.Header.Get("Content-Type")
-		}
-		writeError(w, r, http.StatusUnsupportedMediaType, "Invalid content type "+mt)
+	if !octetStream(w, r) {
 		return
 	}
 	im := s.image(w, r, c)
@@ -408,6 +402,23 @@ var uploadBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b
 
 // fill reads r until buf is full, the body ends (io.EOF, with what came
 // before it) or fails.
+// octetStream reports whether r's body is application/octet-stream, as
+// image data must be; otherwise it answers Glance's 415 "Invalid content
+// type T" (T "None" when the header is absent).
+func octetStream(w http.ResponseWriter, r *http.Request) bool {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt == "application/octet-stream" {
+		return true
+	}
+	if r.Header.Get("Content-Type") == "" {
+		mt = "None"
+	} else if mt == "" {
+		mt = r.Header.Get("Content-Type")
+	}
+	writeError(w, r, http.StatusUnsupportedMediaType, "Invalid content type "+mt)
+	return false
+}
+
 // receive writes body into u from offset 0 through a pooled buffer (no
 // whole image in memory): the bytes written, and 0 with "" when the body
 // ended, else Glance's status code and message for what stopped it (413
