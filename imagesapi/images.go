@@ -45,7 +45,8 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 }
 
 // list is GET /v2/images: Glance's filters (name, status, visibility,
-// owner, size_min, size_max, any other key as property=value; "in:a,b"
+// owner, size_min, size_max, created_at and updated_at ([OP:]TIME,
+// timefilter.go), any other key as property=value; "in:a,b"
 // lists for name, status, visibility, owner and properties), sort_key and
 // sort_dir (comma lists) or sort=key:dir,..., limit and marker with the
 // next link.
@@ -116,6 +117,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		bad(fmt.Sprintf("Invalid status: %s", v))
 		return
 	}
+	times, err := timeFilters(q)
+	if err != nil {
+		bad(err.Error())
+		return
+	}
 	// Property filters: every other key but the paging and sorting ones.
 	type filter struct {
 		key    string
@@ -124,7 +130,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	var filters []filter
 	for k, vs := range q {
 		switch k {
-		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden", "tag":
+		case "limit", "marker", "sort_key", "sort_dir", "sort", "visibility", "size_min", "size_max", "member_status", "os_hidden", "tag", store.KeyCreatedAt, store.KeyUpdatedAt:
 			continue
 		}
 		for _, v := range vs {
@@ -162,6 +168,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		if im.Hidden() != hidden || !hasTags(im, tags) {
 			return false
+		}
+		for _, f := range times {
+			if !f.match(im) {
+				return false
+			}
 		}
 		for _, f := range filters {
 			v, has := im.Property(f.key)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/imagefs/imagefs/store"
 )
@@ -94,7 +95,7 @@ func errorFormat(r *http.Request) string {
 // map[string]any or a []any). It answers and returns false as Glance
 // does: 413 when too large; 400 "Body expected in request." with no
 // body (Content-Length 0, not chunked), "Malformed JSON in request
-// body." when it is not JSON, "Unexpected body type. Expected
+// body." when it is not JSON (or not UTF-8), "Unexpected body type. Expected
 // list/dict." for a JSON scalar. The Content-Type is not looked at (as
 // Glance: a create's body is JSON whatever its media type says).
 func readJSON(w http.ResponseWriter, r *http.Request) (any, bool) {
@@ -116,7 +117,10 @@ func readJSON(w http.ResponseWriter, r *http.Request) (any, bool) {
 		return nil, false
 	}
 	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
+	// Not UTF-8 is malformed, as Glance's strict decode: encoding/json
+	// would take each bad byte as U+FFFD and keep a name or property
+	// other than the one sent.
+	if err := json.Unmarshal(b, &v); err != nil || !utf8.Valid(b) {
 		writeError(w, r, http.StatusBadRequest, "Malformed JSON in request body.")
 		return nil, false
 	}
