@@ -87,7 +87,7 @@ func (s *Server) stage(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	if off, code, msg := receive(r.Body, u, capBytes, "The incoming image is too large: "); code != 0 {
+	if off, code, msg := receive(s.idleBody(w, r), u, capBytes, "The incoming image is too large: "); code != 0 {
 		if err := s.st.AbortStage(u, msg); err != nil {
 			s.log.Error("api: aborting a stage", "id", im.ID, "err", err)
 		}

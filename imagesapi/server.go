@@ -63,6 +63,12 @@ type Options struct {
 	Projects map[string]uint32
 	// ImageSizeCap bounds an upload in bytes; 0 means DefaultImageSizeCap.
 	ImageSizeCap int64
+	// ClientSocketTimeout is the no-progress limit of an image body (PUT
+	// .../file and .../stage): no byte for this long cuts the upload off
+	// (400, the image queued again); the total upload time is not
+	// bounded. 0 means DefaultClientSocketTimeout (Glance's 900 s);
+	// negative means none (Glance's client_socket_timeout = 0).
+	ClientSocketTimeout time.Duration
 	// Logger receives one line per refused or failed request; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -109,6 +115,9 @@ func New(st *store.Store, opts Options) (*Server, error) {
 	}
 	if opts.ImageSizeCap <= 0 {
 		opts.ImageSizeCap = DefaultImageSizeCap
+	}
+	if opts.ClientSocketTimeout == 0 {
+		opts.ClientSocketTimeout = DefaultClientSocketTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -165,8 +174,9 @@ func CheckListen(addr, auth string) error {
 
 // NewHTTPServer returns an http.Server for h with the bounds of this API:
 // headers (MaxHeaderBytes, 10 s to arrive), idle connections (2 min). A
-// body has no deadline (an upload of 1 TiB takes its time) but stops at
-// the first read error.
+// body has no total deadline (an upload of 1 TiB takes its time) but
+// stops at the first read error; an image body also when no byte arrived
+// for Options.ClientSocketTimeout (Server.idleBody).
 func NewHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,

@@ -370,7 +370,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if off, code, msg := receive(r.Body, u, capBytes, ""); code != 0 {
+	if off, code, msg := receive(s.idleBody(w, r), u, capBytes, ""); code != 0 {
 		if err := s.st.AbortWriter(u, msg); err != nil {
 			s.log.Error("api: aborting an upload", "id", im.ID, "err", err)
 		}
