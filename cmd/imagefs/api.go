@@ -30,6 +30,9 @@ type apiConfig struct {
 	// the API is served over https when it is set.
 	certFile, keyFile string
 	tls               *imagesapi.CertFiles
+	// idle: the config file's [api] client_socket_timeout
+	// (resolveAPIConfig), imagesapi.Options.ClientSocketTimeout.
+	idle time.Duration
 }
 
 // apiOptionsHelp documents the API's -o options.
@@ -141,7 +144,7 @@ func listenAPI(c *mountConfig) (net.Listener, error) {
 
 // startAPI serves the Images API of st on ln in the background.
 func startAPI(ln net.Listener, st *store.Store, c *mountConfig, lg *slog.Logger) (*apiServer, error) {
-	h, err := imagesapi.New(st, imagesapi.Options{Auth: c.api.auth, Keystone: c.api.keystone, Projects: c.api.projects, Logger: lg})
+	h, err := imagesapi.New(st, imagesapi.Options{Auth: c.api.auth, Keystone: c.api.keystone, Projects: c.api.projects, ClientSocketTimeout: c.api.idle, Logger: lg})
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,10 @@ const apiConfigHelp = `Images API sections of the config file (--config FILE, si
                                       its chain; reloaded when it changes
     key_file = PATH                   its PEM private key, unencrypted, mode
                                       0600 (root's: 0640 at most)
+    client_socket_timeout = 900       seconds without a byte of an image body
+                                      (PUT .../file, .../stage) before the
+                                      upload is cut off, queued again; 0: no
+                                      limit (Glance's name and default)
   (relative paths are the config file's directory's)
 `
 
@@ -57,7 +61,10 @@ type apiFileSettings struct {
 	// certFile, keyFile: [api] cert_file and key_file, absolute; both or
 	// neither.
 	certFile, keyFile string
-	shared            bool // it has [etcd] or [data]
+	// idle: [api] client_socket_timeout as imagesapi.Options'
+	// ClientSocketTimeout (0: not given; negative: 0 given, no limit).
+	idle   time.Duration
+	shared bool // it has [etcd] or [data]
 }
 
 // readAPIConfig reads the API's sections of the config file at path
@@ -122,6 +129,18 @@ func readAPIConfig(path string) (*apiFileSettings, error) {
 				return nil, fmt.Errorf("config file %s line %d: %s given twice", path, n, k)
 			}
 			*dst = configPath(path, v)
+		case section == "api" && k == "client_socket_timeout":
+			if out.idle != 0 {
+				return nil, fmt.Errorf("config file %s line %d: %s given twice", path, n, k)
+			}
+			sec, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("config file %s line %d: client_socket_timeout: want whole seconds (900; 0: no limit)", path, n)
+			}
+			out.idle = time.Duration(sec) * time.Second
+			if sec == 0 {
+				out.idle = -1
+			}
 		case section == "api" || !keystoneKeys[k]:
 			if len(k) > 24 || strings.Trim(k, "abcdefghijklmnopqrstuvwxyz_") != "" {
 				return nil, fmt.Errorf("config file %s line %d: unknown key", path, n)
@@ -223,5 +242,6 @@ func (c *mountConfig) resolveAPIConfig() error {
 		c.api.keystone = fs.keystone
 	}
 	c.api.certFile, c.api.keyFile = fs.certFile, fs.keyFile
+	c.api.idle = fs.idle
 	return nil
 }

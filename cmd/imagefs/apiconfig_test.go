@@ -100,3 +100,38 @@ project = 4567ef=1002
 		t.Fatalf("shared mode's API config: %v", err)
 	}
 }
+
+// TestAPIClientSocketTimeout: [api] client_socket_timeout (Glance's,
+// whole seconds) is the API's no-progress limit on an image body; 0 is
+// no limit, absent is imagesapi's default (900 s).
+func TestAPIClientSocketTimeout(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "imagefs.conf")
+	for _, tc := range []struct {
+		text string
+		want time.Duration
+		err  string
+	}{
+		{"[api]\nclient_socket_timeout = 30\n", 30 * time.Second, ""},
+		{"[api]\nclient_socket_timeout = 0\n", -1, ""},
+		{"[api]\nproject = x=1001\n", 0, ""},
+		{"[api]\nclient_socket_timeout = 5m\n", 0, "client_socket_timeout: want whole seconds"},
+		{"[api]\nclient_socket_timeout = -1\n", 0, "client_socket_timeout: want whole seconds"},
+		{"[api]\nclient_socket_timeout = 30\nclient_socket_timeout = 40\n", 0, "given twice"},
+	} {
+		os.WriteFile(conf, []byte(tc.text), 0o600)
+		c := defaultMountConfig()
+		if err := c.applyOptions("api_listen=127.0.0.1:9292,config=" + conf); err != nil {
+			t.Fatal(err)
+		}
+		err := c.resolveAPIConfig()
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("config %q: %v, want %q", tc.text, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || c.api.idle != tc.want {
+			t.Errorf("config %q: %v, idle %v, want %v", tc.text, err, c.api.idle, tc.want)
+		}
+	}
+}
