@@ -388,7 +388,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			if im.DiskFormat == store.DiskFormatRaw {
 				what = "raw disk"
 			}
-			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
+			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+killReason(strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": ")))
 			return
 		}
 		s.fail(w, r, cerr)
