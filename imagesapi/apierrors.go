@@ -23,7 +23,8 @@ var (
 // for request r: Glance's message for the same refusal (glance/api/v2
 // policy: "You are not authorized to complete ACTION action.",
 // glance/common/exception.py), else the store's text when it speaks API
-// terms. A store text that names a uid, root or a mount file is not
+// terms. A 403 whose store text names a uid, root, a process or a mount
+// file is Glance's policy message for r's action; such a text is not
 // shown (it stays in the log, which fail writes).
 func apiMessage(r *http.Request, err error) string {
 	msg := err.Error()
@@ -44,7 +45,7 @@ func apiMessage(r *http.Request, err error) string {
 		return "The limit has been exceeded on the number of allowed image properties."
 	case errors.Is(err, store.ErrPermission) && strings.Contains(msg, "a member changes only its own status"):
 		return "You are not authorized to complete modify_member action."
-	case storeStatus(err) == http.StatusForbidden && (reUID.MatchString(msg) || reRoot.MatchString(msg) || strings.Contains(msg, "image.vhd")):
+	case storeStatus(err) == http.StatusForbidden && (reUID.MatchString(msg) || reRoot.MatchString(msg) || strings.Contains(msg, "image.vhd") || strings.Contains(msg, "(process ")):
 		if a := policyAction(r); a != "" {
 			return "You are not authorized to complete " + a + " action."
 		}
