@@ -428,12 +428,21 @@ func jsonRepr(v any) string {
 
 // listLimit parses a list's limit parameter as Glance does (an integer,
 // surrounding spaces allowed as Python's int takes them; at most
-// maxLimit; defaultLimit when empty): the limit, or the 400 message.
+// maxLimit, also for one past int; defaultLimit when empty): the limit,
+// or the 400 message.
 func listLimit(v string) (int, string) {
 	if v == "" {
 		return defaultLimit, ""
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if errors.Is(err, strconv.ErrRange) {
+		// An integer past int: Python's int takes it, then the cap (or
+		// the sign) applies.
+		n, err = maxLimit, nil
+		if strings.HasPrefix(strings.TrimSpace(v), "-") {
+			n = -1
+		}
+	}
 	if err != nil {
 		return 0, "limit param must be an integer"
 	}

@@ -348,10 +348,10 @@ func storeStatus(err error) int {
 }
 
 // fail answers r with the error of a store call, logged at warn (a 5xx at
-// error).
+// error) with the store's text; the answer's message is apiMessage's.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := storeStatus(err)
-	msg := err.Error()
+	msg := apiMessage(r, err)
 	if code >= 500 {
 		s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 		msg = "The server could not complete the request: " + msg

@@ -82,10 +82,12 @@ type certOpts struct {
 	notBefore, notAfter time.Time
 	extKeyUsage         []x509.ExtKeyUsage
 	rsa                 bool
+	sec1                bool // an EC key as SEC 1 ("EC PRIVATE KEY"), not PKCS#8
 }
 
 // issue makes a server certificate for 127.0.0.1 and localhost and its
-// key, both PEM (the key PKCS#8, or PKCS#1 with o.rsa), and its serial.
+// key, both PEM (the key PKCS#8, PKCS#1 with o.rsa, SEC 1 with o.sec1),
+// and its serial.
 func (ca *testCA) issue(t *testing.T, o certOpts) (certPEM, keyPEM []byte, sn *big.Int) {
 	t.Helper()
 	var key crypto.Signer
@@ -103,6 +105,10 @@ func (ca *testCA) issue(t *testing.T, o certOpts) (certPEM, keyPEM []byte, sn *b
 		}
 		der, _ := x509.MarshalPKCS8PrivateKey(k)
 		key, keyBlock = k, &pem.Block{Type: "PRIVATE KEY", Bytes: der}
+		if o.sec1 {
+			der, _ = x509.MarshalECPrivateKey(k)
+			keyBlock = &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
+		}
 	}
 	if o.notBefore.IsZero() {
 		o.notBefore = time.Now().Add(-time.Hour)
@@ -404,15 +410,16 @@ func TestTLSCertFilesRefused(t *testing.T) {
 		}
 	}
 
-	// A good pair loads: ECDSA PKCS#8; RSA PKCS#1; one file holding the
-	// chain and the key; a key of root's readable by its group (0640).
-	for _, o := range []certOpts{{}, {rsa: true}} {
+	// A good pair loads: ECDSA PKCS#8; RSA PKCS#1; ECDSA SEC 1 (as the
+	// README says); one file holding the chain and the key; a key of
+	// root's readable by its group (0640).
+	for _, o := range []certOpts{{}, {rsa: true}, {sec1: true}} {
 		c, k, sn := ca.issue(t, o)
 		writeFile(t, cert, c, 0o644)
 		writeFile(t, key, k, 0o600)
 		cf, err := LoadCertFiles(cert, key, nil)
 		if err != nil || cf.Leaf().SerialNumber.Cmp(sn) != 0 {
-			t.Fatalf("a good pair (rsa %v): %v", o.rsa, err)
+			t.Fatalf("a good pair (rsa %v, sec1 %v): %v", o.rsa, o.sec1, err)
 		}
 		both := filepath.Join(dir, "both.pem")
 		writeFile(t, both, append(append([]byte{}, c...), k...), 0o600)

@@ -388,7 +388,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 			if im.DiskFormat == store.DiskFormatRaw {
 				what = "raw disk"
 			}
-			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": "))
+			writeError(w, r, http.StatusBadRequest, "The image data is not an acceptable "+what+"; the image is killed: "+killReason(strings.TrimPrefix(cerr.Error(), store.ErrRefused.Error()+": ")))
 			return
 		}
 		s.fail(w, r, cerr)
@@ -465,7 +465,7 @@ func fill(r io.Reader, buf []byte) (int, error) {
 }
 
 // download is GET /v2/images/{id}/file: the sealed data, with Range
-// (206, 416) and Content-MD5 (the checksum, on a whole-file answer);
+// (206; 416 with Content-Range bytes */SIZE, rangeRefusal) and Content-MD5 (the checksum, on a whole-file answer);
 // 204 for an image without data, 403 for a deactivated one (but to the
 // admin).
 func (s *Server) download(w http.ResponseWriter, r *http.Request) {
@@ -490,6 +490,13 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	if h := r.Header.Get("Range"); h != "" && im.Size >= 0 {
+		if msg := rangeRefusal(h); msg != "" {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", im.Size))
+			writeError(w, r, http.StatusRequestedRangeNotSatisfiable, msg)
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if im.Checksum != "" && r.Header.Get("Range") == "" && r.Header.Get("Content-Range") == "" {
 		w.Header().Set("Content-MD5", im.Checksum)
