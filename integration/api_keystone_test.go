@@ -45,20 +45,7 @@ func mountWithKeystoneAPI(t *testing.T) *keystoneMount {
 		k.AuthURL, svc.User, svc.Password, svc.Project, k.Projects["tp1"], k.Projects["tp2"])
 	// On a shared catalog (IMAGEFS_TEST_CATALOG=etcd) the mount has a
 	// config file already: the sections go into it.
-	conf := filepath.Join(t.TempDir(), "imagefs.conf")
-	if i := slices.Index(m.catalogArgs, "--config"); i >= 0 {
-		conf = m.catalogArgs[i+1]
-		old, err := os.ReadFile(conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sections = string(old) + sections
-	} else {
-		m.Args = append(m.Args, "--config", conf)
-	}
-	if err := os.WriteFile(conf, []byte(sections), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	addAPISections(t, m, sections)
 	m.Args = append(m.Args, "--api-listen", addr, "--api-auth", "keystone")
 	m.remount()
 	return &keystoneMount{fsMount: m, url: "http://" + addr, k: k}
