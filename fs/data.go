@@ -300,7 +300,7 @@ func (h *uploadHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 		return 0, syscall.EBADF
 	}
 	n, err := h.u.WriteAt(data, off)
-	return uint32(n), toErrno(err)
+	return uint32(n), toWriteErrno(err)
 }
 
 // Flush seals when the process that opened the file closes it, unless

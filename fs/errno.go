@@ -100,13 +100,13 @@ func toSetxattrErrno(err error) syscall.Errno {
 	return toXattrErrno(err)
 }
 
-// toPropWriteErrno maps a store error for a property file's write(2):
-// as toErrno, except that an unreachable shared catalog (ErrUnavailable)
+// toWriteErrno maps a store error for a write(2) (a property file's, an
+// upload's): as toErrno, except that an unreachable shared catalog (ErrUnavailable)
 // is EBUSY, not EAGAIN: a write(2) of a blocking descriptor is not
 // expected to say EAGAIN, and Go's runtime (os.File.Write) takes it for
 // "would block" and waits, forever, for the FUSE file to poll writable
 // again. The close's commit keeps EAGAIN.
-func toPropWriteErrno(err error) syscall.Errno {
+func toWriteErrno(err error) syscall.Errno {
 	if errors.Is(err, store.ErrUnavailable) {
 		return syscall.EBUSY
 	}

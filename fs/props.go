@@ -457,7 +457,7 @@ func (h *propHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 		return 0, syscall.EBADF
 	}
 	if err := h.w.WriteAt(data, off); err != nil {
-		return 0, toPropWriteErrno(err)
+		return 0, toWriteErrno(err)
 	}
 	return uint32(len(data)), 0
 }

@@ -918,6 +918,11 @@ done`
 		t.Fatal(err)
 	}
 
+	// Queued images whose first data write comes while etcd is down.
+	for i, m := range hosts {
+		run(t, "mkdir", m.images("fresh-"+hostID(i)))
+	}
+
 	// Phase 2: all members down.
 	logAt := map[*fsMount]int{}
 	for _, m := range hosts {
@@ -926,6 +931,10 @@ done`
 	etcdMember(t, "stop")
 	all := append([]string{"before"}, names...)
 	listed := append(slices.Clone(all), "held")
+	for i := range hosts {
+		listed = append(listed, "fresh-"+hostID(i))
+	}
+	slices.Sort(listed) // as ls sorts them (the same order in C and en_US)
 	for i, m := range hosts {
 		for _, n := range all {
 			r := toolTimed(10*time.Second, "md5sum", m.byID(ids[n], "image.vhd"))
@@ -953,6 +962,9 @@ done`
 			// make Go's os.File.Write wait forever: fs/errno.go).
 			{"write properties/k0", "write", m.propFile(names[i], "k0"), "during-outage\n"},
 			{"mkdir images/outage-" + hostID(i), "mkdir", m.images("outage-" + hostID(i)), ""},
+			// So does an upload's first write (the status saving is a
+			// change of the record).
+			{"write image.vhd", "write", m.dataFile("fresh-" + hostID(i)), "conectix"},
 		} {
 			wg.Add(1)
 			go func() {
@@ -969,7 +981,7 @@ done`
 		}
 	}
 	wg.Wait()
-	want := map[string]syscall.Errno{"write properties/k0": syscall.EBUSY}
+	want := map[string]syscall.Errno{"write properties/k0": syscall.EBUSY, "write image.vhd": syscall.EBUSY}
 	for i := range hosts {
 		want["mkdir images/outage-"+hostID(i)] = syscall.EAGAIN
 	}
